@@ -55,7 +55,9 @@ class _LazyGroup(click.Group):
 
 
 @click.group(cls=_LazyGroup)
-@click.option("--verbose", "-v", is_flag=True, help="Log every event, not just the ones that matter.")
+@click.option(
+    "--verbose", "-v", is_flag=True, help="Log every event, not just the ones that matter."
+)
 @click.version_option(package_name="redy")
 def cli(verbose: bool) -> None:
     """ReDy Grid: a reliable, dynamic, fully decentralized data network for the smart grid."""

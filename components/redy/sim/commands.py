@@ -10,7 +10,9 @@ def _emit(result: dict[str, object], as_json: bool) -> None:
     if as_json:
         click.echo(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY).decode())
     else:
-        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode())
+        click.echo(
+            orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode()
+        )
 
 
 @click.group()
@@ -20,38 +22,75 @@ def sim() -> None:
 
 @sim.command("membership")
 @click.option("--nodes", type=click.IntRange(2), default=1000, show_default=True)
-@click.option("--view", "view_size", type=click.IntRange(1), default=20, show_default=True,
-              help="View size c.")
-@click.option("--shuffle", "shuffle_length", type=click.IntRange(1), default=8, show_default=True,
-              help="Shuffle length SL (< c).")
+@click.option(
+    "--view",
+    "view_size",
+    type=click.IntRange(1),
+    default=20,
+    show_default=True,
+    help="View size c.",
+)
+@click.option(
+    "--shuffle",
+    "shuffle_length",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Shuffle length SL (< c).",
+)
 @click.option("--cycles", type=click.IntRange(0), default=100, show_default=True)
-@click.option("--bootstrap", type=click.Choice(["star", "ring", "random"]), default="star",
-              show_default=True)
-@click.option("--crash", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
-              help="Fraction of live nodes that crash at --crash-at.")
+@click.option(
+    "--bootstrap", type=click.Choice(["star", "ring", "random"]), default="star", show_default=True
+)
+@click.option(
+    "--crash",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    help="Fraction of live nodes that crash at --crash-at.",
+)
 @click.option("--crash-at", type=click.IntRange(0), default=None)
-@click.option("--join", "join_count", type=click.IntRange(0), default=0, show_default=True,
-              help="Nodes that join through one introducer at --join-at.")
+@click.option(
+    "--join",
+    "join_count",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Nodes that join through one introducer at --join-at.",
+)
 @click.option("--join-at", type=click.IntRange(0), default=None)
-@click.option("--loss", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
-              help="Probability that any one message is lost.")
-@click.option("--detector", type=click.Choice(["cyclon", "redy"]), default="redy",
-              show_default=True)
-@click.option("--remove-sweep", is_flag=True,
-              help="On the final overlay, remove nodes in 5%% steps and report the largest component.")
+@click.option(
+    "--loss",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    help="Probability that any one message is lost.",
+)
+@click.option(
+    "--detector", type=click.Choice(["cyclon", "redy"]), default="redy", show_default=True
+)
+@click.option(
+    "--remove-sweep",
+    is_flag=True,
+    help="On the final overlay, remove nodes in 5%% steps and report the largest component.",
+)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on one line.")
 def sim_membership(as_json: bool, **options: object) -> None:
     """Simulate the shuffle membership protocol, cycle by cycle."""
     from redy.sim.membership import simulate_membership
 
-    _emit(simulate_membership(**options), as_json)  # type: ignore[arg-type]
+    _emit(simulate_membership(**options), as_json)
 
 
 @sim.command("balance")
 @click.option("--nodes", type=click.IntRange(1), default=1000, show_default=True)
-@click.option("--scenario", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="YAML scenario: node kinds and their share.")
+@click.option(
+    "--scenario",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="YAML scenario: node kinds and their share.",
+)
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--rounds", type=click.IntRange(1), default=30, show_default=True)
 @click.option("--view", "view_size", type=click.IntRange(1), default=20, show_default=True)
@@ -59,8 +98,12 @@ def sim_membership(as_json: bool, **options: object) -> None:
 @click.option("--crash", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True)
 @click.option("--crash-at", type=click.IntRange(0), default=None)
 @click.option("--loss", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True)
-@click.option("--aggregation", type=click.Choice(["pushsum", "flow"]), default=None,
-              help="Gossip aggregation (default: the better one, see README).")
+@click.option(
+    "--aggregation",
+    type=click.Choice(["pushsum", "flow"]),
+    default=None,
+    help="Gossip aggregation (default: the better one, see README).",
+)
 @click.option("--dump-curves", type=click.Path(dir_okay=False, writable=True), default=None)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on one line.")
@@ -68,4 +111,4 @@ def sim_balance(as_json: bool, **options: object) -> None:
     """Simulate decentralized balancing (membership + gossip + clearing) epoch by epoch."""
     from redy.sim.balance import simulate_balance
 
-    _emit(simulate_balance(**options), as_json)  # type: ignore[arg-type]
+    _emit(simulate_balance(**options), as_json)

@@ -1,0 +1,382 @@
+"""Message types of topics.yaml as frozen attrs classes, with an orjson codec that validates.
+
+`encode(msg)` gives compact JSON bytes (readable in mosquitto_sub). `decode(topic, payload)` finds
+the topic's type in topics.yaml and checks the payload against it: size, JSON syntax, an object,
+no unknown or missing fields, field types, finite numbers, ranges, enum values and list lengths.
+Every failure is one `InvalidMessage` whose text says what was expected. The classes here and the
+types in topics.yaml are checked against each other by tests/messages/test_contract.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import attrs
+import orjson
+
+from redy.errors import InvalidMessage
+from redy.topics import CONTRACT, FieldSpec, TopicSpec
+
+_frozen = attrs.frozen(kw_only=True)
+
+
+@_frozen
+class ViewEntry:
+    """One neighbour: its node id, its grid listener URI and its age in shuffle periods."""
+
+    node: str
+    broker: str
+    age: int
+
+
+@_frozen
+class NodeDescriptor:
+    node: str
+    kind: str
+    broker: str
+    ts_s: float
+    capabilities: tuple[str, ...] = ()
+
+
+@_frozen
+class UnitMeta:
+    unit: str
+    role: str
+    device: str
+    quantity: str
+    rated_power_kw: float
+    period_s: float
+    bd_seq: int
+    ts_s: float
+
+
+@_frozen
+class UnitState:
+    state: str
+    bd_seq: int
+
+
+@_frozen
+class Measurement:
+    seq: int
+    ts_s: float
+    power_kw: float
+    energy_kwh: float
+    soc: float | None = None
+    available_kw: float | None = None
+    forecast_kw: tuple[float, ...] = ()
+
+
+@_frozen
+class Command:
+    seq: int
+    ts_s: float
+    setpoint_kw: float | None = None
+    on: bool | None = None
+
+
+@_frozen
+class ActuatorStatus:
+    seq: int
+    ts_s: float
+    power_kw: float
+    on: bool
+    min_kw: float
+    max_kw: float
+    setpoint_kw: float | None = None
+    marginal_cost_eur_mwh: float | None = None
+    note: str | None = None
+
+
+@_frozen
+class NodeSetpoint:
+    seq: int
+    net_kw: float
+
+
+@_frozen
+class NodeEnergyState:
+    node: str
+    ts_s: float
+    production_kw: float
+    consumption_kw: float
+    net_kw: float
+    flex_up_kw: float
+    flex_down_kw: float
+    cost_eur_h: float
+    storage_kwh: float
+    storage_capacity_kwh: float
+    units_online: int
+    units_total: int
+    forecast_kw: tuple[float, ...] = ()
+    epoch: int | None = None
+    price_eur_mwh: float | None = None
+    status: str | None = None
+    setpoint_kw: float | None = None
+
+
+@_frozen
+class View:
+    node: str
+    ts_s: float
+    entries: tuple[ViewEntry, ...] = ()
+
+
+@_frozen
+class ShuffleRequest:
+    sender: str
+    broker: str
+    nonce: int
+    entries: tuple[ViewEntry, ...] = ()
+
+
+@_frozen
+class ShuffleReply:
+    sender: str
+    nonce: int
+    entries: tuple[ViewEntry, ...] = ()
+
+
+@_frozen
+class Gossip:
+    sender: str
+    epoch: int
+    round: int
+    algorithm: str
+    weight: float
+    values: tuple[float, ...]
+    estimate: tuple[float, ...] | None = None
+
+
+MESSAGE_TYPES: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (
+        ViewEntry,
+        NodeDescriptor,
+        UnitMeta,
+        UnitState,
+        Measurement,
+        Command,
+        ActuatorStatus,
+        NodeSetpoint,
+        NodeEnergyState,
+        View,
+        ShuffleRequest,
+        ShuffleReply,
+        Gossip,
+    )
+}
+
+M = TypeVar("M")
+
+
+# --- encoding -------------------------------------------------------------------------------
+
+
+def to_dict(msg: Any) -> dict[str, Any]:
+    """A message as a plain JSON-ready dict (tuples become lists, nested messages dicts)."""
+    return attrs.asdict(msg)
+
+
+def encode(msg: Any) -> bytes:
+    """Compact JSON bytes of a message; the message is validated against its type first."""
+    data = to_dict(msg)
+    _check_object(data, type(msg).__name__)
+    _cross_check(msg)
+    return orjson.dumps(data)
+
+
+# --- decoding -------------------------------------------------------------------------------
+
+
+def decode(topic: str, payload: bytes | bytearray | memoryview | str) -> Any:
+    """Validate `payload` as the message type of `topic` and return the message.
+
+    Raises InvalidMessage naming the topic, the field and what was expected.
+    """
+    spec, _ = CONTRACT.match(topic)
+    try:
+        return decode_as(spec.type, payload)
+    except InvalidMessage as exc:
+        raise InvalidMessage(f"{topic}: {exc}") from None
+
+
+def decode_as(type_name: str, payload: bytes | bytearray | memoryview | str) -> Any:
+    """Validate `payload` as a message of type `type_name` (a key of topics.yaml's types)."""
+    if isinstance(payload, str):
+        payload = payload.encode()
+    size = len(payload)
+    if size > CONTRACT.max_payload_bytes:
+        raise InvalidMessage(
+            f"payload of {size} bytes is over the limit of {CONTRACT.max_payload_bytes} bytes"
+        )
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidMessage(
+            f"malformed JSON ({exc.msg}); expected a {type_name} JSON object"
+        ) from None
+    return _build(type_name, data)
+
+
+def from_dict(type_name: str, data: Any) -> Any:
+    """Validate an already parsed JSON value as `type_name` and return the message."""
+    return _build(type_name, data)
+
+
+def _build(type_name: str, data: Any, where: str = "") -> Any:
+    _check_object(data, type_name, where)
+    tspec = CONTRACT.types[type_name]
+    kwargs = {}
+    for f in tspec.fields:
+        if f.name in data:
+            kwargs[f.name] = _convert(f, data[f.name])
+    msg = MESSAGE_TYPES[type_name](**kwargs)
+    _cross_check(msg)
+    return msg
+
+
+def _cross_check(msg: Any) -> None:
+    """Rules between fields that topics.yaml states in words."""
+    if isinstance(msg, Command) and msg.setpoint_kw is None and msg.on is None:
+        raise InvalidMessage("Command: expected setpoint_kw or on (or both), got neither")
+    if isinstance(msg, ActuatorStatus) and msg.min_kw > msg.max_kw:
+        raise InvalidMessage(f"ActuatorStatus: min_kw {msg.min_kw} is above max_kw {msg.max_kw}")
+
+
+def _convert(f: FieldSpec, value: Any) -> Any:
+    if value is None:
+        return None
+    if f.type == "list":
+        return tuple(
+            _build(f.items, v)
+            if f.items in MESSAGE_TYPES
+            else (float(v) if f.items == "float" else v)
+            for v in value
+        )
+    if f.type in MESSAGE_TYPES:
+        return _build(f.type, value)
+    if f.type == "float":
+        return float(value)
+    return value
+
+
+def _check_object(data: Any, type_name: str, where: str = "") -> None:
+    """Raise InvalidMessage unless `data` is a valid JSON object of `type_name`."""
+    where = where or type_name
+    if not isinstance(data, Mapping):
+        raise InvalidMessage(f"{where}: expected a JSON object, got {_kind(data)}")
+    tspec = CONTRACT.types[type_name]
+    known = {f.name for f in tspec.fields}
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:
+        raise InvalidMessage(
+            f"{where}: unknown field(s) {unknown}; expected fields {sorted(known)}"
+        )
+    for f in tspec.fields:
+        if f.name not in data or data[f.name] is None:
+            if f.optional or (f.type == "list" and f.name not in data):
+                continue
+            raise InvalidMessage(f"{where}: missing field {f.name!r} ({_expect(f)})")
+        _check_value(f, data[f.name], f"{where}.{f.name}")
+
+
+def _check_value(f: FieldSpec, value: Any, where: str) -> None:
+    t = f.type
+    if t == "list":
+        if not isinstance(value, list | tuple):
+            raise InvalidMessage(f"{where}: expected a list of {f.items}, got {_kind(value)}")
+        if f.max_len is not None and len(value) > f.max_len:
+            raise InvalidMessage(f"{where}: {len(value)} items, expected at most {f.max_len}")
+        item = attrs.evolve(f, type=f.items or "str", items=None, max_len=None)
+        for i, v in enumerate(value):
+            _check_value(item, v, f"{where}[{i}]")
+        return
+    if t in MESSAGE_TYPES:
+        _check_object(value, t, where)
+        return
+    if t in ("str", "id", "uri", "enum"):
+        if not isinstance(value, str):
+            raise InvalidMessage(f"{where}: expected {_expect(f)}, got {_kind(value)}")
+        if t == "id" and not CONTRACT.id_regex.fullmatch(value):
+            raise InvalidMessage(f"{where}: {value!r} is not {_expect(f)}")
+        if t == "uri" and not _is_uri(value):
+            raise InvalidMessage(f"{where}: {value!r} is not {_expect(f)}")
+        if t == "enum" and value not in f.values:
+            raise InvalidMessage(f"{where}: {value!r} is not one of {list(f.values)}")
+        if len(value) > 1024:
+            raise InvalidMessage(
+                f"{where}: string of {len(value)} characters, expected at most 1024"
+            )
+        return
+    if t == "bool":
+        if not isinstance(value, bool):
+            raise InvalidMessage(f"{where}: expected true or false, got {_kind(value)}")
+        return
+    if t == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidMessage(f"{where}: expected an integer, got {_kind(value)}")
+    elif t == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidMessage(f"{where}: expected a number, got {_kind(value)}")
+        if not math.isfinite(value):
+            raise InvalidMessage(f"{where}: expected a finite number, got {value}")
+    else:  # a type topics.yaml names but this module does not know: the contract test catches it
+        raise InvalidMessage(f"{where}: unknown field type {t!r} in topics.yaml")
+    if f.min is not None and value < f.min:
+        raise InvalidMessage(f"{where}: {value} is below the minimum {f.min}{_unit(f)}")
+    if f.max is not None and value > f.max:
+        raise InvalidMessage(f"{where}: {value} is above the maximum {f.max}{_unit(f)}")
+
+
+def _is_uri(value: str) -> bool:
+    scheme, sep, rest = value.partition("://")
+    if scheme not in ("mqtt", "mqtts") or not sep:
+        return False
+    host, colon, port = rest.rpartition(":")
+    return bool(host) and bool(colon) and port.isdigit() and 0 < int(port) < 65536
+
+
+def _expect(f: FieldSpec) -> str:
+    return {
+        "id": "an id (lower-case letters, digits, '-', '_')",
+        "uri": "a broker URI like mqtt://127.0.0.1:1883",
+        "enum": f"one of {list(f.values)}",
+        "str": "a string",
+        "int": "an integer",
+        "float": f"a number in {f.unit}" if f.unit and f.unit != "1" else "a number",
+        "bool": "true or false",
+        "list": f"a list of {f.items}",
+    }.get(f.type, f"a {f.type} object")
+
+
+def _unit(f: FieldSpec) -> str:
+    return f" {f.unit}" if f.unit and f.unit != "1" else ""
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)
+
+
+def topic_spec(topic: str) -> TopicSpec:
+    """The TopicSpec of a concrete topic name (InvalidMessage if outside the tree)."""
+    return CONTRACT.match(topic)[0]
+
+
+def parse_uri(uri: str) -> tuple[str, int]:
+    """(host, port) of an mqtt:// URI; InvalidMessage if it is not one."""
+    if not _is_uri(uri):
+        raise InvalidMessage(f"{uri!r} is not a broker URI like mqtt://127.0.0.1:1883")
+    host, _, port = uri.partition("://")[2].rpartition(":")
+    return host, int(port)

@@ -1,0 +1,275 @@
+"""The topic contract (topics.yaml): load it, render and match topic names, derive broker ACLs.
+
+`CONTRACT` is loaded once at import. A topic name is matched level by level against the
+patterns; placeholders (`{node}`, `{unit}`, `{peer}`) each fill exactly one level and must be ids.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import attrs
+import yaml
+
+from redy.errors import InvalidMessage, RedyError
+
+_CONTRACT_FILE = Path(__file__).with_name("topics.yaml")
+_PLACEHOLDER = re.compile(r"^\{(\w+)\}$")
+
+# Roles a unit user can have on its node's local listener; `unit` in topics.yaml means either.
+UNIT_ROLES = ("detection", "action")
+
+
+@attrs.frozen
+class FieldSpec:
+    """One field of a message type as topics.yaml declares it."""
+
+    name: str
+    type: str
+    optional: bool = False
+    items: str | None = None
+    values: tuple[str, ...] = ()
+    min: float | None = None
+    max: float | None = None
+    max_len: int | None = None
+    unit: str | None = None
+    description: str = ""
+
+
+@attrs.frozen
+class TypeSpec:
+    """A message type: its fields in declaration order."""
+
+    name: str
+    description: str
+    fields: tuple[FieldSpec, ...]
+
+
+@attrs.frozen
+class TopicSpec:
+    """One topic of the tree: pattern, type, QoS, retention, expiry and roles."""
+
+    name: str
+    pattern: str
+    type: str
+    qos: int
+    retained: bool
+    publishers: tuple[str, ...]
+    subscribers: tuple[str, ...]
+    description: str = ""
+    expiry_s: int | None = None
+
+    @cached_property
+    def levels(self) -> tuple[str, ...]:
+        return tuple(self.pattern.split("/"))
+
+    def render(self, **params: str) -> str:
+        """The concrete topic name; every placeholder must be given as a valid id."""
+        out = []
+        for level in self.levels:
+            m = _PLACEHOLDER.match(level)
+            if m is None:
+                out.append(level)
+                continue
+            key = m.group(1)
+            if key not in params:
+                raise RedyError(f"topic {self.name!r} needs {key}= to render {self.pattern}")
+            out.append(check_id(params[key], what=key))
+        return "/".join(out)
+
+    def match(self, topic_levels: list[str]) -> dict[str, str] | None:
+        """The placeholder values if the topic fits this pattern, else None."""
+        if len(topic_levels) != len(self.levels):
+            return None
+        params: dict[str, str] = {}
+        for level, want in zip(topic_levels, self.levels, strict=True):
+            m = _PLACEHOLDER.match(want)
+            if m is None:
+                if level != want:
+                    return None
+            elif CONTRACT.id_regex.fullmatch(level):
+                params[m.group(1)] = level
+            else:
+                return None
+        return params
+
+
+@attrs.frozen
+class Contract:
+    """The whole of topics.yaml."""
+
+    version: int
+    max_payload_bytes: int
+    id_regex: re.Pattern[str]
+    types: Mapping[str, TypeSpec]
+    topics: Mapping[str, TopicSpec]
+
+    def topic(self, name: str) -> TopicSpec:
+        try:
+            return self.topics[name]
+        except KeyError:
+            raise RedyError(
+                f"unknown topic name {name!r}; expected one of {sorted(self.topics)}"
+            ) from None
+
+    def match(self, topic: str) -> tuple[TopicSpec, dict[str, str]]:
+        """The topic spec and placeholder values of a concrete topic name.
+
+        Raises InvalidMessage for a topic outside the tree.
+        """
+        levels = topic.split("/")
+        for spec in self.topics.values():
+            params = spec.match(levels)
+            if params is not None:
+                return spec, params
+        raise InvalidMessage(
+            f"topic {topic!r} is not in the ReDy tree; expected e.g. redy/<node>/detection/<unit>/measurement"
+        )
+
+
+def check_id(value: str, what: str = "id") -> str:
+    """Return `value` if it is a valid node or unit id (one topic level), else raise RedyError."""
+    if not isinstance(value, str) or not CONTRACT.id_regex.fullmatch(value):
+        raise RedyError(
+            f"invalid {what} {value!r}: expected lower-case letters, digits, '-' or '_' (max 63)"
+        )
+    return value
+
+
+def render(name: str, **params: str) -> str:
+    """Render the topic called `name` in topics.yaml, e.g. render('measurement', node=.., unit=..)."""
+    return CONTRACT.topic(name).render(**params)
+
+
+def _field(name: str, raw: Mapping[str, Any]) -> FieldSpec:
+    return FieldSpec(
+        name=name,
+        type=raw["type"],
+        optional=bool(raw.get("optional", False)),
+        items=raw.get("items"),
+        values=tuple(raw.get("values", ())),
+        min=None if raw.get("min") is None else float(raw["min"]),
+        max=None if raw.get("max") is None else float(raw["max"]),
+        max_len=raw.get("max_len"),
+        unit=raw.get("unit"),
+        description=raw.get("description", ""),
+    )
+
+
+def load_contract(path: Path = _CONTRACT_FILE) -> Contract:
+    """Parse topics.yaml into a Contract."""
+    raw = yaml.safe_load(path.read_text())
+    types = {
+        tname: TypeSpec(
+            name=tname,
+            description=t.get("description", ""),
+            fields=tuple(_field(str(fname), f) for fname, f in t["fields"].items()),
+        )
+        for tname, t in raw["types"].items()
+    }
+    topics = {
+        name: TopicSpec(
+            name=name,
+            pattern=t["pattern"],
+            type=t["type"],
+            qos=int(t["qos"]),
+            retained=bool(t["retained"]),
+            publishers=tuple(t["publishers"]),
+            subscribers=tuple(t["subscribers"]),
+            description=t.get("description", ""),
+            expiry_s=t.get("expiry_s"),
+        )
+        for name, t in raw["topics"].items()
+    }
+    return Contract(
+        version=int(raw["version"]),
+        max_payload_bytes=int(raw["max_payload_bytes"]),
+        id_regex=re.compile(raw["id_pattern"]),
+        types=types,
+        topics=topics,
+    )
+
+
+CONTRACT = load_contract()
+
+
+# --- ACLs -----------------------------------------------------------------------------------
+# Mosquitto ACL files are derived from the publishers/subscribers of each topic, so a broker can
+# never allow what topics.yaml does not say.
+
+_ACCESS = {(True, False): "write", (False, True): "read", (True, True): "readwrite"}
+
+
+def _plays(role: str, roles: tuple[str, ...]) -> bool:
+    return role in roles or (role in UNIT_ROLES and "unit" in roles)
+
+
+def _acl_lines(role: str, node: str, unit: str | None) -> list[str]:
+    lines = []
+    for spec in CONTRACT.topics.values():
+        # Unit, governance and operator accounts may read neighbours' states but never forge them.
+        topic = spec.pattern.replace("{peer}", "+").replace("{node}", node)
+        if role in UNIT_ROLES:
+            if "{unit}" not in topic:
+                continue
+            assert unit is not None
+            topic = topic.replace("{unit}", unit)
+        else:
+            topic = topic.replace("{unit}", "+")
+        access = _ACCESS.get((_plays(role, spec.publishers), _plays(role, spec.subscribers)))
+        if access is not None:
+            lines.append(f"topic {access} {topic}")
+    return lines
+
+
+def local_acl(node: str, units: Mapping[str, str]) -> str:
+    """ACL file text for a node's local listener.
+
+    `units` maps unit name (= username) to role ('detection' or 'action'). Users `governance` and
+    `operator` are the node's own governance unit and its operators; both may also read $SYS.
+    """
+    check_id(node, "node")
+    out = [f"# ACL of node {node}, local listener. Derived from topics.yaml: do not edit.", ""]
+    for user, role in (("governance", "governance"), ("operator", "operator")):
+        out.append(f"user {user}")
+        out.extend(_acl_lines(role, node, None))
+        out.append("topic read $SYS/#")
+        out.append("")
+    for unit, role in sorted(units.items()):
+        if role not in UNIT_ROLES:
+            raise RedyError(f"unit {unit!r} has role {role!r}; expected one of {UNIT_ROLES}")
+        check_id(unit, "unit")
+        out.append(f"user {unit}")
+        out.extend(_acl_lines(role, node, unit))
+        out.append("")
+    return "\n".join(out)
+
+
+def grid_acl(node: str) -> str:
+    """ACL file text for a node's grid listener: peers log in as `grid` with their node id as
+    client id; `%c` patterns confine each peer to the topics it may write as itself."""
+    check_id(node, "node")
+    out = [f"# ACL of node {node}, grid listener. Derived from topics.yaml: do not edit.", ""]
+    plain: list[str] = []
+    patterns: list[str] = []
+    for spec in CONTRACT.topics.values():
+        pub = "peer" in spec.publishers
+        sub = "peer" in spec.subscribers
+        access = _ACCESS.get((pub, sub))
+        if access is None:
+            continue
+        topic = spec.pattern.replace("{node}", node)
+        if "{peer}" in topic:
+            patterns.append(f"pattern {access} {topic.replace('{peer}', '%c')}")
+        else:
+            plain.append(f"topic {access} {topic}")
+    out.append("user grid")
+    out.extend(plain)
+    out.append("")
+    out.extend(patterns)
+    out.append("")
+    return "\n".join(out)

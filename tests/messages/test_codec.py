@@ -1,0 +1,148 @@
+"""The codec round-trips every message type and turns any bad payload into InvalidMessage."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from redy import messages
+from redy.errors import InvalidMessage
+from redy.topics import CONTRACT, FieldSpec
+
+pytestmark = pytest.mark.pure
+
+_ID = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,15}", fullmatch=True)
+_URI = st.builds("mqtt://127.0.0.1:{}".format, st.integers(1, 65535))
+
+
+def _number(spec: FieldSpec) -> st.SearchStrategy[float]:
+    lo = -1e9 if spec.min is None else spec.min
+    hi = 1e9 if spec.max is None else spec.max
+    return st.floats(lo, hi, allow_nan=False, allow_infinity=False)
+
+
+def _value(spec: FieldSpec) -> st.SearchStrategy[object]:
+    t = spec.type
+    if t == "list":
+        item = FieldSpec(name=spec.name, type=spec.items or "str", min=spec.min, max=spec.max)
+        return st.lists(_value(item), max_size=min(spec.max_len or 8, 8)).map(tuple)
+    if t in messages.MESSAGE_TYPES:
+        return _message(t)
+    scalar: st.SearchStrategy[object] = {
+        "str": st.text(max_size=40),
+        "id": _ID,
+        "uri": _URI,
+        "enum": st.sampled_from(spec.values or ("x",)),
+        "bool": st.booleans(),
+        "int": st.integers(int(spec.min or 0), int(min(spec.max or 2**31, 2**31))),
+        "float": _number(spec),
+    }[t]
+    return st.one_of(st.none(), scalar) if spec.optional else scalar
+
+
+def _message(type_name: str) -> st.SearchStrategy[object]:
+    cls = messages.MESSAGE_TYPES[type_name]
+    fields = {f.name: _value(f) for f in CONTRACT.types[type_name].fields}
+    strategy = st.builds(cls, **fields)
+    if type_name == "Command":
+        strategy = strategy.filter(lambda c: c.setpoint_kw is not None or c.on is not None)
+    if type_name == "ActuatorStatus":
+        strategy = strategy.filter(lambda s: s.min_kw <= s.max_kw)
+    return strategy
+
+
+def _topic_for(type_name: str) -> str:
+    for spec in CONTRACT.topics.values():
+        if spec.type == type_name:
+            return spec.pattern.format(node="n1", unit="u1", peer="p1")
+    raise LookupError(type_name)
+
+
+_TOP_TYPES = sorted({spec.type for spec in CONTRACT.topics.values()})
+
+
+@pytest.mark.parametrize("type_name", _TOP_TYPES)
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_round_trip(type_name: str, data: st.DataObject) -> None:
+    msg = data.draw(_message(type_name))
+    assert messages.decode(_topic_for(type_name), messages.encode(msg)) == msg
+
+
+@given(payload=st.binary(max_size=300), type_name=st.sampled_from(_TOP_TYPES))
+@settings(max_examples=300)
+def test_random_bytes_give_a_message_or_invalid_message(payload: bytes, type_name: str) -> None:
+    try:
+        msg = messages.decode(_topic_for(type_name), payload)
+    except InvalidMessage:
+        return
+    assert type(msg).__name__ == type_name
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(doc=st.dictionaries(st.sampled_from(["seq", "ts_s", "on", "setpoint_kw", "x"]), _JSON))
+@settings(max_examples=300)
+def test_random_json_objects_give_a_command_or_invalid_message(doc: dict[str, object]) -> None:
+    try:
+        msg = messages.decode("redy/n1/action/u1/command", json.dumps(doc))
+    except InvalidMessage:
+        return
+    assert isinstance(msg, messages.Command)
+    assert msg.setpoint_kw is None or math.isfinite(msg.setpoint_kw)
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b"{", "malformed JSON"),
+        (b"[1]", "expected a JSON object"),
+        (b'{"seq": 1, "on": true}', "missing field 'ts_s'"),
+        (b'{"seq": "1", "ts_s": 1, "on": true}', "Command.seq: expected an integer"),
+        (b'{"seq": 1, "ts_s": 1, "on": true, "colour": 1}', "unknown field(s) ['colour']"),
+        (b'{"seq": -3, "ts_s": 1, "on": true}', "below the minimum 0"),
+        (b'{"seq": 1, "ts_s": 1, "setpoint_kw": 1e308, "on": true}', "above the maximum"),
+        (b'{"seq": 1, "ts_s": 1, "setpoint_kw": NaN}', "malformed JSON"),
+        (b'{"seq": 1, "ts_s": 1}', "expected setpoint_kw or on"),
+        (b'{"seq": 1, "ts_s": 1, "on": "yes"}', "Command.on: expected true or false"),
+    ],
+)
+def test_bad_command_payloads_say_what_was_expected(payload: bytes, expected: str) -> None:
+    with pytest.raises(InvalidMessage) as err:
+        messages.decode("redy/house-1/action/heater/command", payload)
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_oversized_payload_is_refused_before_parsing() -> None:
+    payload = (
+        b'{"seq": 1, "ts_s": 1, "on": true, "pad": "' + b"x" * CONTRACT.max_payload_bytes + b'"}'
+    )
+    with pytest.raises(InvalidMessage, match="over the limit"):
+        messages.decode("redy/house-1/action/heater/command", payload)
+
+
+@pytest.mark.parametrize(
+    "topic",
+    ["redy/house-1", "other/house-1/descriptor", "redy/House-1/descriptor", "redy/h/x/y/z/w"],
+)
+def test_topics_outside_the_tree_are_refused(topic: str) -> None:
+    with pytest.raises(InvalidMessage, match="not in the ReDy tree"):
+        messages.decode(topic, b"{}")
+
+
+def test_nested_entry_errors_name_the_path() -> None:
+    payload = b'{"node":"a","ts_s":1,"entries":[{"node":"b","broker":"http://x","age":1}]}'
+    with pytest.raises(InvalidMessage, match=r"entries\[0\]\.broker"):
+        messages.decode("redy/a/membership/view", payload)

@@ -1,0 +1,94 @@
+"""topics.yaml and redy.messages / redy.topics describe the same contract."""
+
+from __future__ import annotations
+
+import types
+import typing
+
+import attrs
+import pytest
+
+from redy import messages, topics
+from redy.topics import CONTRACT
+
+pytestmark = pytest.mark.pure
+
+_SCALARS = {
+    "str": str,
+    "id": str,
+    "uri": str,
+    "enum": str,
+    "int": int,
+    "float": float,
+    "bool": bool,
+}
+
+
+def _python_type(field: topics.FieldSpec) -> object:
+    if field.type == "list":
+        item = messages.MESSAGE_TYPES.get(field.items or "") or _SCALARS[field.items or "str"]
+        base: object = tuple[item, ...]  # type: ignore[valid-type]
+    else:
+        base = messages.MESSAGE_TYPES.get(field.type) or _SCALARS[field.type]
+    return base | None if field.optional else base  # type: ignore[operator]
+
+
+def _same(a: object, b: object) -> bool:
+    if typing.get_origin(a) in (typing.Union, types.UnionType):
+        return set(typing.get_args(a)) == set(typing.get_args(b))
+    return a == b
+
+
+def test_every_yaml_type_has_a_class_and_every_class_a_yaml_type() -> None:
+    assert set(CONTRACT.types) == set(messages.MESSAGE_TYPES)
+
+
+@pytest.mark.parametrize("type_name", sorted(CONTRACT.types))
+def test_class_fields_match_yaml_fields(type_name: str) -> None:
+    cls = messages.MESSAGE_TYPES[type_name]
+    hints = typing.get_type_hints(cls)
+    yaml_fields = {f.name: f for f in CONTRACT.types[type_name].fields}
+    assert {a.name for a in attrs.fields(cls)} == set(yaml_fields)
+    for name, spec in yaml_fields.items():
+        assert _same(hints[name], _python_type(spec)), f"{type_name}.{name}"
+        has_default = attrs.fields_dict(cls)[name].default is not attrs.NOTHING
+        # Optional fields must have a default; only they and lists (empty) may have one.
+        if spec.optional:
+            assert has_default, f"{type_name}.{name}"
+        elif has_default:
+            assert spec.type == "list", f"{type_name}.{name}"
+
+
+def test_every_topic_names_a_declared_type_and_known_roles() -> None:
+    roles = {"detection", "action", "unit", "governance", "operator", "peer"}
+    for spec in CONTRACT.topics.values():
+        assert spec.type in CONTRACT.types
+        assert spec.qos in (0, 1, 2)
+        assert set(spec.publishers) <= roles and set(spec.subscribers) <= roles
+        assert spec.pattern.startswith("redy/{node}/")
+
+
+def test_topic_patterns_are_unambiguous() -> None:
+    for spec in CONTRACT.topics.values():
+        concrete = spec.pattern.format(node="n1", unit="u1", peer="p1")
+        assert CONTRACT.match(concrete)[0] is spec
+
+
+def test_render_and_match_round_trip() -> None:
+    topic = topics.render("measurement", node="house-1", unit="pv-meter")
+    assert topic == "redy/house-1/detection/pv-meter/measurement"
+    spec, params = CONTRACT.match(topic)
+    assert spec.name == "measurement"
+    assert params == {"node": "house-1", "unit": "pv-meter"}
+
+
+def test_acl_grants_only_what_the_roles_say() -> None:
+    acl = topics.local_acl("house-1", {"pv-meter": "detection", "heater": "action"})
+    block = acl.split("user pv-meter\n")[1].split("\n\n")[0].splitlines()
+    assert "topic write redy/house-1/detection/pv-meter/measurement" in block
+    assert not any("command" in line for line in block)
+    heater = acl.split("user heater\n")[1].split("\n\n")[0].splitlines()
+    assert "topic read redy/house-1/action/heater/command" in heater
+    grid = topics.grid_acl("house-1")
+    assert "pattern write redy/house-1/grid/neighbours/%c" in grid
+    assert "redy/house-1/action" not in grid
