@@ -1,0 +1,52 @@
+# The README's two commands: `make demo` and `make test`. Each installs what it needs on a fresh
+# Debian machine (as root): apt packages, a .venv with the package and its test extras, a Docker
+# engine and the local mosquitto image for the container backend.
+
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+APT_PACKAGES := mosquitto mosquitto-clients docker.io python3-venv python3-pip
+DEMO_DURATION ?= 90
+
+.PHONY: demo test deps venv docker image lint typecheck pytest clean
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@# Debian starts mosquitto as a service on 1883 on install; our brokers use their own ports.
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -U pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+docker: deps
+	bash brokers/start-dockerd.sh
+
+image: docker
+	bash brokers/image/build.sh
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+pytest: venv image
+	TESTCONTAINERS_RYUK_DISABLED=true $(VENV)/bin/pytest
+
+test: deps venv image lint typecheck pytest
+
+demo: deps venv
+	$(VENV)/bin/redy launch launch/figure3.yaml --duration $(DEMO_DURATION) --table
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

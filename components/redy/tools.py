@@ -1,0 +1,380 @@
+"""Operator tools, as `ros2 topic` and `ros2 node`: `redy topic list|echo|pub|hz`, `redy view`,
+`redy node list|info`. They work on any node's broker with its operator (local listener) or grid
+(grid listener) credentials, and validate every payload against topics.yaml.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from redy import messages
+from redy.errors import BrokerError, InvalidMessage
+from redy.topics import CONTRACT
+
+_CONNECT_TIMEOUT_S = 5.0
+
+
+class _Received:
+    """One message as the tools see it."""
+
+    __slots__ = ("payload", "retained", "t_s", "topic")
+
+    def __init__(self, topic: str, payload: bytes, retained: bool) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.retained = retained
+        self.t_s = time.monotonic()
+
+
+def _password(user: str, password: str | None, credentials: str | None) -> str:
+    if password is not None:
+        return password
+    if credentials is None:
+        raise click.UsageError("give --password, or --credentials FILE (a node's credentials.json)")
+    try:
+        data = orjson.loads(Path(credentials).read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise click.UsageError(f"cannot read credentials file {credentials}: {exc}") from None
+    users = data.get("users", data) if isinstance(data, dict) else {}
+    if isinstance(users.get(user), str):
+        return str(users[user])
+    if isinstance(data, dict) and isinstance(data.get(user), dict):  # {"grid": {"password": ..}}
+        return str(data[user].get("password", ""))
+    raise click.UsageError(f"no password for user {user!r} in {credentials}")
+
+
+@contextmanager
+def _client(
+    broker: str, user: str, password: str, inbox: queue.Queue[_Received] | None = None
+) -> Iterator[mqtt.Client]:
+    """A connected paho client (MQTT 5), its network loop in a thread; BrokerError if refused."""
+    host, port = messages.parse_uri(broker)
+    connected = threading.Event()
+    outcome: dict[str, str] = {}
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"redy-cli-{secrets.token_hex(4)}",
+        protocol=mqtt.MQTTv5,
+    )
+    client.username_pw_set(user, password)
+
+    def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        outcome["reason"] = str(reason)
+        if not reason.is_failure:
+            outcome["ok"] = "yes"
+        connected.set()
+
+    def on_message(c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if inbox is not None:
+            inbox.put(_Received(msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    try:
+        client.connect(host, port, keepalive=30)
+    except OSError as exc:
+        raise BrokerError(f"cannot reach broker {broker}: {exc.strerror or exc}") from None
+    client.loop_start()
+    try:
+        if not connected.wait(_CONNECT_TIMEOUT_S):
+            raise BrokerError(f"broker {broker} did not answer within {_CONNECT_TIMEOUT_S:.0f} s")
+        if "ok" not in outcome:
+            raise BrokerError(f"broker {broker} refused user {user!r}: {outcome.get('reason')}")
+        yield client
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _subscribe(client: mqtt.Client, pattern: str) -> None:
+    result, _ = client.subscribe(pattern, qos=1)
+    if result != mqtt.MQTT_ERR_SUCCESS:
+        raise BrokerError(f"cannot subscribe to {pattern}: {mqtt.error_string(result)}")
+
+
+def _describe(topic: str) -> tuple[str, str]:
+    """(type name, 'retained'/'volatile' by contract) of a topic, or ('?', 'outside the tree')."""
+    try:
+        spec, _ = CONTRACT.match(topic)
+    except InvalidMessage:
+        return "?", "outside the tree"
+    return spec.type, "retained" if spec.retained else "volatile"
+
+
+def _render(r: _Received) -> str:
+    try:
+        msg = messages.decode(r.topic, r.payload)
+    except InvalidMessage as exc:
+        return f"INVALID {exc}"
+    return orjson.dumps(messages.to_dict(msg)).decode()
+
+
+_broker_option = click.option(
+    "--broker", required=True, help="Broker URI, e.g. mqtt://127.0.0.1:18841."
+)
+_user_option = click.option("--user", default="operator", show_default=True)
+_password_option = click.option("--password", default=None, envvar="REDY_PASSWORD")
+_credentials_option = click.option(
+    "--credentials",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="A node's credentials.json; the password of --user is read from it.",
+)
+
+
+def _with_auth(f: Any) -> Any:
+    for option in (_credentials_option, _password_option, _user_option, _broker_option):
+        f = option(f)
+    return f
+
+
+@click.group()
+def topic() -> None:
+    """Topics of a node's broker, like `ros2 topic`."""
+
+
+@topic.command("list")
+@_with_auth
+@click.option("--wait", "wait_s", type=float, default=2.0, show_default=True, help="Seconds.")
+@click.option("--pattern", default="redy/#", show_default=True)
+def topic_list(
+    broker: str,
+    user: str,
+    password: str | None,
+    credentials: str | None,
+    wait_s: float,
+    pattern: str,
+) -> None:
+    """Show the topics seen (retained ones at once) with their message type."""
+    inbox: queue.Queue[_Received] = queue.Queue()
+    with _client(broker, user, _password(user, password, credentials), inbox) as client:
+        _subscribe(client, pattern)
+        time.sleep(wait_s)
+    seen: dict[str, list[_Received]] = collections.defaultdict(list)
+    while not inbox.empty():
+        r = inbox.get()
+        seen[r.topic].append(r)
+    for name in sorted(seen):
+        type_name, kind = _describe(name)
+        retained = "retained" if any(r.retained for r in seen[name]) else kind
+        click.echo(f"{name} [{type_name}] {retained} x{len(seen[name])}")
+
+
+@topic.command("echo")
+@click.argument("pattern")
+@_with_auth
+@click.option("--count", type=int, default=0, help="Stop after N messages (0: until Ctrl-C).")
+@click.option("--timeout", "timeout_s", type=float, default=0.0, help="Stop after S seconds.")
+def topic_echo(
+    pattern: str,
+    broker: str,
+    user: str,
+    password: str | None,
+    credentials: str | None,
+    count: int,
+    timeout_s: float,
+) -> None:
+    """Print each message on PATTERN, decoded and validated (invalid ones shown as INVALID)."""
+    inbox: queue.Queue[_Received] = queue.Queue()
+    deadline = time.monotonic() + timeout_s if timeout_s > 0 else float("inf")
+    shown = 0
+    with _client(broker, user, _password(user, password, credentials), inbox) as client:
+        _subscribe(client, pattern)
+        while time.monotonic() < deadline and (count == 0 or shown < count):
+            try:
+                r = inbox.get(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                continue
+            flag = " (retained)" if r.retained else ""
+            click.echo(f"{r.topic}{flag} {_render(r)}")
+            shown += 1
+
+
+@topic.command("pub")
+@click.argument("topic_name", metavar="TOPIC")
+@click.argument("payload")
+@_with_auth
+@click.option("--times", type=int, default=1, show_default=True)
+@click.option("--rate", "rate_hz", type=float, default=1.0, show_default=True, help="Hz.")
+def topic_pub(
+    topic_name: str,
+    payload: str,
+    broker: str,
+    user: str,
+    password: str | None,
+    credentials: str | None,
+    times: int,
+    rate_hz: float,
+) -> None:
+    """Validate PAYLOAD (JSON) against TOPIC's type, then publish it with the topic's QoS,
+    retention and expiry."""
+    spec, _ = CONTRACT.match(topic_name)
+    body = messages.encode(messages.decode(topic_name, payload.encode()))
+    props = None
+    if spec.expiry_s:
+        props = Properties(PacketTypes.PUBLISH)
+        props.MessageExpiryInterval = int(spec.expiry_s)
+    with _client(broker, user, _password(user, password, credentials)) as client:
+        for i in range(times):
+            info = client.publish(
+                topic_name, body, qos=spec.qos, retain=spec.retained, properties=props
+            )
+            info.wait_for_publish(timeout=_CONNECT_TIMEOUT_S)
+            if not info.is_published():
+                raise BrokerError(
+                    f"broker {broker} did not acknowledge the publish on {topic_name}"
+                )
+            if i + 1 < times:
+                time.sleep(1.0 / rate_hz)
+    click.echo(f"published {times} x {spec.type} on {topic_name}")
+
+
+@topic.command("hz")
+@click.argument("pattern")
+@_with_auth
+@click.option("--window", "window_s", type=float, default=5.0, show_default=True, help="Seconds.")
+def topic_hz(
+    pattern: str,
+    broker: str,
+    user: str,
+    password: str | None,
+    credentials: str | None,
+    window_s: float,
+) -> None:
+    """Measure the rate of live (not retained) messages on PATTERN over a window."""
+    inbox: queue.Queue[_Received] = queue.Queue()
+    with _client(broker, user, _password(user, password, credentials), inbox) as client:
+        _subscribe(client, pattern)
+        time.sleep(window_s)
+    stamps: dict[str, list[float]] = collections.defaultdict(list)
+    while not inbox.empty():
+        r = inbox.get()
+        if not r.retained:
+            stamps[r.topic].append(r.t_s)
+    if not stamps:
+        click.echo(f"no live messages on {pattern} in {window_s:g} s")
+    for name in sorted(stamps):
+        ts = stamps[name]
+        rate = (len(ts) - 1) / (ts[-1] - ts[0]) if len(ts) > 1 and ts[-1] > ts[0] else 0.0
+        click.echo(f"{name}: {rate:.2f} Hz ({len(ts)} messages in {window_s:g} s)")
+
+
+def _read_retained(
+    client: mqtt.Client, inbox: queue.Queue[_Received], topics_: list[str]
+) -> dict[str, Any]:
+    """The retained message of each topic (decoded), waiting briefly; missing ones are left out."""
+    for t in topics_:
+        _subscribe(client, t)
+    found: dict[str, Any] = {}
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline and len(found) < len(topics_):
+        try:
+            r = inbox.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        try:
+            found[r.topic] = messages.decode(r.topic, r.payload)
+        except InvalidMessage as exc:
+            click.echo(f"INVALID {exc}", err=True)
+    return found
+
+
+def fetch_view(broker: str, user: str, password: str, node: str) -> messages.View | None:
+    """A node's retained membership view, read from `broker` (None if it has none)."""
+    inbox: queue.Queue[_Received] = queue.Queue()
+    with _client(broker, user, password, inbox) as client:
+        name = f"redy/{node}/membership/view"
+        view = _read_retained(client, inbox, [name]).get(name)
+    return view if isinstance(view, messages.View) else None
+
+
+@click.command()
+@click.argument("node_id", metavar="NODE")
+@_with_auth
+def view(
+    node_id: str, broker: str, user: str, password: str | None, credentials: str | None
+) -> None:
+    """Print NODE's retained membership view (neighbours with ages and brokers)."""
+    found = fetch_view(broker, user, _password(user, password, credentials), node_id)
+    if found is None:
+        raise BrokerError(f"no retained view of node {node_id!r} on {broker}")
+    click.echo(f"view of {found.node} ({len(found.entries)} neighbours)")
+    for e in sorted(found.entries, key=lambda e: (e.age, e.node)):
+        click.echo(f"  {e.node:<24} age {e.age:<4} {e.broker}")
+
+
+@click.group()
+def node() -> None:
+    """Nodes of the grid, like `ros2 node`."""
+
+
+@node.command("list")
+@_with_auth
+@click.option("--limit", type=int, default=1000, show_default=True, help="Stop after N nodes.")
+def node_list(
+    broker: str, user: str, password: str | None, credentials: str | None, limit: int
+) -> None:
+    """List the nodes reachable from one broker by following retained views.
+
+    The first broker may be a local listener (operator) or a grid listener (grid credential);
+    neighbours are reached on their grid listeners with the grid credential (--user grid).
+    """
+    secret = _password(user, password, credentials)
+    grid_secret = secret if user == "grid" else _password("grid", None, credentials)
+    inbox: queue.Queue[_Received] = queue.Queue()
+    with _client(broker, user, secret, inbox) as client:
+        _subscribe(client, "redy/+/descriptor")
+        start = _read_retained(client, inbox, ["redy/+/membership/view"])
+    frontier = [v for v in start.values() if isinstance(v, messages.View)]
+    seen: dict[str, str] = {v.node: broker for v in frontier}
+    while frontier and len(seen) < limit:
+        current = frontier.pop()
+        for e in current.entries:
+            if e.node in seen:
+                continue
+            seen[e.node] = e.broker
+            try:
+                nxt = fetch_view(e.broker, "grid", grid_secret, e.node)
+            except BrokerError as exc:
+                click.echo(f"{e.node}: unreachable ({exc})", err=True)
+                continue
+            if nxt is not None:
+                frontier.append(nxt)
+    for name in sorted(seen):
+        click.echo(f"{name} {seen[name]}")
+
+
+@node.command("info")
+@click.argument("node_id", metavar="NODE")
+@_with_auth
+def node_info(
+    node_id: str, broker: str, user: str, password: str | None, credentials: str | None
+) -> None:
+    """Show a node's descriptor, its units (birth and state) and its energy state."""
+    inbox: queue.Queue[_Received] = queue.Queue()
+    with _client(broker, user, _password(user, password, credentials), inbox) as client:
+        for pattern in (
+            f"redy/{node_id}/descriptor",
+            f"redy/{node_id}/units/+/+",
+            f"redy/{node_id}/governance/state",
+        ):
+            _subscribe(client, pattern)
+        time.sleep(1.0)
+    while not inbox.empty():
+        r = inbox.get()
+        click.echo(f"{r.topic} {_render(r)}")
