@@ -1,0 +1,572 @@
+"""A node's Mosquitto broker: render its config, passwords and ACLs; run it as a child process or
+as a container; wait until it accepts an authenticated connection.
+
+Layout of a node's state directory (`<state_dir>/<node>/`):
+
+    mosquitto.conf        config for the process backend (host paths)
+    container.conf        the same config with the container's paths
+    passwd, acl           local listener: one account per unit, `governance`, `operator`
+    grid.passwd, grid.acl grid listener: the grid credential, `%c` patterns
+    credentials.json      the clear-text passwords (mode 0600), read by the launcher and tools
+    data/                 persistence (retained messages survive a restart)
+
+The grid credential is shared by every node of a grid: it lives in `<state_dir>/grid.json`
+(or comes from REDY_GRID_PASSWORD) and every node rendered in that state dir uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+import attrs
+import click
+import orjson
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from redy.errors import BrokerError
+from redy.topics import check_id, grid_acl, local_acl
+
+DEFAULT_IMAGE = "redy/mosquitto:2"
+GRID_PORT_OFFSET = 10000
+_CONTAINER_DIR = "/mosquitto/config/node"
+_CONTAINER_DATA = "/mosquitto/data"
+_READY_TIMEOUT_S = 15.0
+
+
+def image_name() -> str:
+    """The mosquitto image of the container backend (REDY_MOSQUITTO_IMAGE, e.g. the official
+    eclipse-mosquitto:2 where a registry is reachable)."""
+    return os.environ.get("REDY_MOSQUITTO_IMAGE", DEFAULT_IMAGE)
+
+
+@attrs.frozen
+class NodeBroker:
+    """What a node's broker is: its id, ports, units (name -> role) and where its files live."""
+
+    node: str = attrs.field(validator=lambda _i, _a, v: check_id(v, "node"))
+    port: int
+    state_dir: Path = attrs.field(converter=Path)
+    units: Mapping[str, str] = attrs.field(factory=dict)
+    grid_port: int | None = None
+    bind: str = "127.0.0.1"
+
+    @property
+    def grid_listener_port(self) -> int:
+        return self.grid_port if self.grid_port is not None else self.port + GRID_PORT_OFFSET
+
+    @property
+    def node_dir(self) -> Path:
+        return self.state_dir / self.node
+
+    @property
+    def uri(self) -> str:
+        return f"mqtt://{self.bind}:{self.port}"
+
+    @property
+    def grid_uri(self) -> str:
+        return f"mqtt://{self.bind}:{self.grid_listener_port}"
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.node_dir / "credentials.json"
+
+
+@attrs.frozen
+class Credentials:
+    """Clear-text passwords of a node's accounts and of the grid credential."""
+
+    users: Mapping[str, str]
+    grid_password: str
+
+    def password(self, user: str) -> str:
+        if user == "grid":
+            return self.grid_password
+        try:
+            return self.users[user]
+        except KeyError:
+            raise BrokerError(
+                f"no account {user!r}; expected one of {sorted(self.users)}"
+            ) from None
+
+
+def load_credentials(path: Path | str) -> Credentials:
+    """Read a node's credentials.json."""
+    try:
+        data = orjson.loads(Path(path).read_bytes())
+        return Credentials(users=dict(data["users"]), grid_password=str(data["grid"]["password"]))
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise BrokerError(f"cannot read credentials {path}: {exc}") from None
+
+
+def _grid_password(state_dir: Path) -> str:
+    env = os.environ.get("REDY_GRID_PASSWORD")
+    if env:
+        return env
+    path = state_dir / "grid.json"
+    if path.exists():
+        return str(orjson.loads(path.read_bytes())["password"])
+    password = secrets.token_urlsafe(18)
+    _write_private(path, orjson.dumps({"user": "grid", "password": password}))
+    return password
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _password_file(path: Path, users: Mapping[str, str]) -> None:
+    """Write a mosquitto password file (hashed with mosquitto_passwd -U, in one call)."""
+    tool = shutil.which("mosquitto_passwd")
+    if tool is None:
+        raise BrokerError("mosquitto_passwd not found: install the Debian package mosquitto")
+    _write_private(path, "".join(f"{u}:{p}\n" for u, p in users.items()).encode())
+    done = subprocess.run([tool, "-U", str(path)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise BrokerError(f"mosquitto_passwd failed on {path}: {done.stderr.strip()}")
+    path.chmod(0o644)  # hashed; readable by the container's mosquitto user
+
+
+_TEMPLATE = Path(__file__).resolve().parents[2] / "brokers" / "mosquitto.conf.template"
+
+
+def _template() -> str:
+    if _TEMPLATE.exists():
+        return _TEMPLATE.read_text()
+    return _FALLBACK_TEMPLATE
+
+
+# Kept identical to brokers/mosquitto.conf.template (a test checks it) so an installed wheel,
+# which has no brokers/ folder, renders the same config.
+_FALLBACK_TEMPLATE = """\
+# Mosquitto config of node {node}. Rendered by redy.brokers: do not edit.
+per_listener_settings true
+user {user}
+persistence true
+persistence_location {data_dir}/
+autosave_interval 30
+log_dest stderr
+log_type error
+log_type warning
+log_type notice
+log_type information
+connection_messages true
+sys_interval 10
+max_packet_size 131072
+
+# Local listener: the node's units, its governance unit and its operators.
+listener {port} {bind}
+allow_anonymous false
+password_file {conf_dir}/passwd
+acl_file {conf_dir}/acl
+
+# Grid listener: peers' governance units, one grid credential, client id = node id.
+listener {grid_port} {bind}
+allow_anonymous false
+password_file {conf_dir}/grid.passwd
+acl_file {conf_dir}/grid.acl
+"""
+
+
+def render(broker: NodeBroker) -> Credentials:
+    """Write a node's config, password and ACL files; keep passwords already issued."""
+    d = broker.node_dir
+    (d / "data").mkdir(parents=True, exist_ok=True)
+    users: dict[str, str] = {}
+    if broker.credentials_path.exists():
+        users.update(load_credentials(broker.credentials_path).users)
+    wanted = ["governance", "operator", *sorted(broker.units)]
+    users = {u: users.get(u) or secrets.token_urlsafe(18) for u in wanted}
+    grid = _grid_password(broker.state_dir)
+    _write_private(
+        broker.credentials_path,
+        orjson.dumps(
+            {"node": broker.node, "users": users, "grid": {"user": "grid", "password": grid}},
+            option=orjson.OPT_INDENT_2,
+        ),
+    )
+    _password_file(d / "passwd", users)
+    _password_file(d / "grid.passwd", {"grid": grid})
+    (d / "acl").write_text(local_acl(broker.node, broker.units))
+    (d / "grid.acl").write_text(grid_acl(broker.node))
+    common = {
+        "node": broker.node,
+        "port": broker.port,
+        "grid_port": broker.grid_listener_port,
+        "bind": broker.bind,
+    }
+    (d / "mosquitto.conf").write_text(
+        _template().format(
+            **common, user=getpass.getuser(), data_dir=d / "data", conf_dir=d.resolve()
+        )
+    )
+    (d / "container.conf").write_text(
+        _template().format(**common, user="root", data_dir=_CONTAINER_DATA, conf_dir=_CONTAINER_DIR)
+    )
+    return Credentials(users=users, grid_password=grid)
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_authenticated(host: str, port: int, user: str, password: str, timeout_s: float) -> None:
+    """Return once the broker accepts `user` (MQTT 5); BrokerError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        ok, last = try_connect(host, port, user, password, timeout_s=1.0)
+        if ok:
+            return
+        if "not authorized" in last.lower() or "bad user" in last.lower():
+            break  # a refusal will not change by waiting
+        time.sleep(0.05)
+    raise BrokerError(f"broker {host}:{port} did not accept user {user!r}: {last}")
+
+
+def try_connect(
+    host: str, port: int, user: str | None, password: str | None, timeout_s: float = 2.0
+) -> tuple[bool, str]:
+    """(accepted, reason) of one MQTT 5 connection attempt."""
+    done = threading.Event()
+    result: dict[str, Any] = {}
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"redy-probe-{secrets.token_hex(4)}",
+        protocol=mqtt.MQTTv5,
+    )
+    if user is not None:
+        client.username_pw_set(user, password)
+
+    def on_connect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        result["ok"] = not reason.is_failure
+        result["reason"] = str(reason)
+        done.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(host, port, keepalive=5)
+    except OSError as exc:
+        return False, exc.strerror or str(exc)
+    client.loop_start()
+    try:
+        if not done.wait(timeout_s):
+            return False, "no CONNACK"
+        return bool(result["ok"]), str(result["reason"])
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+class Broker(Protocol):
+    """What both backends offer."""
+
+    config: NodeBroker
+    credentials: Credentials
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def alive(self) -> bool: ...
+
+
+class _BrokerBase:
+    def __init__(self, config: NodeBroker) -> None:
+        self.config = config
+        self.credentials: Credentials = Credentials(users={}, grid_password="")
+
+    @property
+    def port(self) -> int:
+        return self.config.port
+
+    @property
+    def grid_port(self) -> int:
+        return self.config.grid_listener_port
+
+    @property
+    def uri(self) -> str:
+        return self.config.uri
+
+    @property
+    def grid_uri(self) -> str:
+        return self.config.grid_uri
+
+    def _check_ports(self) -> None:
+        for port in (self.config.port, self.config.grid_listener_port):
+            if not port_is_free(port, self.config.bind):
+                raise BrokerError(
+                    f"port {port} on {self.config.bind} is in use; node {self.config.node} "
+                    "needs a free local and grid port"
+                )
+
+    def _wait_ready(self) -> None:
+        wait_authenticated(
+            self.config.bind,
+            self.config.port,
+            "operator",
+            self.credentials.password("operator"),
+            _READY_TIMEOUT_S,
+        )
+
+    def __enter__(self) -> Any:
+        self.start()  # type: ignore[attr-defined]
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()  # type: ignore[attr-defined]
+
+
+class ProcessBroker(_BrokerBase):
+    """The node's broker as a `mosquitto` child process (the default backend)."""
+
+    def __init__(self, config: NodeBroker) -> None:
+        super().__init__(config)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self) -> None:
+        binary = shutil.which("mosquitto") or (
+            "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+        )
+        if binary is None:
+            raise BrokerError("mosquitto not found: install the Debian package mosquitto")
+        self._check_ports()
+        self.credentials = render(self.config)
+        self._log = open(self.config.node_dir / "mosquitto.log", "ab")  # noqa: SIM115
+        self._proc = subprocess.Popen(
+            [binary, "-c", str(self.config.node_dir / "mosquitto.conf")],
+            stdout=self._log,
+            stderr=self._log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C goes to the launcher, which stops us in order
+        )
+        try:
+            self._wait_ready()
+        except BrokerError:
+            code = self._proc.poll()
+            self.stop()
+            if code is not None:
+                tail = (self.config.node_dir / "mosquitto.log").read_text().strip().splitlines()
+                raise BrokerError(
+                    f"mosquitto of node {self.config.node} exited ({code}): "
+                    f"{tail[-1] if tail else 'no log'}"
+                ) from None
+            raise
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (tests)."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class ContainerBroker(_BrokerBase):
+    """The node's broker in a container (testcontainers), host networking on 127.0.0.1."""
+
+    def __init__(self, config: NodeBroker, image: str | None = None) -> None:
+        super().__init__(config)
+        self.image = image or image_name()
+        self._container: Any = None
+
+    def start(self) -> None:
+        os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # no Ryuk image here
+        try:
+            from testcontainers.core.container import DockerContainer
+            from testcontainers.core.wait_strategies import LogMessageWaitStrategy
+        except ImportError as exc:
+            raise BrokerError(f"the container backend needs testcontainers: {exc}") from None
+        self._check_ports()
+        self.credentials = render(self.config)
+        d = self.config.node_dir.resolve()
+        # testcontainers' MosquittoContainer publishes port 1883, which host networking refuses;
+        # the generic container with the same mounts and log wait does what it does.
+        container = (
+            DockerContainer(self.image)
+            .with_kwargs(network_mode="host")
+            .with_volume_mapping(str(d / "container.conf"), "/mosquitto/config/mosquitto.conf")
+            .with_volume_mapping(str(d), _CONTAINER_DIR, mode="ro")
+            .with_volume_mapping(str(d / "data"), _CONTAINER_DATA, mode="rw")
+            .waiting_for(
+                LogMessageWaitStrategy(r"mosquitto version \S+ running").with_startup_timeout(20)
+            )
+        )
+        try:
+            container.start()
+        except Exception as exc:  # docker's errors come in many types; one line for the user
+            with contextlib.suppress(Exception):
+                container.stop()
+            raise BrokerError(
+                f"cannot start container {self.image} for node {self.config.node}: "
+                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__} "
+                "(is dockerd running and the image built? `make image`)"
+            ) from None
+        self._container = container
+        try:
+            self._wait_ready()
+        except BrokerError:
+            self.stop()
+            raise
+
+    def alive(self) -> bool:
+        if self._container is None:
+            return False
+        try:
+            return bool(self._container.status == "running")
+        except Exception:
+            return False
+
+    def kill(self) -> None:
+        if self._container is not None:
+            self._container.get_wrapped_container().kill()
+
+    def stop(self) -> None:
+        if self._container is not None:
+            # SIGTERM first: mosquitto writes its persistence file (retained messages) on exit;
+            # testcontainers' stop() alone removes the container by force.
+            with contextlib.suppress(Exception):
+                self._container.get_wrapped_container().stop(timeout=5)
+            with contextlib.suppress(Exception):
+                self._container.stop()
+            self._container = None
+
+
+def make_broker(config: NodeBroker, backend: str = "process") -> ProcessBroker | ContainerBroker:
+    if backend == "process":
+        return ProcessBroker(config)
+    if backend == "container":
+        return ContainerBroker(config)
+    raise BrokerError(f"unknown broker backend {backend!r}; expected 'process' or 'container'")
+
+
+@contextlib.contextmanager
+def running(
+    config: NodeBroker, backend: str = "process"
+) -> Iterator[ProcessBroker | ContainerBroker]:
+    broker = make_broker(config, backend)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+# --- CLI ------------------------------------------------------------------------------------
+
+
+def _unit_option(values: tuple[str, ...]) -> dict[str, str]:
+    units = {}
+    for v in values:
+        name, sep, role = v.partition(":")
+        if not sep:
+            raise click.BadParameter(f"{v!r}: expected NAME:ROLE, e.g. pv-meter:detection")
+        units[name] = role
+    return units
+
+
+@click.group()
+def broker() -> None:
+    """A node's Mosquitto broker."""
+
+
+@broker.command("run")
+@click.option("--node", required=True, help="Node id, e.g. house-1.")
+@click.option("--port", type=click.IntRange(1, 65535), required=True, help="Local listener.")
+@click.option(
+    "--grid-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help=f"Grid listener [default: port + {GRID_PORT_OFFSET}].",
+)
+@click.option(
+    "--backend", type=click.Choice(["process", "container"]), default="process", show_default=True
+)
+@click.option("--state-dir", type=click.Path(file_okay=False), default=".redy", show_default=True)
+@click.option(
+    "--unit",
+    "units",
+    multiple=True,
+    metavar="NAME:ROLE",
+    help="A unit account (role detection or action); repeat for each unit.",
+)
+def broker_run(
+    node: str,
+    port: int,
+    grid_port: int | None,
+    backend: str,
+    state_dir: str,
+    units: tuple[str, ...],
+) -> None:
+    """Run one node's broker in the foreground until Ctrl-C or SIGTERM."""
+    config = NodeBroker(
+        node=node,
+        port=port,
+        grid_port=grid_port,
+        state_dir=Path(state_dir),
+        units=_unit_option(units),
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with running(config, backend) as b:
+        click.echo(
+            f"broker of {node} ({backend}) on {b.uri} (local) and {b.grid_uri} (grid); "
+            f"credentials in {config.credentials_path}"
+        )
+        try:
+            while not stop.wait(0.5):
+                if not b.alive():
+                    raise BrokerError(f"the broker of {node} stopped unexpectedly")
+        except KeyboardInterrupt:
+            pass
+    click.echo(f"broker of {node} stopped")
+
+
+@broker.command("password")
+@click.option("--node", required=True)
+@click.option("--user", default="operator", show_default=True)
+@click.option("--state-dir", type=click.Path(file_okay=False), default=".redy", show_default=True)
+def broker_password(node: str, user: str, state_dir: str) -> None:
+    """Print one account's password of a rendered node."""
+    click.echo(load_credentials(Path(state_dir) / node / "credentials.json").password(user))

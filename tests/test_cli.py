@@ -1,0 +1,129 @@
+"""The redy command line: help, one-line errors, and the topic tools on a real broker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from redy import messages
+from redy.topics import render
+
+REDY = [sys.executable, "-c", "import sys; from redy.cli import main; sys.exit(main())"]
+
+
+def _redy(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*REDY, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.pure
+def test_help_lists_the_command_groups() -> None:
+    out = _redy("--help").stdout
+    for group in ("launch", "topic", "node", "view", "broker", "sim"):
+        assert f"  {group} " in out
+
+
+@pytest.mark.integration
+def test_error_a_user_causes_is_one_line_not_a_traceback(process_broker: Any) -> None:
+    b = process_broker("house-1")
+    done = _redy("broker", "run", "--node", "house-2", "--port", str(b.port))
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "in use" in done.stderr
+    done = _redy("topic", "echo", "redy/#", "--broker", "mqtt://127.0.0.1:1", "--password", "x")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    done = _redy("broker", "run", "--node", "House 1", "--port", "18000")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+@pytest.mark.integration
+def test_broker_run_refuses_anonymous_and_stops_on_sigterm(tmp_path: Path, free_port: Any) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            *REDY,
+            "broker",
+            "run",
+            "--node",
+            "house-1",
+            "--port",
+            str(port),
+            "--grid-port",
+            str(free_port()),
+            "--state-dir",
+            str(tmp_path),
+            "--unit",
+            "pv-meter:detection",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert f"mqtt://127.0.0.1:{port}" in line
+        anon = subprocess.run(
+            ["mosquitto_sub", "-p", str(port), "-t", "#", "-W", "2"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert anon.returncode != 0 and "not authorised" in anon.stderr.lower()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+
+
+@pytest.mark.integration
+def test_topic_pub_validates_then_list_and_echo_show_it(process_broker: Any) -> None:
+    b = process_broker("house-1", {"heater": "action"})
+    auth = ["--broker", b.uri, "--credentials", str(b.config.credentials_path)]
+    topic = render("setpoint", node="house-1")
+    bad = _redy("topic", "pub", topic, '{"seq": 1, "net_kw": "lots"}', *auth)
+    assert bad.returncode == 2 and "NodeSetpoint.net_kw: expected a number" in bad.stderr
+    good = _redy("topic", "pub", topic, '{"seq": 1, "net_kw": 4.5}', *auth)
+    assert good.returncode == 0, good.stderr
+    listed = _redy("topic", "list", "--wait", "1", *auth).stdout
+    assert f"{topic} [NodeSetpoint] retained" in listed
+    echoed = _redy("topic", "echo", topic, "--count", "1", "--timeout", "5", *auth).stdout
+    assert '"net_kw":4.5' in echoed
+
+
+@pytest.mark.integration
+def test_topic_echo_shows_invalid_payloads_as_such(process_broker: Any, mqtt_client: Any) -> None:
+    b = process_broker("house-1", {"meter": "detection"})
+    auth = ["--broker", b.uri, "--credentials", str(b.config.credentials_path)]
+    echo = subprocess.Popen(
+        [
+            *REDY,
+            "topic",
+            "echo",
+            "redy/house-1/detection/+/measurement",
+            "--count",
+            "2",
+            "--timeout",
+            "10",
+            *auth,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    meter = mqtt_client(b.port, "meter", b.credentials.password("meter"))
+    topic = render("measurement", node="house-1", unit="meter")
+    meter.publish(topic, b"{not json")
+    meter.publish(
+        topic, messages.encode(messages.Measurement(seq=1, ts_s=1.0, power_kw=1.0, energy_kwh=0.0))
+    )
+    out, _ = echo.communicate(timeout=15)
+    lines = out.strip().splitlines()
+    assert "INVALID" in lines[0] and "malformed JSON" in lines[0]
+    assert '"power_kw":1.0' in lines[1]
+    assert os.path.exists(b.config.credentials_path)
