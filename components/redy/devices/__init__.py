@@ -1,1 +1,60 @@
-"""redy.devices."""
+"""Physical models of producers, loads and storage (pure: no I/O but a profile cache).
+
+`make_model(name, **params)` builds a model from a launch file's device name and parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from redy.devices.base import Applied, Device, DeviceError, Limits, Reading
+
+# name -> (module, class); imported on use so a unit loads only its own model's dependencies.
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "gas_plant": ("redy.devices.gas_plant", "GasPlant"),
+    "pv": ("redy.devices.renewables", "PV"),
+    "wind": ("redy.devices.renewables", "Wind"),
+    "csp": ("redy.devices.renewables", "CSP"),
+    "household_load": ("redy.devices.loads", "StandardLoad"),
+    "factory_load": ("redy.devices.loads", "StandardLoad"),
+    "fixed_load": ("redy.devices.loads", "StandardLoad"),
+    "flexible_load": ("redy.devices.loads", "FlexibleLoad"),
+    "ev_charger": ("redy.devices.loads", "EVCharger"),
+    "water_heater": ("redy.devices.loads", "WaterHeater"),
+    "battery": ("redy.devices.battery", "Battery"),
+}
+# Defaults that make one class serve several model names.
+_PRESETS: dict[str, dict[str, Any]] = {
+    "household_load": {"profile": "h0"},
+    "factory_load": {"profile": "g1"},
+    "fixed_load": {"profile": "g0", "annual_kwh": 100_000.0},
+}
+
+MODELS: tuple[str, ...] = tuple(sorted(_REGISTRY))
+
+
+def model_class(name: str) -> Callable[..., Device]:
+    import importlib
+
+    try:
+        module, cls = _REGISTRY[name]
+    except KeyError:
+        raise DeviceError(
+            f"unknown device model {name!r}; expected one of {list(MODELS)}"
+        ) from None
+    factory: Callable[..., Device] = getattr(importlib.import_module(module), cls)
+    return factory
+
+
+def make_model(name: str, **params: Any) -> Device:
+    """A device model by launch-file name; DeviceError names a bad parameter."""
+    cls = model_class(name)
+    merged = {**_PRESETS.get(name, {}), **params}
+    try:
+        return cls(**merged)
+    except TypeError as exc:
+        raise DeviceError(f"device model {name!r}: bad parameters ({exc})") from None
+
+
+__all__ = ["MODELS", "Applied", "Device", "DeviceError", "Limits", "Reading", "make_model"]

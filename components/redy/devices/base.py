@@ -1,0 +1,92 @@
+"""What every device model offers. Signed power: + = injection into the grid, - = consumption.
+
+Models are pure: they advance only when told (`step(dt_s)`, simulated seconds), read no clock,
+and take their randomness from an injected seed, so a run can go faster than real time and be
+replayed.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from redy.errors import RedyError
+
+
+class DeviceError(RedyError):
+    """An unknown device model or bad model parameters."""
+
+
+@attrs.frozen
+class Reading:
+    """What a meter on the device sees now."""
+
+    power_kw: float
+    energy_kwh: float
+    soc: float | None = None
+    available_kw: float | None = None
+    forecast_kw: tuple[float, ...] = ()
+
+
+@attrs.frozen
+class Limits:
+    """Signed power reachable within the next interval (ramp, state of charge, thermal band)."""
+
+    min_kw: float
+    max_kw: float
+
+
+@attrs.frozen
+class Applied:
+    """What a command did: the setpoint and on/off state now in force, and why it differs."""
+
+    setpoint_kw: float | None
+    on: bool
+    note: str | None = None
+
+
+class Device:
+    """Base of all models: integrates energy, keeps simulated time.
+
+    Subclasses set `kind`, `quantity` ('production' | 'consumption' | 'storage'), `rated_kw`, and
+    implement `_advance(dt_s) -> power_kw` (mean power over the step).
+    """
+
+    kind = "device"
+    quantity = "consumption"
+    actuatable = False
+    marginal_cost_eur_mwh: float | None = None
+
+    def __init__(self, rated_kw: float) -> None:
+        if not rated_kw > 0:
+            raise DeviceError(f"{self.kind}: rated power must be > 0 kW, got {rated_kw}")
+        self.rated_kw = float(rated_kw)
+        self.t_s = 0.0
+        self.energy_kwh = 0.0
+        self.power_kw = 0.0
+        self.on = True
+        self.setpoint_kw: float | None = None
+
+    def step(self, dt_s: float) -> None:
+        """Advance `dt_s` simulated seconds; energy is the integral of the step's power."""
+        if dt_s <= 0:
+            return
+        self.power_kw = self._advance(dt_s)
+        self.energy_kwh += self.power_kw * dt_s / 3600.0
+        self.t_s += dt_s
+
+    def _advance(self, dt_s: float) -> float:
+        raise NotImplementedError
+
+    def reading(self) -> Reading:
+        return Reading(power_kw=self.power_kw, energy_kwh=self.energy_kwh)
+
+    def limits(self, interval_s: float = 60.0) -> Limits:
+        """Signed power reachable within `interval_s` (non-actuatable: what it does now)."""
+        return Limits(self.power_kw, self.power_kw)
+
+    def apply(self, setpoint_kw: float | None = None, on: bool | None = None) -> Applied:
+        raise DeviceError(f"{self.kind} cannot be commanded: it has no actuator")
+
+
+def clamp(x: float, lo: float, hi: float) -> float:
+    return lo if x < lo else hi if x > hi else x

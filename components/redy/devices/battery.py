@@ -1,0 +1,82 @@
+"""A home battery (Powerwall 2 class by default: 13.5 kWh, 5 kW, ~90 % round trip)."""
+
+from __future__ import annotations
+
+import math
+
+from redy.devices.base import Applied, Device, DeviceError, Limits, Reading, clamp
+
+
+class Battery(Device):
+    """Storage. Setpoint is signed: + discharges into the grid, - charges. The round-trip
+    efficiency is split evenly between charge and discharge (sqrt each way)."""
+
+    kind = "battery"
+    quantity = "storage"
+    actuatable = True
+
+    def __init__(
+        self,
+        *,
+        capacity_kwh: float = 13.5,
+        power_kw: float = 5.0,
+        round_trip_efficiency: float = 0.9,
+        soc: float = 0.5,
+        soc_min: float = 0.05,
+        soc_max: float = 1.0,
+        marginal_cost_eur_mwh: float = 20.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(power_kw)
+        if capacity_kwh <= 0 or not 0 < round_trip_efficiency <= 1:
+            raise DeviceError("battery: expected capacity_kwh > 0 and 0 < efficiency <= 1")
+        if not 0 <= soc_min <= soc <= soc_max <= 1:
+            raise DeviceError("battery: expected 0 <= soc_min <= soc <= soc_max <= 1")
+        self.capacity_kwh = float(capacity_kwh)
+        self.eta = math.sqrt(round_trip_efficiency)
+        self.soc = float(soc)
+        self.soc_min = float(soc_min)
+        self.soc_max = float(soc_max)
+        self.marginal_cost_eur_mwh = float(marginal_cost_eur_mwh)
+        self.setpoint_kw = 0.0
+        self.stored_in_kwh = 0.0  # energy into the cells (after losses)
+        self.stored_out_kwh = 0.0  # energy out of the cells (before losses)
+
+    def _bounds(self, dt_s: float) -> tuple[float, float]:
+        h = dt_s / 3600.0
+        can_discharge = (self.soc - self.soc_min) * self.capacity_kwh * self.eta / h
+        can_charge = (self.soc_max - self.soc) * self.capacity_kwh / self.eta / h
+        return -min(self.rated_kw, can_charge), min(self.rated_kw, can_discharge)
+
+    def _advance(self, dt_s: float) -> float:
+        lo, hi = self._bounds(dt_s)
+        p = clamp(self.setpoint_kw or 0.0, lo, hi) if self.on else 0.0
+        h = dt_s / 3600.0
+        if p >= 0:
+            out = p * h / self.eta
+            self.stored_out_kwh += out
+            self.soc -= out / self.capacity_kwh
+        else:
+            into = -p * h * self.eta
+            self.stored_in_kwh += into
+            self.soc += into / self.capacity_kwh
+        self.soc = clamp(self.soc, self.soc_min, self.soc_max)
+        return p
+
+    def reading(self) -> Reading:
+        return Reading(power_kw=self.power_kw, energy_kwh=self.energy_kwh, soc=self.soc)
+
+    def limits(self, interval_s: float = 60.0) -> Limits:
+        lo, hi = self._bounds(max(interval_s, 1.0))
+        return Limits(lo, hi)
+
+    def apply(self, setpoint_kw: float | None = None, on: bool | None = None) -> Applied:
+        if on is not None:
+            self.on = on
+        note = None
+        if setpoint_kw is not None:
+            bounded = clamp(setpoint_kw, -self.rated_kw, self.rated_kw)
+            if bounded != setpoint_kw:
+                note = f"setpoint {setpoint_kw:g} kW clamped to +-{self.rated_kw:g} kW"
+            self.setpoint_kw = bounded
+        return Applied(self.setpoint_kw, self.on, note)
