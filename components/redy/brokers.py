@@ -340,10 +340,15 @@ class _BrokerBase:
 
 
 class ProcessBroker(_BrokerBase):
-    """The node's broker as a `mosquitto` child process (the default backend)."""
+    """The node's broker as a `mosquitto` child process (the default backend).
 
-    def __init__(self, config: NodeBroker) -> None:
+    `die_with_parent`: the kernel stops the broker if this process dies (launcher use; it
+    runs a pre-exec hook, so it is for a process with no other threads yet).
+    """
+
+    def __init__(self, config: NodeBroker, die_with_parent: bool = False) -> None:
         super().__init__(config)
+        self._die_with_parent = die_with_parent
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
 
@@ -366,6 +371,7 @@ class ProcessBroker(_BrokerBase):
             stderr=self._log,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C goes to the launcher, which stops us in order
+            preexec_fn=_pdeathsig if self._die_with_parent else None,
         )
         try:
             self._wait_ready()
@@ -473,9 +479,17 @@ class ContainerBroker(_BrokerBase):
             self._container = None
 
 
-def make_broker(config: NodeBroker, backend: str = "process") -> ProcessBroker | ContainerBroker:
+def _pdeathsig() -> None:
+    from redy.launch.lifetime import die_with_parent
+
+    die_with_parent()
+
+
+def make_broker(
+    config: NodeBroker, backend: str = "process", die_with_parent: bool = False
+) -> ProcessBroker | ContainerBroker:
     if backend == "process":
-        return ProcessBroker(config)
+        return ProcessBroker(config, die_with_parent=die_with_parent)
     if backend == "container":
         return ContainerBroker(config)
     raise BrokerError(f"unknown broker backend {backend!r}; expected 'process' or 'container'")

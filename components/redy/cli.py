@@ -66,6 +66,8 @@ def cli(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    # gmqtt logs every packet at INFO; our own lines say what matters.
+    logging.getLogger("gmqtt").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -19,10 +19,8 @@ import orjson
 from redy.errors import InvalidMessage
 from redy.topics import CONTRACT, FieldSpec, TopicSpec
 
-_frozen = attrs.frozen(kw_only=True)
 
-
-@_frozen
+@attrs.frozen(kw_only=True)
 class ViewEntry:
     """One neighbour: its node id, its grid listener URI and its age in shuffle periods."""
 
@@ -31,7 +29,7 @@ class ViewEntry:
     age: int
 
 
-@_frozen
+@attrs.frozen(kw_only=True)
 class NodeDescriptor:
     node: str
     kind: str
@@ -40,7 +38,7 @@ class NodeDescriptor:
     capabilities: tuple[str, ...] = ()
 
 
-@_frozen
+@attrs.frozen(kw_only=True)
 class UnitMeta:
     unit: str
     role: str
@@ -50,15 +48,16 @@ class UnitMeta:
     period_s: float
     bd_seq: int
     ts_s: float
+    capacity_kwh: float | None = None
 
 
-@_frozen
+@attrs.frozen(kw_only=True)
 class UnitState:
     state: str
     bd_seq: int
 
 
-@_frozen
+@attrs.frozen(kw_only=True)
 class Measurement:
     seq: int
     ts_s: float
@@ -69,7 +68,7 @@ class Measurement:
     forecast_kw: tuple[float, ...] = ()
 
 
-@_frozen
+@attrs.frozen(kw_only=True)
 class Command:
     seq: int
     ts_s: float
@@ -77,7 +76,7 @@ class Command:
     on: bool | None = None
 
 
-@_frozen
+@attrs.frozen(kw_only=True)
 class ActuatorStatus:
     seq: int
     ts_s: float
@@ -90,13 +89,13 @@ class ActuatorStatus:
     note: str | None = None
 
 
-@_frozen
+@attrs.frozen(kw_only=True)
 class NodeSetpoint:
     seq: int
     net_kw: float
 
 
-@_frozen
+@attrs.frozen(kw_only=True)
 class NodeEnergyState:
     node: str
     ts_s: float
@@ -117,14 +116,14 @@ class NodeEnergyState:
     setpoint_kw: float | None = None
 
 
-@_frozen
+@attrs.frozen(kw_only=True)
 class View:
     node: str
     ts_s: float
     entries: tuple[ViewEntry, ...] = ()
 
 
-@_frozen
+@attrs.frozen(kw_only=True)
 class ShuffleRequest:
     sender: str
     broker: str
@@ -132,14 +131,14 @@ class ShuffleRequest:
     entries: tuple[ViewEntry, ...] = ()
 
 
-@_frozen
+@attrs.frozen(kw_only=True)
 class ShuffleReply:
     sender: str
     nonce: int
     entries: tuple[ViewEntry, ...] = ()
 
 
-@_frozen
+@attrs.frozen(kw_only=True)
 class Gossip:
     sender: str
     epoch: int

@@ -66,6 +66,11 @@ class Device:
         self.on = True
         self.setpoint_kw: float | None = None
 
+    @property
+    def capacity_kwh_or_none(self) -> float | None:
+        """Usable stored energy (electric kWh) of a storage device; None for others."""
+        return None
+
     def step(self, dt_s: float) -> None:
         """Advance `dt_s` simulated seconds; energy is the integral of the step's power."""
         if dt_s <= 0:

@@ -63,6 +63,10 @@ class Battery(Device):
         self.soc = clamp(self.soc, self.soc_min, self.soc_max)
         return p
 
+    @property
+    def capacity_kwh_or_none(self) -> float | None:
+        return self.capacity_kwh
+
     def reading(self) -> Reading:
         return Reading(power_kw=self.power_kw, energy_kwh=self.energy_kwh, soc=self.soc)
 

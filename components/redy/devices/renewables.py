@@ -185,6 +185,10 @@ class CSP(Device):
         self.lost_kwh_th = 0.0
         self.spilled_kwh_th = 0.0
 
+    @property
+    def capacity_kwh_or_none(self) -> float | None:
+        return self.storage_kwh_th * self.block_efficiency
+
     def thermal_input_kw(self, t_s: float) -> float:
         return profiles.at(self.dni, t_s) / 1000.0 * self.field_m2 * self.optical_efficiency
 

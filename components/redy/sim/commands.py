@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 import orjson
 
@@ -76,7 +78,7 @@ def sim() -> None:
 )
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on one line.")
-def sim_membership(as_json: bool, **options: object) -> None:
+def sim_membership(as_json: bool, **options: Any) -> None:
     """Simulate the shuffle membership protocol, cycle by cycle."""
     from redy.sim.membership import simulate_membership
 
@@ -107,7 +109,7 @@ def sim_membership(as_json: bool, **options: object) -> None:
 @click.option("--dump-curves", type=click.Path(dir_okay=False, writable=True), default=None)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on one line.")
-def sim_balance(as_json: bool, **options: object) -> None:
+def sim_balance(as_json: bool, **options: Any) -> None:
     """Simulate decentralized balancing (membership + gossip + clearing) epoch by epoch."""
     from redy.sim.balance import simulate_balance
 

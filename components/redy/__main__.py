@@ -1,0 +1,19 @@
+"""`python -m redy`: the redy command line.
+
+A process started by `redy launch` (REDY_PARENT_PID set) asks the kernel to send it SIGTERM when
+the launcher dies, so even a `kill -9` of the launcher leaves no unit behind.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from redy.cli import main
+from redy.launch.lifetime import die_with_parent
+
+if __name__ == "__main__":
+    parent = os.environ.get("REDY_PARENT_PID")
+    if parent:
+        die_with_parent(int(parent))
+    sys.exit(main())

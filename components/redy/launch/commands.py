@@ -1,0 +1,107 @@
+"""`redy launch FILE.yaml [name:=value ...] [--duration S] [--compose]`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from redy.errors import LaunchError
+from redy.launch.parser import parse
+from redy.launch.supervisor import Supervisor
+
+_log = logging.getLogger(__name__)
+
+
+def _launch_args(values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for v in values:
+        name, sep, value = v.partition(":=")
+        if not sep or not name:
+            raise LaunchError(f"launch argument {v!r}: expected name:=value")
+        out[name] = value
+    return out
+
+
+@click.command("launch")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("args", nargs=-1)
+@click.option(
+    "--duration",
+    "duration_s",
+    type=click.FloatRange(0.0, min_open=True),
+    default=None,
+    help="Stop everything after S seconds.",
+)
+@click.option("--compose", is_flag=True, help="All units of a node in one process.")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    default=".redy",
+    show_default=True,
+    help="Broker configs, credentials, logs.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["process", "container"]),
+    default=None,
+    help="Override every broker's backend.",
+)
+@click.option(
+    "--table",
+    "table_period_s",
+    type=float,
+    default=None,
+    is_flag=False,
+    flag_value=5.0,
+    help="Print a live table of the nodes every S seconds (5).",
+)
+@click.option("--check", is_flag=True, help="Only parse and validate the file.")
+def launch(
+    file: str,
+    args: tuple[str, ...],
+    duration_s: float | None,
+    compose: bool,
+    state_dir: str,
+    backend: str | None,
+    table_period_s: float | None,
+    check: bool,
+) -> None:
+    """Run a launch FILE: brokers first, then governance units, then the units."""
+    desc = parse(file, _launch_args(args))
+    if check:
+        units = sum(len(n.units) for n in desc.nodes)
+        click.echo(f"{file}: ok ({len(desc.nodes)} nodes, {units} units)")
+        return
+    dashboard: Any = None
+
+    def started(sup: Supervisor) -> None:
+        nonlocal dashboard
+        click.echo(
+            f"launched {len(desc.nodes)} nodes; state, credentials and logs in "
+            f"{Path(state_dir).resolve()}"
+        )
+        for n in desc.nodes:
+            click.echo(
+                f"  {n.node}: mqtt://{n.broker.bind}:{n.broker.port} (grid "
+                f"{n.broker.grid_port}), operator password in "
+                f"{Path(state_dir).resolve() / n.node / 'credentials.json'}"
+            )
+        if table_period_s:
+            from redy.launch.dashboard import Dashboard
+
+            dashboard = Dashboard(sup, table_period_s)
+            dashboard.start()
+
+    sup = Supervisor(
+        desc, state_dir=Path(state_dir), backend=backend, compose=compose, on_started=started
+    )
+    try:
+        sup.run(duration_s)
+    finally:
+        if dashboard is not None:
+            dashboard.stop()
+            click.echo(dashboard.table())
+            click.echo(dashboard.summary())

@@ -1,0 +1,511 @@
+"""Launch files: ROS 2-style YAML parsed into a launch description (data, nothing started).
+
+    launch:
+      - arg: {name: node, default: house-1, description: ...}
+      - let: {name: port, value: "18841"}
+      - include: {file: "$(dirname)/eco_house.yaml", arg: [{name: node, value: house-2}]}
+      - group: [ ...actions, with their own scope for let... ]
+      - clock: {speed: 720, start_s: 21600}
+      - broker: {node: $(var node), port: $(var port), grid_port: ..., backend: process}
+      - governance: {node: ..., kind: eco_house, setpoint_kw: 0, introducer: gas-1, ...}
+      - detection: {node: ..., name: pv-meter, device: pv, params: {kwp: 6}, respawn: true}
+      - action: {node: ..., name: heater, device: water_heater, period_s: 1}
+
+Substitutions: `$(var NAME)`, `$(env NAME)`, `$(dirname)` (the folder of the current file).
+The whole file, includes and all, is checked before anything starts; every problem is one
+LaunchError naming the file, the line, and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import yaml
+
+from redy.errors import LaunchError
+from redy.topics import CONTRACT
+
+_SUBST = re.compile(r"\$\((var|env|dirname)(?:\s+([A-Za-z0-9_.-]+))?\)")
+
+
+class _Map(dict[str, Any]):
+    """A YAML mapping that remembers the line of each key."""
+
+    line = 0
+    key_lines: dict[str, int]
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
+    m = _Map()
+    m.line = node.start_mark.line + 1
+    m.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str):
+            raise LaunchError(
+                f"line {key_node.start_mark.line + 1}: keys must be strings, got {key!r}"
+            )
+        m[key] = loader.construct_object(value_node, deep=True)
+        m.key_lines[key] = key_node.start_mark.line + 1
+    return m
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
+
+
+# --- the description --------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Clock:
+    """Simulated time: `speed` simulated seconds per real second from `start_s` into the day."""
+
+    speed: float = 1.0
+    start_s: float = 0.0
+
+
+@attrs.frozen
+class BrokerSpec:
+    node: str
+    port: int
+    grid_port: int
+    backend: str = "process"
+    bind: str = "127.0.0.1"
+    where: str = ""
+
+
+@attrs.frozen
+class GovernanceSpec:
+    node: str
+    kind: str = "generic"
+    setpoint_kw: float | None = None
+    period_s: float = 1.0
+    distant: bool = True
+    introducer: str | None = None  # a grid URI, resolved from a node id if needed
+    view_size: int = 8
+    shuffle_length: int = 4
+    shuffle_period_s: float = 2.0
+    shuffle_timeout_s: float = 1.5
+    respawn: bool = False
+    respawn_delay_s: float = 1.0
+    where: str = ""
+
+
+@attrs.frozen
+class UnitSpec:
+    node: str
+    name: str
+    role: str
+    device: str
+    params: Mapping[str, Any] = attrs.field(factory=dict)
+    period_s: float = 1.0
+    seed: int = 0
+    respawn: bool = False
+    respawn_delay_s: float = 1.0
+    where: str = ""
+
+
+@attrs.frozen
+class NodeSpec:
+    broker: BrokerSpec
+    governance: GovernanceSpec | None
+    units: tuple[UnitSpec, ...]
+
+    @property
+    def node(self) -> str:
+        return self.broker.node
+
+
+@attrs.frozen
+class LaunchDescription:
+    """Everything a launch will run, validated: nodes in file order and the clock."""
+
+    file: Path
+    nodes: tuple[NodeSpec, ...]
+    clock: Clock
+
+
+# --- parsing ------------------------------------------------------------------------------------
+
+_FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
+    # action -> key -> (type, required)
+    "arg": {"name": (str, True), "default": (str, False), "description": (str, False)},
+    "let": {"name": (str, True), "value": (str, True)},
+    "include": {"file": (str, True), "arg": (list, False)},
+    "clock": {"speed": (float, False), "start_s": (float, False)},
+    "broker": {
+        "node": (str, True),
+        "port": (int, True),
+        "grid_port": (int, False),
+        "backend": (str, False),
+        "bind": (str, False),
+    },
+    "governance": {
+        "node": (str, True),
+        "kind": (str, False),
+        "setpoint_kw": (float, False),
+        "period_s": (float, False),
+        "distant": (bool, False),
+        "introducer": (str, False),
+        "view_size": (int, False),
+        "shuffle_length": (int, False),
+        "shuffle_period_s": (float, False),
+        "shuffle_timeout_s": (float, False),
+        "respawn": (bool, False),
+        "respawn_delay_s": (float, False),
+    },
+    "detection": {
+        "node": (str, True),
+        "name": (str, True),
+        "device": (str, True),
+        "params": (dict, False),
+        "period_s": (float, False),
+        "seed": (int, False),
+        "respawn": (bool, False),
+        "respawn_delay_s": (float, False),
+    },
+}
+_FIELDS["action"] = _FIELDS["detection"]
+_ACTIONS = (*_FIELDS, "group")
+_KINDS = next(f.values for f in CONTRACT.types["NodeDescriptor"].fields if f.name == "kind")
+
+
+class _Scope:
+    def __init__(self, file: Path, values: dict[str, str], given: Mapping[str, str]) -> None:
+        self.file = file
+        self.values = values
+        self.given = given  # args from the command line or the including file
+
+    def child(self) -> _Scope:
+        return _Scope(self.file, dict(self.values), self.given)
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.brokers: dict[str, BrokerSpec] = {}
+        self.governance: dict[str, GovernanceSpec] = {}
+        self.units: dict[str, list[UnitSpec]] = {}
+        self.clock = Clock()
+        self.include_depth = 0
+
+
+def _where(scope: _Scope, line: int) -> str:
+    return f"{scope.file}:{line}"
+
+
+def _subst(value: Any, scope: _Scope, line: int) -> Any:
+    if isinstance(value, str):
+
+        def repl(m: re.Match[str]) -> str:
+            kind, name = m.group(1), m.group(2)
+            if kind == "dirname":
+                return str(scope.file.parent)
+            if name is None:
+                raise LaunchError(
+                    f"{_where(scope, line)}: $({kind}) needs a name, e.g. $({kind} x)"
+                )
+            if kind == "env":
+                if name not in os.environ:
+                    raise LaunchError(
+                        f"{_where(scope, line)}: environment variable {name} is not set"
+                    )
+                return os.environ[name]
+            if name not in scope.values:
+                raise LaunchError(
+                    f"{_where(scope, line)}: unknown variable {name!r} in $(var {name}); "
+                    f"declared: {sorted(scope.values) or 'none'}"
+                )
+            return scope.values[name]
+
+        out = _SUBST.sub(repl, value)
+        if "$(" in out:
+            raise LaunchError(
+                f"{_where(scope, line)}: bad substitution in {value!r}; "
+                "expected $(var NAME), $(env NAME) or $(dirname)"
+            )
+        return out
+    if isinstance(value, list):
+        return [_subst(v, scope, line) for v in value]
+    if isinstance(value, dict):
+        return {
+            k: _subst(v, scope, getattr(value, "key_lines", {}).get(k, line))
+            for k, v in value.items()
+        }
+    return value
+
+
+def _coerce(action: str, key: str, value: Any, want: type, where: str) -> Any:
+    if want is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif want is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif want is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+    elif want is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif isinstance(value, want):
+        return value
+    raise LaunchError(f"{where}: {action}.{key} must be {want.__name__}, got {value!r}")
+
+
+def _fields(action: str, body: Any, scope: _Scope, line: int) -> dict[str, Any]:
+    where = _where(scope, line)
+    if not isinstance(body, dict):
+        raise LaunchError(f"{where}: '{action}' expects a mapping of {sorted(_FIELDS[action])}")
+    spec = _FIELDS[action]
+    out = {}
+    for key, value in body.items():
+        key_line = getattr(body, "key_lines", {}).get(key, line)
+        if key not in spec:
+            raise LaunchError(
+                f"{_where(scope, key_line)}: unknown key {key!r} in '{action}'; "
+                f"expected {sorted(spec)}"
+            )
+        want, _ = spec[key]
+        value = value if key in ("arg",) else _subst(value, scope, key_line)
+        out[key] = _coerce(action, key, value, want, _where(scope, key_line))
+    for key, (_, required) in spec.items():
+        if required and key not in out:
+            raise LaunchError(f"{where}: '{action}' is missing {key!r}")
+    return out
+
+
+def _run_actions(actions: Any, scope: _Scope, b: _Builder, line: int) -> None:
+    if not isinstance(actions, list):
+        raise LaunchError(f"{_where(scope, line)}: expected a list of actions {list(_ACTIONS)}")
+    for item in actions:
+        item_line = getattr(item, "line", line)
+        if not isinstance(item, dict) or len(item) != 1:
+            raise LaunchError(
+                f"{_where(scope, item_line)}: each action is a one-key mapping, one of "
+                f"{list(_ACTIONS)}"
+            )
+        ((action, body),) = item.items()
+        if action not in _ACTIONS:
+            raise LaunchError(
+                f"{_where(scope, item_line)}: unknown action {action!r}; expected one of "
+                f"{list(_ACTIONS)}"
+            )
+        if action == "group":
+            _run_actions(body, scope.child(), b, item_line)
+            continue
+        f = _fields(action, body, scope, item_line)
+        where = _where(scope, item_line)
+        if action == "arg":
+            if f["name"] in scope.given:
+                scope.values[f["name"]] = scope.given[f["name"]]
+            elif "default" in f:
+                scope.values[f["name"]] = f["default"]
+            else:
+                raise LaunchError(
+                    f"{where}: argument {f['name']!r} has no default and was not given "
+                    f"(pass {f['name']}:=VALUE)"
+                )
+        elif action == "let":
+            scope.values[f["name"]] = f["value"]
+        elif action == "include":
+            _include(f, scope, b, item_line)
+        elif action == "clock":
+            b.clock = Clock(speed=f.get("speed", b.clock.speed), start_s=f.get("start_s", 0.0))
+            if b.clock.speed <= 0:
+                raise LaunchError(f"{where}: clock.speed must be > 0")
+        elif action == "broker":
+            _add_broker(f, b, where)
+        elif action == "governance":
+            _add_governance(f, b, where)
+        else:
+            _add_unit(action, f, b, where)
+
+
+def _include(f: dict[str, Any], scope: _Scope, b: _Builder, line: int) -> None:
+    where = _where(scope, line)
+    path = Path(f["file"])
+    if not path.is_absolute():
+        path = scope.file.parent / path
+    given: dict[str, str] = {}
+    for a in f.get("arg", []):
+        if not isinstance(a, dict) or set(a) != {"name", "value"}:
+            raise LaunchError(f"{where}: include.arg items are {{name: ..., value: ...}}")
+        given[str(a["name"])] = str(_subst(a["value"], scope, line))
+    if b.include_depth > 16:
+        raise LaunchError(f"{where}: includes nested deeper than 16 (a cycle?)")
+    b.include_depth += 1
+    _parse_file(path, given, b, where)
+    b.include_depth -= 1
+
+
+def _add_broker(f: dict[str, Any], b: _Builder, where: str) -> None:
+    node = _node_id(f["node"], where)
+    if node in b.brokers:
+        raise LaunchError(f"{where}: node {node!r} already has a broker ({b.brokers[node].where})")
+    backend = f.get("backend", "process")
+    if backend not in ("process", "container"):
+        raise LaunchError(f"{where}: broker.backend must be 'process' or 'container'")
+    port = f["port"]
+    grid = f.get("grid_port", port + 10000)
+    for p in (port, grid):
+        if not 0 < p < 65536:
+            raise LaunchError(f"{where}: port {p} is out of range 1-65535")
+    b.brokers[node] = BrokerSpec(
+        node=node,
+        port=port,
+        grid_port=grid,
+        backend=backend,
+        bind=f.get("bind", "127.0.0.1"),
+        where=where,
+    )
+    b.units.setdefault(node, [])
+
+
+def _add_governance(f: dict[str, Any], b: _Builder, where: str) -> None:
+    node = _node_id(f["node"], where)
+    if node in b.governance:
+        raise LaunchError(f"{where}: node {node!r} already has a governance unit")
+    kind = f.get("kind", "generic")
+    if kind not in _KINDS:
+        raise LaunchError(f"{where}: unknown node kind {kind!r}; expected one of {list(_KINDS)}")
+    f = {**f, "node": node, "kind": kind}
+    if not f.get("introducer"):
+        f.pop("introducer", None)  # an empty argument means: this node starts the overlay
+    if f.get("shuffle_length", 4) >= f.get("view_size", 8):
+        raise LaunchError(f"{where}: shuffle_length must be smaller than view_size")
+    b.governance[node] = GovernanceSpec(**f, where=where)
+
+
+def _add_unit(role: str, f: dict[str, Any], b: _Builder, where: str) -> None:
+    from redy.devices import MODELS
+
+    node = _node_id(f["node"], where)
+    name = _node_id(f["name"], where, what="unit name")
+    if name in ("governance", "operator", "grid"):
+        raise LaunchError(f"{where}: unit name {name!r} is reserved for broker accounts")
+    if f["device"] not in MODELS:
+        raise LaunchError(
+            f"{where}: unknown device model {f['device']!r}; expected one of {list(MODELS)}"
+        )
+    units = b.units.setdefault(node, [])
+    for u in units:
+        if u.name == name:
+            raise LaunchError(f"{where}: duplicate unit name {name!r} in node {node!r} ({u.where})")
+    units.append(
+        UnitSpec(
+            node=node,
+            name=name,
+            role=role,
+            device=f["device"],
+            params={k: _scalar(v) for k, v in f.get("params", {}).items()},
+            period_s=f.get("period_s", 1.0),
+            seed=f.get("seed", len(units)),
+            respawn=f.get("respawn", False),
+            respawn_delay_s=f.get("respawn_delay_s", 1.0),
+            where=where,
+        )
+    )
+
+
+def _scalar(value: Any) -> Any:
+    """A substituted parameter back to the number or boolean it spells, else unchanged."""
+    if not isinstance(value, str):
+        return value
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _node_id(value: str, where: str, what: str = "node id") -> str:
+    if not CONTRACT.id_regex.fullmatch(value):
+        raise LaunchError(
+            f"{where}: invalid {what} {value!r}; expected lower-case letters, digits, '-', '_'"
+        )
+    return value
+
+
+def _parse_file(path: Path, given: Mapping[str, str], b: _Builder, where: str = "") -> None:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise LaunchError(
+            f"{where + ': ' if where else ''}cannot read launch file {path}: {exc.strerror}"
+        ) from None
+    try:
+        doc = yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark else 0
+        raise LaunchError(f"{path}:{line}: bad YAML: {exc.problem}") from None
+    except LaunchError as exc:
+        raise LaunchError(f"{path}: {exc}") from None
+    if not isinstance(doc, dict) or set(doc) != {"launch"}:
+        raise LaunchError(f"{path}:1: expected a top-level 'launch:' list")
+    scope = _Scope(path, {}, given)
+    _run_actions(doc["launch"], scope, b, getattr(doc, "line", 1))
+
+
+def parse(path: str | Path, args: Mapping[str, str] | None = None) -> LaunchDescription:
+    """Parse and validate a launch file (with its includes) into a LaunchDescription."""
+    file = Path(path).resolve()
+    b = _Builder()
+    _parse_file(file, dict(args or {}), b)
+    nodes = []
+    ports: dict[int, str] = {}
+    for node, broker in b.brokers.items():
+        for p in (broker.port, broker.grid_port):
+            if p in ports:
+                raise LaunchError(f"{broker.where}: port {p} is used twice (also {ports[p]})")
+            ports[p] = broker.where
+        gov = b.governance.get(node)
+        if gov is not None and gov.introducer and "://" not in gov.introducer:
+            intro = b.brokers.get(gov.introducer)
+            if intro is None:
+                raise LaunchError(
+                    f"{gov.where}: introducer {gov.introducer!r} is neither a node of this launch "
+                    "nor a broker URI (mqtt://HOST:PORT)"
+                )
+            gov = attrs.evolve(gov, introducer=f"mqtt://{intro.bind}:{intro.grid_port}")
+        nodes.append(NodeSpec(broker=broker, governance=gov, units=tuple(b.units[node])))
+    for node, gov in b.governance.items():
+        if node not in b.brokers:
+            raise LaunchError(f"{gov.where}: node {node!r} has a governance unit but no broker")
+    for node, units in b.units.items():
+        if node not in b.brokers and units:
+            raise LaunchError(f"{units[0].where}: node {node!r} has units but no broker")
+    if not nodes:
+        raise LaunchError(f"{file}: the launch file starts no broker (nothing to run)")
+    return LaunchDescription(file=file, nodes=tuple(nodes), clock=b.clock)
+
+
+def check_ports_free(desc: LaunchDescription) -> None:
+    """LaunchError if a port the launch needs is already bound on this machine."""
+    from redy.brokers import port_is_free
+
+    for n in desc.nodes:
+        for p in (n.broker.port, n.broker.grid_port):
+            if not port_is_free(p, n.broker.bind):
+                raise LaunchError(f"{n.broker.where}: port {p} is in use (node {n.node})")

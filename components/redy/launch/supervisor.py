@@ -1,0 +1,297 @@
+"""Executing a launch description: brokers first (each accepting authenticated connections),
+then governance units, then detection and action units; respawn what asks for it; stop all in
+reverse order on Ctrl-C, SIGTERM or the end of --duration, leaving no process behind.
+
+Children are unit processes (`python -m redy detection ...`) in their own sessions, so a Ctrl-C
+reaches only the launcher, which stops them in order. Each child asks the kernel to SIGTERM it
+if the launcher dies (PR_SET_PDEATHSIG, set by the child itself at start: see redy.__main__),
+so even a `kill -9` of the launcher leaves no orphan unit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from redy.brokers import NodeBroker, make_broker
+from redy.errors import BrokerError, LaunchError
+from redy.launch.parser import LaunchDescription, NodeSpec, UnitSpec, check_ports_free
+
+_log = logging.getLogger(__name__)
+_STOP_GRACE_S = 5.0
+
+
+class Child:
+    """One supervised process."""
+
+    def __init__(
+        self, name: str, argv: list[str], respawn: bool, delay_s: float, log_path: Path
+    ) -> None:
+        self.name = name
+        self.argv = argv
+        self.respawn = respawn
+        self.delay_s = delay_s
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self.died_at: float | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "REDY_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        self.died_at = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(_STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            _log.warning("%s did not stop within %.0f s; killing it", self.name, _STOP_GRACE_S)
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _redy() -> list[str]:
+    return [sys.executable, "-m", "redy"]
+
+
+class Supervisor:
+    """Runs one launch description."""
+
+    def __init__(
+        self,
+        desc: LaunchDescription,
+        *,
+        state_dir: Path,
+        backend: str | None = None,
+        compose: bool = False,
+        on_started: Callable[[Supervisor], None] | None = None,
+    ) -> None:
+        self.desc = desc
+        self.state_dir = state_dir.resolve()
+        self.backend = backend
+        self.compose = compose
+        self.on_started = on_started
+        self.brokers: list[object] = []
+        self.children: list[Child] = []
+        self.start_unix = time.time()
+        self._stop = threading.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # -- building command lines --------------------------------------------------------------
+
+    def _broker_config(self, n: NodeSpec) -> NodeBroker:
+        return NodeBroker(
+            node=n.node,
+            port=n.broker.port,
+            grid_port=n.broker.grid_port,
+            state_dir=self.state_dir,
+            units={u.name: u.role for u in n.units},
+            bind=n.broker.bind,
+        )
+
+    def _common(self, n: NodeSpec, period_s: float) -> dict[str, Any]:
+        cfg = self._broker_config(n)
+        return {
+            "node": n.node,
+            "broker": cfg.uri,
+            "credentials": str(cfg.credentials_path),
+            "period_s": period_s,
+            "speed": self.desc.clock.speed,
+            "start_unix": self.start_unix,
+            "sim_start_s": self.desc.clock.start_s,
+        }
+
+    def governance_kwargs(self, n: NodeSpec) -> dict[str, Any]:
+        """Keyword arguments of redy.units.config.GovernanceConfig for node `n`."""
+        g = n.governance
+        assert g is not None
+        kw = {**self._common(n, g.period_s), "kind": g.kind, "setpoint_kw": g.setpoint_kw}
+        if g.distant:
+            kw |= {
+                "grid_broker": f"mqtt://{n.broker.bind}:{n.broker.grid_port}",
+                "introducer": g.introducer,
+                "view_size": g.view_size,
+                "shuffle_length": g.shuffle_length,
+                "shuffle_period_s": g.shuffle_period_s,
+                "shuffle_timeout_s": g.shuffle_timeout_s,
+            }
+        return kw
+
+    def unit_kwargs(self, n: NodeSpec, u: UnitSpec) -> dict[str, Any]:
+        """Keyword arguments of redy.units.config.UnitConfig for unit `u` of node `n`."""
+        return {
+            **self._common(n, u.period_s),
+            "unit": u.name,
+            "role": u.role,
+            "device": u.device,
+            "seed": u.seed,
+            "params": dict(u.params),
+        }
+
+    @staticmethod
+    def argv(command: str, kwargs: dict[str, Any]) -> list[str]:
+        """The `python -m redy COMMAND --option value ...` line of a config's kwargs."""
+        out = [*_redy(), command]
+        for key, value in kwargs.items():
+            if key == "role" or value is None:
+                continue
+            if key == "params":
+                for k, v in value.items():
+                    out += ["--param", f"{k}={v}"]
+                continue
+            out += [
+                f"--{key.replace('_', '-')}",
+                repr(value) if isinstance(value, float) else str(value),
+            ]
+        return out
+
+    def _compose_argv(self, n: NodeSpec) -> list[str]:
+        spec = {
+            "governance": self.governance_kwargs(n) if n.governance else None,
+            "units": [self.unit_kwargs(n, u) for u in n.units],
+        }
+        path = self.state_dir / n.node / "compose.json"
+        path.write_bytes(orjson.dumps(spec))
+        return [sys.executable, "-m", "redy.launch.container", str(path)]
+
+    # -- running --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        check_ports_free(self.desc)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        for n in self.desc.nodes:
+            backend = self.backend or n.broker.backend
+            broker = make_broker(self._broker_config(n), backend, die_with_parent=True)
+            _log.info("starting broker of %s (%s) on %s", n.node, backend, broker.uri)
+            broker.start()
+            self.brokers.append(broker)
+        logs = self.state_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        for n in self.desc.nodes:
+            if self.compose:
+                self._spawn(
+                    Child(
+                        f"{n.node}/container",
+                        self._compose_argv(n),
+                        True,
+                        1.0,
+                        logs / f"{n.node}.container.log",
+                    )
+                )
+            elif n.governance is not None:
+                g = n.governance
+                argv = self.argv("governance", self.governance_kwargs(n))
+                self._spawn(
+                    Child(
+                        f"{n.node}/governance",
+                        argv,
+                        g.respawn,
+                        g.respawn_delay_s,
+                        logs / f"{n.node}.governance.log",
+                    )
+                )
+        if not self.compose:
+            for n in self.desc.nodes:
+                for u in n.units:
+                    argv = self.argv(u.role, self.unit_kwargs(n, u))
+                    self._spawn(
+                        Child(
+                            f"{n.node}/{u.name}",
+                            argv,
+                            u.respawn,
+                            u.respawn_delay_s,
+                            logs / f"{n.node}.{u.name}.log",
+                        )
+                    )
+        _log.info("launch up: %d brokers, %d processes", len(self.brokers), len(self.children))
+
+    def _spawn(self, child: Child) -> None:
+        child.start()
+        self.children.append(child)
+        _log.info("started %s (pid %s)", child.name, child.pid)
+
+    def poll(self) -> None:
+        """Respawn dead children that ask for it; report the others once."""
+        now = time.monotonic()
+        for c in self.children:
+            if c.proc is None or c.alive():
+                continue
+            if c.died_at is None:
+                c.died_at = now
+                code = c.proc.returncode
+                _log.warning(
+                    "%s exited (%s)%s",
+                    c.name,
+                    code,
+                    f"; respawning in {c.delay_s:g} s" if c.respawn else "",
+                )
+            if c.respawn and now - c.died_at >= c.delay_s:
+                c.restarts += 1
+                c.start()
+                _log.info("respawned %s (pid %s, restart %d)", c.name, c.pid, c.restarts)
+
+    def stop(self) -> None:
+        """Stop every child in reverse start order, then the brokers in reverse order."""
+        for c in reversed(self.children):
+            c.stop()
+        for b in reversed(self.brokers):
+            try:
+                b.stop()  # type: ignore[attr-defined]
+            except BrokerError as exc:
+                _log.warning("%s", exc)
+        _log.info("launch stopped")
+
+    def run(self, duration_s: float | None = None) -> int:
+        """Start, supervise until stopped or `duration_s` is over, stop. Exit status 0 if clean."""
+        previous = {
+            s: signal.signal(s, lambda *_: self._stop.set())
+            for s in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            try:
+                self.start()
+            except (LaunchError, BrokerError):
+                self.stop()
+                raise
+            if self.on_started is not None:
+                self.on_started(self)
+            deadline = time.monotonic() + duration_s if duration_s else None
+            while not self._stop.wait(0.2):
+                self.poll()
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+        finally:
+            self.stop()
+            for s, h in previous.items():
+                signal.signal(s, h)
+        return 0

@@ -1,0 +1,241 @@
+"""The enhanced shuffle (CYCLON: Voulgaris, Gavidia, van Steen 2005) as a sans-IO state machine.
+
+A node keeps at most `view_size` (c) neighbours, each with an age. Every period the driver calls
+`tick()`: all ages grow by one, the oldest neighbour Q is removed from the view *before* anything
+is sent, and the returned request holds `shuffle_length - 1` (SL - 1) random other entries plus
+the node's own fresh entry. Q answers with up to SL random entries of its own (`on_request`) and
+merges what it got; the initiator merges the reply (`on_reply`). No reply before the driver's
+timeout (`on_timeout`): Q stays removed, which is how dead nodes leave views.
+
+Merge rule (both sides): never the node itself, never a duplicate (the younger copy is kept);
+fill empty slots first, then replace entries that were sent to the other side.
+
+Failure detection beyond CYCLON (`detector="redy"`): a refused or timed-out *connection* to a
+neighbour's broker is strong evidence that it is gone (`on_unreachable`). The node drops that
+neighbour at once and keeps a tombstone, so stale copies of the dead entry that others still pass
+around are not merged back; an entry of that node *younger* than the tombstone (created after
+the evidence, so by the node itself) lifts it. A lost message alone (`on_timeout`) is weak
+evidence and changes nothing beyond CYCLON's own rule, so message loss cannot evict live nodes.
+
+Ages are kept as a per-node tick counter minus a base, so ageing the whole view is O(1); this
+core also drives `redy.sim` for 10^5 nodes, hence plain tuples on the hot path.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Hashable, Iterable
+from typing import Any, NamedTuple
+
+from redy.errors import RedyError
+
+NodeId = Any  # a node id: str in the real processes, int in the simulator
+_STRIKES = 3  # unanswered shuffles in a row before the redy detector gives a neighbour up
+
+
+class ViewEntry(NamedTuple):
+    """One neighbour: node id, broker URI of its grid listener, age in shuffle periods."""
+
+    node: NodeId
+    broker: str
+    age: int
+
+
+class ShuffleOut(NamedTuple):
+    """A shuffle request to send: to `target`, matched by `nonce`, carrying `entries`."""
+
+    target: ViewEntry
+    nonce: int
+    entries: tuple[ViewEntry, ...]
+
+
+class Cyclon:
+    """One node's view and its shuffle protocol. Events in, messages out; no I/O, no clock."""
+
+    __slots__ = (
+        "_base",
+        "_broker",
+        "_pending",
+        "_rng",
+        "_strikes",
+        "_tick",
+        "_tombstones",
+        "detector",
+        "me",
+        "shuffle_length",
+        "suspect_ttl",
+        "uri",
+        "view_size",
+    )
+
+    def __init__(
+        self,
+        node: NodeId,
+        uri: str,
+        view_size: int,
+        shuffle_length: int,
+        rng: random.Random,
+        *,
+        detector: str = "redy",
+        suspect_ttl: int = 0,
+    ) -> None:
+        if not 0 < shuffle_length < view_size:
+            raise RedyError(
+                f"shuffle length must satisfy 0 < SL < c, got SL={shuffle_length}, c={view_size}"
+            )
+        if detector not in ("cyclon", "redy"):
+            raise RedyError(f"unknown detector {detector!r}; expected 'cyclon' or 'redy'")
+        self.me = node
+        self.uri = uri
+        self.view_size = view_size
+        self.shuffle_length = shuffle_length
+        self.detector = detector
+        # A tombstone lasts long enough for every stale copy to age out of the overlay.
+        self.suspect_ttl = suspect_ttl or 4 * view_size
+        self._rng = rng
+        self._tick = 0
+        self._base: dict[Hashable, int] = {}  # node -> tick at which its age was 0
+        self._broker: dict[Hashable, str] = {}
+        self._pending: dict[int, tuple[ViewEntry, tuple[Hashable, ...]]] = {}
+        self._tombstones: dict[Hashable, int] = {}  # node -> tick of the evidence
+        self._strikes: dict[Hashable, int] = {}  # node -> unanswered shuffles in a row
+
+    # -- reading -------------------------------------------------------------------------------
+
+    @property
+    def view(self) -> tuple[ViewEntry, ...]:
+        t = self._tick
+        return tuple(ViewEntry(n, self._broker[n], t - b) for n, b in self._base.items())
+
+    def neighbours(self) -> Iterable[NodeId]:
+        return self._base.keys()
+
+    def __len__(self) -> int:
+        return len(self._base)
+
+    def _entry(self, node: Hashable) -> ViewEntry:
+        return ViewEntry(node, self._broker[node], self._tick - self._base[node])
+
+    # -- events --------------------------------------------------------------------------------
+
+    def seed(self, entries: Iterable[ViewEntry]) -> None:
+        """Start from known entries (a joining node: the introducer and its retained view)."""
+        self._merge(entries, ())
+
+    def tick(self, now: float | None = None) -> ShuffleOut | None:
+        """One period: age all entries, pick and remove the oldest neighbour, build the request.
+
+        `now` is accepted for drivers that keep time; the core counts periods only.
+        """
+        self._tick += 1
+        self._expire_tombstones()
+        if not self._base:
+            return None
+        base = self._base
+        oldest = min(base.values())
+        candidates = [n for n, b in base.items() if b == oldest]
+        q = candidates[0] if len(candidates) == 1 else self._rng.choice(candidates)
+        target = self._entry(q)
+        del base[q]
+        del self._broker[q]
+        others = list(base)
+        k = min(self.shuffle_length - 1, len(others))
+        sent = self._rng.sample(others, k) if k else []
+        entries = (*(self._entry(n) for n in sent), ViewEntry(self.me, self.uri, 0))
+        nonce = self._rng.getrandbits(62)
+        self._pending[nonce] = (target, tuple(sent))
+        return ShuffleOut(target, nonce, entries)
+
+    def on_request(self, sender: ViewEntry, entries: Iterable[ViewEntry]) -> tuple[ViewEntry, ...]:
+        """Answer a shuffle offer (also while our own is pending) and merge what it brought."""
+        entries = tuple(entries)
+        if sender.node in self._tombstones and sender.age == 0:
+            del self._tombstones[sender.node]  # it talks to us: it is alive
+        others = [n for n in self._base if n != sender.node]
+        k = min(self.shuffle_length, len(others))
+        sent = self._rng.sample(others, k) if k else []
+        reply = tuple(self._entry(n) for n in sent)
+        self._merge(entries, sent)
+        return reply
+
+    def on_reply(self, nonce: int, entries: Iterable[ViewEntry]) -> bool:
+        """Merge the answer to our request; False (and nothing done) for an unknown or stale
+        nonce."""
+        pending = self._pending.pop(nonce, None)
+        if pending is None:
+            return False
+        target, sent = pending
+        self._strikes.pop(target.node, None)
+        self._merge(entries, sent)
+        return True
+
+    def on_timeout(self, nonce: int) -> None:
+        """No answer in time.
+
+        CYCLON: the target stays removed. `redy`: a lost message is weak evidence, so the target
+        goes back (if there is room, at its age: it is tried again next period) until it has
+        missed `_STRIKES` shuffles in a row; its death is left to strong evidence.
+        """
+        pending = self._pending.pop(nonce, None)
+        if pending is None or self.detector != "redy":
+            return
+        target = pending[0]
+        strikes = self._strikes.get(target.node, 0) + 1
+        if strikes >= _STRIKES or target.node in self._tombstones:
+            self._strikes.pop(target.node, None)
+            return
+        self._strikes[target.node] = strikes
+        if target.node not in self._base and len(self._base) < self.view_size:
+            self._base[target.node] = self._tick - target.age
+            self._broker[target.node] = target.broker
+
+    def on_unreachable(self, node: NodeId) -> None:
+        """The driver could not connect to `node`'s broker (refused or timed out)."""
+        if self.detector != "redy":
+            return
+        self._base.pop(node, None)
+        self._broker.pop(node, None)
+        self._strikes.pop(node, None)
+        self._tombstones[node] = self._tick
+
+    # -- merging -------------------------------------------------------------------------------
+
+    def _expire_tombstones(self) -> None:
+        if self._tombstones and self._tick % 8 == 0:
+            limit = self._tick - self.suspect_ttl
+            for n in [n for n, t in self._tombstones.items() if t < limit]:
+                del self._tombstones[n]
+
+    def _merge(self, entries: Iterable[ViewEntry], sent: Iterable[Hashable]) -> None:
+        base = self._base
+        broker = self._broker
+        tick = self._tick
+        replaceable = [n for n in sent if n in base]
+        tomb = self._tombstones
+        for node, uri, age in entries:
+            if node == self.me or age < 0:
+                continue
+            if tomb:
+                died = tomb.get(node)
+                if died is not None:
+                    if age >= tick - died:
+                        continue  # a stale copy from before the evidence: the node is gone
+                    del tomb[node]
+            new_base = tick - age
+            if node in base:
+                if new_base > base[node]:  # keep the younger copy
+                    base[node] = new_base
+                    broker[node] = uri
+                continue
+            if len(base) < self.view_size:
+                base[node] = new_base
+                broker[node] = uri
+                continue
+            while replaceable:
+                victim = replaceable.pop()
+                if victim in base:
+                    del base[victim]
+                    del broker[victim]
+                    base[node] = new_base
+                    broker[node] = uri
+                    break

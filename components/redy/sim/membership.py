@@ -1,0 +1,303 @@
+"""`redy sim membership`: the shuffle core (redy.membership.cyclon) for N nodes in one process.
+
+Cycle by cycle, every live node initiates one shuffle, in a random order. The simulator is the
+network, not an oracle: a node learns that a neighbour is dead only as the real process would —
+its request to that neighbour's broker is refused (strong evidence, reported to the core as
+`on_unreachable`), and with the `redy` detector also its per-period state push to each
+neighbour's broker — and a lost message is only a timeout. Crashes, joins (through one
+introducer, seeded from its view as a joining process reads the retained view) and message loss
+are parameters. Metrics are computed on the overlay's graph; path lengths and clustering are
+sampled for large N (the output says how many samples).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from redy.errors import SimulationError
+from redy.membership.cyclon import Cyclon, ViewEntry
+
+_SAMPLES = 500  # BFS sources and clustering samples for large overlays
+
+
+def _uri(i: int) -> str:
+    return f"sim://{i}"
+
+
+class _Net:
+    def __init__(self, n: int, c: int, sl: int, detector: str, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.c, self.sl, self.detector = c, sl, detector
+        self.nodes: list[Cyclon] = []
+        self.alive: list[bool] = []
+        self.introducer = 0
+        for _ in range(n):
+            self.add()
+
+    def add(self) -> int:
+        i = len(self.nodes)
+        self.nodes.append(
+            Cyclon(
+                i,
+                _uri(i),
+                self.c,
+                self.sl,
+                random.Random(self.rng.getrandbits(64)),
+                detector=self.detector,
+            )
+        )
+        self.alive.append(True)
+        return i
+
+    def cycle(self, loss: float) -> None:
+        rng = self.rng
+        order = [i for i, a in enumerate(self.alive) if a]
+        rng.shuffle(order)
+        nodes, alive = self.nodes, self.alive
+        probe = self.detector == "redy"
+        for i in order:
+            p = nodes[i]
+            if probe:
+                # The real governance pushes its energy state to every neighbour's broker each
+                # period; a refused connection there is the same evidence as a refused shuffle.
+                for j in [j for j in p.neighbours() if not alive[j]]:
+                    p.on_unreachable(j)
+            if probe and not len(p):
+                # An empty view: the real process rejoins through its introducer's view.
+                intro = self.introducer if alive[self.introducer] else rng.choice(order)
+                if intro != i:
+                    p.seed([ViewEntry(intro, _uri(intro), 0), *nodes[intro].view])
+            out = p.tick()
+            if out is None:
+                continue
+            q = out.target.node
+            if not alive[q]:
+                p.on_timeout(out.nonce)
+                p.on_unreachable(q)  # the broker refuses the connection
+                continue
+            if loss and rng.random() < loss:
+                p.on_timeout(out.nonce)  # request lost: only a timeout
+                continue
+            reply = nodes[q].on_request(ViewEntry(i, _uri(i), 0), out.entries)
+            if loss and rng.random() < loss:
+                p.on_timeout(out.nonce)  # reply lost
+                continue
+            p.on_reply(out.nonce, reply)
+
+    def live(self) -> list[int]:
+        return [i for i, a in enumerate(self.alive) if a]
+
+    def adjacency(self) -> list[list[int]]:
+        """Undirected adjacency among live nodes (links to dead nodes left out)."""
+        alive = self.alive
+        adj: list[set[int]] = [set() for _ in self.nodes]
+        for i in self.live():
+            for j in self.nodes[i].neighbours():
+                if alive[j] and j != i:
+                    adj[i].add(j)
+                    adj[j].add(i)
+        return [list(s) for s in adj]
+
+    def in_degree(self) -> np.ndarray:
+        live = self.live()
+        targets = [j for i in live for j in self.nodes[i].neighbours()]
+        counts = np.bincount(np.asarray(targets, dtype=np.int64), minlength=len(self.nodes))
+        return counts[np.asarray(live, dtype=np.int64)]
+
+    def dead_links(self) -> int:
+        alive = self.alive
+        return sum(1 for i in self.live() for j in self.nodes[i].neighbours() if not alive[j])
+
+
+def _components(adj: list[list[int]], live: list[int]) -> int:
+    """Size of the largest connected component among `live` nodes."""
+    seen = bytearray(len(adj))
+    best = 0
+    for s in live:
+        if seen[s]:
+            continue
+        seen[s] = 1
+        size, queue = 0, deque([s])
+        while queue:
+            u = queue.popleft()
+            size += 1
+            for v in adj[u]:
+                if not seen[v]:
+                    seen[v] = 1
+                    queue.append(v)
+        best = max(best, size)
+    return best
+
+
+def _path_length(adj: list[list[int]], sources: list[int]) -> float:
+    total = count = 0
+    dist = [-1] * len(adj)
+    for s in sources:
+        touched = [s]
+        dist[s] = 0
+        queue = deque([s])
+        while queue:
+            u = queue.popleft()
+            for v in adj[u]:
+                if dist[v] < 0:
+                    dist[v] = dist[u] + 1
+                    total += dist[v]
+                    count += 1
+                    touched.append(v)
+                    queue.append(v)
+        for t in touched:
+            dist[t] = -1
+    return total / count if count else 0.0
+
+
+def _clustering(adj: list[list[int]], sample: list[int]) -> float:
+    sets: dict[int, set[int]] = {}
+    acc = 0.0
+    for u in sample:
+        nb = adj[u]
+        k = len(nb)
+        if k < 2:
+            continue
+        links = 0
+        for v in nb:
+            sv = sets.get(v)
+            if sv is None:
+                sv = sets[v] = set(adj[v])
+            links += sum(1 for w in nb if w in sv)
+        acc += links / (k * (k - 1))
+    return acc / len(sample) if sample else 0.0
+
+
+def _bootstrap(net: _Net, kind: str) -> None:
+    n, c = len(net.nodes), net.c
+    for i, node in enumerate(net.nodes):
+        if kind == "star":
+            peers = [0] if i else []
+        elif kind == "ring":
+            peers = [(i + k) % n for k in range(1, min(c, n - 1) + 1)]
+        else:
+            peers = [j for j in net.rng.sample(range(n), min(c + 1, n)) if j != i][:c]
+        node.seed([ViewEntry(j, _uri(j), 0) for j in peers])
+
+
+def _metrics(net: _Net, rng: random.Random) -> dict[str, Any]:
+    live = net.live()
+    adj = net.adjacency()
+    deg = net.in_degree()
+    sample = live if len(live) <= _SAMPLES else rng.sample(live, _SAMPLES)
+    return {
+        "nodes": len(live),
+        "in_degree": {
+            "mean": float(deg.mean()) if len(deg) else 0.0,
+            "std": float(deg.std()) if len(deg) else 0.0,
+            "min": int(deg.min()) if len(deg) else 0,
+            "max": int(deg.max()) if len(deg) else 0,
+        },
+        "clustering": _clustering(adj, sample),
+        "avg_path_length": _path_length(adj, sample[: min(len(sample), 100)]),
+        "path_length_sources": min(len(sample), 100),
+        "clustering_samples": len(sample),
+        "largest_component_fraction": _components(adj, live) / len(live) if live else 0.0,
+    }
+
+
+def simulate_membership(
+    *,
+    nodes: int,
+    view_size: int,
+    shuffle_length: int,
+    cycles: int,
+    bootstrap: str = "star",
+    crash: float = 0.0,
+    crash_at: int | None = None,
+    join_count: int = 0,
+    join_at: int | None = None,
+    loss: float = 0.0,
+    detector: str = "redy",
+    remove_sweep: bool = False,
+    seed: int = 1,
+) -> dict[str, Any]:
+    """Run the shuffle for `cycles` cycles and report the overlay's shape (see module doc)."""
+    if not 0 < shuffle_length < view_size:
+        raise SimulationError(f"need 0 < --shuffle < --view, got {shuffle_length} and {view_size}")
+    if nodes < 2:
+        raise SimulationError("need at least 2 nodes")
+    started = time.perf_counter()
+    net = _Net(nodes, view_size, shuffle_length, detector, seed)
+    rng = random.Random(seed + 1)
+    _bootstrap(net, bootstrap)
+    std_per_cycle: list[float] = []
+    dead_links: list[int] = []
+    live_entries: list[float] = []
+    measure_every = 1 if nodes <= 20_000 else 5
+    for cycle in range(1, cycles + 1):
+        if crash and crash_at == cycle:
+            live = net.live()
+            for i in rng.sample(live, round(crash * len(live))):
+                net.alive[i] = False
+        if join_count and join_at == cycle:
+            introducer = rng.choice(net.live())
+            net.introducer = introducer
+            for _ in range(join_count):
+                j = net.add()
+                intro = net.nodes[introducer]
+                net.nodes[j].seed([ViewEntry(introducer, _uri(introducer), 0), *intro.view])
+        net.cycle(loss)
+        if cycle % measure_every == 0 or cycle == cycles:
+            std_per_cycle.append(float(net.in_degree().std()))
+        if crash_at is not None and cycle >= crash_at and crash:
+            dead_links.append(net.dead_links())
+        if loss:
+            live_ids = net.live()
+            live_entries.append(sum(len(net.nodes[i]) for i in live_ids) / max(1, len(live_ids)))
+    result: dict[str, Any] = {
+        "parameters": {
+            "nodes": nodes,
+            "view": view_size,
+            "shuffle": shuffle_length,
+            "cycles": cycles,
+            "bootstrap": bootstrap,
+            "crash": crash,
+            "crash_at": crash_at,
+            "join": join_count,
+            "join_at": join_at,
+            "loss": loss,
+            "detector": detector,
+            "seed": seed,
+        },
+        **_metrics(net, rng),
+        "dead_links": dead_links,
+    }
+    final = std_per_cycle[-1] if std_per_cycle else 0.0
+    converged = next(
+        (k for k, s in enumerate(std_per_cycle) if abs(s - final) <= 0.1 * final), None
+    )
+    result["cycles_to_converge"] = (
+        (converged + 1) * measure_every if converged is not None else None
+    )
+    if loss:
+        result["mean_view_size"] = live_entries[-1] if live_entries else 0.0
+    if remove_sweep:
+        result["remove_sweep"] = _sweep(net, rng)
+    result["elapsed_s"] = round(time.perf_counter() - started, 2)
+    return result
+
+
+def _sweep(net: _Net, rng: random.Random) -> list[dict[str, float]]:
+    """Remove live nodes in 5 % steps (no more shuffling) and report the largest component."""
+    live = net.live()
+    order = rng.sample(live, len(live))
+    adj_full = net.adjacency()
+    out = []
+    for step in range(1, 20):
+        removed = set(order[: int(len(order) * step * 0.05)])
+        remaining = [i for i in live if i not in removed]
+        adj = [[v for v in nb if v not in removed] for nb in adj_full]
+        frac = _components(adj, remaining) / len(remaining) if remaining else 0.0
+        out.append({"removed_fraction": round(step * 0.05, 2), "largest_component_fraction": frac})
+    return out

@@ -1,0 +1,147 @@
+"""The sync MQTT adapter of detection and action units (paho-mqtt 2, MQTT 5).
+
+`UnitLink` owns one unit's connection to its node's broker: the Last Will (retained `offline`
+state of this session's bd_seq), the birth (retained meta + `online`) re-published on every
+(re)connect, re-subscription, reconnect with backoff, and decoding of incoming messages: an
+invalid payload is logged in one line and dropped, never raised into the unit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from redy import messages
+from redy.errors import BrokerError, InvalidMessage
+from redy.topics import CONTRACT, render
+
+_log = logging.getLogger(__name__)
+
+OnMessage = Callable[[str, Any], None]
+
+
+class UnitLink:
+    """One unit's MQTT session with birth, Will, backoff and validated delivery."""
+
+    def __init__(
+        self,
+        *,
+        node: str,
+        unit: str,
+        broker: str,
+        password: str,
+        meta: messages.UnitMeta,
+        keepalive_s: int = 5,
+        subscriptions: tuple[str, ...] = (),
+        on_message: OnMessage | None = None,
+    ) -> None:
+        self.node = node
+        self.unit = unit
+        self.meta = meta
+        self._host, self._port = messages.parse_uri(broker)
+        self._subscriptions = subscriptions
+        self._on_message = on_message
+        self.connected = threading.Event()
+        self.refused: str | None = None
+        self.births = 0
+        self._state_topic = render("unit_state", node=node, unit=unit)
+        self._c = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"{node}.{unit}",
+            protocol=mqtt.MQTTv5,
+        )
+        self._c.username_pw_set(unit, password)
+        offline = messages.UnitState(state="offline", bd_seq=meta.bd_seq)
+        self._c.will_set(self._state_topic, messages.encode(offline), qos=1, retain=True)
+        self._c.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._c.on_connect = self._on_connect
+        self._c.on_disconnect = self._on_disconnect
+        self._c.on_message = self._on_paho_message
+        self._keepalive_s = keepalive_s
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Connect (the network loop retries with backoff); BrokerError if refused or silent."""
+        try:
+            self._c.connect(self._host, self._port, keepalive=self._keepalive_s)
+        except OSError as exc:
+            raise BrokerError(
+                f"unit {self.node}/{self.unit}: cannot reach {self._host}:{self._port}: {exc}"
+            ) from None
+        self._c.loop_start()
+        if not self.connected.wait(timeout_s) or self.refused:
+            self._c.loop_stop()
+            raise BrokerError(
+                f"unit {self.node}/{self.unit}: broker {self._host}:{self._port} "
+                f"{'refused: ' + self.refused if self.refused else 'did not answer'}"
+            )
+
+    def _on_connect(self, c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            self.refused = str(reason)
+            _log.error("node=%s unit=%s connection refused: %s", self.node, self.unit, reason)
+            self.connected.set()
+            return
+        for pattern in self._subscriptions:
+            c.subscribe(pattern, qos=1)
+        # Birth on every (re)connect: a restarted broker without persistence learns us again.
+        c.publish(
+            render("unit_meta", node=self.node, unit=self.unit),
+            messages.encode(self.meta),
+            qos=1,
+            retain=True,
+        )
+        online = messages.UnitState(state="online", bd_seq=self.meta.bd_seq)
+        c.publish(self._state_topic, messages.encode(online), qos=1, retain=True)
+        self.births += 1
+        _log.info(
+            "node=%s unit=%s online (bd_seq %d, birth %d)",
+            self.node,
+            self.unit,
+            self.meta.bd_seq,
+            self.births,
+        )
+        self.connected.set()
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self.connected.clear()
+        if reason.is_failure or reason.value != 0:
+            _log.warning(
+                "node=%s unit=%s link lost (%s); reconnecting with backoff",
+                self.node,
+                self.unit,
+                reason,
+            )
+
+    def _on_paho_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            decoded = messages.decode(msg.topic, msg.payload)
+        except InvalidMessage as exc:
+            _log.warning("node=%s unit=%s dropped invalid message: %s", self.node, self.unit, exc)
+            return
+        if self._on_message is not None:
+            try:
+                self._on_message(msg.topic, decoded)
+            except Exception:  # a handler bug must not kill the network thread
+                _log.exception(
+                    "node=%s unit=%s handler failed on %s", self.node, self.unit, msg.topic
+                )
+
+    def publish(self, topic_name: str, msg: Any, **params: str) -> None:
+        """Publish `msg` on the named topic with the contract's QoS and retention."""
+        spec = CONTRACT.topic(topic_name)
+        topic = spec.render(node=self.node, unit=self.unit, **params)
+        self._c.publish(topic, messages.encode(msg), qos=spec.qos, retain=spec.retained)
+
+    def stop(self) -> None:
+        """Clean stop: announce offline (the Will is not sent on a clean disconnect)."""
+        offline = messages.UnitState(state="offline", bd_seq=self.meta.bd_seq)
+        if self.connected.is_set():
+            info = self._c.publish(self._state_topic, messages.encode(offline), qos=1, retain=True)
+            info.wait_for_publish(2.0)
+        self._c.disconnect()
+        self._c.loop_stop()
