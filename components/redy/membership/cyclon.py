@@ -210,8 +210,8 @@ class Cyclon:
         base = self._base
         broker = self._broker
         tick = self._tick
-        replaceable = [n for n in sent if n in base]
         tomb = self._tombstones
+        fresh: list[tuple[Hashable, str, int]] = []
         for node, uri, age in entries:
             if node == self.me or age < 0:
                 continue
@@ -222,20 +222,22 @@ class Cyclon:
                         continue  # a stale copy from before the evidence: the node is gone
                     del tomb[node]
             new_base = tick - age
+            if node in base:  # a duplicate: keep the younger copy
+                if new_base > base[node]:
+                    base[node] = new_base
+                    broker[node] = uri
+            else:
+                fresh.append((node, uri, new_base))
+        # Newcomers fill empty slots first, then take the places of entries we sent away.
+        replaceable = [n for n in sent if n in base]
+        for node, uri, new_base in fresh:
             if node in base:
-                if new_base > base[node]:  # keep the younger copy
-                    base[node] = new_base
-                    broker[node] = uri
                 continue
-            if len(base) < self.view_size:
-                base[node] = new_base
-                broker[node] = uri
-                continue
-            while replaceable:
-                victim = replaceable.pop()
-                if victim in base:
-                    del base[victim]
-                    del broker[victim]
-                    base[node] = new_base
-                    broker[node] = uri
+            if len(base) >= self.view_size:
+                if not replaceable:
                     break
+                victim = replaceable.pop()
+                del base[victim]
+                del broker[victim]
+            base[node] = new_base
+            broker[node] = uri
