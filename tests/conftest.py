@@ -1,14 +1,22 @@
-"""Fixtures that start real brokers (both backends) and MQTT clients; all clean up on failure."""
+"""Fixtures that start real brokers (both backends) and MQTT clients; all clean up on failure.
+
+Brokers started here die with the test run even when it is killed: process brokers through the
+kernel's parent-death signal, containers through a sweep at the start and end of every session
+that removes test containers whose owning pytest process is gone.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
+import random
 import secrets
 import shutil
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,24 +25,53 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from redy.brokers import ContainerBroker, NodeBroker, ProcessBroker, image_name, make_broker
+# Before anything imports testcontainers: no Ryuk image can be pulled here, we reap ourselves.
+os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
 
-os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+from redy.brokers import ContainerBroker, NodeBroker, ProcessBroker, image_name
 
 BACKENDS = ["process", "container"]
+_TEST_LABEL = "org.redy.test"
+
+# --- ports -----------------------------------------------------------------------------------
+
+# Ports are drawn below the kernel's ephemeral range, so a client's outgoing connection can never
+# hold a port a broker is about to bind; each is handed out once per session.
+_given_ports: set[int] = set()
+_port_rng = random.Random()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the kernel's pick)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that is free now and was not handed out before in this run."""
+    high = _ephemeral_low() - 1
+    for _ in range(200):
+        port = _port_rng.randint(20000, high)
+        if port in _given_ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given_ports.add(port)
+        return port
+    raise RuntimeError(f"no free port in 20000..{high}")
 
 
 @pytest.fixture
 def free_port() -> Callable[[], int]:
-    """free_port() -> a TCP port free on 127.0.0.1 right now."""
+    """free_port() -> a TCP port free on 127.0.0.1 right now (never the same one twice)."""
     return _free_port
+
+
+# --- the container backend -------------------------------------------------------------------
 
 
 def _docker_ready() -> str | None:
@@ -44,8 +81,61 @@ def _docker_ready() -> str | None:
         ["docker", "image", "inspect", image_name()], capture_output=True, check=False
     )
     if done.returncode != 0:
-        return f"image {image_name()} is missing (make image builds it)"
+        return f"image {image_name()} is missing or dockerd is down (make test provides both)"
     return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep_test_containers(owner_pid: int | None) -> list[str]:
+    """Remove test containers of `owner_pid` (None: of owners that are no longer running)."""
+    if shutil.which("docker") is None:
+        return []
+    listed = subprocess.run(
+        [
+            "docker",
+            "ps",
+            "-aq",
+            "--filter",
+            f"label={_TEST_LABEL}",
+            "--format",
+            '{{.ID}} {{.Label "org.redy.owner-pid"}}',
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    doomed = []
+    for line in listed.stdout.splitlines():
+        cid, _, pid = line.partition(" ")
+        if not pid.isdigit():
+            continue
+        mine = owner_pid is not None and int(pid) == owner_pid
+        orphan = owner_pid is None and not _pid_alive(int(pid))
+        if mine or orphan:
+            doomed.append(cid)
+    if doomed:
+        subprocess.run(
+            ["docker", "rm", "-f", *doomed], capture_output=True, check=False, timeout=60
+        )
+    return doomed
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_leftover_containers() -> Iterator[None]:
+    """Before the run, remove test containers of killed runs; after it, any of ours left."""
+    _sweep_test_containers(None)
+    yield
+    _sweep_test_containers(os.getpid())
 
 
 @pytest.fixture(params=BACKENDS)
@@ -58,53 +148,60 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+# --- brokers ---------------------------------------------------------------------------------
+
 BrokerFactory = Callable[..., ProcessBroker | ContainerBroker]
+
+
+def _make_test_broker(config: NodeBroker, backend: str) -> ProcessBroker | ContainerBroker:
+    if backend == "process":
+        return ProcessBroker(config, die_with_parent=True)
+    if backend == "container":
+        return ContainerBroker(config, labels={_TEST_LABEL: "1"})
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+@contextlib.contextmanager
+def _broker_factory(tmp_path: Path, default_backend: str) -> Iterator[BrokerFactory]:
+    with contextlib.ExitStack() as stack:
+
+        def start(node: str = "house-1", units: dict[str, str] | None = None, **kw: Any) -> Any:
+            config = NodeBroker(
+                node=node,
+                port=kw.pop("port", None) or _free_port(),
+                grid_port=kw.pop("grid_port", None) or _free_port(),
+                state_dir=kw.pop("state_dir", tmp_path / "state"),
+                units=units or {},
+                **kw.pop("config", {}),
+            )
+            broker = _make_test_broker(config, kw.pop("backend", default_backend))
+            if kw:
+                raise TypeError(f"unexpected arguments {sorted(kw)}")
+            # Registered before start(): a broker that half-started is stopped as well.
+            stack.callback(broker.stop)
+            broker.start()
+            return broker
+
+        yield start
 
 
 @pytest.fixture
 def start_broker(tmp_path: Path, backend: str) -> Iterator[BrokerFactory]:
-    """start_broker(node, units={...}) -> a started broker of the test's backend."""
-    started: list[ProcessBroker | ContainerBroker] = []
-
-    def start(node: str = "house-1", units: dict[str, str] | None = None, **kw: Any) -> Any:
-        config = NodeBroker(
-            node=node,
-            port=kw.pop("port", None) or _free_port(),
-            grid_port=kw.pop("grid_port", None) or _free_port(),
-            state_dir=kw.pop("state_dir", tmp_path / "state"),
-            units=units or {},
-        )
-        broker = make_broker(config, kw.pop("backend", backend))
-        started.append(broker)
-        broker.start()
-        return broker
-
-    yield start
-    for broker in reversed(started):
-        broker.stop()
+    """start_broker(node, units={name: role}, port=, grid_port=, state_dir=, backend=) -> a
+    started broker of the test's backend (parametrised: process and container), stopped after
+    the test whatever happens."""
+    with _broker_factory(tmp_path, backend) as start:
+        yield start
 
 
 @pytest.fixture
 def process_broker(tmp_path: Path) -> Iterator[BrokerFactory]:
     """Like start_broker, always the process backend (for tests about units, not brokers)."""
-    started: list[ProcessBroker] = []
+    with _broker_factory(tmp_path, "process") as start:
+        yield start
 
-    def start(node: str = "house-1", units: dict[str, str] | None = None, **kw: Any) -> Any:
-        config = NodeBroker(
-            node=node,
-            port=kw.pop("port", None) or _free_port(),
-            grid_port=kw.pop("grid_port", None) or _free_port(),
-            state_dir=kw.pop("state_dir", tmp_path / "state"),
-            units=units or {},
-        )
-        broker = ProcessBroker(config)
-        started.append(broker)
-        broker.start()
-        return broker
 
-    yield start
-    for broker in reversed(started):
-        broker.stop()
+# --- clients ---------------------------------------------------------------------------------
 
 
 class Client:
@@ -124,7 +221,8 @@ class Client:
         self.c.connect("127.0.0.1", port, keepalive=10)
         self.c.loop_start()
         if not self._connected.wait(5):
-            raise TimeoutError("no CONNACK")
+            self.c.loop_stop()
+            raise TimeoutError(f"no CONNACK from 127.0.0.1:{port}")
 
     def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
@@ -141,29 +239,36 @@ class Client:
         info.wait_for_publish(5)
 
     def received(self, timeout_s: float = 1.0) -> list[mqtt.MQTTMessage]:
-        """Everything that arrives within `timeout_s`."""
-        out = []
+        """Everything that arrives until `timeout_s` seconds pass with no message."""
+        out: list[mqtt.MQTTMessage] = []
         try:
             while True:
                 out.append(self.messages.get(timeout=timeout_s))
         except queue.Empty:
             return out
 
+    def received_until(self, marker: str, timeout_s: float = 5.0) -> list[mqtt.MQTTMessage]:
+        """Every message up to and including the first one on topic `marker`.
+
+        A broker delivers one publisher's messages to one subscriber in order, so when a test
+        publishes the forbidden messages and then an allowed marker from the same client, what
+        this returns is all that will ever arrive of them: no waiting for silence."""
+        out: list[mqtt.MQTTMessage] = []
+        deadline = time.monotonic() + timeout_s
+        while not out or out[-1].topic != marker:
+            left = deadline - time.monotonic()
+            try:
+                out.append(self.messages.get(timeout=max(left, 0.0)))
+            except queue.Empty:
+                seen = [m.topic for m in out]
+                raise TimeoutError(
+                    f"marker {marker} not seen in {timeout_s} s; got {seen}"
+                ) from None
+        return out
+
     def wait_for(self, topic: str, timeout_s: float = 5.0) -> mqtt.MQTTMessage:
         """The first message on `topic` (others that arrive meanwhile are dropped)."""
-        import time
-
-        deadline = time.monotonic() + timeout_s
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"nothing on {topic} within {timeout_s} s")
-            try:
-                m = self.messages.get(timeout=left)
-            except queue.Empty:
-                continue
-            if m.topic == topic:
-                return m
+        return self.received_until(topic, timeout_s)[-1]
 
     def close(self) -> None:
         self.c.disconnect()
@@ -172,16 +277,15 @@ class Client:
 
 @pytest.fixture
 def mqtt_client() -> Iterator[Callable[..., Client]]:
-    """mqtt_client(port, user, password, client_id=None) -> a connected Client."""
-    made: list[Client] = []
+    """mqtt_client(port, user, password, client_id=None) -> a connected Client (closed after the
+    test; `.refused` says why the broker refused it, None when accepted)."""
+    with contextlib.ExitStack() as stack:
 
-    def make(
-        port: int, user: str | None, password: str | None, client_id: str | None = None
-    ) -> Client:
-        c = Client(port, user, password, client_id or f"test-{secrets.token_hex(4)}")
-        made.append(c)
-        return c
+        def make(
+            port: int, user: str | None, password: str | None, client_id: str | None = None
+        ) -> Client:
+            c = Client(port, user, password, client_id or f"test-{secrets.token_hex(4)}")
+            stack.callback(c.close)
+            return c
 
-    yield make
-    for c in made:
-        c.close()
+        yield make

@@ -26,10 +26,10 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import attrs
 import click
@@ -232,16 +232,27 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def wait_authenticated(host: str, port: int, user: str, password: str, timeout_s: float) -> None:
-    """Return once the broker accepts `user` (MQTT 5); BrokerError after `timeout_s`."""
+def wait_authenticated(
+    host: str,
+    port: int,
+    user: str,
+    password: str,
+    timeout_s: float,
+    alive: Callable[[], bool] | None = None,
+) -> None:
+    """Return once the broker accepts `user` (MQTT 5); BrokerError after `timeout_s` seconds, or
+    as soon as `alive()` says the broker is gone."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
         ok, last = try_connect(host, port, user, password, timeout_s=1.0)
         if ok:
             return
-        if "not authorized" in last.lower() or "bad user" in last.lower():
+        if "not authori" in last.lower() or "bad user" in last.lower():
             break  # a refusal will not change by waiting
+        if alive is not None and not alive():
+            last = "the broker exited"
+            break
         time.sleep(0.05)
     raise BrokerError(f"broker {host}:{port} did not accept user {user!r}: {last}")
 
@@ -312,6 +323,18 @@ class _BrokerBase:
     def grid_uri(self) -> str:
         return self.config.grid_uri
 
+    def start(self) -> None:
+        """Render the node's files, start the broker, return once it accepts the operator."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the broker (it saves retained messages first); a stopped broker may start again."""
+        raise NotImplementedError
+
+    def alive(self) -> bool:
+        """Whether the broker is still running."""
+        raise NotImplementedError
+
     def _check_ports(self) -> None:
         for port in (self.config.port, self.config.grid_listener_port):
             if not port_is_free(port, self.config.bind):
@@ -327,23 +350,39 @@ class _BrokerBase:
             "operator",
             self.credentials.password("operator"),
             _READY_TIMEOUT_S,
+            alive=self.alive,
         )
 
-    def __enter__(self) -> Any:
-        self.start()  # type: ignore[attr-defined]
+    def __enter__(self) -> Self:
+        self.start()
         return self
 
     def __exit__(
         self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.stop()  # type: ignore[attr-defined]
+        self.stop()
+
+
+def _mosquitto_binary() -> str:
+    found = shutil.which("mosquitto")
+    if found is None and Path("/usr/sbin/mosquitto").exists():
+        found = "/usr/sbin/mosquitto"  # Debian installs it outside a user's PATH
+    if found is None:
+        raise BrokerError("mosquitto not found: install the Debian package mosquitto")
+    return found
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no log"
 
 
 class ProcessBroker(_BrokerBase):
-    """The node's broker as a `mosquitto` child process (the default backend).
+    """The node's broker as a `mosquitto` child process (the default backend); it logs to
+    `<node dir>/mosquitto.log`.
 
-    `die_with_parent`: the kernel stops the broker if this process dies (launcher use; it
-    runs a pre-exec hook, so it is for a process with no other threads yet).
+    `die_with_parent`: the kernel stops the broker if the thread that started it dies (launcher
+    and test use), through `setpriv --pdeathsig`, so nothing runs between fork and exec.
     """
 
     def __init__(self, config: NodeBroker, die_with_parent: bool = False) -> None:
@@ -356,22 +395,32 @@ class ProcessBroker(_BrokerBase):
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    @property
+    def log_path(self) -> Path:
+        return self.config.node_dir / "mosquitto.log"
+
     def start(self) -> None:
-        binary = shutil.which("mosquitto") or (
-            "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-        )
-        if binary is None:
-            raise BrokerError("mosquitto not found: install the Debian package mosquitto")
+        argv = [_mosquitto_binary(), "-c", str(self.config.node_dir / "mosquitto.conf")]
+        preexec: Callable[[], None] | None = None
+        if self._die_with_parent:
+            setpriv = shutil.which("setpriv")
+            if setpriv is not None:
+                argv = [setpriv, "--pdeathsig", "TERM", "--", *argv]
+            else:  # no util-linux: the same prctl from Python between fork and exec
+                from redy.launch.lifetime import die_with_parent
+
+                preexec = die_with_parent
         self._check_ports()
         self.credentials = render(self.config)
-        self._log = open(self.config.node_dir / "mosquitto.log", "ab")  # noqa: SIM115
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed by stop())
+        start_at = self._log.tell()
         self._proc = subprocess.Popen(
-            [binary, "-c", str(self.config.node_dir / "mosquitto.conf")],
+            argv,
             stdout=self._log,
             stderr=self._log,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C goes to the launcher, which stops us in order
-            preexec_fn=_pdeathsig if self._die_with_parent else None,
+            preexec_fn=preexec,
         )
         try:
             self._wait_ready()
@@ -379,10 +428,11 @@ class ProcessBroker(_BrokerBase):
             code = self._proc.poll()
             self.stop()
             if code is not None:
-                tail = (self.config.node_dir / "mosquitto.log").read_text().strip().splitlines()
+                with open(self.log_path, "rb") as log:
+                    log.seek(start_at)
+                    tail = _last_line(log.read().decode(errors="replace"))
                 raise BrokerError(
-                    f"mosquitto of node {self.config.node} exited ({code}): "
-                    f"{tail[-1] if tail else 'no log'}"
+                    f"mosquitto of node {self.config.node} exited ({code}): {tail}"
                 ) from None
             raise
 
@@ -410,11 +460,22 @@ class ProcessBroker(_BrokerBase):
 
 
 class ContainerBroker(_BrokerBase):
-    """The node's broker in a container (testcontainers), host networking on 127.0.0.1."""
+    """The node's broker in a container (testcontainers), host networking on 127.0.0.1.
 
-    def __init__(self, config: NodeBroker, image: str | None = None) -> None:
+    Containers carry the labels `org.redy.node` and `org.redy.owner-pid` (plus `labels`), so
+    `docker ps --filter label=org.redy.node` lists them and leftovers can be found.
+    """
+
+    def __init__(
+        self, config: NodeBroker, image: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(config)
         self.image = image or image_name()
+        self.labels = {
+            "org.redy.node": config.node,
+            "org.redy.owner-pid": str(os.getpid()),
+            **(labels or {}),
+        }
         self._container: Any = None
 
     def start(self) -> None:
@@ -427,11 +488,18 @@ class ContainerBroker(_BrokerBase):
         self._check_ports()
         self.credentials = render(self.config)
         d = self.config.node_dir.resolve()
+        try:
+            container = DockerContainer(self.image)
+        except Exception as exc:  # docker-py raises DockerException and friends
+            raise BrokerError(
+                f"cannot reach docker for node {self.config.node}: {_first_line(exc)} "
+                "(is dockerd running? make test starts one)"
+            ) from None
+        self._ensure_image(container)
         # testcontainers' MosquittoContainer publishes port 1883, which host networking refuses;
         # the generic container with the same mounts and log wait does what it does.
         container = (
-            DockerContainer(self.image)
-            .with_kwargs(network_mode="host")
+            container.with_kwargs(network_mode="host", labels=self.labels)
             .with_volume_mapping(str(d / "container.conf"), "/mosquitto/config/mosquitto.conf")
             .with_volume_mapping(str(d), _CONTAINER_DIR, mode="ro")
             .with_volume_mapping(str(d / "data"), _CONTAINER_DATA, mode="rw")
@@ -442,12 +510,14 @@ class ContainerBroker(_BrokerBase):
         try:
             container.start()
         except Exception as exc:  # docker's errors come in many types; one line for the user
+            logs = ""
+            with contextlib.suppress(Exception):
+                logs = container.get_wrapped_container().logs().decode(errors="replace")
             with contextlib.suppress(Exception):
                 container.stop()
             raise BrokerError(
-                f"cannot start container {self.image} for node {self.config.node}: "
-                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__} "
-                "(is dockerd running and the image built? `make image`)"
+                f"container {self.image} of node {self.config.node} did not start: "
+                f"{_last_line(logs) if logs.strip() else _first_line(exc)}"
             ) from None
         self._container = container
         try:
@@ -456,15 +526,36 @@ class ContainerBroker(_BrokerBase):
             self.stop()
             raise
 
+    def _ensure_image(self, container: Any) -> None:
+        """Use the local image, or pull it (a registry image such as eclipse-mosquitto:2)."""
+        images = container.get_docker_client().client.images
+        with contextlib.suppress(Exception):
+            images.get(self.image)
+            return
+        try:
+            images.pull(self.image)
+        except Exception as exc:
+            raise BrokerError(
+                f"image {self.image} is not here and cannot be pulled ({_first_line(exc)}); "
+                "build it with `make image` (bash brokers/image/build.sh) or set "
+                "REDY_MOSQUITTO_IMAGE"
+            ) from None
+
+    @property
+    def container_id(self) -> str | None:
+        return self._container.get_wrapped_container().id if self._container else None
+
     def alive(self) -> bool:
         if self._container is None:
             return False
         try:
+            self._container.reload()  # the status is cached from the last inspect
             return bool(self._container.status == "running")
         except Exception:
             return False
 
     def kill(self) -> None:
+        """SIGKILL, as a crash would (tests)."""
         if self._container is not None:
             self._container.get_wrapped_container().kill()
 
@@ -479,15 +570,16 @@ class ContainerBroker(_BrokerBase):
             self._container = None
 
 
-def _pdeathsig() -> None:
-    from redy.launch.lifetime import die_with_parent
-
-    die_with_parent()
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def make_broker(
     config: NodeBroker, backend: str = "process", die_with_parent: bool = False
 ) -> ProcessBroker | ContainerBroker:
+    """A not yet started broker of `backend` ('process' or 'container'). `die_with_parent` ties
+    a process broker's life to this process (a container outlives it: stop() it)."""
     if backend == "process":
         return ProcessBroker(config, die_with_parent=die_with_parent)
     if backend == "container":
@@ -499,6 +591,7 @@ def make_broker(
 def running(
     config: NodeBroker, backend: str = "process"
 ) -> Iterator[ProcessBroker | ContainerBroker]:
+    """A started broker, stopped on exit."""
     broker = make_broker(config, backend)
     broker.start()
     try:

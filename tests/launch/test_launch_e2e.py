@@ -1,0 +1,176 @@
+"""`redy launch` end to end: real brokers, real unit processes, respawn, clean stops."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from redy import messages
+from redy.brokers import load_credentials, port_is_free
+from redy.topics import render
+
+pytestmark = pytest.mark.e2e
+
+LAUNCH = Path(__file__).resolve().parents[2] / "launch"
+REDY = [sys.executable, "-m", "redy"]
+
+
+def _descendants(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,sid=,args="], capture_output=True, text=True)
+    rows = [line.split(None, 3) for line in out.stdout.splitlines()]
+    kids, frontier = [], [pid]
+    while frontier:
+        p = frontier.pop()
+        for r in rows:
+            if int(r[1]) == p:
+                kids.append(int(r[0]))
+                frontier.append(int(r[0]))
+    return kids
+
+
+def _processes_using(state_dir: Path) -> list[str]:
+    """Command lines that name `state_dir` (brokers' configs, units' credentials)."""
+    out = subprocess.run(["ps", "-ww", "-eo", "args="], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if str(state_dir) in line]
+
+
+def _free_ports() -> int:
+    """A port P with P and P + 10000 free (a node's local and grid listeners)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            p = s.getsockname()[1]
+        if p + 10000 < 65536 and port_is_free(p + 10000):
+            return int(p)
+    raise RuntimeError("no free port pair")
+
+
+def test_figure3_for_20_s_exits_0_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    ports = [18841, 18842, 18843, 28841, 28842, 28843]
+    assert all(port_is_free(p) for p in ports), "figure3's ports are taken"
+    done = subprocess.run(
+        [
+            *REDY,
+            "launch",
+            str(LAUNCH / "figure3.yaml"),
+            "--duration",
+            "20",
+            "--state-dir",
+            str(tmp_path),
+            "--table",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "gas-1" in done.stdout and "=== summary ===" in done.stdout
+    assert _processes_using(tmp_path) == []
+    assert all(port_is_free(p) for p in ports)
+    # Every node produced states while it ran.
+    for node in ("gas-1", "factory-1", "house-1"):
+        assert f"{node}: 0 states" not in done.stdout
+
+
+def _one_node_file(tmp_path: Path) -> Path:
+    f = tmp_path / "one.yaml"
+    f.write_text("""\
+launch:
+  - arg: {name: port}
+  - broker: {node: solo, port: $(var port)}
+  - governance: {node: solo, kind: eco_house, distant: false, period_s: 0.3}
+  - action: {node: solo, name: battery, device: battery, period_s: 0.3, respawn: true, respawn_delay_s: 0.5}
+  - detection: {node: solo, name: meter, device: household_load, period_s: 0.3}
+""")
+    return f
+
+
+def _wait(pred: Any, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not within {timeout_s} s")
+
+
+@pytest.mark.parametrize("compose", [False, True], ids=["processes", "compose"])
+def test_respawn_after_kill9_and_sigterm_stops_everything(
+    tmp_path: Path, mqtt_client: Any, compose: bool
+) -> None:
+    port = _free_ports()
+    state = tmp_path / "state"
+    argv = [
+        *REDY,
+        "launch",
+        str(_one_node_file(tmp_path)),
+        f"port:={port}",
+        "--state-dir",
+        str(state),
+    ]
+    if compose:
+        argv.append("--compose")
+    launcher = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        creds = state / "solo" / "credentials.json"
+        _wait(creds.exists, 20, "credentials")
+        op = mqtt_client(port, "operator", load_credentials(creds).password("operator"))
+        op.subscribe("redy/solo/units/+/meta")
+        meta_topic = render("unit_meta", node="solo", unit="battery")
+        first = messages.decode(meta_topic, op.wait_for(meta_topic, 20).payload)
+        kids = _descendants(launcher.pid)
+        unit_pids = [p for p in kids if _is_unit(p, "battery" if not compose else "container")]
+        assert unit_pids
+        os.kill(unit_pids[0], signal.SIGKILL)
+        again = messages.decode(meta_topic, op.wait_for(meta_topic, 20).payload)
+        assert again.bd_seq > first.bd_seq  # a new session announced itself
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(30) == 0
+        assert _processes_using(state) == []
+        assert port_is_free(port) and port_is_free(port + 10000)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+
+
+def _is_unit(pid: int, word: str) -> bool:
+    try:
+        return word in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def test_kill9_of_the_launcher_leaves_no_unit_or_broker(tmp_path: Path) -> None:
+    port = _free_ports()
+    state = tmp_path / "state"
+    launcher = subprocess.Popen(
+        [
+            *REDY,
+            "launch",
+            str(_one_node_file(tmp_path)),
+            f"port:={port}",
+            "--state-dir",
+            str(state),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "launch.log", "wb"),  # noqa: SIM115
+    )
+    try:
+        _wait(lambda: len(_processes_using(state)) >= 3, 20, "launch up")
+        time.sleep(1.0)
+        launcher.kill()
+        launcher.wait()
+        _wait(lambda: _processes_using(state) == [], 10, "orphans gone")
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
