@@ -38,10 +38,12 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from redy.errors import BrokerError
-from redy.topics import check_id, grid_acl, local_acl
+from redy.topics import UNIT_ROLES, check_id, grid_acl, local_acl
 
 DEFAULT_IMAGE = "redy/mosquitto:2"
 GRID_PORT_OFFSET = 10000
+# Accounts every node has besides its units: no unit may take one of these names.
+RESERVED_USERS = ("governance", "operator", "grid")
 _CONTAINER_DIR = "/mosquitto/config/node"
 _CONTAINER_DATA = "/mosquitto/data"
 _READY_TIMEOUT_S = 15.0
@@ -63,6 +65,27 @@ class NodeBroker:
     units: Mapping[str, str] = attrs.field(factory=dict)
     grid_port: int | None = None
     bind: str = "127.0.0.1"
+
+    @units.validator
+    def _check_units(self, _attribute: Any, units: Mapping[str, str]) -> None:
+        for unit, role in units.items():
+            check_id(unit, "unit")
+            if unit in RESERVED_USERS:
+                raise BrokerError(
+                    f"unit name {unit!r} is taken by the {unit} account; rename the unit"
+                )
+            if role not in UNIT_ROLES:
+                raise BrokerError(
+                    f"unit {unit!r} has role {role!r}; expected one of {', '.join(UNIT_ROLES)}"
+                )
+
+    def __attrs_post_init__(self) -> None:
+        for what, port in (("port", self.port), ("grid port", self.grid_listener_port)):
+            if not 1 <= port <= 65535:
+                hint = " (give a grid port)" if what == "grid port" else ""
+                raise BrokerError(f"{what} {port} of node {self.node} is not in 1..65535{hint}")
+        if self.port == self.grid_listener_port:
+            raise BrokerError(f"node {self.node}: the local and grid ports are both {self.port}")
 
     @property
     def grid_listener_port(self) -> int:
@@ -223,13 +246,20 @@ def render(broker: NodeBroker) -> Credentials:
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a listener could bind `host:port` now."""
+    return _bind_problem(port, host) is None
+
+
+def _bind_problem(port: int, host: str) -> str | None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
-        except OSError:
-            return False
-    return True
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        except (OverflowError, socket.gaierror) as exc:
+            return str(exc)
+    return None
 
 
 def wait_authenticated(
@@ -336,11 +366,12 @@ class _BrokerBase:
         raise NotImplementedError
 
     def _check_ports(self) -> None:
-        for port in (self.config.port, self.config.grid_listener_port):
-            if not port_is_free(port, self.config.bind):
+        for what, port in (("local", self.config.port), ("grid", self.config.grid_listener_port)):
+            problem = _bind_problem(port, self.config.bind)
+            if problem is not None:
                 raise BrokerError(
-                    f"port {port} on {self.config.bind} is in use; node {self.config.node} "
-                    "needs a free local and grid port"
+                    f"node {self.config.node} cannot listen on {self.config.bind}:{port} "
+                    f"({what} port): {problem}"
                 )
 
     def _wait_ready(self) -> None:
@@ -363,18 +394,29 @@ class _BrokerBase:
         self.stop()
 
 
+# Debian installs mosquitto in /usr/sbin, outside an ordinary user's PATH.
+_MOSQUITTO_FALLBACKS = ("/usr/sbin/mosquitto",)
+
+
 def _mosquitto_binary() -> str:
-    found = shutil.which("mosquitto")
-    if found is None and Path("/usr/sbin/mosquitto").exists():
-        found = "/usr/sbin/mosquitto"  # Debian installs it outside a user's PATH
+    found = shutil.which("mosquitto") or next(
+        (p for p in _MOSQUITTO_FALLBACKS if os.access(p, os.X_OK)), None
+    )
     if found is None:
-        raise BrokerError("mosquitto not found: install the Debian package mosquitto")
+        raise BrokerError(
+            "mosquitto not found: install the Debian package mosquitto, or use --backend container"
+        )
     return found
 
 
-def _last_line(text: str) -> str:
+def _log_summary(text: str) -> str:
+    """The line of a mosquitto log that says why it stopped: its first error, else its last line
+    (without the timestamp)."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no log"
+    errors = [line for line in lines if "Error:" in line]
+    line = errors[0] if errors else (lines[-1] if lines else "no log")
+    stamp, sep, rest = line.partition(": ")
+    return rest if sep and stamp.isdigit() else line
 
 
 class ProcessBroker(_BrokerBase):
@@ -430,7 +472,7 @@ class ProcessBroker(_BrokerBase):
             if code is not None:
                 with open(self.log_path, "rb") as log:
                     log.seek(start_at)
-                    tail = _last_line(log.read().decode(errors="replace"))
+                    tail = _log_summary(log.read().decode(errors="replace"))
                 raise BrokerError(
                     f"mosquitto of node {self.config.node} exited ({code}): {tail}"
                 ) from None
@@ -517,7 +559,7 @@ class ContainerBroker(_BrokerBase):
                 container.stop()
             raise BrokerError(
                 f"container {self.image} of node {self.config.node} did not start: "
-                f"{_last_line(logs) if logs.strip() else _first_line(exc)}"
+                f"{_log_summary(logs) if logs.strip() else _first_line(exc)}"
             ) from None
         self._container = container
         try:

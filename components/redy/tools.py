@@ -338,7 +338,6 @@ def node_list(
     grid_secret = secret if user == "grid" else _password("grid", None, credentials)
     inbox: queue.Queue[_Received] = queue.Queue()
     with _client(broker, user, secret, inbox) as client:
-        _subscribe(client, "redy/+/descriptor")
         start = _read_retained(client, inbox, ["redy/+/membership/view"])
     frontier = [v for v in start.values() if isinstance(v, messages.View)]
     seen: dict[str, str] = {v.node: broker for v in frontier}
