@@ -95,44 +95,33 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _sweep_test_containers(owner_pid: int | None) -> list[str]:
+def _sweep_test_containers(owner_pid: int | None) -> None:
     """Remove test containers of `owner_pid` (None: of owners that are no longer running)."""
     if shutil.which("docker") is None:
-        return []
-    listed = subprocess.run(
-        [
-            "docker",
-            "ps",
-            "-aq",
-            "--filter",
-            f"label={_TEST_LABEL}",
-            "--format",
-            '{{.ID}} {{.Label "org.redy.owner-pid"}}',
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=30,
-    )
-    doomed = []
-    for line in listed.stdout.splitlines():
-        cid, _, pid = line.partition(" ")
-        if not pid.isdigit():
-            continue
-        mine = owner_pid is not None and int(pid) == owner_pid
-        orphan = owner_pid is None and not _pid_alive(int(pid))
-        if mine or orphan:
-            doomed.append(cid)
-    if doomed:
-        subprocess.run(
-            ["docker", "rm", "-f", *doomed], capture_output=True, check=False, timeout=60
-        )
-    return doomed
+        return
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        listed = subprocess.run(
+            ["docker", "ps", "-a", "--filter", f"label={_TEST_LABEL}", "--format",
+             '{{.ID}} {{.Label "org.redy.owner-pid"}}'],
+            capture_output=True, text=True, check=False, timeout=30,
+        )  # fmt: skip
+        doomed = []
+        for line in listed.stdout.splitlines():
+            cid, _, pid = line.partition(" ")
+            if not pid.isdigit():
+                continue
+            if (int(pid) == owner_pid) if owner_pid is not None else not _pid_alive(int(pid)):
+                doomed.append(cid)
+        if doomed:
+            subprocess.run(
+                ["docker", "rm", "-f", *doomed], capture_output=True, check=False, timeout=60
+            )
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def _no_leftover_containers() -> Iterator[None]:
-    """Before the run, remove test containers of killed runs; after it, any of ours left."""
+    """Before the first container test, remove test containers of killed runs; after the
+    session, any of ours that a failed stop() left."""
     _sweep_test_containers(None)
     yield
     _sweep_test_containers(os.getpid())
@@ -140,7 +129,9 @@ def _no_leftover_containers() -> Iterator[None]:
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
+    """The broker backend, parametrised: every test using it runs on both."""
     if request.param == "container":
+        request.getfixturevalue("_no_leftover_containers")
         problem = _docker_ready()
         if problem:
             # Not a skip: make test provides docker and the image, so a missing one is a failure.

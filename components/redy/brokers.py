@@ -140,18 +140,31 @@ def _grid_password(state_dir: Path) -> str:
     if env:
         return env
     path = state_dir / "grid.json"
-    if path.exists():
+    if not path.exists():
+        # Nodes of one grid may be rendered at the same moment (a launch, several terminals):
+        # the first link wins and everyone reads the winner's password.
+        tmp = _write_private(
+            path.with_name(f".grid.{os.getpid()}.{secrets.token_hex(4)}"),
+            orjson.dumps({"user": "grid", "password": secrets.token_urlsafe(18)}),
+        )
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+        tmp.unlink()
+    try:
         return str(orjson.loads(path.read_bytes())["password"])
-    password = secrets.token_urlsafe(18)
-    _write_private(path, orjson.dumps({"user": "grid", "password": password}))
-    return password
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise BrokerError(f"cannot read the grid credential {path}: {exc}") from None
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def _write_private(path: Path, data: bytes) -> Path:
+    """Write `path` readable by its owner only, atomically (a reader never sees half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+    os.replace(tmp, path)
+    return path
 
 
 def _password_file(path: Path, users: Mapping[str, str]) -> None:
@@ -456,18 +469,18 @@ class ProcessBroker(_BrokerBase):
         self.credentials = render(self.config)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed by stop())
         start_at = self._log.tell()
-        self._proc = subprocess.Popen(
-            argv,
-            stdout=self._log,
-            stderr=self._log,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C goes to the launcher, which stops us in order
-            preexec_fn=preexec,
-        )
         try:
+            self._proc = subprocess.Popen(
+                argv,
+                stdout=self._log,
+                stderr=self._log,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C goes to the launcher, which stops us in order
+                preexec_fn=preexec,
+            )
             self._wait_ready()
         except BrokerError:
-            code = self._proc.poll()
+            code = self._proc.poll() if self._proc is not None else None
             self.stop()
             if code is not None:
                 with open(self.log_path, "rb") as log:
@@ -476,6 +489,9 @@ class ProcessBroker(_BrokerBase):
                 raise BrokerError(
                     f"mosquitto of node {self.config.node} exited ({code}): {tail}"
                 ) from None
+            raise
+        except BaseException:  # Ctrl-C while waiting: the session-less child would outlive us
+            self.stop()
             raise
 
     def alive(self) -> bool:
@@ -549,22 +565,24 @@ class ContainerBroker(_BrokerBase):
                 LogMessageWaitStrategy(r"mosquitto version \S+ running").with_startup_timeout(20)
             )
         )
+        self._container = container  # from here on, stop() removes whatever was created
         try:
             container.start()
         except Exception as exc:  # docker's errors come in many types; one line for the user
             logs = ""
             with contextlib.suppress(Exception):
                 logs = container.get_wrapped_container().logs().decode(errors="replace")
-            with contextlib.suppress(Exception):
-                container.stop()
+            self.stop()
             raise BrokerError(
                 f"container {self.image} of node {self.config.node} did not start: "
                 f"{_log_summary(logs) if logs.strip() else _first_line(exc)}"
             ) from None
-        self._container = container
+        except BaseException:
+            self.stop()
+            raise
         try:
             self._wait_ready()
-        except BrokerError:
+        except BaseException:
             self.stop()
             raise
 
@@ -645,14 +663,25 @@ def running(
 # --- CLI ------------------------------------------------------------------------------------
 
 
-def _unit_option(values: tuple[str, ...]) -> dict[str, str]:
+def _unit_option(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, str]:
     units = {}
     for v in values:
         name, sep, role = v.partition(":")
-        if not sep:
+        if not sep or not name or not role:
             raise click.BadParameter(f"{v!r}: expected NAME:ROLE, e.g. pv-meter:detection")
         units[name] = role
     return units
+
+
+_STATE_DIR = click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    default=".redy",
+    show_default=True,
+    help="Where node folders live (config, passwords, credentials.json, data).",
+)
 
 
 @click.group()
@@ -667,34 +696,33 @@ def broker() -> None:
     "--grid-port",
     type=click.IntRange(1, 65535),
     default=None,
-    help=f"Grid listener [default: port + {GRID_PORT_OFFSET}].",
+    help=f"Grid listener (peers) [default: port + {GRID_PORT_OFFSET}].",
 )
+@click.option("--bind", default="127.0.0.1", show_default=True, help="Address of both listeners.")
 @click.option(
     "--backend", type=click.Choice(["process", "container"]), default="process", show_default=True
 )
-@click.option("--state-dir", type=click.Path(file_okay=False), default=".redy", show_default=True)
+@_STATE_DIR
 @click.option(
     "--unit",
     "units",
     multiple=True,
     metavar="NAME:ROLE",
+    callback=_unit_option,
     help="A unit account (role detection or action); repeat for each unit.",
 )
 def broker_run(
     node: str,
     port: int,
     grid_port: int | None,
+    bind: str,
     backend: str,
     state_dir: str,
-    units: tuple[str, ...],
+    units: dict[str, str],
 ) -> None:
     """Run one node's broker in the foreground until Ctrl-C or SIGTERM."""
     config = NodeBroker(
-        node=node,
-        port=port,
-        grid_port=grid_port,
-        state_dir=Path(state_dir),
-        units=_unit_option(units),
+        node=node, port=port, grid_port=grid_port, state_dir=Path(state_dir), units=units, bind=bind
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -713,9 +741,19 @@ def broker_run(
 
 
 @broker.command("password")
-@click.option("--node", required=True)
-@click.option("--user", default="operator", show_default=True)
-@click.option("--state-dir", type=click.Path(file_okay=False), default=".redy", show_default=True)
+@click.option("--node", required=True, help="Node id, e.g. house-1.")
+@click.option(
+    "--user",
+    default="operator",
+    show_default=True,
+    help="governance, operator, grid, or a unit name.",
+)
+@_STATE_DIR
 def broker_password(node: str, user: str, state_dir: str) -> None:
     """Print one account's password of a rendered node."""
-    click.echo(load_credentials(Path(state_dir) / node / "credentials.json").password(user))
+    path = Path(state_dir) / node / "credentials.json"
+    if not path.exists():
+        raise BrokerError(
+            f"no credentials for node {node!r} in {state_dir}: start its broker first"
+        )
+    click.echo(load_credentials(path).password(user))

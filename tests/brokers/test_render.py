@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from redy import brokers
+from redy import brokers, topics
+from redy.errors import BrokerError, RedyError
 
 pytestmark = pytest.mark.pure
 
@@ -42,3 +43,67 @@ def test_render_again_keeps_issued_passwords_and_shares_the_grid_secret(tmp_path
     assert again.users["operator"] == first.users["operator"]
     assert "x" in again.users
     assert other.grid_password == first.grid_password
+
+
+def _fenced_blocks(markdown: str) -> list[str]:
+    blocks: list[str] = []
+    current: list[str] = []
+    inside = False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            if inside:
+                blocks.append("\n".join(current))
+            inside, current = not inside, []
+        elif inside:
+            current.append(line)
+    return blocks
+
+
+def test_the_acl_examples_in_the_brokers_readme_are_what_the_code_renders() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "brokers" / "README.md").read_text()
+    blocks = _fenced_blocks(readme)
+    units = {"pv-meter": "detection", "heater": "action"}
+    assert topics.local_acl("house-1", units).rstrip("\n") in blocks
+    assert topics.grid_acl("house-1").rstrip("\n") in blocks
+
+
+@pytest.mark.parametrize(
+    ("units", "kw", "expected"),
+    [
+        ({"operator": "detection"}, {}, "taken by the operator account"),
+        ({"grid": "action"}, {}, "taken by the grid account"),
+        ({"meter": "sensor"}, {}, "expected one of detection, action"),
+        ({}, {"port": 60000}, "grid port 70000"),
+        ({}, {"port": 18841, "grid_port": 18841}, "both 18841"),
+    ],
+)
+def test_a_node_that_cannot_be_served_is_refused_before_anything_is_written(
+    tmp_path: Path, units: dict[str, str], kw: dict[str, int], expected: str
+) -> None:
+    ports = {"port": 18841, **kw}
+    with pytest.raises(BrokerError, match=expected):
+        brokers.NodeBroker(
+            node="house-1",
+            port=ports["port"],
+            grid_port=ports.get("grid_port"),
+            state_dir=tmp_path,
+            units=units,
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_unit_name_that_is_not_one_topic_level_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(RedyError, match="invalid unit"):
+        brokers.NodeBroker(node="house-1", port=18841, state_dir=tmp_path, units={"a/b": "action"})
+
+
+def test_a_mosquitto_log_is_summed_up_by_its_first_error() -> None:
+    log = (
+        '1795563918: Error: Unknown configuration variable "no_such_option".\n'
+        "1795563918: Error found at bad.conf:1.\n"
+    )
+    assert brokers._log_summary(log) == 'Error: Unknown configuration variable "no_such_option".'
+    assert brokers._log_summary("1795563918: mosquitto version 2.0.11 terminating\n") == (
+        "mosquitto version 2.0.11 terminating"
+    )
+    assert brokers._log_summary("") == "no log"
