@@ -38,6 +38,7 @@ _TEST_LABEL = "org.redy.test"
 # Ports are drawn below the kernel's ephemeral range, so a client's outgoing connection can never
 # hold a port a broker is about to bind; each is handed out once per session.
 _given_ports: set[int] = set()
+# Unseeded on purpose: concurrent test runs on one machine must not walk the same ports.
 _port_rng = random.Random()
 
 
@@ -52,7 +53,8 @@ def _free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now and was not handed out before in this run."""
     high = _ephemeral_low() - 1
     for _ in range(200):
-        port = _port_rng.randint(20000, high)
+        # With no room below the ephemeral range, take the kernel's pick instead.
+        port = _port_rng.randint(20000, high) if high > 21000 else 0
         if port in _given_ports:
             continue
         with socket.socket() as s:
@@ -60,6 +62,9 @@ def _free_port() -> int:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            port = int(s.getsockname()[1])
+        if port in _given_ports:
+            continue
         _given_ports.add(port)
         return port
     raise RuntimeError(f"no free port in 20000..{high}")
@@ -215,9 +220,10 @@ class Client:
             self.c.loop_stop()
             raise TimeoutError(f"no CONNACK from 127.0.0.1:{port}")
 
-    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+    def _on_connect(self, client: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
             self.refused = str(reason)
+            client.disconnect()  # else paho's loop keeps retrying and close() waits for it
         self._connected.set()
 
     def subscribe(self, pattern: str, qos: int = 1) -> None:

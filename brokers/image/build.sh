@@ -6,6 +6,14 @@ here=$(cd "$(dirname "$0")" && pwd)
 image=${REDY_MOSQUITTO_IMAGE:-redy/mosquitto:2}
 binary=${MOSQUITTO_BIN:-/usr/sbin/mosquitto}
 
+if ! command -v docker >/dev/null; then
+    echo "build.sh: docker not found; install the Debian package docker.io (make deps)" >&2
+    exit 1
+fi
+if ! docker info >/dev/null 2>&1; then
+    echo "build.sh: no Docker engine answers; start one with bash brokers/start-dockerd.sh" >&2
+    exit 1
+fi
 if [ "${REDY_REBUILD_IMAGE:-0}" != 1 ] && docker image inspect "$image" >/dev/null 2>&1; then
     echo "image $image is present"
     exit 0
@@ -28,6 +36,11 @@ copy() {  # copy a file and keep its path inside the image (resolving symlinks)
 }
 copy "$binary"
 # The libraries the binary links, the dynamic loader, and the NSS module that reads /etc/passwd.
+if ldd "$binary" | grep -q 'not found'; then
+    echo "build.sh: $binary misses shared libraries:" >&2
+    ldd "$binary" | grep 'not found' >&2
+    exit 1
+fi
 for lib in $(ldd "$binary" | awk '/=>/ {print $3} /ld-linux/ {print $1}'); do
     copy "$lib"
 done

@@ -38,7 +38,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from redy.errors import BrokerError
-from redy.topics import UNIT_ROLES, check_id, grid_acl, local_acl
+from redy.topics import CONTRACT, UNIT_ROLES, check_id, grid_acl, local_acl
 
 DEFAULT_IMAGE = "redy/mosquitto:2"
 GRID_PORT_OFFSET = 10000
@@ -143,13 +143,13 @@ def _grid_password(state_dir: Path) -> str:
     if not path.exists():
         # Nodes of one grid may be rendered at the same moment (a launch, several terminals):
         # the first link wins and everyone reads the winner's password.
-        tmp = _write_private(
-            path.with_name(f".grid.{os.getpid()}.{secrets.token_hex(4)}"),
-            orjson.dumps({"user": "grid", "password": secrets.token_urlsafe(18)}),
-        )
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
-        tmp.unlink()
+        tmp = _private_tmp(path)
+        try:
+            tmp.write_bytes(orjson.dumps({"user": "grid", "password": secrets.token_urlsafe(18)}))
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            tmp.unlink()
     try:
         return str(orjson.loads(path.read_bytes())["password"])
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
@@ -158,25 +158,39 @@ def _grid_password(state_dir: Path) -> str:
 
 def _write_private(path: Path, data: bytes) -> Path:
     """Write `path` readable by its owner only, atomically (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    tmp = _private_tmp(path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
+def _private_tmp(path: Path) -> Path:
+    """A new empty file next to `path`, mode 0600, with a name no other writer uses."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    return tmp
+
+
 def _password_file(path: Path, users: Mapping[str, str]) -> None:
-    """Write a mosquitto password file (hashed with mosquitto_passwd -U, in one call)."""
+    """Write a mosquitto password file: clear text into a private temporary file, hashed there by
+    `mosquitto_passwd -U` in one call, then moved into place (clear text never sits at `path`)."""
     tool = shutil.which("mosquitto_passwd")
     if tool is None:
         raise BrokerError("mosquitto_passwd not found: install the Debian package mosquitto")
-    _write_private(path, "".join(f"{u}:{p}\n" for u, p in users.items()).encode())
-    done = subprocess.run([tool, "-U", str(path)], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise BrokerError(f"mosquitto_passwd failed on {path}: {done.stderr.strip()}")
-    path.chmod(0o644)  # hashed; readable by the container's mosquitto user
+    tmp = _private_tmp(path)
+    try:
+        tmp.write_bytes("".join(f"{u}:{p}\n" for u, p in users.items()).encode())
+        done = subprocess.run([tool, "-U", str(tmp)], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise BrokerError(f"mosquitto_passwd failed on {path}: {done.stderr.strip()}")
+        tmp.chmod(0o644)  # hashed; readable by a container's mosquitto user
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 _TEMPLATE = Path(__file__).resolve().parents[2] / "brokers" / "mosquitto.conf.template"
@@ -204,7 +218,7 @@ log_type notice
 log_type information
 connection_messages true
 sys_interval 10
-max_packet_size 131072
+max_packet_size {max_packet_size}
 
 # Local listener: the node's units, its governance unit and its operators.
 listener {port} {bind}
@@ -246,6 +260,8 @@ def render(broker: NodeBroker) -> Credentials:
         "port": broker.port,
         "grid_port": broker.grid_listener_port,
         "bind": broker.bind,
+        # A safety net behind the codec's own limit: room for the topic and MQTT 5 properties.
+        "max_packet_size": 2 * CONTRACT.max_payload_bytes,
     }
     (d / "mosquitto.conf").write_text(
         _template().format(
@@ -554,8 +570,10 @@ class ContainerBroker(_BrokerBase):
                 "(is dockerd running? make test starts one)"
             ) from None
         self._ensure_image(container)
-        # testcontainers' MosquittoContainer publishes port 1883, which host networking refuses;
-        # the generic container with the same mounts and log wait does what it does.
+        # testcontainers' MosquittoContainer (testcontainers.community.mqtt) publishes port
+        # 1883, meaningless with host networking, mounts nothing but the config, and its stop()
+        # removes the container by force, before mosquitto saves retained messages. The generic
+        # container with its config path and its log wait does what we need.
         container = (
             container.with_kwargs(network_mode="host", labels=self.labels)
             .with_volume_mapping(str(d / "container.conf"), "/mosquitto/config/mosquitto.conf")
@@ -595,6 +613,8 @@ class ContainerBroker(_BrokerBase):
         try:
             images.pull(self.image)
         except Exception as exc:
+            with contextlib.suppress(Exception):
+                container.get_docker_client().client.close()
             raise BrokerError(
                 f"image {self.image} is not here and cannot be pulled ({_first_line(exc)}); "
                 "build it with `make image` (bash brokers/image/build.sh) or set "

@@ -97,6 +97,16 @@ def test_a_missing_image_names_the_command_that_builds_it(
     assert "\n" not in str(err.value)
 
 
+def test_an_unreachable_docker_is_one_clear_error(
+    tmp_path: Path, free_port: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    b = ContainerBroker(_config(tmp_path, free_port), labels={"org.redy.test": "1"})
+    with pytest.raises(BrokerError, match="cannot reach docker") as err:
+        b.start()
+    assert "dockerd" in str(err.value) and "\n" not in str(err.value)
+
+
 def test_a_missing_mosquitto_is_one_clear_error(
     tmp_path: Path, free_port: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -176,7 +186,9 @@ def test_broker_run_serves_until_sigterm_and_leaves_nothing_behind(
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         creds = brokers.load_credentials(state / "house-1" / "credentials.json")
         assert mqtt_client(port, None, None).refused is not None
-        assert mqtt_client(port, "pv-meter", creds.password("pv-meter")).refused is None
+        unit = mqtt_client(port, "pv-meter", creds.password("pv-meter"))
+        assert unit.refused is None
+        unit.close()
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=15)
         assert proc.returncode == 0 and "stopped" in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ def test_render_writes_listeners_auth_and_persistence(tmp_path: Path) -> None:
     conf = (tmp_path / "house-1" / "mosquitto.conf").read_text()
     assert "listener 18841 127.0.0.1" in conf and "listener 28841 127.0.0.1" in conf
     assert conf.count("allow_anonymous false") == 2
+    assert f"max_packet_size {2 * topics.CONTRACT.max_payload_bytes}" in conf
     assert f"persistence_location {tmp_path / 'house-1' / 'data'}/" in conf
     assert set(creds.users) == {"governance", "operator", "pv-meter"}
     mode = stat.S_IMODE((tmp_path / "house-1" / "credentials.json").stat().st_mode)
@@ -107,3 +109,14 @@ def test_a_mosquitto_log_is_summed_up_by_its_first_error() -> None:
         "mosquitto version 2.0.11 terminating"
     )
     assert brokers._log_summary("") == "no log"
+
+
+def test_nodes_rendered_at_the_same_moment_share_one_grid_password(tmp_path: Path) -> None:
+    configs = [
+        brokers.NodeBroker(node=f"node-{i}", port=18000 + i, state_dir=tmp_path) for i in range(8)
+    ]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        rendered = list(pool.map(brokers.render, configs))
+    assert len({c.grid_password for c in rendered}) == 1
+    leftovers = [p.name for p in tmp_path.rglob(".*")]
+    assert leftovers == []

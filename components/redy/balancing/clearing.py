@@ -1,0 +1,52 @@
+"""Clearing: the price where a (sum or average) curve crosses zero, and the reference optimum.
+
+A node clears on its gossip estimate of the average curve; `optimum` clears the exact sum of
+the same curves (tests and benchmarks only: no node ever sees all curves).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+import numpy as np
+
+from redy.balancing.curves import Bid, PriceGrid, cost_eur_h
+
+
+@attrs.frozen
+class Clearing:
+    """The clearing price (EUR/MWh) and how it was found: 'cleared', or no crossing:
+    'shortage' (not enough supply even at the cap: the curve is < 0 everywhere) or 'surplus'
+    (too much must-run supply even at the floor: > 0 everywhere)."""
+
+    price_eur_mwh: float
+    status: str
+
+
+def clear(curve: np.ndarray, grid: PriceGrid) -> Clearing:
+    """The lowest price at which the non-decreasing `curve` reaches zero (linear between
+    grid prices)."""
+    prices = grid.prices
+    if curve[0] >= 0:
+        return Clearing(float(prices[0]), "cleared" if curve[0] == 0 else "surplus")
+    if curve[-1] < 0:
+        return Clearing(float(prices[-1]), "shortage")
+    k = int(np.argmax(curve >= 0))  # first grid price with curve >= 0 (k >= 1 here)
+    lo, hi = curve[k - 1], curve[k]
+    f = 0.0 if hi == lo else (0.0 - lo) / (hi - lo)
+    return Clearing(float(prices[k - 1] + f * (prices[k] - prices[k - 1])), "cleared")
+
+
+@attrs.frozen
+class Optimum:
+    price_eur_mwh: float
+    status: str
+    cost_eur_h: float
+
+
+def optimum(bids_by_node: Sequence[Sequence[Bid]], curves: np.ndarray, grid: PriceGrid) -> Optimum:
+    """Centralized clearing of the sum of all `curves` (rows) and the cost of that dispatch."""
+    c = clear(curves.sum(axis=0), grid)
+    cost = sum(cost_eur_h(bids, grid, c.price_eur_mwh) for bids in bids_by_node)
+    return Optimum(c.price_eur_mwh, c.status, cost)
