@@ -68,6 +68,8 @@ def cli(verbose: bool) -> None:
     )
     # gmqtt logs every packet at INFO; our own lines say what matters.
     logging.getLogger("gmqtt").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # testcontainers says "Pulling image" on every start, even when nothing is pulled.
+    logging.getLogger("testcontainers").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> Any:
