@@ -68,6 +68,8 @@ class FlexibleLoad(Device):
             raise DeviceError("flexible load: expected 0 <= min_kw <= max_kw")
         self.min_kw = float(min_kw)
         self.value_eur_mwh = float(value_eur_mwh)
+        # Reported as the actuator's marginal value: what the load is willing to pay.
+        self.marginal_cost_eur_mwh = float(value_eur_mwh)
         self.on = on
         self.setpoint_kw = -self.rated_kw
 

@@ -7,7 +7,7 @@
       - group: [ ...actions, with their own scope for let... ]
       - clock: {speed: 720, start_s: 21600}
       - broker: {node: $(var node), port: $(var port), grid_port: ..., backend: process}
-      - governance: {node: ..., kind: eco_house, setpoint_kw: 0, introducer: gas-1, ...}
+      - governance: {node: ..., kind: eco_house, introducer: gas-1, epoch_s: 6, rounds: 10}
       - detection: {node: ..., name: pv-meter, device: pv, params: {kwp: 6}, respawn: true}
       - action: {node: ..., name: heater, device: water_heater, period_s: 1}
 
@@ -95,6 +95,8 @@ class GovernanceSpec:
     shuffle_length: int = 4
     shuffle_period_s: float = 2.0
     shuffle_timeout_s: float = 1.5
+    epoch_s: float = 0.0
+    rounds: int = 10
     respawn: bool = False
     respawn_delay_s: float = 1.0
     where: str = ""
@@ -160,6 +162,8 @@ _FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
         "shuffle_length": (int, False),
         "shuffle_period_s": (float, False),
         "shuffle_timeout_s": (float, False),
+        "epoch_s": (float, False),
+        "rounds": (int, False),
         "respawn": (bool, False),
         "respawn_delay_s": (float, False),
     },

@@ -144,6 +144,8 @@ class Supervisor:
                 "shuffle_length": g.shuffle_length,
                 "shuffle_period_s": g.shuffle_period_s,
                 "shuffle_timeout_s": g.shuffle_timeout_s,
+                "epoch_s": g.epoch_s,
+                "rounds": g.rounds,
             }
         return kw
 

@@ -99,6 +99,20 @@ action = _device_unit("action")
 @click.option("--shuffle-length", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--shuffle-period-s", type=click.FloatRange(0.05), default=2.0, show_default=True)
 @click.option("--shuffle-timeout-s", type=click.FloatRange(0.05), default=1.5, show_default=True)
+@click.option(
+    "--epoch-s",
+    type=click.FloatRange(0.0),
+    default=0.0,
+    show_default=True,
+    help="Market interval in seconds (distant mode); 0 keeps the local setpoint rule.",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(1),
+    default=10,
+    show_default=True,
+    help="Gossip rounds per market epoch.",
+)
 @click.option("--seed", type=int, default=None)
 def governance(start_unix: float | None, seed: int | None, **kw: Any) -> None:
     from redy.units.governance import run_governance

@@ -65,6 +65,8 @@ class GovernanceConfig:
     shuffle_length: int = 4
     shuffle_period_s: float = 2.0
     shuffle_timeout_s: float = 1.5
+    epoch_s: float = 0.0  # market interval; 0: no balancing, follow the setpoint rule
+    rounds: int = 10
     seed: int = attrs.field(factory=lambda: int.from_bytes(os.urandom(4), "big"))
 
     def sim_time_s(self, now_unix: float) -> float:

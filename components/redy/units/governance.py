@@ -70,6 +70,7 @@ class Governance:
         self._client.on_message = self._on_message
         self._client.on_connect = self._on_connect
         self.overlay: Any = None  # distant mode: redy.units.overlay.OverlayDriver
+        self.market: Any = None  # distant mode with epochs: redy.units.market.MarketDriver
 
     # -- own broker -----------------------------------------------------------------------------
 
@@ -123,6 +124,8 @@ class Governance:
             await self.overlay.on_request(msg, response)
         elif isinstance(msg, messages.ShuffleReply) and self.overlay is not None:
             await self.overlay.on_reply(msg)
+        elif isinstance(msg, messages.Gossip) and self.market is not None:
+            self.market.on_gossip(msg)
         elif self.state.on_message(topic, msg):
             # A unit came or went: its flexibility changes now, not at the next period.
             _log.info(
@@ -139,9 +142,11 @@ class Governance:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), period)
             self._dirty.clear()
-            await self._dispatch()
+            if self.market is None:
+                await self._dispatch()
+            extra = self.market.state_fields() if self.market is not None else {}
             state = self.state.energy_state(
-                self.config.sim_time_s(time.time()), setpoint_kw=self.target_net_kw
+                self.config.sim_time_s(time.time()), setpoint_kw=self.target_net_kw, **extra
             )
             await self.publish_local(render("node_state", node=self.node), state)
             if self.overlay is not None:
@@ -151,11 +156,13 @@ class Governance:
         if self.target_net_kw is None:
             return
         for order in self.state.follow_setpoint(self.target_net_kw):
-            self._seq += 1
-            cmd = messages.Command(
-                seq=self._seq, ts_s=time.time(), setpoint_kw=order.setpoint_kw, on=order.on
-            )
-            await self.publish_local(render("command", node=self.node, unit=order.unit), cmd)
+            await self.command(order.unit, order.setpoint_kw, order.on)
+
+    async def command(self, unit: str, setpoint_kw: float | None, on: bool | None = None) -> None:
+        """Send one command to an action unit, with the next sequence number."""
+        self._seq += 1
+        cmd = messages.Command(seq=self._seq, ts_s=time.time(), setpoint_kw=setpoint_kw, on=on)
+        await self.publish_local(render("command", node=self.node, unit=unit), cmd)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; every connection is closed on the way out."""
@@ -207,6 +214,21 @@ class Governance:
             state_expiry_s=max(1, round(3 * cfg.period_s)),
         )
         tasks.append(tg.create_task(self.overlay.run()))
+        if cfg.epoch_s > 0:
+            from redy.units.market import MarketDriver
+
+            overlay = self.overlay
+            self.market = MarketDriver(
+                node=self.node,
+                state=self.state,
+                links=links,
+                neighbours=lambda: list(overlay.view),
+                command=self.command,
+                epoch_s=cfg.epoch_s,
+                rounds=cfg.rounds,
+                rng=random.Random(cfg.seed + 1),
+            )
+            tasks.append(tg.create_task(self.market.run()))
         return links
 
 

@@ -97,6 +97,7 @@ class NodeState:
         epoch: int | None = None,
         status: str = "local",
     ) -> messages.NodeEnergyState:
+        """The node's energy state now (only online units count)."""
         production = consumption = 0.0
         cost_eur_h = storage_kwh = capacity_kwh = 0.0
         forecast: list[float] = []

@@ -1,0 +1,147 @@
+"""Decentralized balancing end to end: the 12-node grid of launch/grid12.yaml (figure 3 and nine
+more nodes) reaches a common price each epoch over real brokers; when the gas plant's broker and
+governance are killed, the others re-balance in the next epoch: the price goes to the cap, the
+flexible loads shed and the house batteries discharge, as the retained states show."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from redy import messages
+from redy.brokers import load_credentials, port_is_free
+from redy.launch.parser import parse
+
+pytestmark = pytest.mark.e2e
+
+LAUNCH = Path(__file__).resolve().parents[2] / "launch" / "grid12.yaml"
+EPOCH_S = 4.0
+
+
+class Watch:
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.latest: dict[str, Any] = {}
+
+    def get(self, topic: str) -> Any:
+        for m in self.client.received(0.02):
+            with contextlib.suppress(messages.InvalidMessage):
+                self.latest[m.topic] = messages.decode(m.topic, m.payload)
+        return self.latest.get(topic)
+
+
+def _states(watches: dict[str, Watch]) -> dict[str, messages.NodeEnergyState]:
+    out = {}
+    for node, w in watches.items():
+        s = w.get(f"redy/{node}/governance/state")
+        if s is not None and s.epoch is not None:
+            out[node] = s
+    return out
+
+
+def _agreed(watches: dict[str, Watch], after: int = 0) -> tuple[int, float, dict[str, Any]] | None:
+    """(epoch, price, states) once every node reports the same epoch > `after` and prices
+    within 5 EUR/MWh of each other."""
+    states = _states(watches)
+    if len(states) < len(watches):
+        return None
+    epochs = {s.epoch for s in states.values()}
+    if len(epochs) != 1 or (epoch := epochs.pop()) is None or epoch <= after:
+        return None
+    prices = [s.price_eur_mwh for s in states.values() if s.price_eur_mwh is not None]
+    if len(prices) < len(states) or max(prices) - min(prices) > 5.0:
+        return None
+    return epoch, sum(prices) / len(prices), states
+
+
+def _until(pred: Any, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not within {timeout_s} s")
+
+
+def _pids(pattern: str) -> list[int]:
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True)
+    return [int(line.split()[0]) for line in out.stdout.splitlines() if pattern in line]
+
+
+def test_grid_reaches_a_common_price_and_rebalances_after_the_gas_plant_dies(
+    tmp_path: Path, mqtt_client: Any
+) -> None:
+    desc = parse(LAUNCH)
+    ports = {n.node: n.broker.port for n in desc.nodes}
+    assert all(port_is_free(p) and port_is_free(p + 10000) for p in ports.values())
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "redy",
+            "launch",
+            str(LAUNCH),
+            f"epoch_s:={EPOCH_S}",
+            "--compose",
+            "--state-dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "launch.log", "wb"),  # noqa: SIM115
+    )
+    try:
+        _until(
+            lambda: all((tmp_path / n / "credentials.json").exists() for n in ports),
+            30,
+            "brokers up",
+        )
+        watches = {}
+        for node, port in ports.items():
+            creds = load_credentials(tmp_path / node / "credentials.json")
+            c = mqtt_client(port, "operator", creds.password("operator"))
+            c.subscribe(f"redy/{node}/governance/state")
+            c.subscribe(f"redy/{node}/action/+/status")
+            watches[node] = Watch(c)
+
+        first = _until(lambda: _agreed(watches), 40, "a first common price")
+        # Once the gas plant has ramped up, it sets the price: loads run, batteries wait.
+        second = _until(
+            lambda: (a := _agreed(watches, first[0])) and a[1] < 140.0 and a,
+            8 * EPOCH_S,
+            "a common price set by the gas plant",
+        )
+
+        for pid in _pids(f"{tmp_path}/gas-1/"):
+            os.kill(pid, signal.SIGKILL)
+        survivors = {n: w for n, w in watches.items() if n != "gas-1"}
+        killed_in = second[0] + 1
+        after = _until(
+            lambda: _agreed(survivors, killed_in),
+            5 * EPOCH_S,
+            "survivors agreeing on a price after the crash",
+        )
+        _, price, states = after
+        assert price > 140.0  # no cheap supply left: the price rises to where loads shed
+        assert "gas-1" not in states
+
+        def shed_and_discharged() -> bool:
+            furnace = survivors["factory-1"].get("redy/factory-1/action/furnace/status")
+            battery = survivors["house-2"].get("redy/house-2/action/battery/status")
+            return bool(furnace and battery and furnace.power_kw > -1.0 and battery.power_kw > 0.0)
+
+        _until(shed_and_discharged, 2 * EPOCH_S, "flexible load shed and battery discharging")
+    finally:
+        launcher.send_signal(signal.SIGTERM)
+        try:
+            launcher.wait(40)
+        except subprocess.TimeoutExpired:
+            launcher.kill()

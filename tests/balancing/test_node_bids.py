@@ -1,0 +1,62 @@
+"""How a governance unit turns its units' reports into bids (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from redy import messages
+from redy.balancing.curves import Dispatchable, Fixed, FlexibleLoad, Storage
+from redy.units.market import node_bids
+from redy.units.node_state import NodeState
+
+pytestmark = pytest.mark.pure
+
+
+def _unit(state: NodeState, name: str, role: str, quantity: str, report: object) -> None:
+    meta = messages.UnitMeta(
+        unit=name,
+        role=role,
+        device="x",
+        quantity=quantity,
+        rated_power_kw=10,
+        period_s=1,
+        bd_seq=1,
+        ts_s=0,
+    )
+    state.on_message(f"redy/n/units/{name}/meta", meta)
+    state.on_message(f"redy/n/units/{name}/state", messages.UnitState(state="online", bd_seq=1))
+    kind = "action" if role == "action" else "detection"
+    leaf = "status" if role == "action" else "measurement"
+    state.on_message(f"redy/n/{kind}/{name}/{leaf}", report)
+
+
+def _status(lo: float, hi: float, cost: float | None) -> messages.ActuatorStatus:
+    return messages.ActuatorStatus(
+        seq=1, ts_s=0, power_kw=0, on=True, min_kw=lo, max_kw=hi, marginal_cost_eur_mwh=cost
+    )
+
+
+def test_each_online_unit_becomes_the_bid_its_range_says() -> None:
+    s = NodeState("n")
+    _unit(s, "turbine", "action", "production", _status(100, 800, 95))
+    _unit(s, "furnace", "action", "consumption", _status(-300, 0, 140))
+    _unit(s, "battery", "action", "storage", _status(-5, 5, 20))
+    _unit(
+        s,
+        "meter",
+        "detection",
+        "consumption",
+        messages.Measurement(seq=1, ts_s=0, power_kw=-40, energy_kwh=0),
+    )
+    bids = node_bids(s)
+    assert bids["turbine"] == Dispatchable(100, 800, 95)
+    assert bids["furnace"] == FlexibleLoad(300, 140)
+    assert isinstance(bids["battery"], Storage) and bids["battery"].discharge_kw == 5
+    assert bids["meter"] == Fixed(-40)
+
+
+def test_offline_units_do_not_bid() -> None:
+    s = NodeState("n")
+    _unit(s, "turbine", "action", "production", _status(100, 800, 95))
+    s.on_message("redy/n/units/turbine/state", messages.UnitState(state="offline", bd_seq=1))
+    assert node_bids(s) == {}
