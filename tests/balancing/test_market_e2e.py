@@ -62,14 +62,21 @@ def _agreed(watches: dict[str, Watch], after: int = 0) -> tuple[int, float, dict
     return epoch, sum(prices) / len(prices), states
 
 
-def _until(pred: Any, timeout_s: float, what: str) -> Any:
+def _until(pred: Any, timeout_s: float, what: str, seen: Any = None) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         got = pred()
         if got:
             return got
         time.sleep(0.1)
-    raise AssertionError(f"{what} not within {timeout_s} s")
+    raise AssertionError(f"{what} not within {timeout_s} s; saw {seen() if seen else ''}")
+
+
+def _summary(watches: dict[str, Watch]) -> list[tuple[str, Any, Any, Any]]:
+    return [
+        (n, s.epoch, s.price_eur_mwh and round(s.price_eur_mwh, 1), s.status)
+        for n, s in sorted(_states(watches).items())
+    ]
 
 
 def _pids(pattern: str) -> list[int]:
