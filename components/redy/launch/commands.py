@@ -95,13 +95,19 @@ def launch(
             dashboard = Dashboard(sup, table_period_s)
             dashboard.start()
 
-    sup = Supervisor(
-        desc, state_dir=Path(state_dir), backend=backend, compose=compose, on_started=started
-    )
-    try:
-        sup.run(duration_s)
-    finally:
+    def stopping(_sup: Supervisor) -> None:
+        # The last table is taken while every unit still runs; then the dashboard goes first.
         if dashboard is not None:
             dashboard.stop()
             click.echo(dashboard.table())
             click.echo(dashboard.summary())
+
+    sup = Supervisor(
+        desc,
+        state_dir=Path(state_dir),
+        backend=backend,
+        compose=compose,
+        on_started=started,
+        on_stopping=stopping,
+    )
+    sup.run(duration_s)

@@ -93,12 +93,14 @@ class Supervisor:
         backend: str | None = None,
         compose: bool = False,
         on_started: Callable[[Supervisor], None] | None = None,
+        on_stopping: Callable[[Supervisor], None] | None = None,
     ) -> None:
         self.desc = desc
         self.state_dir = state_dir.resolve()
         self.backend = backend
         self.compose = compose
         self.on_started = on_started
+        self.on_stopping = on_stopping
         self.brokers: list[object] = []
         self.children: list[Child] = []
         self.start_unix = time.time()
@@ -293,6 +295,8 @@ class Supervisor:
                 if deadline is not None and time.monotonic() >= deadline:
                     break
         finally:
+            if self.on_stopping is not None:
+                self.on_stopping(self)
             self.stop()
             for s, h in previous.items():
                 signal.signal(s, h)
