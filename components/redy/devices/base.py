@@ -92,6 +92,20 @@ class Device:
     def apply(self, setpoint_kw: float | None = None, on: bool | None = None) -> Applied:
         raise DeviceError(f"{self.kind} cannot be commanded: it has no actuator")
 
+    def _apply_within(
+        self, setpoint_kw: float | None, on: bool | None, lo_kw: float, hi_kw: float
+    ) -> Applied:
+        """Switch on/off and take a signed setpoint clamped to [lo_kw, hi_kw], saying so."""
+        if on is not None:
+            self.on = on
+        note = None
+        if setpoint_kw is not None:
+            bounded = clamp(setpoint_kw, lo_kw, hi_kw)
+            if bounded != setpoint_kw:
+                note = f"setpoint {setpoint_kw:g} kW clamped to [{lo_kw:g}, {hi_kw:g}] kW"
+            self.setpoint_kw = bounded
+        return Applied(self.setpoint_kw, self.on, note)
+
 
 def clamp(x: float, lo: float, hi: float) -> float:
     return lo if x < lo else hi if x > hi else x

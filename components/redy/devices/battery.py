@@ -75,12 +75,4 @@ class Battery(Device):
         return Limits(lo, hi)
 
     def apply(self, setpoint_kw: float | None = None, on: bool | None = None) -> Applied:
-        if on is not None:
-            self.on = on
-        note = None
-        if setpoint_kw is not None:
-            bounded = clamp(setpoint_kw, -self.rated_kw, self.rated_kw)
-            if bounded != setpoint_kw:
-                note = f"setpoint {setpoint_kw:g} kW clamped to +-{self.rated_kw:g} kW"
-            self.setpoint_kw = bounded
-        return Applied(self.setpoint_kw, self.on, note)
+        return self._apply_within(setpoint_kw, on, -self.rated_kw, self.rated_kw)

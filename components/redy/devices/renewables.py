@@ -38,15 +38,7 @@ class _Curtailable(Device):
         return Limits(0.0, self.available_kw(self.t_s) if self.on else 0.0)
 
     def apply(self, setpoint_kw: float | None = None, on: bool | None = None) -> Applied:
-        if on is not None:
-            self.on = on
-        note = None
-        if setpoint_kw is not None:
-            bounded = clamp(setpoint_kw, 0.0, self.rated_kw)
-            if bounded != setpoint_kw:
-                note = f"setpoint {setpoint_kw:g} kW clamped to [0, {self.rated_kw:g}] kW"
-            self.setpoint_kw = bounded
-        return Applied(self.setpoint_kw, self.on, note)
+        return self._apply_within(setpoint_kw, on, 0.0, self.rated_kw)
 
 
 class PV(_Curtailable):
@@ -220,12 +212,4 @@ class CSP(Device):
         return Limits(0.0, min(self.rated_kw, self.stored_kwh_th * self.block_efficiency / h))
 
     def apply(self, setpoint_kw: float | None = None, on: bool | None = None) -> Applied:
-        if on is not None:
-            self.on = on
-        note = None
-        if setpoint_kw is not None:
-            bounded = clamp(setpoint_kw, 0.0, self.rated_kw)
-            if bounded != setpoint_kw:
-                note = f"setpoint {setpoint_kw:g} kW clamped to [0, {self.rated_kw:g}] kW"
-            self.setpoint_kw = bounded
-        return Applied(self.setpoint_kw, self.on, note)
+        return self._apply_within(setpoint_kw, on, 0.0, self.rated_kw)
