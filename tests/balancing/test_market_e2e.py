@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from redy import messages
-from redy.brokers import load_credentials, port_is_free
+from redy.brokers import load_credentials, port_is_free, try_connect
 from redy.launch.parser import parse
 
 pytestmark = pytest.mark.e2e
@@ -113,8 +113,14 @@ def test_grid_reaches_a_common_price_and_rebalances_after_the_gas_plant_dies(
         )
         watches = {}
         for node, port in ports.items():
-            creds = load_credentials(tmp_path / node / "credentials.json")
-            c = mqtt_client(port, "operator", creds.password("operator"))
+            password = load_credentials(tmp_path / node / "credentials.json").password("operator")
+            # Credentials are written before the broker starts: wait until it accepts them.
+            _until(
+                lambda p=port, pw=password: try_connect("127.0.0.1", p, "operator", pw)[0],
+                30,
+                f"broker of {node}",
+            )
+            c = mqtt_client(port, "operator", password)
             c.subscribe(f"redy/{node}/governance/state")
             c.subscribe(f"redy/{node}/action/+/status")
             watches[node] = Watch(c)

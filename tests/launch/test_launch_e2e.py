@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from redy import messages
-from redy.brokers import load_credentials, port_is_free
+from redy.brokers import load_credentials, port_is_free, try_connect
 from redy.topics import render
 
 pytestmark = pytest.mark.e2e
@@ -53,10 +53,19 @@ def _free_ports() -> int:
     raise RuntimeError("no free port pair")
 
 
-def test_figure3_for_20_s_exits_0_and_leaves_nothing_behind(tmp_path: Path) -> None:
+FIGURE3_UNITS = {
+    "gas-1": {"meter": "detection", "turbine": "action"},
+    "factory-1": {"meter": "detection", "furnace": "action"},
+    "house-1": {"pv-meter": "detection", "load-meter": "detection", "water-heater": "action"},
+}
+
+
+def test_figure3_for_20_s_retains_every_birth_exits_0_and_leaves_nothing_behind(
+    tmp_path: Path, mqtt_client: Any
+) -> None:
     ports = [18841, 18842, 18843, 28841, 28842, 28843]
     assert all(port_is_free(p) for p in ports), "figure3's ports are taken"
-    done = subprocess.run(
+    launcher = subprocess.Popen(
         [
             *REDY,
             "launch",
@@ -68,17 +77,50 @@ def test_figure3_for_20_s_exits_0_and_leaves_nothing_behind(tmp_path: Path) -> N
             "--table",
             "5",
         ],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=90,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "gas-1" in done.stdout and "=== summary ===" in done.stdout
+    try:
+        for port, (node, units) in zip(ports, FIGURE3_UNITS.items(), strict=False):
+            creds = tmp_path / node / "credentials.json"
+            _wait(creds.exists, 20, f"{node} credentials")
+            password = load_credentials(creds).password("operator")
+            _wait(
+                lambda p=port, pw=password: try_connect("127.0.0.1", p, "operator", pw)[0],
+                20,
+                f"{node} broker",
+            )
+            wanted = {
+                render(t, node=node, unit=u) for u in units for t in ("unit_meta", "unit_state")
+            }
+
+            def births(
+                port: int = port, password: str = password, wanted: set[str] = wanted
+            ) -> dict[str, Any] | None:
+                # A fresh subscriber each time: what it gets at once is the retained store.
+                op = mqtt_client(port, "operator", password)
+                op.subscribe("redy/+/units/#")
+                got = {m.topic: m for m in op.received(0.5) if m.retain}
+                op.close()
+                return got if wanted <= set(got) else None
+
+            got = _wait(births, 20, f"{node}: every unit's birth and state retained")
+            for unit, role in units.items():
+                meta = got[render("unit_meta", node=node, unit=unit)]
+                state = got[render("unit_state", node=node, unit=unit)]
+                assert messages.decode(meta.topic, meta.payload).role == role
+                assert messages.decode(state.topic, state.payload).state == "online"
+        out, err = launcher.communicate(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 0, err[-2000:]
+    assert "gas-1" in out and "=== summary ===" in out
     assert _processes_using(tmp_path) == []
     assert all(port_is_free(p) for p in ports)
-    # Every node produced states while it ran.
-    for node in ("gas-1", "factory-1", "house-1"):
-        assert f"{node}: 0 states" not in done.stdout
+    for node in FIGURE3_UNITS:  # every node produced states while it ran
+        assert f"{node}: 0 states" not in out
 
 
 def _one_node_file(tmp_path: Path) -> Path:
@@ -124,7 +166,10 @@ def test_respawn_after_kill9_and_sigterm_stops_everything(
     try:
         creds = state / "solo" / "credentials.json"
         _wait(creds.exists, 20, "credentials")
-        op = mqtt_client(port, "operator", load_credentials(creds).password("operator"))
+        # Credentials are written before the broker starts: wait until it accepts them.
+        password = load_credentials(creds).password("operator")
+        _wait(lambda: try_connect("127.0.0.1", port, "operator", password)[0], 20, "broker up")
+        op = mqtt_client(port, "operator", password)
         op.subscribe("redy/solo/units/+/meta")
         meta_topic = render("unit_meta", node="solo", unit="battery")
         first = messages.decode(meta_topic, op.wait_for(meta_topic, 20).payload)

@@ -129,9 +129,14 @@ def test_port_in_use_fails_before_anything_starts(tmp_path: Path) -> None:
     from redy.launch.parser import check_ports_free
 
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        # A port whose grid port (+10000) is still a valid port, taken by us.
+        for port in range(21000, 40000, 37):
+            try:
+                s.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                continue
         s.listen()
-        port = s.getsockname()[1]
         desc = parse(_write(tmp_path, "n.yaml", NODE), {"port": str(port)})
         with pytest.raises(LaunchError, match=f"port {port} is in use"):
             check_ports_free(desc)

@@ -142,6 +142,9 @@ def test_birth_and_online_state_are_retained_and_measurements_flow(
     measurement = render("measurement", node="house-1", unit="meter")
     m = _until(lambda: watch.get(measurement), what="a measurement")
     assert m.power_kw < 0  # a load consumes
+    for unit in UNITS:  # both births are out before the late subscriber comes
+        state_topic = render("unit_state", node="house-1", unit=unit)
+        _until(lambda t=state_topic: watch.get(t), what=f"{unit} online")
     # A late subscriber gets births and states from the broker's retained store.
     late = mqtt_client(broker.port, "operator", broker.credentials.password("operator"))
     late.subscribe("redy/house-1/units/#")
