@@ -138,8 +138,17 @@ def curve(bids: Iterable[Bid], grid: PriceGrid) -> np.ndarray:
 
 
 def dispatch_kw(bid: Bid, grid: PriceGrid, price: float) -> float:
-    """The setpoint of `bid` at `price`: its curve read at that price."""
-    return float(np.interp(price, grid.prices, sample(bid, grid)))
+    """The setpoint of `bid` at `price`: its curve read at that price (the same linear
+    interpolation between the two neighbouring grid prices, without sampling the whole curve)."""
+    prices = grid.prices
+    if price <= prices[0]:
+        return bid.injection_kw(float(prices[0]))
+    if price >= prices[-1]:
+        return bid.injection_kw(float(prices[-1]))
+    k = int(np.searchsorted(prices, price))
+    lo, hi = float(prices[k - 1]), float(prices[k])
+    a, b = bid.injection_kw(lo), bid.injection_kw(hi)
+    return a + (b - a) * (price - lo) / (hi - lo)
 
 
 def cost_eur_h(bids: Iterable[Bid], grid: PriceGrid, price: float) -> float:
