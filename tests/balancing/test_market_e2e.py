@@ -1,7 +1,8 @@
 """Decentralized balancing end to end: the 12-node grid of launch/grid12.yaml (figure 3 and nine
 more nodes) reaches a common price each epoch over real brokers; when the gas plant's broker and
-governance are killed, the others re-balance in the next epoch: the price goes to the cap, the
-flexible loads shed and the house batteries discharge, as the retained states show."""
+governance are killed, the others re-balance in the next epoch: the price rises over the
+furnace's willingness to pay, the furnace sheds to its dispatch at that price and the house
+batteries discharge, as the retained states show."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from redy import messages
+from redy.balancing.curves import FlexibleLoad, PriceGrid, dispatch_kw
 from redy.brokers import load_credentials, port_is_free, try_connect
 from redy.launch.parser import parse
 
@@ -147,11 +149,34 @@ def test_grid_reaches_a_common_price_and_rebalances_after_the_gas_plant_dies(
         assert "gas-1" not in states
 
         def shed_and_discharged() -> bool:
+            factory = survivors["factory-1"].get("redy/factory-1/governance/state")
             furnace = survivors["factory-1"].get("redy/factory-1/action/furnace/status")
             battery = survivors["house-2"].get("redy/house-2/action/battery/status")
-            return bool(furnace and battery and furnace.power_kw > -1.0 and battery.power_kw > 0.0)
+            if not (factory and furnace and battery) or factory.price_eur_mwh is None:
+                return False
+            # Over its willingness to pay, the furnace runs only the share the curve gives it
+            # between the two grid prices around the clearing price (it may be the marginal bid).
+            bid = FlexibleLoad(-furnace.min_kw, furnace.marginal_cost_eur_mwh)
+            expected = dispatch_kw(bid, PriceGrid(), factory.price_eur_mwh)
+            return (
+                furnace.power_kw > furnace.min_kw + 1.0
+                and abs(furnace.power_kw - expected) < 1.0
+                and battery.power_kw > 0.0
+            )
 
-        _until(shed_and_discharged, 2 * EPOCH_S, "flexible load shed and battery discharging")
+        def statuses() -> object:
+            return [
+                survivors["factory-1"].get("redy/factory-1/governance/state"),
+                survivors["factory-1"].get("redy/factory-1/action/furnace/status"),
+                survivors["house-2"].get("redy/house-2/action/battery/status"),
+            ]
+
+        _until(
+            shed_and_discharged,
+            2 * EPOCH_S,
+            "flexible load shed and battery discharging",
+            seen=statuses,
+        )
     finally:
         launcher.send_signal(signal.SIGTERM)
         try:

@@ -103,6 +103,25 @@ def test_ev_urgency_rises_as_the_deadline_nears() -> None:
     assert ev.urgency() > early > 0
 
 
+def test_ev_bid_rises_with_urgency_to_the_top_of_its_range() -> None:
+    ev = EVCharger(power_kw=11, energy_needed_kwh=30, deadline_s=8 * 3600)
+    ev.apply(on=False)  # it waits: the urgency grows
+    bids = [ev.bid_eur_mwh()]
+    for _ in range(6):
+        ev.step(3600)
+        bids.append(ev.bid_eur_mwh())
+    assert bids == sorted(bids) and bids[0] < bids[-1]
+    assert bids[0] >= 30.0 and bids[-1] == 400.0  # 30 kWh no longer fits in the time left
+
+
+def test_water_heater_bid_rises_as_the_tank_cools() -> None:
+    w = WaterHeater(t_c=59.5, draw_kw=1.0)
+    w.apply(on=False)
+    warm = w.bid_eur_mwh()
+    w.step(4 * 3600)
+    assert w.t_c < 59.5 and 40.0 <= warm < w.bid_eur_mwh() <= 300.0
+
+
 @given(_commands)
 @settings(max_examples=80)
 def test_water_heater_stays_in_its_band_when_it_can(commands: list) -> None:

@@ -18,7 +18,8 @@ from redy.topics import render
 
 pytestmark = pytest.mark.e2e
 
-UNITS = {"meter": "detection", "battery": "action"}
+BIRTHS = {"meter": "detection", "battery": "action"}  # the two units most tests start
+UNITS = {**BIRTHS, "ev": "action"}
 
 
 class Procs:
@@ -142,14 +143,14 @@ def test_birth_and_online_state_are_retained_and_measurements_flow(
     measurement = render("measurement", node="house-1", unit="meter")
     m = _until(lambda: watch.get(measurement), what="a measurement")
     assert m.power_kw < 0  # a load consumes
-    for unit in UNITS:  # both births are out before the late subscriber comes
+    for unit in BIRTHS:  # both births are out before the late subscriber comes
         state_topic = render("unit_state", node="house-1", unit=unit)
         _until(lambda t=state_topic: watch.get(t), what=f"{unit} online")
     # A late subscriber gets births and states from the broker's retained store.
     late = mqtt_client(broker.port, "operator", broker.credentials.password("operator"))
     late.subscribe("redy/house-1/units/#")
     got = {x.topic: (x.retain, messages.decode(x.topic, x.payload)) for x in late.received(1.0)}
-    for unit, role in UNITS.items():
+    for unit, role in BIRTHS.items():
         retained, meta = got[render("unit_meta", node="house-1", unit=unit)]
         assert retained and meta.role == role
         retained, state = got[render("unit_state", node="house-1", unit=unit)]
@@ -186,6 +187,42 @@ def test_kill9_of_an_action_unit_turns_it_offline_and_governance_drops_its_flexi
         timeout_s=3,
         what="flexibility dropped",
     )
+
+
+def test_ev_status_carries_a_willingness_to_pay_that_rises_toward_its_deadline(
+    node: tuple[Any, Watch], procs: Procs
+) -> None:
+    broker, watch = node
+    # 10 kWh needed within four simulated hours at 11 kW, 1800 simulated s per real s; off.
+    procs.start(
+        broker,
+        "action",
+        "--unit",
+        "ev",
+        "--device",
+        "ev_charger",
+        "--param",
+        "energy_needed_kwh=10",
+        "--param",
+        "deadline_s=14400",
+        "--speed",
+        "1800",
+        "--period-s",
+        "0.2",
+        log="ev.log",
+    )
+    status_topic = render("actuator_status", node="house-1", unit="ev")
+    first = _until(lambda: watch.get(status_topic), what="first status")
+    op = watch.client
+    op.publish(
+        render("command", node="house-1", unit="ev"),
+        messages.encode(messages.Command(seq=1, ts_s=0.0, on=False)),
+    )
+    late = _until(
+        lambda: (s := watch.get(status_topic)) and s.ts_s > 7200 and not s.on and s,
+        what="two hours of waiting",
+    )
+    assert first.marginal_cost_eur_mwh < late.marginal_cost_eur_mwh <= 400.0
 
 
 def test_old_or_repeated_command_is_acknowledged_and_ignored(

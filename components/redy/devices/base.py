@@ -82,6 +82,11 @@ class Device:
     def _advance(self, dt_s: float) -> float:
         raise NotImplementedError
 
+    def bid_eur_mwh(self) -> float | None:
+        """The price this device bids at now: a producer's marginal cost, a flexible load's
+        willingness to pay (EUR/MWh); None when it has none."""
+        return self.marginal_cost_eur_mwh
+
     def reading(self) -> Reading:
         return Reading(power_kw=self.power_kw, energy_kwh=self.energy_kwh)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from redy.balancing.curves import urgency_wtp
 from redy.devices import profiles
 from redy.devices.base import Applied, Device, DeviceError, Limits, Reading, clamp
 
@@ -99,7 +100,8 @@ class FlexibleLoad(Device):
 
 class EVCharger(Device):
     """An EV charging point (3.7, 7.4, 11 or 22 kW): charges `energy_needed_kwh` by
-    `deadline_s` (simulated seconds from the start); never above its power, never past need."""
+    `deadline_s` (simulated seconds from the start); never above its power, never past need.
+    It bids from `wtp_min_eur_mwh` (time to spare) up to `wtp_max_eur_mwh` (must charge now)."""
 
     kind = "ev_charger"
     actuatable = True
@@ -111,11 +113,16 @@ class EVCharger(Device):
         energy_needed_kwh: float = 30.0,
         deadline_s: float = 8 * 3600.0,
         efficiency: float = 0.92,
+        wtp_min_eur_mwh: float = 30.0,
+        wtp_max_eur_mwh: float = 400.0,
         seed: int = 0,
     ) -> None:
         super().__init__(power_kw)
         if energy_needed_kwh < 0 or deadline_s <= 0 or not 0 < efficiency <= 1:
             raise DeviceError("ev_charger: expected energy_needed_kwh >= 0, deadline_s > 0")
+        if not wtp_min_eur_mwh <= wtp_max_eur_mwh:
+            raise DeviceError("ev_charger: expected wtp_min_eur_mwh <= wtp_max_eur_mwh")
+        self.wtp_range = (float(wtp_min_eur_mwh), float(wtp_max_eur_mwh))
         self.energy_needed_kwh = float(energy_needed_kwh)
         self.deadline_s = float(deadline_s)
         self.efficiency = efficiency
@@ -133,6 +140,10 @@ class EVCharger(Device):
         if need_s <= 0:
             return 0.0
         return math.inf if left_s <= 0 else need_s / left_s
+
+    def bid_eur_mwh(self) -> float:
+        """Willingness to pay, rising with urgency to the top of its range at urgency 1."""
+        return urgency_wtp(self.urgency(), *self.wtp_range)
 
     def _max_draw_kw(self, dt_s: float) -> float:
         return min(self.rated_kw, self.remaining_kwh / self.efficiency / (dt_s / 3600.0))
@@ -167,7 +178,9 @@ class EVCharger(Device):
 class WaterHeater(Device):
     """An electric water heater (2-3 kW) with a thermal band: it may be switched on or off
     freely inside [t_min_c, t_max_c]; below the band its thermostat forces heating, above it
-    forces stop. Tank: volume x 1.163 Wh/(l K); hot-water draw and standing loss cool it."""
+    forces stop. Tank: volume x 1.163 Wh/(l K); hot-water draw and standing loss cool it.
+    It bids from `wtp_min_eur_mwh` (tank at the top of the band) up to `wtp_max_eur_mwh`
+    (at the bottom)."""
 
     kind = "water_heater"
     actuatable = True
@@ -183,11 +196,16 @@ class WaterHeater(Device):
         draw_kw: float = 0.4,
         loss_kw_per_k: float = 0.002,
         ambient_c: float = 20.0,
+        wtp_min_eur_mwh: float = 40.0,
+        wtp_max_eur_mwh: float = 300.0,
         seed: int = 0,
     ) -> None:
         super().__init__(power_kw)
         if not t_min_c < t_max_c:
             raise DeviceError("water_heater: expected t_min_c < t_max_c")
+        if not wtp_min_eur_mwh <= wtp_max_eur_mwh:
+            raise DeviceError("water_heater: expected wtp_min_eur_mwh <= wtp_max_eur_mwh")
+        self.wtp_range = (float(wtp_min_eur_mwh), float(wtp_max_eur_mwh))
         self.capacity_kwh_per_k = volume_l * 1.163 / 1000.0
         self.t_min_c = t_min_c
         self.t_max_c = t_max_c
@@ -202,6 +220,11 @@ class WaterHeater(Device):
     def closeness_to_lower_band(self) -> float:
         """0 at the top of the band, 1 at its bottom (urgency of heating)."""
         return clamp((self.t_max_c - self.t_c) / (self.t_max_c - self.t_min_c), 0.0, 1.0)
+
+    def bid_eur_mwh(self) -> float:
+        """Willingness to pay: the low end of its range with a full tank, the top at the bottom
+        of the band."""
+        return urgency_wtp(self.closeness_to_lower_band(), *self.wtp_range)
 
     def _heating(self) -> bool:
         if self.t_c <= self.t_min_c:

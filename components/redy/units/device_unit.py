@@ -99,7 +99,7 @@ class DeviceUnit:
             on=d.on,
             min_kw=min(limits.min_kw, limits.max_kw),
             max_kw=limits.max_kw,
-            marginal_cost_eur_mwh=d.marginal_cost_eur_mwh,
+            marginal_cost_eur_mwh=d.bid_eur_mwh(),
             note=self._note,
         )
         self.link.publish("actuator_status", status)

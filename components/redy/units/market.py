@@ -39,7 +39,8 @@ from redy.units.node_state import NodeState
 
 _log = logging.getLogger(__name__)
 
-# Prices (EUR/MWh) where storage without a stated policy charges and discharges.
+# Prices (EUR/MWh) where storage without a stated policy charges and discharges, and the value of
+# a flexible load that states no willingness to pay (EVs and water heaters state theirs).
 STORAGE_CHARGE_BELOW = 60.0
 STORAGE_DISCHARGE_ABOVE = 110.0
 LOAD_VALUE_DEFAULT = 150.0
