@@ -86,6 +86,8 @@ class ActuatorStatus:
     max_kw: float
     setpoint_kw: float | None = None
     marginal_cost_eur_mwh: float | None = None
+    charge_below_eur_mwh: float | None = None
+    discharge_above_eur_mwh: float | None = None
     note: str | None = None
 
 
@@ -241,8 +243,16 @@ def _cross_check(msg: Any) -> None:
     """Rules between fields that topics.yaml states in words."""
     if isinstance(msg, Command) and msg.setpoint_kw is None and msg.on is None:
         raise InvalidMessage("Command: expected setpoint_kw or on (or both), got neither")
-    if isinstance(msg, ActuatorStatus) and msg.min_kw > msg.max_kw:
-        raise InvalidMessage(f"ActuatorStatus: min_kw {msg.min_kw} is above max_kw {msg.max_kw}")
+    if isinstance(msg, ActuatorStatus):
+        if msg.min_kw > msg.max_kw:
+            raise InvalidMessage(
+                f"ActuatorStatus: min_kw {msg.min_kw} is above max_kw {msg.max_kw}"
+            )
+        lo, hi = msg.charge_below_eur_mwh, msg.discharge_above_eur_mwh
+        if lo is not None and hi is not None and lo > hi:
+            raise InvalidMessage(
+                f"ActuatorStatus: charge_below_eur_mwh {lo} is above discharge_above_eur_mwh {hi}"
+            )
 
 
 def _convert(f: FieldSpec, value: Any) -> Any:

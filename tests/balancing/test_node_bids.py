@@ -6,7 +6,7 @@ import pytest
 
 from redy import messages
 from redy.balancing.curves import Dispatchable, Fixed, FlexibleLoad, Storage
-from redy.units.market import node_bids
+from redy.units.market import STORAGE_CHARGE_BELOW, STORAGE_DISCHARGE_ABOVE, node_bids
 from redy.units.node_state import NodeState
 
 pytestmark = pytest.mark.pure
@@ -53,6 +53,25 @@ def test_each_online_unit_becomes_the_bid_its_range_says() -> None:
     assert bids["furnace"] == FlexibleLoad(300, 140)
     assert isinstance(bids["battery"], Storage) and bids["battery"].discharge_kw == 5
     assert bids["meter"] == Fixed(-40)
+
+
+def test_storage_bids_at_the_prices_it_states_and_at_defaults_otherwise() -> None:
+    s = NodeState("n")
+    stated = messages.ActuatorStatus(
+        seq=1,
+        ts_s=0,
+        power_kw=0,
+        on=True,
+        min_kw=-5,
+        max_kw=4,
+        charge_below_eur_mwh=41.0,
+        discharge_above_eur_mwh=88.0,
+    )
+    _unit(s, "battery", "action", "storage", stated)
+    _unit(s, "old-battery", "action", "storage", _status(-5, 5, 20))
+    bids = node_bids(s)
+    assert bids["battery"] == Storage(5, 4, 41.0, 88.0)
+    assert bids["old-battery"] == Storage(5, 5, STORAGE_CHARGE_BELOW, STORAGE_DISCHARGE_ABOVE)
 
 
 def test_offline_units_do_not_bid() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -101,6 +103,23 @@ def test_ev_urgency_rises_as_the_deadline_nears() -> None:
     early = ev.urgency()
     ev.step(6 * 3600)
     assert ev.urgency() > early > 0
+
+
+def test_battery_prices_fall_as_it_fills_and_a_cycle_pays_for_losses_and_wear() -> None:
+    b = Battery(capacity_kwh=10, power_kw=5, round_trip_efficiency=0.9, soc=0.1)
+    b.apply(-5.0)  # charge
+    prices = [b.storage_prices()]
+    for _ in range(3):
+        b.step(1800)
+        prices.append(b.storage_prices())
+    assert b.soc > 0.7
+    for (c0, d0), (c1, d1) in itertools.pairwise(prices):
+        assert c1 < c0 and d1 < d0
+    for charge_below, discharge_above in prices:
+        # Energy bought just under charge_below and sold just over discharge_above, after the
+        # round-trip loss, earns at least the wear cost per MWh.
+        margin = discharge_above * 0.9 - charge_below
+        assert margin >= b.marginal_cost_eur_mwh
 
 
 def test_ev_bid_rises_with_urgency_to_the_top_of_its_range() -> None:

@@ -51,7 +51,16 @@ def _message(type_name: str) -> st.SearchStrategy[object]:
     if type_name == "Command":
         strategy = strategy.filter(lambda c: c.setpoint_kw is not None or c.on is not None)
     if type_name == "ActuatorStatus":
-        strategy = strategy.filter(lambda s: s.min_kw <= s.max_kw)
+        strategy = strategy.filter(
+            lambda s: (
+                s.min_kw <= s.max_kw
+                and (
+                    s.charge_below_eur_mwh is None
+                    or s.discharge_above_eur_mwh is None
+                    or s.charge_below_eur_mwh <= s.discharge_above_eur_mwh
+                )
+            )
+        )
     return strategy
 
 
@@ -123,6 +132,22 @@ def test_bad_command_payloads_say_what_was_expected(payload: bytes, expected: st
         messages.decode("redy/house-1/action/heater/command", payload)
     assert expected in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (b'"min_kw": 5, "max_kw": -5', "min_kw 5.0 is above max_kw -5.0"),
+        (
+            b'"min_kw": -5, "max_kw": 5, "charge_below_eur_mwh": 120, "discharge_above_eur_mwh": 90',
+            "charge_below_eur_mwh 120.0 is above discharge_above_eur_mwh 90.0",
+        ),
+    ],
+)
+def test_actuator_status_ranges_must_be_ordered(extra: bytes, expected: str) -> None:
+    payload = b'{"seq": 1, "ts_s": 1, "power_kw": 0, "on": true, ' + extra + b"}"
+    with pytest.raises(InvalidMessage, match=expected):
+        messages.decode("redy/house-1/action/battery/status", payload)
 
 
 def test_oversized_payload_is_refused_before_parsing() -> None:

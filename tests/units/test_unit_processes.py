@@ -225,6 +225,29 @@ def test_ev_status_carries_a_willingness_to_pay_that_rises_toward_its_deadline(
     assert first.marginal_cost_eur_mwh < late.marginal_cost_eur_mwh <= 400.0
 
 
+def test_battery_status_states_storage_prices_that_fall_as_it_charges(
+    node: tuple[Any, Watch], procs: Procs, mqtt_client: Any
+) -> None:
+    broker, watch = node
+    _action(procs, broker)  # 13.5 kWh, 5 kW, half full; one simulated second per second
+    status_topic = render("actuator_status", node="house-1", unit="battery")
+    first = _until(lambda: watch.get(status_topic), what="first status")
+    assert first.charge_below_eur_mwh < first.discharge_above_eur_mwh
+    op = mqtt_client(broker.port, "operator", broker.credentials.password("operator"))
+    op.publish(
+        render("command", node="house-1", unit="battery"),
+        messages.encode(messages.Command(seq=1, ts_s=1.0, setpoint_kw=-5.0)),
+    )
+    later = _until(
+        lambda: (
+            (s := watch.get(status_topic)) and s.power_kw < -4.0 and s.ts_s > first.ts_s + 3 and s
+        ),
+        what="charging for a few seconds",
+    )
+    assert later.charge_below_eur_mwh < first.charge_below_eur_mwh
+    assert later.discharge_above_eur_mwh < first.discharge_above_eur_mwh
+
+
 def test_old_or_repeated_command_is_acknowledged_and_ignored(
     node: tuple[Any, Watch], procs: Procs, mqtt_client: Any
 ) -> None:

@@ -87,6 +87,10 @@ class Device:
         willingness to pay (EUR/MWh); None when it has none."""
         return self.marginal_cost_eur_mwh
 
+    def storage_prices(self) -> tuple[float, float] | None:
+        """Storage: (charge below, discharge above) in EUR/MWh; None for other devices."""
+        return None
+
     def reading(self) -> Reading:
         return Reading(power_kw=self.power_kw, energy_kwh=self.energy_kwh)
 

@@ -9,7 +9,12 @@ from redy.devices.base import Applied, Device, DeviceError, Limits, Reading, cla
 
 class Battery(Device):
     """Storage. Setpoint is signed: + discharges into the grid, - charges. The round-trip
-    efficiency is split evenly between charge and discharge (sqrt each way)."""
+    efficiency is split evenly between charge and discharge (sqrt each way).
+
+    Its price policy: stored energy is worth `value_eur_mwh` at half charge, `value_swing_eur_mwh`
+    less when full and as much more when empty. It discharges when the price beats that value
+    plus its wear cost (`marginal_cost_eur_mwh`), and charges when the energy bought, after the
+    round-trip loss and wear, is worth more than it costs."""
 
     kind = "battery"
     quantity = "storage"
@@ -25,6 +30,8 @@ class Battery(Device):
         soc_min: float = 0.05,
         soc_max: float = 1.0,
         marginal_cost_eur_mwh: float = 20.0,
+        value_eur_mwh: float = 85.0,
+        value_swing_eur_mwh: float = 30.0,
         seed: int = 0,
     ) -> None:
         super().__init__(power_kw)
@@ -37,7 +44,12 @@ class Battery(Device):
         self.soc = float(soc)
         self.soc_min = float(soc_min)
         self.soc_max = float(soc_max)
-        self.marginal_cost_eur_mwh = float(marginal_cost_eur_mwh)
+        if marginal_cost_eur_mwh < 0 or value_swing_eur_mwh < 0:
+            raise DeviceError("battery: expected marginal_cost_eur_mwh >= 0, value_swing >= 0")
+        self.marginal_cost_eur_mwh = self.wear_eur_mwh = float(marginal_cost_eur_mwh)
+        self.round_trip_efficiency = float(round_trip_efficiency)
+        self.value_eur_mwh = float(value_eur_mwh)
+        self.value_swing_eur_mwh = float(value_swing_eur_mwh)
         self.setpoint_kw = 0.0
         self.stored_in_kwh = 0.0  # energy into the cells (after losses)
         self.stored_out_kwh = 0.0  # energy out of the cells (before losses)
@@ -62,6 +74,15 @@ class Battery(Device):
             self.soc += into / self.capacity_kwh
         self.soc = clamp(self.soc, self.soc_min, self.soc_max)
         return p
+
+    def storage_prices(self) -> tuple[float, float]:
+        """(charge below, discharge above) in EUR/MWh, both falling as the battery fills."""
+        span = self.soc_max - self.soc_min
+        fill = (self.soc - self.soc_min) / span if span > 0 else 0.5
+        value = self.value_eur_mwh + self.value_swing_eur_mwh * (1.0 - 2.0 * fill)
+        wear = self.wear_eur_mwh
+        discharge_above = value + wear
+        return min(value * self.round_trip_efficiency - wear, discharge_above), discharge_above
 
     @property
     def capacity_kwh_or_none(self) -> float | None:

@@ -91,6 +91,7 @@ class DeviceUnit:
     def _publish_status(self) -> None:
         d = self.device
         limits = d.limits(self.config.period_s * self.config.speed)
+        charge_below, discharge_above = d.storage_prices() or (None, None)
         status = messages.ActuatorStatus(
             seq=max(self.applied_seq, 0),
             ts_s=max(d.t_s, 0.0),
@@ -100,6 +101,8 @@ class DeviceUnit:
             min_kw=min(limits.min_kw, limits.max_kw),
             max_kw=limits.max_kw,
             marginal_cost_eur_mwh=d.bid_eur_mwh(),
+            charge_below_eur_mwh=charge_below,
+            discharge_above_eur_mwh=discharge_above,
             note=self._note,
         )
         self.link.publish("actuator_status", status)

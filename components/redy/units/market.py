@@ -39,8 +39,9 @@ from redy.units.node_state import NodeState
 
 _log = logging.getLogger(__name__)
 
-# Prices (EUR/MWh) where storage without a stated policy charges and discharges, and the value of
-# a flexible load that states no willingness to pay (EVs and water heaters state theirs).
+# Prices (EUR/MWh) where storage that states no policy charges and discharges (batteries state
+# theirs), and the value of a flexible load that states no willingness to pay (EVs and water
+# heaters state theirs).
 STORAGE_CHARGE_BELOW = 60.0
 STORAGE_DISCHARGE_ABOVE = 110.0
 LOAD_VALUE_DEFAULT = 150.0
@@ -63,8 +64,13 @@ def node_bids(state: NodeState) -> dict[str, Bid]:
                     bids[f"{name}.base"] = Fixed(s.max_kw)
                 bids[name] = FlexibleLoad(s.max_kw - s.min_kw, value)
             else:
+                charge_below = s.charge_below_eur_mwh
+                discharge_above = s.discharge_above_eur_mwh
                 bids[name] = Storage(
-                    -s.min_kw, s.max_kw, STORAGE_CHARGE_BELOW, STORAGE_DISCHARGE_ABOVE
+                    -s.min_kw,
+                    s.max_kw,
+                    STORAGE_CHARGE_BELOW if charge_below is None else charge_below,
+                    STORAGE_DISCHARGE_ABOVE if discharge_above is None else discharge_above,
                 )
         elif u.measurement is not None:
             bids[name] = Fixed(u.measurement.power_kw)
