@@ -41,6 +41,20 @@ def test_error_a_user_causes_is_one_line_not_a_traceback(process_broker: Any) ->
     assert done.returncode == 2 and "Traceback" not in done.stderr
 
 
+@pytest.mark.pure
+def test_a_broken_yaml_file_is_one_line_with_the_file(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("mix: [\n")
+    for args in (
+        ("launch", str(broken)),
+        ("sim", "balance", "--nodes", "10", "--scenario", str(broken), "--json"),
+    ):
+        done = _redy(*args)
+        assert done.returncode == 2, args
+        assert done.stderr.strip().count("\n") == 0, done.stderr
+        assert done.stderr.startswith("error: ") and str(broken) in done.stderr
+
+
 @pytest.mark.integration
 def test_broker_run_refuses_anonymous_and_stops_on_sigterm(tmp_path: Path, free_port: Any) -> None:
     port = free_port()

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> Any:
         exc.show()
         sys.exit(exc.exit_code)
     except RedyError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo("error: " + " ".join(str(exc).split()), err=True)  # one line, always
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

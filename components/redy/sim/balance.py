@@ -94,8 +94,9 @@ def _mix(scenario: str | None) -> dict[str, float]:
         data = yaml.safe_load(Path(scenario).read_text())
         mix = {str(k): float(v) for k, v in data["mix"].items()}
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        problem = getattr(exc, "problem", None) or str(exc)
         raise SimulationError(
-            f"scenario {scenario}: expected YAML with 'mix: {{kind: share, ...}}' ({exc})"
+            f"scenario {scenario}: expected YAML with 'mix: {{kind: share, ...}}' ({problem})"
         ) from None
     if not mix or sum(mix.values()) <= 0:
         raise SimulationError(f"scenario {scenario}: the shares must add up to more than 0")
