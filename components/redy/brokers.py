@@ -131,8 +131,13 @@ def load_credentials(path: Path | str) -> Credentials:
     try:
         data = orjson.loads(Path(path).read_bytes())
         return Credentials(users=dict(data["users"]), grid_password=str(data["grid"]["password"]))
-    except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
-        raise BrokerError(f"cannot read credentials {path}: {exc}") from None
+    except OSError as exc:
+        raise BrokerError(f"cannot read credentials {path}: {exc.strerror or exc}") from None
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise BrokerError(
+            f"cannot read credentials {path}: expected the JSON a launch writes, "
+            f'{{"users": {{name: password}}, "grid": {{"password": ...}}}} ({type(exc).__name__}: {exc})'
+        ) from None
 
 
 def _grid_password(state_dir: Path) -> str:

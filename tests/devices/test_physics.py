@@ -40,8 +40,12 @@ def test_every_model_integrates_its_power_into_its_energy(name: str) -> None:
 def test_unknown_model_and_bad_parameter_say_what_was_expected() -> None:
     with pytest.raises(DeviceError, match="expected one of"):
         make_model("fusion_reactor")
-    with pytest.raises(DeviceError, match="bad parameters"):
+    with pytest.raises(DeviceError, match="unknown parameter 'colour'; expected one of"):
         make_model("battery", colour="red")
+    with pytest.raises(DeviceError, match="'capacity_kwh' expected a number, got 'big'"):
+        make_model("battery", capacity_kwh="big")
+    with pytest.raises(DeviceError, match="expected capacity_kwh > 0"):
+        make_model("battery", capacity_kwh=-1)
 
 
 @given(_commands)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -47,13 +48,34 @@ def model_class(name: str) -> Callable[..., Device]:
     return factory
 
 
+def _check_params(name: str, cls: Callable[..., Device], params: dict[str, Any]) -> None:
+    """Unknown names and non-numbers where a number is expected, said plainly."""
+    accepted = {
+        p.name: p.default
+        for p in inspect.signature(cls).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    for key, value in params.items():
+        if key not in accepted:
+            raise DeviceError(
+                f"device model {name!r}: unknown parameter {key!r}; expected one of {sorted(accepted)}"
+            )
+        default = accepted[key]
+        numeric = isinstance(default, int | float) and not isinstance(default, bool)
+        if numeric and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise DeviceError(
+                f"device model {name!r}: parameter {key!r} expected a number, got {value!r}"
+            )
+
+
 def make_model(name: str, **params: Any) -> Device:
     """A device model by launch-file name; DeviceError names a bad parameter."""
     cls = model_class(name)
     merged = {**_PRESETS.get(name, {}), **params}
+    _check_params(name, cls, merged)
     try:
         return cls(**merged)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise DeviceError(f"device model {name!r}: bad parameters ({exc})") from None
 
 
