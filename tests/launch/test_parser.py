@@ -98,6 +98,18 @@ launch:
         ("launch:\n  - broker: {node: a, port: $(var nope)}\n", 2, "unknown variable 'nope'"),
         ("launch:\n  - broker: {node: a, port: [1, 2}\n", 2, "bad YAML"),
         ("launch:\n  - teleport: {}\n", 2, "unknown action 'teleport'"),
+        (
+            "launch:\n  - broker: {node: a, port: 19001}\n"
+            "  - detection: {node: a, name: m, device: pv, params: {kwp: lots}}\n",
+            3,
+            "parameter 'kwp' expected a number, got 'lots'",
+        ),
+        (
+            "launch:\n  - broker: {node: a, port: 19001}\n"
+            "  - action: {node: a, name: m, device: battery, params: {colour: red}}\n",
+            3,
+            "unknown parameter 'colour'; expected one of",
+        ),
         ("launch:\n  - broker: {node: a, port: abc}\n", 2, "broker.port must be int"),
         (
             "launch:\n  - broker: {node: a, port: 19001}\n  - governance: {node: a, kind: castle}\n",

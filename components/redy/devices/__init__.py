@@ -48,8 +48,10 @@ def model_class(name: str) -> Callable[..., Device]:
     return factory
 
 
-def _check_params(name: str, cls: Callable[..., Device], params: dict[str, Any]) -> None:
-    """Unknown names and non-numbers where a number is expected, said plainly."""
+def check_params(name: str, params: dict[str, Any]) -> None:
+    """Refuse unknown parameter names and non-numbers where a number is expected (DeviceError),
+    without building the model."""
+    cls = model_class(name)
     accepted = {
         p.name: p.default
         for p in inspect.signature(cls).parameters.values()
@@ -72,11 +74,20 @@ def make_model(name: str, **params: Any) -> Device:
     """A device model by launch-file name; DeviceError names a bad parameter."""
     cls = model_class(name)
     merged = {**_PRESETS.get(name, {}), **params}
-    _check_params(name, cls, merged)
+    check_params(name, merged)
     try:
         return cls(**merged)
     except (TypeError, ValueError) as exc:
         raise DeviceError(f"device model {name!r}: bad parameters ({exc})") from None
 
 
-__all__ = ["MODELS", "Applied", "Device", "DeviceError", "Limits", "Reading", "make_model"]
+__all__ = [
+    "MODELS",
+    "Applied",
+    "Device",
+    "DeviceError",
+    "Limits",
+    "Reading",
+    "check_params",
+    "make_model",
+]

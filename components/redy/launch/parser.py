@@ -399,7 +399,7 @@ def _add_governance(f: dict[str, Any], b: _Builder, where: str) -> None:
 
 
 def _add_unit(role: str, f: dict[str, Any], b: _Builder, where: str) -> None:
-    from redy.devices import MODELS
+    from redy.devices import MODELS, DeviceError, check_params
 
     node = _node_id(f["node"], where)
     name = _node_id(f["name"], where, what="unit name")
@@ -409,6 +409,11 @@ def _add_unit(role: str, f: dict[str, Any], b: _Builder, where: str) -> None:
         raise LaunchError(
             f"{where}: unknown device model {f['device']!r}; expected one of {list(MODELS)}"
         )
+    params = {k: _scalar(v) for k, v in (f.get("params") or {}).items()}
+    try:
+        check_params(f["device"], params)
+    except DeviceError as exc:
+        raise LaunchError(f"{where}: {exc}") from None
     units = b.units.setdefault(node, [])
     for u in units:
         if u.name == name:
@@ -419,7 +424,7 @@ def _add_unit(role: str, f: dict[str, Any], b: _Builder, where: str) -> None:
             name=name,
             role=role,
             device=f["device"],
-            params={k: _scalar(v) for k, v in f.get("params", {}).items()},
+            params=params,
             period_s=f.get("period_s", 1.0),
             seed=f.get("seed", len(units)),
             respawn=f.get("respawn", False),
