@@ -156,6 +156,17 @@ def test_duplicate_old_epoch_and_late_messages_are_ignored() -> None:
     assert not f.on_message(GossipOut("a", "b", 5, 2, 0.0, np.array([7.0]), np.array([7.0])))
 
 
+def test_a_curve_of_another_length_or_negative_mass_is_refused() -> None:
+    p = PushSum("a", random.Random(1))
+    p.start_epoch(5, np.array([1.0, 2.0, 3.0]))
+    assert not p.on_message(GossipOut("a", "b", 5, 1, 0.5, np.array([9.0])))  # would broadcast
+    assert not p.on_message(GossipOut("a", "c", 5, 1, -0.5, np.array([1.0, 1.0, 1.0])))
+    assert np.allclose(p.estimate(), [1.0, 2.0, 3.0])
+    f = FlowUpdating("a", random.Random(1))
+    f.start_epoch(5, np.array([1.0, 2.0]))
+    assert not f.on_message(GossipOut("a", "b", 5, 1, 0.0, np.array([1.0]), np.array([1.0])))
+
+
 def test_refused_push_keeps_the_mass() -> None:
     p = PushSum("a", random.Random(1))
     p.start_epoch(1, np.array([4.0]))

@@ -79,6 +79,8 @@ class PushSum:
     def on_message(self, msg: GossipOut) -> bool:
         if msg.epoch != self.epoch or (msg.sender, msg.round) in self._seen:
             return False
+        if msg.values.shape != self._s.shape or not msg.weight >= 0:
+            return False  # not this market's curve, or no mass: it would corrupt the sum
         self._seen.add((msg.sender, msg.round))
         self._s += msg.values
         self._w += msg.weight
@@ -140,6 +142,8 @@ class FlowUpdating:
     def on_message(self, msg: GossipOut) -> bool:
         if msg.epoch != self.epoch or msg.estimate is None:
             return False
+        if msg.values.shape != self._v.shape or msg.estimate.shape != self._v.shape:
+            return False  # not this market's curve
         if self._last_round.get(msg.sender, -1) >= msg.round:
             return False  # a duplicate or an older message: state only moves forward
         self._last_round[msg.sender] = msg.round

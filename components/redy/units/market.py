@@ -109,6 +109,18 @@ class MarketDriver:
         self.result_epoch: int | None = None
 
     def on_gossip(self, msg: messages.Gossip) -> None:
+        if msg.algorithm != "pushsum" or len(msg.values) != self.grid.k or msg.weight < 0:
+            _log.warning(
+                "node=%s dropped gossip from %s: expected pushsum with %d values and weight >= 0,"
+                " got %s with %d values and weight %g",
+                self.node,
+                msg.sender,
+                self.grid.k,
+                msg.algorithm,
+                len(msg.values),
+                msg.weight,
+            )
+            return
         self.core.on_message(
             GossipOut(
                 target=self.node,
