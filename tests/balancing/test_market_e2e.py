@@ -148,10 +148,15 @@ def test_grid_reaches_a_common_price_and_rebalances_after_the_gas_plant_dies(
         assert price > 140.0  # no cheap supply left: the price rises to where loads shed
         assert "gas-1" not in states
 
+        def statuses() -> list[Any]:
+            return [
+                survivors["factory-1"].get("redy/factory-1/governance/state"),
+                survivors["factory-1"].get("redy/factory-1/action/furnace/status"),
+                survivors["house-2"].get("redy/house-2/action/battery/status"),
+            ]
+
         def shed_and_discharged() -> bool:
-            factory = survivors["factory-1"].get("redy/factory-1/governance/state")
-            furnace = survivors["factory-1"].get("redy/factory-1/action/furnace/status")
-            battery = survivors["house-2"].get("redy/house-2/action/battery/status")
+            factory, furnace, battery = statuses()
             if not (factory and furnace and battery) or factory.price_eur_mwh is None:
                 return False
             # Over its willingness to pay, the furnace runs only the share the curve gives it
@@ -163,13 +168,6 @@ def test_grid_reaches_a_common_price_and_rebalances_after_the_gas_plant_dies(
                 and abs(furnace.power_kw - expected) < 1.0
                 and battery.power_kw > 0.0
             )
-
-        def statuses() -> object:
-            return [
-                survivors["factory-1"].get("redy/factory-1/governance/state"),
-                survivors["factory-1"].get("redy/factory-1/action/furnace/status"),
-                survivors["house-2"].get("redy/house-2/action/battery/status"),
-            ]
 
         _until(
             shed_and_discharged,

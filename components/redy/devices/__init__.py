@@ -51,7 +51,10 @@ def model_class(name: str) -> Callable[..., Device]:
 def check_params(name: str, params: dict[str, Any]) -> None:
     """Refuse unknown parameter names and non-numbers where a number is expected (DeviceError),
     without building the model."""
-    cls = model_class(name)
+    _check_params(name, model_class(name), params)
+
+
+def _check_params(name: str, cls: Callable[..., Device], params: dict[str, Any]) -> None:
     accepted = {
         p.name: p.default
         for p in inspect.signature(cls).parameters.values()
@@ -74,7 +77,7 @@ def make_model(name: str, **params: Any) -> Device:
     """A device model by launch-file name; DeviceError names a bad parameter."""
     cls = model_class(name)
     merged = {**_PRESETS.get(name, {}), **params}
-    check_params(name, merged)
+    _check_params(name, cls, merged)
     try:
         return cls(**merged)
     except (TypeError, ValueError) as exc:

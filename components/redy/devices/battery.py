@@ -46,7 +46,7 @@ class Battery(Device):
         self.soc_max = float(soc_max)
         if marginal_cost_eur_mwh < 0 or value_swing_eur_mwh < 0:
             raise DeviceError("battery: expected marginal_cost_eur_mwh >= 0, value_swing >= 0")
-        self.marginal_cost_eur_mwh = self.wear_eur_mwh = float(marginal_cost_eur_mwh)
+        self.marginal_cost_eur_mwh = float(marginal_cost_eur_mwh)  # wear per MWh cycled
         self.round_trip_efficiency = float(round_trip_efficiency)
         self.value_eur_mwh = float(value_eur_mwh)
         self.value_swing_eur_mwh = float(value_swing_eur_mwh)
@@ -80,7 +80,7 @@ class Battery(Device):
         span = self.soc_max - self.soc_min
         fill = (self.soc - self.soc_min) / span if span > 0 else 0.5
         value = self.value_eur_mwh + self.value_swing_eur_mwh * (1.0 - 2.0 * fill)
-        wear = self.wear_eur_mwh
+        wear = self.marginal_cost_eur_mwh or 0.0
         discharge_above = value + wear
         return min(value * self.round_trip_efficiency - wear, discharge_above), discharge_above
 
