@@ -7,24 +7,53 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redy.devices.base import Applied, Device, DeviceError, Limits, Reading
 
-# name -> (module, class); imported on use so a unit loads only its own model's dependencies.
-_REGISTRY: dict[str, tuple[str, str]] = {
-    "gas_plant": ("redy.devices.gas_plant", "GasPlant"),
-    "pv": ("redy.devices.renewables", "PV"),
-    "wind": ("redy.devices.renewables", "Wind"),
-    "csp": ("redy.devices.renewables", "CSP"),
-    "household_load": ("redy.devices.loads", "StandardLoad"),
-    "factory_load": ("redy.devices.loads", "StandardLoad"),
-    "fixed_load": ("redy.devices.loads", "StandardLoad"),
-    "flexible_load": ("redy.devices.loads", "FlexibleLoad"),
-    "ev_charger": ("redy.devices.loads", "EVCharger"),
-    "water_heater": ("redy.devices.loads", "WaterHeater"),
-    "battery": ("redy.devices.battery", "Battery"),
+if TYPE_CHECKING:
+    from redy.drivers.base import Driver
+
+# name -> "module:class", imported on use so a unit loads only its own device's dependencies.
+# The same table is declared as the `redy.devices` entry points in pyproject.toml (a test checks
+# they agree); other installed packages add devices to that group and are found the same way.
+ENTRY_POINT_GROUP = "redy.devices"
+_BUILTIN_MODELS: dict[str, str] = {
+    "gas_plant": "redy.devices.gas_plant:GasPlant",
+    "pv": "redy.devices.renewables:PV",
+    "wind": "redy.devices.renewables:Wind",
+    "csp": "redy.devices.renewables:CSP",
+    "household_load": "redy.devices.loads:StandardLoad",
+    "factory_load": "redy.devices.loads:StandardLoad",
+    "fixed_load": "redy.devices.loads:StandardLoad",
+    "flexible_load": "redy.devices.loads:FlexibleLoad",
+    "ev_charger": "redy.devices.loads:EVCharger",
+    "water_heater": "redy.devices.loads:WaterHeater",
+    "battery": "redy.devices.battery:Battery",
 }
+# Drivers of real devices (redy.drivers): wall-clock time, the device's own timestamps.
+_BUILTIN_DRIVERS: dict[str, str] = {
+    "sunspec_meter": "redy.drivers.sunspec:SunSpecMeter",
+    "sunspec_inverter": "redy.drivers.sunspec:SunSpecInverter",
+    "ocpp_charger": "redy.drivers.ocpp16:OcppCharger",
+    "z2m_plug": "redy.drivers.zigbee2mqtt:Zigbee2MqttPlug",
+}
+BUILTIN: dict[str, str] = {**_BUILTIN_MODELS, **_BUILTIN_DRIVERS}
+
+
+def _registry() -> dict[str, str]:
+    from importlib.metadata import entry_points
+
+    found = dict(BUILTIN)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found[ep.name] = ep.value
+    return found
+
+
+_REGISTRY = _registry()
+# Every device name a unit accepts: models and drivers, built in or installed.
+DEVICES: tuple[str, ...] = tuple(sorted(_REGISTRY))
+
 # Defaults that make one class serve several model names.
 _PRESETS: dict[str, dict[str, Any]] = {
     "household_load": {"profile": "h0"},
@@ -32,26 +61,53 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "fixed_load": {"profile": "g0", "annual_kwh": 100_000.0},
 }
 
-MODELS: tuple[str, ...] = tuple(sorted(_REGISTRY))
+
+def __getattr__(attr: str) -> Any:
+    # MODELS (simulated devices only) is worked out on first use: an installed package's entry
+    # is a model unless its class says wall_clock, and finding out means importing it.
+    if attr == "MODELS":
+        models = tuple(n for n in DEVICES if n not in _BUILTIN_DRIVERS and not _is_driver(n))
+        globals()["MODELS"] = models
+        return models
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
-def model_class(name: str) -> Callable[..., Device]:
+def _is_driver(name: str) -> bool:
+    if name in _BUILTIN_MODELS and _REGISTRY[name] == _BUILTIN_MODELS[name]:
+        return False
+    return bool(getattr(model_class(name), "wall_clock", False))
+
+
+def model_class(name: str) -> Callable[..., Any]:
+    """The class (or factory) of a device name: a model (Device) or a driver (wall_clock)."""
     import importlib
 
     try:
-        module, cls = _REGISTRY[name]
+        module, _, attr = _REGISTRY[name].partition(":")
     except KeyError:
         raise DeviceError(
-            f"unknown device model {name!r}; expected one of {list(MODELS)}"
+            f"unknown device model {name!r}; expected one of {list(DEVICES)}"
         ) from None
-    factory: Callable[..., Device] = getattr(importlib.import_module(module), cls)
+    try:
+        factory: Callable[..., Any] = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise DeviceError(f"device {name!r}: cannot load {_REGISTRY[name]} ({exc})") from None
     return factory
 
 
+def is_driver(name: str) -> bool:
+    """True if `name` drives a real device (wall-clock time) rather than a model."""
+    return _is_driver(name)
+
+
 def check_params(name: str, params: dict[str, Any]) -> None:
-    """Refuse unknown parameter names and non-numbers where a number is expected (DeviceError),
-    without building the model."""
-    _check_params(name, model_class(name), params)
+    """Refuse unknown parameter names, missing ones and non-numbers where a number is expected
+    (DeviceError), without building a model; a driver is built (its constructor checks
+    addresses, ports, unit ids and names, and does no I/O) and dropped."""
+    cls = model_class(name)
+    _check_params(name, cls, params)
+    if getattr(cls, "wall_clock", False):
+        make_driver(name, **params)  # the name is positional-only: a driver may take `name`
 
 
 def _check_params(name: str, cls: Callable[..., Device], params: dict[str, Any]) -> None:
@@ -60,6 +116,10 @@ def _check_params(name: str, cls: Callable[..., Device], params: dict[str, Any])
         for p in inspect.signature(cls).parameters.values()
         if p.kind is inspect.Parameter.KEYWORD_ONLY
     }
+    missing = sorted(k for k, d in accepted.items() if d is inspect.Parameter.empty)
+    missing = [k for k in missing if k not in params]
+    if missing:
+        raise DeviceError(f"device {name!r}: missing parameter(s) {missing}")
     for key, value in params.items():
         if key not in accepted:
             raise DeviceError(
@@ -71,6 +131,20 @@ def _check_params(name: str, cls: Callable[..., Device], params: dict[str, Any])
             raise DeviceError(
                 f"device model {name!r}: parameter {key!r} expected a number, got {value!r}"
             )
+
+
+def make_driver(name: str, /, **params: Any) -> Driver:
+    """A real-device driver by launch-file name (not yet connected); DeviceError names a bad
+    parameter."""
+    cls = model_class(name)
+    _check_params(name, cls, params)
+    try:
+        driver: Driver = cls(**params)
+    except DeviceError as exc:
+        raise DeviceError(f"device {name!r}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise DeviceError(f"device {name!r}: bad parameters ({exc})") from None
+    return driver
 
 
 def make_model(name: str, **params: Any) -> Device:
@@ -85,6 +159,7 @@ def make_model(name: str, **params: Any) -> Device:
 
 
 __all__ = [
+    "DEVICES",
     "MODELS",
     "Applied",
     "Device",
@@ -92,5 +167,7 @@ __all__ = [
     "Limits",
     "Reading",
     "check_params",
+    "is_driver",
+    "make_driver",
     "make_model",
 ]

@@ -26,14 +26,14 @@ _log = logging.getLogger("redy.launch.container")
 
 
 def run(spec_path: Path) -> int:
-    from redy.units.device_unit import DeviceUnit
+    from redy.units.device_unit import make_unit
     from redy.units.governance import Governance
 
     spec = orjson.loads(spec_path.read_bytes())
     stop_units = threading.Event()
     threads = []
     for kw in spec["units"]:
-        unit = DeviceUnit(UnitConfig(**kw))
+        unit = make_unit(UnitConfig(**kw))
         t = threading.Thread(target=unit.run, args=(stop_units,), name=kw["unit"], daemon=True)
         t.start()
         threads.append(t)

@@ -399,15 +399,15 @@ def _add_governance(f: dict[str, Any], b: _Builder, where: str) -> None:
 
 
 def _add_unit(role: str, f: dict[str, Any], b: _Builder, where: str) -> None:
-    from redy.devices import MODELS, DeviceError, check_params
+    from redy.devices import DEVICES, DeviceError, check_params
 
     node = _node_id(f["node"], where)
     name = _node_id(f["name"], where, what="unit name")
     if name in ("governance", "operator", "grid"):
         raise LaunchError(f"{where}: unit name {name!r} is reserved for broker accounts")
-    if f["device"] not in MODELS:
+    if f["device"] not in DEVICES:
         raise LaunchError(
-            f"{where}: unknown device model {f['device']!r}; expected one of {list(MODELS)}"
+            f"{where}: unknown device model {f['device']!r}; expected one of {list(DEVICES)}"
         )
     params = {k: _scalar(v) for k, v in (f.get("params") or {}).items()}
     try:
@@ -432,6 +432,29 @@ def _add_unit(role: str, f: dict[str, Any], b: _Builder, where: str) -> None:
             where=where,
         )
     )
+
+
+def _check_drivers(b: _Builder, ports: dict[int, str]) -> None:
+    """Units on real devices run in wall-clock time, and the ports their drivers listen on
+    must be free of brokers and of each other."""
+    from redy.devices import model_class
+
+    for units in b.units.values():
+        for u in units:
+            cls = model_class(u.device)
+            if not getattr(cls, "wall_clock", False):
+                continue
+            if b.clock.speed != 1.0:
+                raise LaunchError(
+                    f"{u.where}: {u.device!r} drives a real device in wall-clock time; "
+                    f"the launch clock must have speed 1, not {b.clock.speed:g}"
+                )
+            listens_on = getattr(cls, "listens_on", None)
+            if listens_on and listens_on in u.params:
+                port = u.params[listens_on]
+                if port in ports:
+                    raise LaunchError(f"{u.where}: port {port} is used twice (also {ports[port]})")
+                ports[port] = u.where
 
 
 def _scalar(value: Any) -> Any:
@@ -507,6 +530,7 @@ def parse(path: str | Path, args: Mapping[str, str] | None = None) -> LaunchDesc
             raise LaunchError(f"{units[0].where}: node {node!r} has units but no broker")
     if not nodes:
         raise LaunchError(f"{file}: the launch file starts no broker (nothing to run)")
+    _check_drivers(b, ports)
     return LaunchDescription(file=file, nodes=tuple(nodes), clock=b.clock)
 
 

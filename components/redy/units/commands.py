@@ -67,12 +67,12 @@ def _device_unit(role: str) -> click.Command:
     @click.command(role, help=f"Run one {role} unit process (until SIGTERM or Ctrl-C).")
     @_common
     @click.option("--unit", required=True, help="Unit name (its broker username).")
-    @click.option("--device", required=True, help="Device model (redy.devices.MODELS).")
+    @click.option("--device", required=True, help="Device model or driver (redy.devices.DEVICES).")
     @click.option("--param", "params", multiple=True, metavar="KEY=VALUE")
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--keepalive-s", type=click.IntRange(1), default=5, show_default=True)
     def command(params: tuple[str, ...], start_unix: float | None, **kw: Any) -> None:
-        from redy.units.device_unit import DeviceUnit
+        from redy.units.device_unit import make_unit
 
         config = UnitConfig(
             role=role, params=_params(params), start_unix=start_unix or time.time(), **kw
@@ -80,7 +80,7 @@ def _device_unit(role: str) -> click.Command:
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        DeviceUnit(config).run(stop)
+        make_unit(config).run(stop)
 
     return command
 

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from redy import messages
-from redy.devices import Device, make_model
+from redy.devices import Device, is_driver, make_model
 from redy.topics import render
 from redy.transport.paho_client import UnitLink
 from redy.units.config import UnitConfig, next_bd_seq
@@ -26,7 +26,7 @@ class DeviceUnit:
 
     def __init__(self, config: UnitConfig) -> None:
         self.config = config
-        self.device: Device = make_model(config.device, seed=config.seed, **config.params)
+        self.device: Any = self._make_device(config)
         self._lock = threading.Lock()  # the device is touched by the loop and paho's thread
         self._seq = 0
         self.applied_seq = -1
@@ -56,7 +56,11 @@ class DeviceUnit:
             on_message=self._on_message,
         )
         self._sim_t = config.sim_time_s(time.time())
-        self.device.t_s = self._sim_t  # start at the shared simulated time, not at zero
+        if isinstance(self.device, Device):
+            self.device.t_s = self._sim_t  # start at the shared simulated time, not at zero
+
+    def _make_device(self, config: UnitConfig) -> Any:
+        return make_model(config.device, seed=config.seed, **config.params)
 
     # -- commands (action units) --------------------------------------------------------------
 
@@ -149,3 +153,12 @@ class DeviceUnit:
         finally:
             self.link.stop()
             _log.info("node=%s unit=%s stopped", self.config.node, self.config.unit)
+
+
+def make_unit(config: UnitConfig) -> DeviceUnit:
+    """The unit of `config`: a model in simulated time, or a real device's driver."""
+    if is_driver(config.device):
+        from redy.units.driver_unit import DriverUnit
+
+        return DriverUnit(config)
+    return DeviceUnit(config)
