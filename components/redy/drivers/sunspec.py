@@ -37,6 +37,8 @@ from redy.drivers.base import (
 )
 
 _log = logging.getLogger(__name__)
+# pymodbus logs every timeout as an ERROR of its own; the unit says it once, in one line.
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 MARKER = (0x5375, 0x6E53)  # 'SunS'
 END = 0xFFFF
