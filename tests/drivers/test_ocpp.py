@@ -56,7 +56,13 @@ class SimulatedChargePoint(ChargePoint):
     async def meter(self, ts: str, energy_wh: Any = None, power_w: Any = None) -> None:
         values = []
         if energy_wh is not None:
-            values.append({"value": str(energy_wh), "measurand": "Energy.Active.Import.Register", "unit": "Wh"})
+            values.append(
+                {
+                    "value": str(energy_wh),
+                    "measurand": "Energy.Active.Import.Register",
+                    "unit": "Wh",
+                }
+            )
         if power_w is not None:
             values.append({"value": str(power_w), "measurand": "Power.Active.Import", "unit": "W"})
         await self.call(
@@ -90,7 +96,9 @@ class ChargePointRunner:
                     await cp.start()
 
             self.tasks.append(self.loop.create_task(serve()))
-            await cp.call(call.BootNotification(charge_point_model="Sim", charge_point_vendor="redy-test"))
+            await cp.call(
+                call.BootNotification(charge_point_model="Sim", charge_point_vendor="redy-test")
+            )
             return cp
 
         def attempt() -> SimulatedChargePoint | None:
@@ -193,7 +201,11 @@ def test_rejected_profile_broken_meter_value_and_disconnect_never_yield_a_wrong_
     def goes(expected: str) -> None:
         until(lambda: (s := op.latest(state_topic)) and s.state == expected, what=expected)
 
-    for bad, error in [("abc", "is not a number"), ("-5", "out of range"), ("99000", "out of range")]:
+    for bad, error in [
+        ("abc", "is not a number"),
+        ("-5", "out of range"),
+        ("99000", "out of range"),
+    ]:
         charge_point.run(cp.meter(T1, power_w=bad))
         goes("offline")
         assert error in units.log("point-1")
