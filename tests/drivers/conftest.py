@@ -4,20 +4,18 @@ and unit processes under a real node broker."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from counterparts import ModbusServer, start_plain_mosquitto
 
 from redy import messages
 
@@ -109,73 +107,6 @@ def node(
 
 # --- Modbus TCP with SunSpec maps ---------------------------------------------------------------
 
-BASE = 40000
-
-
-class ModbusServer:
-    """pymodbus's own TCP server on 127.0.0.1, run on a thread with its own event loop. Each
-    unit id holds one register block from BASE; `mode[unit_id]` picks a fault: 'ok', 'silent'
-    (no answer in time), 'exception' (code 4, server device failure); `patch[unit_id]` holds
-    {address: raw} written into the registers at every access; `on_access(unit_id, registers,
-    start_address, written values or None)` plays the device's physics."""
-
-    def __init__(self, port: int, blocks: dict[int, list[int]], on_access: Any) -> None:
-        self.port = port
-        self.registers = {uid: list(regs) for uid, regs in blocks.items()}
-        self.mode = dict.fromkeys(blocks, "ok")
-        self.patch: dict[int, dict[int, int]] = {uid: {} for uid in blocks}
-        self._on_access = on_access
-        self._loop = asyncio.new_event_loop()
-        self._server: Any = None
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(10)
-
-    async def _serve(self) -> None:
-        from pymodbus.server import ModbusTcpServer
-        from pymodbus.simulator import DataType, SimData, SimDevice
-
-        devices = [
-            SimDevice(
-                id=uid,
-                simdata=[SimData(BASE, values=regs, datatype=DataType.REGISTERS)],
-                action=self._action(uid),
-            )
-            for uid, regs in self.registers.items()
-        ]
-        self._server = ModbusTcpServer(devices, address=("127.0.0.1", self.port))
-        await self._server.serve_forever(background=True)
-
-    def _action(self, uid: int) -> Any:
-        from pymodbus.constants import ExcCodes
-
-        async def action(
-            fc: int, start: int, address: int, count: int, regs: list[int], values: Any
-        ) -> Any:
-            mode = self.mode[uid]
-            if mode == "silent":
-                await asyncio.sleep(3)  # well past the client's timeout
-                return ExcCodes.GATEWAY_NO_RESPONSE
-            if mode == "exception":
-                return ExcCodes.DEVICE_FAILURE
-            for a, raw in self.patch[uid].items():
-                regs[a - start] = raw
-            self._on_access(uid, regs, start, values)
-            self.registers[uid] = regs
-            return None
-
-        return action
-
-    def stop(self) -> None:
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(self._server.shutdown(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
 
 @pytest.fixture
 def modbus_server(free_port: Callable[[], int]) -> Iterator[Callable[..., ModbusServer]]:
@@ -198,24 +129,10 @@ def modbus_server(free_port: Callable[[], int]) -> Iterator[Callable[..., Modbus
 
 @pytest.fixture
 def z2m_broker(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[int]:
-    """A Mosquitto on 127.0.0.1 configured like a typical Zigbee2MQTT set-up (anonymous,
-    one listener); its port."""
+    """A plain Mosquitto playing the Zigbee2MQTT broker; its port."""
     port = free_port()
-    conf = tmp_path / "z2m-mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n"
-    )
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    with open(tmp_path / "z2m-mosquitto.log", "wb") as log:
-        proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=log)
+    proc = start_plain_mosquitto(port, tmp_path)
     try:
-        import socket
-
-        def accepting() -> bool:
-            with socket.socket() as s:
-                return s.connect_ex(("127.0.0.1", port)) == 0
-
-        until(accepting, 10, "the Zigbee2MQTT broker listening")
         yield port
     finally:
         proc.terminate()

@@ -5,18 +5,14 @@ that rejects a profile, sends a broken meter value or disconnects never yields a
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from conftest import NODE, until
-from ocpp.routing import on
-from ocpp.v16 import ChargePoint, call, call_result
-from ocpp.v16.enums import Action
+from counterparts import CP_ID, T1, ChargePointRunner
+from ocpp.v16 import call
 
 from redy import messages
 from redy.topics import render
@@ -24,97 +20,7 @@ from redy.topics import render
 pytestmark = pytest.mark.e2e
 
 UNITS = {"point-1": "action"}
-CP_ID = "CP-1"
-T1 = "2026-03-01T12:00:00Z"  # the charge point's clock, far from ours: its stamps must show
-T1_UNIX = 1772366400.0
-
-
-class SimulatedChargePoint(ChargePoint):
-    """A charge point as the ocpp package models one, answering the CSMS's requests."""
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.profiles: list[dict[str, Any]] = []
-        self.profile_answer = "Accepted"
-        self.energy_wh = 1000
-
-    @on(Action.set_charging_profile)
-    async def on_set_charging_profile(
-        self, connector_id: int, cs_charging_profiles: dict[str, Any], **_kw: Any
-    ) -> Any:
-        self.profiles.append({"connector_id": connector_id, **cs_charging_profiles})
-        return call_result.SetChargingProfile(status=self.profile_answer)
-
-    @on(Action.trigger_message)
-    async def on_trigger_message(self, requested_message: str, **_kw: Any) -> Any:
-        if requested_message == "MeterValues":
-            asyncio.get_running_loop().call_soon(
-                lambda: asyncio.ensure_future(self.meter(T1, energy_wh=self.energy_wh))
-            )
-        return call_result.TriggerMessage(status="Accepted")
-
-    async def meter(self, ts: str, energy_wh: Any = None, power_w: Any = None) -> None:
-        values = []
-        if energy_wh is not None:
-            values.append(
-                {
-                    "value": str(energy_wh),
-                    "measurand": "Energy.Active.Import.Register",
-                    "unit": "Wh",
-                }
-            )
-        if power_w is not None:
-            values.append({"value": str(power_w), "measurand": "Power.Active.Import", "unit": "W"})
-        await self.call(
-            call.MeterValues(connector_id=1, meter_value=[{"timestamp": ts, "sampled_value": values}])
-        )  # fmt: skip
-
-
-class ChargePointRunner:
-    """Runs one simulated charge point on its own event loop thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.cp: SimulatedChargePoint | None = None
-        self.ws: Any = None
-        self.tasks: list[asyncio.Task[None]] = []
-
-    def run(self, coro: Any, timeout_s: float = 10.0) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
-
-    def connect(self, port: int) -> SimulatedChargePoint:
-        from websockets.asyncio.client import connect
-
-        async def go() -> SimulatedChargePoint:
-            self.ws = await connect(f"ws://127.0.0.1:{port}/{CP_ID}", subprotocols=["ocpp1.6"])  # type: ignore[list-item]
-            cp = SimulatedChargePoint(CP_ID, self.ws)
-
-            async def serve() -> None:
-                with contextlib.suppress(Exception):  # the websocket closing ends it
-                    await cp.start()
-
-            self.tasks.append(self.loop.create_task(serve()))
-            await cp.call(
-                call.BootNotification(charge_point_model="Sim", charge_point_vendor="redy-test")
-            )
-            return cp
-
-        def attempt() -> SimulatedChargePoint | None:
-            try:
-                return self.run(go())  # type: ignore[no-any-return]
-            except OSError:
-                return None  # the CSMS is not listening yet
-
-        self.cp = until(attempt, what="the CSMS accepting the charge point")
-        return self.cp
-
-    def close(self) -> None:
-        if self.ws is not None:
-            self.run(self.ws.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+T1_UNIX = 1772366400.0  # T1, the charge point's clock, far from ours: its stamps must show
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import time
 from typing import Any
 
 import pytest
-from conftest import BASE, NODE, until
+from conftest import NODE, until
+from counterparts import BASE, M103, M123, M203, M701, M704, spread, sunspec_map, words
 
 from redy import messages
 from redy.topics import render
@@ -16,47 +17,6 @@ from redy.topics import render
 pytestmark = pytest.mark.e2e
 
 UNITS = {"meter": "detection", "inverter": "action"}
-
-# Offsets from the first register after a model's ID and L, from the SunSpec model definitions
-# (sunspec/models json/model_203.json, 701, 704, 103, 123); written here independently of
-# redy.drivers.sunspec so that a wrong offset there fails here.
-M203 = {"len": 105, "W": 16, "W_SF": 20, "TotWhExp": 36, "TotWhImp": 44, "TotWh_SF": 52}
-M701 = {"len": 153, "W": 8, "TotWhInj": 17, "TotWhAbs": 21, "W_SF": 114, "TotWh_SF": 118}
-M704 = {"len": 57, "WMaxLimPctEna": 12, "WMaxLimPct": 13, "WMaxLimPct_SF": 52}
-M103 = {"len": 50, "W": 12, "W_SF": 13, "WH": 22, "WH_SF": 24}
-M123 = {"len": 24, "Conn": 2, "WMaxLimPct": 3, "WMaxLim_Ena": 7, "WMaxLimPct_SF": 21}
-
-
-def words(value: int, n: int) -> list[int]:
-    """A big-endian unsigned value over n registers (acc32: 2, uint64: 4)."""
-    return [(value >> (16 * (n - 1 - i))) & 0xFFFF for i in range(n)]
-
-
-def sunspec_map(
-    *models: tuple[int, dict[str, int], dict[int, int]],
-) -> tuple[list[int], dict[int, int]]:
-    """Registers from BASE: 'SunS', common model 1, each (id, layout, {offset: raw}), the end
-    marker; and the address of each model's first data register."""
-    regs = [0x5375, 0x6E53]
-    where: dict[int, int] = {}
-    for model, layout, values in ((1, {"len": 66}, {}), *models):
-        regs += [model, layout["len"]]
-        where[model] = BASE + len(regs)
-        block = [0] * layout["len"]
-        for offset, raw in values.items():
-            block[offset] = raw & 0xFFFF
-        regs += block
-    return [*regs, 0xFFFF, 0], where
-
-
-def spread(layout: dict[str, int], **points: Any) -> dict[int, int]:
-    """{offset: raw} of named points; a list value fills consecutive registers."""
-    out: dict[int, int] = {}
-    for name, value in points.items():
-        for i, raw in enumerate(value if isinstance(value, list) else [value]):
-            out[layout[name] + i] = raw
-    return out
-
 
 # The meter: 123.4 W imported (W = 1234, W_SF = -1), 5 kWh exported, 12 kWh imported.
 METER_MAP, METER_AT = sunspec_map(
