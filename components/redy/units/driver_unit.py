@@ -159,13 +159,28 @@ class DriverUnit(DeviceUnit):
         self._published_ts = sample.ts_s
         self._seq += 1
 
+    def _settle(self, grace_s: float) -> None:
+        """Give a just-opened device `grace_s` to answer before the birth says `online`, so a
+        unit does not flap online-offline-online at every start (an event-driven device needs
+        its connection and its first state)."""
+        deadline = time.monotonic() + grace_s
+        while True:
+            try:
+                self.device.read(time.time())
+                return
+            except DeviceError:
+                if time.monotonic() >= deadline:
+                    return  # the first tick reports it offline
+                time.sleep(0.05)
+
     def run(self, stop: threading.Event) -> None:
         """Run until `stop` is set: open the device, connect, poll every period (no drift),
         and act on a command as soon as it arrives."""
         self.device.open()
         try:
+            self._settle(min(2.0, 5 * self.config.period_s))
             self.link.start()
-        except Exception:
+        except BaseException:
             self.device.close()
             raise
         period = self.config.period_s
