@@ -108,7 +108,7 @@ class Zigbee2MqttPlug(Driver):
         username: str = "",
         password_env: str = "",
         keepalive_s: int = 10,
-        willingness_eur_mwh: float = 0.0,
+        willingness_eur_mwh: float | None = None,
     ) -> None:
         from redy.messages import parse_uri
 
@@ -125,6 +125,15 @@ class Zigbee2MqttPlug(Driver):
             raise DeviceError(f"password_env: environment variable {password_env} is not set")
         self._username, self._password_env = username, password_env
         self._keepalive_s = int(check_positive(keepalive_s, "keepalive_s"))
+        if willingness_eur_mwh is not None and (
+            isinstance(willingness_eur_mwh, bool)
+            or not isinstance(willingness_eur_mwh, int | float)
+            or not math.isfinite(willingness_eur_mwh)
+        ):
+            raise DeviceError(
+                f"willingness_eur_mwh must be a number (EUR/MWh), got {willingness_eur_mwh!r}"
+            )
+        # None: the governance values the load at its default willingness to pay.
         self.marginal_cost_eur_mwh = willingness_eur_mwh if quantity == "consumption" else None
         self._sign = -1.0 if quantity == "consumption" else 1.0
         self.state_topic = f"{self._base}/{self.name}"
