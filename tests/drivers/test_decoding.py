@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from redy.drivers.base import DeviceFault
-from redy.drivers.ocpp16 import parse_meter_values
+from redy.drivers.ocpp_csms import parse_meter_values
 from redy.drivers.sunspec import Block, decode_power_energy, discover
 from redy.drivers.zigbee2mqtt import _online, parse_state
 

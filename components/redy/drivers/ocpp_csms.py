@@ -1,11 +1,12 @@
-"""EV chargers over OCPP 1.6J: the unit is the charging station management system (CSMS).
+"""EV chargers over OCPP 1.6J or 2.0.1: the unit is the charging station management system (CSMS).
 
 The unit listens for its one charge point's websocket (`ws://HOST:PORT/<charge_point_id>`,
-subprotocol `ocpp1.6`), accepts its BootNotification, follows StatusNotification, Start- and
-StopTransaction and MeterValues (`Energy.Active.Import.Register`, `Power.Active.Import`, with the
-charge point's own timestamps), asks for a meter reading after boot (TriggerMessage), and applies
-the market's dispatch with SetChargingProfile: a TxProfile on the running transaction, else a
-TxDefaultProfile for the next one, in W.
+subprotocol `ocpp1.6` or `ocpp2.0.1`), accepts its BootNotification, follows its transactions
+(1.6: Start/StopTransaction; 2.0.1: TransactionEvent) and meter values
+(`Energy.Active.Import.Register`, `Power.Active.Import`, with the charge point's own timestamps),
+asks for a meter reading after boot (TriggerMessage), and applies the market's dispatch with
+SetChargingProfile: a TxProfile on the running transaction, else a TxDefaultProfile for the next
+one, in W. `connector_id` is the connector (1.6) or the EVSE (2.0.1) the unit drives.
 
 The CSMS runs in its own asyncio loop on a thread; the unit's loop calls read() and apply(),
 which hand work to that loop and wait with a timeout.
@@ -40,6 +41,7 @@ ENERGY = "Energy.Active.Import.Register"
 POWER = "Power.Active.Import"
 _SCALE = {"Wh": 1.0, "kWh": 1000.0, "W": 1.0, "kW": 1000.0}
 PROFILE_ID = 7301  # ours; a SetChargingProfile with the same id replaces the previous one
+PROTOCOLS = ("ocpp1.6", "ocpp2.0.1")
 
 
 def _timestamp(value: Any) -> float:
@@ -55,9 +57,10 @@ def _timestamp(value: Any) -> float:
 
 
 def parse_meter_values(meter_value: Any) -> list[tuple[float, float | None, float | None]]:
-    """[(timestamp, energy register Wh or None, power W or None)] of a MeterValues.req's
-    `meter_value` list (snake_case keys as the ocpp package gives them); DeviceFault on a value
-    that is not a finite non-negative number in a known unit."""
+    """[(timestamp, energy register Wh or None, power W or None)] of a `meter_value` list (snake
+    case keys, as the ocpp package gives them; 1.6 `unit` and text values, or 2.0.1
+    `unit_of_measure` with a multiplier and numbers); DeviceFault on a value that is not a
+    finite non-negative number in a known unit."""
     if not isinstance(meter_value, list):
         raise DeviceFault("meterValue must be a list")
     out = []
@@ -65,18 +68,10 @@ def parse_meter_values(meter_value: Any) -> list[tuple[float, float | None, floa
         ts = _timestamp(mv.get("timestamp"))
         energy = power = None
         for sv in mv.get("sampled_value", []):
-            measurand = sv.get("measurand", ENERGY)  # OCPP 1.6: the default measurand
+            measurand = sv.get("measurand", ENERGY)  # the default measurand of both versions
             if measurand not in (ENERGY, POWER) or sv.get("phase"):
                 continue  # other quantities and per-phase values are not ours
-            unit = sv.get("unit", "Wh" if measurand == ENERGY else "W")
-            if unit not in _SCALE or (measurand == ENERGY) != unit.endswith("h"):
-                raise DeviceFault(f"{measurand} in unknown unit {unit!r}")
-            try:
-                value = float(sv.get("value")) * _SCALE[unit]
-            except (TypeError, ValueError):
-                raise DeviceFault(f"{measurand} is not a number: {sv.get('value')!r}") from None
-            if not math.isfinite(value) or value < 0:
-                raise DeviceFault(f"{measurand} {value:g} is out of range (expected >= 0)")
+            value = _scaled(sv, measurand)
             if measurand == ENERGY:
                 energy = value
             else:
@@ -85,8 +80,30 @@ def parse_meter_values(meter_value: Any) -> list[tuple[float, float | None, floa
     return out
 
 
+def _scaled(sv: dict[str, Any], measurand: str) -> float:
+    """One sampled value in Wh or W."""
+    default = "Wh" if measurand == ENERGY else "W"
+    measure = sv.get("unit_of_measure") or {}
+    unit = sv.get("unit") or measure.get("unit") or default
+    multiplier = measure.get("multiplier", 0)
+    if unit not in _SCALE or (measurand == ENERGY) != unit.endswith("h"):
+        raise DeviceFault(f"{measurand} in unknown unit {unit!r}")
+    if not isinstance(multiplier, int) or not -3 <= multiplier <= 3:
+        raise DeviceFault(f"{measurand} has an unknown multiplier {multiplier!r}")
+    raw = sv.get("value")
+    try:
+        if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+            raise ValueError
+        value = float(raw) * _SCALE[unit] * 10.0**multiplier
+    except ValueError:
+        raise DeviceFault(f"{measurand} is not a number: {raw!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise DeviceFault(f"{measurand} {value:g} is out of range (expected >= 0)")
+    return value
+
+
 class OcppCharger(Driver):
-    """One OCPP 1.6J charge point (one connector) under an EV station's action unit."""
+    """One OCPP charge point (one connector or EVSE) under an EV station's action unit."""
 
     kind = "ocpp_charger"
     actuatable = True
@@ -102,6 +119,7 @@ class OcppCharger(Driver):
         rated_kw: float = 22.0,
         willingness_eur_mwh: float = 150.0,
         timeout_s: float = 5.0,
+        protocol: str = "ocpp1.6",
     ) -> None:
         super().__init__(
             rated_kw=rated_kw, quantity="consumption", marginal_cost_eur_mwh=willingness_eur_mwh
@@ -114,6 +132,9 @@ class OcppCharger(Driver):
         ):
             raise DeviceError(f"connector_id must be a connector number 1-32, got {connector_id!r}")
         self.connector_id = connector_id
+        if protocol not in PROTOCOLS:
+            raise DeviceError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
+        self.protocol = protocol
         self._timeout_s = check_positive(timeout_s, "timeout_s")
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -122,7 +143,7 @@ class OcppCharger(Driver):
         self._stop: asyncio.Event | None = None
         self._cp: Any = None  # the connected charge point's session
         self._booted = False
-        self.transaction_id: int | None = None
+        self.transaction_id: int | str | None = None  # 2.0.1 names it with text
         self.status: str | None = None
         self._energy_wh: float | None = None
         self._power_w = 0.0
@@ -167,7 +188,7 @@ class OcppCharger(Driver):
             self._on_connection,
             self._host,
             self._port,
-            subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+            subprotocols=[self.protocol],  # type: ignore[list-item]
         ):
             self._loop = asyncio.get_running_loop()
             self._ready.set()
@@ -182,17 +203,21 @@ class OcppCharger(Driver):
 
     async def _on_connection(self, ws: Any) -> None:
         path = ws.request.path.rstrip("/").rsplit("/", 1)[-1]
-        if path != self.charge_point_id or ws.subprotocol != "ocpp1.6":
+        if path != self.charge_point_id or ws.subprotocol != self.protocol:
             _log.warning(
-                "%s: refused a charge point at %r (subprotocol %s); expected /%s with ocpp1.6",
+                "%s: refused a charge point at %r (subprotocol %s); expected /%s with %s",
                 self.kind,
                 ws.request.path,
                 ws.subprotocol,
                 self.charge_point_id,
+                self.protocol,
             )
             await ws.close(1008, "unknown charge point")
             return
-        session = _csms_session(self)(self.charge_point_id, ws, response_timeout=self._timeout_s)
+        session = _session_class(self.protocol)(
+            self.charge_point_id, ws, response_timeout=self._timeout_s
+        )
+        session.driver = self
         with self._lock:
             self._cp, self._booted = session, False
         _log.info("%s: charge point %s connected", self.kind, self.charge_point_id)
@@ -235,7 +260,9 @@ class OcppCharger(Driver):
         with self._lock:
             self._fault = problem
 
-    def on_transaction(self, transaction_id: int | None, meter_wh: float, ts: float) -> None:
+    def on_transaction(
+        self, transaction_id: int | str | None, meter_wh: float | None, ts: float
+    ) -> None:
         with self._lock:
             self.transaction_id = transaction_id
             if transaction_id is None:
@@ -283,7 +310,7 @@ class OcppCharger(Driver):
         if session is None or loop is None:
             raise DeviceUnavailable(f"{self.kind} {self.charge_point_id}: not connected")
         future = asyncio.run_coroutine_threadsafe(
-            _set_profile(session, self.connector_id, tx, limit_kw * 1000.0), loop
+            session.set_limit(self.connector_id, tx, limit_kw * 1000.0), loop
         )
         try:
             status = future.result(self._timeout_s + 1.0)
@@ -307,67 +334,94 @@ class OcppCharger(Driver):
         return Limits(-self.rated_kw if charging else 0.0, 0.0)
 
 
-async def _set_profile(session: Any, connector_id: int, tx: int | None, limit_w: float) -> str:
-    from ocpp.v16 import call
+def _now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
 
-    profile: dict[str, Any] = {
-        "charging_profile_id": PROFILE_ID,
+
+def _profile(tx: int | str | None, limit_w: float) -> dict[str, Any]:
+    """Our charging profile (snake_case, as the ocpp package takes it): one period from now."""
+    out: dict[str, Any] = {
         "stack_level": 0,
         "charging_profile_purpose": "TxProfile" if tx is not None else "TxDefaultProfile",
         "charging_profile_kind": "Relative",
-        "charging_schedule": {
-            "charging_rate_unit": "W",
-            "charging_schedule_period": [{"start_period": 0, "limit": round(limit_w, 1)}],
-        },
     }
     if tx is not None:
-        profile["transaction_id"] = tx
-    result = await session.call(
-        call.SetChargingProfile(connector_id=connector_id, cs_charging_profiles=profile)
-    )
-    return str(result.status)
+        out["transaction_id"] = tx
+    return out | {"schedule": {
+        "charging_rate_unit": "W",
+        "charging_schedule_period": [{"start_period": 0, "limit": round(limit_w, 1)}],
+    }}  # fmt: skip
 
 
-_SESSION_CLASS: Any = None
+_SESSIONS: dict[str, Any] = {}
 
 
-def _csms_session(driver: OcppCharger) -> Any:
-    """The ocpp package's ChargePoint class with our CSMS handlers (built once, on first use,
-    so importing this module does not import ocpp)."""
-    global _SESSION_CLASS
-    if _SESSION_CLASS is not None:
-        return _bind(_SESSION_CLASS, driver)
+def _session_class(protocol: str) -> Any:
+    """The ocpp package's ChargePoint class of `protocol` with our CSMS handlers (built on first
+    use, so importing this module does not import ocpp)."""
+    if protocol not in _SESSIONS:
+        _SESSIONS[protocol] = _v16() if protocol == "ocpp1.6" else _v201()
+    return _SESSIONS[protocol]
+
+
+class _Handlers:
+    """What both versions' sessions share: the driver they report to, and meter bookkeeping."""
+
+    driver: OcppCharger
+    id: str
+
+    def _meter(self, fn: Any) -> None:
+        try:
+            fn()
+        except DeviceFault as exc:
+            self.driver.on_fault(str(exc))
+
+    def _take(self, meter_value: Any) -> None:
+        for ts, energy, power in parse_meter_values(meter_value):
+            self.driver.on_meter(energy, power, ts)
+
+    def _after_boot(self, request: Any) -> None:
+        """Ask for a reading now, not at the next transaction (optional for a charge point)."""
+
+        async def ask() -> None:
+            try:
+                await self.call(request)  # type: ignore[attr-defined]
+            except Exception as exc:
+                _log.info("charge point %s: TriggerMessage not answered (%s)", self.id, exc)
+
+        self.driver.on_boot()
+        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(ask()))
+
+
+def _v16() -> Any:
     from ocpp.routing import on
     from ocpp.v16 import ChargePoint, call, call_result
     from ocpp.v16.enums import Action
 
-    def now_iso() -> str:
-        return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
-
-    class Session(ChargePoint):
-        driver: OcppCharger
+    class Session(_Handlers, ChargePoint):
+        async def set_limit(self, connector_id: int, tx: int | str | None, limit_w: float) -> str:
+            profile = _profile(tx, limit_w)
+            profile["charging_schedule"] = profile.pop("schedule")
+            profile["charging_profile_id"] = PROFILE_ID
+            result = await self.call(
+                call.SetChargingProfile(connector_id=connector_id, cs_charging_profiles=profile)
+            )
+            return str(result.status)
 
         @on(Action.boot_notification)
         async def on_boot(self, **_kw: Any) -> Any:
-            self.driver.on_boot()
-            asyncio.get_running_loop().call_later(0.0, lambda: asyncio.ensure_future(self._ask()))
-            return call_result.BootNotification(
-                current_time=now_iso(), interval=30, status="Accepted"
-            )
-
-        async def _ask(self) -> None:
-            try:  # a reading now, not at the next transaction; optional in OCPP 1.6
-                await self.call(
-                    call.TriggerMessage(
-                        requested_message="MeterValues", connector_id=self.driver.connector_id
-                    )
+            self._after_boot(
+                call.TriggerMessage(
+                    requested_message="MeterValues", connector_id=self.driver.connector_id
                 )
-            except Exception as exc:
-                _log.info("charge point %s: TriggerMessage not answered (%s)", self.id, exc)
+            )
+            return call_result.BootNotification(
+                current_time=_now_iso(), interval=30, status="Accepted"
+            )
 
         @on(Action.heartbeat)
         async def on_heartbeat(self, **_kw: Any) -> Any:
-            return call_result.Heartbeat(current_time=now_iso())
+            return call_result.Heartbeat(current_time=_now_iso())
 
         @on(Action.status_notification)
         async def on_status(self, connector_id: int, status: str, **_kw: Any) -> Any:
@@ -400,28 +454,79 @@ def _csms_session(driver: OcppCharger) -> Any:
         @on(Action.meter_values)
         async def on_meter_values(self, connector_id: int, meter_value: Any, **_kw: Any) -> Any:
             if connector_id == self.driver.connector_id:
-
-                def take() -> None:
-                    for ts, energy, power in parse_meter_values(meter_value):
-                        self.driver.on_meter(energy, power, ts)
-
-                self._meter(take)
+                self._meter(lambda: self._take(meter_value))
             return call_result.MeterValues()
 
-        def _meter(self, fn: Any) -> None:
-            try:
-                fn()
-            except DeviceFault as exc:
-                self.driver.on_fault(str(exc))
-
-    _SESSION_CLASS = Session
-    return _bind(Session, driver)
+    return Session
 
 
-def _bind(cls: Any, driver: OcppCharger) -> Any:
-    def make(*args: Any, **kw: Any) -> Any:
-        session = cls(*args, **kw)
-        session.driver = driver
-        return session
+def _v201() -> Any:
+    from ocpp.routing import on
+    from ocpp.v201 import ChargePoint, call, call_result
+    from ocpp.v201.enums import Action
 
-    return make
+    class Session(_Handlers, ChargePoint):
+        async def set_limit(self, evse_id: int, tx: int | str | None, limit_w: float) -> str:
+            profile = _profile(None if tx is None else str(tx), limit_w)
+            profile["charging_schedule"] = [{"id": 1, **profile.pop("schedule")}]
+            profile["id"] = PROFILE_ID
+            result = await self.call(
+                call.SetChargingProfile(evse_id=evse_id, charging_profile=profile)
+            )
+            return str(result.status)
+
+        @on(Action.boot_notification)
+        async def on_boot(self, **_kw: Any) -> Any:
+            self._after_boot(
+                call.TriggerMessage(
+                    requested_message="MeterValues", evse={"id": self.driver.connector_id}
+                )
+            )
+            return call_result.BootNotification(
+                current_time=_now_iso(), interval=30, status="Accepted"
+            )
+
+        @on(Action.heartbeat)
+        async def on_heartbeat(self, **_kw: Any) -> Any:
+            return call_result.Heartbeat(current_time=_now_iso())
+
+        @on(Action.status_notification)
+        async def on_status(self, evse_id: int, connector_status: str, **_kw: Any) -> Any:
+            if evse_id == self.driver.connector_id:
+                self.driver.status = connector_status
+            return call_result.StatusNotification()
+
+        @on(Action.authorize)
+        async def on_authorize(self, **_kw: Any) -> Any:
+            return call_result.Authorize(id_token_info={"status": "Accepted"})
+
+        @on(Action.transaction_event)
+        async def on_transaction_event(
+            self,
+            event_type: str,
+            timestamp: str,
+            transaction_info: dict[str, Any],
+            meter_value: Any = None,
+            evse: dict[str, Any] | None = None,
+            **_kw: Any,
+        ) -> Any:
+            if evse is None or evse.get("id") == self.driver.connector_id:
+                tx = None if event_type == "Ended" else transaction_info.get("transaction_id")
+
+                def take() -> None:
+                    if tx is None:  # the last reading belongs to the ending transaction
+                        self._take(meter_value or [])
+                    self.driver.on_transaction(tx, None, _timestamp(timestamp))
+                    if tx is not None:
+                        self._take(meter_value or [])
+
+                self._meter(take)
+            return call_result.TransactionEvent()
+
+        @on(Action.meter_values)
+        async def on_meter_values(self, evse_id: int, meter_value: Any, **_kw: Any) -> Any:
+            if evse_id == self.driver.connector_id:
+                self._meter(lambda: self._take(meter_value))
+            return call_result.MeterValues()
+
+    return Session
