@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ocpp import v201
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16.enums import Action
@@ -176,6 +177,33 @@ class SimulatedChargePoint(ChargePoint):
         )  # fmt: skip
 
 
+class SimulatedChargingStation(v201.ChargePoint):
+    """An OCPP 2.0.1 charging station as the ocpp package models one (EVSE 1)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.profiles: list[dict[str, Any]] = []
+        self.profile_answer = "Accepted"
+
+    @on(v201.enums.Action.set_charging_profile)
+    async def on_set_charging_profile(
+        self, evse_id: int, charging_profile: dict[str, Any], **_kw: Any
+    ) -> Any:
+        self.profiles.append({"evse_id": evse_id, **charging_profile})
+        return v201.call_result.SetChargingProfile(status=self.profile_answer)
+
+    @on(v201.enums.Action.trigger_message)
+    async def on_trigger_message(self, requested_message: str, **_kw: Any) -> Any:
+        if requested_message == "MeterValues":
+            reading = [{"timestamp": T1, "sampled_value": [{"value": 1000.0}]}]  # Wh by default
+            asyncio.get_running_loop().call_soon(
+                lambda: asyncio.ensure_future(
+                    self.call(v201.call.MeterValues(evse_id=1, meter_value=reading))
+                )
+            )
+        return v201.call_result.TriggerMessage(status="Accepted")
+
+
 class ChargePointRunner:
     """Runs one simulated charge point on its own event loop thread."""
 
@@ -183,19 +211,21 @@ class ChargePointRunner:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.cp: SimulatedChargePoint | None = None
+        self.cp: Any = None
         self.ws: Any = None
         self.tasks: list[asyncio.Task[None]] = []
 
     def run(self, coro: Any, timeout_s: float = 10.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
 
-    def connect(self, port: int) -> SimulatedChargePoint:
+    def connect(self, port: int, protocol: str = "ocpp1.6") -> Any:
+        """A charge point of `protocol` ("ocpp1.6" or "ocpp2.0.1") connected and booted."""
         from websockets.asyncio.client import connect
 
-        async def go() -> SimulatedChargePoint:
-            self.ws = await connect(f"ws://127.0.0.1:{port}/{CP_ID}", subprotocols=["ocpp1.6"])  # type: ignore[list-item]
-            cp = SimulatedChargePoint(CP_ID, self.ws)
+        async def go() -> Any:
+            self.ws = await connect(f"ws://127.0.0.1:{port}/{CP_ID}", subprotocols=[protocol])  # type: ignore[list-item]
+            v16 = protocol == "ocpp1.6"
+            cp = (SimulatedChargePoint if v16 else SimulatedChargingStation)(CP_ID, self.ws)
 
             async def serve() -> None:
                 with contextlib.suppress(Exception):  # the websocket closing ends it
@@ -204,12 +234,17 @@ class ChargePointRunner:
             self.tasks.append(self.loop.create_task(serve()))
             await cp.call(
                 call.BootNotification(charge_point_model="Sim", charge_point_vendor="redy-test")
+                if v16
+                else v201.call.BootNotification(
+                    charging_station={"model": "Sim", "vendor_name": "redy-test"},
+                    reason="PowerUp",
+                )
             )
             return cp
 
-        def attempt() -> SimulatedChargePoint | None:
+        def attempt() -> Any:
             try:
-                return self.run(go())  # type: ignore[no-any-return]
+                return self.run(go())
             except OSError:
                 return None  # the CSMS is not listening yet
 

@@ -1,5 +1,5 @@
-"""OCPP 1.6J: an EV station's action unit is the CSMS of a charge point simulated with the ocpp
-package over a real websocket on 127.0.0.1. It reads meter values and transactions with the
+"""OCPP 1.6J (and 2.0.1): an EV station's action unit is the CSMS of a charge point simulated
+with the ocpp package over a real websocket on 127.0.0.1. It reads meter values and transactions with the
 charge point's own timestamps and applies the dispatch with SetChargingProfile; a charge point
 that rejects a profile, sends a broken meter value or disconnects never yields a wrong number."""
 
@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from conftest import NODE, until
 from counterparts import CP_ID, T1, ChargePointRunner
+from ocpp import v201
 from ocpp.v16 import call
 
 from redy import messages
@@ -122,3 +123,48 @@ def test_rejected_profile_broken_meter_value_and_disconnect_never_yield_a_wrong_
     assert "charge point not connected" in units.log("point-1")
     powers = [m.power_kw for m in op.all(status_topic)]
     assert powers and set(powers) <= {0.0, -7.0}
+
+
+def test_ocpp_201_station_is_read_from_transaction_events_and_limited_on_its_evse(
+    node: Any, charge_point: ChargePointRunner, free_port: Any
+) -> None:
+    units, op = node
+    port = free_port()
+    units.start(
+        "action", "point-1", "ocpp_charger", "--period-s", "0.2",
+        port=port, charge_point_id=CP_ID, rated_kw=11, protocol="ocpp2.0.1",
+    )  # fmt: skip
+    station = charge_point.connect(port, "ocpp2.0.1")
+    status_topic = render("actuator_status", node=NODE, unit="point-1")
+    idle = until(lambda: op.latest(status_topic), what="a status after the triggered reading")
+    assert idle.power_kw == 0.0 and idle.ts_s == T1_UNIX
+    reading = [{
+        "timestamp": "2026-03-01T12:00:10Z",
+        "sampled_value": [
+            {"value": 7200, "measurand": "Power.Active.Import", "unit_of_measure": {"unit": "W"}},
+            {"value": 1.03, "unit_of_measure": {"unit": "kWh"}},
+        ],
+    }]  # fmt: skip
+    charge_point.run(station.call(v201.call.TransactionEvent(
+        event_type="Started", timestamp="2026-03-01T12:00:10Z", trigger_reason="CablePluggedIn",
+        seq_no=0, transaction_info={"transaction_id": "tx-42"}, evse={"id": 1, "connector_id": 1},
+        meter_value=reading,
+    )))  # fmt: skip
+    charging = until(
+        lambda: (s := op.latest(status_topic)) and s.power_kw < 0 and s, what="charging"
+    )
+    assert charging.power_kw == pytest.approx(-7.2) and charging.ts_s == T1_UNIX + 10
+    assert charging.min_kw == -11.0
+    op.client.publish(
+        render("command", node=NODE, unit="point-1"),
+        messages.encode(messages.Command(seq=1, ts_s=time.time(), setpoint_kw=-3.7)),
+    )
+    until(lambda: station.profiles, what="a SetChargingProfile")
+    profile = station.profiles[-1]
+    assert profile["evse_id"] == 1 and profile["transaction_id"] == "tx-42"
+    assert profile["charging_profile_purpose"] == "TxProfile"
+    (schedule,) = profile["charging_schedule"]
+    assert schedule["charging_rate_unit"] == "W"
+    assert schedule["charging_schedule_period"] == [{"start_period": 0, "limit": 3700.0}]
+    applied = until(lambda: (s := op.latest(status_topic)) and s.seq == 1 and s, what="seq 1")
+    assert applied.setpoint_kw == pytest.approx(-3.7)
