@@ -127,16 +127,27 @@ def modbus_server(free_port: Callable[[], int]) -> Iterator[Callable[..., Modbus
 # --- a plain Mosquitto as the Zigbee2MQTT broker ------------------------------------------------
 
 
-@pytest.fixture
-def z2m_broker(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[int]:
-    """A plain Mosquitto playing the Zigbee2MQTT broker; its port."""
-    port = free_port()
-    proc = start_plain_mosquitto(port, tmp_path)
-    try:
-        yield port
-    finally:
-        proc.terminate()
+class PlainBroker:
+    """A plain Mosquitto process on 127.0.0.1:`port`; stop() may come before the fixture's."""
+
+    def __init__(self, port: int, folder: Path) -> None:
+        self.port = port
+        self.proc = start_plain_mosquitto(port, folder)
+
+    def stop(self) -> None:
+        self.proc.terminate()
         try:
-            proc.wait(5)
+            self.proc.wait(5)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def z2m_broker(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[PlainBroker]:
+    """A plain Mosquitto playing the Zigbee2MQTT broker."""
+    broker = PlainBroker(free_port(), tmp_path)
+    try:
+        yield broker
+    finally:
+        broker.stop()

@@ -123,6 +123,9 @@ class ModbusServer:
         return action
 
     def stop(self) -> None:
+        """Stop listening and close every connection (idempotent)."""
+        if not self._thread.is_alive():
+            return
         if self._server is not None:
             with contextlib.suppress(Exception):
                 asyncio.run_coroutine_threadsafe(self._server.shutdown(), self._loop).result(5)

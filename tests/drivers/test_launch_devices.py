@@ -44,10 +44,10 @@ def _node_port() -> int:
 
 
 def test_the_shipped_house_on_real_devices_runs_and_its_governance_counts_them(
-    tmp_path: Path, modbus_server: Any, z2m_broker: int, mqtt_client: Any
+    tmp_path: Path, modbus_server: Any, z2m_broker: Any, mqtt_client: Any
 ) -> None:
     gateway = modbus_server({1: INVERTER, 2: METER})
-    z2m = mqtt_client(z2m_broker, None, None)
+    z2m = mqtt_client(z2m_broker.port, None, None)
     z2m.publish("zigbee2mqtt/bridge/state", b'{"state":"online"}', retain=True)
     z2m.publish("zigbee2mqtt/boiler/availability", b'{"state":"online"}', retain=True)
     z2m.publish(
@@ -59,7 +59,7 @@ def test_the_shipped_house_on_real_devices_runs_and_its_governance_counts_them(
     launcher = subprocess.Popen(
         [sys.executable, "-m", "redy", "launch", str(LAUNCH), "--duration", "60",
          "--state-dir", str(tmp_path), f"port:={port}", f"inverter_port:={gateway.port}",
-         "inverter_kw:=5", f"z2m_broker:=mqtt://127.0.0.1:{z2m_broker}", "plug:=boiler"],
+         "inverter_kw:=5", f"z2m_broker:=mqtt://127.0.0.1:{z2m_broker.port}", "plug:=boiler"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

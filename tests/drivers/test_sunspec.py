@@ -79,6 +79,9 @@ def test_meter_that_fails_goes_offline_with_a_clear_error_and_never_publishes_a_
         goes("online")
         n = len(op.all(measurement))
         until(lambda n=n: len(op.all(measurement)) > n + 1, what="measurements again")
+    server.stop()  # the gateway goes away altogether
+    goes("offline")
+    until(lambda: "refuses connections" in units.log("meter"), what="the refusal logged")
     published = op.all(measurement)
     assert published and all(m.power_kw == pytest.approx(METER_POWER_KW) for m in published)
     assert units.procs[0].poll() is None

@@ -54,12 +54,12 @@ def _unit(units: Any, role: str, name: str, port: int) -> None:
 
 
 def test_plug_power_energy_and_timestamps_reach_the_node_broker(
-    node: Any, z2m_broker: int, mqtt_client: Any
+    node: Any, z2m_broker: Any, mqtt_client: Any
 ) -> None:
     units, op = node
-    bridge = Bridge(mqtt_client(z2m_broker, None, None))
+    bridge = Bridge(mqtt_client(z2m_broker.port, None, None))
     bridge.report(state())
-    _unit(units, "detection", "plug-meter", z2m_broker)
+    _unit(units, "detection", "plug-meter", z2m_broker.port)
     topic = render("measurement", node=NODE, unit="plug-meter")
     first = until(lambda: op.latest(topic), what="a measurement")
     assert first.power_kw == pytest.approx(-2.35)  # a plug's load consumes
@@ -73,12 +73,12 @@ def test_plug_power_energy_and_timestamps_reach_the_node_broker(
 
 
 def test_commands_switch_the_plug_through_its_set_topic(
-    node: Any, z2m_broker: int, mqtt_client: Any
+    node: Any, z2m_broker: Any, mqtt_client: Any
 ) -> None:
     units, op = node
-    bridge = Bridge(mqtt_client(z2m_broker, None, None))
+    bridge = Bridge(mqtt_client(z2m_broker.port, None, None))
     bridge.report(state())
-    _unit(units, "action", "plug", z2m_broker)
+    _unit(units, "action", "plug", z2m_broker.port)
     status = render("actuator_status", node=NODE, unit="plug")
     on = until(lambda: op.latest(status), what="a status")
     assert on.on and on.power_kw == pytest.approx(-2.35)
@@ -95,13 +95,13 @@ def test_commands_switch_the_plug_through_its_set_topic(
     assert off.min_kw == pytest.approx(-2.35)  # it can take its load back
 
 
-def test_offline_plug_bridge_or_bad_state_turn_the_unit_offline_and_publish_nothing_wrong(
-    node: Any, z2m_broker: int, mqtt_client: Any
+def test_offline_plug_bridge_broker_or_bad_state_turn_the_unit_offline_and_publish_nothing_wrong(
+    node: Any, z2m_broker: Any, mqtt_client: Any
 ) -> None:
     units, op = node
-    bridge = Bridge(mqtt_client(z2m_broker, None, None))
+    bridge = Bridge(mqtt_client(z2m_broker.port, None, None))
     bridge.report(state())
-    _unit(units, "detection", "plug-meter", z2m_broker)
+    _unit(units, "detection", "plug-meter", z2m_broker.port)
     measurement = render("measurement", node=NODE, unit="plug-meter")
     unit_state = render("unit_state", node=NODE, unit="plug-meter")
     until(lambda: op.latest(measurement), what="a measurement")
@@ -132,6 +132,9 @@ def test_offline_plug_bridge_or_bad_state_turn_the_unit_offline_and_publish_noth
         assert error in units.log("plug-meter")
         bridge.report(state(last_seen=f"2026-03-01T12:0{i + 1}:00.000Z"))
         goes("online")
+    z2m_broker.stop()  # the Zigbee2MQTT broker itself goes away
+    goes("offline")
+    assert "not connected" in units.log("plug-meter")
     published = op.all(measurement)
     assert len(published) > len(faults)
     assert all(m.power_kw == pytest.approx(-2.35) for m in published)

@@ -156,15 +156,18 @@ class _ModbusLink:
         return self._client
 
     def _call(self, what: str, fn: Callable[[Any], Any]) -> Any:
-        from pymodbus.exceptions import ModbusException
+        from pymodbus.exceptions import ConnectionException, ModbusException
 
         client = self._connected()
         try:
             response = fn(client)
         except (ModbusException, OSError) as exc:
             self.close()  # a late answer must not be taken for the next request's
+            lost = isinstance(exc, ConnectionException | OSError)
             raise DeviceUnavailable(
-                f"Modbus device {self.where} did not answer {what} ({type(exc).__name__})"
+                f"Modbus device {self.where} "
+                + (f"closed the connection during {what}" if lost else f"did not answer {what}")
+                + f" ({type(exc).__name__})"
             ) from None
         if response.isError():
             code = int(getattr(response, "exception_code", 0) or 0)
@@ -257,10 +260,14 @@ class _SunSpecDevice(Driver):
         need = _READ_LENGTH[block.model]
         _check_length(block, need)
         try:
-            return decode_power_energy(block, self._link.read(block.address, need))
+            regs = self._link.read(block.address, need)
         except DeviceUnavailable:
             self._blocks = None  # rediscover: the device may have restarted with another map
             raise
+        try:
+            return decode_power_energy(block, regs)
+        except DeviceFault as exc:
+            raise DeviceFault(f"{self.kind} at {self._link.where}: {exc}") from None
 
     def close(self) -> None:
         self._link.close()
