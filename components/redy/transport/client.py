@@ -12,6 +12,9 @@ the one-shot reads of an introducer. What it guarantees:
   library becomes `DeliveryFailed`, the one exception a caller has to expect. Nothing a broker
   does or fails to do escapes as another exception.
 
+Timeouts use `asyncio.timeout`, never `asyncio.wait_for`: in Python 3.11 wait_for can swallow a
+cancellation that arrives as the awaited thing completes, and a unit would then never stop.
+
 gmqtt gives no handle on a publish's acknowledgement, so `_AckingClient` records the packet id of
 each QoS 1 publish and resolves a future when gmqtt drops the stored packet on PUBACK.
 """
@@ -154,10 +157,8 @@ class AsyncLink:
     async def connect(self) -> None:
         """Connect once; DeliveryFailed if refused, unreachable or no CONNACK in time."""
         try:
-            await asyncio.wait_for(
-                self._client.connect(self._host, self._port, keepalive=self._keepalive_s),
-                self.timeout_s,
-            )
+            async with asyncio.timeout(self.timeout_s):
+                await self._client.connect(self._host, self._port, keepalive=self._keepalive_s)
         except TimeoutError:
             await self.close()
             raise DeliveryFailed(self.uri, f"no CONNACK within {self.timeout_s:g} s") from None
@@ -210,7 +211,8 @@ class AsyncLink:
             return
         fut = self._client.ack_future(mid)
         try:
-            await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                await fut
         except TimeoutError:
             raise DeliveryFailed(self.uri, f"no PUBACK within {timeout:g} s") from None
         finally:
@@ -218,7 +220,8 @@ class AsyncLink:
 
     async def close(self) -> None:
         try:
-            await asyncio.wait_for(self._client.disconnect(), 1.0)
+            async with asyncio.timeout(1.0):
+                await self._client.disconnect()
         except (
             Exception
         ) as exc:  # a dead peer's socket may fail in many ways; it is gone either way

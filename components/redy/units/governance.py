@@ -176,8 +176,11 @@ class Governance:
     async def _state_task(self) -> None:
         period = self.config.period_s
         while True:
+            # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancellation that
+            # arrives as the event is set, and the unit would never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), period)
+                async with asyncio.timeout(period):
+                    await self._dirty.wait()
             self._dirty.clear()
             if self._announce and self._link.is_connected:
                 self._announce = not await self.publish_local(
@@ -207,7 +210,17 @@ class Governance:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; every connection is closed on the way out."""
-        await self._link.connect_retrying()
+        connecting = asyncio.create_task(self._link.connect_retrying())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not connecting.done():  # stopped before the broker ever answered
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await connecting
+            await self._link.close()
+            return
+        connecting.result()  # a refusal of our credentials ends the unit here
         _log.info("node=%s governance connected to %s", self.node, self.config.broker)
         links = None
         try:

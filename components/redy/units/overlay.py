@@ -77,7 +77,8 @@ async def read_introducer(
     try:
         # A fresh introducer may have no view yet: its descriptor is enough.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(got_both.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await got_both.wait()
     finally:
         await link.close()
     return found.get("NodeDescriptor"), found.get("View")
