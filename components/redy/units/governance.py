@@ -35,6 +35,9 @@ from redy.units.node_state import NodeState
 _log = logging.getLogger(__name__)
 
 _LOCAL_TIMEOUT_S = 3.0
+# Short, so a frozen governance unit's Will marks it offline within about one market epoch
+# (Mosquitto waits 1.5 keepalives); pings on loopback cost nothing.
+_KEEPALIVE_S = 2
 _PEER_HANDLERS = 8  # shuffle answers in flight at once; more are dropped and counted
 _Inbox = asyncio.Queue[tuple[str, Any, dict[str, Any]]]
 
@@ -60,6 +63,7 @@ class Governance:
             user="governance",
             password=self._password,
             timeout_s=_LOCAL_TIMEOUT_S,
+            keepalive_s=_KEEPALIVE_S,
             subscriptions=(f"redy/{config.node}/#",),
             on_message=self._on_message,
             will=gmqtt.Message(

@@ -7,7 +7,7 @@ bid curve, runs `rounds` rounds of push-sum gossip with its current neighbours
 clears its estimate of the average curve, and commands its action units to the dispatch at that
 price. Messages of older epochs are ignored, those of the next epoch kept until it starts; a
 node that starts mid-epoch waits for the next one. The node's status says honestly whether it
-took part: `isolated` when no gossip went in or out, `skewed` when its clock is off its
+took part: `isolated` when no neighbour's gossip reached it, `skewed` when its clock is off its
 neighbours' by more than the schedule tolerates.
 """
 
@@ -121,7 +121,6 @@ class MarketDriver:
         self.offsets = ClockOffsets()
         self._future = FutureBuffer()
         self._received = 0  # gossip messages counted in the current epoch
-        self._delivered = 0  # pushes acknowledged in the current epoch
         self._pushes: set[asyncio.Task[None]] = set()
 
     def on_gossip(self, msg: messages.Gossip) -> None:
@@ -170,8 +169,6 @@ class MarketDriver:
         except PeerUnreachable as exc:
             _log.debug("node=%s push to %s failed: %s", self.node, out.target, exc.reason)
             self.core.on_undeliverable(out)
-        else:
-            self._delivered += 1
 
     def _send(self, outs: list[GossipOut], brokers: dict[str, str]) -> None:
         for out in outs:
@@ -185,7 +182,7 @@ class MarketDriver:
     def _start_epoch(self, epoch: int, bids: dict[str, Bid]) -> None:
         self.core.start_epoch(epoch, curve(bids.values(), self.grid))
         self.epoch = epoch
-        self._received = self._delivered = 0
+        self._received = 0
         for out in self._future.release(epoch):
             if self.core.on_message(out):
                 self._received += 1
@@ -241,8 +238,8 @@ class MarketDriver:
                 self.schedule.tolerated_skew_s,
             )
             return "skewed"
-        if self._received == 0 and self._delivered == 0:
-            return "isolated"
+        if self._received == 0:
+            return "isolated"  # it averaged nothing but its own curve
         return cleared
 
     def state_fields(self) -> dict[str, Any]:
