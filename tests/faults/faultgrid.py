@@ -168,7 +168,7 @@ launch:
         ]  # fmt: skip
         self.recorders.append(subprocess.Popen(argv, stderr=subprocess.DEVNULL))
 
-    def _wait_broker(self, i: int, timeout_s: float = 30.0) -> None:
+    def _wait_broker(self, i: int, timeout_s: float = 90.0) -> None:
         creds = self.state / self.nodes[i] / "credentials.json"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
