@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PYTHON ?= python3
-APT_PACKAGES := mosquitto mosquitto-clients docker.io python3-venv python3-pip
+APT_PACKAGES := mosquitto mosquitto-clients docker.io python3-venv python3-pip iproute2 iptables faketime
 DEMO_DURATION ?= 90
 
 .PHONY: demo test deps venv docker image lint typecheck pytest clean

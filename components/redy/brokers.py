@@ -37,6 +37,7 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from redy import messages
 from redy.errors import BrokerError
 from redy.topics import CONTRACT, UNIT_ROLES, check_id, grid_acl, local_acl
 
@@ -64,7 +65,9 @@ class NodeBroker:
     state_dir: Path = attrs.field(converter=Path)
     units: Mapping[str, str] = attrs.field(factory=dict)
     grid_port: int | None = None
-    bind: str = "127.0.0.1"
+    bind: str = "127.0.0.1"  # the local listener (units, governance, operators)
+    grid_bind: str | None = None  # the grid listener (peers); default: `bind`
+    advertise: str | None = None  # host peers dial for the grid listener; default: `grid_bind`
 
     @units.validator
     def _check_units(self, _attribute: Any, units: Mapping[str, str]) -> None:
@@ -86,6 +89,19 @@ class NodeBroker:
                 raise BrokerError(f"{what} {port} of node {self.node} is not in 1..65535{hint}")
         if self.port == self.grid_listener_port:
             raise BrokerError(f"node {self.node}: the local and grid ports are both {self.port}")
+        if self.advertised_host in ("0.0.0.0", "::", ""):
+            raise BrokerError(
+                f"node {self.node}: the grid listener binds {self.grid_host!r}, which peers cannot"
+                " dial; give the address they reach it at (advertise: HOST)"
+            )
+
+    @property
+    def grid_host(self) -> str:
+        return self.grid_bind if self.grid_bind is not None else self.bind
+
+    @property
+    def advertised_host(self) -> str:
+        return self.advertise if self.advertise is not None else self.grid_host
 
     @property
     def grid_listener_port(self) -> int:
@@ -97,11 +113,20 @@ class NodeBroker:
 
     @property
     def uri(self) -> str:
-        return f"mqtt://{self.bind}:{self.port}"
+        """Where the node's own units reach the local listener."""
+        host = (
+            "127.0.0.1"
+            if self.bind in ("0.0.0.0", "")
+            else "::1"
+            if self.bind == "::"
+            else self.bind
+        )
+        return f"mqtt://{host}:{self.port}"
 
     @property
     def grid_uri(self) -> str:
-        return f"mqtt://{self.bind}:{self.grid_listener_port}"
+        """The grid listener as peers dial it (the advertised address)."""
+        return f"mqtt://{_uri_host(self.advertised_host)}:{self.grid_listener_port}"
 
     @property
     def credentials_path(self) -> Path:
@@ -215,7 +240,11 @@ per_listener_settings true
 user {user}
 persistence true
 persistence_location {data_dir}/
-autosave_interval 30
+# Retained state survives a kill -9 with at most 1 s of loss: a node's broker holds a few hundred
+# small retained messages, so rewriting the database once a second costs little (autosave counts
+# seconds while autosave_on_changes is false).
+autosave_interval 1
+autosave_on_changes false
 log_dest stderr
 log_type error
 log_type warning
@@ -232,7 +261,7 @@ password_file {conf_dir}/passwd
 acl_file {conf_dir}/acl
 
 # Grid listener: peers' governance units, one grid credential, client id = node id.
-listener {grid_port} {bind}
+listener {grid_port} {grid_bind}
 allow_anonymous false
 password_file {conf_dir}/grid.passwd
 acl_file {conf_dir}/grid.acl
@@ -265,6 +294,7 @@ def render(broker: NodeBroker) -> Credentials:
         "port": broker.port,
         "grid_port": broker.grid_listener_port,
         "bind": broker.bind,
+        "grid_bind": broker.grid_host,
         # A safety net behind the codec's own limit: room for the topic and MQTT 5 properties.
         "max_packet_size": 2 * CONTRACT.max_payload_bytes,
     }
@@ -400,17 +430,20 @@ class _BrokerBase:
         raise NotImplementedError
 
     def _check_ports(self) -> None:
-        for what, port in (("local", self.config.port), ("grid", self.config.grid_listener_port)):
-            problem = _bind_problem(port, self.config.bind)
+        c = self.config
+        for what, host, port in (
+            ("local", c.bind, c.port),
+            ("grid", c.grid_host, c.grid_listener_port),
+        ):
+            problem = _bind_problem(port, host)
             if problem is not None:
                 raise BrokerError(
-                    f"node {self.config.node} cannot listen on {self.config.bind}:{port} "
-                    f"({what} port): {problem}"
+                    f"node {c.node} cannot listen on {host}:{port} ({what} port): {problem}"
                 )
 
     def _wait_ready(self) -> None:
         wait_authenticated(
-            self.config.bind,
+            messages.parse_uri(self.config.uri)[0],
             self.config.port,
             "operator",
             self.credentials.password("operator"),
@@ -782,3 +815,7 @@ def broker_password(node: str, user: str, state_dir: str) -> None:
             f"no credentials for node {node!r} in {state_dir}: start its broker first"
         )
     click.echo(load_credentials(path).password(user))
+
+
+def _uri_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

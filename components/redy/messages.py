@@ -115,6 +115,7 @@ class NodeEnergyState:
     epoch: int | None = None
     price_eur_mwh: float | None = None
     status: str | None = None
+    clock_offset_s: float | None = None
     setpoint_kw: float | None = None
 
 
@@ -149,6 +150,7 @@ class Gossip:
     weight: float
     values: tuple[float, ...]
     estimate: tuple[float, ...] | None = None
+    ts_s: float | None = None
 
 
 MESSAGE_TYPES: dict[str, type] = {

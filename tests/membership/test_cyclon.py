@@ -187,3 +187,22 @@ def test_views_never_hold_self_duplicates_too_many_or_negative_ages(
             assert len(ids) <= c
             assert all(e.age >= 0 for e in view)
             assert all(e[:2] in ever_sent for e in view)
+
+
+def test_probe_reaches_a_node_outside_the_view_and_its_reply_merges() -> None:
+    c = Cyclon("a", "mqtt://a", 4, 2, random.Random(1))
+    c.seed([ViewEntry("b", "mqtt://b", 0)])
+    c.on_unreachable("b")  # lost: tombstoned
+    assert len(c) == 0
+    out = c.probe(ViewEntry("b", "mqtt://b", 0))
+    assert out.target.node == "b" and out.entries[-1] == ViewEntry("a", "mqtt://a", 0)
+    assert c.on_reply(out.nonce, [ViewEntry("c", "mqtt://c", 1), ViewEntry("d", "mqtt://d", 2)])
+    assert {e.node for e in c.view} == {"c", "d"}
+
+
+def test_an_unanswered_probe_changes_nothing() -> None:
+    c = Cyclon("a", "mqtt://a", 4, 2, random.Random(1))
+    c.seed([ViewEntry("c", "mqtt://c", 0)])
+    out = c.probe(ViewEntry("z", "mqtt://z", 0))
+    c.on_timeout(out.nonce)
+    assert [e.node for e in c.view] == ["c"]

@@ -85,8 +85,8 @@ def launch(
         )
         for n in desc.nodes:
             click.echo(
-                f"  {n.node}: mqtt://{n.broker.bind}:{n.broker.port} (grid "
-                f"{n.broker.grid_port}), operator password in "
+                f"  {n.node}: {n.broker.local_uri} (grid {n.broker.grid_uri}), "
+                "operator password in "
                 f"{Path(state_dir).resolve() / n.node / 'credentials.json'}"
             )
         if table_period_s:

@@ -44,7 +44,7 @@ class Dashboard:
             c.on_connect = lambda cl, *_a, node=n.node: cl.subscribe(
                 f"redy/{node}/governance/state", qos=1
             )
-            c.connect(n.broker.bind, n.broker.port, keepalive=10)
+            c.connect(*messages.parse_uri(n.broker.local_uri), keepalive=10)
             c.loop_start()
             self._clients.append(c)
         self._thread = threading.Thread(target=self._loop, name="dashboard", daemon=True)
@@ -105,8 +105,10 @@ class Dashboard:
                 f"peak consumption {max(s.consumption_kw for s in h):.1f} kW, "
                 f"units online at the end {h[-1].units_online}/{h[-1].units_total}"
             )
-        restarts = sum(c.restarts for c in self.sup.children)
-        lines.append(f"processes: {len(self.sup.children)} supervised, {restarts} respawns")
+        lines.append(
+            f"processes: {len(self.sup.children)} supervised, {self.sup.respawns} respawns"
+            + (f", gave up on {', '.join(self.sup.given_up)}" if self.sup.given_up else "")
+        )
         return "\n".join(lines)
 
     def stop(self) -> None:

@@ -80,7 +80,24 @@ class BrokerSpec:
     grid_port: int
     backend: str = "process"
     bind: str = "127.0.0.1"
+    grid_bind: str | None = None
+    advertise: str | None = None
     where: str = ""
+
+    @property
+    def grid_host(self) -> str:
+        return self.grid_bind or self.bind
+
+    @property
+    def grid_uri(self) -> str:
+        """The grid listener as peers dial it: the advertised address."""
+        return f"mqtt://{self.advertise or self.grid_host}:{self.grid_port}"
+
+    @property
+    def local_uri(self) -> str:
+        """The local listener as the node's own units and operators dial it."""
+        host = "127.0.0.1" if self.bind in ("0.0.0.0", "::") else self.bind
+        return f"mqtt://{host}:{self.port}"
 
 
 @attrs.frozen
@@ -90,14 +107,14 @@ class GovernanceSpec:
     setpoint_kw: float | None = None
     period_s: float = 1.0
     distant: bool = True
-    introducer: str | None = None  # a grid URI, resolved from a node id if needed
+    introducer: str | None = None  # grid URIs or node ids of this launch, comma-separated
     view_size: int = 8
     shuffle_length: int = 4
     shuffle_period_s: float = 2.0
     shuffle_timeout_s: float = 1.5
     epoch_s: float = 0.0
     rounds: int = 10
-    respawn: bool = False
+    respawn: bool = True  # a node without its governance unit is not in the market
     respawn_delay_s: float = 1.0
     where: str = ""
 
@@ -150,6 +167,8 @@ _FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
         "grid_port": (int, False),
         "backend": (str, False),
         "bind": (str, False),
+        "grid_bind": (str, False),
+        "advertise": (str, False),
     },
     "governance": {
         "node": (str, True),
@@ -372,12 +391,20 @@ def _add_broker(f: dict[str, Any], b: _Builder, where: str) -> None:
     for p in (port, grid):
         if not 0 < p < 65536:
             raise LaunchError(f"{where}: port {p} is out of range 1-65535")
+    grid_host = f.get("grid_bind") or f.get("bind", "127.0.0.1")
+    if grid_host in ("0.0.0.0", "::") and not f.get("advertise"):
+        raise LaunchError(
+            f"{where}: the grid listener binds {grid_host}, which peers cannot dial; add"
+            " advertise: HOST (the address other nodes reach this node at)"
+        )
     b.brokers[node] = BrokerSpec(
         node=node,
         port=port,
         grid_port=grid,
         backend=backend,
         bind=f.get("bind", "127.0.0.1"),
+        grid_bind=f.get("grid_bind") or None,
+        advertise=f.get("advertise") or None,
         where=where,
     )
     b.units.setdefault(node, [])
@@ -513,14 +540,20 @@ def parse(path: str | Path, args: Mapping[str, str] | None = None) -> LaunchDesc
                 raise LaunchError(f"{broker.where}: port {p} is used twice (also {ports[p]})")
             ports[p] = broker.where
         gov = b.governance.get(node)
-        if gov is not None and gov.introducer and "://" not in gov.introducer:
-            intro = b.brokers.get(gov.introducer)
-            if intro is None:
-                raise LaunchError(
-                    f"{gov.where}: introducer {gov.introducer!r} is neither a node of this launch "
-                    "nor a broker URI (mqtt://HOST:PORT)"
-                )
-            gov = attrs.evolve(gov, introducer=f"mqtt://{intro.bind}:{intro.grid_port}")
+        if gov is not None and gov.introducer:
+            uris = []
+            for name in gov.introducer.replace(" ", "").split(","):
+                if "://" in name or not name:
+                    uris.append(name)
+                    continue
+                intro = b.brokers.get(name)
+                if intro is None:
+                    raise LaunchError(
+                        f"{gov.where}: introducer {name!r} is neither a node of this launch "
+                        "nor a broker URI (mqtt://HOST:PORT)"
+                    )
+                uris.append(intro.grid_uri)
+            gov = attrs.evolve(gov, introducer=",".join(u for u in uris if u))
         nodes.append(NodeSpec(broker=broker, governance=gov, units=tuple(b.units[node])))
     for node, gov in b.governance.items():
         if node not in b.brokers:
@@ -540,5 +573,5 @@ def check_ports_free(desc: LaunchDescription) -> None:
 
     for n in desc.nodes:
         for p in (n.broker.port, n.broker.grid_port):
-            if not port_is_free(p, n.broker.bind):
+            if not port_is_free(p, n.broker.bind if p == n.broker.port else n.broker.grid_host):
                 raise LaunchError(f"{n.broker.where}: port {p} is in use (node {n.node})")

@@ -26,9 +26,51 @@ import orjson
 from redy.brokers import NodeBroker, make_broker
 from redy.errors import BrokerError, LaunchError
 from redy.launch.parser import LaunchDescription, NodeSpec, UnitSpec, check_ports_free
+from redy.transport.client import Backoff
 
 _log = logging.getLogger(__name__)
 _STOP_GRACE_S = 5.0
+# Crash-loop limit: a process (or broker) that dies this often within the window is given up.
+CRASH_LIMIT = 5
+CRASH_WINDOW_S = 60.0
+
+
+class Restarts:
+    """When to bring a dead process back: after a jittered exponential backoff from `delay_s`
+    (the project's one policy, `redy.transport.client.Backoff`), reset once it has run a whole
+    crash window; given up after `CRASH_LIMIT` deaths within `CRASH_WINDOW_S`."""
+
+    def __init__(self, name: str, delay_s: float) -> None:
+        self.name = name
+        self.count = 0
+        self.gave_up = False
+        self.due_at: float | None = None
+        self._backoff = Backoff(first_s=max(delay_s, 0.05), cap_s=max(30.0, delay_s))
+        self._deaths: list[float] = []
+        self._started_at = time.monotonic()
+
+    def started(self, now: float) -> None:
+        self._started_at = now
+        self.due_at = None
+
+    def died(self, now: float) -> None:
+        """Record a death; schedule the restart or give up."""
+        if now - self._started_at >= CRASH_WINDOW_S:
+            self._backoff.reset()  # it ran well for a while: this is a new incident
+        self._deaths = [t for t in self._deaths if now - t < CRASH_WINDOW_S] + [now]
+        if len(self._deaths) >= CRASH_LIMIT:
+            self.gave_up = True
+            _log.error(
+                "giving up on %s: it died %d times within %.0f s (see its log)",
+                self.name,
+                len(self._deaths),
+                CRASH_WINDOW_S,
+            )
+            return
+        self.due_at = now + self._backoff.next_delay()
+
+    def due(self, now: float) -> bool:
+        return not self.gave_up and self.due_at is not None and now >= self.due_at
 
 
 class Child:
@@ -43,8 +85,12 @@ class Child:
         self.delay_s = delay_s
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
         self.died_at: float | None = None
+        self.restarts = Restarts(name, delay_s)
+
+    @property
+    def respawns(self) -> int:
+        return self.restarts.count
 
     def start(self) -> None:
         env = {**os.environ, "REDY_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
@@ -58,6 +104,7 @@ class Child:
                 start_new_session=True,
             )
         self.died_at = None
+        self.restarts.started(time.monotonic())
 
     @property
     def pid(self) -> int | None:
@@ -101,7 +148,8 @@ class Supervisor:
         self.compose = compose
         self.on_started = on_started
         self.on_stopping = on_stopping
-        self.brokers: list[object] = []
+        self.brokers: list[Any] = []
+        self._broker_restarts: list[Restarts] = []
         self.children: list[Child] = []
         self.start_unix = time.time()
         self._stop = threading.Event()
@@ -119,6 +167,8 @@ class Supervisor:
             state_dir=self.state_dir,
             units={u.name: u.role for u in n.units},
             bind=n.broker.bind,
+            grid_bind=n.broker.grid_bind,
+            advertise=n.broker.advertise,
         )
 
     def _common(self, n: NodeSpec, period_s: float) -> dict[str, Any]:
@@ -140,7 +190,7 @@ class Supervisor:
         kw = {**self._common(n, g.period_s), "kind": g.kind, "setpoint_kw": g.setpoint_kw}
         if g.distant:
             kw |= {
-                "grid_broker": f"mqtt://{n.broker.bind}:{n.broker.grid_port}",
+                "grid_broker": n.broker.grid_uri,
                 "introducer": g.introducer,
                 "view_size": g.view_size,
                 "shuffle_length": g.shuffle_length,
@@ -199,6 +249,7 @@ class Supervisor:
             _log.info("starting broker of %s (%s) on %s", n.node, backend, broker.uri)
             broker.start()
             self.brokers.append(broker)
+            self._broker_restarts.append(Restarts(f"{n.node}/broker", 0.5))
         logs = self.state_dir / "logs"
         logs.mkdir(exist_ok=True)
         for n in self.desc.nodes:
@@ -244,25 +295,59 @@ class Supervisor:
         self.children.append(child)
         _log.info("started %s (pid %s)", child.name, child.pid)
 
+    @property
+    def respawns(self) -> int:
+        """Processes and brokers brought back so far."""
+        return sum(c.respawns for c in self.children) + sum(r.count for r in self._broker_restarts)
+
+    @property
+    def given_up(self) -> list[str]:
+        return [
+            r.name
+            for r in [*(c.restarts for c in self.children), *self._broker_restarts]
+            if r.gave_up
+        ]
+
     def poll(self) -> None:
-        """Respawn dead children that ask for it; report the others once."""
+        """Restart dead brokers and respawn dead children that ask for it (with backoff and a
+        crash-loop limit); report the others once."""
         now = time.monotonic()
+        for broker, r in zip(self.brokers, self._broker_restarts, strict=True):
+            if broker.alive():
+                continue
+            if r.due_at is None and not r.gave_up:
+                _log.warning("%s died; restarting it", r.name)
+                r.died(now)
+            if r.due(now):
+                r.count += 1
+                try:
+                    broker.start()
+                except BrokerError as exc:
+                    _log.warning("%s did not come back: %s", r.name, exc)
+                    r.died(time.monotonic())
+                    continue
+                r.started(time.monotonic())
+                _log.info("restarted %s (restart %d)", r.name, r.count)
         for c in self.children:
             if c.proc is None or c.alive():
                 continue
+            r = c.restarts
             if c.died_at is None:
                 c.died_at = now
-                code = c.proc.returncode
+                if c.respawn:
+                    r.died(now)
                 _log.warning(
                     "%s exited (%s)%s",
                     c.name,
-                    code,
-                    f"; respawning in {c.delay_s:g} s" if c.respawn else "",
+                    c.proc.returncode,
+                    f"; respawning in {r.due_at - now:.1f} s"
+                    if c.respawn and r.due_at is not None
+                    else "",
                 )
-            if c.respawn and now - c.died_at >= c.delay_s:
-                c.restarts += 1
+            if c.respawn and r.due(now):
+                r.count += 1
                 c.start()
-                _log.info("respawned %s (pid %s, restart %d)", c.name, c.pid, c.restarts)
+                _log.info("respawned %s (pid %s, restart %d)", c.name, c.pid, r.count)
 
     def stop(self) -> None:
         """Stop every child in reverse start order, then the brokers in reverse order."""
@@ -270,7 +355,7 @@ class Supervisor:
             c.stop()
         for b in reversed(self.brokers):
             try:
-                b.stop()  # type: ignore[attr-defined]
+                b.stop()
             except BrokerError as exc:
                 _log.warning("%s", exc)
         _log.info("launch stopped")

@@ -146,6 +146,19 @@ class Cyclon:
         self._pending[nonce] = (target, tuple(sent))
         return ShuffleOut(target, nonce, entries)
 
+    def probe(self, target: ViewEntry) -> ShuffleOut:
+        """A shuffle request to a node that is not (or no longer) in the view: a remembered
+        contact, to rejoin after the view emptied or to find the other side of a healed
+        partition. Its reply merges like any other; no reply changes nothing in the view."""
+        others = [n for n in self._base if n != target.node]
+        k = min(self.shuffle_length - 1, len(others))
+        sent = self._rng.sample(others, k) if k else []
+        entries = (*(self._entry(n) for n in sent), ViewEntry(self.me, self.uri, 0))
+        nonce = self._rng.getrandbits(62)
+        # A tombstone of the target is lifted by its own reply (age-0 entries are younger).
+        self._pending[nonce] = (ViewEntry(target.node, target.broker, -1), tuple(sent))
+        return ShuffleOut(target, nonce, entries)
+
     def on_request(self, sender: ViewEntry, entries: Iterable[ViewEntry]) -> tuple[ViewEntry, ...]:
         """Answer a shuffle offer (also while our own is pending) and merge what it brought."""
         entries = tuple(entries)
@@ -166,6 +179,7 @@ class Cyclon:
             return False
         target, sent = pending
         self._strikes.pop(target.node, None)
+        self._tombstones.pop(target.node, None)  # it answered: it is alive
         self._merge(entries, sent)
         return True
 
@@ -177,8 +191,8 @@ class Cyclon:
         missed `_STRIKES` shuffles in a row; its death is left to strong evidence.
         """
         pending = self._pending.pop(nonce, None)
-        if pending is None or self.detector != "redy":
-            return
+        if pending is None or self.detector != "redy" or pending[0].age < 0:
+            return  # CYCLON's rule, or an unanswered probe: nothing to put back
         target = pending[0]
         strikes = self._strikes.get(target.node, 0) + 1
         if strikes >= _STRIKES or target.node in self._tombstones:

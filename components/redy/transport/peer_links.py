@@ -1,38 +1,35 @@
-"""Connections from a governance unit to its neighbours' grid listeners (gmqtt, MQTT 5).
+"""Connections from a governance unit to its neighbours' grid listeners (MQTT 5).
 
 A governance unit reads only its own broker and writes to its neighbours' brokers. `PeerLinks`
-holds at most `max_links` client connections, one per neighbour broker URI, opened on first use
-and closed when the view no longer names that broker. Every connect and publish is bounded by a
-timeout; a refused or timed-out connection raises `PeerUnreachable`, which the membership driver
-takes as strong evidence that the neighbour is gone.
+holds at most `max_links` connections (`redy.transport.client.AsyncLink`), one per neighbour
+broker URI, opened on first use and closed when the view no longer names that broker. Every
+connect and publish is bounded by a timeout and every failure, whatever its cause (refused, no
+CONNACK, no PUBACK, full window, lost socket), is one `PeerUnreachable`: the membership driver
+takes it as strong evidence that the neighbour is gone, the market keeps the push's mass. A
+broker that failed is remembered as bad for `cooldown_s`: further sends to it fail at once
+instead of costing another timeout each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
-import gmqtt
-
-from redy.errors import BrokerError
-from redy.messages import parse_uri
+from redy.transport.client import AsyncLink, DeliveryFailed
 
 _log = logging.getLogger(__name__)
 
 
-class PeerUnreachable(BrokerError):
-    """A neighbour's grid listener refused us or did not answer in time."""
-
-    def __init__(self, uri: str, reason: str) -> None:
-        super().__init__(f"peer broker {uri} unreachable: {reason}")
-        self.uri = uri
-        self.reason = reason
+class PeerUnreachable(DeliveryFailed):
+    """A neighbour's grid listener refused us, did not answer in time, or lost the message."""
 
 
 class PeerLinks:
-    """A bounded set of gmqtt connections to neighbours' grid listeners.
+    """A bounded set of connections to neighbours' grid listeners.
 
     `node` is this node's id, used as MQTT client id (the peers' ACL patterns confine us to our
     own topics by it); `user`/`password` are the grid credential.
@@ -47,6 +44,8 @@ class PeerLinks:
         max_links: int = 32,
         timeout_s: float = 2.0,
         keepalive_s: int = 10,
+        cooldown_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._node = node
         self._user = user
@@ -54,48 +53,61 @@ class PeerLinks:
         self._max_links = max_links
         self._timeout_s = timeout_s
         self._keepalive_s = keepalive_s
-        self._links: OrderedDict[str, gmqtt.Client] = OrderedDict()
+        self._cooldown_s = 2 * timeout_s if cooldown_s is None else cooldown_s
+        self._clock = clock
+        self._links: OrderedDict[str, AsyncLink] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
+        self._bad: dict[str, tuple[float, str]] = {}  # uri -> (until, reason)
 
     @property
     def open_uris(self) -> tuple[str, ...]:
         return tuple(self._links)
 
-    async def _open(self, uri: str) -> gmqtt.Client:
-        host, port = parse_uri(uri)
-        client = gmqtt.Client(self._node, clean_session=True)
-        client.set_auth_credentials(self._user, self._password)
-        # We manage peer liveness ourselves: a lost link is closed, not retried forever.
-        client.set_config({"reconnect_retries": 0, "reconnect_delay": 1})
-        try:
-            await asyncio.wait_for(
-                client.connect(host, port, keepalive=self._keepalive_s), self._timeout_s
-            )
-        except TimeoutError:
-            await _close_quietly(client)
-            raise PeerUnreachable(uri, f"no CONNACK within {self._timeout_s:g} s") from None
-        except (OSError, gmqtt.MQTTConnectError) as exc:
-            await _close_quietly(client)
-            raise PeerUnreachable(uri, str(exc) or type(exc).__name__) from None
-        return client
+    def _check_bad(self, uri: str) -> None:
+        bad = self._bad.get(uri)
+        if bad is None:
+            return
+        until, reason = bad
+        if self._clock() < until:
+            raise PeerUnreachable(uri, f"failed recently ({reason})")
+        del self._bad[uri]
 
-    async def link(self, uri: str) -> gmqtt.Client:
+    def _mark_bad(self, uri: str, reason: str) -> None:
+        self._bad[uri] = (self._clock() + self._cooldown_s, reason)
+        if len(self._bad) > 4 * self._max_links:  # bounded: forget the oldest verdicts
+            for old in list(self._bad)[: len(self._bad) - 4 * self._max_links]:
+                del self._bad[old]
+
+    async def link(self, uri: str) -> AsyncLink:
         """The open connection to `uri`, opening it (and closing the least recently used one
-        beyond `max_links`) if needed."""
+        beyond `max_links`) if needed; PeerUnreachable if it cannot be had."""
+        self._check_bad(uri)
         lock = self._locks.setdefault(uri, asyncio.Lock())
         async with lock:
-            client = self._links.get(uri)
-            if client is not None and client.is_connected:
+            link = self._links.get(uri)
+            if link is not None and link.is_connected:
                 self._links.move_to_end(uri)
-                return client
-            if client is not None:
+                return link
+            if link is not None:
                 await self.close(uri)
-            client = await self._open(uri)
-            self._links[uri] = client
+            self._check_bad(uri)  # another task may have failed on it while we waited
+            link = AsyncLink(
+                uri,
+                self._node,
+                user=self._user,
+                password=self._password,
+                timeout_s=self._timeout_s,
+                keepalive_s=self._keepalive_s,
+            )
+            try:
+                await link.connect()
+            except DeliveryFailed as exc:
+                self._mark_bad(uri, exc.reason)
+                raise PeerUnreachable(uri, exc.reason) from None
+            self._links[uri] = link
             while len(self._links) > self._max_links:
-                oldest = next(iter(self._links))
-                await self.close(oldest)
-            return client
+                await self.close(next(iter(self._links)))
+            return link
 
     async def publish(
         self,
@@ -107,14 +119,23 @@ class PeerLinks:
         retain: bool = False,
         **properties: Any,
     ) -> None:
-        """Publish on a neighbour's broker; PeerUnreachable if its link cannot be had."""
-        client = await self.link(uri)
-        client.publish(topic, payload, qos=qos, retain=retain, **properties)
+        """Publish on a neighbour's broker and wait for its PUBACK (QoS 1); PeerUnreachable,
+        and nothing else, if that does not happen within the timeout."""
+        link = await self.link(uri)
+        try:
+            await link.publish(topic, payload, qos=qos, retain=retain, **properties)
+        except DeliveryFailed as exc:
+            self._mark_bad(uri, exc.reason)
+            await self.close(uri)  # a stalled window never drains: start afresh next time
+            raise PeerUnreachable(uri, exc.reason) from None
 
     async def close(self, uri: str) -> None:
-        client = self._links.pop(uri, None)
-        if client is not None:
-            await _close_quietly(client)
+        link = self._links.pop(uri, None)
+        if link is not None:
+            await link.close()
+        lock = self._locks.get(uri)
+        if lock is not None and not lock.locked() and uri not in self._links:
+            del self._locks[uri]
 
     async def keep_only(self, uris: set[str]) -> None:
         """Close every link whose broker is not in `uris` (the current view)."""
@@ -124,10 +145,3 @@ class PeerLinks:
     async def close_all(self) -> None:
         for uri in list(self._links):
             await self.close(uri)
-
-
-async def _close_quietly(client: gmqtt.Client) -> None:
-    try:
-        await asyncio.wait_for(client.disconnect(), 1.0)
-    except Exception as exc:  # a dead peer's socket may fail in many ways; it is gone either way
-        _log.debug("closing peer link: %s", exc)

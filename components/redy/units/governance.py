@@ -2,7 +2,14 @@
 
 One asyncio.TaskGroup owns every task: the inbox (messages from the node's own broker, the only
 broker it reads), the state loop (publish the retained NodeEnergyState every period, command the
-action units), and in distant mode the membership overlay. Cancellation closes every connection.
+action units), and in distant mode the membership overlay and the market. Cancellation closes
+every connection.
+
+Faults: the connection to the node's own broker retries forever with backoff and re-announces
+the node after every reconnect; its Last Will marks the retained state `offline`, so a dead
+governance never shows "cleared". Publishes are awaited with a timeout and a failure is logged,
+never raised; answers to peers' shuffle requests run in bounded tasks of their own, so no peer
+can hold up the inbox that reads the node's units.
 """
 
 from __future__ import annotations
@@ -12,43 +19,27 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import gmqtt
 
 from redy import messages
 from redy.brokers import load_credentials
-from redy.errors import BrokerError, InvalidMessage
+from redy.errors import InvalidMessage
 from redy.topics import CONTRACT, render
+from redy.transport.client import AsyncLink, DeliveryFailed
 from redy.units.config import GovernanceConfig
 from redy.units.node_state import NodeState
 
 _log = logging.getLogger(__name__)
 
-_CONNECT_TIMEOUT_S = 5.0
+_LOCAL_TIMEOUT_S = 3.0
+# Short, so a frozen governance unit's Will marks it offline within about one market epoch
+# (Mosquitto waits 1.5 keepalives); pings on loopback cost nothing.
+_KEEPALIVE_S = 2
+_PEER_HANDLERS = 8  # shuffle answers in flight at once; more are dropped and counted
 _Inbox = asyncio.Queue[tuple[str, Any, dict[str, Any]]]
-
-
-async def connect_with_backoff(
-    client: gmqtt.Client, uri: str, *, attempts: int = 8, keepalive_s: int = 5
-) -> None:
-    """gmqtt does not retry its first connect(): retry with exponential backoff, then raise."""
-    host, port = messages.parse_uri(uri)
-    delay = 0.2
-    for attempt in range(1, attempts + 1):
-        try:
-            await asyncio.wait_for(
-                client.connect(host, port, keepalive=keepalive_s), _CONNECT_TIMEOUT_S
-            )
-            return
-        except gmqtt.MQTTConnectError as exc:  # refused: bad credentials do not get better
-            raise BrokerError(f"broker {uri} refused the governance unit: {exc}") from None
-        except (OSError, TimeoutError) as exc:
-            if attempt == attempts:
-                raise BrokerError(f"cannot reach broker {uri}: {exc}") from None
-            _log.warning("broker %s not reachable (%s); retrying in %.1f s", uri, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 class Governance:
@@ -65,33 +56,61 @@ class Governance:
         self._seq = int(time.time() * 1000)  # increases across restarts of this unit
         self._inbox: _Inbox = asyncio.Queue(maxsize=10_000)
         self._dirty = asyncio.Event()
-        self._client = gmqtt.Client(f"{config.node}.governance", clean_session=True)
-        self._client.set_auth_credentials("governance", self._password)
-        self._client.on_message = self._on_message
-        self._client.on_connect = self._on_connect
+        self._announce = True  # publish the descriptor at the next state period
+        self._link = AsyncLink(
+            config.broker,
+            f"{config.node}.governance",
+            user="governance",
+            password=self._password,
+            timeout_s=_LOCAL_TIMEOUT_S,
+            keepalive_s=_KEEPALIVE_S,
+            subscriptions=(f"redy/{config.node}/#",),
+            on_message=self._on_message,
+            will=gmqtt.Message(
+                render("node_state", node=self.node),
+                messages.encode(
+                    self.state.energy_state(config.sim_time_s(time.time()), status="offline")
+                ),
+                qos=1,
+                retain=True,
+            ),
+            reconnect=True,
+            on_connect=self._on_connect,
+        )
+        self._peer_tasks: set[asyncio.Task[None]] = set()
+        self.peer_dropped = 0
         self.overlay: Any = None  # distant mode: redy.units.overlay.OverlayDriver
         self.market: Any = None  # distant mode with epochs: redy.units.market.MarketDriver
 
     # -- own broker -----------------------------------------------------------------------------
 
-    def _on_connect(self, client: gmqtt.Client, _flags: Any, _rc: Any, _props: Any) -> None:
-        client.subscribe(f"redy/{self.node}/#", qos=1)
+    def _on_connect(self) -> None:
+        self._announce = True  # a restarted broker may have lost what we published
+        self._dirty.set()
 
-    def _on_message(self, _c: Any, topic: str, payload: bytes, _qos: int, props: Any) -> int:
+    def _on_message(self, topic: str, payload: bytes, props: dict[str, Any]) -> None:
         try:
             msg = messages.decode(topic, payload)
         except InvalidMessage as exc:
             _log.warning("node=%s dropped invalid message: %s", self.node, exc)
-            return 0
+            return
         try:
-            self._inbox.put_nowait((topic, msg, dict(props or {})))
+            self._inbox.put_nowait((topic, msg, props))
         except asyncio.QueueFull:
             _log.warning("node=%s inbox full; dropped %s", self.node, topic)
-        return 0
 
-    async def publish_local(self, topic: str, msg: Any) -> None:
+    async def publish_local(self, topic: str, msg: Any) -> bool:
+        """Publish on our own broker (QoS and retain from the contract); False, logged, if the
+        broker did not take it in time."""
         spec, _ = CONTRACT.match(topic)
-        self._client.publish(topic, messages.encode(msg), qos=spec.qos, retain=spec.retained)
+        try:
+            await self._link.publish(
+                topic, messages.encode(msg), qos=spec.qos, retain=spec.retained
+            )
+        except DeliveryFailed as exc:
+            _log.warning("node=%s could not publish %s: %s", self.node, topic, exc.reason)
+            return False
+        return True
 
     def _descriptor(self) -> messages.NodeDescriptor:
         return messages.NodeDescriptor(
@@ -121,7 +140,7 @@ class Governance:
             response = props.get("response_topic")
             if isinstance(response, list):
                 response = response[0] if response else None
-            await self.overlay.on_request(msg, response)
+            self._spawn_peer_task(self.overlay.on_request(msg, response), msg.sender)
         elif isinstance(msg, messages.ShuffleReply) and self.overlay is not None:
             await self.overlay.on_reply(msg)
         elif isinstance(msg, messages.Gossip) and self.market is not None:
@@ -136,12 +155,41 @@ class Governance:
             )
             self._dirty.set()
 
+    def _spawn_peer_task(self, work: Coroutine[Any, Any, None], sender: str) -> None:
+        """Run a peer-facing handler beside the inbox, at most _PEER_HANDLERS at once."""
+        if len(self._peer_tasks) >= _PEER_HANDLERS:
+            work.close()
+            self.peer_dropped += 1
+            _log.warning(
+                "node=%s busy answering peers; dropped a request from %s (%d dropped)",
+                self.node,
+                sender,
+                self.peer_dropped,
+            )
+            return
+        task = asyncio.create_task(self._guarded(work, sender))
+        self._peer_tasks.add(task)
+        task.add_done_callback(self._peer_tasks.discard)
+
+    async def _guarded(self, work: Coroutine[Any, Any, None], sender: str) -> None:
+        try:
+            await work
+        except Exception:  # nothing a peer causes may end the node
+            _log.exception("node=%s failed answering %s", self.node, sender)
+
     async def _state_task(self) -> None:
         period = self.config.period_s
         while True:
+            # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancellation that
+            # arrives as the event is set, and the unit would never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), period)
+                async with asyncio.timeout(period):
+                    await self._dirty.wait()
             self._dirty.clear()
+            if self._announce and self._link.is_connected:
+                self._announce = not await self.publish_local(
+                    render("descriptor", node=self.node), self._descriptor()
+                )
             if self.market is None:
                 await self._dispatch()
             extra = self.market.state_fields() if self.market is not None else {}
@@ -166,9 +214,18 @@ class Governance:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; every connection is closed on the way out."""
-        await connect_with_backoff(self._client, self.config.broker)
+        connecting = asyncio.create_task(self._link.connect_retrying())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not connecting.done():  # stopped before the broker ever answered
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await connecting
+            await self._link.close()
+            return
+        connecting.result()  # a refusal of our credentials ends the unit here
         _log.info("node=%s governance connected to %s", self.node, self.config.broker)
-        await self.publish_local(render("descriptor", node=self.node), self._descriptor())
         links = None
         try:
             async with asyncio.TaskGroup() as tg:
@@ -176,12 +233,17 @@ class Governance:
                 if self.config.grid_broker:
                     links = await self._start_overlay(tg, tasks)
                 await stop.wait()
-                for t in tasks:
+                for t in [*tasks, *self._peer_tasks]:
                     t.cancel()
         finally:
             if links is not None:
                 await links.close_all()
-            await self._client.disconnect()
+            # A clean stop: say so before the session ends (the Will covers the unclean ones).
+            await self.publish_local(
+                render("node_state", node=self.node),
+                self.state.energy_state(self.config.sim_time_s(time.time()), status="offline"),
+            )
+            await self._link.close()
             _log.info("node=%s governance stopped", self.node)
 
     async def _start_overlay(self, tg: asyncio.TaskGroup, tasks: list[asyncio.Task[Any]]) -> Any:

@@ -96,6 +96,7 @@ class NodeState:
         price_eur_mwh: float | None = None,
         epoch: int | None = None,
         status: str = "local",
+        clock_offset_s: float | None = None,
     ) -> messages.NodeEnergyState:
         """The node's energy state now (only online units count)."""
         production = consumption = 0.0
@@ -148,6 +149,7 @@ class NodeState:
             epoch=epoch,
             price_eur_mwh=price_eur_mwh,
             status=status,
+            clock_offset_s=clock_offset_s,
             setpoint_kw=setpoint_kw,
         )
 

@@ -17,21 +17,23 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
-
-import gmqtt
 
 from redy import messages
 from redy.errors import InvalidMessage
 from redy.membership.cyclon import Cyclon, ShuffleOut
 from redy.membership.cyclon import ViewEntry as CoreEntry
 from redy.topics import render
+from redy.transport.client import AsyncLink, DeliveryFailed
 from redy.transport.peer_links import PeerLinks, PeerUnreachable
 
 _log = logging.getLogger(__name__)
 
-PublishLocal = Callable[[str, Any], Awaitable[None]]
+_PROBES = 10  # probes a lost neighbour may leave unanswered before it is forgotten
+
+PublishLocal = Callable[[str, Any], Awaitable[Any]]
 
 
 def _to_wire(entries: tuple[CoreEntry, ...] | list[CoreEntry]) -> tuple[messages.ViewEntry, ...]:
@@ -46,41 +48,52 @@ async def read_introducer(
     uri: str, user: str, password: str, client_id: str, timeout_s: float = 3.0
 ) -> tuple[messages.NodeDescriptor | None, messages.View | None]:
     """Read an introducer's retained descriptor and view from its grid listener."""
-    host, port = messages.parse_uri(uri)
     found: dict[str, Any] = {}
     got_both = asyncio.Event()
 
-    def on_message(_client: Any, topic: str, payload: bytes, _qos: int, _props: Any) -> int:
+    def on_message(topic: str, payload: bytes, _props: dict[str, Any]) -> None:
         try:
             msg = messages.decode(topic, payload)
         except InvalidMessage as exc:
             _log.warning("introducer %s sent an invalid message: %s", uri, exc)
-            return 0
+            return
         found[type(msg).__name__] = msg
         if "NodeDescriptor" in found and "View" in found:
             got_both.set()
-        return 0
 
-    client = gmqtt.Client(f"{client_id}-join", clean_session=True)
-    client.set_auth_credentials(user, password)
-    client.on_message = on_message
+    link = AsyncLink(
+        uri,
+        f"{client_id}-join",
+        user=user,
+        password=password,
+        timeout_s=timeout_s,
+        subscriptions=("redy/+/descriptor", "redy/+/membership/view"),
+        on_message=on_message,
+    )
     try:
-        await asyncio.wait_for(client.connect(host, port, keepalive=10), timeout_s)
-    except (TimeoutError, OSError, gmqtt.MQTTConnectError) as exc:
-        raise PeerUnreachable(uri, str(exc) or type(exc).__name__) from None
+        await link.connect()
+    except DeliveryFailed as exc:
+        raise PeerUnreachable(uri, exc.reason) from None
     try:
-        client.subscribe("redy/+/descriptor", qos=1)
-        client.subscribe("redy/+/membership/view", qos=1)
         # A fresh introducer may have no view yet: its descriptor is enough.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(got_both.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await got_both.wait()
     finally:
-        await client.disconnect()
+        await link.close()
     return found.get("NodeDescriptor"), found.get("View")
 
 
 class OverlayDriver:
-    """One node's membership over MQTT. `publish_local(topic, msg)` publishes on our own broker."""
+    """One node's membership over MQTT. `publish_local(topic, msg)` publishes on our own broker.
+
+    Beyond the core's view the driver remembers, in bounded lists, the nodes it has talked to
+    (`contacts`) and the neighbours it lost to a failed connection (`lost`). With an empty view it
+    asks its introducers again and probes those nodes every period; with a view it probes one of
+    them every `probe_every` periods. That is how each side of a partition rebuilds its own
+    overlay without the introducer, and how the two sides find each other again once the network
+    heals. A lost node that does not answer `_PROBES` probes is forgotten.
+    """
 
     def __init__(
         self,
@@ -96,6 +109,7 @@ class OverlayDriver:
         grid_password: str = "",
         state_expiry_s: int = 30,
         clock: Callable[[], float] = time.monotonic,
+        probe_every: int = 4,
     ) -> None:
         self.node = node
         self.grid_uri = grid_uri
@@ -107,25 +121,30 @@ class OverlayDriver:
         self._clock = clock
         self._pending: dict[int, float] = {}  # nonce -> deadline
         self._reply_topic = render("shuffle_reply", node=node)
-        self._introducer = introducer
+        self._introducers = [
+            u for u in (introducer or "").replace(" ", "").split(",") if u and u != grid_uri
+        ]
         self._grid_password = grid_password
         self._state_expiry_s = state_expiry_s
+        self._probe_every = probe_every
+        self._periods = 0
+        limit = 2 * core.view_size
+        self.contacts: _Recent = _Recent(limit)  # node -> broker, most recent last
+        self.lost: _Recent = _Recent(limit)  # neighbours lost to a failed connection
+        self._probes: dict[str, int] = {}  # lost node -> unanswered probes
 
     async def join(self) -> None:
-        """Seed the view from the introducer's retained descriptor and view (if reachable)."""
-        if not self._introducer or self._introducer == self.grid_uri:
+        """Seed the view from an introducer's retained descriptor and view (the first that
+        answers)."""
+        for uri in self._introducers:
+            try:
+                desc, view = await read_introducer(uri, "grid", self._grid_password, self.node)
+            except PeerUnreachable as exc:
+                _log.warning("node=%s introducer %s unreachable: %s", self.node, uri, exc.reason)
+                continue
+            self.seed(desc, view)
+            _log.info("node=%s joined through %s (%d entries)", self.node, uri, len(self.core))
             return
-        try:
-            desc, view = await read_introducer(
-                self._introducer, "grid", self._grid_password, self.node
-            )
-        except PeerUnreachable as exc:
-            _log.warning("node=%s introducer unreachable: %s", self.node, exc.reason)
-            return
-        self.seed(desc, view)
-        _log.info(
-            "node=%s joined through %s (%d entries)", self.node, self._introducer, len(self.core)
-        )
 
     @property
     def view(self) -> tuple[messages.ViewEntry, ...]:
@@ -139,10 +158,26 @@ class OverlayDriver:
         if view is not None:
             entries.extend(_from_wire(view.entries))
         self.core.seed(entries)
+        self._remember_view()
 
     async def publish_view(self) -> None:
+        self._remember_view()
         msg = messages.View(node=self.node, ts_s=time.time(), entries=self.view)
         await self._publish_local(render("view", node=self.node), msg)
+
+    def _remember_view(self) -> None:
+        for e in self.core.view:
+            self.contacts.put(e.node, e.broker)
+
+    def _alive(self, node: str, broker: str) -> None:
+        """`node` talked to us: it is a contact, not lost."""
+        self.contacts.put(node, broker)
+        self.lost.pop(node)
+        self._probes.pop(node, None)
+
+    def _lose(self, node: str, broker: str) -> None:
+        self.core.on_unreachable(node)
+        self.lost.put(node, broker)
 
     async def run(self) -> None:
         """Tick every period and expire unanswered requests, until cancelled."""
@@ -150,16 +185,45 @@ class OverlayDriver:
         await self.publish_view()
         while True:
             await asyncio.sleep(self._period_s)
-            await self._expire()
-            if not len(self.core):
-                await self.join()  # alone: ask the introducer again
-            out = self.core.tick(self._clock())
-            if out is not None:
-                await self._send_request(out)
-            await self.publish_view()
-            await self._links.keep_only({e.broker for e in self.core.view})
+            await self.step()
 
-    async def _expire(self) -> None:
+    async def step(self) -> None:
+        """One shuffle period."""
+        self._periods += 1
+        self._expire()
+        if not len(self.core):
+            await self.join()  # alone: ask the introducers again, then probe what we remember
+        out = self.core.tick(self._clock())
+        if out is not None:
+            await self._send_request(out)
+        if not len(self.core) or self._periods % self._probe_every == 0:
+            target = self._probe_target()
+            if target is not None:
+                await self._send_request(self.core.probe(target))
+        await self.publish_view()
+        await self._links.keep_only({e.broker for e in self.core.view})
+
+    def _probe_target(self) -> CoreEntry | None:
+        """A lost neighbour (oldest first), else a contact outside the view."""
+        in_view = set(self.core.neighbours())
+        for node, broker in self.lost.items():
+            if node in in_view:
+                continue
+            self.lost.put(node, broker)  # to the back: the next probe tries another
+            tries = self._probes.get(node, 0) + 1
+            if tries > _PROBES:
+                self.lost.pop(node)
+                self._probes.pop(node, None)
+                continue
+            self._probes[node] = tries
+            return CoreEntry(node, broker, 0)
+        for node, broker in self.contacts.items():
+            if node not in in_view:
+                self.contacts.put(node, broker)
+                return CoreEntry(node, broker, 0)
+        return None
+
+    def _expire(self) -> None:
         now = self._clock()
         for nonce, deadline in list(self._pending.items()):
             if now >= deadline:
@@ -186,16 +250,18 @@ class OverlayDriver:
                 "node=%s neighbour %s unreachable: %s", self.node, out.target.node, exc.reason
             )
             self.core.on_timeout(out.nonce)
-            self.core.on_unreachable(out.target.node)
+            self._lose(out.target.node, out.target.broker)
             return
         self._pending[out.nonce] = self._clock() + self._timeout_s
 
     async def push_state(self, state: messages.NodeEnergyState) -> None:
-        """Publish our energy state on every neighbour's broker (retained, expiring), which
-        doubles as a probe: a neighbour whose broker refuses us is dropped at once."""
+        """Publish our energy state on every neighbour's broker (retained, expiring), all at
+        once, each bounded by the links' timeout. It doubles as a probe: a neighbour whose
+        broker fails us is dropped at once."""
         payload = messages.encode(state)
-        changed = False
-        for entry in self.core.view:
+        view = self.core.view
+
+        async def push(entry: CoreEntry) -> bool:
             topic = render("neighbour_state", node=entry.node, peer=self.node)
             try:
                 await self._links.publish(
@@ -208,15 +274,19 @@ class OverlayDriver:
                 )
             except PeerUnreachable as exc:
                 _log.info("node=%s neighbour %s unreachable: %s", self.node, entry.node, exc.reason)
-                self.core.on_unreachable(entry.node)
-                changed = True
-        if changed:
+                self._lose(entry.node, entry.broker)
+                return False
+            return True
+
+        delivered = await asyncio.gather(*(push(e) for e in view))
+        if not all(delivered):
             await self.publish_view()
 
     async def on_request(
         self, request: messages.ShuffleRequest, response_topic: str | None
     ) -> None:
         """Answer a shuffle offer (even while our own is pending) on the sender's broker."""
+        self._alive(request.sender, request.broker)
         reply_entries = self.core.on_request(
             CoreEntry(node=request.sender, broker=request.broker, age=0),
             _from_wire(request.entries),
@@ -229,7 +299,7 @@ class OverlayDriver:
             await self._links.publish(request.broker, topic, messages.encode(reply), qos=1)
         except PeerUnreachable as exc:
             _log.info("node=%s cannot answer %s: %s", self.node, request.sender, exc.reason)
-            self.core.on_unreachable(request.sender)
+            self._lose(request.sender, request.broker)
         await self.publish_view()
 
     async def on_reply(self, reply: messages.ShuffleReply) -> None:
@@ -239,4 +309,36 @@ class OverlayDriver:
             )
             return
         self.core.on_reply(reply.nonce, _from_wire(reply.entries))
+        broker = self.lost.get(reply.sender) or self.contacts.get(reply.sender)
+        if broker is not None:
+            self._alive(reply.sender, broker)
         await self.publish_view()
+
+
+class _Recent:
+    """A bounded map node -> broker URI; `put` moves a node to the back, the front is evicted."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._d: OrderedDict[str, str] = OrderedDict()
+
+    def put(self, node: str, broker: str) -> None:
+        self._d.pop(node, None)
+        self._d[node] = broker
+        while len(self._d) > self.limit:
+            self._d.popitem(last=False)
+
+    def pop(self, node: str) -> None:
+        self._d.pop(node, None)
+
+    def get(self, node: str) -> str | None:
+        return self._d.get(node)
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._d.items())
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __contains__(self, node: object) -> bool:
+        return node in self._d

@@ -1,0 +1,237 @@
+"""The asyncio MQTT client layer (gmqtt, MQTT 5): one place that connects, one that publishes.
+
+Every asyncio connection of the project goes through `AsyncLink`: the governance unit's session
+with its own broker, its links to neighbours' grid listeners (`redy.transport.peer_links`) and
+the one-shot reads of an introducer. What it guarantees:
+
+- `connect()` is bounded by a timeout on the CONNACK (a broker that accepts TCP and then stalls
+  costs one timeout), and `connect_retrying()` retries with `Backoff`, the project's one
+  reconnect policy (jittered exponential, also used by the launcher's respawns);
+- `publish()` awaits the broker's PUBACK for QoS 1 within a timeout; a full in-flight window
+  (gmqtt's `OverflowError`), a timeout, a broken socket or any other exception of the client
+  library becomes `DeliveryFailed`, the one exception a caller has to expect. Nothing a broker
+  does or fails to do escapes as another exception.
+
+Timeouts use `asyncio.timeout`, never `asyncio.wait_for`: in Python 3.11 wait_for can swallow a
+cancellation that arrives as the awaited thing completes, and a unit would then never stop.
+
+gmqtt gives no handle on a publish's acknowledgement, so `_AckingClient` records the packet id of
+each QoS 1 publish and resolves a future when gmqtt drops the stored packet on PUBACK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import gmqtt
+
+from redy.errors import BrokerError
+from redy.messages import parse_uri
+
+_log = logging.getLogger(__name__)
+
+
+class DeliveryFailed(BrokerError):
+    """A connect or publish that did not complete: refused, timed out, window full, link lost."""
+
+    def __init__(self, uri: str, reason: str) -> None:
+        super().__init__(f"broker {uri}: {reason}")
+        self.uri = uri
+        self.reason = reason
+
+
+class Backoff:
+    """Jittered exponential backoff: the n-th delay is uniform in [d/2, d], d = min(cap,
+    first * 2**n) ("equal jitter"), so many clients that lost the same broker do not return in
+    lockstep. `reset()` after a success."""
+
+    def __init__(
+        self, first_s: float = 0.2, cap_s: float = 10.0, rng: random.Random | None = None
+    ) -> None:
+        self.first_s = first_s
+        self.cap_s = cap_s
+        self._rng = rng or random.Random()
+        self.attempts = 0
+
+    def next_delay(self) -> float:
+        d = min(self.cap_s, self.first_s * 2**self.attempts)
+        self.attempts += 1
+        return self._rng.uniform(d / 2, d)
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+class _AckingClient(gmqtt.Client):
+    """gmqtt.Client whose QoS 1 publishes can be awaited until their PUBACK."""
+
+    def __init__(self, client_id: str, **kwargs: Any) -> None:
+        super().__init__(client_id, **kwargs)
+        self._acks: dict[int, asyncio.Future[None]] = {}
+
+    def publish_mid(self, message: gmqtt.Message) -> int:
+        mid, package = self._connection.publish(message)
+        if message.qos > 0:
+            self._persistent_storage.push_message(mid, package)
+        return int(mid)
+
+    def _remove_message_from_queue(self, mid: int) -> None:  # called by gmqtt on PUBACK
+        super()._remove_message_from_queue(mid)
+        fut = self._acks.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def ack_future(self, mid: int) -> asyncio.Future[None]:
+        fut = asyncio.get_running_loop().create_future()
+        self._acks[mid] = fut
+        return fut
+
+    def forget(self, mid: int) -> None:
+        self._acks.pop(mid, None)
+
+
+OnMessage = Callable[[str, bytes, dict[str, Any]], None]
+
+
+class AsyncLink:
+    """One MQTT 5 connection to one broker.
+
+    `on_message(topic, payload, properties)` runs in the event loop for every message of the
+    subscriptions; `subscriptions` are renewed on every (re)connect. `reconnect` lets gmqtt
+    re-establish a lost session by itself (the governance's own broker); peer links leave it off
+    and are re-opened on demand.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        client_id: str,
+        *,
+        user: str,
+        password: str,
+        timeout_s: float = 2.0,
+        keepalive_s: int = 5,
+        subscriptions: tuple[str, ...] = (),
+        on_message: OnMessage | None = None,
+        will: gmqtt.Message | None = None,
+        reconnect: bool = False,
+        on_connect: Callable[[], None] | None = None,
+    ) -> None:
+        self.uri = uri
+        self._host, self._port = parse_uri(uri)
+        self.timeout_s = timeout_s
+        self._keepalive_s = keepalive_s
+        self._subscriptions = subscriptions
+        self._on_message = on_message
+        self._on_connect_cb = on_connect
+        self._client = _AckingClient(client_id, clean_session=True, will_message=will)
+        self._client.set_auth_credentials(user, password)
+        if not reconnect:  # gmqtt's default is to retry forever, every reconnect_delay
+            self._client.set_config({"reconnect_retries": 0, "reconnect_delay": 1})
+        self._client.on_connect = self._connected
+        self._client.on_message = self._message
+
+    @property
+    def is_connected(self) -> bool:
+        return bool(self._client.is_connected)
+
+    def _connected(self, client: gmqtt.Client, *_: Any) -> None:
+        for topic in self._subscriptions:
+            client.subscribe(topic, qos=1)
+        if self._on_connect_cb is not None:
+            self._on_connect_cb()
+
+    def _message(self, _c: Any, topic: str, payload: bytes, _qos: int, props: Any) -> int:
+        if self._on_message is not None:
+            try:
+                self._on_message(topic, payload, dict(props or {}))
+            except Exception:  # a handler bug must not kill gmqtt's reader
+                _log.exception("handling a message on %s from %s", topic, self.uri)
+        return 0
+
+    async def connect(self) -> None:
+        """Connect once; DeliveryFailed if refused, unreachable or no CONNACK in time."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self._client.connect(self._host, self._port, keepalive=self._keepalive_s)
+        except TimeoutError:
+            await self.close()
+            raise DeliveryFailed(self.uri, f"no CONNACK within {self.timeout_s:g} s") from None
+        except Exception as exc:  # OSError, MQTTConnectError and whatever a broken peer provokes
+            await self.close()
+            raise DeliveryFailed(self.uri, _reason(exc)) from None
+
+    async def connect_retrying(self, *, attempts: int = 0, backoff: Backoff | None = None) -> None:
+        """Connect, retrying with `backoff` (forever when `attempts` is 0); a refusal of our
+        credentials is final (BrokerError)."""
+        backoff = backoff or Backoff()
+        n = 0
+        while True:
+            n += 1
+            try:
+                await self.connect()
+                return
+            except DeliveryFailed as exc:
+                if "not authorised" in exc.reason.lower() or "bad user" in exc.reason.lower():
+                    raise BrokerError(f"broker {self.uri} refused us: {exc.reason}") from None
+                if attempts and n >= attempts:
+                    raise
+                delay = backoff.next_delay()
+                _log.warning("%s; retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        timeout_s: float | None = None,
+        **properties: Any,
+    ) -> None:
+        """Publish and, for QoS 1, wait for the PUBACK; DeliveryFailed otherwise."""
+        if not self.is_connected:
+            raise DeliveryFailed(self.uri, "not connected")
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        try:
+            mid = self._client.publish_mid(
+                gmqtt.Message(topic, payload, qos=qos, retain=retain, **properties)
+            )
+        except OverflowError:
+            raise DeliveryFailed(self.uri, "in-flight window full (no PUBACKs)") from None
+        except Exception as exc:
+            raise DeliveryFailed(self.uri, _reason(exc)) from None
+        if qos == 0:
+            return
+        fut = self._client.ack_future(mid)
+        try:
+            async with asyncio.timeout(timeout):
+                await fut
+        except TimeoutError:
+            raise DeliveryFailed(self.uri, f"no PUBACK within {timeout:g} s") from None
+        finally:
+            self._client.forget(mid)
+
+    async def close(self) -> None:
+        try:
+            async with asyncio.timeout(1.0):
+                await self._client.disconnect()
+        except (
+            Exception
+        ) as exc:  # a dead peer's socket may fail in many ways; it is gone either way
+            _log.debug("closing link to %s: %s", self.uri, exc)
+        with contextlib.suppress(Exception):
+            transport = getattr(self._client._connection, "_transport", None)
+            if transport is not None:
+                transport.abort()
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

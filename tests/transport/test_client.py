@@ -1,0 +1,161 @@
+"""The asyncio client layer against real brokers and against listeners that misbehave on purpose:
+every failure is a DeliveryFailed within its timeout, never another exception."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from redy.transport.client import AsyncLink, Backoff, DeliveryFailed
+from redy.transport.peer_links import PeerLinks, PeerUnreachable
+
+pytestmark = pytest.mark.integration
+
+
+def _grid_link(broker: Any, timeout_s: float = 0.5) -> AsyncLink:
+    return AsyncLink(
+        broker.config.grid_uri,
+        broker.config.node,
+        user="grid",
+        password=broker.credentials.grid_password,
+        timeout_s=timeout_s,
+    )
+
+
+async def test_publish_waits_for_the_puback_of_a_real_broker(process_broker: Any) -> None:
+    broker = process_broker("gas-1")
+    link = _grid_link(broker)
+    await link.connect()
+    try:
+        for _ in range(50):  # far beyond Mosquitto's in-flight window of 20
+            await link.publish("redy/gas-1/grid/gossip", b"{}", qos=1)
+    finally:
+        await link.close()
+
+
+async def test_a_stopped_broker_is_a_failed_delivery_not_an_overflow(process_broker: Any) -> None:
+    broker = process_broker("gas-1")
+    link = _grid_link(broker, timeout_s=0.3)
+    await link.connect()
+    os.kill(broker.pid, signal.SIGSTOP)
+    try:
+        failures: list[str] = []
+        for _ in range(30):  # without awaited PUBACKs the 21st publish raised OverflowError
+            try:
+                await link.publish("redy/gas-1/grid/gossip", b"{}", qos=1)
+            except DeliveryFailed as exc:
+                failures.append(exc.reason)
+        assert len(failures) == 30
+        assert all("PUBACK" in r or "window" in r for r in failures), failures[:3]
+    finally:
+        os.kill(broker.pid, signal.SIGCONT)
+        await link.close()
+
+
+@asynccontextmanager
+async def _listener(handler: Callable[..., Any]) -> AsyncIterator[int]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield port
+    finally:
+        server.close()
+
+
+async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Accepts TCP and never answers (a stalled broker, or a hostile one)."""
+    await reader.read(-1)
+
+
+# CONNACK, MQTT 5: flags 0, reason 0, properties {Receive Maximum (0x21): 2}.
+_CONNACK_RECEIVE_MAX_2 = bytes([0x20, 0x06, 0x00, 0x00, 0x03, 0x21, 0x00, 0x02])
+
+
+async def _acks_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers CONNECT with Receive Maximum 2, then never acknowledges a publish."""
+    await reader.read(1024)
+    writer.write(_CONNACK_RECEIVE_MAX_2)
+    await writer.drain()
+    await reader.read(-1)
+
+
+async def test_a_listener_that_never_connacks_costs_one_timeout() -> None:
+    async with _listener(_silent) as port:
+        link = AsyncLink(f"mqtt://127.0.0.1:{port}", "x", user="u", password="p", timeout_s=0.3)
+        t0 = time.monotonic()
+        with pytest.raises(DeliveryFailed, match="no CONNACK"):
+            await link.connect()
+        assert time.monotonic() - t0 < 2.0
+
+
+async def test_receive_maximum_2_and_no_acks_never_raise_overflow() -> None:
+    async with _listener(_acks_nothing) as port:
+        link = AsyncLink(f"mqtt://127.0.0.1:{port}", "x", user="u", password="p", timeout_s=0.2)
+        await link.connect()
+        outcomes = []
+        for _ in range(10):
+            try:
+                await link.publish("t", b"x", qos=1)
+                outcomes.append("ok")
+            except DeliveryFailed as exc:
+                outcomes.append(exc.reason)
+        await link.close()
+    assert "ok" not in outcomes
+    assert any("window full" in o for o in outcomes), outcomes
+
+
+async def test_peer_links_remember_a_bad_broker_and_fail_fast() -> None:
+    async with _listener(_silent) as port:
+        links = PeerLinks("me", "grid", "pw", timeout_s=0.3, cooldown_s=30)
+        uri = f"mqtt://127.0.0.1:{port}"
+        t0 = time.monotonic()
+        with pytest.raises(PeerUnreachable):
+            await links.publish(uri, "redy/x/grid/gossip", b"{}")
+        first = time.monotonic() - t0
+        t1 = time.monotonic()
+        for _ in range(5):
+            with pytest.raises(PeerUnreachable, match="failed recently"):
+                await links.publish(uri, "redy/x/grid/gossip", b"{}")
+        assert first >= 0.3
+        assert time.monotonic() - t1 < first  # five later sends cost less than the first one
+
+
+async def test_concurrent_pushes_to_a_stalled_and_a_live_peer(process_broker: Any) -> None:
+    """A stalled peer delays nobody: the live peer's PUBACK arrives while the other times out."""
+    live = process_broker("gas-1")
+    async with _listener(_silent) as port:
+        links = PeerLinks("me", "grid", live.credentials.grid_password, timeout_s=1.0)
+        done: dict[str, float] = {}
+        t0 = time.monotonic()
+
+        async def push(name: str, uri: str, topic: str) -> None:
+            with contextlib.suppress(PeerUnreachable):
+                await links.publish(uri, topic, b"{}")
+            done[name] = time.monotonic() - t0
+
+        await asyncio.gather(
+            push("stalled", f"mqtt://127.0.0.1:{port}", "redy/x/grid/gossip"),
+            push("live", live.config.grid_uri, "redy/gas-1/grid/gossip"),
+        )
+        await links.close_all()
+    assert done["live"] < done["stalled"]
+    assert done["stalled"] >= 1.0
+
+
+def test_backoff_is_jittered_exponential_and_capped() -> None:
+    b = Backoff(first_s=0.1, cap_s=2.0, rng=random.Random(1))
+    delays = [b.next_delay() for _ in range(8)]
+    for n, d in enumerate(delays):
+        top = min(2.0, 0.1 * 2**n)
+        assert top / 2 <= d <= top
+    b.reset()
+    assert b.next_delay() <= 0.1
