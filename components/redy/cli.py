@@ -7,7 +7,6 @@ Each command lives in the module of what it drives and is imported only when it 
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 from typing import Any
 
@@ -58,18 +57,23 @@ class _LazyGroup(click.Group):
 @click.option(
     "--verbose", "-v", is_flag=True, help="Log every event, not just the ones that matter."
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    envvar="REDY_LOG_FORMAT",
+    help="Log lines as text (default) or JSON lines; launched processes inherit it.",
+)
 @click.version_option(package_name="redy")
-def cli(verbose: bool) -> None:
-    """ReDy Grid: a reliable, dynamic, fully decentralized data network for the smart grid."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    # gmqtt logs every packet at INFO; our own lines say what matters.
-    logging.getLogger("gmqtt").setLevel(logging.DEBUG if verbose else logging.WARNING)
-    # testcontainers says "Pulling image" on every start, even when nothing is pulled.
-    logging.getLogger("testcontainers").setLevel(logging.DEBUG if verbose else logging.WARNING)
+def cli(verbose: bool, log_format: str | None) -> None:
+    """ReDy Grid: a reliable, dynamic, fully decentralized data network for the smart grid.
+
+    Tools that talk to a broker read --broker, --user, --password and --credentials from
+    REDY_BROKER, REDY_USER, REDY_PASSWORD and REDY_CREDENTIALS when they are not given.
+    """
+    from redy.logformat import configure
+
+    configure(verbose, log_format)
 
 
 def main(argv: list[str] | None = None) -> Any:
