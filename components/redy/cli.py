@@ -21,6 +21,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "topic": ("redy.tools:topic", "List, echo, publish and measure topics (like ros2 topic)."),
     "node": ("redy.tools:node", "List the nodes reachable from a broker, or one node's units."),
     "view": ("redy.tools:view", "Print a node's retained membership view."),
+    "grid": ("redy.launch.generate:grid", "Generate launch files for grids of any size."),
     "sim": ("redy.sim.commands:sim", "Simulate membership or balancing for many nodes."),
     "detection": ("redy.units.commands:detection", "Run one detection unit process."),
     "action": ("redy.units.commands:action", "Run one action unit process."),
