@@ -53,5 +53,7 @@ def configure(verbose: bool = False, log_format: str | None = None) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # gmqtt logs every packet at INFO; our own lines say what matters.
     logging.getLogger("gmqtt").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # matplotlib announces its font cache at INFO on first use.
+    logging.getLogger("matplotlib").setLevel(logging.DEBUG if verbose else logging.WARNING)
     # testcontainers says "Pulling image" on every start, even when nothing is pulled.
     logging.getLogger("testcontainers").setLevel(logging.DEBUG if verbose else logging.WARNING)
