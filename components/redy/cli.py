@@ -23,6 +23,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "view": ("redy.tools:view", "Print a node's retained membership view."),
     "grid": ("redy.launch.generate:grid", "Generate launch files for grids of any size."),
     "sim": ("redy.sim.commands:sim", "Simulate membership or balancing for many nodes."),
+    "dashboard": ("redy.dashboard.commands:dashboard", "Serve a live web page of the grid."),
     "detection": ("redy.units.commands:detection", "Run one detection unit process."),
     "action": ("redy.units.commands:action", "Run one action unit process."),
     "governance": ("redy.units.commands:governance", "Run one governance unit process."),
