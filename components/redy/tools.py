@@ -32,13 +32,14 @@ _CONNECT_TIMEOUT_S = 5.0
 class _Received:
     """One message as the tools see it."""
 
-    __slots__ = ("payload", "retained", "t_s", "topic")
+    __slots__ = ("payload", "retained", "t_ns", "t_s", "topic")
 
     def __init__(self, topic: str, payload: bytes, retained: bool) -> None:
         self.topic = topic
         self.payload = payload
         self.retained = retained
         self.t_s = time.monotonic()
+        self.t_ns = time.time_ns()  # wall clock, for recordings
 
 
 def _password(user: str, password: str | None, credentials: str | None) -> str:
@@ -60,9 +61,13 @@ def _password(user: str, password: str | None, credentials: str | None) -> str:
 
 @contextmanager
 def _client(
-    broker: str, user: str, password: str, inbox: queue.Queue[_Received] | None = None
+    broker: str,
+    user: str | None,
+    password: str | None,
+    inbox: queue.Queue[_Received] | None = None,
 ) -> Iterator[mqtt.Client]:
-    """A connected paho client (MQTT 5), its network loop in a thread; BrokerError if refused."""
+    """A connected paho client (MQTT 5), its network loop in a thread; BrokerError if refused.
+    `user` None connects anonymously (a replay broker that allows it)."""
     host, port = messages.parse_uri(broker)
     connected = threading.Event()
     outcome: dict[str, str] = {}
@@ -71,7 +76,8 @@ def _client(
         client_id=f"redy-cli-{secrets.token_hex(4)}",
         protocol=mqtt.MQTTv5,
     )
-    client.username_pw_set(user, password)
+    if user is not None:
+        client.username_pw_set(user, password)
 
     def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         outcome["reason"] = str(reason)
