@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import socket
@@ -65,18 +66,33 @@ def _pid_of(pattern: str) -> int:
 
 
 def _state(url: str) -> dict:
-    with urllib.request.urlopen(url + "api/state", timeout=10) as r:
-        return json.loads(r.read())
+    try:
+        with urllib.request.urlopen(url + "api/state", timeout=60) as r:
+            return json.loads(r.read())
+    except OSError:  # a grid still starting can starve the server for a while
+        return {"nodes": [], "edges": []}
 
 
 def _read_events(url: str, stop: threading.Event, count: list[int]) -> None:
-    with urllib.request.urlopen(url + "events", timeout=30) as r:
+    with urllib.request.urlopen(url + "events", timeout=120) as r:
         while not stop.is_set():
             line = r.readline()
             if not line:
                 return
             if line.startswith(b"data: "):
                 count[0] += 1
+
+
+def _grid_cost(state: Path) -> str:
+    """CPU and PSS of the compose containers and brokers of the launch, per node."""
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True)
+    pids = [int(ln.split()[0]) for ln in out.stdout.splitlines()
+            if str(state) in ln and ("redy.launch.container" in ln or "mosquitto" in ln)]  # fmt: skip
+    cpu0 = {p: _cpu_s(p) for p in pids}
+    time.sleep(5)
+    cpu = sum(_cpu_s(p) - cpu0[p] for p in pids) / 5
+    pss = sum(_kb(p, "Pss:", "smaps_rollup") for p in pids) / 1024
+    return f"{len(pids)} processes, CPU {cpu * 100:.0f} % of a core, PSS {pss:.0f} MiB in all"
 
 
 def main() -> None:
@@ -118,7 +134,8 @@ def main() -> None:
                 if up >= args.nodes + 1:
                     break
                 time.sleep(2)
-            print(f"{up} of {args.nodes + 1} nodes up after {time.monotonic() - t0:.0f} s")
+            print(f"{up} of {args.nodes + 1} nodes up after {time.monotonic() - t0:.0f} s; "
+                  f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")  # fmt: skip
             stop, events = threading.Event(), [0]
             reader = threading.Thread(target=_read_events, args=(url, stop, events), daemon=True)
             reader.start()
@@ -139,6 +156,7 @@ def main() -> None:
             d, g = "dashboard", "governance unit (probe-1)"
             print(f"  dashboard served {len(snap['nodes'])} nodes, {len(snap['edges'])} overlay "
                   f"edges, {events[0] - ev0} SSE updates in {args.seconds:g} s")  # fmt: skip
+            print(f"load average {os.getloadavg()[0]:.1f}; grid: " + _grid_cost(state))
             print(f"dashboard / governance unit: CPU {cpu[d] / cpu[g]:.2f}x, "
                   f"RSS {rss[d] / rss[g]:.2f}x, PSS {pss[d] / pss[g]:.2f}x")  # fmt: skip
         finally:

@@ -16,6 +16,7 @@ from redy.errors import RedyError
 
 # name -> "module:attribute" of a click command or group; imported on first use.
 _COMMANDS: dict[str, tuple[str, str]] = {
+    "ha": ("redy.homeassistant:ha", "Home Assistant MQTT discovery from topics.yaml."),
     "launch": ("redy.launch.commands:launch", "Run a launch file: brokers, governance and units."),
     "bag": ("redy.bag:bag", "Record a broker's traffic to MCAP, replay it, describe it."),
     "broker": ("redy.brokers:broker", "Render, run and inspect a node's Mosquitto broker."),

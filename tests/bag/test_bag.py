@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -41,20 +40,8 @@ def _retained(mqtt_client: Any, port: int, user: str | None, password: str | Non
     return got
 
 
-def _replay_broker(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
-    conf = tmp_path / "replay.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while subprocess.run(["mosquitto_pub", "-p", str(port), "-t", "probe", "-n"],
-                         capture_output=True).returncode != 0:  # fmt: skip
-        assert time.monotonic() < deadline, "replay broker did not start"
-        time.sleep(0.1)
-    return proc
-
-
 def test_record_info_and_play_reproduce_the_retained_state(
-    process_broker: Any, mqtt_client: Any, tmp_path: Path, free_port: Any
+    process_broker: Any, mqtt_client: Any, tmp_path: Path, plain_broker: Any
 ) -> None:
     b = process_broker("house-1", {"meter": "detection"})
     gov = mqtt_client(b.port, "governance", b.credentials.password("governance"))
@@ -101,20 +88,15 @@ def test_record_info_and_play_reproduce_the_retained_state(
     meas = info["topics"][render("measurement", node="house-1", unit="meter")]
     assert meas == {"type": "Measurement", "count": 3, "retained": False}
 
-    port = free_port()
-    fresh = _replay_broker(tmp_path, port)
-    try:
-        played = subprocess.run(
-            [*REDY, "bag", "play", str(out), "--broker", f"mqtt://127.0.0.1:{port}", "--rate", "0"],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert played.returncode == 0, played.stderr
-        truth = _retained(mqtt_client, b.port, "operator", b.credentials.password("operator"))
-        assert _retained(mqtt_client, port, None, None) == truth
-        assert messages.decode(state_topic, truth[state_topic]).epoch == 2
-    finally:
-        fresh.terminate()
-        fresh.wait(10)
+    port = plain_broker()
+    played = subprocess.run(
+        [*REDY, "bag", "play", str(out), "--broker", f"mqtt://127.0.0.1:{port}", "--rate", "0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert played.returncode == 0, played.stderr
+    truth = _retained(mqtt_client, b.port, "operator", b.credentials.password("operator"))
+    assert _retained(mqtt_client, port, None, None) == truth
+    assert messages.decode(state_topic, truth[state_topic]).epoch == 2
 
 
 def test_a_file_that_is_not_a_recording_is_one_clear_error(tmp_path: Path) -> None:
