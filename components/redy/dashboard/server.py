@@ -189,7 +189,10 @@ class WebServer:
         self.sock = sock
         host, port = sock.getsockname()[:2]
         self.url = f"http://{host}:{port}/"
-        config = uvicorn.Config(make_app(feed), log_level="warning", lifespan="off")
+        # open event streams never end by themselves: give them 2 s on shutdown, then close
+        config = uvicorn.Config(
+            make_app(feed), log_level="warning", lifespan="off", timeout_graceful_shutdown=2
+        )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
