@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -146,3 +147,31 @@ def test_the_bridge_section_sends_the_node_out_and_lets_nothing_in() -> None:
     topics = [line for line in conf.splitlines() if line.startswith("topic ")]
     assert topics == ["topic redy/house-1/# out 1"]
     assert "address 10.0.0.5:1883" in conf and "remote_password secret" in conf
+
+
+@pytest.mark.e2e
+def test_a_launch_file_bridges_its_node_to_the_site_broker(
+    tmp_path: Path, mqtt_client: Any, plain_broker: Any, free_port: Any
+) -> None:
+    site_port = plain_broker()
+    port = free_port()
+    f = tmp_path / "solo.yaml"
+    f.write_text(f"""\
+launch:
+  - broker: {{node: solo, port: {port}, grid_port: {free_port()}, site_broker: "mqtt://127.0.0.1:{site_port}"}}
+  - governance: {{node: solo, kind: eco_house, distant: false, period_s: 0.3}}
+  - detection: {{node: solo, name: meter, device: household_load, period_s: 0.3}}
+""")
+    site = mqtt_client(site_port, None, None)
+    site.subscribe("redy/#")
+    launch = subprocess.Popen(
+        [*REDY, "launch", str(f), "--duration", "30", "--state-dir", str(tmp_path / "s")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        state = site.wait_for(render("unit_state", node="solo", unit="meter"), timeout_s=30)
+        assert messages.decode(state.topic, state.payload).state == "online"
+        site.wait_for(render("measurement", node="solo", unit="meter"), timeout_s=10)
+    finally:
+        launch.terminate()
+        launch.wait(30)
