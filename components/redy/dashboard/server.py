@@ -36,6 +36,7 @@ _TOPICS = (
     "redy/+/membership/view",
 )
 _PUSH_PERIOD_S = 1.0
+_REFRESH_S = 5.0  # a snapshot at least this often, even with no news
 _LISTENER = re.compile(r"^listener\s+(\d+)\s+(\S+)", re.M)
 
 
@@ -138,12 +139,12 @@ def make_app(feed: Feed) -> Any:
 
     async def events(request: Request) -> StreamingResponse:
         async def stream() -> AsyncIterator[bytes]:
-            sent = -1
+            sent, sent_at = -1, 0.0
             while not await request.is_disconnected():
                 snap = feed.snapshot()
-                # liveness also changes with time alone (stale), so resend every 5 s regardless
-                if snap["version"] != sent or int(time.monotonic()) % 5 == 0:
-                    sent = snap["version"]
+                # liveness also changes with time alone (stale), so resend now and then anyway
+                if snap["version"] != sent or time.monotonic() - sent_at >= _REFRESH_S:
+                    sent, sent_at = snap["version"], time.monotonic()
                     yield b"data: " + orjson.dumps(snap) + b"\n\n"
                 await asyncio.sleep(_PUSH_PERIOD_S)
 
