@@ -5,8 +5,10 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PYTHON ?= python3
-APT_PACKAGES := mosquitto mosquitto-clients docker.io python3-venv python3-pip iproute2 iptables faketime
+APT_PACKAGES := mosquitto mosquitto-clients docker.io python3-venv python3-pip iproute2 iptables faketime chromium chromium-driver
 DEMO_DURATION ?= 90
+# The live web page (redy dashboard) of the demo; its address is printed at start.
+DEMO_WEB_PORT ?= 8050
 
 .PHONY: demo test deps venv docker image lint typecheck pytest clean
 
@@ -46,7 +48,7 @@ pytest: venv image
 test: deps venv image lint typecheck pytest
 
 demo: deps venv
-	$(VENV)/bin/redy launch launch/figure3.yaml --duration $(DEMO_DURATION) --table
+	$(VENV)/bin/redy launch launch/figure3.yaml --duration $(DEMO_DURATION) --table --web $(DEMO_WEB_PORT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

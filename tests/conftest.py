@@ -286,3 +286,32 @@ def mqtt_client() -> Iterator[Callable[..., Client]]:
             return c
 
         yield make
+
+
+# --- plain brokers ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def plain_broker(tmp_path: Path) -> Iterator[Callable[[], int]]:
+    """plain_broker() -> the port of a fresh anonymous Mosquitto on 127.0.0.1 (no accounts, no
+    persistence): a site broker such as Home Assistant's, or a broker to replay a recording
+    into. Stopped after the test whatever happens."""
+    with contextlib.ExitStack() as stack:
+
+        def start() -> int:
+            port = _free_port()
+            conf = tmp_path / f"plain-{port}.conf"
+            conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+            proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
+            stack.callback(proc.wait, 10)
+            stack.callback(proc.terminate)
+            deadline = time.monotonic() + 10
+            while True:
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", port)) == 0:
+                        return port
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"plain mosquitto on {port} did not start")
+                time.sleep(0.05)
+
+        yield start

@@ -38,7 +38,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from redy import messages
-from redy.errors import BrokerError
+from redy.errors import BrokerError, InvalidMessage
 from redy.topics import CONTRACT, UNIT_ROLES, check_id, grid_acl, local_acl
 
 DEFAULT_IMAGE = "redy/mosquitto:2"
@@ -57,6 +57,51 @@ def image_name() -> str:
 
 
 @attrs.frozen
+class SiteBridge:
+    """A one-way Mosquitto bridge from a node's broker to a site broker (Home Assistant's, say):
+    the node's topics go out, nothing comes back in, so the site can read the node and never
+    write to it. Bridges are fixed at broker start (Mosquitto 2.0 cannot add them at run time)."""
+
+    uri: str = attrs.field()
+    username: str | None = None
+    password: str | None = None
+
+    @uri.validator
+    def _check_uri(self, _attribute: Any, uri: str) -> None:
+        from redy.messages import parse_uri
+
+        try:
+            parse_uri(uri)
+        except InvalidMessage as exc:
+            raise BrokerError(f"site broker: {exc}") from None
+
+
+def bridge_conf(node: str, site: SiteBridge) -> str:
+    """The bridge section of a node's mosquitto.conf: `redy/<node>/#` out to the site, QoS 1,
+    retained messages kept retained (MQTT 5 bridge), no topic in."""
+    from redy.messages import parse_uri
+
+    host, port = parse_uri(site.uri)
+    lines = [
+        "",
+        "# Bridge to the site broker: this node's topics out, nothing in (read-only toward the node).",
+        f"connection redy-site-{node}",
+        f"address {host}:{port}",
+        f"remote_clientid redy-bridge-{node}",
+        "bridge_protocol_version mqttv50",
+        "cleansession true",
+        "notifications false",
+        "try_private false",
+        f"topic redy/{node}/# out 1",
+    ]
+    if site.username is not None:
+        lines.append(f"remote_username {site.username}")
+    if site.password is not None:
+        lines.append(f"remote_password {site.password}")
+    return "\n".join(lines) + "\n"
+
+
+@attrs.frozen
 class NodeBroker:
     """What a node's broker is: its id, ports, units (name -> role) and where its files live."""
 
@@ -68,6 +113,7 @@ class NodeBroker:
     bind: str = "127.0.0.1"  # the local listener (units, governance, operators)
     grid_bind: str | None = None  # the grid listener (peers); default: `bind`
     advertise: str | None = None  # host peers dial for the grid listener; default: `grid_bind`
+    site: SiteBridge | None = None  # a one-way bridge of this node's topics to a site broker
 
     @units.validator
     def _check_units(self, _attribute: Any, units: Mapping[str, str]) -> None:
@@ -298,14 +344,22 @@ def render(broker: NodeBroker) -> Credentials:
         # A safety net behind the codec's own limit: room for the topic and MQTT 5 properties.
         "max_packet_size": 2 * CONTRACT.max_payload_bytes,
     }
-    (d / "mosquitto.conf").write_text(
-        _template().format(
-            **common, user=getpass.getuser(), data_dir=d / "data", conf_dir=d.resolve()
-        )
-    )
-    (d / "container.conf").write_text(
-        _template().format(**common, user="root", data_dir=_CONTAINER_DATA, conf_dir=_CONTAINER_DIR)
-    )
+    bridge = bridge_conf(broker.node, broker.site) if broker.site else ""
+    for name, values in (
+        (
+            "mosquitto.conf",
+            {"user": getpass.getuser(), "data_dir": d / "data", "conf_dir": d.resolve()},
+        ),
+        (
+            "container.conf",
+            {"user": "root", "data_dir": _CONTAINER_DATA, "conf_dir": _CONTAINER_DIR},
+        ),
+    ):
+        text = _template().format(**common, **values) + bridge
+        if bridge:  # it may hold the site's password: owner-only, like credentials.json
+            _write_private(d / name, text.encode())
+        else:
+            (d / name).write_text(text)
     return Credentials(users=users, grid_password=grid)
 
 
@@ -769,6 +823,14 @@ def broker() -> None:
     callback=_unit_option,
     help="A unit account (role detection or action); repeat for each unit.",
 )
+@click.option(
+    "--site-broker",
+    default=None,
+    envvar="REDY_SITE_BROKER",
+    help="Bridge this node's topics, one way, to a site broker (e.g. Home Assistant's).",
+)
+@click.option("--site-user", default=None, envvar="REDY_SITE_USER")
+@click.option("--site-password", default=None, envvar="REDY_SITE_PASSWORD")
 def broker_run(
     node: str,
     port: int,
@@ -777,10 +839,20 @@ def broker_run(
     backend: str,
     state_dir: str,
     units: dict[str, str],
+    site_broker: str | None,
+    site_user: str | None,
+    site_password: str | None,
 ) -> None:
     """Run one node's broker in the foreground until Ctrl-C or SIGTERM."""
+    site = SiteBridge(site_broker, site_user, site_password) if site_broker else None
     config = NodeBroker(
-        node=node, port=port, grid_port=grid_port, state_dir=Path(state_dir), units=units, bind=bind
+        node=node,
+        port=port,
+        grid_port=grid_port,
+        state_dir=Path(state_dir),
+        units=units,
+        bind=bind,
+        site=site,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

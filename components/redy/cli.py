@@ -7,7 +7,6 @@ Each command lives in the module of what it drives and is imported only when it 
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 from typing import Any
 
@@ -17,12 +16,16 @@ from redy.errors import RedyError
 
 # name -> "module:attribute" of a click command or group; imported on first use.
 _COMMANDS: dict[str, tuple[str, str]] = {
+    "ha": ("redy.homeassistant:ha", "Home Assistant MQTT discovery from topics.yaml."),
     "launch": ("redy.launch.commands:launch", "Run a launch file: brokers, governance and units."),
+    "bag": ("redy.bag:bag", "Record a broker's traffic to MCAP, replay it, describe it."),
     "broker": ("redy.brokers:broker", "Render, run and inspect a node's Mosquitto broker."),
     "topic": ("redy.tools:topic", "List, echo, publish and measure topics (like ros2 topic)."),
     "node": ("redy.tools:node", "List the nodes reachable from a broker, or one node's units."),
     "view": ("redy.tools:view", "Print a node's retained membership view."),
+    "grid": ("redy.launch.generate:grid", "Generate launch files for grids of any size."),
     "sim": ("redy.sim.commands:sim", "Simulate membership or balancing for many nodes."),
+    "dashboard": ("redy.dashboard.commands:dashboard", "Serve a live web page of the grid."),
     "detection": ("redy.units.commands:detection", "Run one detection unit process."),
     "action": ("redy.units.commands:action", "Run one action unit process."),
     "governance": ("redy.units.commands:governance", "Run one governance unit process."),
@@ -58,18 +61,23 @@ class _LazyGroup(click.Group):
 @click.option(
     "--verbose", "-v", is_flag=True, help="Log every event, not just the ones that matter."
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    envvar="REDY_LOG_FORMAT",
+    help="Log lines as text (default) or JSON lines; launched processes inherit it.",
+)
 @click.version_option(package_name="redy")
-def cli(verbose: bool) -> None:
-    """ReDy Grid: a reliable, dynamic, fully decentralized data network for the smart grid."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    # gmqtt logs every packet at INFO; our own lines say what matters.
-    logging.getLogger("gmqtt").setLevel(logging.DEBUG if verbose else logging.WARNING)
-    # testcontainers says "Pulling image" on every start, even when nothing is pulled.
-    logging.getLogger("testcontainers").setLevel(logging.DEBUG if verbose else logging.WARNING)
+def cli(verbose: bool, log_format: str | None) -> None:
+    """ReDy Grid: a reliable, dynamic, fully decentralized data network for the smart grid.
+
+    Tools that talk to a broker read --broker, --user, --password and --credentials from
+    REDY_BROKER, REDY_USER, REDY_PASSWORD and REDY_CREDENTIALS when they are not given.
+    """
+    from redy.logformat import configure
+
+    configure(verbose, log_format)
 
 
 def main(argv: list[str] | None = None) -> Any:

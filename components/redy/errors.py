@@ -21,3 +21,7 @@ class BrokerError(RedyError):
 
 class SimulationError(RedyError):
     """Simulator parameters that cannot describe a run (e.g. SL >= c)."""
+
+
+class BagError(RedyError):
+    """A recording (MCAP) that cannot be written, read or played."""

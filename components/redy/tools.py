@@ -24,7 +24,7 @@ from paho.mqtt.properties import Properties
 
 from redy import messages
 from redy.errors import BrokerError, InvalidMessage
-from redy.topics import CONTRACT
+from redy.topics import CONTRACT, TopicSpec
 
 _CONNECT_TIMEOUT_S = 5.0
 
@@ -32,13 +32,14 @@ _CONNECT_TIMEOUT_S = 5.0
 class _Received:
     """One message as the tools see it."""
 
-    __slots__ = ("payload", "retained", "t_s", "topic")
+    __slots__ = ("payload", "retained", "t_ns", "t_s", "topic")
 
     def __init__(self, topic: str, payload: bytes, retained: bool) -> None:
         self.topic = topic
         self.payload = payload
         self.retained = retained
         self.t_s = time.monotonic()
+        self.t_ns = time.time_ns()  # wall clock, for recordings
 
 
 def _password(user: str, password: str | None, credentials: str | None) -> str:
@@ -60,9 +61,13 @@ def _password(user: str, password: str | None, credentials: str | None) -> str:
 
 @contextmanager
 def _client(
-    broker: str, user: str, password: str, inbox: queue.Queue[_Received] | None = None
+    broker: str,
+    user: str | None,
+    password: str | None,
+    inbox: queue.Queue[_Received] | None = None,
 ) -> Iterator[mqtt.Client]:
-    """A connected paho client (MQTT 5), its network loop in a thread; BrokerError if refused."""
+    """A connected paho client (MQTT 5), its network loop in a thread; BrokerError if refused.
+    `user` None connects anonymously (a replay broker that allows it)."""
     host, port = messages.parse_uri(broker)
     connected = threading.Event()
     outcome: dict[str, str] = {}
@@ -71,7 +76,8 @@ def _client(
         client_id=f"redy-cli-{secrets.token_hex(4)}",
         protocol=mqtt.MQTTv5,
     )
-    client.username_pw_set(user, password)
+    if user is not None:
+        client.username_pw_set(user, password)
 
     def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         outcome["reason"] = str(reason)
@@ -124,17 +130,34 @@ def _render(r: _Received) -> str:
     return orjson.dumps(messages.to_dict(msg)).decode()
 
 
+def _render_json(r: _Received) -> str:
+    """One JSON line: topic, retained, and the decoded message or why it is invalid."""
+    out: dict[str, Any] = {"topic": r.topic, "retained": r.retained}
+    try:
+        out["message"] = messages.to_dict(messages.decode(r.topic, r.payload))
+    except InvalidMessage as exc:
+        out["invalid"] = str(exc)
+    return orjson.dumps(out).decode()
+
+
 _broker_option = click.option(
-    "--broker", required=True, help="Broker URI, e.g. mqtt://127.0.0.1:18841."
+    "--broker",
+    required=True,
+    envvar="REDY_BROKER",
+    help="Broker URI, e.g. mqtt://127.0.0.1:18841 (env REDY_BROKER).",
 )
-_user_option = click.option("--user", default="operator", show_default=True)
-_password_option = click.option("--password", default=None, envvar="REDY_PASSWORD")
+_user_option = click.option("--user", default="operator", show_default=True, envvar="REDY_USER")
+_password_option = click.option(
+    "--password", default=None, envvar="REDY_PASSWORD", help="(env REDY_PASSWORD)"
+)
 _credentials_option = click.option(
     "--credentials",
     type=click.Path(dir_okay=False),
     default=None,
-    help="A node's credentials.json; the password of --user is read from it.",
+    envvar="REDY_CREDENTIALS",
+    help="A node's credentials.json; the password of --user is read from it (env REDY_CREDENTIALS).",
 )
+_json_option = click.option("--json", "as_json", is_flag=True, help="JSON output, one per line.")
 
 
 def _with_auth(f: Any) -> Any:
@@ -175,11 +198,108 @@ def topic_list(
         click.echo(f"{name} [{type_name}] {retained} x{len(seen[name])}")
 
 
+def _find_topic(name: str) -> TopicSpec:
+    """A topic of topics.yaml by its name, its pattern, or a concrete topic in the tree."""
+    if name in CONTRACT.topics:
+        return CONTRACT.topics[name]
+    for spec in CONTRACT.topics.values():
+        if spec.pattern == name:
+            return spec
+    try:
+        return CONTRACT.match(name)[0]
+    except InvalidMessage:
+        raise click.UsageError(
+            f"unknown topic {name!r}: expected a name from topics.yaml "
+            f"({', '.join(sorted(CONTRACT.topics))}), its pattern, or a topic such as "
+            "redy/house-1/governance/state"
+        ) from None
+
+
+def _type_fields(type_name: str, depth: int = 0) -> list[dict[str, Any]]:
+    """The fields of a message type, nested types expanded, as plain dicts."""
+    rows = []
+    for f in CONTRACT.types[type_name].fields:
+        row: dict[str, Any] = {"name": f.name, "type": f.type}
+        if f.items:
+            row["type"] = f"list[{f.items}]"
+        for key in ("unit", "min", "max", "max_len"):
+            if getattr(f, key) is not None:
+                row[key] = getattr(f, key)
+        if f.values:
+            row["values"] = list(f.values)
+        row["optional"] = f.optional
+        row["description"] = f.description
+        nested = f.items or f.type
+        if nested in CONTRACT.types and depth < 4:
+            row["fields"] = _type_fields(nested, depth + 1)
+        rows.append(row)
+    return rows
+
+
+def _field_lines(rows: list[dict[str, Any]], indent: str) -> list[str]:
+    lines = []
+    for row in rows:
+        kind = row["type"] + ("?" if row["optional"] else "")
+        extra = [f"[{row['unit']}]"] if "unit" in row else []
+        if "min" in row or "max" in row:
+            low, high = (f"{row[k]:g}" if k in row else "" for k in ("min", "max"))
+            extra.append(f"{low}..{high}")
+        if "values" in row:
+            extra.append("|".join(row["values"]))
+        if "max_len" in row:
+            extra.append(f"max {row['max_len']}")
+        note = f"  # {row['description']}" if row["description"] else ""
+        lines.append(f"{indent}{kind:<16} {row['name']:<24} {' '.join(extra)}{note}".rstrip())
+        lines.extend(_field_lines(row.get("fields", []), indent + "    "))
+    return lines
+
+
+@topic.command("info")
+@click.argument("topic_name", metavar="TOPIC")
+@_json_option
+def topic_info(topic_name: str, as_json: bool) -> None:
+    """Show TOPIC's type, QoS, retention, expiry, roles and fields with units, from topics.yaml.
+
+    TOPIC is a name from topics.yaml (node_state), its pattern, or a concrete topic.
+    """
+    spec = _find_topic(topic_name)
+    fields = _type_fields(spec.type)
+    info: dict[str, Any] = {
+        "name": spec.name,
+        "pattern": spec.pattern,
+        "type": spec.type,
+        "qos": spec.qos,
+        "retained": spec.retained,
+        "expiry_s": spec.expiry_s,
+        "publishers": list(spec.publishers),
+        "subscribers": list(spec.subscribers),
+        "description": spec.description,
+        "fields": fields,
+    }
+    if as_json:
+        click.echo(orjson.dumps(info).decode())
+        return
+    expiry = f"{spec.expiry_s} s" if spec.expiry_s else "none"
+    click.echo(f"topic:       {spec.name}  ({spec.pattern})")
+    click.echo(f"type:        {spec.type}  ({CONTRACT.types[spec.type].description})")
+    click.echo(f"qos:         {spec.qos}")
+    click.echo(f"retained:    {'yes' if spec.retained else 'no'}")
+    click.echo(f"expiry:      {expiry}")
+    click.echo(f"publishers:  {', '.join(spec.publishers)}")
+    click.echo(f"subscribers: {', '.join(spec.subscribers)}")
+    if spec.description:
+        click.echo(f"about:       {spec.description}")
+    click.echo("fields:")
+    for line in _field_lines(fields, "  "):
+        click.echo(line)
+
+
 @topic.command("echo")
 @click.argument("pattern")
 @_with_auth
 @click.option("--count", type=int, default=0, help="Stop after N messages (0: until Ctrl-C).")
 @click.option("--timeout", "timeout_s", type=float, default=0.0, help="Stop after S seconds.")
+@_json_option
 def topic_echo(
     pattern: str,
     broker: str,
@@ -188,6 +308,7 @@ def topic_echo(
     credentials: str | None,
     count: int,
     timeout_s: float,
+    as_json: bool,
 ) -> None:
     """Print each message on PATTERN, decoded and validated (invalid ones shown as INVALID)."""
     inbox: queue.Queue[_Received] = queue.Queue()
@@ -200,8 +321,11 @@ def topic_echo(
                 r = inbox.get(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
             except queue.Empty:
                 continue
-            flag = " (retained)" if r.retained else ""
-            click.echo(f"{r.topic}{flag} {_render(r)}")
+            if as_json:
+                click.echo(_render_json(r))
+            else:
+                flag = " (retained)" if r.retained else ""
+                click.echo(f"{r.topic}{flag} {_render(r)}")
             shown += 1
 
 
@@ -306,13 +430,22 @@ def fetch_view(broker: str, user: str, password: str, node: str) -> messages.Vie
 @click.command()
 @click.argument("node_id", metavar="NODE")
 @_with_auth
+@_json_option
 def view(
-    node_id: str, broker: str, user: str, password: str | None, credentials: str | None
+    node_id: str,
+    broker: str,
+    user: str,
+    password: str | None,
+    credentials: str | None,
+    as_json: bool,
 ) -> None:
     """Print NODE's retained membership view (neighbours with ages and brokers)."""
     found = fetch_view(broker, user, _password(user, password, credentials), node_id)
     if found is None:
         raise BrokerError(f"no retained view of node {node_id!r} on {broker}")
+    if as_json:
+        click.echo(orjson.dumps(messages.to_dict(found)).decode())
+        return
     click.echo(f"view of {found.node} ({len(found.entries)} neighbours)")
     for e in sorted(found.entries, key=lambda e: (e.age, e.node)):
         click.echo(f"  {e.node:<24} age {e.age:<4} {e.broker}")
@@ -326,8 +459,14 @@ def node() -> None:
 @node.command("list")
 @_with_auth
 @click.option("--limit", type=int, default=1000, show_default=True, help="Stop after N nodes.")
+@_json_option
 def node_list(
-    broker: str, user: str, password: str | None, credentials: str | None, limit: int
+    broker: str,
+    user: str,
+    password: str | None,
+    credentials: str | None,
+    limit: int,
+    as_json: bool,
 ) -> None:
     """List the nodes reachable from one broker by following retained views.
 
@@ -354,6 +493,10 @@ def node_list(
                 continue
             if nxt is not None:
                 frontier.append(nxt)
+    if as_json:
+        rows = [{"node": name, "broker": seen[name]} for name in sorted(seen)]
+        click.echo(orjson.dumps(rows).decode())
+        return
     for name in sorted(seen):
         click.echo(f"{name} {seen[name]}")
 

@@ -273,3 +273,62 @@ def grid_acl(node: str) -> str:
     out.extend(patterns)
     out.append("")
     return "\n".join(out)
+
+
+# --- JSON Schema ------------------------------------------------------------------------------
+# Recordings (MCAP) carry one JSON Schema per message type so that viewers such as Foxglove can
+# decode them; it is derived from the same declarations the codec checks.
+
+_URI_PATTERN = "^mqtts?://.+:[0-9]{1,5}$"
+
+
+def _field_schema(f: FieldSpec, type_name: str) -> dict[str, Any]:
+    out: dict[str, Any]
+    if type_name == "list":
+        item = attrs.evolve(f, type=f.items or "str", items=None, max_len=None, min=f.min)
+        out = {"type": "array", "items": _field_schema(item, item.type)}
+        if f.max_len is not None:
+            out["maxItems"] = f.max_len
+        return out
+    if type_name in CONTRACT.types:
+        return json_schema(type_name, top=False)
+    if type_name == "enum":
+        out = {"type": "string", "enum": list(f.values)}
+    elif type_name in ("str", "id", "uri"):
+        out = {"type": "string", "maxLength": 1024}
+        if type_name == "id":
+            out["pattern"] = CONTRACT.id_regex.pattern
+        elif type_name == "uri":
+            out["pattern"] = _URI_PATTERN
+    elif type_name in ("int", "float", "bool"):
+        out = {"type": {"int": "integer", "float": "number", "bool": "boolean"}[type_name]}
+        if f.min is not None and type_name != "bool":
+            out["minimum"] = f.min
+        if f.max is not None and type_name != "bool":
+            out["maximum"] = f.max
+    else:
+        raise RedyError(f"field {f.name}: unknown type {type_name!r} in topics.yaml")
+    return out
+
+
+def json_schema(type_name: str, top: bool = True) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a message type of topics.yaml; units are named in each
+    field's description, e.g. "signed net injection [kW]"."""
+    t = CONTRACT.types[type_name]
+    props: dict[str, Any] = {}
+    for f in t.fields:
+        schema = _field_schema(f, f.type)
+        unit = f" [{f.unit}]" if f.unit and f.unit != "1" else ""
+        if f.description or unit:
+            schema["description"] = f"{f.description}{unit}".strip()
+        props[f.name] = {"anyOf": [schema, {"type": "null"}]} if f.optional else schema
+    out: dict[str, Any] = {
+        "title": type_name,
+        "description": t.description,
+        "type": "object",
+        "properties": props,
+        "required": [f.name for f in t.fields if not f.optional],
+    }
+    if top:
+        out = {"$schema": "https://json-schema.org/draft/2020-12/schema", **out}
+    return out

@@ -25,6 +25,23 @@ def _launch_args(values: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def _start_web(sup: Supervisor, port: int) -> tuple[Any, Any]:
+    """The web dashboard (redy.dashboard) on every node of the launch, serving in a thread."""
+    from redy.brokers import load_credentials
+    from redy.dashboard.server import Feed, Target, WebServer, bind
+
+    targets = []
+    for n in sup.desc.nodes:
+        cfg = sup._broker_config(n)
+        password = load_credentials(cfg.credentials_path).password("operator")
+        targets.append(Target(cfg.uri, "operator", password, n.node))
+    feed = Feed(targets)
+    server = WebServer(feed, bind("127.0.0.1", port))
+    feed.start()
+    server.start()
+    return feed, server
+
+
 @click.command("launch")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.argument("args", nargs=-1)
@@ -58,6 +75,15 @@ def _launch_args(values: tuple[str, ...]) -> dict[str, str]:
     flag_value=5.0,
     help="Print a live table of the nodes every S seconds (5).",
 )
+@click.option(
+    "--web",
+    "web_port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    is_flag=False,
+    flag_value=8050,
+    help="Also serve the live web dashboard on 127.0.0.1:PORT (8050; 0: any free port).",
+)
 @click.option("--check", is_flag=True, help="Only parse and validate the file.")
 def launch(
     file: str,
@@ -67,6 +93,7 @@ def launch(
     state_dir: str,
     backend: str | None,
     table_period_s: float | None,
+    web_port: int | None,
     check: bool,
 ) -> None:
     """Run a launch FILE: brokers first, then governance units, then the units."""
@@ -76,6 +103,7 @@ def launch(
         click.echo(f"{file}: ok ({len(desc.nodes)} nodes, {units} units)")
         return
     dashboard: Any = None
+    web: list[Any] = []  # the web dashboard's feed and server, when --web is given
 
     def started(sup: Supervisor) -> None:
         nonlocal dashboard
@@ -89,6 +117,9 @@ def launch(
                 "operator password in "
                 f"{Path(state_dir).resolve() / n.node / 'credentials.json'}"
             )
+        if web_port is not None:
+            web.extend(_start_web(sup, web_port))
+            click.echo(f"dashboard: {web[1].url}")
         if table_period_s:
             from redy.launch.dashboard import Dashboard
 
@@ -97,6 +128,8 @@ def launch(
 
     def stopping(_sup: Supervisor) -> None:
         # The last table is taken while every unit still runs; then the dashboard goes first.
+        for part in reversed(web):
+            part.stop()
         if dashboard is not None:
             dashboard.stop()
             click.echo(dashboard.table())

@@ -58,8 +58,9 @@ def run(spec_path: Path) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("gmqtt").setLevel(logging.WARNING)
+    from redy.logformat import configure
+
+    configure()
     parent = os.environ.get("REDY_PARENT_PID")
     if parent:
         die_with_parent(int(parent))

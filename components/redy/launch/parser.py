@@ -6,7 +6,8 @@
       - include: {file: "$(dirname)/eco_house.yaml", arg: [{name: node, value: house-2}]}
       - group: [ ...actions, with their own scope for let... ]
       - clock: {speed: 720, start_s: 21600}
-      - broker: {node: $(var node), port: $(var port), grid_port: ..., backend: process}
+      - broker: {node: $(var node), port: $(var port), grid_port: ..., backend: process,
+                 site_broker: mqtt://ha.local:1883, site_user: ..., site_password: $(env P)}
       - governance: {node: ..., kind: eco_house, introducer: gas-1, epoch_s: 6, rounds: 10}
       - detection: {node: ..., name: pv-meter, device: pv, params: {kwp: 6}, respawn: true}
       - action: {node: ..., name: heater, device: water_heater, period_s: 1}
@@ -82,6 +83,9 @@ class BrokerSpec:
     bind: str = "127.0.0.1"
     grid_bind: str | None = None
     advertise: str | None = None
+    site_broker: str | None = None  # one-way bridge of the node's topics (Home Assistant's)
+    site_user: str | None = None
+    site_password: str | None = None
     where: str = ""
 
     @property
@@ -169,6 +173,9 @@ _FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
         "bind": (str, False),
         "grid_bind": (str, False),
         "advertise": (str, False),
+        "site_broker": (str, False),
+        "site_user": (str, False),
+        "site_password": (str, False),
     },
     "governance": {
         "node": (str, True),
@@ -397,6 +404,10 @@ def _add_broker(f: dict[str, Any], b: _Builder, where: str) -> None:
             f"{where}: the grid listener binds {grid_host}, which peers cannot dial; add"
             " advertise: HOST (the address other nodes reach this node at)"
         )
+    # empty values (an unset $(env ...)) mean: no bridge, anonymous
+    site = f.get("site_broker") or None
+    if site is not None and "://" not in site:
+        raise LaunchError(f"{where}: site_broker must be a broker URI like mqtt://HOST:1883")
     b.brokers[node] = BrokerSpec(
         node=node,
         port=port,
@@ -405,6 +416,9 @@ def _add_broker(f: dict[str, Any], b: _Builder, where: str) -> None:
         bind=f.get("bind", "127.0.0.1"),
         grid_bind=f.get("grid_bind") or None,
         advertise=f.get("advertise") or None,
+        site_broker=site,
+        site_user=f.get("site_user") or None,
+        site_password=f.get("site_password") or None,
         where=where,
     )
     b.units.setdefault(node, [])

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from redy.brokers import NodeBroker, make_broker
+from redy.brokers import NodeBroker, SiteBridge, make_broker
 from redy.errors import BrokerError, LaunchError
 from redy.launch.parser import LaunchDescription, NodeSpec, UnitSpec, check_ports_free
 from redy.transport.client import Backoff
@@ -160,15 +160,18 @@ class Supervisor:
     # -- building command lines --------------------------------------------------------------
 
     def _broker_config(self, n: NodeSpec) -> NodeBroker:
+        b = n.broker
+        site = SiteBridge(b.site_broker, b.site_user, b.site_password) if b.site_broker else None
         return NodeBroker(
             node=n.node,
-            port=n.broker.port,
-            grid_port=n.broker.grid_port,
+            port=b.port,
+            grid_port=b.grid_port,
             state_dir=self.state_dir,
             units={u.name: u.role for u in n.units},
-            bind=n.broker.bind,
-            grid_bind=n.broker.grid_bind,
-            advertise=n.broker.advertise,
+            bind=b.bind,
+            grid_bind=b.grid_bind,
+            advertise=b.advertise,
+            site=site,
         )
 
     def _common(self, n: NodeSpec, period_s: float) -> dict[str, Any]:

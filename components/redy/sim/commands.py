@@ -17,6 +17,30 @@ def _emit(result: dict[str, object], as_json: bool) -> None:
         )
 
 
+def _run(
+    simulate: Any, options: dict[str, Any], total: int, what: str, plot_file: str | None
+) -> dict[str, Any]:
+    """Run a simulator with progress on a terminal; draw its result when --plot is given."""
+    from redy.sim.progress import progress_for
+
+    with progress_for(simulate, total, what) as extra:
+        result: dict[str, Any] = simulate(**options, **extra)
+    if plot_file:
+        from redy.sim import plots
+
+        getattr(plots, f"plot_{simulate.__name__.removeprefix('simulate_')}")(result, plot_file)
+    return result
+
+
+_plot_option = click.option(
+    "--plot",
+    "plot_file",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Also draw the result to FILE.png (matplotlib).",
+)
+
+
 @click.group()
 def sim() -> None:
     """Run the same pure protocol cores as the real processes for many nodes in one process."""
@@ -78,11 +102,12 @@ def sim() -> None:
 )
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on one line.")
-def sim_membership(as_json: bool, **options: Any) -> None:
+@_plot_option
+def sim_membership(as_json: bool, plot_file: str | None, **options: Any) -> None:
     """Simulate the shuffle membership protocol, cycle by cycle."""
     from redy.sim.membership import simulate_membership
 
-    _emit(simulate_membership(**options), as_json)
+    _emit(_run(simulate_membership, options, options["cycles"], "cycles", plot_file), as_json)
 
 
 @sim.command("balance")
@@ -109,8 +134,9 @@ def sim_membership(as_json: bool, **options: Any) -> None:
 @click.option("--dump-curves", type=click.Path(dir_okay=False, writable=True), default=None)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on one line.")
-def sim_balance(as_json: bool, **options: Any) -> None:
+@_plot_option
+def sim_balance(as_json: bool, plot_file: str | None, **options: Any) -> None:
     """Simulate decentralized balancing (membership + gossip + clearing) epoch by epoch."""
     from redy.sim.balance import simulate_balance
 
-    _emit(simulate_balance(**options), as_json)
+    _emit(_run(simulate_balance, options, options["epochs"], "epochs", plot_file), as_json)

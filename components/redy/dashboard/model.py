@@ -1,0 +1,165 @@
+"""What the dashboard shows, computed from the messages of the nodes' brokers (sans-IO).
+
+`GridModel` takes events — a broker connection up or down, a message on a topic, with the time
+it arrived — and `snapshot(now_s)` returns the page's data as plain JSON-ready dicts: every node
+(kind, production, consumption, price, status, units online, liveness), the overlay's edges from
+the retained views, and per market epoch the common price and the grid balance.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import attrs
+
+from redy import messages
+from redy.errors import InvalidMessage
+from redy.topics import CONTRACT
+
+HISTORY_EPOCHS = 60
+# A price within this of the epoch's median counts as agreeing (gossip ends within a hair).
+_AGREE_EUR_MWH = 0.5
+
+
+@attrs.define
+class _Node:
+    node: str
+    connection: str | None = None  # the broker connection it was seen on (None: only in views)
+    kind: str | None = None
+    state: messages.NodeEnergyState | None = None
+    state_at_s: float | None = None
+    units: dict[str, str] = attrs.field(factory=dict)
+    neighbours: tuple[str, ...] = ()
+
+
+class GridModel:
+    """The grid as the dashboard sees it. `stale_after_s`: a node whose governance state has not
+    changed for that long (its broker still answering) is shown as stale."""
+
+    def __init__(self, stale_after_s: float = 15.0) -> None:
+        self.stale_after_s = stale_after_s
+        self._nodes: dict[str, _Node] = {}
+        self._connected: dict[str, bool] = {}
+        # epoch -> node -> (price EUR/MWh, net kW) as each node reported it for that epoch
+        self._epochs: dict[int, dict[str, tuple[float, float]]] = {}
+        self.version = 0  # bumps on every change, so a stream sends only news
+
+    def expect(self, connection: str, node: str | None = None) -> None:
+        """A broker connection the dashboard will open; `node` if its node id is known."""
+        self._connected.setdefault(connection, False)
+        if node is not None:
+            self._node(node).connection = connection
+        self.version += 1
+
+    def on_connection(self, connection: str, up: bool) -> None:
+        self._connected[connection] = up
+        self.version += 1
+
+    def on_message(self, connection: str, topic: str, payload: bytes, now_s: float) -> bool:
+        """Take one message; False (and nothing changes) if it is not one the page shows."""
+        try:
+            spec, params = CONTRACT.match(topic)
+            msg = messages.decode(topic, payload)
+        except InvalidMessage:
+            return False
+        if spec.name not in ("descriptor", "node_state", "unit_state", "view"):
+            return False
+        node = self._node(params["node"])
+        node.connection = node.connection or connection
+        if isinstance(msg, messages.NodeDescriptor):
+            node.kind = msg.kind
+        elif isinstance(msg, messages.NodeEnergyState):
+            if msg.node != node.node:
+                return False
+            node.state, node.state_at_s = msg, now_s
+            if msg.epoch is not None and msg.price_eur_mwh is not None:
+                self._epochs.setdefault(msg.epoch, {})[node.node] = (msg.price_eur_mwh, msg.net_kw)
+                for old in sorted(self._epochs)[:-HISTORY_EPOCHS]:
+                    del self._epochs[old]
+        elif isinstance(msg, messages.UnitState):
+            node.units[params["unit"]] = msg.state
+        elif isinstance(msg, messages.View):
+            node.neighbours = tuple(sorted(e.node for e in msg.entries))
+            for e in msg.entries:
+                self._node(e.node)
+        self.version += 1
+        return True
+
+    def _node(self, node: str) -> _Node:
+        if node not in self._nodes:
+            self._nodes[node] = _Node(node)
+        return self._nodes[node]
+
+    def _liveness(self, n: _Node, now_s: float) -> str:
+        if n.connection is None:
+            return "unknown"  # a neighbour named in a view, whose broker we do not watch
+        if not self._connected.get(n.connection, False):
+            return "unreachable"
+        if n.state_at_s is None:
+            return "waiting"
+        if now_s - n.state_at_s > self.stale_after_s:
+            return "stale"
+        return "up"
+
+    def snapshot(self, now_s: float) -> dict[str, Any]:
+        """The page's data (see the module doc); nodes sorted by id."""
+        rows = []
+        for name in sorted(self._nodes):
+            n = self._nodes[name]
+            if n.connection is None and not n.units and n.state is None:
+                continue  # only known from someone's view: a graph vertex, not a table row
+            s = n.state
+            online = sum(1 for v in n.units.values() if v == "online")
+            rows.append(
+                {
+                    "node": name,
+                    "kind": n.kind or (None if s is None else "?"),
+                    "production_kw": None if s is None else s.production_kw,
+                    "consumption_kw": None if s is None else s.consumption_kw,
+                    "net_kw": None if s is None else s.net_kw,
+                    "price_eur_mwh": None if s is None else s.price_eur_mwh,
+                    "epoch": None if s is None else s.epoch,
+                    "status": None if s is None else s.status,
+                    "units_online": online if n.units else (s.units_online if s else 0),
+                    "units_total": len(n.units) if n.units else (s.units_total if s else 0),
+                    "liveness": self._liveness(n, now_s),
+                }
+            )
+        edges = [[a, b] for a, n in sorted(self._nodes.items()) for b in n.neighbours]
+        up = [r for r in rows if r["liveness"] == "up" and r["net_kw"] is not None]
+        return {
+            "nodes": rows,
+            "vertices": sorted(self._nodes),
+            "edges": edges,
+            "epochs": self._history(),
+            "common_price": self._common_price(),
+            "grid_balance_kw": sum(r["net_kw"] for r in up) if up else None,
+            "version": self.version,
+        }
+
+    def _history(self) -> list[dict[str, Any]]:
+        out = []
+        for epoch in sorted(self._epochs):
+            reports = self._epochs[epoch]
+            out.append(
+                {
+                    "epoch": epoch,
+                    "price_eur_mwh": statistics.median(p for p, _ in reports.values()),
+                    "balance_kw": sum(net for _, net in reports.values()),
+                    "nodes": len(reports),
+                }
+            )
+        return out
+
+    def _common_price(self) -> dict[str, Any] | None:
+        """The median price of the latest epoch most reporting nodes have reached, and how many
+        of them agree with it."""
+        if not self._epochs:
+            return None
+        most = max(len(r) for r in self._epochs.values())
+        epoch = max(e for e, r in self._epochs.items() if len(r) == most)
+        prices = [p for p, _ in self._epochs[epoch].values()]
+        median = statistics.median(prices)
+        agree = sum(1 for p in prices if abs(p - median) <= _AGREE_EUR_MWH)
+        return {"epoch": epoch, "price_eur_mwh": median, "agree": agree, "of": len(prices)}
