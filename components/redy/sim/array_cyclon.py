@@ -21,12 +21,15 @@ dict has no bound, and it expires tombstones `4c` periods old, as here).
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import numba
 import numpy as np
 from scipy.sparse import coo_array, csr_array
 from scipy.sparse.csgraph import connected_components
+
+from redy.sim.membership import _SOURCES, _report, _sample
 
 _TOMBSTONES_PER_VIEW_SLOT = 4
 _STRIKE_SLOTS = 4
@@ -38,7 +41,9 @@ class ArrayOverlay:
     """Every node's view as rows of two `(capacity, c)` int32 arrays: node ids and the node's
     tick at which that entry's age was 0 (age = own tick - base, as in the core)."""
 
-    def __init__(self, capacity: int, c: int, sl: int, detector: str, seed: int) -> None:
+    def __init__(
+        self, capacity: int, nodes: int, c: int, sl: int, detector: str, seed: int
+    ) -> None:
         self.c, self.sl = c, sl
         self.redy = detector == "redy"
         self.ttl = 4 * c  # Cyclon's default suspect_ttl
@@ -56,6 +61,7 @@ class ArrayOverlay:
         self.n = 0  # nodes created so far (rows 0..n-1)
         self.introducer = 0
         _seed(seed)
+        self.add(nodes)
 
     def add(self, count: int) -> np.ndarray:
         first = self.n
@@ -78,11 +84,15 @@ class ArrayOverlay:
         else:
             _random_bootstrap(self.ids, self.length, n, c)
 
-    def join(self, count: int, introducer: int) -> None:
-        """`count` new nodes, each seeded with the introducer and its view (the retained view)."""
-        self.introducer = introducer
+    def crash(self, fraction: float, rng: random.Random) -> None:
+        live = self.live().tolist()
+        self.alive[rng.sample(live, round(fraction * len(live)))] = False
+
+    def join(self, count: int, rng: random.Random) -> None:
+        """`count` new nodes, each seeded with one introducer and its view (the retained view)."""
+        self.introducer = rng.choice(self.live().tolist())
         for j in self.add(count):
-            _seed_from(self._state(), int(j), introducer)
+            _seed_from(self._state(), int(j), self.introducer)
 
     def cycle(self, loss: float) -> None:
         order = self.live()
@@ -129,45 +139,48 @@ class ArrayOverlay:
             self.strike_n,
         )
 
+    def metrics(self, rng: random.Random) -> dict[str, Any]:
+        """The same report, from the same samples, as the core engine's (redy.sim.membership)."""
+        live = self.live()
+        graph = self.adjacency()
+        sample = np.asarray(_sample(live.tolist(), rng), dtype=np.int32)
+        indptr = graph.indptr.astype(np.int64)
+        indices = graph.indices.astype(np.int32)
+        return _report(
+            len(live),
+            self.in_degree(),
+            float(_clustering(indptr, indices, sample)) / len(sample) if len(sample) else 0.0,
+            float(_path_length(indptr, indices, sample[:_SOURCES])),
+            len(sample),
+            _largest_component(graph, live),
+        )
 
-def graph_metrics(
-    graph: csr_array, live: np.ndarray, sample: np.ndarray, sources: int
-) -> dict[str, Any]:
-    """Clustering over `sample`, path length from its first `sources`, largest component over
-    `live`."""
-    indptr = graph.indptr.astype(np.int64)
-    indices = graph.indices.astype(np.int32)
-    clustering = float(_clustering(indptr, indices, sample)) / len(sample) if len(sample) else 0.0
-    return {
-        "clustering": clustering,
-        "avg_path_length": float(_path_length(indptr, indices, sample[:sources])),
-        "largest_component": largest_component(graph, live),
-    }
+    def sweep(self, rng: random.Random) -> list[dict[str, float]]:
+        """Remove live nodes in 5 % steps (no more shuffling) and report the largest component."""
+        live = self.live()
+        order = np.asarray(rng.sample(live.tolist(), len(live)), dtype=np.int64)
+        graph = self.adjacency()
+        out = []
+        for step in range(1, 20):
+            removed = np.zeros(self.n, dtype=np.bool_)
+            removed[order[: int(len(order) * step * 0.05)]] = True
+            remaining = live[~removed[live]]
+            keep = np.flatnonzero(~removed)
+            position = np.full(self.n, -1, dtype=np.int64)
+            position[keep] = np.arange(len(keep))
+            largest = _largest_component(graph[keep][:, keep], position[remaining])
+            frac = largest / len(remaining) if len(remaining) else 0.0
+            out.append(
+                {"removed_fraction": round(step * 0.05, 2), "largest_component_fraction": frac}
+            )
+        return out
 
 
-def largest_component(graph: csr_array, nodes: np.ndarray) -> int:
+def _largest_component(graph: csr_array, nodes: np.ndarray) -> int:
     if not len(nodes):
         return 0
     _, labels = connected_components(graph, directed=False)
     return int(np.bincount(labels[nodes]).max())
-
-
-def remove_sweep(graph: csr_array, live: np.ndarray, order: np.ndarray) -> list[dict[str, float]]:
-    """Remove live nodes in 5 % steps (in `order`) and report the largest component."""
-    out = []
-    for step in range(1, 20):
-        removed = np.zeros(graph.shape[0], dtype=np.bool_)
-        removed[order[: int(len(order) * step * 0.05)]] = True
-        remaining = live[~removed[live]]
-        keep = np.flatnonzero(~removed)
-        sub = graph[keep][:, keep]
-        position = np.full(graph.shape[0], -1, dtype=np.int64)
-        position[keep] = np.arange(len(keep))
-        frac = (
-            largest_component(sub, position[remaining]) / len(remaining) if len(remaining) else 0.0
-        )
-        out.append({"removed_fraction": round(step * 0.05, 2), "largest_component_fraction": frac})
-    return out
 
 
 # -- compiled kernels ------------------------------------------------------------------------------
@@ -292,11 +305,13 @@ def _merge(
     c: int,
     redy: bool,
     ttl: int,
+    scratch: np.ndarray,
 ) -> None:
+    """`scratch`: int32[3, c + 1], room for the newcomers, their bases and the replaceable."""
     ids, base, length, tick, _, tomb_id, tomb_t, _, _ = state
     t = tick[p]
-    fresh_ids = np.empty(ne, dtype=np.int32)
-    fresh_base = np.empty(ne, dtype=np.int32)
+    fresh_ids = scratch[0]
+    fresh_base = scratch[1]
     nf = 0
     for k in range(ne):
         node = e_ids[k]
@@ -318,7 +333,7 @@ def _merge(
             fresh_ids[nf] = node
             fresh_base[nf] = new_base
             nf += 1
-    replaceable = np.empty(max(nsent, 1), dtype=np.int32)
+    replaceable = scratch[2]
     nr = 0
     for k in range(nsent):
         if _find(ids, length, p, sent[k]) >= 0:
@@ -354,7 +369,9 @@ def _seed_from(state: tuple, p: int, intro: int) -> None:
         e_ages[s + 1] = tick[intro] - base[intro, s]
     # The seed path merges with nothing sent; the tombstones matter only for the redy detector,
     # which is the only one that rejoins, and the core applies them here too.
-    _merge(state, p, e_ids, e_ages, n + 1, e_ids, 0, ids.shape[1], True, 4 * ids.shape[1])
+    c = ids.shape[1]
+    scratch = np.empty((3, c + 1), dtype=np.int32)
+    _merge(state, p, e_ids, e_ages, n + 1, e_ids, 0, c, True, 4 * c, scratch)
 
 
 @numba.njit(cache=True)
@@ -405,6 +422,7 @@ def _cycle(
     sent_p = np.empty(c, dtype=np.int32)
     sent_q = np.empty(c, dtype=np.int32)
     slots = np.empty(c, dtype=np.int32)
+    scratch = np.empty((3, c + 1), dtype=np.int32)
     intro = introducer
     for p in order:
         if redy:
@@ -469,7 +487,7 @@ def _cycle(
         for a in range(m):
             sent_q[a] = rep_ids[a] = ids[q, slots[a]]
             rep_ages[a] = tick[q] - base[q, slots[a]]
-        _merge(state, q, req_ids, req_ages, k + 1, sent_q, m, c, redy, ttl)
+        _merge(state, q, req_ids, req_ages, k + 1, sent_q, m, c, redy, ttl, scratch)
         if loss > 0.0 and np.random.random() < loss:
             if redy:
                 _on_timeout(state, p, q, q_age, c, ttl)
@@ -477,7 +495,7 @@ def _cycle(
         # -- on_reply
         if redy:
             _strike_pop(strike_id, p, q)
-        _merge(state, p, rep_ids, rep_ages, m, sent_p, k, c, redy, ttl)
+        _merge(state, p, rep_ids, rep_ages, m, sent_p, k, c, redy, ttl, scratch)
 
 
 @numba.njit(cache=True)

@@ -15,13 +15,15 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from redy.errors import SimulationError
 from redy.membership.cyclon import Cyclon, ViewEntry
-from redy.sim.array_cyclon import ArrayOverlay, graph_metrics, remove_sweep
+
+if TYPE_CHECKING:
+    from redy.sim.array_cyclon import ArrayOverlay
 
 _SAMPLES = 500  # clustering samples for large overlays
 _SOURCES = 100  # BFS sources for the path length, the first of those samples
@@ -251,42 +253,6 @@ def _metrics(net: _Net, rng: random.Random) -> dict[str, Any]:
     )
 
 
-class _FastNet(ArrayOverlay):
-    """The compiled engine (redy.sim.array_cyclon) with the core engine's driver choices."""
-
-    def __init__(
-        self, capacity: int, nodes: int, c: int, sl: int, detector: str, seed: int
-    ) -> None:
-        super().__init__(capacity, c, sl, detector, seed)
-        self.add(nodes)
-
-    def crash(self, fraction: float, rng: random.Random) -> None:
-        live = self.live().tolist()
-        self.alive[rng.sample(live, round(fraction * len(live)))] = False
-
-    def join(self, count: int, rng: random.Random) -> None:  # type: ignore[override]
-        super().join(count, rng.choice(self.live().tolist()))
-
-    def metrics(self, rng: random.Random) -> dict[str, Any]:
-        live = self.live()
-        graph = self.adjacency()
-        sample = np.asarray(_sample(live.tolist(), rng), dtype=np.int32)
-        shape = graph_metrics(graph, live, sample, _SOURCES)
-        return _report(
-            len(live),
-            self.in_degree(),
-            shape["clustering"],
-            shape["avg_path_length"],
-            len(sample),
-            shape["largest_component"],
-        )
-
-    def sweep(self, rng: random.Random) -> list[dict[str, float]]:
-        live = self.live()
-        order = np.asarray(rng.sample(live.tolist(), len(live)), dtype=np.int64)
-        return remove_sweep(self.adjacency(), live, order)
-
-
 def simulate_membership(
     *,
     nodes: int,
@@ -312,16 +278,16 @@ def simulate_membership(
     if engine not in _ENGINES:
         raise SimulationError(f"unknown engine {engine!r}; expected one of {', '.join(_ENGINES)}")
     started = time.perf_counter()
-    net: _Net | _FastNet = (
-        _Net(nodes, view_size, shuffle_length, detector, seed)
-        if engine == "core"
-        else _FastNet(nodes + join_count, nodes, view_size, shuffle_length, detector, seed)
-    )
-    rng = random.Random(seed + 1)
+    net: _Net | ArrayOverlay
     if engine == "core":
-        _bootstrap(net, bootstrap)  # type: ignore[arg-type]
+        net = _Net(nodes, view_size, shuffle_length, detector, seed)
+        _bootstrap(net, bootstrap)
     else:
-        net.bootstrap(bootstrap)  # type: ignore[union-attr]
+        from redy.sim.array_cyclon import ArrayOverlay  # numba: imported only when used
+
+        net = ArrayOverlay(nodes + join_count, nodes, view_size, shuffle_length, detector, seed)
+        net.bootstrap(bootstrap)
+    rng = random.Random(seed + 1)
     std_per_cycle: list[float] = []
     dead_links: list[int] = []
     live_entries: list[float] = []
