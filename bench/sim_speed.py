@@ -6,7 +6,7 @@ ratios against (a) the core-driven engine (`--engine core`) measured in this sam
 this one (issue 16's table; PeerSim itself is not run here), and (c) the issue's targets.
 
     python bench/sim_speed.py             # core 10^4, fast 10^4 and 10^5, balance (capped)
-    python bench/sim_speed.py --million   # also 10^6 nodes x 30 cycles (heavy: run it alone)
+    python bench/sim_speed.py --million --no-balance   # also 10^6 x 30 (heavy: run it alone)
     python bench/sim_speed.py --quick     # small sizes, to try the script
 
 Membership configuration throughout (the issue's): c = 20, SL = 8, star bootstrap, cyclon
@@ -90,6 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--million", action="store_true", help="also 10^6 nodes x 30 cycles")
     parser.add_argument("--quick", action="store_true", help="small sizes, to try the script")
+    parser.add_argument("--no-balance", action="store_true", help="membership runs only")
     parser.add_argument("--pushsum-nodes", type=int, default=10_000)
     parser.add_argument("--flow-nodes", type=int, default=1_000)
     parser.add_argument("--balance-epochs", type=int, default=10)
@@ -135,6 +136,8 @@ def main() -> None:
                 f"memory {m / tg_m:.2f}x: {ok}"
             )
 
+    if a.no_balance:
+        return
     print("== balance (the current simulator, as it is; sizes capped)")
     for aggregation, nodes in (("pushsum", a.pushsum_nodes), ("flow", a.flow_nodes)):
         if a.quick:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from redy.errors import SimulationError
 from redy.sim.membership import simulate_membership
 
 pytestmark = pytest.mark.pure
@@ -106,3 +107,8 @@ def test_both_engines_report_the_same_keys() -> None:
     assert core.keys() == fast.keys()
     assert core["in_degree"].keys() == fast["in_degree"].keys()
     assert len(core["dead_links"]) == len(fast["dead_links"])
+
+
+def test_an_unknown_engine_is_refused_with_the_choices() -> None:
+    with pytest.raises(SimulationError, match="expected one of fast, core"):
+        simulate_membership(**_BASE, engine="gpu")
