@@ -8,13 +8,19 @@ were measured independently of this code.
 
 from __future__ import annotations
 
+import random
 import statistics
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from redy.errors import SimulationError
+from redy.membership.cyclon import Cyclon, ViewEntry
+from redy.sim.array_cyclon import ArrayOverlay, _merge
 from redy.sim.membership import simulate_membership
 
 pytestmark = pytest.mark.pure
@@ -112,3 +118,58 @@ def test_both_engines_report_the_same_keys() -> None:
 def test_an_unknown_engine_is_refused_with_the_choices() -> None:
     with pytest.raises(SimulationError, match="expected one of fast, core"):
         simulate_membership(**_BASE, engine="gpu")
+
+
+@st.composite
+def _merge_case(draw: st.DrawFn) -> dict[str, Any]:
+    c = draw(st.integers(2, 8))
+    now = draw(st.integers(1, 60))
+    view = draw(st.dictionaries(st.integers(1, 30), st.integers(0, now), max_size=c))
+    entries = draw(st.lists(st.tuples(st.integers(0, 30), st.integers(-1, 40)), max_size=c + 1))
+    sent = draw(st.lists(st.integers(1, 30), unique=True, max_size=c))
+    tombs = draw(st.dictionaries(st.integers(1, 30), st.integers(0, now), max_size=4))
+    tombs = {n: t for n, t in tombs.items() if n not in view}  # evidence took it out of the view
+    return {"c": c, "now": now, "view": view, "entries": entries, "sent": sent, "tombs": tombs}
+
+
+@settings(max_examples=200, deadline=None)
+@given(_merge_case())
+def test_fast_merge_leaves_the_same_view_as_the_core_merge(case: dict[str, Any]) -> None:
+    """Merging is deterministic, so here the two must agree exactly: self, duplicates, empty
+    slots, replacing what was sent (newest of it first), tombstones, their expiry and lifting."""
+    c, me, now = case["c"], 0, case["now"]
+    core = Cyclon(me, "sim://0", c, 1, random.Random(0))
+    core._tombstones.update(case["tombs"])  # node -> tick of the evidence
+    core._tick = now - now % 8
+    core._expire_tombstones()  # as the core's last sweep, at the last multiple of 8, left them
+    core._tick = now
+    fast = ArrayOverlay(31, 31, c, 1, "redy", 0)
+    fast.tick[me] = now
+    for s, (node, age) in enumerate(case["view"].items()):
+        core._base[node] = fast.base[me, s] = now - age
+        core._broker[node] = ""
+        fast.ids[me, s] = node
+    fast.length[me] = len(case["view"])
+    for s, (node, died) in enumerate(case["tombs"].items()):
+        fast.tomb_id[me, s], fast.tomb_t[me, s] = node, died
+
+    core._merge([ViewEntry(n, "", age) for n, age in case["entries"]], case["sent"])
+    e_ids = np.array([n for n, _ in case["entries"]] or [0], dtype=np.int32)
+    e_ages = np.array([a for _, a in case["entries"]] or [0], dtype=np.int32)
+    sent = np.array(case["sent"] or [0], dtype=np.int32)
+    scratch = np.empty((3, c + 2), dtype=np.int32)
+    _merge(
+        fast._state(),
+        me,
+        e_ids,
+        e_ages,
+        len(case["entries"]),
+        sent,
+        len(case["sent"]),
+        c,
+        True,
+        fast.ttl,
+        scratch,
+    )
+    after = {int(fast.ids[me, s]): now - int(fast.base[me, s]) for s in range(fast.length[me])}
+    assert after == {e.node: e.age for e in core.view}
