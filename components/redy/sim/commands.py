@@ -101,6 +101,14 @@ def sim() -> None:
     help="On the final overlay, remove nodes in 5%% steps and report the largest component.",
 )
 @click.option("--seed", type=int, default=1, show_default=True)
+@click.option(
+    "--engine",
+    type=click.Choice(["fast", "core"]),
+    default="fast",
+    show_default=True,
+    help="fast: the shuffle compiled over arrays (10^6 nodes); core: every node a "
+    "redy.membership.cyclon.Cyclon, as in the governance processes (the reference).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on one line.")
 @_plot_option
 def sim_membership(as_json: bool, plot_file: str | None, **options: Any) -> None:

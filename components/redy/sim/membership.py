@@ -15,14 +15,19 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from redy.errors import SimulationError
 from redy.membership.cyclon import Cyclon, ViewEntry
 
-_SAMPLES = 500  # BFS sources and clustering samples for large overlays
+if TYPE_CHECKING:
+    from redy.sim.array_cyclon import ArrayOverlay
+
+_SAMPLES = 500  # clustering samples for large overlays
+_SOURCES = 100  # BFS sources for the path length, the first of those samples
+_ENGINES = ("fast", "core")
 
 
 def _uri(i: int) -> str:
@@ -113,6 +118,31 @@ class _Net:
         alive = self.alive
         return sum(1 for i in self.live() for j in self.nodes[i].neighbours() if not alive[j])
 
+    # -- what simulate_membership asks of either engine --------------------------------------
+
+    def crash(self, fraction: float, rng: random.Random) -> None:
+        live = self.live()
+        for i in rng.sample(live, round(fraction * len(live))):
+            self.alive[i] = False
+
+    def join(self, count: int, rng: random.Random) -> None:
+        introducer = rng.choice(self.live())
+        self.introducer = introducer
+        for _ in range(count):
+            j = self.add()
+            intro = self.nodes[introducer]
+            self.nodes[j].seed([ViewEntry(introducer, _uri(introducer), 0), *intro.view])
+
+    def mean_view_size(self) -> float:
+        live = self.live()
+        return sum(len(self.nodes[i]) for i in live) / max(1, len(live))
+
+    def metrics(self, rng: random.Random) -> dict[str, Any]:
+        return _metrics(self, rng)
+
+    def sweep(self, rng: random.Random) -> list[dict[str, float]]:
+        return _sweep(self, rng)
+
 
 def _components(adj: list[list[int]], live: list[int]) -> int:
     """Size of the largest connected component among `live` nodes."""
@@ -185,25 +215,42 @@ def _bootstrap(net: _Net, kind: str) -> None:
         node.seed([ViewEntry(j, _uri(j), 0) for j in peers])
 
 
-def _metrics(net: _Net, rng: random.Random) -> dict[str, Any]:
-    live = net.live()
-    adj = net.adjacency()
-    deg = net.in_degree()
-    sample = live if len(live) <= _SAMPLES else rng.sample(live, _SAMPLES)
+def _sample(live: list[int], rng: random.Random) -> list[int]:
+    """The nodes clustering is averaged over; the first `_SOURCES` are the path-length sources."""
+    return live if len(live) <= _SAMPLES else rng.sample(live, _SAMPLES)
+
+
+def _report(
+    live: int, deg: np.ndarray, clustering: float, path: float, samples: int, largest: int
+) -> dict[str, Any]:
     return {
-        "nodes": len(live),
+        "nodes": live,
         "in_degree": {
             "mean": float(deg.mean()) if len(deg) else 0.0,
             "std": float(deg.std()) if len(deg) else 0.0,
             "min": int(deg.min()) if len(deg) else 0,
             "max": int(deg.max()) if len(deg) else 0,
         },
-        "clustering": _clustering(adj, sample),
-        "avg_path_length": _path_length(adj, sample[: min(len(sample), 100)]),
-        "path_length_sources": min(len(sample), 100),
-        "clustering_samples": len(sample),
-        "largest_component_fraction": _components(adj, live) / len(live) if live else 0.0,
+        "clustering": clustering,
+        "avg_path_length": path,
+        "path_length_sources": min(samples, _SOURCES),
+        "clustering_samples": samples,
+        "largest_component_fraction": largest / live if live else 0.0,
     }
+
+
+def _metrics(net: _Net, rng: random.Random) -> dict[str, Any]:
+    live = net.live()
+    adj = net.adjacency()
+    sample = _sample(live, rng)
+    return _report(
+        len(live),
+        net.in_degree(),
+        _clustering(adj, sample),
+        _path_length(adj, sample[:_SOURCES]),
+        len(sample),
+        _components(adj, live),
+    )
 
 
 def simulate_membership(
@@ -221,40 +268,42 @@ def simulate_membership(
     detector: str = "redy",
     remove_sweep: bool = False,
     seed: int = 1,
+    engine: str = "fast",
 ) -> dict[str, Any]:
     """Run the shuffle for `cycles` cycles and report the overlay's shape (see module doc)."""
     if not 0 < shuffle_length < view_size:
         raise SimulationError(f"need 0 < --shuffle < --view, got {shuffle_length} and {view_size}")
     if nodes < 2:
         raise SimulationError("need at least 2 nodes")
+    if engine not in _ENGINES:
+        raise SimulationError(f"unknown engine {engine!r}; expected one of {', '.join(_ENGINES)}")
     started = time.perf_counter()
-    net = _Net(nodes, view_size, shuffle_length, detector, seed)
+    net: _Net | ArrayOverlay
+    if engine == "core":
+        net = _Net(nodes, view_size, shuffle_length, detector, seed)
+        _bootstrap(net, bootstrap)
+    else:
+        from redy.sim.array_cyclon import ArrayOverlay  # numba: imported only when used
+
+        net = ArrayOverlay(nodes + join_count, nodes, view_size, shuffle_length, detector, seed)
+        net.bootstrap(bootstrap)
     rng = random.Random(seed + 1)
-    _bootstrap(net, bootstrap)
     std_per_cycle: list[float] = []
     dead_links: list[int] = []
     live_entries: list[float] = []
     measure_every = 1 if nodes <= 20_000 else 5
     for cycle in range(1, cycles + 1):
         if crash and crash_at == cycle:
-            live = net.live()
-            for i in rng.sample(live, round(crash * len(live))):
-                net.alive[i] = False
+            net.crash(crash, rng)
         if join_count and join_at == cycle:
-            introducer = rng.choice(net.live())
-            net.introducer = introducer
-            for _ in range(join_count):
-                j = net.add()
-                intro = net.nodes[introducer]
-                net.nodes[j].seed([ViewEntry(introducer, _uri(introducer), 0), *intro.view])
+            net.join(join_count, rng)
         net.cycle(loss)
         if cycle % measure_every == 0 or cycle == cycles:
             std_per_cycle.append(float(net.in_degree().std()))
         if crash_at is not None and cycle >= crash_at and crash:
             dead_links.append(net.dead_links())
         if loss:
-            live_ids = net.live()
-            live_entries.append(sum(len(net.nodes[i]) for i in live_ids) / max(1, len(live_ids)))
+            live_entries.append(net.mean_view_size())
     result: dict[str, Any] = {
         "parameters": {
             "nodes": nodes,
@@ -269,8 +318,9 @@ def simulate_membership(
             "loss": loss,
             "detector": detector,
             "seed": seed,
+            "engine": engine,
         },
-        **_metrics(net, rng),
+        **net.metrics(rng),
         "dead_links": dead_links,
     }
     final = std_per_cycle[-1] if std_per_cycle else 0.0
@@ -283,7 +333,7 @@ def simulate_membership(
     if loss:
         result["mean_view_size"] = live_entries[-1] if live_entries else 0.0
     if remove_sweep:
-        result["remove_sweep"] = _sweep(net, rng)
+        result["remove_sweep"] = net.sweep(rng)
     result["elapsed_s"] = round(time.perf_counter() - started, 2)
     return result
 
