@@ -11,7 +11,7 @@ gossips and the setpoint it gives its device at the clearing price cannot disagr
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import cached_property
 
 import attrs
@@ -49,8 +49,11 @@ class Block:
     def cost_eur_h(self, kw: float) -> float:
         """The exact integral of the marginal cost over the block's first `kw` kW (EUR/h)."""
         x = min(max(kw, 0.0), self.kw)
-        slope = (self.cost_hi_eur_mwh - self.cost_lo_eur_mwh) / self.kw if self.kw > 0 else 0.0
-        return (self.cost_lo_eur_mwh * x + slope * x * x / 2.0) / 1000.0
+        filled = (
+            x / self.kw if self.kw > 0 else 0.0
+        )  # the marginal cost at x is lo + filled (hi - lo)
+        lo, hi = self.cost_lo_eur_mwh, self.cost_hi_eur_mwh
+        return x * (lo + (hi - lo) * filled / 2.0) / 1000.0
 
 
 @attrs.frozen
@@ -72,6 +75,15 @@ class Offer:
             total += b.cost_eur_h(rest)
             rest -= b.kw
         return total
+
+
+# A ramp narrower than this (EUR/MWh) is a step: dividing by its width would overflow.
+_MIN_RAMP_EUR_MWH = 1e-9
+
+
+def _top(lo: float, hi: float | None) -> float:
+    """The marginal cost of a range's last kW: `hi`, or `lo` for a step."""
+    return lo if hi is None or hi - lo < _MIN_RAMP_EUR_MWH else hi
 
 
 def _check_ramp(lo: float, hi: float | None, what: str) -> None:
@@ -102,14 +114,14 @@ class Dispatchable:
     def curve_kw(self, prices: np.ndarray) -> np.ndarray:
         if not self.on:
             return np.zeros_like(prices)
-        lo, hi = self.cost_eur_mwh, self.cost_max_eur_mwh
-        if hi is None or hi == lo:
+        lo, hi = self.cost_eur_mwh, _top(self.cost_eur_mwh, self.cost_max_eur_mwh)
+        if hi == lo:
             return np.where(prices >= lo, self.p_max_kw, self.p_min_kw)
         share = np.clip((prices - lo) / (hi - lo), 0.0, 1.0)
         return self.p_min_kw + (self.p_max_kw - self.p_min_kw) * share
 
     def _block(self) -> Block:
-        hi = self.cost_eur_mwh if self.cost_max_eur_mwh is None else self.cost_max_eur_mwh
+        hi = _top(self.cost_eur_mwh, self.cost_max_eur_mwh)
         return Block(self.p_max_kw - self.p_min_kw, self.cost_eur_mwh, hi)
 
     def offer(self) -> Offer:
@@ -154,14 +166,13 @@ class FlexibleLoad:
         return float(self.curve_kw(np.asarray(price, dtype=float)))
 
     def curve_kw(self, prices: np.ndarray) -> np.ndarray:
-        lo, hi = self.wtp_eur_mwh, self.wtp_max_eur_mwh
-        if hi is None or hi == lo:
+        lo, hi = self.wtp_eur_mwh, _top(self.wtp_eur_mwh, self.wtp_max_eur_mwh)
+        if hi == lo:
             return np.where(prices <= lo, -self.power_kw, 0.0)
         return -self.power_kw * (1.0 - np.clip((prices - lo) / (hi - lo), 0.0, 1.0))
 
     def _block(self) -> Block:
-        hi = self.wtp_eur_mwh if self.wtp_max_eur_mwh is None else self.wtp_max_eur_mwh
-        return Block(self.power_kw, self.wtp_eur_mwh, hi)
+        return Block(self.power_kw, self.wtp_eur_mwh, _top(self.wtp_eur_mwh, self.wtp_max_eur_mwh))
 
     def offer(self) -> Offer:
         # Served in full costs nothing; each kW given up costs what it was worth.
@@ -213,6 +224,26 @@ class Fixed:
 
 
 Bid = Dispatchable | Renewable | FlexibleLoad | Storage | Fixed
+
+
+def ramp_ends(cost: float | Sequence[float]) -> tuple[float, float | None]:
+    """A stated marginal cost as (at_min, at_max): one number is a step (at_max None)."""
+    if isinstance(cost, int | float):
+        return float(cost), None
+    lo, hi = cost
+    return float(lo), float(hi)
+
+
+def running_cost_eur_h(
+    power_kw: float, min_kw: float, max_kw: float, cost: float | Sequence[float]
+) -> float:
+    """What a producer's output `power_kw` costs per hour at its stated marginal cost (one
+    number, or rising from min_kw to max_kw): the exact integral of it, as the market counts."""
+    lo, hi = ramp_ends(cost)
+    if hi is None or power_kw <= 0:
+        return max(power_kw, 0.0) * lo / 1000.0
+    bid = Dispatchable(max(min_kw, 0.0), max(max_kw, 0.0), lo, cost_max_eur_mwh=hi)
+    return bid.offer().cost_eur_h(power_kw)
 
 
 def urgency_wtp(urgency: float, base_eur_mwh: float, cap_eur_mwh: float) -> float:

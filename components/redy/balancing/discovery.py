@@ -7,8 +7,9 @@ Updating, see aggregation.py) over a grid of `k` prices:
    day-ahead limits). Besides the curve it averages each node's load at the cap and must-run
    injection at the floor, so that a shortage or surplus comes with its size. No crossing ends
    the epoch there: 'shortage' (at the cap) or 'surplus' (at the floor), never a clamp.
-2. then, each phase, a window of `2 * margin + 1` cells of the previous grid around the cell
-   that holds the node's crossing, again sampled at `k` prices: each phase narrows the step by
+2. then, each phase (as many as it takes to reach `resolution_eur_mwh`, 0.01 by default), a
+   window of `2 * margin + 1` cells of the previous grid around the cell that holds the node's
+   crossing, again sampled at `k` prices: each phase narrows the step by
    (k - 1) / (2 * margin + 1) (200 / 3 by default: 22.5 -> 0.34 -> 0.005 EUR/MWh), so the
    resolution does not depend on the width of the range.
 
@@ -42,33 +43,45 @@ from redy.errors import RedyError
 
 @attrs.frozen
 class PriceSearch:
-    """Where the price may lie (EUR/MWh), the prices per phase and the number of phases."""
+    """Where the price may lie (EUR/MWh), the prices per phase, and the number of phases: by
+    default as many as it takes for the last step to reach `resolution_eur_mwh`, whatever the
+    width of the range."""
 
     floor_eur_mwh: float = -500.0
     cap_eur_mwh: float = 4000.0
     k: int = 201
-    phases: int = 3
+    phases: int = 0
     margin: int = 1
+    resolution_eur_mwh: float = 0.01
 
     def __attrs_post_init__(self) -> None:
         if not self.floor_eur_mwh < self.cap_eur_mwh:
             raise RedyError(
                 f"price range: expected floor < cap, got {self.floor_eur_mwh}..{self.cap_eur_mwh}"
             )
-        if self.phases < 1 or self.margin < 0 or self.k < 2 * self.margin + 3:
+        if self.phases < 0 or self.margin < 0 or self.k < 2 * self.margin + 3:
             raise RedyError(
-                "price search: expected phases >= 1, margin >= 0 and k >= 2 * margin + 3"
+                "price search: expected phases >= 1 (0: enough for the resolution), margin >= 0"
+                " and k >= 2 * margin + 3"
             )
+        if not self.resolution_eur_mwh > 0:
+            raise RedyError("price search: expected a resolution > 0 EUR/MWh")
+        if self.phases == 0:
+            n = 1
+            while self._step(n) > self.resolution_eur_mwh and n < 20:
+                n += 1
+            object.__setattr__(self, "phases", n)
+
+    def _step(self, phases: int) -> float:
+        step = (self.cap_eur_mwh - self.floor_eur_mwh) / (self.k - 1)
+        return step * ((2 * self.margin + 1) / (self.k - 1)) ** (phases - 1)
+
+    def step_eur_mwh(self) -> float:
+        """The step of the last phase's grid."""
+        return self._step(self.phases)
 
     def coarse(self) -> PriceGrid:
         return PriceGrid(self.floor_eur_mwh, self.cap_eur_mwh, self.k)
-
-    def resolution_eur_mwh(self) -> float:
-        """The step of the last phase's grid."""
-        step = (self.cap_eur_mwh - self.floor_eur_mwh) / (self.k - 1)
-        for _ in range(self.phases - 1):
-            step *= (2 * self.margin + 1) / (self.k - 1)
-        return step
 
     def window(self, grid: PriceGrid, price: float) -> PriceGrid:
         """The next phase's grid: `2 * margin + 1` cells of `grid` around `price`."""
