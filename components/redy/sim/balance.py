@@ -95,7 +95,7 @@ def simulate_balance(
     nodes: int,
     scenario: str | None = None,
     epochs: int = 10,
-    rounds: int = 30,
+    rounds: int = 40,
     view_size: int = 20,
     shuffle_length: int = 8,
     crash: float = 0.0,

@@ -97,7 +97,7 @@ def sim_membership(as_json: bool, **options: Any) -> None:
 @click.option(
     "--rounds",
     type=click.IntRange(1),
-    default=30,
+    default=40,
     show_default=True,
     help="Gossip rounds per phase.",
 )
