@@ -117,6 +117,8 @@ class NodeEnergyState:
     price_eur_mwh: float | None = None
     status: str | None = None
     setpoint_kw: float | None = None
+    unserved_kw: float | None = None
+    excess_kw: float | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -150,6 +152,9 @@ class Gossip:
     weight: float
     values: tuple[float, ...]
     estimate: tuple[float, ...] | None = None
+    phase: int | None = None
+    floor_eur_mwh: float | None = None
+    cap_eur_mwh: float | None = None
 
 
 MESSAGE_TYPES: dict[str, type] = {
