@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from redy.errors import SimulationError
-from redy.sim.balance import simulate_balance
+from redy.sim.balance import DEFAULT_MIX, simulate_balance
 from redy.sim.scenario import load_scenario
 
 pytestmark = pytest.mark.pure
@@ -114,6 +114,7 @@ def test_explicit_nodes_and_a_mix_fill_the_grid_together(tmp_path: Path) -> None
             "at_min <= at_max",
         ),
         ("nodes:\n  - id: a\n    bids:\n      - {type: fixed}\n", 4, "needs ['p_kw']"),
+        ("mix:\n  eco_house: 1\n  nuclear: 2\n", 3, "unknown node kind 'nuclear'"),
     ],
 )
 def test_a_bad_scenario_is_refused_with_its_file_and_line(
@@ -122,6 +123,6 @@ def test_a_bad_scenario_is_refused_with_its_file_and_line(
     f = tmp_path / "bad.yaml"
     f.write_text(text)
     with pytest.raises(SimulationError) as err:
-        load_scenario(str(f))
+        load_scenario(str(f), DEFAULT_MIX)
     msg = str(err.value)
     assert msg.startswith(f"{f}:{line}:") and words in msg and "\n" not in msg

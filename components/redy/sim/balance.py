@@ -118,7 +118,7 @@ def simulate_balance(
         search = PriceSearch(price_floor, price_cap, price_points, phases)
     except RedyError as exc:
         raise SimulationError(str(exc)) from None
-    plan = load_scenario(scenario) if scenario is not None else Scenario(DEFAULT_MIX)
+    plan = load_scenario(scenario, DEFAULT_MIX) if scenario is not None else Scenario(DEFAULT_MIX)
     explicit = list(plan.nodes)
     # Explicit nodes alone make the grid; with a mix, drawn nodes fill it up to `nodes`.
     nodes = max(nodes, len(explicit)) if plan.mix is not None else len(explicit)

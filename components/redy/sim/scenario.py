@@ -15,7 +15,7 @@ over the bid's range. Unknown keys and bid types are refused with the file and l
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -130,8 +130,9 @@ def _bid(file: str, raw: Any, line: int) -> Bid:
         ) from None
 
 
-def load_scenario(path: str) -> Scenario:
-    """Read and check a scenario file; SimulationError naming the file and line otherwise."""
+def load_scenario(path: str, kinds: Collection[str] = ()) -> Scenario:
+    """Read and check a scenario file (`kinds`: the node kinds a mix may name, if given);
+    SimulationError naming the file and line otherwise."""
     try:
         data = yaml.load(Path(path).read_text(), Loader=_Loader)
     except (OSError, yaml.YAMLError, RedyError) as exc:
@@ -155,6 +156,12 @@ def load_scenario(path: str) -> Scenario:
             ) from None
         if not mix or sum(mix.values()) <= 0 or min(mix.values()) < 0:
             raise SimulationError(f"{where}: the shares must be >= 0 and add up to more than 0")
+        unknown = sorted(set(mix) - set(kinds)) if kinds else []
+        if unknown:
+            line = _line(data["mix"], unknown[0], _line(data, "mix"))
+            raise SimulationError(
+                f"{path}:{line}: unknown node kind {unknown[0]!r} in 'mix:'; expected {sorted(kinds)}"
+            )
     nodes = []
     if "nodes" in data:
         raw_nodes = data["nodes"]
