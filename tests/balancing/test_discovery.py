@@ -22,7 +22,7 @@ from redy.balancing.curves import (
     running_cost_eur_h,
     sample,
 )
-from redy.balancing.discovery import PriceDiscovery, PriceSearch
+from redy.balancing.discovery import PhaseGossip, PriceDiscovery, PriceSearch
 from redy.balancing.reference import solve
 from redy.errors import RedyError
 
@@ -148,8 +148,8 @@ def test_nodes_on_different_windows_all_move_to_the_lowest_and_keep_the_sum() ->
     low, high = PriceGrid(40.0, 107.5, search.k), PriceGrid(62.5, 130.0, search.k)
     for i, n in enumerate(nodes):
         n.start_epoch(1, bids[i])
-        n.phase = 2  # as if phase 1 had ended on two sides of a cell edge
-        n._start(low if i in (0, 7) else high)
+        n.phase, n._parent = 2, search.coarse()  # as if phase 1 had ended on two sides
+        n._start(low if i in (0, 7) else high)  # of a cell edge
     order = random.Random(1)
     for _ in range(60):
         ids = list(adj)
@@ -213,3 +213,25 @@ def test_storage_offer_charges_when_cheap_and_costs_nothing_idle() -> None:
     assert o.cost_eur_h(0.0) == pytest.approx(0.0)
     assert o.cost_eur_h(-10.0) == pytest.approx(-0.4)
     assert o.cost_eur_h(20.0) == pytest.approx(2.4)
+
+
+def test_a_window_no_honest_node_could_choose_is_refused() -> None:
+    search = PriceSearch()
+    a = PriceDiscovery(PushSum("a", random.Random(1)), search)
+    b = PriceDiscovery(PushSum("b", random.Random(2)), search)
+    for n in (a, b):
+        n.start_epoch(1, [Fixed(-10.0), Dispatchable(0, 50, 80.0)])
+        n.end_phase()  # alone: each clears its own curve at 80 and refines around it
+    (m,) = b.round(["a"])
+    grid = a.grid
+    forged = [
+        (-1e6, grid.cap_eur_mwh),  # far below the range
+        (grid.floor_eur_mwh - 1.0, grid.cap_eur_mwh - 1.0),  # off the coarse grid
+        (grid.floor_eur_mwh - 22.5, grid.cap_eur_mwh),  # four cells wide
+    ]
+    for floor, cap in forged:
+        bad = PhaseGossip(m.phase, floor, cap, m.msg)
+        assert not a.on_message(bad)
+        assert (a.grid.floor_eur_mwh, a.grid.cap_eur_mwh) == (grid.floor_eur_mwh, grid.cap_eur_mwh)
+    lower = PhaseGossip(m.phase, grid.floor_eur_mwh - 22.5, grid.cap_eur_mwh - 22.5, m.msg)
+    assert a.on_message(lower) and a.grid.floor_eur_mwh == grid.floor_eur_mwh - 22.5

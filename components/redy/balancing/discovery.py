@@ -138,6 +138,7 @@ class PriceDiscovery:
         self.grid = self.search.coarse()
         self.result: MarketResult | None = None
         self._bids: list[Bid] = []
+        self._parent: PriceGrid | None = None  # the previous phase's grid
         self._done = True
 
     @property
@@ -158,6 +159,8 @@ class PriceDiscovery:
         self._start(self.search.coarse())
 
     def _start(self, grid: PriceGrid) -> None:
+        if self.phase == 1:
+            self._parent = None
         self.grid = grid
         values = curve(self._bids, grid)
         if self.phase == 1:
@@ -185,10 +188,20 @@ class PriceDiscovery:
         if theirs > mine:
             return False  # the sender restarts on ours when it hears of it
         if theirs < mine:
-            if not m.cap_eur_mwh > m.floor_eur_mwh:
-                return False
+            if not self._is_window(m.floor_eur_mwh, m.cap_eur_mwh):
+                return False  # not a window of this phase: a broken or hostile peer
             self._start(PriceGrid(m.floor_eur_mwh, m.cap_eur_mwh, self.search.k))
         return self.agg.on_message(m.msg)
+
+    def _is_window(self, floor: float, cap: float) -> bool:
+        """Whether [floor, cap] is a window the previous phase's grid gives (so a peer can
+        only pull the others to a window an honest node could have chosen)."""
+        if self._parent is None:
+            return False  # phase 1 has one window: the whole range
+        prices = self._parent.prices
+        first = int(np.searchsorted(prices, floor))
+        last = first + 2 * self.search.margin + 1
+        return last < len(prices) and prices[first] == floor and prices[last] == cap
 
     def on_undeliverable(self, m: PhaseGossip) -> None:
         if m.phase == self.phase and m.floor_eur_mwh == self.grid.floor_eur_mwh:
@@ -216,6 +229,7 @@ class PriceDiscovery:
             self._done = True
             return self.result
         self.phase += 1
+        self._parent = self.grid
         self._start(self.search.window(self.grid, c.price_eur_mwh))
         return self.result
 
