@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from redy.balancing.curves import Dispatchable
 from redy.errors import SimulationError
 from redy.sim.balance import DEFAULT_MIX, simulate_balance
 from redy.sim.scenario import load_scenario
@@ -83,13 +84,18 @@ def test_explicit_nodes_and_a_mix_fill_the_grid_together(tmp_path: Path) -> None
         " discharge_above_eur_mwh: 90}\n"
         "      - {type: renewable, available_kw: 20}\n"
         "      - {type: flexible_load, power_kw: 30, wtp_eur_mwh: [50, 80]}\n"
+        "  - id: battery\n"
+        "    bids: [{type: storage, charge_kw: 5, discharge_kw: 5, marginal_cost_eur_mwh: [40, 120]}]\n"
     )
     out = tmp_path / "d.json"
     r = simulate_balance(nodes=50, scenario=str(f), epochs=1, dump_dispatch=str(out))
     assert r["parameters"]["nodes"] == 50
     nodes = json.loads(out.read_text())["epochs"][0]["nodes"]
     assert nodes[0]["node"] == "big-gen" and len(nodes[0]["dispatch_kw"]) == 4
+    assert nodes[1]["node"] == "battery" and -5 <= nodes[1]["dispatch_kw"][0] <= 5
     assert len(nodes) == 50
+    plan = load_scenario(str(f), DEFAULT_MIX)
+    assert plan.nodes[1].bids == (Dispatchable(-5, 5, 40.0, cost_max_eur_mwh=120.0),)
 
 
 @pytest.mark.parametrize(
@@ -115,6 +121,12 @@ def test_explicit_nodes_and_a_mix_fill_the_grid_together(tmp_path: Path) -> None
         ),
         ("nodes:\n  - id: a\n    bids:\n      - {type: fixed}\n", 4, "needs ['p_kw']"),
         ("mix:\n  eco_house: 1\n  nuclear: 2\n", 3, "unknown node kind 'nuclear'"),
+        (
+            "nodes:\n  - id: a\n    bids:\n      - {type: storage, charge_kw: 1, discharge_kw: 1,"
+            " charge_below_eur_mwh: 30}\n",
+            4,
+            "or marginal_cost_eur_mwh alone",
+        ),
     ],
 )
 def test_a_bad_scenario_is_refused_with_its_file_and_line(

@@ -9,6 +9,14 @@ nodes:                                     # optional: these nodes, with these b
     bids: [{type: fixed, p_kw: -35000}]
 ```
 
+Bid types and their keys (powers in kW, + = injection; prices in EUR/MWh):
+- `dispatchable`: p_max_kw, marginal_cost_eur_mwh; p_min_kw (0), on (true)
+- `fixed`: p_kw
+- `flexible_load`: power_kw, wtp_eur_mwh (the whole load runs at or under it)
+- `storage`: charge_kw, discharge_kw, and charge_below_eur_mwh + discharge_above_eur_mwh, or
+  marginal_cost_eur_mwh alone (charges under at_min, discharges over at_max)
+- `renewable`: available_kw; marginal_cost_eur_mwh (0)
+
 A marginal cost (or a willingness to pay) is a number, or `[at_min, at_max]`: a linear ramp
 over the bid's range. Unknown keys and bid types are refused with the file and line.
 """
@@ -67,20 +75,30 @@ def _flexible(f: dict[str, Any]) -> Bid:
     return FlexibleLoad(float(f["power_kw"]), lo, hi)
 
 
+def _storage(f: dict[str, Any]) -> Bid:
+    charge, discharge = float(f["charge_kw"]), float(f["discharge_kw"])
+    prices = ("charge_below_eur_mwh", "discharge_above_eur_mwh")
+    if "marginal_cost_eur_mwh" in f and not any(k in f for k in prices):
+        # A rising cost over the whole range: charges under at_min, discharges over at_max.
+        lo, hi = _ramp(f["marginal_cost_eur_mwh"])
+        return Dispatchable(-charge, discharge, lo, cost_max_eur_mwh=hi)
+    if not all(k in f for k in prices) or "marginal_cost_eur_mwh" in f:
+        raise ValueError(f"expected both {list(prices)}, or marginal_cost_eur_mwh alone")
+    lo, hi = float(f[prices[0]]), float(f[prices[1]])
+    if lo > hi:
+        raise ValueError(f"{prices[0]} {lo} is above {prices[1]} {hi}")
+    return Storage(charge, discharge, lo, hi)
+
+
 # Bid type: (required keys, optional keys, builder).
 _BIDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], Callable[[dict[str, Any]], Bid]]] = {
     "dispatchable": (("p_max_kw", "marginal_cost_eur_mwh"), ("p_min_kw", "on"), _dispatchable),
     "fixed": (("p_kw",), (), lambda f: Fixed(float(f["p_kw"]))),
     "flexible_load": (("power_kw", "wtp_eur_mwh"), (), _flexible),
     "storage": (
-        ("charge_kw", "discharge_kw", "charge_below_eur_mwh", "discharge_above_eur_mwh"),
-        (),
-        lambda f: Storage(
-            float(f["charge_kw"]),
-            float(f["discharge_kw"]),
-            float(f["charge_below_eur_mwh"]),
-            float(f["discharge_above_eur_mwh"]),
-        ),
+        ("charge_kw", "discharge_kw"),
+        ("charge_below_eur_mwh", "discharge_above_eur_mwh", "marginal_cost_eur_mwh"),
+        _storage,
     ),
     "renewable": (
         ("available_kw",),
