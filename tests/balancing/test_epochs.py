@@ -85,7 +85,7 @@ def _cores(links: _Links, pacing: Pacing, live: list[int]) -> dict[int, MarketCo
 def test_every_node_holds_the_optimal_price_a_few_round_trips_into_the_epoch() -> None:
     n = 30
     links = _Links(n, latency_s=0.002)
-    pacing = Pacing(epoch_s=4.0, rounds=40, round_s=0.004)
+    pacing = Pacing(epoch_s=4.0, round_s=0.004)
     cores = _cores(links, pacing, list(range(n)))
     links.run(cores, start_s=3.5, until_s=12.0)  # starts mid-epoch 0: waits for epoch 1
     ref = solve([_bids(i) for i in range(n)])
@@ -97,9 +97,9 @@ def test_every_node_holds_the_optimal_price_a_few_round_trips_into_the_epoch() -
         assert len(clears) == n
         for c in clears:
             assert abs(c.result.price_eur_mwh - ref.price_eur_mwh) <= 0.01
-            # Paced by arrivals: 3 phases x 40 pushes at 2-4 ms each, where pacing the rounds
+            # Paced by arrivals: 3 phases x 60 pushes at 2-4 ms each, where pacing the rounds
             # at epoch_s / (rounds + 2) would take 3.9 s for one phase.
-            assert c.elapsed_s < 0.5
+            assert c.elapsed_s < 1.0
         total = sum(c.result.dispatch_kw(b) for c in clears for b in c.bids)
         assert abs(total) < 1e-3 * sum(
             -b.injection_kw(0) for i in range(n) for b in _bids(i) if isinstance(b, Fixed)

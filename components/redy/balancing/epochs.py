@@ -76,7 +76,7 @@ class Pacing:
     no message comes: a few peer round trips (a push that waits it out is a round lost)."""
 
     epoch_s: float
-    rounds: int = 40
+    rounds: int = 60
     round_s: float = 0.02
     min_gap_s: float = 0.0
     finish_by: float = 0.5
