@@ -4,9 +4,10 @@ Every bid is a non-decreasing function of price (producers offer above their cos
 consume below their willingness to pay, storage charges when cheap and discharges when dear):
 a step at one marginal cost, or a linear ramp when the marginal cost rises over the bid's range
 (a thermal plant's). `offer()` states the same bid as the continuous problem sees it (blocks of
-kW at a marginal cost), which the reference solver and the exact cost use. A curve is the bid sampled at the grid's prices and read between grid prices by linear
-interpolation; `dispatch_kw(bid, price)` reads the same interpolation, so the curve a node
-gossips and the setpoint it gives its device at the clearing price cannot disagree.
+kW at a marginal cost), which the reference solver and the exact cost use. A curve is the bid
+sampled at the grid's prices and read between grid prices by linear interpolation;
+`dispatch_kw(bid, price)` reads the same interpolation, so the curve a node gossips and the
+setpoint it gives its device at the clearing price cannot disagree.
 """
 
 from __future__ import annotations
@@ -49,9 +50,8 @@ class Block:
     def cost_eur_h(self, kw: float) -> float:
         """The exact integral of the marginal cost over the block's first `kw` kW (EUR/h)."""
         x = min(max(kw, 0.0), self.kw)
-        filled = (
-            x / self.kw if self.kw > 0 else 0.0
-        )  # the marginal cost at x is lo + filled (hi - lo)
+        # The marginal cost at x is lo + (hi - lo) x / kw; its mean over 0..x is halfway.
+        filled = x / self.kw if self.kw > 0 else 0.0
         lo, hi = self.cost_lo_eur_mwh, self.cost_hi_eur_mwh
         return x * (lo + (hi - lo) * filled / 2.0) / 1000.0
 
