@@ -85,7 +85,8 @@ class ActuatorStatus:
     min_kw: float
     max_kw: float
     setpoint_kw: float | None = None
-    marginal_cost_eur_mwh: float | None = None
+    # One number, or (at_min, at_max): rising linearly from min_kw to max_kw.
+    marginal_cost_eur_mwh: float | tuple[float, ...] | None = None
     charge_below_eur_mwh: float | None = None
     discharge_above_eur_mwh: float | None = None
     note: str | None = None
@@ -117,6 +118,8 @@ class NodeEnergyState:
     status: str | None = None
     clock_offset_s: float | None = None
     setpoint_kw: float | None = None
+    unserved_kw: float | None = None
+    excess_kw: float | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -151,6 +154,9 @@ class Gossip:
     values: tuple[float, ...]
     estimate: tuple[float, ...] | None = None
     ts_s: float | None = None
+    phase: int | None = None
+    floor_eur_mwh: float | None = None
+    cap_eur_mwh: float | None = None
 
 
 MESSAGE_TYPES: dict[str, type] = {
@@ -269,8 +275,10 @@ def _convert(f: FieldSpec, value: Any) -> Any:
         )
     if f.type in MESSAGE_TYPES:
         return _build(f.type, value)
-    if f.type == "float":
+    if f.type == "float" or (f.type == "ramp" and not isinstance(value, list | tuple)):
         return float(value)
+    if f.type == "ramp":
+        return tuple(float(v) for v in value)
     return value
 
 
@@ -307,6 +315,21 @@ def _check_value(f: FieldSpec, value: Any, where: str) -> None:
         return
     if t in MESSAGE_TYPES:
         _check_object(value, t, where)
+        return
+    if t == "ramp":
+        if not isinstance(value, list | tuple):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidMessage(f"{where}: expected {_expect(f)}, got {_kind(value)}")
+            _check_value(attrs.evolve(f, type="float"), value, where)
+            return
+        if len(value) != 2:
+            raise InvalidMessage(f"{where}: {len(value)} items, expected {_expect(f)}")
+        for i, v in enumerate(value):
+            _check_value(attrs.evolve(f, type="float"), v, f"{where}[{i}]")
+        if value[0] > value[1]:
+            raise InvalidMessage(
+                f"{where}: at_min {value[0]} is above at_max {value[1]}; expected {_expect(f)}"
+            )
         return
     if t in ("str", "id", "uri", "enum"):
         if not isinstance(value, str):
@@ -358,6 +381,7 @@ def _expect(f: FieldSpec) -> str:
         "str": "a string",
         "int": "an integer",
         "float": f"a number in {f.unit}" if f.unit and f.unit != "1" else "a number",
+        "ramp": f"a number in {f.unit} or [at_min, at_max] with at_min <= at_max",
         "bool": "true or false",
         "list": f"a list of {f.items}",
     }.get(f.type, f"a {f.type} object")

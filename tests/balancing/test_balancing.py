@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from redy.balancing.aggregation import FlowUpdating, GossipOut, PushSum
-from redy.balancing.clearing import clear, optimum
+from redy.balancing.clearing import clear
 from redy.balancing.curves import (
     Dispatchable,
     Fixed,
@@ -90,14 +90,6 @@ def test_flat_segment_at_zero_clears_at_its_lowest_price_and_exact_zero_clears()
     assert c.status == "cleared" and 40.0 <= c.price_eur_mwh <= 50.0
     zero = clear(np.zeros(GRID.k), GRID)
     assert (zero.status, zero.price_eur_mwh) == ("cleared", -100.0)
-
-
-def test_optimum_prices_the_marginal_producer() -> None:
-    node_bids = [[Dispatchable(0, 1000, 60)], [Dispatchable(0, 1000, 120)], [Fixed(-1500)]]
-    curves = np.array([curve(b, GRID) for b in node_bids])
-    opt = optimum(node_bids, curves, GRID)
-    assert 110.0 <= opt.price_eur_mwh <= 120.0
-    assert opt.cost_eur_h == pytest.approx((1000 * 60 + 500 * 120) / 1000, rel=0.01)
 
 
 def test_urgency_raises_willingness_to_pay() -> None:

@@ -1,70 +1,142 @@
-"""The market's epoch schedule and its tolerance of skewed clocks (pure)."""
+"""The market's epoch and round core with a fake clock and in-memory links (pure)."""
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import random
+
 import pytest
 
-from redy.balancing.epochs import ClockOffsets, EpochSchedule, FutureBuffer
+from redy.balancing.aggregation import PushSum
+from redy.balancing.curves import Bid, Dispatchable, Fixed, FlexibleLoad
+from redy.balancing.epochs import Cleared, MarketCore, Pacing, Received, Refused, Send, Tick
+from redy.balancing.reference import solve
 from redy.errors import RedyError
 
 pytestmark = pytest.mark.pure
 
 
-def test_rounds_in_the_first_half_and_clearing_a_tolerance_later() -> None:
-    s = EpochSchedule(epoch_s=4.0, rounds=10, tolerance_s=1.0)
-    assert s.round_at(5, 1) == 20.0
-    assert s.round_at(5, 10) == pytest.approx(20.0 + 9 * 0.2)
-    assert s.clear_at(5) == pytest.approx(23.0)
-    assert s.tolerated_skew_s == pytest.approx(1.0)
-    assert s.next_epoch(19.99) == 5 and s.next_epoch(20.0) == 6
+def _bids(i: int) -> list[Bid]:
+    rng = random.Random(i)
+    if i % 4 == 0:
+        return [Dispatchable(0, rng.uniform(200, 900), rng.uniform(30, 150), cost_max_eur_mwh=None)]
+    if i % 4 == 1:
+        return [Dispatchable(50, 600, 40.0, cost_max_eur_mwh=rng.uniform(60, 200))]
+    return [Fixed(-rng.uniform(100, 400)), FlexibleLoad(80, rng.uniform(20, 300))]
 
 
-def test_nodes_one_second_apart_exchange_every_round_before_clearing() -> None:
-    """A node T s behind sends round r at its own round time; on the clock of a node T s ahead
-    that is T s later. Every such message lands before the ahead node clears, and every message
-    of the ahead node lands before the behind node clears (kept until its epoch starts)."""
-    s = EpochSchedule(epoch_s=4.0, rounds=10, tolerance_s=1.0)
-    skew = 1.0
-    e = 7
-    for r in range(1, 11):
-        behind_send_on_ahead_clock = s.round_at(e, r) + skew
-        assert behind_send_on_ahead_clock <= s.clear_at(e)
-        ahead_send_on_behind_clock = s.round_at(e, r) - skew
-        assert ahead_send_on_behind_clock <= s.clear_at(e)
-        assert ahead_send_on_behind_clock >= s.start(e - 1)  # never two epochs early
+class _Links:
+    """In-memory links: every message arrives `latency_s` later; pushes to `dead` are refused
+    at once. Runs cores with a fake clock, in time order."""
+
+    def __init__(self, n: int, latency_s: float, dead: frozenset[int] = frozenset()) -> None:
+        rng = random.Random(n)
+        self.views = {
+            i: sorted({(i + 1) % n, *rng.sample([j for j in range(n) if j != i], 5)})
+            for i in range(n)
+        }
+        self.latency_s = latency_s
+        self.dead = dead
+        self.cleared: list[Cleared] = []
+        self.sent = 0
+        self._queue: list[tuple[float, int, int, object]] = []
+        self._seq = itertools.count()
+
+    def run(self, cores: dict[int, MarketCore], start_s: float, until_s: float) -> None:
+        now = start_s
+        for i, c in cores.items():
+            self._act(i, now, c.handle(now, Tick()))
+        while now < until_s:
+            deadline, i = min((c.next_deadline(), i) for i, c in cores.items())
+            if self._queue and self._queue[0][0] <= deadline:
+                now, _, i, event = heapq.heappop(self._queue)
+            else:
+                now, event = deadline, Tick()
+            self._act(i, now, cores[i].handle(now, event))  # type: ignore[arg-type]
+
+    def _act(self, node: int, now: float, actions: list) -> None:
+        for a in actions:
+            if isinstance(a, Cleared):
+                self.cleared.append(a)
+                continue
+            assert isinstance(a, Send)
+            self.sent += 1
+            target = a.msg.target
+            if target in self.dead:
+                heapq.heappush(self._queue, (now, next(self._seq), node, Refused(a.msg)))
+            else:
+                at = now + self.latency_s
+                heapq.heappush(self._queue, (at, next(self._seq), target, Received(a.msg)))
 
 
-def test_a_short_epoch_caps_the_clearing_time() -> None:
-    s = EpochSchedule(epoch_s=1.0, rounds=5, tolerance_s=1.0)
-    assert s.clear_offset_s == pytest.approx(0.95)
-    assert s.tolerated_skew_s == pytest.approx(0.45)
+def _cores(links: _Links, pacing: Pacing, live: list[int]) -> dict[int, MarketCore]:
+    return {
+        i: MarketCore(
+            PushSum(i, random.Random(i)),
+            pacing,
+            bids=lambda i=i: _bids(i),  # type: ignore[misc]
+            neighbours=lambda i=i: links.views[i],  # type: ignore[misc]
+        )
+        for i in live
+    }
 
 
-def test_bad_schedules_are_refused() -> None:
-    with pytest.raises(RedyError, match="rounds"):
-        EpochSchedule(epoch_s=4.0, rounds=0)
-    with pytest.raises(RedyError, match="gossip_share"):
-        EpochSchedule(epoch_s=4.0, rounds=3, gossip_share=1.0)
+def test_every_node_holds_the_optimal_price_a_few_round_trips_into_the_epoch() -> None:
+    n = 30
+    links = _Links(n, latency_s=0.002)
+    pacing = Pacing(epoch_s=4.0, round_s=0.004)
+    cores = _cores(links, pacing, list(range(n)))
+    links.run(cores, start_s=3.5, until_s=12.0)  # starts mid-epoch 0: waits for epoch 1
+    ref = solve([_bids(i) for i in range(n)])
+    by_epoch: dict[int, list[Cleared]] = {}
+    for c in links.cleared:
+        by_epoch.setdefault(c.epoch, []).append(c)
+    assert sorted(by_epoch) == [1, 2]
+    for clears in by_epoch.values():
+        assert len(clears) == n
+        for c in clears:
+            assert abs(c.result.price_eur_mwh - ref.price_eur_mwh) <= 0.01
+            # Paced by arrivals: 3 phases x 60 pushes at 2-4 ms each, where pacing the rounds
+            # at epoch_s / (rounds + 2) would take 3.9 s for one phase.
+            assert c.elapsed_s < 1.0
+        total = sum(c.result.dispatch_kw(b) for c in clears for b in c.bids)
+        assert abs(total) < 1e-3 * sum(
+            -b.injection_kw(0) for i in range(n) for b in _bids(i) if isinstance(b, Fixed)
+        )
 
 
-def test_future_buffer_releases_one_epoch_and_is_bounded() -> None:
-    b = FutureBuffer(limit=3)
-    b.keep(5, "a")
-    b.keep(6, "b")
-    b.keep(5, "c")
-    b.keep(5, "d")
-    assert b.dropped == 1
-    assert b.release(5) == ["a", "c"]
-    assert b.release(6) == ["b"]
-    assert b.release(6) == []
+def test_refused_pushes_keep_their_mass_and_the_live_nodes_clear_among_themselves() -> None:
+    n = 24
+    dead = frozenset({3, 11})
+    links = _Links(n, latency_s=0.001, dead=dead)
+    live = [i for i in range(n) if i not in dead]
+    cores = _cores(links, Pacing(epoch_s=2.0, round_s=0.003), live)
+    links.run(cores, start_s=2.0, until_s=3.9)
+    ref = solve([_bids(i) for i in live])
+    assert len(links.cleared) == len(live)
+    for c in links.cleared:
+        assert abs(c.result.price_eur_mwh - ref.price_eur_mwh) <= 0.01
 
 
-def test_clock_offset_is_the_median_over_senders() -> None:
-    o = ClockOffsets()
-    assert o.offset_s() is None
-    o.sample("a", sent_s=100.0, received_s=101.5)  # we are 1.5 s ahead of a
-    o.sample("b", sent_s=100.0, received_s=101.5)
-    o.sample("c", sent_s=110.0, received_s=100.0)  # one wild neighbour does not matter
-    assert o.offset_s() == pytest.approx(1.5)
-    o.sample("c", sent_s=200.0, received_s=201.5)  # only each sender's latest counts
-    assert o.offset_s() == pytest.approx(1.5)
+def test_a_message_of_the_next_epoch_starts_a_node_whose_clock_is_behind() -> None:
+    pacing = Pacing(epoch_s=4.0)
+    core = MarketCore(PushSum(0, random.Random(0)), pacing, lambda: _bids(0), lambda: [1])
+    peer = MarketCore(PushSum(1, random.Random(1)), pacing, lambda: _bids(1), lambda: [0])
+    assert core.handle(3.9, Tick()) == []  # mid-epoch 0: waits
+    (first,) = peer.handle(4.0, Tick())  # the peer's clock reached epoch 1: it pushes
+    assert isinstance(first, Send)
+    core.handle(3.95, Received(first.msg))
+    assert core.epoch == 1 and core.discovery.epoch == 1
+    # A message from far ahead (a broken clock) does not move it.
+    far = MarketCore(PushSum(2, random.Random(2)), pacing, lambda: _bids(2), lambda: [0])
+    (ahead,) = [a for a in far.handle(40.0, Tick()) if isinstance(a, Send)]
+    core.handle(4.1, Received(ahead.msg))
+    assert core.epoch == 1
+
+
+def test_pacing_refuses_settings_that_cannot_run() -> None:
+    with pytest.raises(RedyError, match="epoch_s > 0"):
+        Pacing(epoch_s=0)
+    with pytest.raises(RedyError, match="min_gap_s < round_s"):
+        Pacing(epoch_s=4, round_s=0.1, min_gap_s=0.2)

@@ -79,3 +79,31 @@ def test_offline_units_do_not_bid() -> None:
     _unit(s, "turbine", "action", "production", _status(100, 800, 95))
     s.on_message("redy/n/units/turbine/state", messages.UnitState(state="offline", bd_seq=1))
     assert node_bids(s) == {}
+
+
+def test_a_stated_rising_marginal_cost_becomes_a_ramped_bid() -> None:
+    s = NodeState("n")
+    _unit(s, "turbine", "action", "production", _status(100, 800, (60.0, 95.0)))  # type: ignore[arg-type]
+    _unit(s, "furnace", "action", "consumption", _status(-300, -50, (90.0, 140.0)))  # type: ignore[arg-type]
+    _unit(s, "battery", "action", "storage", _status(-5, 5, (40.0, 120.0)))  # type: ignore[arg-type]
+    bids = node_bids(s)
+    assert bids["turbine"] == Dispatchable(100, 800, 60.0, cost_max_eur_mwh=95.0)
+    assert bids["furnace"] == FlexibleLoad(250, 90.0, 140.0)
+    assert bids["furnace.base"] == Fixed(-50)
+    assert bids["battery"] == Dispatchable(-5, 5, 40.0, cost_max_eur_mwh=120.0)
+    assert bids["turbine"].injection_kw(77.5) == pytest.approx(450.0)
+    # The node's running cost counts the ramp's exact integral: 100 kW at 60, then 60 -> 77.5.
+    s.on_message(
+        "redy/n/action/turbine/status",
+        messages.ActuatorStatus(
+            seq=2,
+            ts_s=1,
+            power_kw=450,
+            on=True,
+            min_kw=100,
+            max_kw=800,
+            marginal_cost_eur_mwh=(60.0, 95.0),
+        ),
+    )
+    cost = s.energy_state(1.0).cost_eur_h
+    assert cost == pytest.approx((100 * 60 + 350 * (60 + 77.5) / 2) / 1000)

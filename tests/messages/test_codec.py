@@ -40,6 +40,10 @@ def _value(spec: FieldSpec) -> st.SearchStrategy[object]:
         "bool": st.booleans(),
         "int": st.integers(int(spec.min or 0), int(min(spec.max or 2**31, 2**31))),
         "float": _number(spec),
+        # A number, or a rising pair [at_min, at_max].
+        "ramp": st.one_of(
+            _number(spec), st.lists(_number(spec), min_size=2, max_size=2).map(sorted).map(tuple)
+        ),
     }[t]
     return st.one_of(st.none(), scalar) if spec.optional else scalar
 

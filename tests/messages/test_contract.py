@@ -20,6 +20,7 @@ _SCALARS = {
     "enum": str,
     "int": int,
     "float": float,
+    "ramp": float | tuple[float, ...],
     "bool": bool,
 }
 

@@ -1,17 +1,15 @@
-"""Clearing: the price where a (sum or average) curve crosses zero, and the reference optimum.
+"""Clearing: the price where a (sum or average) curve, sampled on a price grid, crosses zero.
 
-A node clears on its gossip estimate of the average curve; `optimum` clears the exact sum of
-the same curves (tests and benchmarks only: no node ever sees all curves).
+A node clears on its gossip estimate of the average curve, phase after phase (discovery.py).
+The reference optimum is not this: reference.py solves the exact bids, with no grid.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import attrs
 import numpy as np
 
-from redy.balancing.curves import Bid, PriceGrid, cost_eur_h
+from redy.balancing.curves import PriceGrid
 
 
 @attrs.frozen
@@ -36,17 +34,3 @@ def clear(curve: np.ndarray, grid: PriceGrid) -> Clearing:
     lo, hi = curve[k - 1], curve[k]
     f = 0.0 if hi == lo else (0.0 - lo) / (hi - lo)
     return Clearing(float(prices[k - 1] + f * (prices[k] - prices[k - 1])), "cleared")
-
-
-@attrs.frozen
-class Optimum:
-    price_eur_mwh: float
-    status: str
-    cost_eur_h: float
-
-
-def optimum(bids_by_node: Sequence[Sequence[Bid]], curves: np.ndarray, grid: PriceGrid) -> Optimum:
-    """Centralized clearing of the sum of all `curves` (rows) and the cost of that dispatch."""
-    c = clear(curves.sum(axis=0), grid)
-    cost = sum(cost_eur_h(bids, grid, c.price_eur_mwh) for bids in bids_by_node)
-    return Optimum(c.price_eur_mwh, c.status, cost)

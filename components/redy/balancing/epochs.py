@@ -1,113 +1,211 @@
-"""When a node gossips and clears inside a market epoch, and how it copes with skewed clocks.
+"""A node's market epochs and gossip rounds, sans-IO: `handle(now, event)` / `next_deadline()`.
 
-Sans-IO: the market driver asks `EpochSchedule` when to wake and `ClockOffsets` what its clock
-offset is; neither reads a clock.
+The governance unit (or a test with a fake clock and in-memory links) drives it: it calls
+`handle(now, Tick())` at `next_deadline()`, `handle(now, Received(msg))` for every gossip
+message from a peer, and `handle(now, Refused(msg))` when a peer's broker refused a push; it
+carries out the actions returned: `Send(msg)` (publish to `msg.target`) and `Cleared(...)`
+(command the units to their dispatch at the price found).
 
-Nodes number epochs from their own wall clock (epoch e starts at e * epoch_s), so a node whose
-clock is T seconds ahead starts every epoch T seconds early. The schedule puts all gossip rounds
-in the first part of the epoch (`gossip_share`) and clears `tolerance_s` after the last round:
-- a message from a node that is ahead arrives before the receiver's epoch starts; the receiver
-  keeps it (`FutureBuffer`) and counts it once the epoch starts;
-- a message from a node that is up to `tolerance_s` behind arrives before the receiver clears.
-So nodes up to `tolerance_s` apart still exchange every round of the epoch and clear together,
-as long as the epoch is long enough (`gossip_share` * epoch_s + tolerance_s < epoch_s).
+Epoch `e` starts at `e * epoch_s` on the nodes' shared clock; a node that starts mid-epoch waits
+for the next one, and a message of the next epoch starts it early (the sender's clock is a
+little ahead). Rounds are paced by message arrival, with the round numbers as a logical clock:
+a node makes its next push as soon as a message of its own round or a later one has arrived
+(and `min_gap_s` has passed since its last push), catching up push by push when it is behind,
+and otherwise when `round_s` has passed with nothing. Rounds thus advance one network hop at a
+time, together on all nodes, and the price is known a few dozen hops after the epoch starts
+instead of at a fixed fraction of the epoch. After `rounds` pushes a node ends its phase
+(PriceDiscovery); a message of a later phase makes it catch up at once. Phases not finished by `finish_by` of the
+epoch end there with the price found so far.
 """
 
 from __future__ import annotations
 
-import statistics
-from collections.abc import Hashable
-from typing import Any
+import math
+from collections.abc import Callable, Sequence
 
 import attrs
 
+from redy.balancing.aggregation import Aggregator, NodeId
+from redy.balancing.curves import Bid
+from redy.balancing.discovery import MarketResult, PhaseGossip, PriceDiscovery, PriceSearch
 from redy.errors import RedyError
 
 
 @attrs.frozen
-class EpochSchedule:
-    """Times (s, on the node's clock) of an epoch's rounds and clearing."""
+class Tick:
+    """A deadline came (or the driver just looks)."""
+
+
+@attrs.frozen
+class Received:
+    msg: PhaseGossip
+
+
+@attrs.frozen
+class Refused:
+    """The target's broker refused `msg`: its mass comes back."""
+
+    msg: PhaseGossip
+
+
+Event = Tick | Received | Refused
+
+
+@attrs.frozen
+class Send:
+    msg: PhaseGossip
+
+
+@attrs.frozen
+class Cleared:
+    """The epoch's result and the bids it was found for (dispatch each with
+    `result.dispatch_kw(bid)`); `elapsed_s` from the epoch's start."""
+
+    epoch: int
+    result: MarketResult
+    bids: tuple[Bid, ...]
+    elapsed_s: float
+
+
+Action = Send | Cleared
+
+
+@attrs.frozen
+class Pacing:
+    """Epoch length, pushes per phase and the round timers (s). `round_s` bounds a round when
+    no message comes: a few peer round trips (a push that waits it out is a round lost)."""
 
     epoch_s: float
-    rounds: int
-    tolerance_s: float = 1.0
-    gossip_share: float = 0.5
+    rounds: int = 60
+    round_s: float = 0.02
+    min_gap_s: float = 0.0
+    finish_by: float = 0.5
 
     def __attrs_post_init__(self) -> None:
-        if self.epoch_s <= 0 or self.rounds < 1:
-            raise RedyError(
-                f"epoch_s must be > 0 and rounds >= 1, got {self.epoch_s}, {self.rounds}"
-            )
-        if not 0 < self.gossip_share < 1:
-            raise RedyError(f"gossip_share must be in (0, 1), got {self.gossip_share}")
-
-    @property
-    def round_s(self) -> float:
-        return self.gossip_share * self.epoch_s / self.rounds
-
-    @property
-    def clear_offset_s(self) -> float:
-        """Seconds after the epoch start at which the node clears: `tolerance_s` after its last
-        round, but never later than 95 % of the epoch."""
-        return min(self.gossip_share * self.epoch_s + self.tolerance_s, 0.95 * self.epoch_s)
-
-    @property
-    def tolerated_skew_s(self) -> float:
-        """The clock difference the schedule absorbs (what is left of `tolerance_s`)."""
-        return self.clear_offset_s - self.gossip_share * self.epoch_s
-
-    def next_epoch(self, now: float) -> int:
-        """The first epoch that starts after `now`."""
-        return int(now // self.epoch_s) + 1
-
-    def start(self, epoch: int) -> float:
-        return epoch * self.epoch_s
-
-    def round_at(self, epoch: int, r: int) -> float:
-        """Round r (1-based) of `epoch`; round 1 goes out at the epoch start."""
-        return self.start(epoch) + (r - 1) * self.round_s
-
-    def clear_at(self, epoch: int) -> float:
-        return self.start(epoch) + self.clear_offset_s
+        if not (self.epoch_s > 0 and self.rounds >= 1 and self.round_s > 0):
+            raise RedyError("market pacing: expected epoch_s > 0, rounds >= 1 and round_s > 0")
+        if not (0 <= self.min_gap_s < self.round_s and 0 < self.finish_by <= 1):
+            raise RedyError("market pacing: expected 0 <= min_gap_s < round_s, 0 < finish_by <= 1")
 
 
-class FutureBuffer:
-    """Messages of the epoch after the current one, kept until it starts (bounded)."""
+class MarketCore:
+    """One node's epochs (see the module docstring)."""
 
-    def __init__(self, limit: int = 256) -> None:
-        self.limit = limit
-        self._msgs: list[tuple[int, Any]] = []
-        self.dropped = 0
+    def __init__(
+        self,
+        aggregator: Aggregator,
+        pacing: Pacing,
+        bids: Callable[[], Sequence[Bid]],
+        neighbours: Callable[[], Sequence[NodeId]],
+        search: PriceSearch | None = None,
+    ) -> None:
+        self.discovery = PriceDiscovery(aggregator, search)
+        self.pacing = pacing
+        self._bids_of = bids
+        self._neighbours = neighbours
+        self.epoch = 0  # the epoch running or last run; 0: none yet
+        self._next_epoch: int | None = None  # set on the first event
+        self._bids: tuple[Bid, ...] = ()
+        self._running = False
+        self._pushes = 0  # in the current phase
+        self._last_push = -math.inf
+        self._seen_round = 0  # the latest round of the phase heard of from a peer
+        self._started_at = 0.0
+        self.last: Cleared | None = None
 
-    def keep(self, epoch: int, msg: Any) -> None:
-        if len(self._msgs) >= self.limit:
-            self.dropped += 1
-            return
-        self._msgs.append((epoch, msg))
+    # --- time ----------------------------------------------------------------------------
 
-    def release(self, epoch: int) -> list[Any]:
-        """The kept messages of `epoch`; older ones are forgotten, newer ones kept."""
-        out = [m for e, m in self._msgs if e == epoch]
-        self._msgs = [(e, m) for e, m in self._msgs if e > epoch]
+    def _start_of(self, epoch: int) -> float:
+        return epoch * self.pacing.epoch_s
+
+    def next_deadline(self) -> float:
+        """When the driver must call `handle(now, Tick())` at the latest."""
+        if self._next_epoch is None:
+            return -math.inf  # call now: the core learns the time
+        if not self._running:
+            return self._start_of(self._next_epoch)
+        finish = self._start_of(self.epoch) + self.pacing.finish_by * self.pacing.epoch_s
+        return min(self._last_push + self.pacing.round_s, finish)
+
+    # --- events --------------------------------------------------------------------------
+
+    def handle(self, now: float, event: Event) -> list[Action]:
+        out: list[Action] = []
+        if self._next_epoch is None:
+            # A node that starts mid-epoch waits for the next one.
+            self._next_epoch = math.ceil(now / self.pacing.epoch_s)
+        if isinstance(event, Received):
+            self._early_start(now, event.msg, out)
+        if not self._running and now >= self._start_of(self._next_epoch):
+            self._start(now, math.floor(now / self.pacing.epoch_s), out)
+        if not self._running:
+            return out
+        if isinstance(event, Received):
+            self._receive(now, event.msg, out)
+        elif isinstance(event, Refused):
+            self.discovery.on_undeliverable(event.msg)
+        finish = self._start_of(self.epoch) + self.pacing.finish_by * self.pacing.epoch_s
+        if now >= finish:
+            self._finish(now, out)
+            return out
+        if now >= self._last_push + self.pacing.round_s:
+            self._push(now, out)
+        elif (
+            isinstance(event, Received)
+            and self._pushes <= self._seen_round
+            and now >= self._last_push + self.pacing.min_gap_s
+        ):
+            self._push(now, out)  # a peer is at our round or past it: go on
         return out
 
+    def _early_start(self, now: float, msg: PhaseGossip, out: list[Action]) -> None:
+        epoch = msg.msg.epoch
+        assert self._next_epoch is not None
+        lead = self._start_of(epoch) - now
+        if epoch == self._next_epoch and 0 < lead <= self.pacing.epoch_s / 4:
+            self._finish(now, out)  # still on the last epoch: it ends here
+            self._start(now, epoch, out, push=False)
 
-class ClockOffsets:
-    """This node's clock offset from its neighbours: the median, over senders, of (our receive
-    time - their send time) of each sender's latest message. Latency adds a few milliseconds;
-    the median makes one skewed neighbour irrelevant."""
+    def _start(self, now: float, epoch: int, out: list[Action], push: bool = True) -> None:
+        self.epoch = epoch
+        self._next_epoch = epoch + 1
+        self._bids = tuple(self._bids_of())
+        self.discovery.start_epoch(epoch, self._bids)
+        self._running = True
+        self._pushes = 0
+        self._seen_round = 0
+        self._started_at = now
+        if push:
+            self._push(now, out)
 
-    def __init__(self, max_senders: int = 64) -> None:
-        self._latest: dict[Hashable, float] = {}
-        self._max = max_senders
+    def _receive(self, now: float, msg: PhaseGossip, out: list[Action]) -> None:
+        if msg.msg.epoch != self.epoch:
+            return
+        while self._running and msg.phase > self.discovery.phase:
+            self._end_phase(now, out, push=False)  # the sender is ahead: catch up
+        if self._running and self.discovery.on_message(msg):
+            self._seen_round = max(self._seen_round, msg.msg.round)
 
-    def sample(self, sender: Hashable, sent_s: float, received_s: float) -> None:
-        self._latest.pop(sender, None)
-        self._latest[sender] = received_s - sent_s
-        while len(self._latest) > self._max:
-            del self._latest[next(iter(self._latest))]
+    def _push(self, now: float, out: list[Action]) -> None:
+        self._last_push = now
+        out.extend(Send(m) for m in self.discovery.round(list(self._neighbours())))
+        self._pushes += 1
+        if self._pushes >= self.pacing.rounds:
+            self._end_phase(now, out)
 
-    def offset_s(self) -> float | None:
-        if not self._latest:
-            return None
-        return float(statistics.median(self._latest.values()))
+    def _finish(self, now: float, out: list[Action]) -> None:
+        while self._running:
+            self._end_phase(now, out, push=False)
+
+    def _end_phase(self, now: float, out: list[Action], push: bool = True) -> None:
+        result = self.discovery.end_phase()
+        self._pushes = 0
+        self._seen_round = 0
+        if not self.discovery.done:
+            if push:  # the next phase starts with a push of its own
+                self._push(now, out)
+            return
+        self._running = False
+        if result is not None:
+            self.last = Cleared(self.epoch, result, self._bids, now - self._started_at)
+            out.append(self.last)

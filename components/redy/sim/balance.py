@@ -1,44 +1,47 @@
 """`redy sim balance`: membership and balancing together for N nodes, epoch by epoch.
 
-Each node has bids drawn (seeded) for its kind; each epoch its fixed loads and renewables move
-a little, the overlay shuffles once, the nodes gossip their curves for `rounds` rounds over their
-current views (the same sans-IO cores the governance units run), each clears its own estimate of
-the average curve and dispatches its bids at that price. The reference optimum clears the exact
-sum of the same curves. Crashes (mid-epoch: the mass of the dead is lost for that epoch) and
-message loss are parameters.
+Each node has bids drawn (seeded) for its kind, or stated in the scenario file; each epoch its
+fixed loads and renewables move a little, the overlay shuffles once, and the nodes find the
+price with the same sans-IO cores the governance units run: `phases` phases of `rounds` gossip
+rounds each over their current views, each phase on a finer price window (discovery.py); each
+node dispatches its bids at the price it found. The reference optimum solves the exact bids with
+no grid (reference.py), and cost is the exact integral of marginal cost over the dispatched
+range. Crashes (mid-epoch: the mass of the dead is lost for that phase) and message loss are
+parameters.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
-import yaml
 
-from redy.balancing.aggregation import ALGORITHMS, Aggregator
-from redy.balancing.clearing import clear, optimum
+from redy.balancing.aggregation import ALGORITHMS
 from redy.balancing.curves import (
     Bid,
     Dispatchable,
     Fixed,
     FlexibleLoad,
-    PriceGrid,
     Renewable,
     Storage,
-    cost_eur_h,
     curve,
-    dispatch_kw,
     ev_urgency,
     urgency_wtp,
 )
-from redy.errors import SimulationError
+from redy.balancing.discovery import PriceDiscovery, PriceSearch
+from redy.balancing.reference import solve
+from redy.errors import RedyError, SimulationError
 from redy.sim.membership import _bootstrap, _Net
+from redy.sim.scenario import Scenario, load_scenario
 
 DEFAULT_AGGREGATION = "pushsum"
+# Pushes a node tries per round when a neighbour's broker refuses them (a dead node).
+_PUSH_TRIES = 3
 # Shares of node kinds in a mixed grid (a town: many houses, some firms, a few plants).
 DEFAULT_MIX = {
     "eco_house": 0.55,
@@ -87,28 +90,12 @@ def _bids(kind: str, rng: random.Random, t: float) -> list[Bid]:
     raise SimulationError(f"unknown node kind {kind!r} in the scenario")
 
 
-def _mix(scenario: str | None) -> dict[str, float]:
-    if scenario is None:
-        return DEFAULT_MIX
-    try:
-        data = yaml.safe_load(Path(scenario).read_text())
-        mix = {str(k): float(v) for k, v in data["mix"].items()}
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SimulationError(
-            f"scenario {scenario}: expected YAML with 'mix: {{kind: share, ...}}' ({problem})"
-        ) from None
-    if not mix or sum(mix.values()) <= 0:
-        raise SimulationError(f"scenario {scenario}: the shares must add up to more than 0")
-    return mix
-
-
 def simulate_balance(
     *,
     nodes: int,
     scenario: str | None = None,
     epochs: int = 10,
-    rounds: int = 30,
+    rounds: int = 40,
     view_size: int = 20,
     shuffle_length: int = 8,
     crash: float = 0.0,
@@ -116,109 +103,168 @@ def simulate_balance(
     loss: float = 0.0,
     aggregation: str | None = None,
     dump_curves: str | None = None,
+    dump_dispatch: str | None = None,
+    price_floor: float = -500.0,
+    price_cap: float = 4000.0,
+    price_points: int = 201,
+    phases: int = 0,
     seed: int = 1,
 ) -> dict[str, Any]:
     """Run `epochs` market intervals and report price, spread, imbalance and cost per epoch."""
     algorithm = aggregation or DEFAULT_AGGREGATION
     if algorithm not in ALGORITHMS:
         raise SimulationError(f"unknown aggregation {algorithm!r}; expected {list(ALGORITHMS)}")
+    try:
+        search = PriceSearch(price_floor, price_cap, price_points, phases)
+    except RedyError as exc:
+        raise SimulationError(str(exc)) from None
+    plan = load_scenario(scenario, DEFAULT_MIX) if scenario is not None else Scenario(DEFAULT_MIX)
+    explicit = list(plan.nodes)
+    # Explicit nodes alone make the grid; with a mix, drawn nodes fill it up to `nodes`.
+    nodes = max(nodes, len(explicit)) if plan.mix is not None else len(explicit)
     if nodes < 2:
         raise SimulationError("need at least 2 nodes")
     view_size = min(view_size, nodes - 1)
     shuffle_length = min(shuffle_length, view_size - 1) or 1
     started = time.perf_counter()
     rng = random.Random(seed)
-    grid = PriceGrid()
-    mix = _mix(scenario)
-    kinds = rng.choices(list(mix), weights=list(mix.values()), k=nodes)
+    mix = plan.mix or {}
+    drawn = (
+        rng.choices(list(mix), weights=list(mix.values()), k=nodes - len(explicit)) if mix else []
+    )
+    kinds = ["explicit"] * len(explicit) + drawn
+    names = [n.id for n in explicit] + [f"{k}-{i}" for i, k in enumerate(drawn, len(explicit))]
     node_seeds = [rng.getrandbits(32) for _ in range(nodes)]
     net = _Net(nodes, view_size, shuffle_length, "redy", seed)
     _bootstrap(net, "random")
     for _ in range(10):
         net.cycle(0.0)
     cls = ALGORITHMS[algorithm]
-    agg: list[Aggregator] = [cls(i, random.Random(rng.getrandbits(64))) for i in range(nodes)]
+    market = [
+        PriceDiscovery(cls(i, random.Random(rng.getrandbits(64))), search) for i in range(nodes)
+    ]
     out_epochs = []
+    dispatches: list[dict[str, Any]] = []
     messages = 0
-    last_curves: np.ndarray | None = None
+    last: tuple[list[int], dict[int, list[Bid]]] | None = None
     for epoch in range(1, epochs + 1):
         net.cycle(loss)
         live = net.live()
         t = (epoch - 1) / max(1, epochs)
-        bids = {i: _bids(kinds[i], random.Random(node_seeds[i] * 1000 + epoch), t) for i in live}
-        curves = {i: curve(bids[i], grid) for i in live}
+        bids = {
+            i: list(explicit[i].bids)
+            if i < len(explicit)
+            else _bids(kinds[i], random.Random(node_seeds[i] * 1000 + epoch), t)
+            for i in live
+        }
         for i in live:
-            agg[i].start_epoch(epoch, curves[i])
+            market[i].start_epoch(epoch, bids[i])
         crashed: set[int] = set()
-        for r in range(1, rounds + 1):
-            if crash and crash_at == epoch and r == rounds // 2:
-                crashed = set(rng.sample(live, round(crash * len(live))))
-                for i in crashed:
-                    net.alive[i] = False
-                live = [i for i in live if i not in crashed]
-            alive = net.alive
-            neighbours = _neighbours(net, live, symmetric=algorithm == "flow")
-            # Asynchronous rounds: nodes act in a random order and a message arrives before
-            # the next node acts, as on a real network (synchronous lock-step makes Flow
-            # Updating oscillate, which no real deployment would see).
-            order = live[:]
-            rng.shuffle(order)
-            for i in order:
-                for m in agg[i].round(neighbours[i]):
-                    messages += 1
-                    if not alive[m.target]:
-                        # Refused by the dead node's broker: the sender keeps its mass, and
-                        # its membership learns of the death too.
-                        agg[i].on_undeliverable(m)
-                        net.nodes[i].on_unreachable(m.target)
-                    elif not (loss and rng.random() < loss):
-                        agg[m.target].on_message(m)
-        live_bids = [bids[i] for i in live]
-        rows = np.array([curves[i] for i in live])
-        last_curves = rows
-        opt = optimum(live_bids, rows, grid)
+        for phase in range(1, search.phases + 1):
+            if all(market[i].done for i in live):
+                break
+            for r in range(1, rounds + 1):
+                if crash and crash_at == epoch and phase == 1 and r == rounds // 2:
+                    crashed = set(rng.sample(live, round(crash * len(live))))
+                    for i in crashed:
+                        net.alive[i] = False
+                    live = [i for i in live if i not in crashed]
+                alive = net.alive
+                neighbours = _neighbours(net, live, symmetric=algorithm == "flow")
+                # Asynchronous rounds: nodes act in a random order and a message arrives before
+                # the next node acts, as on a real network (synchronous lock-step makes Flow
+                # Updating oscillate, which no real deployment would see).
+                order = live[:]
+                rng.shuffle(order)
+                for i in order:
+                    targets = neighbours[i]
+                    for _ in range(_PUSH_TRIES):
+                        refused = False
+                        for m in market[i].round(targets):
+                            messages += 1
+                            if not alive[m.target]:
+                                # Refused by the dead node's broker: the sender keeps its mass,
+                                # its membership learns of the death, and it tries another.
+                                market[i].on_undeliverable(m)
+                                net.nodes[i].on_unreachable(m.target)
+                                targets = [j for j in targets if j != m.target]
+                                refused = True
+                            elif not (loss and rng.random() < loss):
+                                market[m.target].on_message(m)
+                        if not refused:
+                            break
+            for i in live:
+                market[i].end_phase()
+        last = (live, bids)
+        ref = solve([bids[i] for i in live], search.floor_eur_mwh, search.cap_eur_mwh)
         prices = []
-        injection = load = cost = 0.0
+        statuses: Counter[str] = Counter()
+        injection = load = cost = unserved = excess = 0.0
+        dumped = []
         for i in live:
-            est = agg[i].estimate()
-            price = clear(est, grid).price_eur_mwh if est is not None else opt.price_eur_mwh
-            prices.append(price)
-            for b in bids[i]:
-                p = dispatch_kw(b, grid, price)
+            res = market[i].result
+            if res is None:  # no estimate (no mass): the node keeps its units where the
+                dispatch = [b.injection_kw(ref.price_eur_mwh) for b in bids[i]]  # optimum puts them
+                statuses["none"] += 1
+            else:
+                dispatch = [res.dispatch_kw(b) for b in bids[i]]
+                prices.append(res.price_eur_mwh)
+                statuses[res.status] += 1
+                unserved += res.unserved_kw
+                excess += res.excess_kw
+            for b, p in zip(bids[i], dispatch, strict=True):
                 injection += p
                 load += -p if p < 0 else 0.0
-            cost += cost_eur_h(bids[i], grid, price)
+                cost += b.offer().cost_eur_h(p)
+            if dump_dispatch:
+                dumped.append({"node": names[i], "dispatch_kw": dispatch})
+        if dump_dispatch:
+            dispatches.append({"epoch": epoch, "nodes": dumped})
+        opt = ref.cost_eur_h
         out_epochs.append(
             {
                 "epoch": epoch,
                 "nodes": len(live),
-                "price": float(np.median(prices)),
-                "price_optimal": opt.price_eur_mwh,
-                "price_spread": float(max(prices) - min(prices)),
-                "status_optimal": opt.status,
+                "price": float(np.median(prices)) if prices else ref.price_eur_mwh,
+                "price_optimal": ref.price_eur_mwh,
+                "price_spread": float(max(prices) - min(prices)) if prices else 0.0,
+                "price_error": max((abs(p - ref.price_eur_mwh) for p in prices), default=0.0),
+                "status_optimal": ref.status,
+                "statuses": dict(statuses),
+                "unserved_kw_optimal": ref.unserved_kw,
+                "excess_kw_optimal": ref.excess_kw,
+                "unserved_kw": unserved,
+                "excess_kw": excess,
                 "imbalance_kw": injection,
                 "load_kw": load,
                 "imbalance_ratio": abs(injection) / load if load else 0.0,
                 "cost": cost,
-                "cost_optimal": opt.cost_eur_h,
-                "cost_gap_ratio": (cost - opt.cost_eur_h) / opt.cost_eur_h
-                if opt.cost_eur_h
+                "cost_optimal": opt,
+                "cost_gap_ratio": float((cost - opt) / abs(opt)) if opt else 0.0,
+                # The imbalance bought (or sold) at the optimal price: never below the optimum
+                # (it minimises cost - price x injection), so the gap is the dispatch's alone.
+                "cost_gap_settled_ratio": float(
+                    (cost - injection * ref.price_eur_mwh / 1000.0 - opt) / abs(opt)
+                )
+                if opt
                 else 0.0,
                 "crashed": len(crashed),
             }
         )
-    if dump_curves and last_curves is not None:
+    if dump_curves and last is not None:
+        grid = search.coarse()
+        live, bids = last
         Path(dump_curves).write_bytes(
             orjson.dumps(
                 {
                     "prices": grid.prices.tolist(),
-                    "nodes": [
-                        {"node": i, "curve": c.tolist()}
-                        for i, c in zip(net.live(), last_curves, strict=False)
-                    ],
-                }
+                    "nodes": [{"node": i, "curve": curve(bids[i], grid).tolist()} for i in live],
+                },
+                option=orjson.OPT_SERIALIZE_NUMPY,
             )
         )
+    if dump_dispatch:
+        Path(dump_dispatch).write_bytes(orjson.dumps({"epochs": dispatches}))
     return {
         "parameters": {
             "nodes": nodes,
@@ -231,7 +277,9 @@ def simulate_balance(
             "loss": loss,
             "aggregation": algorithm,
             "seed": seed,
-            "price_grid": [grid.floor_eur_mwh, grid.cap_eur_mwh, grid.k],
+            "price_grid": [search.floor_eur_mwh, search.cap_eur_mwh, search.k],
+            "phases": search.phases,
+            "price_step_eur_mwh": search.step_eur_mwh(),
         },
         "epochs": out_epochs,
         "messages": messages,

@@ -124,10 +124,37 @@ def sim_membership(as_json: bool, plot_file: str | None, **options: Any) -> None
     "--scenario",
     type=click.Path(exists=True, dir_okay=False),
     default=None,
-    help="YAML scenario: node kinds and their share.",
+    help="YAML scenario: 'mix:' (node kinds and their share) and/or 'nodes:' (ids and bids).",
 )
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
-@click.option("--rounds", type=click.IntRange(1), default=30, show_default=True)
+@click.option(
+    "--rounds",
+    type=click.IntRange(1),
+    default=40,
+    show_default=True,
+    help="Gossip rounds per phase.",
+)
+@click.option(
+    "--phases",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Price phases per epoch, each on a finer window around the last price "
+    "(0: as many as reach 0.01 EUR/MWh).",
+)
+@click.option(
+    "--price-floor", type=float, default=-500.0, show_default=True, help="Lowest price, EUR/MWh."
+)
+@click.option(
+    "--price-cap", type=float, default=4000.0, show_default=True, help="Highest price, EUR/MWh."
+)
+@click.option(
+    "--price-points",
+    type=click.IntRange(5, 510),
+    default=201,
+    show_default=True,
+    help="Prices per phase (the gossip vector's length).",
+)
 @click.option("--view", "view_size", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--shuffle", "shuffle_length", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--crash", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True)
@@ -140,6 +167,12 @@ def sim_membership(as_json: bool, plot_file: str | None, **options: Any) -> None
     help="Gossip aggregation (default: the better one, see README).",
 )
 @click.option("--dump-curves", type=click.Path(dir_okay=False, writable=True), default=None)
+@click.option(
+    "--dump-dispatch",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write every node's dispatch (kW, one per bid), epoch by epoch, as JSON.",
+)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on one line.")
 @_plot_option

@@ -34,8 +34,9 @@ from redy.balancing.curves import (
     Storage,
     curve,
     dispatch_kw,
+    ramp_ends,
 )
-from redy.balancing.epochs import ClockOffsets, EpochSchedule, FutureBuffer
+from redy.balancing.schedule import ClockOffsets, EpochSchedule, FutureBuffer
 from redy.topics import render
 from redy.transport.peer_links import PeerLinks, PeerUnreachable
 from redy.units.node_state import NodeState
@@ -58,14 +59,23 @@ def node_bids(state: NodeState) -> dict[str, Bid]:
             continue
         if u.role == "action" and u.status is not None:
             s = u.status
-            cost = s.marginal_cost_eur_mwh
+            # A stated marginal cost is one number, or [at_min, at_max] rising over the range.
+            cost, cost_max = (None, None)
+            if s.marginal_cost_eur_mwh is not None:
+                cost, cost_max = ramp_ends(s.marginal_cost_eur_mwh)
             if s.min_kw >= 0:
-                bids[name] = Dispatchable(s.min_kw, s.max_kw, cost if cost is not None else 0.0)
+                bids[name] = Dispatchable(
+                    s.min_kw, s.max_kw, cost if cost is not None else 0.0, cost_max_eur_mwh=cost_max
+                )
             elif s.max_kw <= 0:
                 value = cost if cost is not None else LOAD_VALUE_DEFAULT
                 if s.max_kw < 0:
                     bids[f"{name}.base"] = Fixed(s.max_kw)
-                bids[name] = FlexibleLoad(s.max_kw - s.min_kw, value)
+                bids[name] = FlexibleLoad(s.max_kw - s.min_kw, value, cost_max)
+            elif cost is not None and cost_max is not None and s.charge_below_eur_mwh is None:
+                # Storage that states a rising cost: charges fully under at_min, discharges
+                # fully over at_max, and follows the ramp between.
+                bids[name] = Dispatchable(s.min_kw, s.max_kw, cost, cost_max_eur_mwh=cost_max)
             else:
                 charge_below = s.charge_below_eur_mwh
                 discharge_above = s.discharge_above_eur_mwh

@@ -11,6 +11,7 @@ from __future__ import annotations
 import attrs
 
 from redy import messages
+from redy.balancing.curves import ramp_ends, running_cost_eur_h
 
 
 @attrs.define
@@ -112,8 +113,9 @@ class NodeState:
                 production += p
             else:
                 consumption += -p
-            if u.status is not None and u.status.marginal_cost_eur_mwh is not None and p > 0:
-                cost_eur_h += p / 1000.0 * u.status.marginal_cost_eur_mwh
+            st = u.status
+            if st is not None and st.marginal_cost_eur_mwh is not None and p > 0:
+                cost_eur_h += running_cost_eur_h(p, st.min_kw, st.max_kw, st.marginal_cost_eur_mwh)
             m = u.measurement
             if m is not None and m.forecast_kw:
                 forecast = [
@@ -167,7 +169,7 @@ class NodeState:
             status = actuators[name].status
             assert status is not None
             c = status.marginal_cost_eur_mwh
-            return c if c is not None else 0.0
+            return ramp_ends(c)[0] if c is not None else 0.0  # a ramp: its first kW's cost
 
         orders = []
         for name in sorted(actuators, key=cost, reverse=gap < 0):
