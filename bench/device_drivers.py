@@ -7,6 +7,8 @@ against its real counterpart on 127.0.0.1:
 
 - sunspec_meter (detection, polls Modbus TCP)  vs household_load: pymodbus's server with a
   SunSpec meter (model 203);
+- sunspec_inverter (action, polls 701 and 704)  vs gas_plant: the same server with a SunSpec
+  inverter (models 701 and 704);
 - z2m_plug (detection, event-driven)           vs household_load: a Mosquitto playing the
   Zigbee2MQTT broker, the plug publishing its state --events-hz times a second;
 - ocpp_charger (action, the CSMS)              vs ev_charger: a charge point simulated with the
@@ -43,6 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "drivers"))
 from counterparts import (  # noqa: E402
     M203,
+    M701,
+    M704,
     ChargePointRunner,
     ModbusServer,
     spread,
@@ -55,8 +59,9 @@ from redy.brokers import NodeBroker, ProcessBroker  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 NODE = "bench"
-UNITS = {"model-meter": "detection", "model-ev": "action", "sunspec": "detection",
-         "plug": "detection", "charger": "action"}  # fmt: skip
+UNITS = {"model-meter": "detection", "model-ev": "action", "model-gen": "action",
+         "sunspec": "detection", "inverter": "action", "plug": "detection",
+         "charger": "action"}  # fmt: skip
 
 
 def _cpu_s(pid: int) -> float:
@@ -227,13 +232,22 @@ def main() -> int:
             regs, _ = sunspec_map((203, M203, spread(
                 M203, W=1234, W_SF=-1, TotWhExp=words(5000, 2), TotWhImp=words(12000, 2),
                 TotWh_SF=0)))  # fmt: skip
-            server = ModbusServer(_free_port(), {1: regs}, lambda *_: None)
+            der, _ = sunspec_map(
+                (701, M701, spread(M701, W=4000, W_SF=0, TotWhInj=words(10**6, 4), TotWh_SF=0)),
+                (704, M704, spread(M704, WMaxLimPctEna=0, WMaxLimPct=100, WMaxLimPct_SF=0)),
+            )
+            server = ModbusServer(_free_port(), {1: regs, 2: der}, lambda *_: None)
             server.start()
             try:
                 model = run("detection", "model-meter", "household_load", load)
                 driver = run("detection", "sunspec", "sunspec_meter",
                              {"host": "127.0.0.1", "port": server.port, "rated_kw": 2})  # fmt: skip
                 rows.append(("sunspec_meter (poll)", model, driver))
+                model = run("action", "model-gen", "gas_plant", {})
+                driver = run("action", "inverter", "sunspec_inverter",
+                             {"host": "127.0.0.1", "port": server.port, "unit_id": 2,
+                              "rated_kw": 5})  # fmt: skip
+                rows.append(("sunspec_inverter (poll)", model, driver))
             finally:
                 server.stop()
 

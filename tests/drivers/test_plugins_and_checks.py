@@ -16,11 +16,10 @@ from redy.devices import BUILTIN, DEVICES, ENTRY_POINT_GROUP, MODELS, is_driver
 from redy.errors import LaunchError
 from redy.launch.parser import parse
 
-pytestmark = pytest.mark.pure
-
 DRIVERS = ("ocpp_charger", "sunspec_inverter", "sunspec_meter", "z2m_plug")
 
 
+@pytest.mark.pure
 def test_installed_entry_points_declare_every_built_in_device() -> None:
     declared = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
     assert {k: declared.get(k) for k in BUILTIN} == BUILTIN
@@ -28,6 +27,7 @@ def test_installed_entry_points_declare_every_built_in_device() -> None:
     assert all(is_driver(d) for d in DRIVERS) and not any(is_driver(m) for m in MODELS)
 
 
+@pytest.mark.e2e
 def test_a_pip_installed_package_adds_a_device_through_the_entry_point_group(
     tmp_path: Path,
 ) -> None:
@@ -79,6 +79,7 @@ def test_a_pip_installed_package_adds_a_device_through_the_entry_point_group(
 HEAD = "launch:\n  - broker: {node: a, port: 19001}\n"
 
 
+@pytest.mark.pure
 @pytest.mark.parametrize(
     ("unit", "expected"),
     [
@@ -105,6 +106,7 @@ def test_launch_check_refuses_bad_driver_parameters_with_file_and_line(
     assert f"{f}:3" in msg and expected in msg and "\n" not in msg
 
 
+@pytest.mark.pure
 def test_a_real_device_refuses_a_simulated_clock(tmp_path: Path) -> None:
     f = tmp_path / "fast.yaml"
     f.write_text(

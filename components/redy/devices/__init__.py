@@ -1,6 +1,9 @@
-"""Physical models of producers, loads and storage (pure: no I/O but a profile cache).
+"""Physical models of producers, loads and storage (pure: no I/O but a profile cache), and the
+registry of every device a unit can drive: these models and the drivers of real devices
+(redy.drivers), found by name in the `redy.devices` entry-point group.
 
-`make_model(name, **params)` builds a model from a launch file's device name and parameters.
+`make_model(name, **params)` builds a model, `make_driver(name, **params)` a driver (not yet
+connected), from a launch file's device name and parameters; `check_params` validates both.
 """
 
 from __future__ import annotations

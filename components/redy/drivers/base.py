@@ -82,6 +82,10 @@ class Driver:
     def bid_eur_mwh(self) -> float | None:
         return self.marginal_cost_eur_mwh
 
+    def storage_prices(self) -> tuple[float, float] | None:
+        """Storage: (charge below, discharge above) in EUR/MWh; no driver states them yet."""
+        return None
+
     def check_power(self, power_kw: float, what: str) -> float:
         """`power_kw` if a device of this rating can show it; DeviceFault otherwise (a meter
         reading five times its rating is a broken register, not a measurement)."""

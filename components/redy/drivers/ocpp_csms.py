@@ -380,12 +380,16 @@ class _Handlers:
         for ts, energy, power in parse_meter_values(meter_value):
             self.driver.on_meter(energy, power, ts)
 
-    def _after_boot(self, request: Any) -> None:
+    def trigger_reading(self) -> Any:
+        """This version's TriggerMessage asking for MeterValues."""
+        raise NotImplementedError
+
+    def _after_boot(self) -> None:
         """Ask for a reading now, not at the next transaction (optional for a charge point)."""
 
         async def ask() -> None:
             try:
-                await self.call(request)  # type: ignore[attr-defined]
+                await self.call(self.trigger_reading())  # type: ignore[attr-defined]
             except Exception as exc:
                 _log.info("charge point %s: TriggerMessage not answered (%s)", self.id, exc)
 
@@ -393,12 +397,30 @@ class _Handlers:
         asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(ask()))
 
 
+def _common(on: Any, action: Any, call_result: Any) -> type[_Handlers]:
+    """The handlers both versions answer alike, routed with that version's enums and results."""
+
+    class Common(_Handlers):
+        @on(action.boot_notification)
+        async def on_boot(self, **_kw: Any) -> Any:
+            self._after_boot()
+            return call_result.BootNotification(
+                current_time=_now_iso(), interval=30, status="Accepted"
+            )
+
+        @on(action.heartbeat)
+        async def on_heartbeat(self, **_kw: Any) -> Any:
+            return call_result.Heartbeat(current_time=_now_iso())
+
+    return Common
+
+
 def _v16() -> Any:
     from ocpp.routing import on
     from ocpp.v16 import ChargePoint, call, call_result
     from ocpp.v16.enums import Action
 
-    class Session(_Handlers, ChargePoint):
+    class Session(_common(on, Action, call_result), ChargePoint):  # type: ignore[misc]
         async def set_limit(self, connector_id: int, tx: int | str | None, limit_w: float) -> str:
             profile = _profile(tx, limit_w)
             profile["charging_schedule"] = profile.pop("schedule")
@@ -408,20 +430,10 @@ def _v16() -> Any:
             )
             return str(result.status)
 
-        @on(Action.boot_notification)
-        async def on_boot(self, **_kw: Any) -> Any:
-            self._after_boot(
-                call.TriggerMessage(
-                    requested_message="MeterValues", connector_id=self.driver.connector_id
-                )
+        def trigger_reading(self) -> Any:
+            return call.TriggerMessage(
+                requested_message="MeterValues", connector_id=self.driver.connector_id
             )
-            return call_result.BootNotification(
-                current_time=_now_iso(), interval=30, status="Accepted"
-            )
-
-        @on(Action.heartbeat)
-        async def on_heartbeat(self, **_kw: Any) -> Any:
-            return call_result.Heartbeat(current_time=_now_iso())
 
         @on(Action.status_notification)
         async def on_status(self, connector_id: int, status: str, **_kw: Any) -> Any:
@@ -465,7 +477,7 @@ def _v201() -> Any:
     from ocpp.v201 import ChargePoint, call, call_result
     from ocpp.v201.enums import Action
 
-    class Session(_Handlers, ChargePoint):
+    class Session(_common(on, Action, call_result), ChargePoint):  # type: ignore[misc]
         async def set_limit(self, evse_id: int, tx: int | str | None, limit_w: float) -> str:
             profile = _profile(None if tx is None else str(tx), limit_w)
             profile["charging_schedule"] = [{"id": 1, **profile.pop("schedule")}]
@@ -475,20 +487,10 @@ def _v201() -> Any:
             )
             return str(result.status)
 
-        @on(Action.boot_notification)
-        async def on_boot(self, **_kw: Any) -> Any:
-            self._after_boot(
-                call.TriggerMessage(
-                    requested_message="MeterValues", evse={"id": self.driver.connector_id}
-                )
+        def trigger_reading(self) -> Any:
+            return call.TriggerMessage(
+                requested_message="MeterValues", evse={"id": self.driver.connector_id}
             )
-            return call_result.BootNotification(
-                current_time=_now_iso(), interval=30, status="Accepted"
-            )
-
-        @on(Action.heartbeat)
-        async def on_heartbeat(self, **_kw: Any) -> Any:
-            return call_result.Heartbeat(current_time=_now_iso())
 
         @on(Action.status_notification)
         async def on_status(self, evse_id: int, connector_status: str, **_kw: Any) -> Any:

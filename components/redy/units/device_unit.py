@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from redy import messages
-from redy.devices import Device, is_driver, make_model
+from redy.devices import Applied, Device, Limits, is_driver, make_model
 from redy.topics import render
 from redy.transport.paho_client import UnitLink
 from redy.units.config import UnitConfig, next_bd_seq
@@ -77,34 +77,53 @@ class DeviceUnit:
                 _log.info("node=%s unit=%s %s", self.config.node, self.config.unit, self._note)
             else:
                 applied = self.device.apply(cmd.setpoint_kw, cmd.on)
-                self.applied_seq = cmd.seq
-                self._note = applied.note
-                # Commands come every period: routine ones are debug, clamped ones worth a line.
-                _log.log(
-                    logging.INFO if applied.note else logging.DEBUG,
-                    "node=%s unit=%s applied seq %d: setpoint %s kW, on %s%s",
-                    self.config.node,
-                    self.config.unit,
-                    cmd.seq,
-                    applied.setpoint_kw,
-                    applied.on,
-                    f" ({applied.note})" if applied.note else "",
-                )
+                self._applied(cmd, applied)
             self._publish_status()
+
+    def _applied(self, cmd: messages.Command, applied: Applied) -> None:
+        self.applied_seq = cmd.seq
+        self._note = applied.note
+        # Commands come every period: routine ones are debug, clamped ones worth a line.
+        _log.log(
+            logging.INFO if applied.note else logging.DEBUG,
+            "node=%s unit=%s applied seq %d: setpoint %s kW, on %s%s",
+            self.config.node,
+            self.config.unit,
+            cmd.seq,
+            applied.setpoint_kw,
+            applied.on,
+            f" ({applied.note})" if applied.note else "",
+        )
 
     def _publish_status(self) -> None:
         d = self.device
-        limits = d.limits(self.config.period_s * self.config.speed)
-        charge_below, discharge_above = d.storage_prices() or (None, None)
+        self._status(
+            d.t_s,
+            d.power_kw,
+            d.setpoint_kw,
+            d.on,
+            d.limits(self.config.period_s * self.config.speed),
+        )
+
+    def _status(
+        self,
+        ts_s: float,
+        power_kw: float,
+        setpoint_kw: float | None,
+        on: bool,
+        limits: Limits,
+    ) -> None:
+        """Publish the retained status: what is in force, what is reachable, the bid."""
+        charge_below, discharge_above = self.device.storage_prices() or (None, None)
         status = messages.ActuatorStatus(
             seq=max(self.applied_seq, 0),
-            ts_s=max(d.t_s, 0.0),
-            power_kw=d.power_kw,
-            setpoint_kw=d.setpoint_kw,
-            on=d.on,
+            ts_s=max(ts_s, 0.0),
+            power_kw=power_kw,
+            setpoint_kw=setpoint_kw,
+            on=on,
             min_kw=min(limits.min_kw, limits.max_kw),
             max_kw=limits.max_kw,
-            marginal_cost_eur_mwh=d.bid_eur_mwh(),
+            marginal_cost_eur_mwh=self.device.bid_eur_mwh(),
             charge_below_eur_mwh=charge_below,
             discharge_above_eur_mwh=discharge_above,
             note=self._note,

@@ -94,38 +94,15 @@ class DriverUnit(DeviceUnit):
             self._note = f"command seq {cmd.seq} not applied: {exc}"
             _log.warning("%s %s", unit, self._note)
             return True
-        self.applied_seq = cmd.seq
-        self._note = applied.note
-        _log.log(
-            logging.INFO if applied.note else logging.DEBUG,
-            "%s applied seq %d: setpoint %s kW, on %s%s",
-            unit,
-            cmd.seq,
-            applied.setpoint_kw,
-            applied.on,
-            f" ({applied.note})" if applied.note else "",
-        )
+        self._applied(cmd, applied)
         return True
 
     def _publish_status(self) -> None:
         sample = self._last
         if sample is None or not self._available:
             return  # nothing true to say: the offline state says it
-        limits = self.device.limits(sample)
-        self.link.publish(
-            "actuator_status",
-            messages.ActuatorStatus(
-                seq=max(self.applied_seq, 0),
-                ts_s=max(sample.ts_s, 0.0),
-                power_kw=sample.power_kw,
-                setpoint_kw=sample.setpoint_kw,
-                on=sample.on,
-                min_kw=min(limits.min_kw, limits.max_kw),
-                max_kw=limits.max_kw,
-                marginal_cost_eur_mwh=self.device.bid_eur_mwh(),
-                note=self._note,
-            ),
-        )
+        s = sample
+        self._status(s.ts_s, s.power_kw, s.setpoint_kw, s.on, self.device.limits(s))
 
     # -- the loop -------------------------------------------------------------------------------
 
