@@ -8,8 +8,11 @@ were measured independently of this code.
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -173,3 +176,15 @@ def test_fast_merge_leaves_the_same_view_as_the_core_merge(case: dict[str, Any])
     )
     after = {int(fast.ids[me, s]): now - int(fast.base[me, s]) for s in range(fast.length[me])}
     assert after == {e.node: e.age for e in core.view}
+
+
+def test_the_command_line_picks_the_engine_and_refuses_an_unknown_one() -> None:
+    redy = [sys.executable, "-m", "redy", "sim", "membership", "--nodes", "60", "--view", "6"]
+    args = [*redy, "--shuffle", "3", "--cycles", "3"]
+    for engine in ("core", "fast"):
+        done = subprocess.run([*args, "--engine", engine, "--json"], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["parameters"]["engine"] == engine
+    done = subprocess.run([*args, "--engine", "gpu"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "'gpu' is not one of 'fast', 'core'" in done.stderr
