@@ -28,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 # Before anything imports testcontainers: no Ryuk image can be pulled here, we reap ourselves.
 os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
 
+from redy import pki
 from redy.brokers import ContainerBroker, NodeBroker, ProcessBroker, image_name
 
 BACKENDS = ["process", "container"]
@@ -203,7 +204,14 @@ def process_broker(tmp_path: Path) -> Iterator[BrokerFactory]:
 class Client:
     """A connected paho MQTT 5 client for tests: publish, subscribe, collect messages."""
 
-    def __init__(self, port: int, user: str | None, password: str | None, client_id: str) -> None:
+    def __init__(
+        self,
+        port: int,
+        user: str | None,
+        password: str | None,
+        client_id: str,
+        tls: pki.Identity | None = None,
+    ) -> None:
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.refused: str | None = None
         self._connected = threading.Event()
@@ -211,6 +219,8 @@ class Client:
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         if user is not None:
             self.c.username_pw_set(user, password)
+        if tls is not None:
+            self.c.tls_set(ca_certs=str(tls.ca), certfile=str(tls.cert), keyfile=str(tls.key))
         self.c.on_connect = self._on_connect
         self.c.on_message = lambda _c, _u, m: self.messages.put(m)
         self.c.on_subscribe = lambda *_a: self._subscribed.set()
@@ -274,14 +284,19 @@ class Client:
 
 @pytest.fixture
 def mqtt_client() -> Iterator[Callable[..., Client]]:
-    """mqtt_client(port, user, password, client_id=None) -> a connected Client (closed after the
-    test; `.refused` says why the broker refused it, None when accepted)."""
+    """mqtt_client(port, user, password, client_id=None, tls=None) -> a connected Client (closed
+    after the test; `.refused` says why the broker refused it, None when accepted). `tls`: a
+    peer's identity (peer_identity()) for a grid listener."""
     with contextlib.ExitStack() as stack:
 
         def make(
-            port: int, user: str | None, password: str | None, client_id: str | None = None
+            port: int,
+            user: str | None,
+            password: str | None,
+            client_id: str | None = None,
+            tls: pki.Identity | None = None,
         ) -> Client:
-            c = Client(port, user, password, client_id or f"test-{secrets.token_hex(4)}")
+            c = Client(port, user, password, client_id or f"test-{secrets.token_hex(4)}", tls)
             stack.callback(c.close)
             return c
 

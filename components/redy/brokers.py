@@ -37,7 +37,7 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from redy import messages
+from redy import messages, pki
 from redy.errors import BrokerError, InvalidMessage
 from redy.topics import CONTRACT, UNIT_ROLES, check_id, grid_acl, local_acl
 
@@ -171,8 +171,8 @@ class NodeBroker:
 
     @property
     def grid_uri(self) -> str:
-        """The grid listener as peers dial it (the advertised address)."""
-        return f"mqtt://{_uri_host(self.advertised_host)}:{self.grid_listener_port}"
+        """The grid listener as peers dial it (the advertised address; mutual TLS)."""
+        return f"mqtts://{_uri_host(self.advertised_host)}:{self.grid_listener_port}"
 
     @property
     def credentials_path(self) -> Path:
@@ -181,14 +181,12 @@ class NodeBroker:
 
 @attrs.frozen
 class Credentials:
-    """Clear-text passwords of a node's accounts and of the grid credential."""
+    """Clear-text passwords of a node's local accounts. (Peers have no password: they prove
+    who they are with their certificate on the grid listener.)"""
 
     users: Mapping[str, str]
-    grid_password: str
 
     def password(self, user: str) -> str:
-        if user == "grid":
-            return self.grid_password
         try:
             return self.users[user]
         except KeyError:
@@ -201,35 +199,14 @@ def load_credentials(path: Path | str) -> Credentials:
     """Read a node's credentials.json."""
     try:
         data = orjson.loads(Path(path).read_bytes())
-        return Credentials(users=dict(data["users"]), grid_password=str(data["grid"]["password"]))
+        return Credentials(users={str(k): str(v) for k, v in dict(data["users"]).items()})
     except OSError as exc:
         raise BrokerError(f"cannot read credentials {path}: {exc.strerror or exc}") from None
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise BrokerError(
             f"cannot read credentials {path}: expected the JSON a launch writes, "
-            f'{{"users": {{name: password}}, "grid": {{"password": ...}}}} ({type(exc).__name__}: {exc})'
+            f'{{"users": {{name: password}}}} ({type(exc).__name__}: {exc})'
         ) from None
-
-
-def _grid_password(state_dir: Path) -> str:
-    env = os.environ.get("REDY_GRID_PASSWORD")
-    if env:
-        return env
-    path = state_dir / "grid.json"
-    if not path.exists():
-        # Nodes of one grid may be rendered at the same moment (a launch, several terminals):
-        # the first link wins and everyone reads the winner's password.
-        tmp = _private_tmp(path)
-        try:
-            tmp.write_bytes(orjson.dumps({"user": "grid", "password": secrets.token_urlsafe(18)}))
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)
-        finally:
-            tmp.unlink()
-    try:
-        return str(orjson.loads(path.read_bytes())["password"])
-    except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
-        raise BrokerError(f"cannot read the grid credential {path}: {exc}") from None
 
 
 def _write_private(path: Path, data: bytes) -> Path:
@@ -299,18 +276,34 @@ log_type information
 connection_messages true
 sys_interval 10
 max_packet_size {max_packet_size}
+# Limits, whatever a client does: 20 QoS 1 messages in flight per client (advertised as Receive
+# Maximum); a client that does not read gets at most 1000 messages or 4 MiB queued, then loses
+# the oldest; the broker refuses publishes beyond 256 MiB of memory rather than be killed.
+max_inflight_messages 20
+max_queued_messages 1000
+max_queued_bytes 4194304
+memory_limit 268435456
 
 # Local listener: the node's units, its governance unit and its operators.
 listener {port} {bind}
 allow_anonymous false
 password_file {conf_dir}/passwd
 acl_file {conf_dir}/acl
+max_connections 128
 
-# Grid listener: peers' governance units, one grid credential, client id = node id.
+# Grid listener: peers' governance units, mutual TLS (1.2 or 1.3). A peer's certificate must be
+# signed by the grid CA; its CN (the peer's node id) becomes its username and client id, so the
+# ACL's %u patterns confine it to its own topics and nobody can take over another's session.
 listener {grid_port} {grid_bind}
 allow_anonymous false
-password_file {conf_dir}/grid.passwd
+cafile {conf_dir}/grid-ca.crt
+certfile {conf_dir}/grid.crt
+keyfile {conf_dir}/grid.key
+require_certificate true
+use_identity_as_username true
+use_username_as_clientid true
 acl_file {conf_dir}/grid.acl
+max_connections 256
 """
 
 
@@ -323,16 +316,27 @@ def render(broker: NodeBroker) -> Credentials:
         users.update(load_credentials(broker.credentials_path).users)
     wanted = ["governance", "operator", *sorted(broker.units)]
     users = {u: users.get(u) or secrets.token_urlsafe(18) for u in wanted}
-    grid = _grid_password(broker.state_dir)
     _write_private(
         broker.credentials_path,
-        orjson.dumps(
-            {"node": broker.node, "users": users, "grid": {"user": "grid", "password": grid}},
-            option=orjson.OPT_INDENT_2,
-        ),
+        orjson.dumps({"node": broker.node, "users": users}, option=orjson.OPT_INDENT_2),
+    )
+    for unit in broker.units:  # each unit process is handed its own password only
+        _write_private(
+            unit_credentials_path(broker, unit),
+            orjson.dumps({"node": broker.node, "users": {unit: users[unit]}}),
+        )
+    _write_private(
+        broker.node_dir / "governance.json",
+        orjson.dumps({"node": broker.node, "users": {"governance": users["governance"]}}),
     )
     _password_file(d / "passwd", users)
-    _password_file(d / "grid.passwd", {"grid": grid})
+    # The grid listener's identity (and the governance unit's, toward its neighbours): the
+    # node's certificate, issued by the grid CA on first use.
+    ident = pki.ensure_identity(broker.state_dir, broker.node, _cert_hosts(broker))
+    (d / "grid-ca.crt").write_bytes(ident.ca.read_bytes())
+    (d / "grid.crt").write_bytes(ident.cert.read_bytes())
+    _write_private(d / "grid.key", ident.key.read_bytes())
+    pki.ensure_identity(broker.state_dir, "operator", [])  # operators' tools, as a peer reads
     (d / "acl").write_text(local_acl(broker.node, broker.units))
     (d / "grid.acl").write_text(grid_acl(broker.node))
     common = {
@@ -360,7 +364,26 @@ def render(broker: NodeBroker) -> Credentials:
             _write_private(d / name, text.encode())
         else:
             (d / name).write_text(text)
-    return Credentials(users=users, grid_password=grid)
+    return Credentials(users=users)
+
+
+def unit_credentials_path(broker: NodeBroker, unit: str) -> Path:
+    """The file a unit process is handed: its own password, nothing else."""
+    return broker.node_dir / "units" / f"{unit}.json"
+
+
+def grid_identity(node_dir: Path) -> pki.Identity:
+    """The node's TLS identity as `render` leaves it in the node's folder."""
+    return pki.Identity(
+        ca=node_dir / "grid-ca.crt", cert=node_dir / "grid.crt", key=node_dir / "grid.key"
+    )
+
+
+def _cert_hosts(broker: NodeBroker) -> list[str]:
+    hosts = [broker.advertised_host]
+    if broker.grid_host not in ("0.0.0.0", "::"):
+        hosts.append(broker.grid_host)
+    return [*hosts, "127.0.0.1", "localhost"]
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -453,7 +476,7 @@ class Broker(Protocol):
 class _BrokerBase:
     def __init__(self, config: NodeBroker) -> None:
         self.config = config
-        self.credentials: Credentials = Credentials(users={}, grid_password="")
+        self.credentials: Credentials = Credentials(users={})
 
     @property
     def port(self) -> int:

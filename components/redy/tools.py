@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from redy import messages
+from redy import messages, pki
 from redy.errors import BrokerError, InvalidMessage
 from redy.topics import CONTRACT, TopicSpec
 
@@ -65,9 +65,11 @@ def _client(
     user: str | None,
     password: str | None,
     inbox: queue.Queue[_Received] | None = None,
+    tls: pki.Identity | None = None,
 ) -> Iterator[mqtt.Client]:
     """A connected paho client (MQTT 5), its network loop in a thread; BrokerError if refused.
-    `user` None connects anonymously (a replay broker that allows it)."""
+    `user` None connects anonymously (a replay broker that allows it). An mqtts:// broker (a
+    node's grid listener) needs `tls`: the operator's certificate from the grid's pki/."""
     host, port = messages.parse_uri(broker)
     connected = threading.Event()
     outcome: dict[str, str] = {}
@@ -91,6 +93,13 @@ def _client(
 
     client.on_connect = on_connect
     client.on_message = on_message
+    if broker.startswith("mqtts://"):
+        if tls is None or not tls.cert.exists():
+            raise BrokerError(
+                f"{broker} is a grid listener (mutual TLS): give --credentials of a launched node"
+                " so its grid's pki/operator.crt can be used"
+            )
+        client.tls_set(ca_certs=str(tls.ca), certfile=str(tls.cert), keyfile=str(tls.key))
     try:
         client.connect(host, port, keepalive=30)
     except OSError as exc:
@@ -418,10 +427,19 @@ def _read_retained(
     return found
 
 
-def fetch_view(broker: str, user: str, password: str, node: str) -> messages.View | None:
+def operator_identity(credentials: str | None) -> pki.Identity | None:
+    """The operator's grid certificate, beside the launch state that `credentials` is in."""
+    if not credentials:
+        return None
+    return pki.identity(Path(credentials).resolve().parent.parent, "operator")
+
+
+def fetch_view(
+    broker: str, user: str, password: str, node: str, tls: pki.Identity | None = None
+) -> messages.View | None:
     """A node's retained membership view, read from `broker` (None if it has none)."""
     inbox: queue.Queue[_Received] = queue.Queue()
-    with _client(broker, user, password, inbox) as client:
+    with _client(broker, user, password, inbox, tls) as client:
         name = f"redy/{node}/membership/view"
         view = _read_retained(client, inbox, [name]).get(name)
     return view if isinstance(view, messages.View) else None
@@ -440,7 +458,13 @@ def view(
     as_json: bool,
 ) -> None:
     """Print NODE's retained membership view (neighbours with ages and brokers)."""
-    found = fetch_view(broker, user, _password(user, password, credentials), node_id)
+    found = fetch_view(
+        broker,
+        user,
+        _password(user, password, credentials),
+        node_id,
+        operator_identity(credentials),
+    )
     if found is None:
         raise BrokerError(f"no retained view of node {node_id!r} on {broker}")
     if as_json:
@@ -470,13 +494,14 @@ def node_list(
 ) -> None:
     """List the nodes reachable from one broker by following retained views.
 
-    The first broker may be a local listener (operator) or a grid listener (grid credential);
-    neighbours are reached on their grid listeners with the grid credential (--user grid).
+    The first broker is a node's local listener (operator); neighbours are reached on their
+    grid listeners with the operator's certificate of the grid (pki/operator.crt beside the
+    launch state of --credentials).
     """
     secret = _password(user, password, credentials)
-    grid_secret = secret if user == "grid" else _password("grid", None, credentials)
+    tls = operator_identity(credentials)
     inbox: queue.Queue[_Received] = queue.Queue()
-    with _client(broker, user, secret, inbox) as client:
+    with _client(broker, user, secret, inbox, tls) as client:
         start = _read_retained(client, inbox, ["redy/+/membership/view"])
     frontier = [v for v in start.values() if isinstance(v, messages.View)]
     seen: dict[str, str] = {v.node: broker for v in frontier}
@@ -487,7 +512,7 @@ def node_list(
                 continue
             seen[e.node] = e.broker
             try:
-                nxt = fetch_view(e.broker, "grid", grid_secret, e.node)
+                nxt = fetch_view(e.broker, "operator", "", e.node, tls)
             except BrokerError as exc:
                 click.echo(f"{e.node}: unreachable ({exc})", err=True)
                 continue

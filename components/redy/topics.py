@@ -250,27 +250,21 @@ def local_acl(node: str, units: Mapping[str, str]) -> str:
 
 
 def grid_acl(node: str) -> str:
-    """ACL file text for a node's grid listener: peers log in as `grid` with their node id as
-    client id; `%c` patterns confine each peer to the topics it may write as itself."""
+    """ACL file text for a node's grid listener. Peers authenticate with their certificate and
+    the broker takes its CN (their node id) as the username, so `%u` patterns confine each peer
+    to the topics that end in its own name; what every peer may read is a pattern too."""
     check_id(node, "node")
     out = [f"# ACL of node {node}, grid listener. Derived from topics.yaml: do not edit.", ""]
-    plain: list[str] = []
-    patterns: list[str] = []
     for spec in CONTRACT.topics.values():
         pub = "peer" in spec.publishers
         sub = "peer" in spec.subscribers
         access = _ACCESS.get((pub, sub))
         if access is None:
             continue
-        topic = spec.pattern.replace("{node}", node)
-        if "{peer}" in topic:
-            patterns.append(f"pattern {access} {topic.replace('{peer}', '%c')}")
-        else:
-            plain.append(f"topic {access} {topic}")
-    out.append("user grid")
-    out.extend(plain)
-    out.append("")
-    out.extend(patterns)
+        topic = spec.pattern.replace("{node}", node).replace("{peer}", "%u")
+        if "{" in topic:  # a level only the node's own units may fill: not for peers
+            continue
+        out.append(f"pattern {access} {topic}")
     out.append("")
     return "\n".join(out)
 

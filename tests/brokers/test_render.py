@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from redy import brokers, topics
+from redy import brokers, pki, topics
 from redy.errors import BrokerError, RedyError
 
 pytestmark = pytest.mark.pure
@@ -36,7 +36,7 @@ def test_render_writes_listeners_auth_and_persistence(tmp_path: Path) -> None:
     assert creds.users["pv-meter"] not in hashed  # stored hashed
 
 
-def test_render_again_keeps_issued_passwords_and_shares_the_grid_secret(tmp_path: Path) -> None:
+def test_render_again_keeps_issued_passwords_and_shares_the_grid_ca(tmp_path: Path) -> None:
     first = brokers.render(brokers.NodeBroker(node="house-1", port=18841, state_dir=tmp_path))
     again = brokers.render(
         brokers.NodeBroker(node="house-1", port=18841, state_dir=tmp_path, units={"x": "action"})
@@ -44,7 +44,9 @@ def test_render_again_keeps_issued_passwords_and_shares_the_grid_secret(tmp_path
     other = brokers.render(brokers.NodeBroker(node="gas-1", port=18851, state_dir=tmp_path))
     assert again.users["operator"] == first.users["operator"]
     assert "x" in again.users
-    assert other.grid_password == first.grid_password
+    ca = (tmp_path / "house-1" / "grid-ca.crt").read_bytes()
+    assert (tmp_path / "gas-1" / "grid-ca.crt").read_bytes() == ca
+    assert pki.common_name_of(tmp_path / "gas-1" / "grid.crt") == "gas-1"
 
 
 def _fenced_blocks(markdown: str) -> list[str]:
@@ -111,12 +113,14 @@ def test_a_mosquitto_log_is_summed_up_by_its_first_error() -> None:
     assert brokers._log_summary("") == "no log"
 
 
-def test_nodes_rendered_at_the_same_moment_share_one_grid_password(tmp_path: Path) -> None:
+def test_nodes_rendered_at_the_same_moment_share_one_grid_ca(tmp_path: Path) -> None:
     configs = [
         brokers.NodeBroker(node=f"node-{i}", port=18000 + i, state_dir=tmp_path) for i in range(8)
     ]
     with ThreadPoolExecutor(max_workers=8) as pool:
         rendered = list(pool.map(brokers.render, configs))
-    assert len({c.grid_password for c in rendered}) == 1
+    assert len(rendered) == 8
+    cas = {(tmp_path / f"node-{i}" / "grid-ca.crt").read_bytes() for i in range(8)}
+    assert len(cas) == 1
     leftovers = [p.name for p in tmp_path.rglob(".*")]
     assert leftovers == []

@@ -11,23 +11,31 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from redy import pki
 from redy.transport.client import AsyncLink, Backoff, DeliveryFailed
 from redy.transport.peer_links import PeerLinks, PeerUnreachable
 
 pytestmark = pytest.mark.integration
 
 
+def _me(broker: Any, name: str = "me") -> pki.Identity:
+    return pki.issue(broker.config.state_dir, name, ["127.0.0.1"])
+
+
 def _grid_link(broker: Any, timeout_s: float = 0.5) -> AsyncLink:
     return AsyncLink(
         broker.config.grid_uri,
-        broker.config.node,
-        user="grid",
-        password=broker.credentials.grid_password,
+        "me",
+        user="me",
+        password="",
         timeout_s=timeout_s,
+        tls=_me(broker).client_context(),
+        expect_cn=broker.config.node,
     )
 
 
@@ -37,7 +45,7 @@ async def test_publish_waits_for_the_puback_of_a_real_broker(process_broker: Any
     await link.connect()
     try:
         for _ in range(50):  # far beyond Mosquitto's in-flight window of 20
-            await link.publish("redy/gas-1/grid/gossip", b"{}", qos=1)
+            await link.publish("redy/gas-1/grid/gossip/me", b"{}", qos=1)
     finally:
         await link.close()
 
@@ -51,7 +59,7 @@ async def test_a_stopped_broker_is_a_failed_delivery_not_an_overflow(process_bro
         failures: list[str] = []
         for _ in range(30):  # without awaited PUBACKs the 21st publish raised OverflowError
             try:
-                await link.publish("redy/gas-1/grid/gossip", b"{}", qos=1)
+                await link.publish("redy/gas-1/grid/gossip/me", b"{}", qos=1)
             except DeliveryFailed as exc:
                 failures.append(exc.reason)
         assert len(failures) == 30
@@ -113,18 +121,19 @@ async def test_receive_maximum_2_and_no_acks_never_raise_overflow() -> None:
     assert any("window full" in o for o in outcomes), outcomes
 
 
-async def test_peer_links_remember_a_bad_broker_and_fail_fast() -> None:
+async def test_peer_links_remember_a_bad_broker_and_fail_fast(tmp_path: Path) -> None:
     async with _listener(_silent) as port:
-        links = PeerLinks("me", "grid", "pw", timeout_s=0.3, cooldown_s=30)
-        uri = f"mqtt://127.0.0.1:{port}"
+        me = pki.issue(tmp_path, "me", ["127.0.0.1"])
+        links = PeerLinks("me", me, timeout_s=0.3, cooldown_s=30)
+        uri = f"mqtts://127.0.0.1:{port}"
         t0 = time.monotonic()
         with pytest.raises(PeerUnreachable):
-            await links.publish(uri, "redy/x/grid/gossip", b"{}")
+            await links.publish(uri, "redy/x/grid/gossip/me", b"{}")
         first = time.monotonic() - t0
         t1 = time.monotonic()
         for _ in range(5):
             with pytest.raises(PeerUnreachable, match="failed recently"):
-                await links.publish(uri, "redy/x/grid/gossip", b"{}")
+                await links.publish(uri, "redy/x/grid/gossip/me", b"{}")
         assert first >= 0.3
         assert time.monotonic() - t1 < first  # five later sends cost less than the first one
 
@@ -133,7 +142,7 @@ async def test_concurrent_pushes_to_a_stalled_and_a_live_peer(process_broker: An
     """A stalled peer delays nobody: the live peer's PUBACK arrives while the other times out."""
     live = process_broker("gas-1")
     async with _listener(_silent) as port:
-        links = PeerLinks("me", "grid", live.credentials.grid_password, timeout_s=1.0)
+        links = PeerLinks("me", _me(live), timeout_s=1.0)
         done: dict[str, float] = {}
         t0 = time.monotonic()
 
@@ -143,8 +152,8 @@ async def test_concurrent_pushes_to_a_stalled_and_a_live_peer(process_broker: An
             done[name] = time.monotonic() - t0
 
         await asyncio.gather(
-            push("stalled", f"mqtt://127.0.0.1:{port}", "redy/x/grid/gossip"),
-            push("live", live.config.grid_uri, "redy/gas-1/grid/gossip"),
+            push("stalled", f"mqtts://127.0.0.1:{port}", "redy/x/grid/gossip/me"),
+            push("live", live.config.grid_uri, "redy/gas-1/grid/gossip/me"),
         )
         await links.close_all()
     assert done["live"] < done["stalled"]

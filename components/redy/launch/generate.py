@@ -133,7 +133,7 @@ def render_grid(
 
 @click.group()
 def grid() -> None:
-    """Whole grids: generate launch files of any size."""
+    """Whole grids: generate launch files of any size; the grid CA and node certificates."""
 
 
 @grid.command("generate")
@@ -173,3 +173,13 @@ def generate(
     desc = parse(out)  # what we wrote must be a valid launch
     units = sum(len(n.units) for n in desc.nodes)
     click.echo(f"{out}: {len(desc.nodes)} nodes, {units} units")
+
+
+def _register_pki() -> None:
+    from redy import pki
+
+    grid.add_command(pki.ca)
+    grid.add_command(pki.cert)
+
+
+_register_pki()

@@ -95,7 +95,7 @@ class BrokerSpec:
     @property
     def grid_uri(self) -> str:
         """The grid listener as peers dial it: the advertised address."""
-        return f"mqtt://{self.advertise or self.grid_host}:{self.grid_port}"
+        return f"mqtts://{self.advertise or self.grid_host}:{self.grid_port}"
 
     @property
     def local_uri(self) -> str:

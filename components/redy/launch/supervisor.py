@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from redy.brokers import NodeBroker, SiteBridge, make_broker
+from redy.brokers import NodeBroker, SiteBridge, make_broker, unit_credentials_path
 from redy.errors import BrokerError, LaunchError
 from redy.launch.parser import LaunchDescription, NodeSpec, UnitSpec, check_ports_free
 from redy.transport.client import Backoff
@@ -174,12 +174,17 @@ class Supervisor:
             site=site,
         )
 
-    def _common(self, n: NodeSpec, period_s: float) -> dict[str, Any]:
+    def _common(self, n: NodeSpec, period_s: float, account: str) -> dict[str, Any]:
         cfg = self._broker_config(n)
+        creds = (
+            cfg.node_dir / "governance.json"
+            if account == "governance"
+            else unit_credentials_path(cfg, account)
+        )
         return {
             "node": n.node,
             "broker": cfg.uri,
-            "credentials": str(cfg.credentials_path),
+            "credentials": str(creds),  # that process's own password, nobody else's
             "period_s": period_s,
             "speed": self.desc.clock.speed,
             "start_unix": self.start_unix,
@@ -190,7 +195,11 @@ class Supervisor:
         """Keyword arguments of redy.units.config.GovernanceConfig for node `n`."""
         g = n.governance
         assert g is not None
-        kw = {**self._common(n, g.period_s), "kind": g.kind, "setpoint_kw": g.setpoint_kw}
+        kw = {
+            **self._common(n, g.period_s, "governance"),
+            "kind": g.kind,
+            "setpoint_kw": g.setpoint_kw,
+        }
         if g.distant:
             kw |= {
                 "grid_broker": n.broker.grid_uri,
@@ -207,7 +216,7 @@ class Supervisor:
     def unit_kwargs(self, n: NodeSpec, u: UnitSpec) -> dict[str, Any]:
         """Keyword arguments of redy.units.config.UnitConfig for unit `u` of node `n`."""
         return {
-            **self._common(n, u.period_s),
+            **self._common(n, u.period_s, u.name),
             "unit": u.name,
             "role": u.role,
             "device": u.device,

@@ -203,6 +203,13 @@ class Cyclon:
             self._base[target.node] = self._tick - target.age
             self._broker[target.node] = target.broker
 
+    def discard(self, node: NodeId) -> None:
+        """Drop `node`'s entry without any verdict on the node: the entry itself was bogus
+        (the broker at its address is another node's), so no tombstone is kept."""
+        self._base.pop(node, None)
+        self._broker.pop(node, None)
+        self._strikes.pop(node, None)
+
     def on_unreachable(self, node: NodeId) -> None:
         """The driver could not connect to `node`'s broker (refused or timed out)."""
         if self.detector != "redy":

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,15 @@ class DeliveryFailed(BrokerError):
         super().__init__(f"broker {uri}: {reason}")
         self.uri = uri
         self.reason = reason
+
+
+class WrongIdentity(DeliveryFailed):
+    """The broker at `uri` is not the node we meant to reach: its certificate names another
+    node (`presented`), or it speaks no TLS. Proof of a bogus address, not of a dead node."""
+
+    def __init__(self, uri: str, reason: str, presented: str | None = None) -> None:
+        super().__init__(uri, reason)
+        self.presented = presented
 
 
 class Backoff:
@@ -121,9 +131,13 @@ class AsyncLink:
         will: gmqtt.Message | None = None,
         reconnect: bool = False,
         on_connect: Callable[[], None] | None = None,
+        tls: ssl.SSLContext | None = None,
+        expect_cn: str | None = None,
     ) -> None:
         self.uri = uri
         self._host, self._port = parse_uri(uri)
+        self._tls = tls
+        self._expect_cn = expect_cn
         self.timeout_s = timeout_s
         self._keepalive_s = keepalive_s
         self._subscriptions = subscriptions
@@ -155,16 +169,50 @@ class AsyncLink:
         return 0
 
     async def connect(self) -> None:
-        """Connect once; DeliveryFailed if refused, unreachable or no CONNACK in time."""
+        """Connect once; DeliveryFailed if refused, unreachable or no CONNACK in time;
+        WrongIdentity if the broker's certificate does not name `expect_cn`.
+
+        An mqtts:// URI needs `tls`; a plain mqtt:// one is dialled only without it."""
+        secure = self.uri.startswith("mqtts://")
+        if secure != (self._tls is not None):
+            raise WrongIdentity(
+                self.uri,
+                "plain mqtt:// refused between nodes (mutual TLS only)"
+                if self._tls is not None
+                else "mqtts:// needs a TLS identity",
+            )
         try:
             async with asyncio.timeout(self.timeout_s):
-                await self._client.connect(self._host, self._port, keepalive=self._keepalive_s)
+                await self._client.connect(
+                    self._host, self._port, ssl=self._tls or False, keepalive=self._keepalive_s
+                )
         except TimeoutError:
             await self.close()
             raise DeliveryFailed(self.uri, f"no CONNACK within {self.timeout_s:g} s") from None
+        except ssl.SSLCertVerificationError as exc:
+            await self.close()
+            raise WrongIdentity(self.uri, f"certificate refused: {exc.verify_message}") from None
         except Exception as exc:  # OSError, MQTTConnectError and whatever a broken peer provokes
             await self.close()
             raise DeliveryFailed(self.uri, _reason(exc)) from None
+        if self._expect_cn is not None:
+            presented = self.peer_cn()
+            if presented != self._expect_cn:
+                await self.close()
+                raise WrongIdentity(
+                    self.uri,
+                    f"certificate names {presented!r}, not {self._expect_cn!r}",
+                    presented,
+                )
+
+    def peer_cn(self) -> str | None:
+        """The CN of the broker's certificate (None without TLS)."""
+        from redy.pki import common_name
+
+        transport = getattr(self._client._connection, "_transport", None)
+        sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
+        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+        return common_name(der) if der else None
 
     async def connect_retrying(self, *, attempts: int = 0, backoff: Backoff | None = None) -> None:
         """Connect, retrying with `backoff` (forever when `attempts` is 0); a refusal of our

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -123,6 +124,10 @@ class UnitLink:
         except InvalidMessage as exc:
             _log.warning("node=%s unit=%s dropped invalid message: %s", self.node, self.unit, exc)
             return
+        problem = _stale_or_planted(msg, decoded, time.time())
+        if problem is not None:
+            _log.warning("node=%s unit=%s dropped %s: %s", self.node, self.unit, msg.topic, problem)
+            return
         if self._on_message is not None:
             try:
                 self._on_message(msg.topic, decoded)
@@ -145,3 +150,24 @@ class UnitLink:
             info.wait_for_publish(2.0)
         self._c.disconnect()
         self._c.loop_stop()
+
+
+# How far a command's sequence number may run ahead of the wall clock in milliseconds. The
+# governance numbers commands from its start time in ms, one more per command, so an honest seq
+# stays near "now"; a seq far beyond would lock the actuator out of every later command.
+SEQ_AHEAD_MS = 600_000
+
+
+def _stale_or_planted(msg: mqtt.MQTTMessage, decoded: Any, now_s: float) -> str | None:
+    """Why a delivered message must not be acted on (None if it may)."""
+    spec, _ = CONTRACT.match(msg.topic)
+    if msg.retain and not spec.retained:
+        # The contract says this topic is never retained: what the broker hands out on
+        # subscribe was planted there, or is left from another session.
+        return "retained on a topic the contract says is not retained"
+    if isinstance(decoded, messages.Command) and decoded.seq > now_s * 1000 + SEQ_AHEAD_MS:
+        return (
+            f"command seq {decoded.seq} is implausibly far ahead (expected at most now in ms"
+            f" + {SEQ_AHEAD_MS})"
+        )
+    return None

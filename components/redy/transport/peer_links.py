@@ -19,7 +19,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from redy.transport.client import AsyncLink, DeliveryFailed
+from redy.pki import Identity
+from redy.transport.client import AsyncLink, DeliveryFailed, WrongIdentity
 
 _log = logging.getLogger(__name__)
 
@@ -28,18 +29,27 @@ class PeerUnreachable(DeliveryFailed):
     """A neighbour's grid listener refused us, did not answer in time, or lost the message."""
 
 
+class PeerImpostor(PeerUnreachable):
+    """The broker at a view entry's address is not the node the entry names (another node's
+    certificate, none, or plain MQTT): the entry is bogus, which says nothing about the node."""
+
+    def __init__(self, uri: str, reason: str, presented: str | None = None) -> None:
+        super().__init__(uri, reason)
+        self.presented = presented
+
+
 class PeerLinks:
     """A bounded set of connections to neighbours' grid listeners.
 
-    `node` is this node's id, used as MQTT client id (the peers' ACL patterns confine us to our
-    own topics by it); `user`/`password` are the grid credential.
+    `node` is this node's id; `identity` its certificate (CN = node id), which peers' brokers
+    take as our username and client id. Every link is mutual TLS, and the broker at the other
+    end must present the certificate of the node we mean (`publish(..., node=)`).
     """
 
     def __init__(
         self,
         node: str,
-        user: str,
-        password: str,
+        identity: Identity,
         *,
         max_links: int = 32,
         timeout_s: float = 2.0,
@@ -48,8 +58,7 @@ class PeerLinks:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._node = node
-        self._user = user
-        self._password = password
+        self._tls = identity.client_context()
         self._max_links = max_links
         self._timeout_s = timeout_s
         self._keepalive_s = keepalive_s
@@ -78,14 +87,17 @@ class PeerLinks:
             for old in list(self._bad)[: len(self._bad) - 4 * self._max_links]:
                 del self._bad[old]
 
-    async def link(self, uri: str) -> AsyncLink:
-        """The open connection to `uri`, opening it (and closing the least recently used one
-        beyond `max_links`) if needed; PeerUnreachable if it cannot be had."""
+    async def link(self, uri: str, node: str | None = None) -> AsyncLink:
+        """The open connection to `uri` (whose broker must be `node`'s), opening it (and closing
+        the least recently used one beyond `max_links`) if needed; PeerUnreachable if it cannot
+        be had, PeerImpostor if the broker there is not `node`'s."""
         self._check_bad(uri)
         lock = self._locks.setdefault(uri, asyncio.Lock())
         async with lock:
             link = self._links.get(uri)
             if link is not None and link.is_connected:
+                if node is not None and link.peer_cn() != node:
+                    raise PeerImpostor(uri, f"the broker there is {link.peer_cn()!r}, not {node!r}")
                 self._links.move_to_end(uri)
                 return link
             if link is not None:
@@ -94,13 +106,18 @@ class PeerLinks:
             link = AsyncLink(
                 uri,
                 self._node,
-                user=self._user,
-                password=self._password,
+                user=self._node,  # ignored by the broker: the certificate's CN is the username
+                password="",
                 timeout_s=self._timeout_s,
                 keepalive_s=self._keepalive_s,
+                tls=self._tls,
+                expect_cn=node,
             )
             try:
                 await link.connect()
+            except WrongIdentity as exc:
+                self._mark_bad(uri, exc.reason)
+                raise PeerImpostor(uri, exc.reason, exc.presented) from None
             except DeliveryFailed as exc:
                 self._mark_bad(uri, exc.reason)
                 raise PeerUnreachable(uri, exc.reason) from None
@@ -115,13 +132,14 @@ class PeerLinks:
         topic: str,
         payload: bytes,
         *,
+        node: str | None = None,
         qos: int = 1,
         retain: bool = False,
         **properties: Any,
     ) -> None:
-        """Publish on a neighbour's broker and wait for its PUBACK (QoS 1); PeerUnreachable,
-        and nothing else, if that does not happen within the timeout."""
-        link = await self.link(uri)
+        """Publish on `node`'s broker at `uri` and wait for its PUBACK (QoS 1); PeerUnreachable
+        (or PeerImpostor), and nothing else, if that does not happen within the timeout."""
+        link = await self.link(uri, node)
         try:
             await link.publish(topic, payload, qos=qos, retain=retain, **properties)
         except DeliveryFailed as exc:

@@ -20,12 +20,13 @@ import logging
 import random
 import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 import gmqtt
 
 from redy import messages
-from redy.brokers import load_credentials
+from redy.brokers import grid_identity, load_credentials
 from redy.errors import InvalidMessage
 from redy.topics import CONTRACT, render
 from redy.transport.client import AsyncLink, DeliveryFailed
@@ -38,7 +39,7 @@ _LOCAL_TIMEOUT_S = 3.0
 # Short, so a frozen governance unit's Will marks it offline within about one market epoch
 # (Mosquitto waits 1.5 keepalives); pings on loopback cost nothing.
 _KEEPALIVE_S = 2
-_PEER_HANDLERS = 8  # shuffle answers in flight at once; more are dropped and counted
+_PEER_HANDLERS = 16  # shuffle answers in flight at once; more are dropped and counted
 _Inbox = asyncio.Queue[tuple[str, Any, dict[str, Any]]]
 
 
@@ -51,7 +52,7 @@ class Governance:
         self.state = NodeState(config.node)
         creds = load_credentials(config.credentials)
         self._password = creds.password("governance")
-        self._grid_password = creds.grid_password
+        self._identity = grid_identity(Path(config.credentials).parent)
         self.target_net_kw: float | None = config.setpoint_kw
         self._seq = int(time.time() * 1000)  # increases across restarts of this unit
         self._inbox: _Inbox = asyncio.Queue(maxsize=10_000)
@@ -94,6 +95,20 @@ class Governance:
         except InvalidMessage as exc:
             _log.warning("node=%s dropped invalid message: %s", self.node, exc)
             return
+        peer = CONTRACT.match(topic)[1].get("peer")
+        if peer is not None:
+            # The broker let only `peer` write this topic; a message that names someone else
+            # as its sender is a forgery, whoever wrote it.
+            claimed = getattr(msg, "sender", None) or getattr(msg, "node", None)
+            if claimed != peer:
+                _log.warning(
+                    "node=%s dropped %s written by %s in the name of %s",
+                    self.node,
+                    type(msg).__name__,
+                    peer,
+                    claimed,
+                )
+                return
         try:
             self._inbox.put_nowait((topic, msg, props))
         except asyncio.QueueFull:
@@ -255,8 +270,7 @@ class Governance:
         assert cfg.grid_broker is not None
         links = PeerLinks(
             self.node,
-            "grid",
-            self._grid_password,
+            self._identity,
             max_links=2 * cfg.view_size + 4,
             timeout_s=cfg.shuffle_timeout_s,
         )
@@ -272,7 +286,7 @@ class Governance:
             period_s=cfg.shuffle_period_s,
             timeout_s=cfg.shuffle_timeout_s,
             introducer=cfg.introducer,
-            grid_password=self._grid_password,
+            identity=self._identity,
             state_expiry_s=max(1, round(3 * cfg.period_s)),
         )
         tasks.append(tg.create_task(self.overlay.run()))

@@ -174,7 +174,11 @@ class MarketDriver:
         )
         try:
             await self._links.publish(
-                broker, render("gossip", node=out.target), messages.encode(msg), qos=1
+                broker,
+                render("gossip", node=out.target, peer=self.node),
+                messages.encode(msg),
+                node=out.target,
+                qos=1,
             )
         except PeerUnreachable as exc:
             _log.debug("node=%s push to %s failed: %s", self.node, out.target, exc.reason)

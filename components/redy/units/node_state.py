@@ -8,10 +8,14 @@ actuators, so a unit that goes offline leaves the node's flexibility at once.
 
 from __future__ import annotations
 
+import logging
+
 import attrs
 
 from redy import messages
 from redy.balancing.curves import ramp_ends, running_cost_eur_h
+
+_log = logging.getLogger(__name__)
 
 
 @attrs.define
@@ -55,6 +59,7 @@ class NodeState:
     def __init__(self, node: str) -> None:
         self.node = node
         self.units: dict[str, UnitView] = {}
+        self.refused: dict[str, str] = {}  # unit -> why its last reading was not believed
 
     def on_message(self, topic: str, msg: object) -> bool:
         """Take one decoded message; True if the node's online set or flexibility changed."""
@@ -75,12 +80,28 @@ class NodeState:
             u.state = msg
             return was != u.online
         if isinstance(msg, messages.Measurement):
-            self.units.setdefault(parts[3], UnitView()).measurement = msg
+            u = self.units.setdefault(parts[3], UnitView())
+            problem = _implausible_measurement(u.meta, msg)
+            if problem is None:
+                u.measurement = msg
+            else:
+                self._refuse(parts[3], problem)
             return False
         if isinstance(msg, messages.ActuatorStatus):
-            self.units.setdefault(parts[3], UnitView()).status = msg
+            u = self.units.setdefault(parts[3], UnitView())
+            problem = _implausible_status(u.meta, msg)
+            if problem is None:
+                u.status = msg
+            else:
+                self._refuse(parts[3], problem)
             return False
         return False
+
+    def _refuse(self, unit: str, problem: str) -> None:
+        """Log once per unit (a lying or broken device would fill the log otherwise)."""
+        if unit not in self.refused:
+            _log.warning("node=%s ignores unit %s: %s", self.node, unit, problem)
+        self.refused[unit] = problem
 
     def online_actuators(self) -> dict[str, UnitView]:
         return {
@@ -182,3 +203,42 @@ class NodeState:
                 orders.append(Order(unit=name, setpoint_kw=new))
                 gap -= new - status.power_kw
         return orders
+
+
+# A reading may exceed its rating a little (overshoot, meter tolerance), never by more.
+_RATED_MARGIN = 1.1
+_RATED_SLACK_KW = 0.1
+
+
+def _limit_kw(meta: messages.UnitMeta) -> float:
+    return meta.rated_power_kw * _RATED_MARGIN + _RATED_SLACK_KW
+
+
+def _implausible_measurement(
+    meta: messages.UnitMeta | None, msg: messages.Measurement
+) -> str | None:
+    """Why a measurement cannot be true of the unit that sent it (None if it can)."""
+    if meta is None:
+        return None  # no birth yet: nothing to judge it by
+    limit = _limit_kw(meta)
+    if abs(msg.power_kw) > limit:
+        return (
+            f"measured {msg.power_kw:g} kW but rated {meta.rated_power_kw:g} kW"
+            f" (expected within +/-{limit:g} kW)"
+        )
+    return None
+
+
+def _implausible_status(meta: messages.UnitMeta | None, msg: messages.ActuatorStatus) -> str | None:
+    """Why an actuator status cannot be true of the unit's rating (None if it can). (Its power
+    may lie outside its reachable range: a plant that is off reports 0 kW and its minimum.)"""
+    if meta is None:
+        return None
+    limit = _limit_kw(meta)
+    worst = max(abs(msg.min_kw), abs(msg.max_kw), abs(msg.power_kw))
+    if worst > limit:
+        return (
+            f"status power {msg.power_kw:g} kW, range [{msg.min_kw:g}, {msg.max_kw:g}] kW, beyond"
+            f" its rating {meta.rated_power_kw:g} kW (expected within +/-{limit:g} kW)"
+        )
+    return None

@@ -25,9 +25,10 @@ from redy import messages
 from redy.errors import InvalidMessage
 from redy.membership.cyclon import Cyclon, ShuffleOut
 from redy.membership.cyclon import ViewEntry as CoreEntry
+from redy.pki import Identity
 from redy.topics import render
 from redy.transport.client import AsyncLink, DeliveryFailed
-from redy.transport.peer_links import PeerLinks, PeerUnreachable
+from redy.transport.peer_links import PeerImpostor, PeerLinks, PeerUnreachable
 
 _log = logging.getLogger(__name__)
 
@@ -45,9 +46,10 @@ def _from_wire(entries: tuple[messages.ViewEntry, ...]) -> list[CoreEntry]:
 
 
 async def read_introducer(
-    uri: str, user: str, password: str, client_id: str, timeout_s: float = 3.0
+    uri: str, identity: Identity, client_id: str, timeout_s: float = 3.0
 ) -> tuple[messages.NodeDescriptor | None, messages.View | None]:
-    """Read an introducer's retained descriptor and view from its grid listener."""
+    """Read an introducer's retained descriptor and view from its grid listener (mutual TLS).
+    Its certificate must name the node its descriptor names, else nothing it says is taken."""
     found: dict[str, Any] = {}
     got_both = asyncio.Event()
 
@@ -61,14 +63,16 @@ async def read_introducer(
         if "NodeDescriptor" in found and "View" in found:
             got_both.set()
 
+    # The client id is ours: the broker makes it our certificate's CN anyway.
     link = AsyncLink(
         uri,
-        f"{client_id}-join",
-        user=user,
-        password=password,
+        client_id,
+        user=client_id,
+        password="",
         timeout_s=timeout_s,
         subscriptions=("redy/+/descriptor", "redy/+/membership/view"),
         on_message=on_message,
+        tls=identity.client_context() if uri.startswith("mqtts://") else None,
     )
     try:
         await link.connect()
@@ -79,9 +83,18 @@ async def read_introducer(
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 await got_both.wait()
+        presented = link.peer_cn()
     finally:
         await link.close()
-    return found.get("NodeDescriptor"), found.get("View")
+    desc: messages.NodeDescriptor | None = found.get("NodeDescriptor")
+    view: messages.View | None = found.get("View")
+    if desc is not None and desc.node != presented:
+        raise PeerImpostor(
+            uri, f"its certificate names {presented!r} but its descriptor {desc.node!r}"
+        )
+    if view is not None and view.node != presented:
+        view = None
+    return desc, view
 
 
 class OverlayDriver:
@@ -106,7 +119,7 @@ class OverlayDriver:
         period_s: float,
         timeout_s: float,
         introducer: str | None = None,
-        grid_password: str = "",
+        identity: Identity | None = None,
         state_expiry_s: int = 30,
         clock: Callable[[], float] = time.monotonic,
         probe_every: int = 4,
@@ -120,11 +133,10 @@ class OverlayDriver:
         self._timeout_s = timeout_s
         self._clock = clock
         self._pending: dict[int, float] = {}  # nonce -> deadline
-        self._reply_topic = render("shuffle_reply", node=node)
         self._introducers = [
             u for u in (introducer or "").replace(" ", "").split(",") if u and u != grid_uri
         ]
-        self._grid_password = grid_password
+        self._identity = identity
         self._state_expiry_s = state_expiry_s
         self._probe_every = probe_every
         self._periods = 0
@@ -136,9 +148,11 @@ class OverlayDriver:
     async def join(self) -> None:
         """Seed the view from an introducer's retained descriptor and view (the first that
         answers)."""
+        if self._identity is None:
+            return
         for uri in self._introducers:
             try:
-                desc, view = await read_introducer(uri, "grid", self._grid_password, self.node)
+                desc, view = await read_introducer(uri, self._identity, self.node)
             except PeerUnreachable as exc:
                 _log.warning("node=%s introducer %s unreachable: %s", self.node, uri, exc.reason)
                 continue
@@ -175,7 +189,17 @@ class OverlayDriver:
         self.lost.pop(node)
         self._probes.pop(node, None)
 
-    def _lose(self, node: str, broker: str) -> None:
+    def _lose(self, node: str, broker: str, exc: PeerUnreachable) -> None:
+        """A failed exchange with `node` at `broker`: strong evidence that it is gone, unless
+        the broker there was not `node`'s at all (a bogus entry: dropped, nothing concluded)."""
+        if isinstance(exc, PeerImpostor):
+            _log.warning(
+                "node=%s dropped a bogus entry: %s at %s (%s)", self.node, node, broker, exc.reason
+            )
+            self.core.discard(node)
+            self.contacts.pop(node)
+            return
+        _log.info("node=%s neighbour %s unreachable: %s", self.node, node, exc.reason)
         self.core.on_unreachable(node)
         self.lost.put(node, broker)
 
@@ -235,22 +259,20 @@ class OverlayDriver:
         request = messages.ShuffleRequest(
             sender=self.node, broker=self.grid_uri, nonce=out.nonce, entries=_to_wire(out.entries)
         )
-        topic = render("shuffle", node=out.target.node)
+        topic = render("shuffle", node=out.target.node, peer=self.node)
         try:
             await self._links.publish(
                 out.target.broker,
                 topic,
                 messages.encode(request),
+                node=out.target.node,
                 qos=1,
-                response_topic=self._reply_topic,
+                response_topic=render("shuffle_reply", node=self.node, peer=out.target.node),
                 correlation_data=str(out.nonce).encode(),
             )
         except PeerUnreachable as exc:
-            _log.info(
-                "node=%s neighbour %s unreachable: %s", self.node, out.target.node, exc.reason
-            )
             self.core.on_timeout(out.nonce)
-            self._lose(out.target.node, out.target.broker)
+            self._lose(out.target.node, out.target.broker, exc)
             return
         self._pending[out.nonce] = self._clock() + self._timeout_s
 
@@ -268,13 +290,13 @@ class OverlayDriver:
                     entry.broker,
                     topic,
                     payload,
+                    node=entry.node,
                     qos=1,
                     retain=True,
                     message_expiry_interval=self._state_expiry_s,
                 )
             except PeerUnreachable as exc:
-                _log.info("node=%s neighbour %s unreachable: %s", self.node, entry.node, exc.reason)
-                self._lose(entry.node, entry.broker)
+                self._lose(entry.node, entry.broker, exc)
                 return False
             return True
 
@@ -294,12 +316,15 @@ class OverlayDriver:
         reply = messages.ShuffleReply(
             sender=self.node, nonce=request.nonce, entries=_to_wire(reply_entries)
         )
-        topic = response_topic or render("shuffle_reply", node=request.sender)
+        # Always the canonical topic, which the sender's ACL lets us write: a response topic
+        # named in the request cannot send our answer anywhere else.
+        topic = render("shuffle_reply", node=request.sender, peer=self.node)
         try:
-            await self._links.publish(request.broker, topic, messages.encode(reply), qos=1)
+            await self._links.publish(
+                request.broker, topic, messages.encode(reply), node=request.sender, qos=1
+            )
         except PeerUnreachable as exc:
-            _log.info("node=%s cannot answer %s: %s", self.node, request.sender, exc.reason)
-            self._lose(request.sender, request.broker)
+            self._lose(request.sender, request.broker, exc)
         await self.publish_view()
 
     async def on_reply(self, reply: messages.ShuffleReply) -> None:
