@@ -41,7 +41,7 @@ def test_render_again_keeps_issued_passwords_and_shares_the_grid_ca(tmp_path: Pa
     again = brokers.render(
         brokers.NodeBroker(node="house-1", port=18841, state_dir=tmp_path, units={"x": "action"})
     )
-    other = brokers.render(brokers.NodeBroker(node="gas-1", port=18851, state_dir=tmp_path))
+    brokers.render(brokers.NodeBroker(node="gas-1", port=18851, state_dir=tmp_path))
     assert again.users["operator"] == first.users["operator"]
     assert "x" in again.users
     ca = (tmp_path / "house-1" / "grid-ca.crt").read_bytes()
