@@ -1,6 +1,7 @@
 """Decentralized balancing end to end: the 12-node grid of launch/grid12.yaml (figure 3 and nine
 more nodes) reaches a common price each epoch over real brokers; when the gas plant's broker and
-governance are killed, the others re-balance in the next epoch: the price rises over the
+governance hang (SIGSTOP: a killed one would be restarted by the launcher), the others
+re-balance in the next epoch: the price rises over the
 furnace's willingness to pay, the furnace sheds to its dispatch at that price and the house
 batteries discharge, as the retained states show."""
 
@@ -107,6 +108,7 @@ def test_grid_reaches_a_common_price_and_rebalances_after_the_gas_plant_dies(
         stdout=subprocess.DEVNULL,
         stderr=open(tmp_path / "launch.log", "wb"),  # noqa: SIM115
     )
+    frozen: list[int] = []
     try:
         _until(
             lambda: all((tmp_path / n / "credentials.json").exists() for n in ports),
@@ -135,8 +137,11 @@ def test_grid_reaches_a_common_price_and_rebalances_after_the_gas_plant_dies(
             "a common price set by the gas plant",
         )
 
-        for pid in _pids(f"{tmp_path}/gas-1/"):
-            os.kill(pid, signal.SIGKILL)
+        # The launcher restarts a killed broker and respawns its units, so a plant that is
+        # gone for good is one that hangs: its broker and units stop answering (SIGSTOP).
+        frozen.extend(_pids(f"{tmp_path}/gas-1/"))
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
         survivors = {n: w for n, w in watches.items() if n != "gas-1"}
         killed_in = second[0] + 1
         after = _until(
@@ -176,6 +181,9 @@ def test_grid_reaches_a_common_price_and_rebalances_after_the_gas_plant_dies(
             seen=statuses,
         )
     finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
         launcher.send_signal(signal.SIGTERM)
         try:
             launcher.wait(40)
