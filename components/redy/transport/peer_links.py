@@ -66,23 +66,27 @@ class PeerLinks:
         self._clock = clock
         self._links: OrderedDict[str, AsyncLink] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
-        self._bad: dict[str, tuple[float, str]] = {}  # uri -> (until, reason)
+        # uri -> (until, reason, the node whose certificate it presented if that was the fault)
+        self._bad: dict[str, tuple[float, str, str | None]] = {}
 
     @property
     def open_uris(self) -> tuple[str, ...]:
         return tuple(self._links)
 
-    def _check_bad(self, uri: str) -> None:
+    def _check_bad(self, uri: str, node: str | None) -> None:
         bad = self._bad.get(uri)
         if bad is None:
             return
-        until, reason = bad
-        if self._clock() < until:
+        until, reason, presented = bad
+        if self._clock() >= until:
+            del self._bad[uri]
+        elif presented is None:
             raise PeerUnreachable(uri, f"failed recently ({reason})")
-        del self._bad[uri]
+        elif node is not None and node != presented:
+            raise PeerImpostor(uri, f"failed recently ({reason})", presented)
 
-    def _mark_bad(self, uri: str, reason: str) -> None:
-        self._bad[uri] = (self._clock() + self._cooldown_s, reason)
+    def _mark_bad(self, uri: str, reason: str, presented: str | None = None) -> None:
+        self._bad[uri] = (self._clock() + self._cooldown_s, reason, presented)
         if len(self._bad) > 4 * self._max_links:  # bounded: forget the oldest verdicts
             for old in list(self._bad)[: len(self._bad) - 4 * self._max_links]:
                 del self._bad[old]
@@ -91,7 +95,7 @@ class PeerLinks:
         """The open connection to `uri` (whose broker must be `node`'s), opening it (and closing
         the least recently used one beyond `max_links`) if needed; PeerUnreachable if it cannot
         be had, PeerImpostor if the broker there is not `node`'s."""
-        self._check_bad(uri)
+        self._check_bad(uri, node)
         lock = self._locks.setdefault(uri, asyncio.Lock())
         async with lock:
             link = self._links.get(uri)
@@ -102,7 +106,7 @@ class PeerLinks:
                 return link
             if link is not None:
                 await self.close(uri)
-            self._check_bad(uri)  # another task may have failed on it while we waited
+            self._check_bad(uri, node)  # another task may have failed on it while we waited
             link = AsyncLink(
                 uri,
                 self._node,
@@ -116,7 +120,7 @@ class PeerLinks:
             try:
                 await link.connect()
             except WrongIdentity as exc:
-                self._mark_bad(uri, exc.reason)
+                self._mark_bad(uri, exc.reason, exc.presented or "")
                 raise PeerImpostor(uri, exc.reason, exc.presented) from None
             except DeliveryFailed as exc:
                 self._mark_bad(uri, exc.reason)
