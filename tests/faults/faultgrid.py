@@ -117,7 +117,7 @@ class FaultGrid:
         return self.net.addrs[i] if self.net else "127.0.0.1"
 
     def grid_uri(self, i: int) -> str:
-        return f"mqtt://{self.grid_host(i)}:{self.ports[i][1]}"
+        return f"mqtts://{self.grid_host(i)}:{self.ports[i][1]}"
 
     def _launch_file(self, i: int) -> Path:
         node = self.nodes[i]
@@ -332,7 +332,7 @@ def broker_pid(state: Path, node: str) -> int | None:
 
 
 def governance_pid(state: Path, node: str) -> int | None:
-    creds = f"{state.resolve()}/{node}/credentials.json"
+    creds = f"{state.resolve()}/{node}/governance.json"
     for pid, cmd in _cmdlines():
         if " governance " in cmd and f"--node {node} " in cmd and creds in cmd:
             with contextlib.suppress(OSError):

@@ -145,8 +145,14 @@ class AsyncLink:
         self._on_connect_cb = on_connect
         self._client = _AckingClient(client_id, clean_session=True, will_message=will)
         self._client.set_auth_credentials(user, password)
-        if not reconnect:  # gmqtt's default is to retry forever, every reconnect_delay
-            self._client.set_config({"reconnect_retries": 0, "reconnect_delay": 1})
+        # gmqtt retries a lost session by itself, every reconnect_delay (its default is 6 s);
+        # a node's own broker is on the same host, so a second is enough. Peer links do not
+        # retry: they are re-opened on demand, through PeerLinks' backoff.
+        self._client.set_config(
+            {"reconnect_retries": -1, "reconnect_delay": 1}
+            if reconnect
+            else {"reconnect_retries": 0, "reconnect_delay": 1}
+        )
         self._client.on_connect = self._connected
         self._client.on_message = self._message
 
