@@ -179,7 +179,10 @@ def test_partition_each_side_clears_then_merges(grid_factory) -> None:  # type: 
         assert set(g.views(n)[-1][1]) <= set(side_b), (n, g.views(n)[-1])
     g.net.heal()
     t1 = time.time()
-    _recovered(g, "partition 3|3 for 30 s", t0, t1)
+    try:
+        _recovered(g, "partition 3|3 for 30 s", t0, t1)
+    finally:
+        print(f"healed in epoch {epoch_at(t1)}\n" + g.describe(epoch_at(t1) - 2))
     merged = time.time()
     mixed = [n for n in g.nodes if set(g.views(n)[-1][1]) - set(side_a if n in side_a else side_b)]
     assert mixed, f"views still split {merged - t1:.1f} s after healing"

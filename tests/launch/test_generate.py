@@ -34,9 +34,7 @@ def test_a_generated_100_node_grid_parses_with_unique_ports_introducers_and_one_
     assert kinds["gas_plant"] == 2 and kinds["factory"] == 5 and kinds["eco_house"] == 40
     ports = [p for n in desc.nodes for p in (n.broker.port, n.broker.grid_port)]
     assert len(set(ports)) == 200 and min(ports) == 20000 and max(ports) == 30099
-    grid_uris = {
-        f"mqtt://{n.broker.bind}:{n.broker.grid_port}": i for i, n in enumerate(desc.nodes)
-    }
+    grid_uris = {n.broker.grid_uri: i for i, n in enumerate(desc.nodes)}
     first, *rest = desc.nodes
     assert first.governance is not None and first.governance.introducer is None
     for i, n in enumerate(rest, start=1):

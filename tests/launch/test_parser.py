@@ -46,7 +46,9 @@ def test_figure3_is_the_papers_three_nodes() -> None:
     }
     assert all(n.governance is not None for n in desc.nodes)
     intro = {n.node: n.governance.introducer for n in desc.nodes if n.governance}
-    assert intro["factory-1"] == intro["house-1"] == "mqtt://127.0.0.1:28841"
+    assert (
+        intro["factory-1"] == intro["house-1"] == "mqtts://127.0.0.1:28841"
+    )  # mutual TLS between nodes
 
 
 def test_substitution_and_command_line_args(tmp_path: Path) -> None:

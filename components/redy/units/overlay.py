@@ -32,7 +32,7 @@ from redy.transport.peer_links import PeerImpostor, PeerLinks, PeerUnreachable
 
 _log = logging.getLogger(__name__)
 
-_PROBES = 10  # probes a lost neighbour may leave unanswered before it is forgotten
+_PROBES = 20  # probes a lost neighbour may leave unanswered before it is forgotten
 
 PublishLocal = Callable[[str, Any], Awaitable[Any]]
 
@@ -103,7 +103,7 @@ class OverlayDriver:
     Beyond the core's view the driver remembers, in bounded lists, the nodes it has talked to
     (`contacts`) and the neighbours it lost to a failed connection (`lost`). With an empty view it
     asks its introducers again and probes those nodes every period; with a view it probes one of
-    them every `probe_every` periods. That is how each side of a partition rebuilds its own
+    them every `probe_every` periods (half that while it has lost neighbours). That is how each side of a partition rebuilds its own
     overlay without the introducer, and how the two sides find each other again once the network
     heals. A lost node that does not answer `_PROBES` probes is forgotten.
     """
@@ -220,7 +220,10 @@ class OverlayDriver:
         out = self.core.tick(self._clock())
         if out is not None:
             await self._send_request(out)
-        if not len(self.core) or self._periods % self._probe_every == 0:
+        # Every period while alone, twice as often as usual while some neighbour is lost (the
+        # other side of a partition may be back), else every `probe_every` periods.
+        every = 1 if not len(self.core) else self._probe_every // (2 if len(self.lost) else 1)
+        if self._periods % max(every, 1) == 0:
             target = self._probe_target()
             if target is not None:
                 await self._send_request(self.core.probe(target))
