@@ -283,6 +283,9 @@ max_inflight_messages 20
 max_queued_messages 1000
 max_queued_bytes 4194304
 memory_limit 268435456
+# Send small packets at once: with Nagle's algorithm every forwarded message waits for the
+# receiver's delayed ACK (40 ms on Linux): measured 44 ms against 0.2 ms per shuffle round trip.
+set_tcp_nodelay true
 
 # Local listener: the node's units, its governance unit and its operators.
 listener {port} {bind}
