@@ -32,6 +32,7 @@ from redy.topics import CONTRACT, render
 from redy.transport.client import AsyncLink, DeliveryFailed
 from redy.units.config import GovernanceConfig
 from redy.units.node_state import NodeState
+from redy.units.peer_gate import PeerGate
 
 _log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class Governance:
             password=self._password,
             timeout_s=_LOCAL_TIMEOUT_S,
             keepalive_s=_KEEPALIVE_S,
-            subscriptions=(f"redy/{config.node}/#",),
+            subscriptions=_subscriptions(config.node, peers=False),
             on_message=self._on_message,
             will=gmqtt.Message(
                 render("node_state", node=self.node),
@@ -78,7 +79,22 @@ class Governance:
             reconnect=True,
             on_connect=self._on_connect,
         )
+        # Peers' messages reach us on a session of their own: a peer's flood fills that
+        # connection, never the one that carries the units' reports and our own publishes.
+        self._peer_link = AsyncLink(
+            config.broker,
+            f"{config.node}.governance-peers",
+            user="governance",
+            password=self._password,
+            timeout_s=_LOCAL_TIMEOUT_S,
+            keepalive_s=_KEEPALIVE_S,
+            subscriptions=_subscriptions(config.node, peers=True),
+            on_message=self._on_message,
+            reconnect=True,
+        )
         self._peer_tasks: set[asyncio.Task[None]] = set()
+        self._peers = PeerGate()
+        self._peer_ready = asyncio.Event()
         self.peer_dropped = 0
         self.overlay: Any = None  # distant mode: redy.units.overlay.OverlayDriver
         self.market: Any = None  # distant mode with epochs: redy.units.market.MarketDriver
@@ -91,28 +107,48 @@ class Governance:
 
     def _on_message(self, topic: str, payload: bytes, props: dict[str, Any]) -> None:
         try:
+            spec, params = CONTRACT.match(topic)
+        except InvalidMessage as exc:
+            _log.warning("node=%s dropped a message: %s", self.node, exc)
+            return
+        peer = params.get("peer")
+        if peer is not None and not self._peers.admit(
+            time.monotonic(), spec.name, peer, len(payload)
+        ):
+            if self._peers.should_log(time.monotonic(), spec.name, peer):
+                _log.warning(
+                    "node=%s peer %s is over its %s budget; dropping its messages (%d so far)",
+                    self.node,
+                    peer,
+                    spec.name,
+                    self._peers.refused[peer],
+                )
+            return
+        try:
             msg = messages.decode(topic, payload)
         except InvalidMessage as exc:
             _log.warning("node=%s dropped invalid message: %s", self.node, exc)
             return
-        peer = CONTRACT.match(topic)[1].get("peer")
-        if peer is not None:
-            # The broker let only `peer` write this topic; a message that names someone else
-            # as its sender is a forgery, whoever wrote it.
-            claimed = getattr(msg, "sender", None) or getattr(msg, "node", None)
-            if claimed != peer:
-                _log.warning(
-                    "node=%s dropped %s written by %s in the name of %s",
-                    self.node,
-                    type(msg).__name__,
-                    peer,
-                    claimed,
-                )
-                return
-        try:
-            self._inbox.put_nowait((topic, msg, props))
-        except asyncio.QueueFull:
-            _log.warning("node=%s inbox full; dropped %s", self.node, topic)
+        if peer is None:
+            try:
+                self._inbox.put_nowait((topic, msg, props))
+            except asyncio.QueueFull:
+                _log.warning("node=%s inbox full; dropped %s", self.node, topic)
+            return
+        # The broker let only `peer` write this topic; a message that names someone else as its
+        # sender is a forgery, whoever wrote it.
+        claimed = getattr(msg, "sender", None) or getattr(msg, "node", None)
+        if claimed != peer:
+            _log.warning(
+                "node=%s dropped %s written by %s in the name of %s",
+                self.node,
+                type(msg).__name__,
+                peer,
+                claimed,
+            )
+            return
+        self._peers.put((topic, msg, props))
+        self._peer_ready.set()
 
     async def publish_local(self, topic: str, msg: Any) -> bool:
         """Publish on our own broker (QoS and retain from the contract); False, logged, if the
@@ -139,12 +175,27 @@ class Governance:
     # -- tasks -----------------------------------------------------------------------------------
 
     async def _inbox_task(self) -> None:
+        """The node's own units' messages."""
         while True:
             topic, msg, props = await self._inbox.get()
             try:
                 await self._handle(topic, msg, props)
             except Exception:  # one bad message must not stop the node
                 _log.exception("node=%s failed handling %s", self.node, topic)
+
+    async def _peer_inbox_task(self) -> None:
+        """Peers' messages, admitted by the gate; apart from the units' inbox, so peers'
+        traffic never delays what the node's own units report."""
+        while True:
+            await self._peer_ready.wait()
+            self._peer_ready.clear()
+            while (item := self._peers.get()) is not None:
+                topic, msg, props = item
+                try:
+                    await self._handle(topic, msg, props)
+                except Exception:  # nothing a peer sends may stop the node
+                    _log.exception("node=%s failed handling %s", self.node, topic)
+                await asyncio.sleep(0)  # let the units' inbox in between
 
     async def _handle(self, topic: str, msg: Any, props: dict[str, Any]) -> None:
         if isinstance(msg, messages.NodeSetpoint):
@@ -227,9 +278,14 @@ class Governance:
         cmd = messages.Command(seq=self._seq, ts_s=time.time(), setpoint_kw=setpoint_kw, on=on)
         await self.publish_local(render("command", node=self.node, unit=unit), cmd)
 
+    async def _connect_both(self) -> None:
+        await self._link.connect_retrying()
+        if self.config.grid_broker:
+            await self._peer_link.connect_retrying()
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; every connection is closed on the way out."""
-        connecting = asyncio.create_task(self._link.connect_retrying())
+        connecting = asyncio.create_task(self._connect_both())
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
@@ -238,13 +294,18 @@ class Governance:
             with contextlib.suppress(asyncio.CancelledError):
                 await connecting
             await self._link.close()
+            await self._peer_link.close()
             return
         connecting.result()  # a refusal of our credentials ends the unit here
         _log.info("node=%s governance connected to %s", self.node, self.config.broker)
         links = None
         try:
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self._inbox_task()), tg.create_task(self._state_task())]
+                tasks = [
+                    tg.create_task(self._inbox_task()),
+                    tg.create_task(self._peer_inbox_task()),
+                    tg.create_task(self._state_task()),
+                ]
                 if self.config.grid_broker:
                     links = await self._start_overlay(tg, tasks)
                 await stop.wait()
@@ -259,6 +320,7 @@ class Governance:
                 self.state.energy_state(self.config.sim_time_s(time.time()), status="offline"),
             )
             await self._link.close()
+            await self._peer_link.close()
             _log.info("node=%s governance stopped", self.node)
 
     async def _start_overlay(self, tg: asyncio.TaskGroup, tasks: list[asyncio.Task[Any]]) -> Any:
@@ -306,6 +368,18 @@ class Governance:
             )
             tasks.append(tg.create_task(self.market.run()))
         return links
+
+
+def _subscriptions(node: str, *, peers: bool) -> tuple[str, ...]:
+    """The governance's subscriptions on its own broker, from the contract: what peers write
+    (`peers`), or everything else it reads."""
+    out = []
+    for spec in CONTRACT.topics.values():
+        if "governance" not in spec.subscribers or ("peer" in spec.publishers) != peers:
+            continue
+        levels = spec.pattern.replace("{node}", node).split("/")
+        out.append("/".join("+" if lv.startswith("{") else lv for lv in levels))
+    return tuple(out)
 
 
 def run_governance(config: GovernanceConfig, stop: asyncio.Event | None = None) -> None:
