@@ -91,5 +91,5 @@ def test_acl_grants_only_what_the_roles_say() -> None:
     heater = acl.split("user heater\n")[1].split("\n\n")[0].splitlines()
     assert "topic read redy/house-1/action/heater/command" in heater
     grid = topics.grid_acl("house-1")
-    assert "pattern write redy/house-1/grid/neighbours/%c" in grid
+    assert "pattern write redy/house-1/grid/neighbours/%u" in grid  # the certificate's CN
     assert "redy/house-1/action" not in grid
