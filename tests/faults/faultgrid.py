@@ -153,8 +153,12 @@ launch:
             *self._prefix(i), sys.executable, "-m", "redy", "launch",
             str(self._launch_file(i)), "--state-dir", str(self.state),
         ]  # fmt: skip
+        # Its own session: `faketime` and `ip netns exec` wrap the launcher, so the whole group
+        # is signalled at the end.
         self.launchers.append(
-            subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+            )
         )
         log.close()
 
@@ -195,14 +199,18 @@ launch:
             self._start_recorder(i)
 
     def stop(self) -> None:
-        for p in [*self.recorders, *self.launchers]:
+        for p in self.recorders:
             with contextlib.suppress(ProcessLookupError):
                 p.send_signal(signal.SIGTERM)
+        for p in self.launchers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
         for p in [*self.recorders, *self.launchers]:
             try:
                 p.wait(20)
             except subprocess.TimeoutExpired:
-                p.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL) if p in self.launchers else p.kill()
         if self.net is not None:
             self.net.down()
 
