@@ -133,6 +133,8 @@ class AsyncLink:
         self._client.set_auth_credentials(user, password)
         if not reconnect:  # gmqtt's default is to retry forever, every reconnect_delay
             self._client.set_config({"reconnect_retries": 0, "reconnect_delay": 1})
+        else:  # forever, but every second, not gmqtt's 6 s: a market epoch lasts a few seconds
+            self._client.set_config({"reconnect_delay": 1})
         self._client.on_connect = self._connected
         self._client.on_message = self._message
 
