@@ -54,7 +54,8 @@ def _mix(n: int) -> str:
 
 def _free_base(n: int) -> int:
     for _ in range(200):
-        base = random.randrange(21000, 29000 - 2 * n)
+        # Grid ports are base + 10000 + i: keep them under the ephemeral range (32768).
+        base = random.randrange(20000, 22700 - n)
         if all(port_is_free(base + i) and port_is_free(base + 10000 + i) for i in range(n)):
             return base
     raise SystemExit("no free port range")
@@ -87,12 +88,16 @@ class Observer:
             self.first_seen.setdefault((s.epoch, s.node), (now, s.price_eur_mwh, s.status))
 
 
-async def _observe(args: argparse.Namespace, state: Path, ports: dict[str, int]) -> Observer:
+async def _observe(
+    args: argparse.Namespace, state: Path, ports: dict[str, int], launcher: subprocess.Popen[bytes]
+) -> Observer:
     obs = Observer(args.epoch_s)
     links: dict[str, AsyncLink] = {}
     for node, port in ports.items():
         creds = state / node / "credentials.json"
         while not creds.exists():
+            if launcher.poll() is not None:
+                raise SystemExit("the launch stopped; see its log (--keep)")
             await asyncio.sleep(0.2)
         link = AsyncLink(
             f"mqtt://127.0.0.1:{port}",
@@ -103,7 +108,7 @@ async def _observe(args: argparse.Namespace, state: Path, ports: dict[str, int])
             subscriptions=(f"redy/{node}/governance/state", f"redy/{node}/action/bench/command"),
             on_message=obs.on_message,
         )
-        await link.connect_retrying()
+        await link.connect_retrying(attempts=30)
         links[node] = link
     t_end = time.time() + args.warmup_s + args.epochs * args.epoch_s
     nodes = list(ports)
@@ -199,7 +204,7 @@ def main() -> None:
         )  # fmt: skip
         start = time.time()
         try:
-            obs = asyncio.run(_observe(args, state, ports))
+            obs = asyncio.run(_observe(args, state, ports, launcher))
         finally:
             launcher.send_signal(signal.SIGTERM)
             try:

@@ -67,8 +67,9 @@ LOAD_VALUE_DEFAULT = 150.0
 # Pushes per phase: never fewer than the core's default (at 50 nodes fewer left some nodes
 # 0.02 EUR/MWh off); a launch file's `rounds` may ask for more.
 _MIN_ROUNDS = Pacing(epoch_s=1.0).rounds
-# A round with no message ends after this long (s): a few peer round trips on a loaded host.
+# A round with no message ends after this long (s): a few peer round trips on an idle host.
 ROUND_S = 0.005
+
 _EVENTS_MAX = 10_000
 
 
