@@ -206,3 +206,18 @@ def test_nodes_whose_clocks_are_up_to_a_second_apart_clear_together_on_corrected
         for c in clears:
             assert abs(c.result.price_eur_mwh - ref.price_eur_mwh) <= 0.01
             assert c.heard > 0
+
+
+def test_an_epoch_cut_short_keeps_the_last_phase_gossiped_and_the_nodes_together() -> None:
+    """Phases not done by `finish_by` (a saturated host) end on the last phase the nodes
+    gossiped enough, never on phases cleared on a node's own curve alone."""
+    n = 30
+    links = _Links(n, latency_s=0.003)
+    cores = _cores(links, Pacing(epoch_s=4.0, round_s=0.006, finish_by=0.1), list(range(n)))
+    links.run(cores, start_s=3.9, until_s=4.9)
+    ref = solve([_bids(i) for i in range(n)])
+    assert len(links.cleared) == n
+    assert any(c.result.phases < 3 for c in links.cleared)  # it was cut short
+    prices = [c.result.price_eur_mwh for c in links.cleared]
+    assert max(prices) - min(prices) <= 1.0  # one 0.34 EUR/MWh phase-2 window, or less
+    assert all(abs(p - ref.price_eur_mwh) <= 1.0 for p in prices)

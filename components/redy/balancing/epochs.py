@@ -200,18 +200,33 @@ class MarketCore:
             self._end_phase(now, out)
 
     def _finish(self, now: float, out: list[Action]) -> None:
-        while self._running:
-            self._end_phase(now, out, push=False)
+        """Time is up: the current phase counts if it made a quarter of its pushes (or nothing
+        was found yet), and no further phase starts. Clearing the phases left at once would
+        clear each on the node's own curve alone: at 50 nodes on a saturated host that put
+        nodes tens of EUR/MWh apart."""
+        if not self._running:
+            return
+        if self.discovery.result is None or 4 * self._pushes >= self.pacing.rounds:
+            self.discovery.end_phase(last=True)
+        else:
+            self.discovery.stop()
+        self._close(now, out)
 
     def _end_phase(self, now: float, out: list[Action], push: bool = True) -> None:
-        result = self.discovery.end_phase()
+        self.discovery.end_phase()
         self._pushes = 0
         self._seen_round = 0
         if not self.discovery.done:
             if push:  # the next phase starts with a push of its own
                 self._push(now, out)
             return
+        self._close(now, out)
+
+    def _close(self, now: float, out: list[Action]) -> None:
+        self._pushes = 0
+        self._seen_round = 0
         self._running = False
+        result = self.discovery.result
         if result is not None:
             elapsed = now - self._started_at
             self.last = Cleared(self.epoch, result, self._bids, elapsed, self._heard)
