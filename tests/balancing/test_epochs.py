@@ -10,7 +10,16 @@ import pytest
 
 from redy.balancing.aggregation import PushSum
 from redy.balancing.curves import Bid, Dispatchable, Fixed, FlexibleLoad
-from redy.balancing.epochs import Cleared, MarketCore, Pacing, Received, Refused, Send, Tick
+from redy.balancing.epochs import (
+    Cleared,
+    ClockOffsets,
+    MarketCore,
+    Pacing,
+    Received,
+    Refused,
+    Send,
+    Tick,
+)
 from redy.balancing.reference import solve
 from redy.errors import RedyError
 
@@ -140,3 +149,75 @@ def test_pacing_refuses_settings_that_cannot_run() -> None:
         Pacing(epoch_s=0)
     with pytest.raises(RedyError, match="min_gap_s < round_s"):
         Pacing(epoch_s=4, round_s=0.1, min_gap_s=0.2)
+
+
+def test_clock_offset_is_the_median_over_senders() -> None:
+    o = ClockOffsets()
+    assert o.offset_s() is None and o.correction_s() == 0.0
+    o.sample("a", sent_s=100.0, received_s=100.8)  # we are 0.8 s ahead of a
+    o.sample("b", sent_s=100.0, received_s=100.8)
+    o.sample("c", sent_s=110.0, received_s=100.0)  # one wild neighbour does not matter
+    assert o.offset_s() == pytest.approx(0.8)
+    assert o.correction_s() == pytest.approx(0.8) and not o.skewed()
+    o.sample("c", sent_s=200.0, received_s=200.8)  # only each sender's latest counts
+    assert o.offset_s() == pytest.approx(0.8)
+    far = ClockOffsets(tolerance_s=1.0)
+    far.sample("a", sent_s=100.0, received_s=103.0)
+    assert far.skewed() and far.correction_s() == 0.0  # beyond the tolerance: no correction
+
+
+class _OnItsClock:
+    """A core whose clock is `ahead_s` ahead of the links' (true) time."""
+
+    def __init__(self, core: MarketCore, ahead_s: float) -> None:
+        self.core, self.ahead_s = core, ahead_s
+
+    def handle(self, now: float, event: Received | Refused | Tick) -> list:
+        # 1 ns over: (deadline - ahead) + ahead may round below the deadline.
+        return self.core.handle(now + self.ahead_s + 1e-9, event)
+
+    def next_deadline(self) -> float:
+        return self.core.next_deadline() - self.ahead_s
+
+
+def test_nodes_whose_clocks_are_up_to_a_second_apart_clear_together_on_corrected_clocks() -> None:
+    """Two clocks skewed by +-0.8 s (1.6 s apart) among good ones: each node runs its core on
+    its own clock minus its median offset from its neighbours' timestamps, so all start the
+    epoch together and find the optimal price."""
+    n = 12
+    skew = {i: {2: 0.8, 7: -0.8}.get(i, 0.0) for i in range(n)}
+    links = _Links(n, latency_s=0.002)
+    offsets = {i: ClockOffsets() for i in range(n)}
+    for i in range(n):  # what each node learnt from its neighbours' earlier gossip
+        for j in links.views[i]:
+            offsets[i].sample(j, sent_s=100.0 + skew[j], received_s=100.0 + skew[i] + 0.002)
+    # Every core sees its raw clock corrected: true time + skew - correction.
+    err = {i: skew[i] - offsets[i].correction_s() for i in range(n)}
+    assert max(abs(e) for e in err.values()) < 0.01  # the median of its neighbours' skews
+    cores = _cores(links, Pacing(epoch_s=3.0, round_s=0.004), list(range(n)))
+    skewed = {i: _OnItsClock(c, err[i]) for i, c in cores.items()}
+    links.run(skewed, start_s=2.5, until_s=8.9)  # type: ignore[arg-type]
+    ref = solve([_bids(i) for i in range(n)])
+    by_epoch: dict[int, list[Cleared]] = {}
+    for c in links.cleared:
+        by_epoch.setdefault(c.epoch, []).append(c)
+    for clears in by_epoch.values():
+        assert len(clears) == n
+        for c in clears:
+            assert abs(c.result.price_eur_mwh - ref.price_eur_mwh) <= 0.01
+            assert c.heard > 0
+
+
+def test_an_epoch_cut_short_keeps_the_last_phase_gossiped_and_the_nodes_together() -> None:
+    """Phases not done by `finish_by` (a saturated host) end on the last phase the nodes
+    gossiped enough, never on phases cleared on a node's own curve alone."""
+    n = 30
+    links = _Links(n, latency_s=0.003)
+    cores = _cores(links, Pacing(epoch_s=4.0, round_s=0.006, finish_by=0.1), list(range(n)))
+    links.run(cores, start_s=3.9, until_s=4.9)
+    ref = solve([_bids(i) for i in range(n)])
+    assert len(links.cleared) == n
+    assert any(c.result.phases < 3 for c in links.cleared)  # it was cut short
+    prices = [c.result.price_eur_mwh for c in links.cleared]
+    assert max(prices) - min(prices) <= 1.0  # one 0.34 EUR/MWh phase-2 window, or less
+    assert all(abs(p - ref.price_eur_mwh) <= 1.0 for p in prices)

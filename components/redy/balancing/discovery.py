@@ -207,8 +207,14 @@ class PriceDiscovery:
         if m.phase == self.phase and m.floor_eur_mwh == self.grid.floor_eur_mwh:
             self.agg.on_undeliverable(m.msg)
 
-    def end_phase(self) -> MarketResult | None:
-        """Clear this phase's estimate; start the next phase if there is one."""
+    def stop(self) -> MarketResult | None:
+        """End the epoch here, on the last phase cleared (the epoch's time is up)."""
+        self._done = True
+        return self.result
+
+    def end_phase(self, last: bool = False) -> MarketResult | None:
+        """Clear this phase's estimate; start the next phase if there is one (and not
+        `last`)."""
         if self._done:
             return self.result
         est = self.agg.estimate()
@@ -225,7 +231,7 @@ class PriceDiscovery:
             self._done = True
             return self.result
         self.result = MarketResult(c.price_eur_mwh, "cleared", self.grid, self.phase)
-        if self.phase >= self.search.phases:
+        if last or self.phase >= self.search.phases:
             self._done = True
             return self.result
         self.phase += 1

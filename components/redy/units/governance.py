@@ -365,6 +365,7 @@ class Governance:
                 epoch_s=cfg.epoch_s,
                 rounds=cfg.rounds,
                 rng=random.Random(cfg.seed + 1),
+                on_cleared=self._dirty.set,  # publish the price at once
             )
             tasks.append(tg.create_task(self.market.run()))
         return links

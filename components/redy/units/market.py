@@ -1,42 +1,56 @@
-"""Distant mode, balancing: a governance unit's market epochs over MQTT.
+"""Distant mode, balancing: a governance unit drives its market core over MQTT.
 
-Every epoch (one market interval of `epoch_s` wall-clock seconds; nodes share the clock, as
-NTP-synchronised hosts do, up to a tolerated skew) the node turns what its units report into a
-bid curve, runs `rounds` rounds of push-sum gossip with its current neighbours
-(`redy/<Q>/grid/gossip` on their brokers; a push that is not acknowledged keeps its mass),
-clears its estimate of the average curve, and commands its action units to the dispatch at that
-price. Messages of older epochs are ignored, those of the next epoch kept until it starts; a
-node that starts mid-epoch waits for the next one. The node's status says honestly whether it
-took part: `isolated` when no neighbour's gossip reached it, `skewed` when its clock is off its
-neighbours' by more than the schedule tolerates.
+The epochs, phases and rounds are `redy.balancing.epochs.MarketCore` (sans-IO): this driver
+only sleeps until the core's next deadline, feeds it what arrives (a neighbour's gossip on
+`redy/<node>/grid/gossip`, a push a neighbour's broker refused) and carries out what it returns
+(pushes, each its own task bounded by the links' timeout, so a slow neighbour never delays a
+round; the dispatch of the units at the price found). Rounds are paced by message arrival and
+the price is found to 0.01 EUR/MWh over -500..4,000 EUR/MWh by successive refinement
+(`redy.balancing.discovery`), with merit-order dispatch on the final window.
+
+Nodes share the clock as NTP-synchronised hosts do: each node estimates its offset from the
+`ts_s` its neighbours put in their gossip (`ClockOffsets`) and runs the core on its neighbours'
+time when the offset is within the tolerance, so a node up to that far off still clears with
+them. Its status says honestly whether it took part: `skewed` beyond the tolerance, `isolated`
+when no neighbour's gossip reached it in the epoch, otherwise what the market found (`cleared`,
+or `shortage`/`surplus` with its share of the unserved or excess kW).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import numpy as np
 
 from redy import messages
 from redy.balancing.aggregation import GossipOut, PushSum
-from redy.balancing.clearing import Clearing, clear
 from redy.balancing.curves import (
     Bid,
     Dispatchable,
     Fixed,
     FlexibleLoad,
-    PriceGrid,
     Storage,
-    curve,
-    dispatch_kw,
     ramp_ends,
 )
-from redy.balancing.schedule import ClockOffsets, EpochSchedule, FutureBuffer
+from redy.balancing.discovery import MarketResult, PhaseGossip, PriceSearch
+from redy.balancing.epochs import (
+    Action,
+    Cleared,
+    ClockOffsets,
+    Event,
+    MarketCore,
+    Pacing,
+    Received,
+    Refused,
+    Send,
+    Tick,
+)
 from redy.topics import render
 from redy.transport.peer_links import PeerLinks, PeerUnreachable
 from redy.units.node_state import NodeState
@@ -49,6 +63,14 @@ _log = logging.getLogger(__name__)
 STORAGE_CHARGE_BELOW = 60.0
 STORAGE_DISCHARGE_ABOVE = 110.0
 LOAD_VALUE_DEFAULT = 150.0
+
+# Pushes per phase: never fewer than the core's default (at 50 nodes fewer left some nodes
+# 0.02 EUR/MWh off); a launch file's `rounds` may ask for more.
+_MIN_ROUNDS = Pacing(epoch_s=1.0).rounds
+# A round with no message ends after this long (s): a few peer round trips on an idle host.
+ROUND_S = 0.005
+
+_EVENTS_MAX = 10_000
 
 
 def node_bids(state: NodeState) -> dict[str, Bid]:
@@ -90,15 +112,13 @@ def node_bids(state: NodeState) -> dict[str, Bid]:
     return bids
 
 
-class MarketDriver:
-    """One node's epochs of gossip, clearing and dispatch.
+def _commanded(name: str, bid: Bid) -> bool:
+    """Whether the market sets this bid's unit (meters and the fixed part of a load it cannot)."""
+    return not name.endswith(".base") and isinstance(bid, Dispatchable | FlexibleLoad | Storage)
 
-    Rounds follow `EpochSchedule`: gossip in the first half of the epoch, clearing once a
-    tolerated clock skew has passed after the last round. Pushes go out as tasks of their own,
-    each bounded by the links' timeout, so a slow neighbour never delays a round; a push that is
-    not acknowledged gives its mass back (if its epoch is still running). Messages of the next
-    epoch (from a node whose clock is ahead) are kept until that epoch starts.
-    """
+
+class MarketDriver:
+    """One node's market: a thin asyncio driver of `MarketCore` (see the module docstring)."""
 
     def __init__(
         self,
@@ -111,37 +131,79 @@ class MarketDriver:
         epoch_s: float,
         rounds: int,
         rng: random.Random,
-        grid: PriceGrid | None = None,
         clock: Callable[[], float] = time.time,
         tolerance_s: float = 1.0,
+        search: PriceSearch | None = None,
+        round_s: float = ROUND_S,
+        on_cleared: Callable[[], None] = lambda: None,
     ) -> None:
         self.node = node
         self.state = state
         self._links = links
-        self._neighbours = neighbours
+        self._view = neighbours
         self._command = command
-        self.schedule = EpochSchedule(epoch_s, rounds, tolerance_s)
-        self.grid = grid or PriceGrid()
         self._clock = clock
-        self.core = PushSum(node, rng)
-        self.epoch: int | None = None
-        self.result: Clearing | None = None
+        self._on_cleared = on_cleared
+        self.search = search or PriceSearch()
+        self.pacing = Pacing(epoch_s, rounds=max(rounds, _MIN_ROUNDS), round_s=round_s)
+        self._names: dict[int, str] = {}  # id(bid) -> unit name, for the epoch's bids
+        self._new_names: dict[int, str] = {}
+        self._brokers: dict[str, str] = {}
+        self.core = MarketCore(
+            PushSum(node, rng), self.pacing, self._bids, self._neighbours, self.search
+        )
+        self.offsets = ClockOffsets(tolerance_s)
+        self.status = "waiting"
+        self.result: MarketResult | None = None
         self.result_epoch: int | None = None
-        self.status: str = "waiting"
-        self.offsets = ClockOffsets()
-        self._future = FutureBuffer()
-        self._received = 0  # gossip messages counted in the current epoch
-        self._pushes: set[asyncio.Task[None]] = set()
+        self.last: Cleared | None = None
+        self._events: asyncio.Queue[Event] = asyncio.Queue(maxsize=_EVENTS_MAX)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._dropped = 0
+
+    # -- what the core asks --------------------------------------------------------------------
+
+    def _bids(self) -> list[Bid]:
+        bids = node_bids(self.state)
+        new = {id(b): name for name, b in bids.items()}
+        # The last epoch's names too: its Cleared may be carried out after the next one began.
+        self._names, self._new_names = self._new_names | new, new
+        return list(bids.values())
+
+    def _neighbours(self) -> list[str]:
+        self._brokers |= {e.node: e.broker for e in self._view()}
+        if len(self._brokers) > 1024:  # bounded: keep the current view's
+            self._brokers = {e.node: e.broker for e in self._view()}
+        return [e.node for e in self._view()]
+
+    def now(self) -> float:
+        """The market's clock: this node's, moved onto its neighbours' within the tolerance."""
+        return self._clock() - self.offsets.correction_s()
+
+    # -- events in -----------------------------------------------------------------------------
 
     def on_gossip(self, msg: messages.Gossip) -> None:
-        if msg.algorithm != "pushsum" or len(msg.values) != self.grid.k or msg.weight < 0:
+        """A neighbour's gossip from our broker: checked, then queued for the core."""
+        k = self.search.k
+        expected = k + 2 if msg.phase == 1 else k
+        if (
+            msg.algorithm != "pushsum"
+            or msg.phase is None
+            or msg.floor_eur_mwh is None
+            or msg.cap_eur_mwh is None
+            or len(msg.values) != expected
+            or not msg.weight >= 0
+        ):
             _log.warning(
-                "node=%s dropped gossip from %s: expected pushsum with %d values and weight >= 0,"
-                " got %s with %d values and weight %g",
+                "node=%s dropped gossip from %s: expected pushsum with a phase, its window and"
+                " %d values (%d in phase 1), weight >= 0; got %s phase %s with %d values,"
+                " weight %g",
                 self.node,
                 msg.sender,
-                self.grid.k,
+                k,
+                k + 2,
                 msg.algorithm,
+                msg.phase,
                 len(msg.values),
                 msg.weight,
             )
@@ -156,13 +218,32 @@ class MarketDriver:
             weight=msg.weight,
             values=np.asarray(msg.values, dtype=float),
         )
-        current = self.core.epoch
-        if msg.epoch == current + 1 or (self.epoch is None and msg.epoch > current):
-            self._future.keep(msg.epoch, out)  # a node ahead of us already started it
-        elif self.core.on_message(out):
-            self._received += 1
+        self._queue(Received(PhaseGossip(msg.phase, msg.floor_eur_mwh, msg.cap_eur_mwh, out)))
 
-    async def _push(self, out: GossipOut, broker: str) -> None:
+    def _queue(self, event: Event) -> None:
+        try:
+            self._events.put_nowait(event)
+        except asyncio.QueueFull:
+            self._dropped += 1
+            if self._dropped % 100 == 1:
+                _log.warning("node=%s market events full; %d dropped", self.node, self._dropped)
+
+    # -- actions out ---------------------------------------------------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _act(self, actions: list[Action]) -> None:
+        for a in actions:
+            if isinstance(a, Send):
+                self._spawn(self._push(a.msg))
+            else:
+                self._cleared(a)
+
+    async def _push(self, m: PhaseGossip) -> None:
+        out = m.msg
         msg = messages.Gossip(
             sender=self.node,
             epoch=out.epoch,
@@ -171,8 +252,14 @@ class MarketDriver:
             weight=out.weight,
             values=tuple(float(v) for v in out.values),
             ts_s=self._clock(),
+            phase=m.phase,
+            floor_eur_mwh=m.floor_eur_mwh,
+            cap_eur_mwh=m.cap_eur_mwh,
         )
+        broker = self._brokers.get(out.target)
         try:
+            if broker is None:
+                raise PeerUnreachable(str(out.target), "not in the view")
             await self._links.publish(
                 broker,
                 render("gossip", node=out.target, peer=self.node),
@@ -182,86 +269,81 @@ class MarketDriver:
             )
         except PeerUnreachable as exc:
             _log.debug("node=%s push to %s failed: %s", self.node, out.target, exc.reason)
-            self.core.on_undeliverable(out)
+            self._queue(Refused(m))  # its mass comes back
 
-    def _send(self, outs: list[GossipOut], brokers: dict[str, str]) -> None:
-        for out in outs:
-            task = asyncio.create_task(self._push(out, brokers[out.target]))
-            self._pushes.add(task)
-            task.add_done_callback(self._pushes.discard)
+    def _cleared(self, c: Cleared) -> None:
+        self.last = c
+        self.result = c.result
+        self.result_epoch = c.epoch
+        self.status = self._honest_status(c)
+        orders = [
+            (self._names[id(b)], c.result.dispatch_kw(b))
+            for b in c.bids
+            if id(b) in self._names and _commanded(self._names[id(b)], b)
+        ]
+        self._spawn(self._dispatch(orders))
+        self._on_cleared()
+        _log.info(
+            "node=%s epoch %d price %.3f EUR/MWh (%s) after %.3f s, %d phases, %d messages heard,"
+            " clock offset %+.3f s",
+            self.node,
+            c.epoch,
+            c.result.price_eur_mwh,
+            self.status,
+            c.elapsed_s,
+            c.result.phases,
+            c.heard,
+            self.offsets.offset_s() or 0.0,
+        )
 
-    async def _sleep_until(self, t: float) -> None:
-        await asyncio.sleep(max(0.0, t - self._clock()))
+    async def _dispatch(self, orders: list[tuple[str, float]]) -> None:
+        for name, kw in orders:
+            await self._command(name, kw)
 
-    def _start_epoch(self, epoch: int, bids: dict[str, Bid]) -> None:
-        self.core.start_epoch(epoch, curve(bids.values(), self.grid))
-        self.epoch = epoch
-        self._received = 0
-        for out in self._future.release(epoch):
-            if self.core.on_message(out):
-                self._received += 1
-
-    async def run(self) -> None:
-        """Epoch after epoch until cancelled; pending pushes are cancelled with it."""
-        try:
-            await self._run()
-        finally:
-            for task in list(self._pushes):
-                task.cancel()
-
-    async def _run(self) -> None:
-        sched = self.schedule
-        while True:
-            epoch = sched.next_epoch(self._clock())
-            await self._sleep_until(sched.start(epoch))
-            bids = node_bids(self.state)
-            self._start_epoch(epoch, bids)
-            for r in range(1, sched.rounds + 1):
-                await self._sleep_until(sched.round_at(epoch, r))
-                brokers = {e.node: e.broker for e in self._neighbours()}
-                self._send(self.core.round(list(brokers)), brokers)
-            await self._sleep_until(sched.clear_at(epoch))
-            estimate = self.core.estimate()
-            if estimate is None:
-                continue
-            self.result = clear(estimate, self.grid)
-            self.result_epoch = epoch
-            self.status = self._honest_status(self.result.status)
-            for name, bid in bids.items():
-                if name.endswith(".base") or not isinstance(
-                    bid, Dispatchable | FlexibleLoad | Storage
-                ):
-                    continue
-                await self._command(name, dispatch_kw(bid, self.grid, self.result.price_eur_mwh))
-            _log.info(
-                "node=%s epoch %d price %.2f EUR/MWh (%s)",
-                self.node,
-                epoch,
-                self.result.price_eur_mwh,
-                self.status,
-            )
-
-    def _honest_status(self, cleared: str) -> str:
+    def _honest_status(self, c: Cleared) -> str:
         """`cleared` (or shortage/surplus) only when the node really took part with others."""
-        offset = self.offsets.offset_s()
-        if offset is not None and abs(offset) > self.schedule.tolerated_skew_s:
+        if self.offsets.skewed():
             _log.warning(
                 "node=%s clock is %+.2f s off its neighbours' (tolerated: %.2f s)",
                 self.node,
-                offset,
-                self.schedule.tolerated_skew_s,
+                self.offsets.offset_s(),
+                self.offsets.tolerance_s,
             )
             return "skewed"
-        if self._received == 0:
+        if c.heard == 0:
             return "isolated"  # it averaged nothing but its own curve
-        return cleared
+        return c.result.status
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Epoch after epoch until cancelled; pending pushes and commands are cancelled."""
+        try:
+            while True:
+                event: Event = Tick()
+                wait = self.core.next_deadline() - self.now()
+                if wait > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            event = await self._events.get()
+                elif not self._events.empty():
+                    event = self._events.get_nowait()
+                self._act(self.core.handle(self.now(), event))
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
 
     def state_fields(self) -> dict[str, Any]:
-        """Price, epoch, status and clock offset for the node's NodeEnergyState."""
+        """Price, epoch, status, clock offset and unserved/excess kW for NodeEnergyState."""
         offset = self.offsets.offset_s()
         fields: dict[str, Any] = {"status": self.status}
         if offset is not None:
             fields["clock_offset_s"] = round(offset, 3)
-        if self.result is not None:
-            fields |= {"price_eur_mwh": self.result.price_eur_mwh, "epoch": self.result_epoch}
+        r = self.result
+        if r is not None:
+            fields |= {"price_eur_mwh": r.price_eur_mwh, "epoch": self.result_epoch}
+            if r.status == "shortage":
+                fields["unserved_kw"] = round(r.unserved_kw, 3)
+            elif r.status == "surplus":
+                fields["excess_kw"] = round(r.excess_kw, 3)
         return fields

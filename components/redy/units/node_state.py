@@ -119,6 +119,8 @@ class NodeState:
         epoch: int | None = None,
         status: str = "local",
         clock_offset_s: float | None = None,
+        unserved_kw: float | None = None,
+        excess_kw: float | None = None,
     ) -> messages.NodeEnergyState:
         """The node's energy state now (only online units count)."""
         production = consumption = 0.0
@@ -174,6 +176,8 @@ class NodeState:
             status=status,
             clock_offset_s=clock_offset_s,
             setpoint_kw=setpoint_kw,
+            unserved_kw=unserved_kw,
+            excess_kw=excess_kw,
         )
 
     def follow_setpoint(self, target_net_kw: float) -> list[Order]:
