@@ -154,6 +154,7 @@ class MarketDriver:
         )
         self.offsets = ClockOffsets(tolerance_s)
         self.status = "waiting"
+        self.refused: dict[str, int] = {}  # sender -> gossip messages not of this market
         self.result: MarketResult | None = None
         self.result_epoch: int | None = None
         self.last: Cleared | None = None
@@ -194,10 +195,13 @@ class MarketDriver:
             or len(msg.values) != expected
             or not msg.weight >= 0
         ):
+            self.refused[msg.sender] = self.refused.get(msg.sender, 0) + 1
+            if self.refused[msg.sender] & (self.refused[msg.sender] - 1):
+                return  # logged at the 1st, 2nd, 4th, 8th... of a sender: no log flood
             _log.warning(
                 "node=%s dropped gossip from %s: expected pushsum with a phase, its window and"
                 " %d values (%d in phase 1), weight >= 0; got %s phase %s with %d values,"
-                " weight %g",
+                " weight %g (%d from it so far)",
                 self.node,
                 msg.sender,
                 k,
@@ -206,6 +210,7 @@ class MarketDriver:
                 msg.phase,
                 len(msg.values),
                 msg.weight,
+                self.refused[msg.sender],
             )
             return
         if msg.ts_s is not None:
