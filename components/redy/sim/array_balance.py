@@ -50,7 +50,14 @@ from redy.balancing.curves import (
 )
 from redy.balancing.discovery import PriceSearch
 from redy.errors import SimulationError
-from redy.sim.array_cyclon import ArrayOverlay, _find, _remove_slot, _strike_pop, _tomb_add
+from redy.sim.array_cyclon import (
+    ArrayOverlay,
+    _find,
+    _remove_slot,
+    _seed,
+    _strike_pop,
+    _tomb_add,
+)
 
 _PUSH_TRIES = 3  # as redy.sim.balance._PUSH_TRIES
 _MIN_RAMP_EUR_MWH = 1e-9  # as redy.balancing.curves: a narrower ramp is a step
@@ -59,6 +66,8 @@ _NONE, _CLEARED, _SHORTAGE, _SURPLUS = 0, 1, 2, 3
 STATUS_NAMES = ("none", "cleared", "shortage", "surplus")
 # Above this, the per-link state of `_flow_exact` is refused with a clear error.
 _EXACT_FLOW_LIMIT_BYTES = 4 * 1024**3
+# Columns either side of the true crossing that push-sum gossips first (FastMarket._band).
+_BAND = 6
 
 
 class BidTable:
@@ -229,22 +238,23 @@ def _pushsum(s, w, order, done, alive, view, ttl, rounds, loss):
                 if n == 0:
                     break
                 t = ids[i, np.random.randint(0, n)]
-                si = s[i]
-                for q in range(width):
-                    si[q] *= 0.5
-                w[i] *= 0.5
                 sent += 1
                 if not alive[t]:
-                    for q in range(width):
-                        si[q] += si[q]  # refused: the half comes back
-                    w[i] += w[i]
+                    # Refused: the half comes back (x / 2 + x / 2 == x), the entry goes.
                     _unreachable(view, i, t, ttl)
                     continue
+                si = s[i]
+                w[i] *= 0.5
                 if not (loss > 0.0 and np.random.random() < loss) and not done[t]:
                     st = s[t]
                     for q in range(width):
-                        st[q] += si[q]
+                        half = si[q] * 0.5
+                        si[q] = half
+                        st[q] += half
                     w[t] += w[i]
+                else:  # lost, or the target has finished: the half is gone
+                    for q in range(width):
+                        si[q] *= 0.5
                 break
     return sent
 
@@ -398,6 +408,7 @@ def _end_phase(
     values,
     weight,
     pushsum,
+    cols,
     nodes,
     done,
     prices,
@@ -414,21 +425,30 @@ def _end_phase(
     res_floor,
     res_cap,
     cell_first,
+    commit,
 ):
     """PriceDiscovery.end_phase for every node of `nodes` on the shared grid `prices`: clear
     its estimate (clearing.clear), record the result, mark it done or give the first cell of
-    the window it wants next (-1: none)."""
+    the window it wants next (-1: none). `values` holds the grid columns `cols` only (sorted;
+    0 and k - 1 among them, and k, k + 1 in phase 1). Returns how many nodes' crossings fall
+    between two columns that are not neighbours (then nothing is recorded unless `commit`)."""
     width = 2 * margin + 1
+    last = 0
+    while cols[last] != k - 1:
+        last += 1
+    unknown = 0
     for i in nodes:
-        cell_first[i] = -1
+        if commit:
+            cell_first[i] = -1
         if done[i]:
             continue
         if pushsum and not weight[i] > 0:
-            done[i] = True  # no estimate: the result stays as it was
+            if commit:
+                done[i] = True  # no estimate: the result stays as it was
             continue
         est = values[i] / weight[i] if pushsum else values[i]
         c0 = est[0]
-        ck = est[k - 1]
+        ck = est[last]
         if c0 >= 0:
             p = prices[0]
             st = _CLEARED if c0 == 0 else _SURPLUS
@@ -436,23 +456,29 @@ def _end_phase(
             p = prices[k - 1]
             st = _SHORTAGE
         else:
-            q = 1
-            while est[q] < 0:
-                q += 1
-            a, b = est[q - 1], est[q]
+            j = 1
+            while est[j] < 0:
+                j += 1
+            q = cols[j]
+            if cols[j - 1] != q - 1:
+                unknown += 1
+                continue
+            a, b = est[j - 1], est[j]
             f = 0.0 if b == a else (0.0 - a) / (b - a)
             p = prices[q - 1] + f * (prices[q] - prices[q - 1])
             st = _CLEARED
+        if not commit:
+            continue
         if st != _CLEARED:
             if phase == 1:
                 status[i] = st
                 price[i] = p
                 res_floor[i], res_cap[i] = prices[0], prices[k - 1]
                 if st == _SHORTAGE:
-                    short, load = -ck, est[k]
+                    short, load = -ck, est[last + 1]
                     unserved[i] = own_cap[i] * short / load if load > 0 else 0.0
                 else:
-                    run = est[k + 1]
+                    run = est[last + 2]
                     excess[i] = own_floor[i] * c0 / run if run > 0 else 0.0
             done[i] = True
             continue
@@ -464,6 +490,12 @@ def _end_phase(
             continue
         cell = np.searchsorted(prices, p, side="right") - 1
         cell_first[i] = min(max(cell - margin, 0), k - 1 - width)
+    return unknown
+
+
+@numba.njit(cache=True)
+def _draw_seed() -> int:
+    return np.random.randint(0, 2**31 - 1)
 
 
 # -- the engine --------------------------------------------------------------------------------
@@ -475,6 +507,8 @@ class FastMarket:
     # Flow Updating with a flow per link in every phase, not only where loss or a crash needs
     # it (tests hold the two kernels together).
     per_link_flows = False
+    # Push-sum on a band of columns first (`_band`); off: always on the whole grid (tests).
+    push_sum_band = True
 
     def __init__(
         self, nodes: int, view_size: int, shuffle_length: int, search: PriceSearch, seed: int
@@ -544,41 +578,44 @@ class FastMarket:
             values[order] = 0.0
             _curves(values, prices, phase == 1, *arrays)
             split = rounds // 2 if crash is not None and phase == 1 else 0
-            segments = (
-                [(split - 1, None), (rounds - split + 1, crash)] if split else [(rounds, None)]
-            )
-            state = self._start(algorithm, values, order, done, loss, bool(split))
-            for count, crash_now in segments:
-                if crash_now is not None:
-                    fraction, rng = crash_now
-                    dead = rng.sample(order.tolist(), round(fraction * len(order)))
-                    crashed = len(dead)
-                    alive[dead] = False
-                    order = order[alive[order]]
-                    self._after_crash(state, dead)
-                self.messages += self._rounds(state, algorithm, order, done, count, loss)
-            est, weight = (self._b, self._w) if algorithm == "pushsum" else (state["e"], self._w)
-            _end_phase(
-                est[:, :width],
-                weight,
-                algorithm == "pushsum",
-                order,
-                done,
-                prices,
-                k,
-                phase,
-                search.phases,
-                search.margin,
-                own_cap,
-                own_floor,
-                self.status,
-                self.price,
-                self.unserved,
-                self.excess,
-                self.floor,
-                self.cap,
-                cell_first,
-            )
+            dead: list[int] = []
+            if split and crash is not None:  # drawn now, from the same list the core draws from
+                dead = crash[1].sample(order.tolist(), round(crash[0] * len(order)))
+            full = np.arange(width)
+            tries = [full]
+            if algorithm == "pushsum" and self.push_sum_band:
+                band = self._band(values, order, done, k, phase)
+                tries = [band, full] if len(band) < width else [full]
+            seed = _draw_seed()
+            saved = self._save() if len(tries) > 1 and (dead or not alive[: self.n].all()) else None
+            start_order = order
+            for attempt, cols in enumerate(tries):
+                if attempt:
+                    order = start_order
+                    if saved is not None:
+                        self._restore(saved)
+                _seed(seed)
+                sub = values if len(cols) == width else np.ascontiguousarray(values[:, cols])
+                state = self._start(algorithm, sub, order, done, loss, bool(split))
+                sent = 0
+                for count, crash_now in (
+                    [(split - 1, False), (rounds - split + 1, True)] if split else [(rounds, False)]
+                ):
+                    if crash_now:
+                        alive[dead] = False
+                        order = order[alive[order]]
+                        self._after_crash(state, dead)
+                    sent += self._rounds(state, algorithm, order, done, count, loss)
+                est = state["s"] if algorithm == "pushsum" else state["e"]
+                ends = (est, self._w, algorithm == "pushsum", cols, order, done, prices, k)
+                rest = (phase, search.phases, search.margin, own_cap, own_floor, self.status)
+                out = (self.price, self.unserved, self.excess, self.floor, self.cap, cell_first)
+                last_try = attempt == len(tries) - 1
+                if last_try or _end_phase(*ends, *rest, *out, False) == 0:
+                    _end_phase(*ends, *rest, *out, True)
+                    break
+            self.messages += sent
+            crashed = len(dead)
             firsts = cell_first[order]
             firsts = firsts[firsts >= 0]
             if not len(firsts):
@@ -588,6 +625,54 @@ class FastMarket:
             step = 2 * search.margin + 1
             grid = PriceGrid(float(prices[first]), float(prices[first + step]), k)
         return [int(i) for i in order], crashed
+
+    # -- push-sum on a band of columns ---------------------------------------------------------
+
+    def _band(
+        self, values: np.ndarray, order: np.ndarray, done: np.ndarray, k: int, phase: int
+    ) -> np.ndarray:
+        """The grid columns push-sum gossips first: both ends (and phase 1's two extras) and
+        `_BAND` columns either side of where the true average curve crosses zero. Push-sum's
+        estimate is a weighted mean of non-decreasing curves with weights >= 0, so it is
+        non-decreasing, in floating point too (halving and adding are monotone); a node whose
+        crossing falls between two neighbouring columns of the band has the very price it
+        would have found on the whole grid. If any node's does not, the phase runs again on
+        the whole grid from the same random state (`run`)."""
+        active = order[~done[order]]
+        if not len(active):
+            return np.arange(values.shape[1])
+        mean = values[active, :k].mean(axis=0)
+        above = np.flatnonzero(mean >= 0)
+        cross = int(above[0]) if len(above) else k - 1
+        band = np.arange(max(cross - _BAND, 0), min(cross + _BAND, k - 1) + 1)
+        extras = [k, k + 1] if phase == 1 else []
+        return np.unique(np.concatenate([[0, k - 1], band, extras])).astype(np.int64)
+
+    def _save(self) -> tuple[np.ndarray, ...]:
+        """What a phase changes besides the gossip state: views, tombstones, strikes, deaths."""
+        o = self.overlay
+        return tuple(
+            a.copy()
+            for a in (
+                o.ids,
+                o.base,
+                o.length,
+                o.strike_id,
+                o.strike_n,
+                o.tomb_id,
+                o.tomb_t,
+                o.alive,
+            )
+        )
+
+    def _restore(self, saved: tuple[np.ndarray, ...]) -> None:
+        o = self.overlay
+        for a, b in zip(
+            (o.ids, o.base, o.length, o.strike_id, o.strike_n, o.tomb_id, o.tomb_t, o.alive),
+            saved,
+            strict=True,
+        ):
+            a[...] = b
 
     # -- aggregation state per phase ----------------------------------------------------------
 
