@@ -148,18 +148,40 @@ def _injection(b: int, p: float, base, ptr, kw, lo, hi, strict) -> float:
 
 
 @numba.njit(cache=True)
-def _curves(out, prices, extras, node, base, ptr, kw, lo, hi, strict) -> None:
-    """Add every bid's samples at `prices` to its node's row of `out` (the rows of the live
-    nodes zeroed by the caller); with `extras`, also its load at the cap and its must-run at
-    the floor after them (PriceDiscovery's phase 1)."""
+def _curves(out, rows, prices, cols, node, base, ptr, kw, lo, hi, strict) -> None:
+    """Every node's curve (the sum of its bids' samples, curves.curve) at the grid columns
+    `cols` into its row of `out`; column k is its load at the cap and k + 1 its must-run at
+    the floor (PriceDiscovery's phase 1)."""
     k = len(prices)
+    for i in rows:
+        out[i, :] = 0.0
     for b in range(len(node)):
         row = out[node[b]]
-        for q in range(k):
-            row[q] += _injection(b, prices[q], base, ptr, kw, lo, hi, strict)
-        if extras:
-            row[k] += -min(_injection(b, prices[k - 1], base, ptr, kw, lo, hi, strict), 0.0)
-            row[k + 1] += max(_injection(b, prices[0], base, ptr, kw, lo, hi, strict), 0.0)
+        for j in range(len(cols)):
+            c = cols[j]
+            if c < k:
+                row[j] += _injection(b, prices[c], base, ptr, kw, lo, hi, strict)
+            elif c == k:
+                row[j] += -min(_injection(b, prices[k - 1], base, ptr, kw, lo, hi, strict), 0.0)
+            else:
+                row[j] += max(_injection(b, prices[0], base, ptr, kw, lo, hi, strict), 0.0)
+
+
+@numba.njit(cache=True)
+def _crossing(prices, node, base, ptr, kw, lo, hi, strict) -> int:
+    """The first column where the sum of all bids reaches zero (k - 1 if none): a bisection,
+    the sum being non-decreasing in price."""
+    lo_c, hi_c = -1, len(prices) - 1
+    while hi_c - lo_c > 1:
+        mid = (lo_c + hi_c) // 2
+        total = 0.0
+        for b in range(len(node)):
+            total += _injection(b, prices[mid], base, ptr, kw, lo, hi, strict)
+        if total >= 0:
+            hi_c = mid
+        else:
+            lo_c = mid
+    return hi_c
 
 
 @numba.njit(cache=True)
@@ -574,9 +596,6 @@ class FastMarket:
                 break
             prices = grid.prices
             width = k + 2 if phase == 1 else k
-            values = self._a[:, :width]
-            values[order] = 0.0
-            _curves(values, prices, phase == 1, *arrays)
             split = rounds // 2 if crash is not None and phase == 1 else 0
             dead: list[int] = []
             if split and crash is not None:  # drawn now, from the same list the core draws from
@@ -584,7 +603,7 @@ class FastMarket:
             full = np.arange(width)
             tries = [full]
             if algorithm == "pushsum" and self.push_sum_band:
-                band = self._band(values, order, done, k, phase)
+                band = self._band(prices, k, phase, arrays)
                 tries = [band, full] if len(band) < width else [full]
             seed = _draw_seed()
             saved = self._save() if len(tries) > 1 and (dead or not alive[: self.n].all()) else None
@@ -595,8 +614,9 @@ class FastMarket:
                     if saved is not None:
                         self._restore(saved)
                 _seed(seed)
-                sub = values if len(cols) == width else np.ascontiguousarray(values[:, cols])
-                state = self._start(algorithm, sub, order, done, loss, bool(split))
+                values = self._a[:, : len(cols)]
+                _curves(values, order, prices, cols, *arrays)
+                state = self._start(algorithm, values, order, done, loss, bool(split))
                 sent = 0
                 for count, crash_now in (
                     [(split - 1, False), (rounds - split + 1, True)] if split else [(rounds, False)]
@@ -629,7 +649,7 @@ class FastMarket:
     # -- push-sum on a band of columns ---------------------------------------------------------
 
     def _band(
-        self, values: np.ndarray, order: np.ndarray, done: np.ndarray, k: int, phase: int
+        self, prices: np.ndarray, k: int, phase: int, arrays: tuple[np.ndarray, ...]
     ) -> np.ndarray:
         """The grid columns push-sum gossips first: both ends (and phase 1's two extras) and
         `_BAND` columns either side of where the true average curve crosses zero. Push-sum's
@@ -638,12 +658,7 @@ class FastMarket:
         crossing falls between two neighbouring columns of the band has the very price it
         would have found on the whole grid. If any node's does not, the phase runs again on
         the whole grid from the same random state (`run`)."""
-        active = order[~done[order]]
-        if not len(active):
-            return np.arange(values.shape[1])
-        mean = values[active, :k].mean(axis=0)
-        above = np.flatnonzero(mean >= 0)
-        cross = int(above[0]) if len(above) else k - 1
+        cross = _crossing(prices, *arrays)
         band = np.arange(max(cross - _BAND, 0), min(cross + _BAND, k - 1) + 1)
         extras = [k, k + 1] if phase == 1 else []
         return np.unique(np.concatenate([[0, k - 1], band, extras])).astype(np.int64)
@@ -687,8 +702,7 @@ class FastMarket:
     ) -> dict[str, Any]:
         width = values.shape[1]
         if algorithm == "pushsum":
-            s = self._b[:, :width]
-            s[order] = values[order]
+            s = values  # push-sum needs the values no more
             self._w[:] = 0.0
             self._w[order] = 1.0
             return {"s": s}
