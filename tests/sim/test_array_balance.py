@@ -14,10 +14,11 @@ import math
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from engine_spread import Metric, assert_same_within_spread
 
 from redy.errors import SimulationError
 from redy.sim import array_balance
@@ -29,8 +30,6 @@ pytestmark = pytest.mark.pure
 _SEEDS = range(1, 6)
 _PUSHSUM = {"nodes": 400, "epochs": 3, "aggregation": "pushsum"}
 _FLOW = {"nodes": 120, "epochs": 2, "aggregation": "flow"}
-
-Metric = Callable[[dict[str, Any]], float]
 
 
 def _mean_log(key: str, floor: float) -> Metric:
@@ -56,14 +55,7 @@ def _assert_same_within_spread(scenario: dict[str, Any]) -> None:
         engine: [simulate_balance(**scenario, seed=s, engine=engine) for s in _SEEDS]
         for engine in ("core", "fast")
     }
-    for name, metric in _METRICS.items():
-        core = [metric(r) for r in runs["core"]]
-        fast = [metric(r) for r in runs["fast"]]
-        spread = max(statistics.stdev(core), statistics.stdev(fast))
-        gap = abs(statistics.mean(core) - statistics.mean(fast))
-        assert gap <= 2 * spread + 1e-9 * abs(statistics.mean(core)), (
-            f"{name}: core {core} fast {fast}"
-        )
+    assert_same_within_spread(runs["core"], runs["fast"], _METRICS)
     if not scenario.get("crash"):  # the same live nodes, the same bids: the same optimum
         for core, fast in zip(runs["core"], runs["fast"], strict=True):
             assert [e["cost_optimal"] for e in core["epochs"]] == [
