@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import statistics
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from engine_spread import assert_same_within_spread
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -59,12 +59,7 @@ def _assert_same_within_spread(scenario: dict[str, Any], metrics: dict[str, Metr
         engine: [simulate_membership(**scenario, seed=s, engine=engine) for s in _SEEDS]
         for engine in ("core", "fast")
     }
-    for name, metric in metrics.items():
-        core = [metric(r) for r in runs["core"]]
-        fast = [metric(r) for r in runs["fast"]]
-        spread = max(statistics.stdev(core), statistics.stdev(fast))
-        gap = abs(statistics.mean(core) - statistics.mean(fast))
-        assert gap <= 2 * spread + 1e-12, f"{name}: core {core} fast {fast}"
+    assert_same_within_spread(runs["core"], runs["fast"], metrics)
 
 
 def test_fast_engine_matches_the_core_on_the_overlay_it_builds() -> None:

@@ -16,8 +16,9 @@ import random
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import attrs
 import numpy as np
 import orjson
 
@@ -34,10 +35,13 @@ from redy.balancing.curves import (
     urgency_wtp,
 )
 from redy.balancing.discovery import PriceDiscovery, PriceSearch
-from redy.balancing.reference import solve
+from redy.balancing.reference import Reference, solve
 from redy.errors import RedyError, SimulationError
 from redy.sim.membership import _bootstrap, _Net
 from redy.sim.scenario import Scenario, load_scenario
+
+if TYPE_CHECKING:
+    from redy.sim.array_balance import FastMarket
 
 DEFAULT_AGGREGATION = "pushsum"
 # Pushes a node tries per round when a neighbour's broker refuses them (a dead node).
@@ -90,6 +94,27 @@ def _bids(kind: str, rng: random.Random, t: float) -> list[Bid]:
     raise SimulationError(f"unknown node kind {kind!r} in the scenario")
 
 
+_ENGINES = ("auto", "fast", "core")
+# `auto` runs grids up to this many nodes on the core engine: it takes seconds there, and it is
+# the reference (on a few nodes an overlay view of one or none is common and runs differ most).
+_AUTO_CORE_NODES = 100
+
+
+@attrs.frozen
+class _Outcome:
+    """What the live nodes did in one epoch: the prices they found, how many found what, the
+    shortage and surplus shares they report, and every bid's dispatch (kW) and exact cost
+    (EUR/h), node after node (`counts`: bids per node)."""
+
+    prices: np.ndarray
+    statuses: dict[str, int]
+    unserved_kw: float
+    excess_kw: float
+    dispatch_kw: np.ndarray
+    cost_eur_h: np.ndarray
+    counts: list[int]
+
+
 def simulate_balance(
     *,
     nodes: int,
@@ -109,11 +134,18 @@ def simulate_balance(
     price_points: int = 201,
     phases: int = 0,
     seed: int = 1,
+    engine: str = "auto",
 ) -> dict[str, Any]:
-    """Run `epochs` market intervals and report price, spread, imbalance and cost per epoch."""
+    """Run `epochs` market intervals and report price, spread, imbalance and cost per epoch.
+
+    `engine`: "fast", the market compiled over arrays (redy.sim.array_balance), "core", every
+    node a PriceDiscovery as in the governance processes (the reference), or "auto": core up
+    to `_AUTO_CORE_NODES` nodes, fast above."""
     algorithm = aggregation or DEFAULT_AGGREGATION
     if algorithm not in ALGORITHMS:
         raise SimulationError(f"unknown aggregation {algorithm!r}; expected {list(ALGORITHMS)}")
+    if engine not in _ENGINES:
+        raise SimulationError(f"unknown engine {engine!r}; expected one of {', '.join(_ENGINES)}")
     try:
         search = PriceSearch(price_floor, price_cap, price_points, phases)
     except RedyError as exc:
@@ -135,21 +167,20 @@ def simulate_balance(
     kinds = ["explicit"] * len(explicit) + drawn
     names = [n.id for n in explicit] + [f"{k}-{i}" for i, k in enumerate(drawn, len(explicit))]
     node_seeds = [rng.getrandbits(32) for _ in range(nodes)]
-    net = _Net(nodes, view_size, shuffle_length, "redy", seed)
-    _bootstrap(net, "random")
-    for _ in range(10):
-        net.cycle(0.0)
-    cls = ALGORITHMS[algorithm]
-    market = [
-        PriceDiscovery(cls(i, random.Random(rng.getrandbits(64))), search) for i in range(nodes)
-    ]
+    if engine == "auto":
+        engine = "core" if nodes <= _AUTO_CORE_NODES else "fast"
+    driver: _CoreMarket | FastMarket
+    if engine == "core":
+        driver = _CoreMarket(nodes, view_size, shuffle_length, algorithm, search, rng, seed)
+    else:
+        from redy.sim.array_balance import FastMarket  # numba: imported only when used
+
+        driver = FastMarket(nodes, view_size, shuffle_length, search, seed)
     out_epochs = []
     dispatches: list[dict[str, Any]] = []
-    messages = 0
     last: tuple[list[int], dict[int, list[Bid]]] | None = None
     for epoch in range(1, epochs + 1):
-        net.cycle(loss)
-        live = net.live()
+        live = driver.cycle(loss)
         t = (epoch - 1) / max(1, epochs)
         bids = {
             i: list(explicit[i].bids)
@@ -157,100 +188,23 @@ def simulate_balance(
             else _bids(kinds[i], random.Random(node_seeds[i] * 1000 + epoch), t)
             for i in live
         }
-        for i in live:
-            market[i].start_epoch(epoch, bids[i])
-        crashed: set[int] = set()
-        for phase in range(1, search.phases + 1):
-            if all(market[i].done for i in live):
-                break
-            for r in range(1, rounds + 1):
-                if crash and crash_at == epoch and phase == 1 and r == rounds // 2:
-                    crashed = set(rng.sample(live, round(crash * len(live))))
-                    for i in crashed:
-                        net.alive[i] = False
-                    live = [i for i in live if i not in crashed]
-                alive = net.alive
-                neighbours = _neighbours(net, live, symmetric=algorithm == "flow")
-                # Asynchronous rounds: nodes act in a random order and a message arrives before
-                # the next node acts, as on a real network (synchronous lock-step makes Flow
-                # Updating oscillate, which no real deployment would see).
-                order = live[:]
-                rng.shuffle(order)
-                for i in order:
-                    targets = neighbours[i]
-                    for _ in range(_PUSH_TRIES):
-                        refused = False
-                        for m in market[i].round(targets):
-                            messages += 1
-                            if not alive[m.target]:
-                                # Refused by the dead node's broker: the sender keeps its mass,
-                                # its membership learns of the death, and it tries another.
-                                market[i].on_undeliverable(m)
-                                net.nodes[i].on_unreachable(m.target)
-                                targets = [j for j in targets if j != m.target]
-                                refused = True
-                            elif not (loss and rng.random() < loss):
-                                market[m.target].on_message(m)
-                        if not refused:
-                            break
-            for i in live:
-                market[i].end_phase()
+        crashing = (crash, rng) if crash and crash_at == epoch else None
+        live, crashed = driver.run(epoch, live, bids, algorithm, rounds, loss, crashing)
         last = (live, bids)
         ref = solve([bids[i] for i in live], search.floor_eur_mwh, search.cap_eur_mwh)
-        prices = []
-        statuses: Counter[str] = Counter()
-        injection = load = cost = unserved = excess = 0.0
-        dumped = []
-        for i in live:
-            res = market[i].result
-            if res is None:  # no estimate (no mass): the node keeps its units where the
-                dispatch = [b.injection_kw(ref.price_eur_mwh) for b in bids[i]]  # optimum puts them
-                statuses["none"] += 1
-            else:
-                dispatch = [res.dispatch_kw(b) for b in bids[i]]
-                prices.append(res.price_eur_mwh)
-                statuses[res.status] += 1
-                unserved += res.unserved_kw
-                excess += res.excess_kw
-            for b, p in zip(bids[i], dispatch, strict=True):
-                injection += p
-                load += -p if p < 0 else 0.0
-                cost += b.offer().cost_eur_h(p)
-            if dump_dispatch:
-                dumped.append({"node": names[i], "dispatch_kw": dispatch})
-        if dump_dispatch:
-            dispatches.append({"epoch": epoch, "nodes": dumped})
-        opt = ref.cost_eur_h
-        out_epochs.append(
-            {
-                "epoch": epoch,
-                "nodes": len(live),
-                "price": float(np.median(prices)) if prices else ref.price_eur_mwh,
-                "price_optimal": ref.price_eur_mwh,
-                "price_spread": float(max(prices) - min(prices)) if prices else 0.0,
-                "price_error": max((abs(p - ref.price_eur_mwh) for p in prices), default=0.0),
-                "status_optimal": ref.status,
-                "statuses": dict(statuses),
-                "unserved_kw_optimal": ref.unserved_kw,
-                "excess_kw_optimal": ref.excess_kw,
-                "unserved_kw": unserved,
-                "excess_kw": excess,
-                "imbalance_kw": injection,
-                "load_kw": load,
-                "imbalance_ratio": abs(injection) / load if load else 0.0,
-                "cost": cost,
-                "cost_optimal": opt,
-                "cost_gap_ratio": float((cost - opt) / abs(opt)) if opt else 0.0,
-                # The imbalance bought (or sold) at the optimal price: never below the optimum
-                # (it minimises cost - price x injection), so the gap is the dispatch's alone.
-                "cost_gap_settled_ratio": float(
-                    (cost - injection * ref.price_eur_mwh / 1000.0 - opt) / abs(opt)
-                )
-                if opt
-                else 0.0,
-                "crashed": len(crashed),
-            }
+        outcome = (
+            driver.settle(live, bids, ref.price_eur_mwh)
+            if isinstance(driver, _CoreMarket)
+            else _fast_outcome(driver, live, ref.price_eur_mwh)
         )
+        if dump_dispatch:
+            cut = np.cumsum([0, *outcome.counts])
+            dumped = [
+                {"node": names[i], "dispatch_kw": outcome.dispatch_kw[a:b].tolist()}
+                for i, a, b in zip(live, cut[:-1], cut[1:], strict=True)
+            ]
+            dispatches.append({"epoch": epoch, "nodes": dumped})
+        out_epochs.append(_epoch_report(epoch, len(live), ref, outcome, crashed))
     if dump_curves and last is not None:
         grid = search.coarse()
         live, bids = last
@@ -280,11 +234,183 @@ def simulate_balance(
             "price_grid": [search.floor_eur_mwh, search.cap_eur_mwh, search.k],
             "phases": search.phases,
             "price_step_eur_mwh": search.step_eur_mwh(),
+            "engine": engine,
         },
         "epochs": out_epochs,
-        "messages": messages,
+        "messages": driver.messages,
         "elapsed_s": round(time.perf_counter() - started, 2),
     }
+
+
+def _epoch_report(
+    epoch: int, nodes: int, ref: Reference, outcome: _Outcome, crashed: int
+) -> dict[str, Any]:
+    prices = outcome.prices
+    # Added one after the other, node after node, as the governance units would report them.
+    d = outcome.dispatch_kw.tolist()
+    injection = sum(d, 0.0)
+    load = sum((-p for p in d if p < 0), 0.0)
+    cost = sum(outcome.cost_eur_h.tolist(), 0.0)
+    opt = ref.cost_eur_h
+    return {
+        "epoch": epoch,
+        "nodes": nodes,
+        "price": float(np.median(prices)) if len(prices) else ref.price_eur_mwh,
+        "price_optimal": ref.price_eur_mwh,
+        "price_spread": float(prices.max() - prices.min()) if len(prices) else 0.0,
+        "price_error": float(np.abs(prices - ref.price_eur_mwh).max()) if len(prices) else 0.0,
+        "status_optimal": ref.status,
+        "statuses": outcome.statuses,
+        "unserved_kw_optimal": ref.unserved_kw,
+        "excess_kw_optimal": ref.excess_kw,
+        "unserved_kw": outcome.unserved_kw,
+        "excess_kw": outcome.excess_kw,
+        "imbalance_kw": injection,
+        "load_kw": load,
+        "imbalance_ratio": abs(injection) / load if load else 0.0,
+        "cost": cost,
+        "cost_optimal": opt,
+        "cost_gap_ratio": float((cost - opt) / abs(opt)) if opt else 0.0,
+        # The imbalance bought (or sold) at the optimal price: never below the optimum (it
+        # minimises cost - price x injection), so the gap is the dispatch's alone.
+        "cost_gap_settled_ratio": float(
+            (cost - injection * ref.price_eur_mwh / 1000.0 - opt) / abs(opt)
+        )
+        if opt
+        else 0.0,
+        "crashed": crashed,
+    }
+
+
+def _fast_outcome(driver: FastMarket, live: list[int], reference_price: float) -> _Outcome:
+    from redy.sim.array_balance import STATUS_NAMES
+
+    dispatch, cost = driver.settle(live, reference_price)
+    nodes = np.asarray(live, dtype=np.int64)
+    status = driver.status[nodes]
+    found = nodes[status != 0]
+    counts = np.bincount(status, minlength=len(STATUS_NAMES))
+    assert driver.table is not None
+    return _Outcome(
+        driver.price[found],
+        {STATUS_NAMES[s]: int(c) for s, c in enumerate(counts) if c},
+        float(driver.unserved[nodes].sum()),
+        float(driver.excess[nodes].sum()),
+        dispatch,
+        cost,
+        driver.table.count,
+    )
+
+
+class _CoreMarket:
+    """Every node a PriceDiscovery over its aggregation core, over the shuffle core's views."""
+
+    def __init__(
+        self,
+        nodes: int,
+        view_size: int,
+        shuffle_length: int,
+        algorithm: str,
+        search: PriceSearch,
+        rng: random.Random,
+        seed: int,
+    ) -> None:
+        self.net = _Net(nodes, view_size, shuffle_length, "redy", seed)
+        _bootstrap(self.net, "random")
+        for _ in range(10):
+            self.net.cycle(0.0)
+        cls = ALGORITHMS[algorithm]
+        self.search = search
+        self.rng = rng
+        self.market = [
+            PriceDiscovery(cls(i, random.Random(rng.getrandbits(64))), search) for i in range(nodes)
+        ]
+        self.messages = 0
+
+    def cycle(self, loss: float) -> list[int]:
+        self.net.cycle(loss)
+        return self.net.live()
+
+    def run(
+        self,
+        epoch: int,
+        live: list[int],
+        bids: dict[int, list[Bid]],
+        algorithm: str,
+        rounds: int,
+        loss: float,
+        crash: tuple[float, random.Random] | None,
+    ) -> tuple[list[int], int]:
+        """One epoch's phases; `crash`: (fraction, rng) to crash halfway through phase 1."""
+        net, market, rng = self.net, self.market, self.rng
+        for i in live:
+            market[i].start_epoch(epoch, bids[i])
+        crashed: set[int] = set()
+        for phase in range(1, self.search.phases + 1):
+            if all(market[i].done for i in live):
+                break
+            for r in range(1, rounds + 1):
+                if crash is not None and phase == 1 and r == rounds // 2:
+                    crashed = set(crash[1].sample(live, round(crash[0] * len(live))))
+                    for i in crashed:
+                        net.alive[i] = False
+                    live = [i for i in live if i not in crashed]
+                alive = net.alive
+                neighbours = _neighbours(net, live, symmetric=algorithm == "flow")
+                # Asynchronous rounds: nodes act in a random order and a message arrives before
+                # the next node acts, as on a real network (synchronous lock-step makes Flow
+                # Updating oscillate, which no real deployment would see).
+                order = live[:]
+                rng.shuffle(order)
+                for i in order:
+                    targets = neighbours[i]
+                    for _ in range(_PUSH_TRIES):
+                        refused = False
+                        for m in market[i].round(targets):
+                            self.messages += 1
+                            if not alive[m.target]:
+                                # Refused by the dead node's broker: the sender keeps its mass,
+                                # its membership learns of the death, and it tries another.
+                                market[i].on_undeliverable(m)
+                                net.nodes[i].on_unreachable(m.target)
+                                targets = [j for j in targets if j != m.target]
+                                refused = True
+                            elif not (loss and rng.random() < loss):
+                                market[m.target].on_message(m)
+                        if not refused:
+                            break
+            for i in live:
+                market[i].end_phase()
+        return live, len(crashed)
+
+    def settle(self, live: list[int], bids: dict[int, list[Bid]], ref_price: float) -> _Outcome:
+        prices = []
+        statuses: Counter[str] = Counter()
+        unserved = excess = 0.0
+        dispatch: list[float] = []
+        cost: list[float] = []
+        for i in live:
+            res = self.market[i].result
+            if res is None:  # no estimate (no mass): the node keeps its units where the
+                d = [b.injection_kw(ref_price) for b in bids[i]]  # optimum puts them
+                statuses["none"] += 1
+            else:
+                d = [res.dispatch_kw(b) for b in bids[i]]
+                prices.append(res.price_eur_mwh)
+                statuses[res.status] += 1
+                unserved += res.unserved_kw
+                excess += res.excess_kw
+            dispatch.extend(d)
+            cost.extend(b.offer().cost_eur_h(p) for b, p in zip(bids[i], d, strict=True))
+        return _Outcome(
+            np.asarray(prices, dtype=float),
+            dict(statuses),
+            unserved,
+            excess,
+            np.asarray(dispatch, dtype=float),
+            np.asarray(cost, dtype=float),
+            [len(bids[i]) for i in live],
+        )
 
 
 def _neighbours(net: _Net, live: list[int], symmetric: bool) -> dict[int, list[int]]:

@@ -166,6 +166,15 @@ def sim_membership(as_json: bool, plot_file: str | None, **options: Any) -> None
     default=None,
     help="Gossip aggregation (default: the better one, see README).",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["auto", "fast", "core"]),
+    default="auto",
+    show_default=True,
+    help="fast: the market compiled over arrays (10^5 nodes); core: every node a "
+    "redy.balancing PriceDiscovery, as in the governance processes (the reference); "
+    "auto: core up to 100 nodes, fast above.",
+)
 @click.option("--dump-curves", type=click.Path(dir_okay=False, writable=True), default=None)
 @click.option(
     "--dump-dispatch",

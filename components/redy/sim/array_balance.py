@@ -1,0 +1,877 @@
+"""The market of `redy sim balance` over arrays, compiled: `redy sim balance --engine fast`.
+
+Why a second engine: the core-driven one (every node a `PriceDiscovery` over a `PushSum` or a
+`FlowUpdating`, redy.sim.balance) spends ~35 us of interpreter time per push-sum message and
+~20 us per Flow Updating message (attrs messages, dicts of flows, the driver loop); a 1,000-node
+epoch of Flow Updating sends ~470,000 messages. This engine runs the same rounds, event for event
+and in the same order (asynchronous rounds: the live nodes act in a random order, a message
+arrives before the next node acts), on one row of floats per node, compiled with numba, over the
+overlay of the compiled shuffle (redy.sim.array_cyclon). The bids, the reference optimum and the
+exact cost are the core engine's own: the same seeds draw the same bids. It cannot replay the
+core's random streams, so tests/sim/test_array_balance.py holds its metrics against the core
+engine on the same seeds, within their seed-to-seed spread.
+
+What mirrors what:
+- `PriceDiscovery`: phases on the coarse grid (with the load at the cap and the must-run at the
+  floor appended), then windows around the price found; `clear`, the shortage and surplus shares
+  and the window rule are written out in `_end_phase`. One difference: nodes whose prices fall
+  in different cells pick different windows, and in the core the lowest window spreads by gossip
+  (a node restarts on it when it hears of it); here every node starts the phase on the lowest
+  window at once. The nodes' prices differ by far less than a cell, so this is rare.
+- `PushSum` (`_pushsum`): keep half, push half to one random view entry; a refused push (a dead
+  node's broker) brings the mass back, removes the entry (`Cyclon.on_unreachable`) and tries
+  another, three tries in all; a lost push or one to a node that has finished loses its mass.
+- `FlowUpdating`: two kernels. `_flow_exact` keeps, as the core does, a flow and an estimate per
+  link (memory: 2 x links x k floats), and is used for a phase with a crash or with message
+  loss. `_flow_pull` needs no per-link state: with reliable, immediate delivery both ends of a
+  link hold opposite flows and the same estimate, the one of whichever end acted last, so a node
+  rebuilds its flows' sum from its neighbours' current estimates (those that acted since it
+  last did; the flows telescope). It does the same arithmetic in another order, so the two
+  agree to rounding (a test holds them together); it is what lets 100,000 nodes fit.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numba
+import numpy as np
+
+from redy.balancing.curves import (
+    Bid,
+    Dispatchable,
+    Fixed,
+    FlexibleLoad,
+    PriceGrid,
+    Renewable,
+    Storage,
+)
+from redy.balancing.discovery import PriceSearch
+from redy.errors import SimulationError
+from redy.sim.array_cyclon import (
+    ArrayOverlay,
+    _find,
+    _remove_slot,
+    _seed,
+    _strike_pop,
+    _tomb_add,
+)
+
+_PUSH_TRIES = 3  # as redy.sim.balance._PUSH_TRIES
+_MIN_RAMP_EUR_MWH = 1e-9  # as redy.balancing.curves: a narrower ramp is a step
+# Result status codes in the arrays, and their names in the report.
+_NONE, _CLEARED, _SHORTAGE, _SURPLUS = 0, 1, 2, 3
+STATUS_NAMES = ("none", "cleared", "shortage", "surplus")
+# Above this, the per-link state of `_flow_exact` is refused with a clear error.
+_EXACT_FLOW_LIMIT_BYTES = 4 * 1024**3
+# Columns either side of the true crossing that push-sum gossips first (FastMarket._band).
+_BAND = 6
+
+
+class BidTable:
+    """The bids of the live nodes as arrays: every bid is a base injection plus blocks, each
+    block `kw` times a response in [0, 1] to the price: a ramp from `lo` to `hi`, or a step at
+    `lo` (`strict`: only above it). The blocks are those of `Bid.offer()`, in order, so the same
+    table gives the curve, the dispatch and the exact cost."""
+
+    def __init__(self, nodes: Sequence[int], bids: Mapping[int, Sequence[Bid]]) -> None:
+        node, base, base_cost, ptr = [], [], [], [0]
+        kw: list[float] = []
+        lo: list[float] = []
+        hi: list[float] = []
+        strict: list[bool] = []
+        self.count: list[int] = []
+        for i in nodes:
+            self.count.append(len(bids[i]))
+            for b in bids[i]:
+                node.append(i)
+                offer = b.offer()
+                base.append(offer.base_kw)
+                base_cost.append(offer.base_cost_eur_h)
+                strict_steps = _strict_steps(b)
+                for blk, s in zip(offer.blocks, strict_steps, strict=True):
+                    kw.append(blk.kw)
+                    lo.append(blk.cost_lo_eur_mwh)
+                    top = blk.cost_hi_eur_mwh
+                    hi.append(
+                        blk.cost_lo_eur_mwh
+                        if top - blk.cost_lo_eur_mwh < _MIN_RAMP_EUR_MWH
+                        else top
+                    )
+                    strict.append(s)
+                ptr.append(len(kw))
+        self.node = np.asarray(node, dtype=np.int64)
+        self.base = np.asarray(base, dtype=np.float64)
+        self.base_cost = np.asarray(base_cost, dtype=np.float64)
+        self.ptr = np.asarray(ptr, dtype=np.int64)
+        self.kw = np.asarray(kw, dtype=np.float64)
+        self.lo = np.asarray(lo, dtype=np.float64)
+        self.hi = np.asarray(hi, dtype=np.float64)
+        self.strict = np.asarray(strict, dtype=np.bool_)
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return (self.node, self.base, self.ptr, self.kw, self.lo, self.hi, self.strict)
+
+
+def _strict_steps(b: Bid) -> tuple[bool, ...]:
+    """Per block of `b.offer()`: whether its step answers only above its price (`>`; a load
+    runs at or under its willingness to pay, storage discharges above its price) or at it."""
+    if isinstance(b, FlexibleLoad):
+        return (True,)
+    if isinstance(b, Storage):
+        return (False, True)
+    if isinstance(b, Dispatchable):
+        return (False,) if b.on else ()
+    if isinstance(b, Renewable):
+        return (False,)
+    if isinstance(b, Fixed):
+        return ()
+    raise SimulationError(f"unknown bid {b!r}")
+
+
+# -- the bids ----------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True)
+def _injection(b: int, p: float, base, ptr, kw, lo, hi, strict) -> float:
+    """Bid b's injection (kW) at price p."""
+    out = base[b]
+    for c in range(ptr[b], ptr[b + 1]):
+        if hi[c] > lo[c]:
+            share = (p - lo[c]) / (hi[c] - lo[c])
+            out += kw[c] * min(max(share, 0.0), 1.0)
+        elif p > lo[c] or (p == lo[c] and not strict[c]):
+            out += kw[c]
+    return out
+
+
+@numba.njit(cache=True)
+def _curves(out, rows, prices, cols, node, base, ptr, kw, lo, hi, strict) -> None:
+    """Every node's curve (the sum of its bids' samples, curves.curve) at the grid columns
+    `cols` into its row of `out`; column k is its load at the cap and k + 1 its must-run at
+    the floor (PriceDiscovery's phase 1)."""
+    k = len(prices)
+    for i in rows:
+        out[i, :] = 0.0
+    for b in range(len(node)):
+        row = out[node[b]]
+        for j in range(len(cols)):
+            c = cols[j]
+            if c < k:
+                row[j] += _injection(b, prices[c], base, ptr, kw, lo, hi, strict)
+            elif c == k:
+                row[j] += -min(_injection(b, prices[k - 1], base, ptr, kw, lo, hi, strict), 0.0)
+            else:
+                row[j] += max(_injection(b, prices[0], base, ptr, kw, lo, hi, strict), 0.0)
+
+
+@numba.njit(cache=True)
+def _crossing(prices, node, base, ptr, kw, lo, hi, strict) -> int:
+    """The first column where the sum of all bids reaches zero (k - 1 if none): a bisection,
+    the sum being non-decreasing in price."""
+    lo_c, hi_c = -1, len(prices) - 1
+    while hi_c - lo_c > 1:
+        mid = (lo_c + hi_c) // 2
+        total = 0.0
+        for b in range(len(node)):
+            total += _injection(b, prices[mid], base, ptr, kw, lo, hi, strict)
+        if total >= 0:
+            hi_c = mid
+        else:
+            lo_c = mid
+    return hi_c
+
+
+@numba.njit(cache=True)
+def _own_limits(floor, cap, own_cap, own_floor, node, base, ptr, kw, lo, hi, strict) -> None:
+    """Every node's own load at the cap and must-run injection at the floor (kW)."""
+    for b in range(len(node)):
+        i = node[b]
+        own_cap[i] -= min(_injection(b, cap, base, ptr, kw, lo, hi, strict), 0.0)
+        own_floor[i] += max(_injection(b, floor, base, ptr, kw, lo, hi, strict), 0.0)
+
+
+@numba.njit(cache=True)
+def _settle(node, base, base_cost, ptr, kw, lo, hi, strict, mode, p_at, p_lo, p_hi, price):
+    """Every bid's dispatch (kW) and exact cost (EUR/h). Per node: mode 0 reads the bid at
+    `p_at` (outside the grid, or the reference price for a node with no result), mode 1
+    interpolates between the grid prices `p_lo` and `p_hi` around `price` (curves.dispatch_kw).
+    Cost: the base, then the blocks filled in order, each the integral of its marginal cost
+    (curves.Offer.cost_eur_h)."""
+    nb = len(node)
+    dispatch = np.empty(nb)
+    cost = np.empty(nb)
+    for b in range(nb):
+        i = node[b]
+        if mode[i] == 0:
+            d = _injection(b, p_at[i], base, ptr, kw, lo, hi, strict)
+        else:
+            x0, x1 = p_lo[i], p_hi[i]
+            a = _injection(b, x0, base, ptr, kw, lo, hi, strict)
+            c = _injection(b, x1, base, ptr, kw, lo, hi, strict)
+            d = a + (c - a) * (price[i] - x0) / (x1 - x0)
+        dispatch[b] = d
+        total = base_cost[b]
+        rest = d - base[b]
+        for s in range(ptr[b], ptr[b + 1]):
+            if rest <= 0:
+                break
+            x = min(max(rest, 0.0), kw[s])
+            filled = x / kw[s] if kw[s] > 0 else 0.0
+            total += x * (lo[s] + (hi[s] - lo[s]) * filled / 2.0) / 1000.0
+            rest -= kw[s]
+        cost[b] = total
+    return dispatch, cost
+
+
+# -- membership side effects -------------------------------------------------------------------
+
+
+@numba.njit(cache=True)
+def _unreachable(view: tuple, p: int, j: int, ttl: int) -> None:
+    """Cyclon.on_unreachable for the redy detector: j out of p's view, its strikes gone, a
+    tombstone."""
+    ids, base, length, tick, strike_id, tomb_id, tomb_t = view
+    s = _find(ids, length, p, j)
+    if s >= 0:
+        _remove_slot(ids, base, length, p, s)
+    _strike_pop(strike_id, p, j)
+    _tomb_add(tomb_id, tomb_t, tick[p], p, j, ttl)
+
+
+# -- push-sum ----------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True)
+def _pushsum(s, w, order, done, alive, view, ttl, rounds, loss):
+    """`rounds` asynchronous rounds of push-sum; returns the messages sent."""
+    ids, length = view[0], view[2]
+    width = s.shape[1]
+    sent = 0
+    for _ in range(rounds):
+        np.random.shuffle(order)
+        for i in order:
+            if done[i]:
+                continue
+            for _try in range(_PUSH_TRIES):
+                n = length[i]
+                if n == 0:
+                    break
+                t = ids[i, np.random.randint(0, n)]
+                sent += 1
+                if not alive[t]:
+                    # Refused: the half comes back (x / 2 + x / 2 == x), the entry goes.
+                    _unreachable(view, i, t, ttl)
+                    continue
+                si = s[i]
+                w[i] *= 0.5
+                if not (loss > 0.0 and np.random.random() < loss) and not done[t]:
+                    st = s[t]
+                    for q in range(width):
+                        half = si[q] * 0.5
+                        si[q] = half
+                        st[q] += half
+                    w[t] += w[i]
+                else:  # lost, or the target has finished: the half is gone
+                    for q in range(width):
+                        si[q] *= 0.5
+                break
+    return sent
+
+
+# -- Flow Updating -----------------------------------------------------------------------------
+
+
+@numba.njit(cache=True)
+def _pull_act(i, v, flows, e, last, clock, indptr, idx, gone, acc, accv):
+    """One Flow Updating round of node i without per-link state (module docstring): `flows[i]`
+    is the sum of i's flows, `last[j]` the clock of j's last round (-1: none this phase)."""
+    width = v.shape[1]
+    ti = last[i]
+    d = 0
+    m = 0
+    acc[:] = 0.0
+    accv[:] = 0.0
+    for a in range(indptr[i], indptr[i + 1]):
+        if gone[a]:
+            continue
+        d += 1
+        j = idx[a]
+        if last[j] > ti:  # j acted since i last did: the link holds j's estimate
+            ej = e[j]
+            for q in range(width):
+                acc[q] += ej[q]
+            if ti < 0:
+                vj = v[j]  # j's flow to i began from j's own value
+                for q in range(width):
+                    accv[q] += vj[q]
+            m += 1
+    ei, fi, vi = e[i], flows[i], v[i]
+    for q in range(width):
+        # j's rounds since i's last moved the flow i->j by minus (e_j - the link's estimate)
+        fi[q] -= acc[q] - (accv[q] if ti < 0 else m * ei[q])
+        total_est = acc[q] + (d - m) * ei[q]  # the other links hold i's own estimate
+        new = (vi[q] - fi[q] + total_est) / (d + 1)
+        fi[q] += d * new - total_est
+        ei[q] = new
+    last[i] = clock
+    return d
+
+
+@numba.njit(cache=True)
+def _flow_pull(v, flows, e, last, order, done, alive, indptr, idx, gone, view, ttl, rounds, clock0):
+    """`rounds` asynchronous rounds of Flow Updating, reliable delivery, no crash inside; links
+    to nodes dead from the start go at a node's first round (refused, then a second round)."""
+    width = v.shape[1]
+    acc = np.empty(width)
+    accv = np.empty(width)
+    clock = clock0
+    sent = 0
+    for _ in range(rounds):
+        np.random.shuffle(order)
+        for i in order:
+            if done[i]:
+                continue
+            clock += 1
+            sent += _pull_act(i, v, flows, e, last, clock, indptr, idx, gone, acc, accv)
+            dead = 0
+            for a in range(indptr[i], indptr[i + 1]):
+                if not gone[a] and not alive[idx[a]]:
+                    gone[a] = True
+                    dead += 1
+                    _unreachable(view, i, idx[a], ttl)
+            if dead:
+                # Refused: i forgets those links (each flow is i's estimate minus its own value:
+                # the dead never acted this phase) and runs its round again without them.
+                fi, ei, vi = flows[i], e[i], v[i]
+                for q in range(len(fi)):
+                    fi[q] -= dead * (ei[q] - vi[q])
+                clock += 1
+                sent += _pull_act(i, v, flows, e, last, clock, indptr, idx, gone, acc, accv)
+    return sent, clock
+
+
+@numba.njit(cache=True)
+def _exact_act(i, v, e, flow, est, has, indptr, idx, rev, gone, done, alive, loss, refused):
+    """FlowUpdating.round for node i with a flow and an estimate per link, then delivery."""
+    width = v.shape[1]
+    own = v[i].copy()
+    total_est = np.zeros(width)
+    d = 0
+    for a in range(indptr[i], indptr[i + 1]):
+        if gone[a]:
+            continue
+        d += 1
+        own -= flow[a]
+        if has[a]:
+            total_est += est[a]
+        else:
+            total_est += e[i]  # FlowUpdating's default: its own estimate
+    new = (own + total_est) / (d + 1)
+    nref = 0
+    for a in range(indptr[i], indptr[i + 1]):
+        if gone[a]:
+            continue
+        if has[a]:
+            flow[a] += new - est[a]
+        else:
+            flow[a] += new - e[i]
+        est[a] = new
+        has[a] = True
+        j = idx[a]
+        if not alive[j]:
+            refused[nref] = a
+            nref += 1
+        elif not (loss > 0.0 and np.random.random() < loss) and not done[j]:
+            b = rev[a]
+            if b >= 0 and not gone[b]:
+                flow[b] = -flow[a]
+                est[b] = new
+                has[b] = True
+    e[i] = new
+    return d, nref
+
+
+@numba.njit(cache=True)
+def _flow_exact(
+    v, e, flow, est, has, order, done, alive, indptr, idx, rev, gone, view, ttl, rounds, loss
+):
+    """`rounds` asynchronous rounds of Flow Updating with per-link state (loss, crashes)."""
+    refused = np.empty(max(1, len(idx)), dtype=np.int64)
+    sent = 0
+    for _ in range(rounds):
+        np.random.shuffle(order)
+        for i in order:
+            if done[i]:
+                continue
+            for _try in range(_PUSH_TRIES):
+                d, nref = _exact_act(
+                    i, v, e, flow, est, has, indptr, idx, rev, gone, done, alive, loss, refused
+                )
+                sent += d
+                if nref == 0:
+                    break
+                for r in range(nref):
+                    a = refused[r]
+                    gone[a] = True  # forgotten at the next round, as FlowUpdating does
+                    flow[a] = 0.0
+                    has[a] = False
+                    _unreachable(view, i, idx[a], ttl)
+    return sent
+
+
+# -- clearing ----------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True)
+def _end_phase(
+    values,
+    weight,
+    pushsum,
+    cols,
+    nodes,
+    done,
+    prices,
+    k,
+    phase,
+    last_phase,
+    margin,
+    own_cap,
+    own_floor,
+    status,
+    price,
+    unserved,
+    excess,
+    res_floor,
+    res_cap,
+    cell_first,
+    commit,
+):
+    """PriceDiscovery.end_phase for every node of `nodes` on the shared grid `prices`: clear
+    its estimate (clearing.clear), record the result, mark it done or give the first cell of
+    the window it wants next (-1: none). `values` holds the grid columns `cols` only (sorted;
+    0 and k - 1 among them, and k, k + 1 in phase 1). Returns how many nodes' crossings fall
+    between two columns that are not neighbours (then nothing is recorded unless `commit`)."""
+    width = 2 * margin + 1
+    last = 0
+    while cols[last] != k - 1:
+        last += 1
+    unknown = 0
+    for i in nodes:
+        if commit:
+            cell_first[i] = -1
+        if done[i]:
+            continue
+        if pushsum and not weight[i] > 0:
+            if commit:
+                done[i] = True  # no estimate: the result stays as it was
+            continue
+        est = values[i] / weight[i] if pushsum else values[i]
+        c0 = est[0]
+        ck = est[last]
+        if c0 >= 0:
+            p = prices[0]
+            st = _CLEARED if c0 == 0 else _SURPLUS
+        elif ck < 0:
+            p = prices[k - 1]
+            st = _SHORTAGE
+        else:
+            j = 1
+            while est[j] < 0:
+                j += 1
+            q = cols[j]
+            if cols[j - 1] != q - 1:
+                unknown += 1
+                continue
+            a, b = est[j - 1], est[j]
+            f = 0.0 if b == a else (0.0 - a) / (b - a)
+            p = prices[q - 1] + f * (prices[q] - prices[q - 1])
+            st = _CLEARED
+        if not commit:
+            continue
+        if st != _CLEARED:
+            if phase == 1:
+                status[i] = st
+                price[i] = p
+                res_floor[i], res_cap[i] = prices[0], prices[k - 1]
+                if st == _SHORTAGE:
+                    short, load = -ck, est[last + 1]
+                    unserved[i] = own_cap[i] * short / load if load > 0 else 0.0
+                else:
+                    run = est[last + 2]
+                    excess[i] = own_floor[i] * c0 / run if run > 0 else 0.0
+            done[i] = True
+            continue
+        status[i] = _CLEARED
+        price[i] = p
+        res_floor[i], res_cap[i] = prices[0], prices[k - 1]
+        if phase >= last_phase:
+            done[i] = True
+            continue
+        cell = np.searchsorted(prices, p, side="right") - 1
+        cell_first[i] = min(max(cell - margin, 0), k - 1 - width)
+    return unknown
+
+
+@numba.njit(cache=True)
+def _draw_seed() -> int:
+    return np.random.randint(0, 2**31 - 1)
+
+
+# -- the engine --------------------------------------------------------------------------------
+
+
+class FastMarket:
+    """The overlay and every node's market state for `simulate_balance(engine="fast")`."""
+
+    # Flow Updating with a flow per link in every phase, not only where loss or a crash needs
+    # it (tests hold the two kernels together).
+    per_link_flows = False
+    # Push-sum on a band of columns first (`_band`); off: always on the whole grid (tests).
+    push_sum_band = True
+
+    def __init__(
+        self, nodes: int, view_size: int, shuffle_length: int, search: PriceSearch, seed: int
+    ) -> None:
+        self.n = nodes
+        self.search = search
+        self.overlay = ArrayOverlay(nodes, nodes, view_size, shuffle_length, "redy", seed)
+        self.overlay.bootstrap("random")
+        for _ in range(10):
+            self.overlay.cycle(0.0)
+        width = search.k + 2
+        self._a = np.zeros((nodes, width))
+        self._b = np.zeros((nodes, width))
+        self._w = np.zeros(nodes)
+        self._e = np.zeros((0, width))
+        self.messages = 0
+        # The latest epoch's results, per node: status, price, the grid it was found on.
+        self.status = np.zeros(nodes, dtype=np.int8)
+        self.price = np.zeros(nodes)
+        self.floor = np.zeros(nodes)
+        self.cap = np.zeros(nodes)
+        self.unserved = np.zeros(nodes)
+        self.excess = np.zeros(nodes)
+        self.table: BidTable | None = None
+
+    def _view(self) -> tuple[np.ndarray, ...]:
+        o = self.overlay
+        return (o.ids, o.base, o.length, o.tick, o.strike_id, o.tomb_id, o.tomb_t)
+
+    def cycle(self, loss: float) -> list[int]:
+        self.overlay.cycle(loss)
+        return [int(i) for i in self.overlay.live()]
+
+    def run(
+        self,
+        epoch: int,
+        live: list[int],
+        bids: Mapping[int, Sequence[Bid]],
+        algorithm: str,
+        rounds: int,
+        loss: float,
+        crash: tuple[float, random.Random] | None,
+    ) -> tuple[list[int], int]:
+        """One epoch's phases for the `live` nodes; `crash`: (fraction, rng) to crash halfway
+        through the first phase. Returns the nodes still live and how many crashed."""
+        search, k, n = self.search, self.search.k, self.n
+        table = self.table = BidTable(live, bids)
+        arrays = table.arrays()
+        own_cap = np.zeros(n)
+        own_floor = np.zeros(n)
+        _own_limits(search.floor_eur_mwh, search.cap_eur_mwh, own_cap, own_floor, *arrays)
+        alive = self.overlay.alive
+        done = np.ones(n, dtype=np.bool_)
+        done[live] = False
+        for field in (self.status, self.price, self.unserved, self.excess):
+            field[:] = 0
+        grid = search.coarse()
+        order = np.asarray(live, dtype=np.int32)
+        crashed = 0
+        cell_first = np.full(n, -1, dtype=np.int64)
+        for phase in range(1, search.phases + 1):
+            if done[order].all():
+                break
+            prices = grid.prices
+            width = k + 2 if phase == 1 else k
+            split = rounds // 2 if crash is not None and phase == 1 else 0
+            dead: list[int] = []
+            if split and crash is not None:  # drawn now, from the same list the core draws from
+                dead = crash[1].sample(order.tolist(), round(crash[0] * len(order)))
+            full = np.arange(width)
+            tries = [full]
+            if algorithm == "pushsum" and self.push_sum_band:
+                band = self._band(prices, k, phase, arrays)
+                tries = [band, full] if len(band) < width else [full]
+            seed = _draw_seed()
+            saved = self._save() if len(tries) > 1 and (dead or not alive[: self.n].all()) else None
+            start_order = order
+            for attempt, cols in enumerate(tries):
+                if attempt:
+                    order = start_order
+                    if saved is not None:
+                        self._restore(saved)
+                _seed(seed)
+                values = self._a[:, : len(cols)]
+                _curves(values, order, prices, cols, *arrays)
+                state = self._start(algorithm, values, order, done, loss, bool(split))
+                sent = 0
+                for count, crash_now in (
+                    [(split - 1, False), (rounds - split + 1, True)] if split else [(rounds, False)]
+                ):
+                    if crash_now:
+                        alive[dead] = False
+                        order = order[alive[order]]
+                        self._after_crash(state, dead)
+                    sent += self._rounds(state, algorithm, order, done, count, loss)
+                est = state["s"] if algorithm == "pushsum" else state["e"]
+                ends = (est, self._w, algorithm == "pushsum", cols, order, done, prices, k)
+                rest = (phase, search.phases, search.margin, own_cap, own_floor, self.status)
+                out = (self.price, self.unserved, self.excess, self.floor, self.cap, cell_first)
+                last_try = attempt == len(tries) - 1
+                if last_try or _end_phase(*ends, *rest, *out, False) == 0:
+                    _end_phase(*ends, *rest, *out, True)
+                    break
+            self.messages += sent
+            crashed = len(dead)
+            firsts = cell_first[order]
+            firsts = firsts[firsts >= 0]
+            if not len(firsts):
+                break
+            # The lowest window wins (discovery.py); here all take it at once.
+            first = int(firsts.min())
+            step = 2 * search.margin + 1
+            grid = PriceGrid(float(prices[first]), float(prices[first + step]), k)
+        return [int(i) for i in order], crashed
+
+    # -- push-sum on a band of columns ---------------------------------------------------------
+
+    def _band(
+        self, prices: np.ndarray, k: int, phase: int, arrays: tuple[np.ndarray, ...]
+    ) -> np.ndarray:
+        """The grid columns push-sum gossips first: both ends (and phase 1's two extras) and
+        `_BAND` columns either side of where the true average curve crosses zero. Push-sum's
+        estimate is a weighted mean of non-decreasing curves with weights >= 0, so it is
+        non-decreasing, in floating point too (halving and adding are monotone); a node whose
+        crossing falls between two neighbouring columns of the band has the very price it
+        would have found on the whole grid. If any node's does not, the phase runs again on
+        the whole grid from the same random state (`run`)."""
+        cross = _crossing(prices, *arrays)
+        band = np.arange(max(cross - _BAND, 0), min(cross + _BAND, k - 1) + 1)
+        extras = [k, k + 1] if phase == 1 else []
+        return np.unique(np.concatenate([[0, k - 1], band, extras])).astype(np.int64)
+
+    def _save(self) -> tuple[np.ndarray, ...]:
+        """What a phase changes besides the gossip state: views, tombstones, strikes, deaths."""
+        o = self.overlay
+        return tuple(
+            a.copy()
+            for a in (
+                o.ids,
+                o.base,
+                o.length,
+                o.strike_id,
+                o.strike_n,
+                o.tomb_id,
+                o.tomb_t,
+                o.alive,
+            )
+        )
+
+    def _restore(self, saved: tuple[np.ndarray, ...]) -> None:
+        o = self.overlay
+        for a, b in zip(
+            (o.ids, o.base, o.length, o.strike_id, o.strike_n, o.tomb_id, o.tomb_t, o.alive),
+            saved,
+            strict=True,
+        ):
+            a[...] = b
+
+    # -- aggregation state per phase ----------------------------------------------------------
+
+    def _start(
+        self,
+        algorithm: str,
+        values: np.ndarray,
+        order: np.ndarray,
+        done: np.ndarray,
+        loss: float,
+        crash: bool,
+    ) -> dict[str, Any]:
+        width = values.shape[1]
+        if algorithm == "pushsum":
+            s = values  # push-sum needs the values no more
+            self._w[:] = 0.0
+            self._w[order] = 1.0
+            return {"s": s}
+        indptr, idx, rev = self._links(order)
+        gone = np.zeros(len(idx), dtype=np.bool_)
+        if len(self._e) != self.n or self._e.shape[1] < width:
+            self._e = np.zeros((self.n, self.search.k + 2))
+        e = self._e[:, :width]
+        e[order] = values[order]
+        state: dict[str, Any] = {
+            "v": values,
+            "e": e,
+            "indptr": indptr,
+            "idx": idx,
+            "rev": rev,
+            "gone": gone,
+        }
+        if loss > 0 or crash or self.per_link_flows:
+            need = 2 * len(idx) * width * 8
+            if need > _EXACT_FLOW_LIMIT_BYTES:
+                raise SimulationError(
+                    f"Flow Updating with message loss or a crash keeps a flow per link: "
+                    f"{len(idx):,} links need {need / 1024**3:.1f} GiB; expected at most "
+                    f"{_EXACT_FLOW_LIMIT_BYTES / 1024**3:.0f} GiB (fewer nodes, or --engine core)"
+                )
+            state["flow"] = np.zeros((len(idx), width))
+            state["est"] = np.zeros((len(idx), width))
+            state["has"] = np.zeros(len(idx), dtype=np.bool_)
+        else:
+            flows = self._b[:, :width]
+            flows[order] = 0.0
+            state["flows"] = flows
+            state["last"] = np.full(self.n, -1, dtype=np.int64)
+            state["clock"] = 0
+        return state
+
+    def _rounds(
+        self,
+        state: dict[str, Any],
+        algorithm: str,
+        order: np.ndarray,
+        done: np.ndarray,
+        rounds: int,
+        loss: float,
+    ) -> int:
+        if rounds <= 0:
+            return 0
+        alive, view, ttl = self.overlay.alive, self._view(), self.overlay.ttl
+        order = order.copy()
+        if algorithm == "pushsum":
+            return int(_pushsum(state["s"], self._w, order, done, alive, view, ttl, rounds, loss))
+        if "flow" in state:
+            return int(
+                _flow_exact(
+                    state["v"],
+                    state["e"],
+                    state["flow"],
+                    state["est"],
+                    state["has"],
+                    order,
+                    done,
+                    alive,
+                    state["indptr"],
+                    state["idx"],
+                    state["rev"],
+                    state["gone"],
+                    view,
+                    ttl,
+                    rounds,
+                    loss,
+                )
+            )
+        sent, state["clock"] = _flow_pull(
+            state["v"],
+            state["flows"],
+            state["e"],
+            state["last"],
+            order,
+            done,
+            alive,
+            state["indptr"],
+            state["idx"],
+            state["gone"],
+            view,
+            ttl,
+            rounds,
+            state["clock"],
+        )
+        return int(sent)
+
+    def _after_crash(self, state: dict[str, Any], dead: list[int]) -> None:
+        """Flow Updating: a live node's links to the crashed that only their views made go
+        (the core rebuilds the undirected overlay from the live views every round)."""
+        if "flow" not in state:
+            return
+        o = self.overlay
+        indptr, idx, gone = state["indptr"], state["idx"], state["gone"]
+        src = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+        crashed = np.zeros(self.n, dtype=np.bool_)
+        crashed[dead] = True
+        for a in np.flatnonzero(crashed[idx] & ~gone):
+            i, j = int(src[a]), int(idx[a])
+            if crashed[i]:
+                continue
+            if _find(o.ids, o.length, i, j) < 0:
+                gone[a] = True
+                state["flow"][a] = 0.0
+                state["has"][a] = False
+
+    def _links(self, live: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The undirected overlay of the live nodes' views (redy.sim.balance._neighbours) as
+        sorted rows (indptr, idx) and, per link i->j, the position of j->i (-1: none)."""
+        o, n = self.overlay, self.n
+        live = np.sort(live.astype(np.int64))
+        c = o.ids.shape[1]
+        lengths = o.length[live]
+        mask = np.arange(c)[None, :] < lengths[:, None]
+        src = np.repeat(live, lengths)
+        dst = o.ids[live][mask].astype(np.int64)
+        back = o.alive[dst]
+        keys = np.unique(np.concatenate([src * n + dst, dst[back] * n + src[back]]))
+        srcs, dsts = keys // n, keys % n
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(srcs, minlength=n), out=indptr[1:])
+        reverse = dsts * n + srcs
+        pos = np.searchsorted(keys, reverse)
+        pos = np.minimum(pos, len(keys) - 1)
+        rev = np.where(keys[pos] == reverse, pos, -1) if len(keys) else pos
+        return indptr, dsts.astype(np.int32), rev.astype(np.int64)
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    def settle(self, live: list[int], reference_price: float) -> tuple[np.ndarray, np.ndarray]:
+        """Every live node's bids' dispatch (kW) and cost (EUR/h), in the table's order."""
+        assert self.table is not None
+        n, k = self.n, self.search.k
+        mode = np.zeros(n, dtype=np.int8)
+        p_at = np.full(n, reference_price)
+        p_lo = np.zeros(n)
+        p_hi = np.zeros(n)
+        nodes = np.asarray(live, dtype=np.int64)
+        found = nodes[self.status[nodes] != _NONE]
+        grids = np.stack([self.floor[found], self.cap[found]], axis=1)
+        for floor, cap in np.unique(grids, axis=0):
+            group = found[(self.floor[found] == floor) & (self.cap[found] == cap)]
+            prices = np.linspace(floor, cap, k)
+            price = self.price[group]
+            q = np.searchsorted(prices, price)
+            below, above = price <= prices[0], price >= prices[-1]
+            inside = ~(below | above)
+            p_at[group[below]] = prices[0]
+            p_at[group[above]] = prices[-1]
+            mode[group[inside]] = 1
+            p_lo[group[inside]] = prices[q[inside] - 1]
+            p_hi[group[inside]] = prices[q[inside]]
+        t = self.table
+        result: tuple[np.ndarray, np.ndarray] = _settle(
+            t.node,
+            t.base,
+            t.base_cost,
+            t.ptr,
+            t.kw,
+            t.lo,
+            t.hi,
+            t.strict,
+            mode,
+            p_at,
+            p_lo,
+            p_hi,
+            self.price,
+        )
+        return result

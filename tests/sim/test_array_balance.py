@@ -1,0 +1,180 @@
+"""The compiled market (`redy sim balance --engine fast`) against the core-driven one.
+
+The two engines draw the same bids from the same seed (so the same optimum) but cannot share
+random streams for the gossip, so each scenario runs both on the same seeds and asks that every
+metric's mean over the seeds differ by less than twice its seed-to-seed spread. Where the fast
+engine has two ways to the same numbers (push-sum on a band of columns or on the whole grid;
+Flow Updating with or without per-link state), they must agree exactly, or to rounding.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from engine_spread import Metric, assert_same_within_spread
+
+from redy.errors import SimulationError
+from redy.sim import array_balance
+from redy.sim.array_balance import FastMarket
+from redy.sim.balance import simulate_balance
+
+pytestmark = pytest.mark.pure
+
+_SEEDS = range(1, 6)
+_PUSHSUM = {"nodes": 400, "epochs": 3, "aggregation": "pushsum"}
+_FLOW = {"nodes": 120, "epochs": 2, "aggregation": "flow"}
+
+
+def _mean_log(key: str, floor: float) -> Metric:
+    """The mean over epochs of log10(|value| + floor): errors span orders of magnitude."""
+    return lambda r: statistics.mean(math.log10(abs(e[key]) + floor) for e in r["epochs"])
+
+
+_METRICS: dict[str, Metric] = {
+    "price error": _mean_log("price_error", 1e-4),
+    "price spread": _mean_log("price_spread", 1e-7),
+    "imbalance": _mean_log("imbalance_ratio", 1e-7),
+    "cost gap": _mean_log("cost_gap_ratio", 1e-7),
+    "cleared share": lambda r: statistics.mean(
+        e["statuses"].get("cleared", 0) / e["nodes"] for e in r["epochs"]
+    ),
+    "messages": lambda r: r["messages"],
+    "live nodes at the end": lambda r: r["epochs"][-1]["nodes"],
+}
+
+
+def _assert_same_within_spread(scenario: dict[str, Any]) -> None:
+    runs = {
+        engine: [simulate_balance(**scenario, seed=s, engine=engine) for s in _SEEDS]
+        for engine in ("core", "fast")
+    }
+    assert_same_within_spread(runs["core"], runs["fast"], _METRICS)
+    if not scenario.get("crash"):  # the same live nodes, the same bids: the same optimum
+        for core, fast in zip(runs["core"], runs["fast"], strict=True):
+            assert [e["cost_optimal"] for e in core["epochs"]] == [
+                e["cost_optimal"] for e in fast["epochs"]
+            ]
+
+
+def test_fast_push_sum_matches_the_core() -> None:
+    _assert_same_within_spread(_PUSHSUM)
+
+
+def test_fast_push_sum_matches_the_core_through_a_crash_and_message_loss() -> None:
+    _assert_same_within_spread({**_PUSHSUM, "crash": 0.3, "crash_at": 2, "loss": 0.05})
+
+
+def test_fast_flow_updating_matches_the_core() -> None:
+    _assert_same_within_spread(_FLOW)
+
+
+def test_fast_flow_updating_matches_the_core_through_a_crash() -> None:
+    _assert_same_within_spread({**_FLOW, "epochs": 3, "crash": 0.3, "crash_at": 2})
+
+
+def test_fast_flow_updating_matches_the_core_under_message_loss() -> None:
+    _assert_same_within_spread({**_FLOW, "loss": 0.05})
+
+
+@pytest.fixture
+def knobs() -> Iterator[None]:
+    yield
+    FastMarket.push_sum_band = True
+    FastMarket.per_link_flows = False
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        {"nodes": 400, "epochs": 3},
+        {"nodes": 400, "epochs": 3, "crash": 0.3, "crash_at": 2, "loss": 0.05},
+        # Ten rounds and half the nodes gone: crossings fall outside the band, the phase runs
+        # again on the whole grid.
+        {"nodes": 300, "epochs": 2, "crash": 0.5, "crash_at": 1, "rounds": 10},
+    ],
+)
+def test_push_sum_on_a_band_finds_the_very_prices_of_the_whole_grid(
+    scenario: dict[str, Any], knobs: None
+) -> None:
+    banded = simulate_balance(**scenario, seed=4, engine="fast")
+    FastMarket.push_sum_band = False
+    whole = simulate_balance(**scenario, seed=4, engine="fast")
+    assert banded["epochs"] == whole["epochs"]
+    assert banded["messages"] == whole["messages"]
+
+
+def test_the_band_falls_back_to_the_whole_grid_when_a_crossing_lies_outside(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    widths: list[int] = []
+    start = FastMarket._start
+
+    def recording(self: FastMarket, algorithm: str, values: Any, *rest: Any) -> Any:
+        widths.append(values.shape[1])
+        return start(self, algorithm, values, *rest)
+
+    monkeypatch.setattr(FastMarket, "_start", recording)
+    simulate_balance(nodes=300, epochs=2, crash=0.5, crash_at=1, rounds=10, seed=4, engine="fast")
+    assert min(widths) < 201 and 203 in widths  # banded phases, and one rerun on the grid
+
+
+@pytest.mark.parametrize("epochs,crash_at", [(2, None), (3, 2)])
+def test_flow_updating_without_per_link_state_agrees_with_the_per_link_kernel(
+    epochs: int, crash_at: int | None, knobs: None
+) -> None:
+    scenario = {"nodes": 150, "epochs": epochs, "aggregation": "flow", "seed": 3}
+    if crash_at:  # a crash in epoch 2: dead links in the views of epoch 3
+        scenario |= {"crash": 0.3, "crash_at": crash_at}
+    pulled = simulate_balance(**scenario, engine="fast")
+    FastMarket.per_link_flows = True
+    linked = simulate_balance(**scenario, engine="fast")
+    assert pulled["messages"] == linked["messages"]
+    for a, b in zip(pulled["epochs"], linked["epochs"], strict=True):
+        assert a["statuses"] == b["statuses"]
+        for key in ("price", "price_spread", "imbalance_kw", "cost"):
+            assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-9), key
+
+
+def test_both_engines_report_the_same_keys_and_name_the_engine() -> None:
+    scenario = {"nodes": 150, "epochs": 2, "crash": 0.2, "crash_at": 1, "loss": 0.05}
+    core = simulate_balance(**scenario, engine="core")
+    fast = simulate_balance(**scenario, engine="fast")
+    assert core.keys() == fast.keys()
+    assert core["parameters"].keys() == fast["parameters"].keys()
+    assert [e.keys() for e in core["epochs"]] == [e.keys() for e in fast["epochs"]]
+    assert (core["parameters"]["engine"], fast["parameters"]["engine"]) == ("core", "fast")
+    assert simulate_balance(nodes=30, epochs=1)["parameters"]["engine"] == "core"
+    assert simulate_balance(nodes=150, epochs=1)["parameters"]["engine"] == "fast"
+
+
+def test_an_unknown_engine_is_refused_with_the_choices() -> None:
+    with pytest.raises(SimulationError, match="expected one of auto, fast, core"):
+        simulate_balance(nodes=50, epochs=1, engine="gpu")
+
+
+def test_flow_updating_with_loss_too_large_for_per_link_state_is_refused_clearly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(array_balance, "_EXACT_FLOW_LIMIT_BYTES", 1024)
+    with pytest.raises(SimulationError) as err:
+        simulate_balance(nodes=150, epochs=1, aggregation="flow", loss=0.1, engine="fast")
+    assert "keeps a flow per link" in str(err.value) and "--engine core" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_the_command_line_picks_the_engine_and_refuses_an_unknown_one() -> None:
+    args = [sys.executable, "-m", "redy", "sim", "balance", "--nodes", "120", "--epochs", "1"]
+    for engine in ("core", "fast"):
+        done = subprocess.run([*args, "--engine", engine, "--json"], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["parameters"]["engine"] == engine
+    done = subprocess.run([*args, "--engine", "gpu"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "'gpu' is not one of 'auto', 'fast', 'core'" in done.stderr
