@@ -59,15 +59,9 @@ class Governance:
         self._inbox: _Inbox = asyncio.Queue(maxsize=10_000)
         self._dirty = asyncio.Event()
         self._announce = True  # publish the descriptor at the next state period
-        self._link = AsyncLink(
-            config.broker,
-            f"{config.node}.governance",
-            user="governance",
-            password=self._password,
-            timeout_s=_LOCAL_TIMEOUT_S,
-            keepalive_s=_KEEPALIVE_S,
-            subscriptions=_subscriptions(config.node, peers=False),
-            on_message=self._on_message,
+        self._link = self._session(
+            "governance",
+            peers=False,
             will=gmqtt.Message(
                 render("node_state", node=self.node),
                 messages.encode(
@@ -76,22 +70,11 @@ class Governance:
                 qos=1,
                 retain=True,
             ),
-            reconnect=True,
             on_connect=self._on_connect,
         )
         # Peers' messages reach us on a session of their own: a peer's flood fills that
         # connection, never the one that carries the units' reports and our own publishes.
-        self._peer_link = AsyncLink(
-            config.broker,
-            f"{config.node}.governance-peers",
-            user="governance",
-            password=self._password,
-            timeout_s=_LOCAL_TIMEOUT_S,
-            keepalive_s=_KEEPALIVE_S,
-            subscriptions=_subscriptions(config.node, peers=True),
-            on_message=self._on_message,
-            reconnect=True,
-        )
+        self._peer_link = self._session("governance-peers", peers=True)
         self._peer_tasks: set[asyncio.Task[None]] = set()
         self._peers = PeerGate()
         self._peer_ready = asyncio.Event()
@@ -100,6 +83,22 @@ class Governance:
         self.market: Any = None  # distant mode with epochs: redy.units.market.MarketDriver
 
     # -- own broker -----------------------------------------------------------------------------
+
+    def _session(self, name: str, *, peers: bool, **kw: Any) -> AsyncLink:
+        """A session of the governance account on the node's own broker, subscribed to what
+        peers write (`peers`) or to everything else it reads; it reconnects by itself."""
+        return AsyncLink(
+            self.config.broker,
+            f"{self.node}.{name}",
+            user="governance",
+            password=self._password,
+            timeout_s=_LOCAL_TIMEOUT_S,
+            keepalive_s=_KEEPALIVE_S,
+            subscriptions=_subscriptions(self.node, peers=peers),
+            on_message=self._on_message,
+            reconnect=True,
+            **kw,
+        )
 
     def _on_connect(self) -> None:
         self._announce = True  # a restarted broker may have lost what we published
