@@ -11,11 +11,19 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from faultgrid import CLEARED, EPOCH_S, FaultGrid, broker_pid, epoch_at, have_netns
+from faultgrid import (
+    CLEARED,
+    EPOCH_S,
+    FaultGrid,
+    broker_pid,
+    epoch_at,
+    governance_pid,
+    have_netns,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -63,6 +71,14 @@ def _cleared_epochs(g: FaultGrid, node: str, first: int, last: int) -> list[int]
     )
 
 
+def _replaced(find: Callable[[], int | None], old: int, what: str) -> None:
+    """Wait until `find` names a process other than `old` (the launcher brought it back)."""
+    deadline = time.monotonic() + 15
+    while find() in (None, old):
+        assert time.monotonic() < deadline, f"no {what} within 15 s"
+        time.sleep(0.2)
+
+
 def test_broker_stopped_and_resumed(grid_factory) -> None:  # type: ignore[no-untyped-def]
     g = grid_factory()
     _settled(g)
@@ -86,10 +102,7 @@ def test_broker_killed_is_restarted_and_keeps_its_retained_state(grid_factory) -
     pid = g.broker_pid(1)
     t0 = time.time()
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 15
-    while broker_pid(g.state, "n1") in (None, pid):
-        assert time.monotonic() < deadline, "the launcher did not restart the killed broker"
-        time.sleep(0.2)
+    _replaced(lambda: broker_pid(g.state, "n1"), pid, "the launcher restarting the killed broker")
     t1 = time.time()
     _recovered(g, "broker kill -9", t0, t1)
     # The first state the restarted broker handed out was at most about a second old: the
@@ -104,15 +117,8 @@ def test_governance_killed_is_respawned_and_its_will_says_offline(grid_factory) 
     pid = g.governance_pid(3)
     t0 = time.time()
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 15
-    while True:
-        new = g.governance_pid(3) if g.governance_alive()["n3"] else None
-        if new is not None and new != pid:
-            break
-        assert time.monotonic() < deadline, "the launcher did not respawn the governance unit"
-        time.sleep(0.2)
+    _replaced(lambda: governance_pid(g.state, "n3"), pid, "the launcher respawning the governance")
     t1 = time.time()
-    statuses = [s["status"] for t, s in g.states("n3") if t > t0]
     _recovered(g, "governance kill -9", t0, t1)
     statuses = [s["status"] for t, s in g.states("n3") if t > t0]
     assert "offline" in statuses, f"no offline state after the kill: {statuses[:6]}"
