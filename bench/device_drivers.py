@@ -212,7 +212,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         broker = ProcessBroker(
-            NodeBroker(node=NODE, port=_free_port(), grid_port=_free_port(), state_dir=folder,
+            NodeBroker(node=NODE, port=_free_port(), grid_port=_free_port(),
+                       unit_port=_free_port(), state_dir=folder,
                        units=UNITS),
             die_with_parent=True,
         )  # fmt: skip

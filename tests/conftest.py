@@ -167,6 +167,7 @@ def _broker_factory(tmp_path: Path, default_backend: str) -> Iterator[BrokerFact
                 node=node,
                 port=kw.pop("port", None) or _free_port(),
                 grid_port=kw.pop("grid_port", None) or _free_port(),
+                unit_port=kw.pop("unit_port", None) or _free_port(),
                 state_dir=kw.pop("state_dir", tmp_path / "state"),
                 units=units or {},
                 **kw.pop("config", {}),
@@ -184,7 +185,7 @@ def _broker_factory(tmp_path: Path, default_backend: str) -> Iterator[BrokerFact
 
 @pytest.fixture
 def start_broker(tmp_path: Path, backend: str) -> Iterator[BrokerFactory]:
-    """start_broker(node, units={name: role}, port=, grid_port=, state_dir=, backend=) -> a
+    """start_broker(node, units={name: role}, port=, grid_port=, unit_port=, state_dir=, backend=) -> a
     started broker of the test's backend (parametrised: process and container), stopped after
     the test whatever happens."""
     with _broker_factory(tmp_path, backend) as start:

@@ -130,7 +130,7 @@ def test_topic_echo_shows_invalid_payloads_as_such(process_broker: Any, mqtt_cli
         text=True,
     )
     time.sleep(1.5)
-    meter = mqtt_client(b.port, "meter", b.credentials.password("meter"))
+    meter = mqtt_client(b.unit_port, "meter", b.credentials.password("meter"))
     topic = render("measurement", node="house-1", unit="meter")
     meter.publish(topic, b"{not json")
     meter.publish(

@@ -43,8 +43,11 @@ from redy.topics import CONTRACT, UNIT_ROLES, check_id, grid_acl, local_acl
 
 DEFAULT_IMAGE = "redy/mosquitto:2"
 GRID_PORT_OFFSET = 10000
+UNIT_PORT_OFFSET = 20000
 # Accounts every node has besides its units: no unit may take one of these names.
 RESERVED_USERS = ("governance", "operator", "grid")
+# The node's trusted accounts, on the local listener; units are on the units' listener.
+TRUSTED_USERS = ("governance", "operator")
 _CONTAINER_DIR = "/mosquitto/config/node"
 _CONTAINER_DATA = "/mosquitto/data"
 _READY_TIMEOUT_S = 15.0
@@ -110,7 +113,8 @@ class NodeBroker:
     state_dir: Path = attrs.field(converter=Path)
     units: Mapping[str, str] = attrs.field(factory=dict)
     grid_port: int | None = None
-    bind: str = "127.0.0.1"  # the local listener (units, governance, operators)
+    unit_port: int | None = None  # the units' listener; default: port + UNIT_PORT_OFFSET
+    bind: str = "127.0.0.1"  # the two local listeners (units; governance and operators)
     grid_bind: str | None = None  # the grid listener (peers); default: `bind`
     advertise: str | None = None  # host peers dial for the grid listener; default: `grid_bind`
     site: SiteBridge | None = None  # a one-way bridge of this node's topics to a site broker
@@ -129,12 +133,20 @@ class NodeBroker:
                 )
 
     def __attrs_post_init__(self) -> None:
-        for what, port in (("port", self.port), ("grid port", self.grid_listener_port)):
+        ports = {
+            "port": self.port,
+            "grid port": self.grid_listener_port,
+            "unit port": self.unit_listener_port,
+        }
+        for what, port in ports.items():
             if not 1 <= port <= 65535:
-                hint = " (give a grid port)" if what == "grid port" else ""
+                hint = f" (give a {what})" if what != "port" else ""
                 raise BrokerError(f"{what} {port} of node {self.node} is not in 1..65535{hint}")
-        if self.port == self.grid_listener_port:
-            raise BrokerError(f"node {self.node}: the local and grid ports are both {self.port}")
+        if len(set(ports.values())) < len(ports):
+            raise BrokerError(
+                f"node {self.node}: its listeners need three different ports, got "
+                + ", ".join(f"{what} {port}" for what, port in ports.items())
+            )
         if self.advertised_host in ("0.0.0.0", "::", ""):
             raise BrokerError(
                 f"node {self.node}: the grid listener binds {self.grid_host!r}, which peers cannot"
@@ -154,20 +166,33 @@ class NodeBroker:
         return self.grid_port if self.grid_port is not None else self.port + GRID_PORT_OFFSET
 
     @property
+    def unit_listener_port(self) -> int:
+        return self.unit_port if self.unit_port is not None else self.port + UNIT_PORT_OFFSET
+
+    @property
     def node_dir(self) -> Path:
         return self.state_dir / self.node
 
     @property
-    def uri(self) -> str:
-        """Where the node's own units reach the local listener."""
-        host = (
+    def _local_host(self) -> str:
+        return (
             "127.0.0.1"
             if self.bind in ("0.0.0.0", "")
             else "::1"
             if self.bind == "::"
             else self.bind
         )
-        return f"mqtt://{host}:{self.port}"
+
+    @property
+    def uri(self) -> str:
+        """Where the node's governance unit and its operators reach the broker."""
+        return f"mqtt://{self._local_host}:{self.port}"
+
+    @property
+    def unit_uri(self) -> str:
+        """Where the node's detection and action units reach the broker (their own listener,
+        on which an account's client id is its name)."""
+        return f"mqtt://{self._local_host}:{self.unit_listener_port}"
 
     @property
     def grid_uri(self) -> str:
@@ -177,6 +202,10 @@ class NodeBroker:
     @property
     def credentials_path(self) -> Path:
         return self.node_dir / "credentials.json"
+
+    def port_for(self, user: str) -> int:
+        """The local listener an account connects to: units have their own."""
+        return self.port if user in TRUSTED_USERS else self.unit_listener_port
 
 
 @attrs.frozen
@@ -237,7 +266,11 @@ def _password_file(path: Path, users: Mapping[str, str]) -> None:
     tmp = _private_tmp(path)
     try:
         tmp.write_bytes("".join(f"{u}:{p}\n" for u, p in users.items()).encode())
-        done = subprocess.run([tool, "-U", str(tmp)], capture_output=True, text=True, check=False)
+        done = (  # mosquitto_passwd fails on an empty file; nothing to hash then
+            subprocess.run([tool, "-U", str(tmp)], capture_output=True, text=True, check=False)
+            if users
+            else subprocess.CompletedProcess([], 0)
+        )
         if done.returncode != 0:
             raise BrokerError(f"mosquitto_passwd failed on {path}: {done.stderr.strip()}")
         tmp.chmod(0o644)  # hashed; readable by a container's mosquitto user
@@ -287,11 +320,22 @@ memory_limit 268435456
 # receiver's delayed ACK (40 ms on Linux): measured 44 ms against 0.2 ms per shuffle round trip.
 set_tcp_nodelay true
 
-# Local listener: the node's units, its governance unit and its operators.
+# Local listener: the node's governance unit and its operators, the node's trusted accounts
+# (an operator runs several tools at once and the governance unit keeps two sessions, so their
+# client ids are free). No unit has an account here.
 listener {port} {bind}
 allow_anonymous false
 password_file {conf_dir}/passwd
 acl_file {conf_dir}/acl
+max_connections 64
+
+# Units' listener: each detection and action unit with its own account, whose name is its client
+# id, so no unit can take over another's session (or the governance unit's).
+listener {unit_port} {bind}
+allow_anonymous false
+password_file {conf_dir}/units.passwd
+acl_file {conf_dir}/acl
+use_username_as_clientid true
 max_connections 128
 
 # Grid listener: peers' governance units, mutual TLS (1.2 or 1.3). A peer's certificate must be
@@ -332,7 +376,8 @@ def render(broker: NodeBroker) -> Credentials:
         broker.node_dir / "governance.json",
         orjson.dumps({"node": broker.node, "users": {"governance": users["governance"]}}),
     )
-    _password_file(d / "passwd", users)
+    _password_file(d / "passwd", {u: users[u] for u in TRUSTED_USERS})
+    _password_file(d / "units.passwd", {u: p for u, p in users.items() if u not in TRUSTED_USERS})
     # The grid listener's identity (and the governance unit's, toward its neighbours): the
     # node's certificate, issued by the grid CA on first use.
     ident = pki.ensure_identity(broker.state_dir, broker.node, _cert_hosts(broker))
@@ -346,6 +391,7 @@ def render(broker: NodeBroker) -> Credentials:
         "node": broker.node,
         "port": broker.port,
         "grid_port": broker.grid_listener_port,
+        "unit_port": broker.unit_listener_port,
         "bind": broker.bind,
         "grid_bind": broker.grid_host,
         # A safety net behind the codec's own limit: room for the topic and MQTT 5 properties.
@@ -494,6 +540,17 @@ class _BrokerBase:
         return self.config.uri
 
     @property
+    def unit_port(self) -> int:
+        return self.config.unit_listener_port
+
+    def port_for(self, user: str) -> int:
+        return self.config.port_for(user)
+
+    @property
+    def unit_uri(self) -> str:
+        return self.config.unit_uri
+
+    @property
     def grid_uri(self) -> str:
         return self.config.grid_uri
 
@@ -513,6 +570,7 @@ class _BrokerBase:
         c = self.config
         for what, host, port in (
             ("local", c.bind, c.port),
+            ("unit", c.bind, c.unit_listener_port),
             ("grid", c.grid_host, c.grid_listener_port),
         ):
             problem = _bind_problem(port, host)
@@ -836,7 +894,15 @@ def broker() -> None:
     default=None,
     help=f"Grid listener (peers) [default: port + {GRID_PORT_OFFSET}].",
 )
-@click.option("--bind", default="127.0.0.1", show_default=True, help="Address of both listeners.")
+@click.option(
+    "--unit-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help=f"Units' listener [default: port + {UNIT_PORT_OFFSET}].",
+)
+@click.option(
+    "--bind", default="127.0.0.1", show_default=True, help="Address of the two local listeners."
+)
 @click.option(
     "--backend", type=click.Choice(["process", "container"]), default="process", show_default=True
 )
@@ -861,6 +927,7 @@ def broker_run(
     node: str,
     port: int,
     grid_port: int | None,
+    unit_port: int | None,
     bind: str,
     backend: str,
     state_dir: str,
@@ -875,6 +942,7 @@ def broker_run(
         node=node,
         port=port,
         grid_port=grid_port,
+        unit_port=unit_port,
         state_dir=Path(state_dir),
         units=units,
         bind=bind,
@@ -884,7 +952,8 @@ def broker_run(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with running(config, backend) as b:
         click.echo(
-            f"broker of {node} ({backend}) on {b.uri} (local) and {b.grid_uri} (grid); "
+            f"broker of {node} ({backend}) on {b.uri} (local), {b.unit_uri} (units) and "
+            f"{b.grid_uri} (grid); "
             f"credentials in {config.credentials_path}"
         )
         try:

@@ -212,7 +212,7 @@ def test_a_retained_command_with_a_huge_seq_does_not_lock_an_actuator(
                     "--node",
                     "house-1",
                     "--broker",
-                    broker.config.uri,
+                    broker.config.unit_uri,
                     "--unit",
                     "battery",
                     "--device",

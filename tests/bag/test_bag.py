@@ -45,7 +45,7 @@ def test_record_info_and_play_reproduce_the_retained_state(
 ) -> None:
     b = process_broker("house-1", {"meter": "detection"})
     gov = mqtt_client(b.port, "governance", b.credentials.password("governance"))
-    meter = mqtt_client(b.port, "meter", b.credentials.password("meter"))
+    meter = mqtt_client(b.unit_port, "meter", b.credentials.password("meter"))
     state_topic = render("node_state", node="house-1")
     gov.publish(state_topic, _energy("house-1", 1, 80.0), retain=True)  # before the recording
     meter.publish(render("unit_state", node="house-1", unit="meter"),

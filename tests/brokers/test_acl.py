@@ -57,19 +57,19 @@ def _peer(broker: Any, name: str) -> pki.Identity:
 
 def test_every_account_is_accepted_with_its_own_password(node: Any, mqtt_client: Any) -> None:
     for user in ("governance", "operator", *UNITS):
-        c = mqtt_client(node.port, user, node.credentials.password(user))
+        c = mqtt_client(node.port_for(user), user, node.credentials.password(user))
         assert c.refused is None, user
     peer = mqtt_client(node.grid_port, None, None, "gas-1", _peer(node, "gas-1"))
     assert peer.refused is None
 
 
 def test_wrong_password_is_refused(node: Any, mqtt_client: Any) -> None:
-    c = mqtt_client(node.port, "pv-meter", "not-the-password")
+    c = mqtt_client(node.unit_port, "pv-meter", "not-the-password")
     assert c.refused is not None and "authori" in c.refused.lower()
 
 
 def test_another_units_password_is_refused(node: Any, mqtt_client: Any) -> None:
-    c = mqtt_client(node.port, "pv-meter", node.credentials.password("load-meter"))
+    c = mqtt_client(node.unit_port, "pv-meter", node.credentials.password("load-meter"))
     assert c.refused is not None and "authori" in c.refused.lower()
 
 
@@ -115,10 +115,34 @@ def test_a_peer_cannot_take_over_another_peers_session(node: Any, mqtt_client: A
     assert honest.c.is_connected()
 
 
+def test_a_unit_cannot_take_over_another_units_session(node: Any, mqtt_client: Any) -> None:
+    """On the units' listener an account's name is its client id: the pv meter connecting with
+    the heater's client id (and with the governance unit's) knocks nobody off."""
+    heater = mqtt_client(node.unit_port, "heater", node.credentials.password("heater"))
+    governance = mqtt_client(node.port, "governance", node.credentials.password("governance"))
+    meter_pw = node.credentials.password("pv-meter")
+    for victim in ("heater", "governance", "heater"):
+        assert mqtt_client(node.unit_port, "pv-meter", meter_pw, victim).refused is None
+    heater.publish(render("actuator_status", node="house-1", unit="heater"), b"{}")
+    governance.publish(render("node_state", node="house-1"), b"{}")
+    assert heater.c.is_connected() and governance.c.is_connected()
+
+
+def test_units_have_no_account_on_the_trusted_listener(node: Any, mqtt_client: Any) -> None:
+    """The governance unit's and operators' listener lets them pick client ids; no unit can
+    log in there, and they cannot log in on the units' listener either."""
+    for unit in UNITS:
+        c = mqtt_client(node.port, unit, node.credentials.password(unit), "governance")
+        assert c.refused is not None, unit
+    for user in ("governance", "operator"):
+        c = mqtt_client(node.unit_port, user, node.credentials.password(user))
+        assert c.refused is not None, user
+
+
 def test_detection_unit_cannot_publish_a_command_or_another_units_measurement(
     node: Any, watcher: Any, mqtt_client: Any
 ) -> None:
-    meter = mqtt_client(node.port, "pv-meter", node.credentials.password("pv-meter"))
+    meter = mqtt_client(node.unit_port, "pv-meter", node.credentials.password("pv-meter"))
     meter.publish(render("command", node="house-1", unit="heater"), _command(1))
     meter.publish(render("measurement", node="house-1", unit="load-meter"), _measurement(1))
     meter.publish(render("unit_state", node="house-1", unit="load-meter"), b"offline")
@@ -128,7 +152,7 @@ def test_detection_unit_cannot_publish_a_command_or_another_units_measurement(
 
 
 def test_action_unit_receives_only_its_own_commands(node: Any, mqtt_client: Any) -> None:
-    heater = mqtt_client(node.port, "heater", node.credentials.password("heater"))
+    heater = mqtt_client(node.unit_port, "heater", node.credentials.password("heater"))
     heater.subscribe("redy/house-1/action/+/command")
     governance = mqtt_client(node.port, "governance", node.credentials.password("governance"))
     governance.publish(render("command", node="house-1", unit="battery"), _command(1))
@@ -139,7 +163,7 @@ def test_action_unit_receives_only_its_own_commands(node: Any, mqtt_client: Any)
 
 
 def test_action_unit_cannot_command_another_unit(node: Any, watcher: Any, mqtt_client: Any) -> None:
-    heater = mqtt_client(node.port, "heater", node.credentials.password("heater"))
+    heater = mqtt_client(node.unit_port, "heater", node.credentials.password("heater"))
     heater.publish(render("command", node="house-1", unit="battery"), _command(7))
     heater.publish(render("command", node="house-1", unit="heater"), _command(8))
     marker = render("unit_state", node="house-1", unit="heater")
@@ -185,7 +209,7 @@ def test_peer_reads_descriptor_and_view_but_not_measurements(
     governance.publish(descriptor, b'{"retained": true}', retain=True)
     peer = mqtt_client(node.grid_port, None, None, "gas-1", _peer(node, "gas-1"))
     peer.subscribe("redy/house-1/#")
-    meter = mqtt_client(node.port, "pv-meter", node.credentials.password("pv-meter"))
+    meter = mqtt_client(node.unit_port, "pv-meter", node.credentials.password("pv-meter"))
     measurement = render("measurement", node="house-1", unit="pv-meter")
     meter.publish(measurement, _measurement(2))
     # mosquitto routes messages one at a time: once the watcher has the measurement, it was

@@ -24,6 +24,7 @@ def _config(tmp_path: Path, free_port: Any, **kw: Any) -> NodeBroker:
         node=kw.pop("node", "house-1"),
         port=kw.pop("port", None) or free_port(),
         grid_port=kw.pop("grid_port", None) or free_port(),
+        unit_port=kw.pop("unit_port", None) or free_port(),
         state_dir=tmp_path / "state",
         **kw,
     )
@@ -52,7 +53,7 @@ def test_a_broker_is_alive_until_stopped_and_frees_its_ports(start_broker: Any) 
     assert b.alive()
     b.stop()
     assert not b.alive()
-    assert brokers.port_is_free(b.port) and brokers.port_is_free(b.grid_port)
+    assert all(brokers.port_is_free(p) for p in (b.port, b.grid_port, b.unit_port))
 
 
 def test_a_killed_broker_is_seen_dead(start_broker: Any) -> None:
@@ -130,7 +131,7 @@ def test_a_process_broker_dies_with_the_process_that_started_it(
         "from pathlib import Path\n"
         "from redy.brokers import NodeBroker, ProcessBroker\n"
         f"c = NodeBroker(node='house-1', port={config.port}, grid_port={config.grid_port},"
-        f" state_dir=Path({str(config.state_dir)!r}))\n"
+        f" unit_port={config.unit_port}, state_dir=Path({str(config.state_dir)!r}))\n"
         "b = ProcessBroker(c, die_with_parent=True)\n"
         "b.start()\n"
         "print(b.pid, flush=True)\n"
@@ -171,11 +172,12 @@ def _containers_of(pid: int) -> list[str]:
 def test_broker_run_serves_until_sigterm_and_leaves_nothing_behind(
     tmp_path: Path, free_port: Any, backend: str, mqtt_client: Any
 ) -> None:
-    port, grid_port = free_port(), free_port()
+    port, grid_port, unit_port = free_port(), free_port(), free_port()
     state = tmp_path / "state"
     proc = _run_cli(
         "broker", "run", "--node", "house-1", "--port", str(port), "--grid-port",
-        str(grid_port), "--backend", backend, "--state-dir", str(state),
+        str(grid_port), "--unit-port", str(unit_port), "--backend", backend,
+        "--state-dir", str(state),
         "--unit", "pv-meter:detection",
     )  # fmt: skip
     try:
@@ -186,13 +188,13 @@ def test_broker_run_serves_until_sigterm_and_leaves_nothing_behind(
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         creds = brokers.load_credentials(state / "house-1" / "credentials.json")
         assert mqtt_client(port, None, None).refused is not None
-        unit = mqtt_client(port, "pv-meter", creds.password("pv-meter"))
+        unit = mqtt_client(unit_port, "pv-meter", creds.password("pv-meter"))
         assert unit.refused is None
         unit.close()
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=15)
         assert proc.returncode == 0 and "stopped" in out
-        assert brokers.port_is_free(port) and brokers.port_is_free(grid_port)
+        assert all(brokers.port_is_free(p) for p in (port, grid_port, unit_port))
         if backend == "container":
             assert _containers_of(proc.pid) == []
     finally:

@@ -25,15 +25,19 @@ def test_render_writes_listeners_auth_and_persistence(tmp_path: Path) -> None:
     )
     creds = brokers.render(config)
     conf = (tmp_path / "house-1" / "mosquitto.conf").read_text()
-    assert "listener 18841 127.0.0.1" in conf and "listener 28841 127.0.0.1" in conf
-    assert conf.count("allow_anonymous false") == 2
+    for port in (18841, 28841, 38841):  # trusted accounts, grid, units
+        assert f"listener {port} 127.0.0.1" in conf
+    assert conf.count("allow_anonymous false") == 3
     assert f"max_packet_size {2 * topics.CONTRACT.max_payload_bytes}" in conf
     assert f"persistence_location {tmp_path / 'house-1' / 'data'}/" in conf
     assert set(creds.users) == {"governance", "operator", "pv-meter"}
     mode = stat.S_IMODE((tmp_path / "house-1" / "credentials.json").stat().st_mode)
     assert mode == 0o600
-    hashed = (tmp_path / "house-1" / "passwd").read_text()
-    assert creds.users["pv-meter"] not in hashed  # stored hashed
+    trusted = (tmp_path / "house-1" / "passwd").read_text()
+    units = (tmp_path / "house-1" / "units.passwd").read_text()
+    assert [line.split(":")[0] for line in trusted.split()] == ["governance", "operator"]
+    assert [line.split(":")[0] for line in units.split()] == ["pv-meter"]
+    assert creds.users["pv-meter"] not in units  # stored hashed
 
 
 def test_render_again_keeps_issued_passwords_and_shares_the_grid_ca(tmp_path: Path) -> None:
@@ -78,7 +82,9 @@ def test_the_acl_examples_in_the_brokers_readme_are_what_the_code_renders() -> N
         ({"grid": "action"}, {}, "taken by the grid account"),
         ({"meter": "sensor"}, {}, "expected one of detection, action"),
         ({}, {"port": 60000}, "grid port 70000"),
-        ({}, {"port": 18841, "grid_port": 18841}, "both 18841"),
+        ({}, {"port": 50000}, "unit port 70000"),
+        ({}, {"port": 18841, "grid_port": 18841}, "grid port 18841, unit port 38841"),
+        ({}, {"port": 18841, "unit_port": 28841}, "three different ports"),
     ],
 )
 def test_a_node_that_cannot_be_served_is_refused_before_anything_is_written(
@@ -90,6 +96,7 @@ def test_a_node_that_cannot_be_served_is_refused_before_anything_is_written(
             node="house-1",
             port=ports["port"],
             grid_port=ports.get("grid_port"),
+            unit_port=ports.get("unit_port"),
             state_dir=tmp_path,
             units=units,
         )

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from netports import OFFSETS
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -31,10 +32,10 @@ NODES = ("gas-1", "factory-1", "house-1")
 
 
 def _free_trio() -> list[int]:
-    """Three consecutive local ports whose grid ports (+10000) are free too."""
+    """Three consecutive local ports whose grid (+10000) and unit (+20000) ports are free too."""
     for base in range(21000, 23000, 7):
         ports = [base, base + 1, base + 2]
-        if all(port_is_free(p) and port_is_free(p + 10000) for p in ports):
+        if all(port_is_free(p + o) for p in ports for o in OFFSETS):
             return ports
     raise RuntimeError("no three free port pairs")
 

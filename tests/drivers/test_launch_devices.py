@@ -4,7 +4,6 @@ broker); the node's governance sees all three devices' power."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +13,10 @@ import orjson
 import pytest
 from conftest import until
 from counterparts import M203, M701, M704, spread, sunspec_map, words
+from netports import node_block
 
 from redy import messages
-from redy.brokers import load_credentials, port_is_free, try_connect
+from redy.brokers import load_credentials, try_connect
 from redy.topics import render
 
 pytestmark = pytest.mark.e2e
@@ -33,14 +33,8 @@ METER, _ = sunspec_map(
 
 
 def _node_port() -> int:
-    """A port P with P and P + 10000 free (the node's local and grid listeners)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            p = int(s.getsockname()[1])
-        if p + 10000 < 65536 and port_is_free(p + 10000):
-            return p
-    raise RuntimeError("no free port pair")
+    """A port P with its grid (+10000) and unit (+20000) ports free too."""
+    return node_block()
 
 
 def test_the_shipped_house_on_real_devices_runs_and_its_governance_counts_them(

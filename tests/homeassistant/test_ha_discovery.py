@@ -158,7 +158,7 @@ def test_a_launch_file_bridges_its_node_to_the_site_broker(
     f = tmp_path / "solo.yaml"
     f.write_text(f"""\
 launch:
-  - broker: {{node: solo, port: {port}, grid_port: {free_port()}, site_broker: "mqtt://127.0.0.1:{site_port}"}}
+  - broker: {{node: solo, port: {port}, grid_port: {free_port()}, unit_port: {free_port()}, site_broker: "mqtt://127.0.0.1:{site_port}"}}
   - governance: {{node: solo, kind: eco_house, distant: false, period_s: 0.3}}
   - detection: {{node: solo, name: meter, device: household_load, period_s: 0.3}}
 """)

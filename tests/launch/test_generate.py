@@ -3,7 +3,6 @@ run with `redy launch --compose`."""
 
 from __future__ import annotations
 
-import random
 import re
 import subprocess
 import sys
@@ -11,8 +10,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from netports import node_block
 
-from redy.brokers import port_is_free
 from redy.errors import LaunchError
 from redy.launch.generate import default_templates, parse_mix, render_grid, templates_in
 from redy.launch.parser import parse
@@ -65,13 +64,8 @@ def test_bad_mixes_and_port_plans_are_one_clear_error() -> None:
 
 
 def _free_block(n: int) -> int:
-    """A first port P with P..P+n-1 and their grid ports (+10000) free."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 22000)
-        if all(port_is_free(p) and port_is_free(p + 10000) for p in range(base, base + n)):
-            return base
-    raise RuntimeError(f"no block of {n} free ports")
+    """A first port P with P..P+n-1 and their grid and unit ports free."""
+    return node_block(n, 20000, 22000)
 
 
 @pytest.mark.e2e

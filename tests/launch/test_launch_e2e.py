@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from netports import OFFSETS, node_block
 
 from redy import messages
 from redy.brokers import load_credentials, port_is_free, try_connect
@@ -43,14 +43,8 @@ def _processes_using(state_dir: Path) -> list[str]:
 
 
 def _free_ports() -> int:
-    """A port P with P and P + 10000 free (a node's local and grid listeners)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            p = s.getsockname()[1]
-        if p + 10000 < 65536 and port_is_free(p + 10000):
-            return int(p)
-    raise RuntimeError("no free port pair")
+    """A port P with its grid (+10000) and unit (+20000) ports free too."""
+    return node_block()
 
 
 FIGURE3_UNITS = {
@@ -182,7 +176,7 @@ def test_respawn_after_kill9_and_sigterm_stops_everything(
         launcher.send_signal(signal.SIGTERM)
         assert launcher.wait(30) == 0
         assert _processes_using(state) == []
-        assert port_is_free(port) and port_is_free(port + 10000)
+        assert all(port_is_free(port + o) for o in OFFSETS)
     finally:
         if launcher.poll() is None:
             launcher.kill()

@@ -38,6 +38,7 @@ class Grid:
             node=node,
             port=port or self.free_port(),
             grid_port=grid or self.free_port(),
+            unit_port=self.free_port(),
             state_dir=self.tmp / "state",
         )
         b = ProcessBroker(cfg)

@@ -36,7 +36,7 @@ class Procs:
             "--node",
             "house-1",
             "--broker",
-            broker.uri,
+            broker.uri if args[0] == "governance" else broker.unit_uri,
             "--credentials",
             str(broker.config.credentials_path),
         ]

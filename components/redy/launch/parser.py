@@ -79,6 +79,7 @@ class BrokerSpec:
     node: str
     port: int
     grid_port: int
+    unit_port: int
     backend: str = "process"
     bind: str = "127.0.0.1"
     grid_bind: str | None = None
@@ -169,6 +170,7 @@ _FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
         "node": (str, True),
         "port": (int, True),
         "grid_port": (int, False),
+        "unit_port": (int, False),
         "backend": (str, False),
         "bind": (str, False),
         "grid_bind": (str, False),
@@ -395,9 +397,13 @@ def _add_broker(f: dict[str, Any], b: _Builder, where: str) -> None:
         raise LaunchError(f"{where}: broker.backend must be 'process' or 'container'")
     port = f["port"]
     grid = f.get("grid_port", port + 10000)
-    for p in (port, grid):
+    unit = f.get("unit_port", port + 20000)
+    for p in (port, grid, unit):
         if not 0 < p < 65536:
-            raise LaunchError(f"{where}: port {p} is out of range 1-65535")
+            raise LaunchError(
+                f"{where}: port {p} is out of range 1-65535 (the defaults are grid_port ="
+                " port + 10000, unit_port = port + 20000: give them)"
+            )
     grid_host = f.get("grid_bind") or f.get("bind", "127.0.0.1")
     if grid_host in ("0.0.0.0", "::") and not f.get("advertise"):
         raise LaunchError(
@@ -412,6 +418,7 @@ def _add_broker(f: dict[str, Any], b: _Builder, where: str) -> None:
         node=node,
         port=port,
         grid_port=grid,
+        unit_port=unit,
         backend=backend,
         bind=f.get("bind", "127.0.0.1"),
         grid_bind=f.get("grid_bind") or None,
@@ -549,7 +556,7 @@ def parse(path: str | Path, args: Mapping[str, str] | None = None) -> LaunchDesc
     nodes = []
     ports: dict[int, str] = {}
     for node, broker in b.brokers.items():
-        for p in (broker.port, broker.grid_port):
+        for p in (broker.port, broker.grid_port, broker.unit_port):
             if p in ports:
                 raise LaunchError(f"{broker.where}: port {p} is used twice (also {ports[p]})")
             ports[p] = broker.where
@@ -586,6 +593,8 @@ def check_ports_free(desc: LaunchDescription) -> None:
     from redy.brokers import port_is_free
 
     for n in desc.nodes:
-        for p in (n.broker.port, n.broker.grid_port):
-            if not port_is_free(p, n.broker.bind if p == n.broker.port else n.broker.grid_host):
+        for p in (n.broker.port, n.broker.grid_port, n.broker.unit_port):
+            if not port_is_free(
+                p, n.broker.grid_host if p == n.broker.grid_port else n.broker.bind
+            ):
                 raise LaunchError(f"{n.broker.where}: port {p} is in use (node {n.node})")

@@ -166,6 +166,7 @@ class Supervisor:
             node=n.node,
             port=b.port,
             grid_port=b.grid_port,
+            unit_port=b.unit_port,
             state_dir=self.state_dir,
             units={u.name: u.role for u in n.units},
             bind=b.bind,
@@ -176,14 +177,13 @@ class Supervisor:
 
     def _common(self, n: NodeSpec, period_s: float, account: str) -> dict[str, Any]:
         cfg = self._broker_config(n)
+        governance = account == "governance"
         creds = (
-            cfg.node_dir / "governance.json"
-            if account == "governance"
-            else unit_credentials_path(cfg, account)
+            cfg.node_dir / "governance.json" if governance else unit_credentials_path(cfg, account)
         )
         return {
             "node": n.node,
-            "broker": cfg.uri,
+            "broker": cfg.uri if governance else cfg.unit_uri,
             "credentials": str(creds),  # that process's own password, nobody else's
             "period_s": period_s,
             "speed": self.desc.clock.speed,
