@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import random
 
+import numpy as np
 import pytest
 
-from redy.balancing.aggregation import PushSum
+from redy.balancing.aggregation import GossipOut, MassBounds, PushSum
 from redy.balancing.curves import Bid, Dispatchable, Fixed, FlexibleLoad
+from redy.balancing.discovery import PhaseGossip
 from redy.balancing.epochs import (
     Cleared,
     ClockOffsets,
@@ -20,6 +20,7 @@ from redy.balancing.epochs import (
     Send,
     Tick,
 )
+from redy.balancing.inmemory import Adversary, InMemoryLinks
 from redy.balancing.reference import solve
 from redy.errors import RedyError
 
@@ -35,51 +36,7 @@ def _bids(i: int) -> list[Bid]:
     return [Fixed(-rng.uniform(100, 400)), FlexibleLoad(80, rng.uniform(20, 300))]
 
 
-class _Links:
-    """In-memory links: every message arrives `latency_s` later; pushes to `dead` are refused
-    at once. Runs cores with a fake clock, in time order."""
-
-    def __init__(self, n: int, latency_s: float, dead: frozenset[int] = frozenset()) -> None:
-        rng = random.Random(n)
-        self.views = {
-            i: sorted({(i + 1) % n, *rng.sample([j for j in range(n) if j != i], 5)})
-            for i in range(n)
-        }
-        self.latency_s = latency_s
-        self.dead = dead
-        self.cleared: list[Cleared] = []
-        self.sent = 0
-        self._queue: list[tuple[float, int, int, object]] = []
-        self._seq = itertools.count()
-
-    def run(self, cores: dict[int, MarketCore], start_s: float, until_s: float) -> None:
-        now = start_s
-        for i, c in cores.items():
-            self._act(i, now, c.handle(now, Tick()))
-        while now < until_s:
-            deadline, i = min((c.next_deadline(), i) for i, c in cores.items())
-            if self._queue and self._queue[0][0] <= deadline:
-                now, _, i, event = heapq.heappop(self._queue)
-            else:
-                now, event = deadline, Tick()
-            self._act(i, now, cores[i].handle(now, event))  # type: ignore[arg-type]
-
-    def _act(self, node: int, now: float, actions: list) -> None:
-        for a in actions:
-            if isinstance(a, Cleared):
-                self.cleared.append(a)
-                continue
-            assert isinstance(a, Send)
-            self.sent += 1
-            target = a.msg.target
-            if target in self.dead:
-                heapq.heappush(self._queue, (now, next(self._seq), node, Refused(a.msg)))
-            else:
-                at = now + self.latency_s
-                heapq.heappush(self._queue, (at, next(self._seq), target, Received(a.msg)))
-
-
-def _cores(links: _Links, pacing: Pacing, live: list[int]) -> dict[int, MarketCore]:
+def _cores(links: InMemoryLinks, pacing: Pacing, live: list[int]) -> dict[int, MarketCore]:
     return {
         i: MarketCore(
             PushSum(i, random.Random(i)),
@@ -93,7 +50,7 @@ def _cores(links: _Links, pacing: Pacing, live: list[int]) -> dict[int, MarketCo
 
 def test_every_node_holds_the_optimal_price_a_few_round_trips_into_the_epoch() -> None:
     n = 30
-    links = _Links(n, latency_s=0.002)
+    links = InMemoryLinks(n, latency_s=0.002)
     pacing = Pacing(epoch_s=4.0, round_s=0.004)
     cores = _cores(links, pacing, list(range(n)))
     links.run(cores, start_s=3.5, until_s=12.0)  # starts mid-epoch 0: waits for epoch 1
@@ -118,7 +75,7 @@ def test_every_node_holds_the_optimal_price_a_few_round_trips_into_the_epoch() -
 def test_refused_pushes_keep_their_mass_and_the_live_nodes_clear_among_themselves() -> None:
     n = 24
     dead = frozenset({3, 11})
-    links = _Links(n, latency_s=0.001, dead=dead)
+    links = InMemoryLinks(n, latency_s=0.001, dead=dead)
     live = [i for i in range(n) if i not in dead]
     cores = _cores(links, Pacing(epoch_s=2.0, round_s=0.003), live)
     links.run(cores, start_s=2.0, until_s=3.9)
@@ -186,7 +143,7 @@ def test_nodes_whose_clocks_are_up_to_a_second_apart_clear_together_on_corrected
     epoch together and find the optimal price."""
     n = 12
     skew = {i: {2: 0.8, 7: -0.8}.get(i, 0.0) for i in range(n)}
-    links = _Links(n, latency_s=0.002)
+    links = InMemoryLinks(n, latency_s=0.002)
     offsets = {i: ClockOffsets() for i in range(n)}
     for i in range(n):  # what each node learnt from its neighbours' earlier gossip
         for j in links.views[i]:
@@ -212,7 +169,7 @@ def test_an_epoch_cut_short_keeps_the_last_phase_gossiped_and_the_nodes_together
     """Phases not done by `finish_by` (a saturated host) end on the last phase the nodes
     gossiped enough, never on phases cleared on a node's own curve alone."""
     n = 30
-    links = _Links(n, latency_s=0.003)
+    links = InMemoryLinks(n, latency_s=0.003)
     cores = _cores(links, Pacing(epoch_s=4.0, round_s=0.006, finish_by=0.1), list(range(n)))
     links.run(cores, start_s=3.9, until_s=4.9)
     ref = solve([_bids(i) for i in range(n)])
@@ -221,3 +178,77 @@ def test_an_epoch_cut_short_keeps_the_last_phase_gossiped_and_the_nodes_together
     prices = [c.result.price_eur_mwh for c in links.cleared]
     assert max(prices) - min(prices) <= 1.0  # one 0.34 EUR/MWh phase-2 window, or less
     assert all(abs(p - ref.price_eur_mwh) <= 1.0 for p in prices)
+
+
+def _steering(price: float, weight: float, amplitude: float) -> Adversary:
+    """A member that answers every honest push with one of its own to the same node, epoch,
+    phase, window and round: `amplitude` kW of supply above `price` and as much demand below,
+    so that the sum crosses at `price`."""
+
+    def adversary(_sender: object, _now: float, m: PhaseGossip) -> list[tuple[object, PhaseGossip]]:
+        g = m.msg
+        v = np.where(np.linspace(m.floor_eur_mwh, m.cap_eur_mwh, 201) >= price, 1.0, -1.0)
+        values = np.concatenate([v, np.zeros(len(g.values) - 201)]) * amplitude
+        forged = GossipOut(g.target, "evil", g.epoch, g.round, weight, values)
+        return [(g.target, PhaseGossip(m.phase, m.floor_eur_mwh, m.cap_eur_mwh, forged))]
+
+    return adversary
+
+
+def _prices_under(
+    adversary: Adversary | None, bounds: MassBounds | None
+) -> tuple[list[float], list]:
+    n = 6
+    links = InMemoryLinks(n, latency_s=0.002, adversary=adversary)
+    pacing = Pacing(epoch_s=4.0, round_s=0.004)
+    cores = {
+        i: MarketCore(
+            PushSum(i, random.Random(i)),
+            pacing,
+            bids=lambda i=i: _bids(i),  # type: ignore[misc]
+            neighbours=lambda i=i: links.views[i],  # type: ignore[misc]
+            bounds=bounds,
+        )
+        for i in range(n)
+    }
+    links.run(cores, start_s=3.5, until_s=8.0)
+    return [c.result.price_eur_mwh for c in links.cleared if c.epoch == 1], links.dropped
+
+
+def test_a_members_weightless_mass_of_huge_values_is_dropped_and_its_sender_named() -> None:
+    """The price-steering attack: weight 0 and +-1e12 kW around the price the member wants. With
+    no bounds every node clears at the member's price; with them its messages are dropped, each
+    with the reason, and every node clears at the optimum of the honest bids."""
+    attack = _steering(400.0, 0.0, 1e12)
+    ref = solve([_bids(i) for i in range(6)]).price_eur_mwh
+    steered, _ = _prices_under(attack, None)
+    assert len(steered) == 6 and all(abs(p - 400.0) < 0.01 for p in steered)
+    prices, dropped = _prices_under(attack, MassBounds(capacity_kw=1000.0))
+    assert len(prices) == 6 and all(abs(p - ref) <= 0.01 for p in prices)
+    assert dropped and {d.sender for d in dropped} == {"evil"}
+    assert "weight 0, expected in (0, 1]" in dropped[0].reason
+
+
+def test_honest_pushes_keep_the_mass_bounds() -> None:
+    """Honest nodes' messages are never dropped: their values stay within weight x capacity and
+    their curves rise with the price (the bound is the largest node's net injection)."""
+    prices, dropped = _prices_under(None, MassBounds(capacity_kw=1000.0))
+    assert len(prices) == 6 and not dropped
+
+
+@pytest.mark.parametrize(
+    ("weight", "values", "round_", "reason"),
+    [
+        (1.5, [0.0, 1.0], 1, "weight 1.5"),
+        (0.5, [0.0, 600.0], 1, "beyond weight x capacity = 500 kW"),
+        (0.5, [100.0, 50.0], 1, "falls by 50 kW"),
+        (0.5, [0.0, float("nan")], 1, "not finite"),
+        (0.5, [0.0, 1.0], 61, "round 61, expected 1..60"),
+    ],
+)
+def test_mass_bounds_name_what_a_message_breaks(
+    weight: float, values: list[float], round_: int, reason: str
+) -> None:
+    got = MassBounds(capacity_kw=1000.0).refusal(weight, np.array(values), 2, round_)
+    assert got is not None and reason in got
+    assert MassBounds(capacity_kw=1000.0).refusal(0.5, np.array([-500.0, 500.0]), 2, 60) is None

@@ -40,6 +40,47 @@ class GossipOut:
     estimate: np.ndarray | None = None
 
 
+# The grid's default bound on one node's net injection at any price (kW): above the largest
+# device the project ships (a 50 MW CSP plant); a grid of households sets far less.
+CAPACITY_KW = 100_000.0
+
+
+@attrs.frozen
+class MassBounds:
+    """What one push-sum message may carry, so that a member, honest about its name but not
+    about its mass, hands a node no more than an honest node could.
+
+    An honest node's mass is a sum of curves scaled by weights that add up to its own weight, so
+    every value lies within weight x the largest net injection a node may have (`capacity_kw`,
+    a grid setting), and the curve part (the first `k` values) does not fall as the price rises
+    (supply rises and demand falls with the price). An honest node never pushes more than
+    weight 1 (see `PushSum.round`), and a phase has at most `rounds` pushes.
+    """
+
+    capacity_kw: float = CAPACITY_KW
+    rounds: int = 60
+
+    def refusal(self, weight: float, values: np.ndarray, k: int, round_: int) -> str | None:
+        """Why a message breaks the bounds (None: it keeps them)."""
+        if not 0 < weight <= 1 + 1e-12:
+            return f"weight {weight:g}, expected in (0, 1]"
+        if not 1 <= round_ <= self.rounds:
+            return f"round {round_}, expected 1..{self.rounds}"
+        if values.size == 0 or not np.all(np.isfinite(values)):
+            return "values that are not finite numbers"
+        limit = weight * self.capacity_kw
+        worst = float(np.max(np.abs(values)))
+        if worst > limit * (1 + 1e-9):
+            return (
+                f"a value of {worst:.6g} kW, beyond weight x capacity = {limit:.6g} kW"
+                f" (capacity {self.capacity_kw:g} kW)"
+            )
+        fall = float(np.max(values[: k - 1] - values[1:k])) if k > 1 else 0.0
+        if fall > limit * 1e-9:
+            return f"a curve that falls by {fall:.6g} kW as the price rises"
+        return None
+
+
 class PushSum:
     """Push-sum for one node."""
 
@@ -66,9 +107,13 @@ class PushSum:
         if not neighbours or self.epoch < 0:
             return []
         target = neighbours[self._rng.randrange(len(neighbours))]
-        self._s *= 0.5
-        self._w *= 0.5
-        return [GossipOut(target, self.node, self.epoch, self._round, self._w, self._s.copy())]
+        # Half of the mass, but never more than weight 1 (what a receiver accepts, MassBounds):
+        # a node that gathered more than 2 keeps the rest for its next rounds.
+        share = min(0.5, 1.0 / self._w) if self._w > 0 else 0.5
+        sent_s, sent_w = self._s * share, self._w * share
+        self._s -= sent_s
+        self._w -= sent_w
+        return [GossipOut(target, self.node, self.epoch, self._round, sent_w, sent_s)]
 
     def on_undeliverable(self, msg: GossipOut) -> None:
         """The target's broker refused the message: the mass comes back instead of vanishing."""

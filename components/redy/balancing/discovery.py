@@ -30,6 +30,7 @@ does not cross inside its window (a crash moved the price) keeps the previous ph
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import attrs
@@ -130,9 +131,18 @@ class PriceDiscovery:
     driver calls `start_epoch`, then per phase `round(neighbours)` as often as it likes and
     `end_phase()`; `result` holds the latest price."""
 
-    def __init__(self, aggregator: Aggregator, search: PriceSearch | None = None) -> None:
+    def __init__(
+        self,
+        aggregator: Aggregator,
+        search: PriceSearch | None = None,
+        capacity_kw: float = math.inf,
+    ) -> None:
         self.agg = aggregator
         self.search = search or PriceSearch()
+        # The grid's bound on a node's net injection (MassBounds): a node whose units could do
+        # more bids only that much, so that its neighbours accept its mass.
+        self.capacity_kw = capacity_kw
+        self.clipped_kw = 0.0  # the largest value this node had to cut to the bound
         self.epoch = -1
         self.phase = 0
         self.grid = self.search.coarse()
@@ -168,6 +178,10 @@ class PriceDiscovery:
             load_at_cap = -sum(min(b.injection_kw(float(hi)), 0.0) for b in self._bids)
             run_at_floor = sum(max(b.injection_kw(float(lo)), 0.0) for b in self._bids)
             values = np.concatenate([values, [load_at_cap, run_at_floor]])
+        worst = float(np.max(np.abs(values))) if values.size else 0.0
+        if worst > self.capacity_kw:
+            self.clipped_kw = max(self.clipped_kw, worst)
+            values = np.clip(values, -self.capacity_kw, self.capacity_kw)
         self.agg.start_epoch(self.epoch, values)
 
     def round(self, neighbours: Sequence[NodeId]) -> list[PhaseGossip]:

@@ -3,8 +3,9 @@
 The governance unit (or a test with a fake clock and in-memory links) drives it: it calls
 `handle(now, Tick())` at `next_deadline()`, `handle(now, Received(msg))` for every gossip
 message from a peer, and `handle(now, Refused(msg))` when a peer's broker refused a push; it
-carries out the actions returned: `Send(msg)` (publish to `msg.target`) and `Cleared(...)`
-(command the units to their dispatch at the price found).
+carries out the actions returned: `Send(msg)` (publish to `msg.target`), `Cleared(...)`
+(command the units to their dispatch at the price found) and `Dropped(sender, reason)` (a peer's
+message broke the mass bounds, MassBounds: log the offender).
 
 Epoch `e` starts at `e * epoch_s` on the nodes' shared clock; a node that starts mid-epoch waits
 for the next one, and a message of the next epoch starts it early (the sender's clock is a
@@ -26,7 +27,7 @@ from collections.abc import Callable, Hashable, Sequence
 
 import attrs
 
-from redy.balancing.aggregation import Aggregator, NodeId
+from redy.balancing.aggregation import Aggregator, MassBounds, NodeId
 from redy.balancing.curves import Bid
 from redy.balancing.discovery import MarketResult, PhaseGossip, PriceDiscovery, PriceSearch
 from redy.errors import RedyError
@@ -70,7 +71,15 @@ class Cleared:
     heard: int = 0
 
 
-Action = Send | Cleared
+@attrs.frozen
+class Dropped:
+    """A peer's message broke the mass bounds and was not taken."""
+
+    sender: NodeId
+    reason: str
+
+
+Action = Send | Cleared | Dropped
 
 
 @attrs.frozen
@@ -101,8 +110,13 @@ class MarketCore:
         bids: Callable[[], Sequence[Bid]],
         neighbours: Callable[[], Sequence[NodeId]],
         search: PriceSearch | None = None,
+        bounds: MassBounds | None = None,
     ) -> None:
-        self.discovery = PriceDiscovery(aggregator, search)
+        """`bounds`: what a peer's message may carry (None: anything, for trusted tests); its
+        capacity also bounds this node's own curve, so that its peers take its mass."""
+        cap = bounds.capacity_kw if bounds is not None else math.inf
+        self.discovery = PriceDiscovery(aggregator, search, cap)
+        self.bounds = bounds
         self.pacing = pacing
         self._bids_of = bids
         self._neighbours = neighbours
@@ -138,6 +152,11 @@ class MarketCore:
         if self._next_epoch is None:
             # A node that starts mid-epoch waits for the next one.
             self._next_epoch = math.ceil(now / self.pacing.epoch_s)
+        if isinstance(event, Received) and self.bounds is not None:
+            m = event.msg.msg
+            reason = self.bounds.refusal(m.weight, m.values, self.discovery.search.k, m.round)
+            if reason is not None:
+                return [Dropped(m.sender, reason)]
         if isinstance(event, Received):
             self._early_start(now, event.msg, out)
         if not self._running and now >= self._start_of(self._next_epoch):

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from redy import messages
-from redy.balancing.aggregation import GossipOut, PushSum
+from redy.balancing.aggregation import CAPACITY_KW, GossipOut, MassBounds, PushSum
 from redy.balancing.curves import (
     Bid,
     Dispatchable,
@@ -43,6 +43,7 @@ from redy.balancing.epochs import (
     Action,
     Cleared,
     ClockOffsets,
+    Dropped,
     Event,
     MarketCore,
     Pacing,
@@ -136,6 +137,7 @@ class MarketDriver:
         search: PriceSearch | None = None,
         round_s: float = ROUND_S,
         on_cleared: Callable[[], None] = lambda: None,
+        capacity_kw: float = CAPACITY_KW,
     ) -> None:
         self.node = node
         self.state = state
@@ -149,12 +151,19 @@ class MarketDriver:
         self._names: dict[int, str] = {}  # id(bid) -> unit name, for the epoch's bids
         self._new_names: dict[int, str] = {}
         self._brokers: dict[str, str] = {}
+        self.bounds = MassBounds(capacity_kw, self.pacing.rounds)
         self.core = MarketCore(
-            PushSum(node, rng), self.pacing, self._bids, self._neighbours, self.search
+            PushSum(node, rng),
+            self.pacing,
+            self._bids,
+            self._neighbours,
+            self.search,
+            self.bounds,
         )
         self.offsets = ClockOffsets(tolerance_s)
         self.status = "waiting"
-        self.refused: dict[str, int] = {}  # sender -> gossip messages not of this market
+        self.refused: dict[str, int] = {}  # sender -> gossip messages dropped
+        self._clipped_logged = 0.0
         self.result: MarketResult | None = None
         self.result_epoch: int | None = None
         self.last: Cleared | None = None
@@ -187,30 +196,18 @@ class MarketDriver:
         """A neighbour's gossip from our broker: checked, then queued for the core."""
         k = self.search.k
         expected = k + 2 if msg.phase == 1 else k
+        values = np.asarray(msg.values, dtype=float)
         if (
             msg.algorithm != "pushsum"
             or msg.phase is None
             or msg.floor_eur_mwh is None
             or msg.cap_eur_mwh is None
             or len(msg.values) != expected
-            or not msg.weight >= 0
         ):
-            self.refused[msg.sender] = self.refused.get(msg.sender, 0) + 1
-            if self.refused[msg.sender] & (self.refused[msg.sender] - 1):
-                return  # logged at the 1st, 2nd, 4th, 8th... of a sender: no log flood
-            _log.warning(
-                "node=%s dropped gossip from %s: expected pushsum with a phase, its window and"
-                " %d values (%d in phase 1), weight >= 0; got %s phase %s with %d values,"
-                " weight %g (%d from it so far)",
-                self.node,
+            self._refuse(
                 msg.sender,
-                k,
-                k + 2,
-                msg.algorithm,
-                msg.phase,
-                len(msg.values),
-                msg.weight,
-                self.refused[msg.sender],
+                f"expected pushsum with a phase, its window and {k} values ({k + 2} in phase 1);"
+                f" got {msg.algorithm} phase {msg.phase} with {len(msg.values)} values",
             )
             return
         if msg.ts_s is not None:
@@ -221,9 +218,21 @@ class MarketDriver:
             epoch=msg.epoch,
             round=msg.round,
             weight=msg.weight,
-            values=np.asarray(msg.values, dtype=float),
+            values=values,
         )
         self._queue(Received(PhaseGossip(msg.phase, msg.floor_eur_mwh, msg.cap_eur_mwh, out)))
+
+    def _refuse(self, sender: str, reason: str) -> None:
+        """Drop a sender's gossip; logged at its 1st, 2nd, 4th, 8th... drop (no log flood)."""
+        n = self.refused[sender] = self.refused.get(sender, 0) + 1
+        if n & (n - 1) == 0:
+            _log.warning(
+                "node=%s dropped gossip from %s: %s (%d dropped from it so far)",
+                self.node,
+                sender,
+                reason,
+                n,
+            )
 
     def _queue(self, event: Event) -> None:
         try:
@@ -244,6 +253,8 @@ class MarketDriver:
         for a in actions:
             if isinstance(a, Send):
                 self._spawn(self._push(a.msg))
+            elif isinstance(a, Dropped):
+                self._refuse(str(a.sender), a.reason)
             else:
                 self._cleared(a)
 
@@ -277,6 +288,16 @@ class MarketDriver:
             self._queue(Refused(m))  # its mass comes back
 
     def _cleared(self, c: Cleared) -> None:
+        clipped = self.core.discovery.clipped_kw
+        if clipped > self._clipped_logged:
+            self._clipped_logged = clipped
+            _log.warning(
+                "node=%s its units could inject or draw %.6g kW, beyond the grid's capacity"
+                " bound of %.6g kW: it bids that much only (raise the bound for this grid)",
+                self.node,
+                clipped,
+                self.bounds.capacity_kw,
+            )
         self.last = c
         self.result = c.result
         self.result_epoch = c.epoch
