@@ -124,6 +124,38 @@ def test_redy_unreachable_drops_at_once_and_refuses_stale_copies() -> None:
     assert "b" in {e.node for e in p.view}
 
 
+def test_a_dead_address_passed_around_for_a_live_node_gets_only_that_address_refused() -> None:
+    """Evidence is about an address: failing to reach b at an address a member invented
+    tombstones that address, not b; b's own entries still merge."""
+    p = _node(c=4, sl=2)
+    p.seed([_e("a", 1)])
+    bogus = ViewEntry("b", "mqtts://127.0.0.1:9", 3)
+    p.on_request(_e("evil"), [bogus])
+    p.on_unreachable("b", bogus.broker)
+    assert "b" not in {e.node for e in p.view}
+    p.on_request(_e("z"), [bogus])  # the dead address again: refused
+    assert "b" not in {e.node for e in p.view}
+    p.on_request(_e("y"), [_e("b", 5)])  # b at its real address, even an old copy: taken
+    assert ("b", _e("b").broker) in {(e.node, e.broker) for e in p.view}
+
+
+def test_one_sender_places_at_most_sl_entries_per_period() -> None:
+    """Shuffle requests in a loop (the eclipse attack) cannot fill the view: one sender's
+    entries count against SL per period, and entries that claim other nodes at the sender's
+    own broker are dropped."""
+    p = _node(c=8, sl=2)
+    p.seed([_e("a", 1)])
+    evil = _e("evil")
+    for i in range(10):
+        p.on_request(evil, [_e(f"fake-{i}", 0), ViewEntry(f"twin-{i}", evil.broker, 0)])
+    nodes = {e.node for e in p.view}
+    assert not any(n.startswith("twin-") for n in nodes)
+    assert len([n for n in nodes if n.startswith("fake-")]) <= 2
+    p.tick()  # a new period: a new allowance
+    p.on_request(evil, [_e("fake-next", 0)])
+    assert "fake-next" in {e.node for e in p.view}
+
+
 def test_cyclon_detector_ignores_unreachable_reports() -> None:
     p = _node(detector="cyclon")
     p.seed([_e("a", 1), _e("b", 1)])

@@ -14,7 +14,9 @@ Failure detection beyond CYCLON (`detector="redy"`): a refused or timed-out *con
 neighbour's broker is strong evidence that it is gone (`on_unreachable`). The node drops that
 neighbour at once and keeps a tombstone, so stale copies of the dead entry that others still pass
 around are not merged back; an entry of that node *younger* than the tombstone (created after
-the evidence, so by the node itself) lifts it. A lost message alone (`on_timeout`) is weak
+the evidence, so by the node itself) lifts it. The evidence is about an address: the tombstone
+holds the broker that failed, and only copies with that broker are refused, so a member that
+passes around a dead address for a live node gets only that address refused, never the node. A lost message alone (`on_timeout`) is weak
 evidence and changes nothing beyond CYCLON's own rule, so message loss cannot evict live nodes.
 
 Ages are kept as a per-node tick counter minus a base, so ageing the whole view is O(1); this
@@ -56,6 +58,8 @@ class Cyclon:
         "_base",
         "_broker",
         "_pending",
+        "_placed",
+        "_placed_tick",
         "_rng",
         "_strikes",
         "_tick",
@@ -97,7 +101,11 @@ class Cyclon:
         self._base: dict[Hashable, int] = {}  # node -> tick at which its age was 0
         self._broker: dict[Hashable, str] = {}
         self._pending: dict[int, tuple[ViewEntry, tuple[Hashable, ...]]] = {}
-        self._tombstones: dict[Hashable, int] = {}  # node -> tick of the evidence
+        # node -> (tick of the evidence, the broker that failed; None: any broker)
+        self._tombstones: dict[Hashable, tuple[int, str | None]] = {}
+        # Entries each sender offered in this period's requests (bounded: see on_request).
+        self._placed: dict[Hashable, int] = {}
+        self._placed_tick = 0
         self._strikes: dict[Hashable, int] = {}  # node -> unanswered shuffles in a row
 
     # -- reading -------------------------------------------------------------------------------
@@ -160,8 +168,20 @@ class Cyclon:
         return ShuffleOut(target, nonce, entries)
 
     def on_request(self, sender: ViewEntry, entries: Iterable[ViewEntry]) -> tuple[ViewEntry, ...]:
-        """Answer a shuffle offer (also while our own is pending) and merge what it brought."""
-        entries = tuple(entries)
+        """Answer a shuffle offer (also while our own is pending) and merge what it brought.
+
+        One sender places at most `shuffle_length` entries per period (an honest node sends one
+        request of SL entries per period), so requests in a loop cannot fill the view; entries
+        that claim another node at the sender's own broker are bogus and dropped."""
+        if self._placed_tick != self._tick:
+            self._placed.clear()
+            self._placed_tick = self._tick
+        used = self._placed.get(sender.node, 0)
+        room = max(self.shuffle_length - used, 0)
+        entries = tuple(e for e in entries if e.node == sender.node or e.broker != sender.broker)[
+            :room
+        ]
+        self._placed[sender.node] = used + len(entries)
         if sender.node in self._tombstones and sender.age == 0:
             del self._tombstones[sender.node]  # it talks to us: it is alive
         others = [n for n in self._base if n != sender.node]
@@ -210,21 +230,23 @@ class Cyclon:
         self._broker.pop(node, None)
         self._strikes.pop(node, None)
 
-    def on_unreachable(self, node: NodeId) -> None:
-        """The driver could not connect to `node`'s broker (refused or timed out)."""
+    def on_unreachable(self, node: NodeId, broker: str | None = None) -> None:
+        """The driver could not connect to `node`'s broker at `broker` (refused or timed out);
+        None: whatever its address (the simulator, where a node has one)."""
         if self.detector != "redy":
             return
-        self._base.pop(node, None)
-        self._broker.pop(node, None)
+        if broker is None or self._broker.get(node, broker) == broker:
+            self._base.pop(node, None)
+            self._broker.pop(node, None)
         self._strikes.pop(node, None)
-        self._tombstones[node] = self._tick
+        self._tombstones[node] = (self._tick, broker)
 
     # -- merging -------------------------------------------------------------------------------
 
     def _expire_tombstones(self) -> None:
         if self._tombstones and self._tick % 8 == 0:
             limit = self._tick - self.suspect_ttl
-            for n in [n for n, t in self._tombstones.items() if t < limit]:
+            for n in [n for n, (t, _) in self._tombstones.items() if t < limit]:
                 del self._tombstones[n]
 
     def _merge(self, entries: Iterable[ViewEntry], sent: Iterable[Hashable]) -> None:
@@ -238,8 +260,8 @@ class Cyclon:
                 continue
             if tomb:
                 died = tomb.get(node)
-                if died is not None:
-                    if age >= tick - died:
+                if died is not None and (died[1] is None or died[1] == uri):
+                    if age >= tick - died[0]:
                         continue  # a stale copy from before the evidence: the node is gone
                     del tomb[node]
             new_base = tick - age

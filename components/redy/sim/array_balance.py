@@ -18,7 +18,7 @@ What mirrors what:
   in different cells pick different windows, and in the core the lowest window spreads by gossip
   (a node restarts on it when it hears of it); here every node starts the phase on the lowest
   window at once. The nodes' prices differ by far less than a cell, so this is rare.
-- `PushSum` (`_pushsum`): keep half, push half to one random view entry; a refused push (a dead
+- `PushSum` (`_pushsum`): keep half, push half (at most weight 1) to one random view entry; a refused push (a dead
   node's broker) brings the mass back, removes the entry (`Cyclon.on_unreachable`) and tries
   another, three tries in all; a lost push or one to a node that has finished loses its mass.
 - `FlowUpdating`: two kernels. `_flow_exact` keeps, as the core does, a flow and an estimate per
@@ -266,17 +266,20 @@ def _pushsum(s, w, order, done, alive, view, ttl, rounds, loss):
                     _unreachable(view, i, t, ttl)
                     continue
                 si = s[i]
-                w[i] *= 0.5
+                # Half, but never more than weight 1 (PushSum.round: what receivers accept).
+                share = 0.5 if w[i] <= 2.0 else 1.0 / w[i]
+                moved_w = w[i] * share
+                w[i] -= moved_w
                 if not (loss > 0.0 and np.random.random() < loss) and not done[t]:
                     st = s[t]
                     for q in range(width):
-                        half = si[q] * 0.5
-                        si[q] = half
-                        st[q] += half
-                    w[t] += w[i]
-                else:  # lost, or the target has finished: the half is gone
+                        moved = si[q] * share
+                        si[q] -= moved
+                        st[q] += moved
+                    w[t] += moved_w
+                else:  # lost, or the target has finished: that share is gone
                     for q in range(width):
-                        si[q] *= 0.5
+                        si[q] -= si[q] * share
                 break
     return sent
 

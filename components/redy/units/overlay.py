@@ -200,7 +200,7 @@ class OverlayDriver:
             self.contacts.pop(node)
             return
         _log.info("node=%s neighbour %s unreachable: %s", self.node, node, exc.reason)
-        self.core.on_unreachable(node)
+        self.core.on_unreachable(node, broker)
         self.lost.put(node, broker)
 
     async def run(self) -> None:
