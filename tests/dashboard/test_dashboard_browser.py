@@ -80,11 +80,17 @@ def _wait(pred: Any, timeout_s: float, what: str) -> Any:
 
 
 def _rows(driver: webdriver.Chrome) -> dict[str, dict[str, str]]:
-    out = {}
-    for tr in driver.find_elements(By.CSS_SELECTOR, "#nodes tbody tr"):
-        cells = [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
-        out[cells[0]] = {"kind": cells[1], "price": cells[5], "units": cells[7], "live": cells[8]}
-    return out
+    """The node table as the page shows it, read in one script call: the page redraws the
+    table every second, and cells read one by one may belong to a table already replaced."""
+    table = driver.execute_script(
+        "return [...document.querySelectorAll('#nodes tbody tr')]"
+        ".map(tr => [...tr.querySelectorAll('td')].map(td => td.innerText.trim()));"
+    )
+    return {
+        cells[0]: {"kind": cells[1], "price": cells[5], "units": cells[7], "live": cells[8]}
+        for cells in table
+        if len(cells) > 8
+    }
 
 
 def _stop(proc: subprocess.Popen[Any]) -> None:

@@ -296,7 +296,8 @@ def test_unit_republishes_its_birth_after_a_broker_restart(
     broker, _ = node
     _detection(procs, broker)
     meta_topic = render("unit_meta", node="house-1", unit="meter")
-    time.sleep(1.0)
+    log = procs.tmp / "meter.log"
+    _until(lambda: "birth 1" in log.read_text(), timeout_s=30, what="the unit's first birth")
     broker.stop()
     shutil.rmtree(broker.config.node_dir / "data")  # forget every retained message
     broker.start()
