@@ -38,6 +38,18 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+def _one_line(record: logging.LogRecord) -> bool:
+    """A library's exception log becomes one line: gmqtt logs a traceback for every malformed
+    packet a peer's broker sends, which is the peer's fault, not ours, and already handled."""
+    if record.exc_info and record.name.startswith("gmqtt"):
+        _, exc, _ = record.exc_info
+        record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+    return True
+
+
 def configure(verbose: bool = False, log_format: str | None = None) -> None:
     """Set up the root logger on stderr; `log_format` None reads REDY_LOG_FORMAT (text if unset)."""
     chosen = log_format or os.environ.get(ENV_VAR) or "text"
@@ -46,6 +58,7 @@ def configure(verbose: bool = False, log_format: str | None = None) -> None:
     os.environ[ENV_VAR] = chosen  # children started by a launch log the same way
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if chosen == "json" else logging.Formatter(_TEXT))
+    handler.addFilter(_one_line)
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)

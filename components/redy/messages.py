@@ -373,8 +373,12 @@ def _plain_numbers(f: FieldSpec, value: list[Any] | tuple[Any, ...]) -> bool:
         return True
     if not all(type(v) is float or type(v) is int for v in value):
         return False
-    if not math.isfinite(math.fsum(value)):
-        return False  # an inf or nan (or a sum too large to tell): the item loop decides
+    try:
+        if not math.isfinite(math.fsum(value)):
+            return False  # an inf or nan: the item loop decides
+    except OverflowError:  # a sum beyond float range, or an int no float holds
+        return False
+
     return (f.min is None or min(value) >= f.min) and (f.max is None or max(value) <= f.max)
 
 

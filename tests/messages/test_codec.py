@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
@@ -175,3 +176,15 @@ def test_nested_entry_errors_name_the_path() -> None:
     payload = b'{"node":"a","ts_s":1,"entries":[{"node":"b","broker":"http://x","age":1}]}'
     with pytest.raises(InvalidMessage, match=r"entries\[0\]\.broker"):
         messages.decode("redy/a/membership/view", payload)
+
+
+@pytest.mark.parametrize(
+    "values", [[1e308, 1e308], [-1e308, -1e308, 1.0], [2**70, 2**70], [10**400]]
+)
+def test_huge_numbers_in_a_list_give_a_message_or_invalid_message(values: list[float]) -> None:
+    """A list whose sum is beyond float range (found by the no-kill property test: the check
+    raised OverflowError out of the decoder)."""
+    doc = {"sender": "evil", "epoch": 1, "round": 1, "algorithm": "pushsum", "weight": 0.5}
+    payload = json.dumps(doc | {"values": values}).encode()
+    with contextlib.suppress(InvalidMessage):
+        messages.decode("redy/house-1/grid/gossip/evil", payload)
