@@ -106,8 +106,10 @@ class FaultGrid:
         self.net = Netns(n) if netns else None
         self.skew_s = skew_s or {}
         self.introducers = introducers if introducers is not None else [0]
+        # Local, grid and unit ports, all below Linux's ephemeral range (32768..), where the
+        # defaults (+10000, +20000) could meet a port some outgoing connection holds.
         base = random.randrange(20000, 27000)
-        self.ports = [(base + 2 * i, base + 2 * i + 1) for i in range(n)]
+        self.ports = [(base + 3 * i, base + 3 * i + 1, base + 3 * i + 2) for i in range(n)]
         self.launchers: list[subprocess.Popen[bytes]] = []
         self.recorders: list[subprocess.Popen[bytes]] = []
 
@@ -121,12 +123,13 @@ class FaultGrid:
 
     def _launch_file(self, i: int) -> Path:
         node = self.nodes[i]
-        port, grid = self.ports[i]
+        port, grid, unit = self.ports[i]
         intro = ",".join(self.grid_uri(j) for j in self.introducers if j != i)
         text = f"""\
 launch:
   - clock: {{speed: 10, start_s: 43200}}
-  - broker: {{node: {node}, port: {port}, grid_port: {grid}, grid_bind: "{self.grid_host(i)}"}}
+  - broker: {{node: {node}, port: {port}, grid_port: {grid}, unit_port: {unit},
+      grid_bind: "{self.grid_host(i)}"}}
   - governance: {{node: {node}, kind: gas_plant, introducer: "{intro}", epoch_s: {EPOCH_S},
       rounds: 10, period_s: {PERIOD_S}, shuffle_period_s: {PERIOD_S}, shuffle_timeout_s: 0.4,
       view_size: 4, shuffle_length: 2, respawn_delay_s: 0.5}}

@@ -139,21 +139,35 @@ def test_a_dead_address_passed_around_for_a_live_node_gets_only_that_address_ref
     assert ("b", _e("b").broker) in {(e.node, e.broker) for e in p.view}
 
 
-def test_one_sender_places_at_most_sl_entries_per_period() -> None:
+def test_one_sender_holds_at_most_a_quarter_of_a_full_view() -> None:
     """Shuffle requests in a loop (the eclipse attack) cannot fill the view: one sender's
-    entries count against SL per period, and entries that claim other nodes at the sender's
-    own broker are dropped."""
-    p = _node(c=8, sl=2)
-    p.seed([_e("a", 1)])
+    entries count against SL per period and hold at most a quarter of the view, and entries
+    that claim other nodes at the sender's own broker are dropped."""
+    p = _node(c=8, sl=4)
+    p.seed([_e(f"h{i}", 1) for i in range(8)])
     evil = _e("evil")
-    for i in range(10):
-        p.on_request(evil, [_e(f"fake-{i}", 0), ViewEntry(f"twin-{i}", evil.broker, 0)])
-    nodes = {e.node for e in p.view}
-    assert not any(n.startswith("twin-") for n in nodes)
-    assert len([n for n in nodes if n.startswith("fake-")]) <= 2
-    p.tick()  # a new period: a new allowance
+    for period in range(5):
+        for i in range(10):
+            fakes = [_e(f"fake-{period}-{i}-{k}", 0) for k in range(3)]
+            p.on_request(evil, [*fakes, ViewEntry(f"twin-{i}", evil.broker, 0), evil])
+        nodes = {e.node for e in p.view}
+        assert not any(n.startswith("twin-") for n in nodes)
+        assert len([n for n in nodes if n.startswith("fake-") or n == "evil"]) <= 2
+        p.tick()
+    # Its entries leave (dialled and found bogus): its share frees up again.
+    for e in p.view:
+        if e.node.startswith("fake-") or e.node == "evil":
+            p.discard(e.node)
     p.on_request(evil, [_e("fake-next", 0)])
     assert "fake-next" in {e.node for e in p.view}
+
+
+def test_one_sender_places_at_most_sl_entries_per_period() -> None:
+    p = _node(c=16, sl=2)
+    evil = _e("evil")
+    for i in range(5):
+        p.on_request(evil, [_e(f"fake-{i}-a", 0), _e(f"fake-{i}-b", 0)])
+    assert len(p.view) == 2  # the first request's two: the rest came in the same period
 
 
 def test_cyclon_detector_ignores_unreachable_reports() -> None:

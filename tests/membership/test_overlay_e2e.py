@@ -9,11 +9,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 import pytest
+from graphs import connected
 
 from redy import messages
 from redy.brokers import NodeBroker, ProcessBroker
@@ -125,23 +125,6 @@ class Grid:
             b.stop()
 
 
-def _connected(views: dict[str, set[str]]) -> bool:
-    nodes = set(views)
-    adj: dict[str, set[str]] = {n: set() for n in nodes}
-    for n, vs in views.items():
-        for m in vs & nodes:
-            adj[n].add(m)
-            adj[m].add(n)
-    start = next(iter(nodes))
-    seen, queue = {start}, deque([start])
-    while queue:
-        for m in adj[queue.popleft()]:
-            if m not in seen:
-                seen.add(m)
-                queue.append(m)
-    return seen == nodes
-
-
 def _until(pred: Any, periods: int, what: str) -> float:
     start = time.monotonic()
     deadline = start + periods * PERIOD_S
@@ -171,7 +154,7 @@ def test_twelve_nodes_join_heal_after_three_crashes_and_a_restarted_node_rejoins
 
     def full_and_connected() -> bool:
         v = grid.views(names)
-        return len(v) == N and all(len(x) == C for x in v.values()) and _connected(v)
+        return len(v) == N and all(len(x) == C for x in v.values()) and connected(v)
 
     joined_in = _until(full_and_connected, 60, "every view full and the overlay connected")
 
@@ -204,7 +187,7 @@ def test_twelve_nodes_join_heal_after_three_crashes_and_a_restarted_node_rejoins
         return (
             len(v) == len(survivors)
             and all(not (x & set(victims)) for x in v.values())
-            and _connected(v)
+            and connected(v)
         )
 
     healed_in = _until(healed, 30, "no live view names the dead and survivors connected")

@@ -7,8 +7,13 @@ the node's own fresh entry. Q answers with up to SL random entries of its own (`
 merges what it got; the initiator merges the reply (`on_reply`). No reply before the driver's
 timeout (`on_timeout`): Q stays removed, which is how dead nodes leave views.
 
-Merge rule (both sides): never the node itself, never a duplicate (the younger copy is kept);
-fill empty slots first, then replace entries that were sent to the other side.
+Merge rule (both sides): never the node itself, never a duplicate (the younger copy is kept, but
+a node's address changes only by its own word: a third party's younger copy with another broker
+is ignored); fill empty slots first, then replace entries that were sent to the other side. The
+entries one peer placed through its unsolicited requests (its own entry included) hold at most a
+quarter of the view (at least one slot; half while the view is under half full), so requests in a
+loop cannot crowd out the others; answers to our own requests, one a period to the neighbour we
+chose, are not capped.
 
 Failure detection beyond CYCLON (`detector="redy"`): a refused or timed-out *connection* to a
 neighbour's broker is strong evidence that it is gone (`on_unreachable`). The node drops that
@@ -60,6 +65,7 @@ class Cyclon:
         "_pending",
         "_placed",
         "_placed_tick",
+        "_placer",
         "_rng",
         "_strikes",
         "_tick",
@@ -106,6 +112,7 @@ class Cyclon:
         # Entries each sender offered in this period's requests (bounded: see on_request).
         self._placed: dict[Hashable, int] = {}
         self._placed_tick = 0
+        self._placer: dict[Hashable, Hashable] = {}  # node in the view -> the peer that placed it
         self._strikes: dict[Hashable, int] = {}  # node -> unanswered shuffles in a row
 
     # -- reading -------------------------------------------------------------------------------
@@ -146,6 +153,7 @@ class Cyclon:
         target = self._entry(q)
         del base[q]
         del self._broker[q]
+        self._placer.pop(q, None)
         others = list(base)
         k = min(self.shuffle_length - 1, len(others))
         sent = self._rng.sample(others, k) if k else []
@@ -188,7 +196,7 @@ class Cyclon:
         k = min(self.shuffle_length, len(others))
         sent = self._rng.sample(others, k) if k else []
         reply = tuple(self._entry(n) for n in sent)
-        self._merge(entries, sent)
+        self._merge(entries, sent, sender.node)
         return reply
 
     def on_reply(self, nonce: int, entries: Iterable[ViewEntry]) -> bool:
@@ -200,7 +208,7 @@ class Cyclon:
         target, sent = pending
         self._strikes.pop(target.node, None)
         self._tombstones.pop(target.node, None)  # it answered: it is alive
-        self._merge(entries, sent)
+        self._merge(entries, sent)  # an answer we asked for: not capped
         return True
 
     def on_timeout(self, nonce: int) -> None:
@@ -228,6 +236,7 @@ class Cyclon:
         (the broker at its address is another node's), so no tombstone is kept."""
         self._base.pop(node, None)
         self._broker.pop(node, None)
+        self._placer.pop(node, None)
         self._strikes.pop(node, None)
 
     def on_unreachable(self, node: NodeId, broker: str | None = None) -> None:
@@ -238,6 +247,7 @@ class Cyclon:
         if broker is None or self._broker.get(node, broker) == broker:
             self._base.pop(node, None)
             self._broker.pop(node, None)
+            self._placer.pop(node, None)
         self._strikes.pop(node, None)
         self._tombstones[node] = (self._tick, broker)
 
@@ -249,7 +259,11 @@ class Cyclon:
             for n in [n for n, (t, _) in self._tombstones.items() if t < limit]:
                 del self._tombstones[n]
 
-    def _merge(self, entries: Iterable[ViewEntry], sent: Iterable[Hashable]) -> None:
+    def _merge(
+        self, entries: Iterable[ViewEntry], sent: Iterable[Hashable], placer: Hashable = None
+    ) -> None:
+        """Merge `entries` that `placer` offered unasked (None: our seed or an answer we asked
+        for, not capped)."""
         base = self._base
         broker = self._broker
         tick = self._tick
@@ -266,21 +280,35 @@ class Cyclon:
                     del tomb[node]
             new_base = tick - age
             if node in base:  # a duplicate: keep the younger copy
-                if new_base > base[node]:
+                if new_base > base[node] and (uri == broker[node] or node == placer):
                     base[node] = new_base
                     broker[node] = uri
             else:
                 fresh.append((node, uri, new_base))
         # Newcomers fill empty slots first, then take the places of entries we sent away.
         replaceable = [n for n in sent if n in base]
+        placers = self._placer
+        room = len(fresh)  # no cap for our own seed
+        if placer is not None:
+            # A quarter of the view per peer; a view under half full (joining, or alone after
+            # its neighbours died) takes up to half from one peer, to get going again.
+            cap = max(1, self.view_size // 4)
+            held = sum(1 for n in base if placers.get(n) == placer)
+            room = max(cap - held, self.view_size // 2 - len(base))
         for node, uri, new_base in fresh:
             if node in base:
                 continue
+            if room <= 0:
+                break  # this peer already holds its share of the view
             if len(base) >= self.view_size:
                 if not replaceable:
                     break
                 victim = replaceable.pop()
                 del base[victim]
                 del broker[victim]
+                placers.pop(victim, None)
             base[node] = new_base
             broker[node] = uri
+            if placer is not None:
+                placers[node] = placer
+                room -= 1
