@@ -34,7 +34,7 @@ from redy.balancing.inmemory import Adversary, InMemoryLinks
 from redy.balancing.reference import solve
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "balancing"))
-from test_epochs import _bids  # noqa: E402
+from test_epochs import _bids
 
 CAPACITY_KW = 1000.0
 

@@ -43,7 +43,10 @@ from redy.topics import CONTRACT, UNIT_ROLES, check_id, grid_acl, local_acl
 
 DEFAULT_IMAGE = "redy/mosquitto:2"
 GRID_PORT_OFFSET = 10000
-UNIT_PORT_OFFSET = 20000
+# Units' listener at port + 5000: below the grid listener's plan, and for the usual ports
+# (1883 -> 6883, 18841 -> 23841) below Linux's ephemeral range (32768..), where a listener
+# can find its port held by some outgoing connection.
+UNIT_PORT_OFFSET = 5000
 # Accounts every node has besides its units: no unit may take one of these names.
 RESERVED_USERS = ("governance", "operator", "grid")
 # The node's trusted accounts, on the local listener; units are on the units' listener.

@@ -25,7 +25,7 @@ def test_render_writes_listeners_auth_and_persistence(tmp_path: Path) -> None:
     )
     creds = brokers.render(config)
     conf = (tmp_path / "house-1" / "mosquitto.conf").read_text()
-    for port in (18841, 28841, 38841):  # trusted accounts, grid, units
+    for port in (18841, 28841, 23841):  # trusted accounts, grid, units
         assert f"listener {port} 127.0.0.1" in conf
     assert conf.count("allow_anonymous false") == 3
     assert f"max_packet_size {2 * topics.CONTRACT.max_payload_bytes}" in conf
@@ -82,8 +82,8 @@ def test_the_acl_examples_in_the_brokers_readme_are_what_the_code_renders() -> N
         ({"grid": "action"}, {}, "taken by the grid account"),
         ({"meter": "sensor"}, {}, "expected one of detection, action"),
         ({}, {"port": 60000}, "grid port 70000"),
-        ({}, {"port": 50000}, "unit port 70000"),
-        ({}, {"port": 18841, "grid_port": 18841}, "grid port 18841, unit port 38841"),
+        ({}, {"port": 62000, "grid_port": 12000}, "unit port 67000"),
+        ({}, {"port": 18841, "grid_port": 18841}, "grid port 18841, unit port 23841"),
         ({}, {"port": 18841, "unit_port": 28841}, "three different ports"),
     ],
 )

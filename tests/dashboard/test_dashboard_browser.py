@@ -32,7 +32,7 @@ NODES = ("gas-1", "factory-1", "house-1")
 
 
 def _free_trio() -> list[int]:
-    """Three consecutive local ports whose grid (+10000) and unit (+20000) ports are free too."""
+    """Three consecutive local ports whose grid (+10000) and unit (+5000) ports are free too."""
     for base in range(21000, 23000, 7):
         ports = [base, base + 1, base + 2]
         if all(port_is_free(p + o) for p in ports for o in OFFSETS):

@@ -67,7 +67,7 @@ class Units:
     def start(self, role: str, unit: str, device: str, *args: str, **params: Any) -> Any:
         argv = [
             sys.executable, "-m", "redy", role, "--node", NODE, "--unit", unit,
-            "--device", device, "--broker", self.broker.uri,
+            "--device", device, "--broker", self.broker.unit_uri,
             "--credentials", str(self.broker.config.credentials_path), *args,
         ]  # fmt: skip
         for k, v in params.items():

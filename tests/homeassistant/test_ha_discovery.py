@@ -72,8 +72,8 @@ def test_discovery_configs_follow_home_assistant_and_read_the_bridged_node(
     b = process_broker("house-1", {"pv-meter": "detection", "battery": "detection",
                                    "heater": "action"},
                        config={"site": SiteBridge(f"mqtt://127.0.0.1:{site_port}")})  # fmt: skip
-    pv = mqtt_client(b.port, "pv-meter", b.credentials.password("pv-meter"))
-    bat = mqtt_client(b.port, "battery", b.credentials.password("battery"))
+    pv = mqtt_client(b.unit_port, "pv-meter", b.credentials.password("pv-meter"))
+    bat = mqtt_client(b.unit_port, "battery", b.credentials.password("battery"))
     for client, unit, quantity in ((pv, "pv-meter", "production"), (bat, "battery", "storage")):
         client.publish(render("unit_meta", node="house-1", unit=unit), _meta(unit, quantity),
                        retain=True)  # fmt: skip

@@ -43,7 +43,7 @@ def _processes_using(state_dir: Path) -> list[str]:
 
 
 def _free_ports() -> int:
-    """A port P with its grid (+10000) and unit (+20000) ports free too."""
+    """A port P with its grid (+10000) and unit (+5000) ports free too."""
     return node_block()
 
 

@@ -117,7 +117,7 @@ def test_log_format_json_makes_every_log_line_a_json_object(process_broker: Any)
             "--node",
             "house-1",
             "--broker",
-            b.uri,
+            b.unit_uri,
             "--credentials",
             str(b.config.credentials_path),
             "--unit",

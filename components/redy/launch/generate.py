@@ -19,9 +19,9 @@ import click
 
 from redy.errors import LaunchError
 
-# The node launch files' defaults: grid_port = port + 10000, unit_port = port + 20000.
+# The node launch files' defaults: grid_port = port + 10000, unit_port = port + 5000.
 GRID_PORT_OFFSET = 10000
-UNIT_PORT_OFFSET = 20000
+UNIT_PORT_OFFSET = 5000
 _TEMPLATE_ARGS = ("node", "port", "introducer", "speed", "epoch_s")
 
 
@@ -88,7 +88,7 @@ def render_grid(
     """The launch file text of a grid with `mix[kind]` nodes of each kind.
 
     Node k (0-based, in mix order) listens on first_port + k (governance, operators), on
-    first_port + k + 10000 for peers and on first_port + k + 20000 for its units, and joins
+    first_port + k + 10000 for peers and on first_port + k + 5000 for its units, and joins
     through node (k - 1) // fanout; node 0 starts the overlay.
     """
     unknown = [k for k in mix if k not in templates]
@@ -99,14 +99,13 @@ def render_grid(
     if fanout < 1:
         raise LaunchError(f"fanout {fanout}: expected at least 1")
     total = sum(mix.values())
-    if total > GRID_PORT_OFFSET:
-        raise LaunchError(f"{total} nodes: at most {GRID_PORT_OFFSET} fit in one port plan")
+    if total > UNIT_PORT_OFFSET:
+        raise LaunchError(f"{total} nodes: at most {UNIT_PORT_OFFSET} fit in one port plan")
     last = first_port + total - 1 + GRID_PORT_OFFSET
-    if first_port < 1024 or last + UNIT_PORT_OFFSET - GRID_PORT_OFFSET > 65535:
+    if first_port < 1024 or last > 65535:
         raise LaunchError(
-            f"--ports {first_port}: {total} nodes need ports {first_port}.."
-            f"{last + UNIT_PORT_OFFSET - GRID_PORT_OFFSET}; expected a first port from 1024 with"
-            " the last unit port under 65536"
+            f"--ports {first_port}: {total} nodes need ports {first_port}..{last}; "
+            "expected a first port from 1024 with the last grid port under 65536"
         )
     names: list[tuple[str, str]] = []
     for kind, count in mix.items():

@@ -397,12 +397,12 @@ def _add_broker(f: dict[str, Any], b: _Builder, where: str) -> None:
         raise LaunchError(f"{where}: broker.backend must be 'process' or 'container'")
     port = f["port"]
     grid = f.get("grid_port", port + 10000)
-    unit = f.get("unit_port", port + 20000)
+    unit = f.get("unit_port", port + 5000)
     for p in (port, grid, unit):
         if not 0 < p < 65536:
             raise LaunchError(
                 f"{where}: port {p} is out of range 1-65535 (the defaults are grid_port ="
-                " port + 10000, unit_port = port + 20000: give them)"
+                " port + 10000, unit_port = port + 5000: give them)"
             )
     grid_host = f.get("grid_bind") or f.get("bind", "127.0.0.1")
     if grid_host in ("0.0.0.0", "::") and not f.get("advertise"):
