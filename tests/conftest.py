@@ -245,14 +245,41 @@ class Client:
         info = self.c.publish(topic, payload, qos=qos, retain=retain)
         info.wait_for_publish(5)
 
-    def received(self, timeout_s: float = 1.0) -> list[mqtt.MQTTMessage]:
-        """Everything that arrives until `timeout_s` seconds pass with no message."""
+    def drain(self) -> list[mqtt.MQTTMessage]:
+        """What has arrived so far, without waiting."""
         out: list[mqtt.MQTTMessage] = []
-        try:
-            while True:
-                out.append(self.messages.get(timeout=timeout_s))
-        except queue.Empty:
-            return out
+        while True:
+            try:
+                out.append(self.messages.get_nowait())
+            except queue.Empty:
+                return out
+
+    def collect(
+        self, done: Callable[[list[mqtt.MQTTMessage]], bool], timeout_s: float = 5.0
+    ) -> list[mqtt.MQTTMessage]:
+        """Messages as they arrive, until `done(everything so far)` holds: returns at once
+        then; TimeoutError after `timeout_s`."""
+        out = self.drain()
+        deadline = time.monotonic() + timeout_s
+        while not done(out):
+            left = deadline - time.monotonic()
+            try:
+                out.append(self.messages.get(timeout=max(left, 0.0)))
+            except queue.Empty:
+                seen = sorted({m.topic for m in out})
+                raise TimeoutError(f"condition not met in {timeout_s} s; got {seen}") from None
+        return out
+
+    def retained(self, pattern: str) -> dict[str, mqtt.MQTTMessage]:
+        """The broker's retained store under `pattern`, topic -> message, without waiting for
+        silence: the broker queues a subscription's retained messages before it reads the next
+        SUBSCRIBE, so when the SUBACK of a second (sentinel) subscription is in, they all are.
+        QoS 0, so no in-flight window can hold some of them back behind that SUBACK. The
+        subscription stays; what was queued before is dropped."""
+        self.drain()
+        self.subscribe(pattern, qos=0)
+        self.subscribe(f"redy-test-sentinel/{secrets.token_hex(4)}", qos=0)
+        return {m.topic: m for m in self.drain() if m.retain}
 
     def received_until(self, marker: str, timeout_s: float = 5.0) -> list[mqtt.MQTTMessage]:
         """Every message up to and including the first one on topic `marker`.

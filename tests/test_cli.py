@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -114,30 +115,30 @@ def test_topic_echo_shows_invalid_payloads_as_such(process_broker: Any, mqtt_cli
     b = process_broker("house-1", {"meter": "detection"})
     auth = ["--broker", b.uri, "--credentials", str(b.config.credentials_path)]
     echo = subprocess.Popen(
-        [
-            *REDY,
-            "topic",
-            "echo",
-            "redy/house-1/detection/+/measurement",
-            "--count",
-            "2",
-            "--timeout",
-            "10",
-            *auth,
-        ],
+        [*REDY, "topic", "echo", "redy/house-1/detection/+/measurement", "--timeout", "30", *auth],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.5)
-    meter = mqtt_client(b.port, "meter", b.credentials.password("meter"))
-    topic = render("measurement", node="house-1", unit="meter")
-    meter.publish(topic, b"{not json")
-    meter.publish(
-        topic, messages.encode(messages.Measurement(seq=1, ts_s=1.0, power_kw=1.0, energy_kwh=0.0))
-    )
-    out, _ = echo.communicate(timeout=15)
-    lines = out.strip().splitlines()
-    assert "INVALID" in lines[0] and "malformed JSON" in lines[0]
-    assert '"power_kw":1.0' in lines[1]
-    assert os.path.exists(b.config.credentials_path)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in echo.stdout or ()], daemon=True).start()
+    try:
+        meter = mqtt_client(b.port, "meter", b.credentials.password("meter"))
+        topic = render("measurement", node="house-1", unit="meter")
+        # echo subscribes when it is ready, unannounced: the broken payload is sent until it shows.
+        deadline = time.monotonic() + 20
+        while lines.empty():
+            assert time.monotonic() < deadline and echo.poll() is None, "echo showed nothing"
+            meter.publish(topic, b"{not json")
+            time.sleep(0.1)
+        sample = messages.Measurement(seq=1, ts_s=1.0, power_kw=1.0, energy_kwh=0.0)
+        meter.publish(topic, messages.encode(sample))
+        shown = [lines.get(timeout=10)]
+        while "power_kw" not in shown[-1]:
+            shown.append(lines.get(timeout=10))
+    finally:
+        echo.terminate()
+        echo.wait(10)
+    assert '"power_kw":1.0' in shown[-1]
+    for line in shown[:-1]:
+        assert "INVALID" in line and "malformed JSON" in line, line
