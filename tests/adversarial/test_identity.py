@@ -19,10 +19,11 @@ import pytest
 
 from redy import messages, pki
 from redy.brokers import load_credentials, unit_credentials_path
+from redy.errors import PeerImpostor
 from redy.membership.cyclon import Cyclon
 from redy.membership.cyclon import ViewEntry as CoreEntry
 from redy.topics import render
-from redy.transport.peer_links import PeerImpostor, PeerLinks
+from redy.transport.peer_links import PeerLinks
 from redy.units.node_state import NodeState
 from redy.units.overlay import OverlayDriver
 

@@ -12,7 +12,8 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from redy.devices.base import Applied, Device, DeviceError, Limits, Reading
+from redy.devices.base import Applied, Device, Limits, Reading
+from redy.errors import DeviceError
 
 if TYPE_CHECKING:
     from redy.drivers.base import Driver
@@ -166,7 +167,6 @@ __all__ = [
     "MODELS",
     "Applied",
     "Device",
-    "DeviceError",
     "Limits",
     "Reading",
     "check_params",

@@ -7,7 +7,8 @@ import math
 
 from redy.balancing.curves import urgency_wtp
 from redy.devices import profiles
-from redy.devices.base import Applied, Device, DeviceError, Limits, Reading, clamp
+from redy.devices.base import Applied, Device, Limits, Reading, clamp
+from redy.errors import DeviceError
 
 # Annual energy in kWh per standard profile, when none is given.
 _DEFAULT_ANNUAL_KWH = {"h0": 4_000.0, "g1": 2_000_000.0, "g0": 500_000.0, "l0": 20_000.0}

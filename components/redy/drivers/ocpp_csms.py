@@ -21,10 +21,8 @@ import math
 import threading
 from typing import Any
 
-from redy.devices.base import Applied, DeviceError, Limits, clamp
+from redy.devices.base import Applied, Limits, clamp
 from redy.drivers.base import (
-    DeviceFault,
-    DeviceUnavailable,
     Driver,
     Sample,
     check_charge_point_id,
@@ -32,6 +30,7 @@ from redy.drivers.base import (
     check_port,
     check_positive,
 )
+from redy.errors import DeviceError, DeviceFault, DeviceUnavailable
 
 _log = logging.getLogger(__name__)
 logging.getLogger("ocpp").setLevel(logging.WARNING)  # it logs every frame at INFO

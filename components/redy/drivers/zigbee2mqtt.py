@@ -20,15 +20,9 @@ from typing import Any
 
 import orjson
 
-from redy.devices.base import Applied, DeviceError, Limits
-from redy.drivers.base import (
-    DeviceFault,
-    DeviceUnavailable,
-    Driver,
-    Sample,
-    check_mqtt_name,
-    check_positive,
-)
+from redy.devices.base import Applied, Limits
+from redy.drivers.base import Driver, Sample, check_mqtt_name, check_positive
+from redy.errors import DeviceError, DeviceFault, DeviceUnavailable
 
 _log = logging.getLogger(__name__)
 

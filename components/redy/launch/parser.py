@@ -440,7 +440,8 @@ def _add_governance(f: dict[str, Any], b: _Builder, where: str) -> None:
 
 
 def _add_unit(role: str, f: dict[str, Any], b: _Builder, where: str) -> None:
-    from redy.devices import DEVICES, DeviceError, check_params
+    from redy.devices import DEVICES, check_params
+    from redy.errors import DeviceError
 
     node = _node_id(f["node"], where)
     name = _node_id(f["name"], where, what="unit name")

@@ -22,13 +22,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redy import messages
-from redy.errors import InvalidMessage
+from redy.errors import DeliveryFailed, InvalidMessage, PeerImpostor, PeerUnreachable
 from redy.membership.cyclon import Cyclon, ShuffleOut
 from redy.membership.cyclon import ViewEntry as CoreEntry
 from redy.pki import Identity
 from redy.topics import render
-from redy.transport.client import AsyncLink, DeliveryFailed
-from redy.transport.peer_links import PeerImpostor, PeerLinks, PeerUnreachable
+from redy.transport.client import AsyncLink
+from redy.transport.peer_links import PeerLinks
 
 _log = logging.getLogger(__name__)
 
