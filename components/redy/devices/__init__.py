@@ -157,9 +157,10 @@ def make_model(name: str, **params: Any) -> Device:
     merged = {**_PRESETS.get(name, {}), **params}
     _check_params(name, cls, merged)
     try:
-        return cls(**merged)
+        model: Device = cls(**merged)
     except (TypeError, ValueError) as exc:
         raise DeviceError(f"device model {name!r}: bad parameters ({exc})") from None
+    return model
 
 
 __all__ = [

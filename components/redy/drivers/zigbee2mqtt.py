@@ -81,8 +81,8 @@ def _online(payload: bytes) -> bool:
     except orjson.JSONDecodeError:
         return text == "online"
     if isinstance(data, dict):
-        return data.get("state") == "online"
-    return data == "online"
+        return bool(data.get("state") == "online")
+    return bool(data == "online")
 
 
 class Zigbee2MqttPlug(Driver):

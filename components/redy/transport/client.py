@@ -60,7 +60,7 @@ class Backoff:
         self.attempts = 0
 
 
-class _AckingClient(gmqtt.Client):
+class _AckingClient(gmqtt.Client):  # type: ignore[misc]  # gmqtt ships no types
     """gmqtt.Client whose QoS 1 publishes can be awaited until their PUBACK."""
 
     def __init__(self, client_id: str, **kwargs: Any) -> None:
