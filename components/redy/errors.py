@@ -19,6 +19,10 @@ class BrokerError(RedyError):
     """A broker that cannot be configured, started, or reached."""
 
 
+class SettingError(RedyError):
+    """A unit setting out of its range or inconsistent with another (SL >= c)."""
+
+
 class SimulationError(RedyError):
     """Simulator parameters that cannot describe a run (e.g. SL >= c)."""
 

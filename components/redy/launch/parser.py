@@ -21,15 +21,16 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 import yaml
 
-from redy.errors import LaunchError
+from redy.errors import LaunchError, SettingError
 from redy.topics import CONTRACT
+from redy.units.config import GovernanceConfig, scalar_type, settings_of
 
 _SUBST = re.compile(r"\$\((var|env|dirname)(?:\s+([A-Za-z0-9_.-]+))?\)")
 
@@ -106,21 +107,24 @@ class BrokerSpec:
 
 @attrs.frozen
 class GovernanceSpec:
+    """A governance action: the settings the file gives (GovernanceConfig's names; the config
+    supplies the rest) and how the launcher runs the process. After parsing, `introducer` in
+    the settings holds grid URIs (the file may name nodes of the launch)."""
+
     node: str
-    kind: str = "generic"
-    setpoint_kw: float | None = None
-    period_s: float = 1.0
+    settings: Mapping[str, Any] = attrs.field(factory=dict)
     distant: bool = True
-    introducer: str | None = None  # grid URIs or node ids of this launch, comma-separated
-    view_size: int = 8
-    shuffle_length: int = 4
-    shuffle_period_s: float = 2.0
-    shuffle_timeout_s: float = 1.5
-    epoch_s: float = 0.0
-    rounds: int = 10
     respawn: bool = True  # a node without its governance unit is not in the market
     respawn_delay_s: float = 1.0
     where: str = ""
+
+    def value(self, name: str) -> Any:
+        """A setting as the process will have it: the file's value, else GovernanceConfig's
+        default (None for one drawn at start, like the seed)."""
+        if name in self.settings:
+            return self.settings[name]
+        default = attrs.fields_dict(GovernanceConfig)[name].default
+        return None if hasattr(default, "factory") else default
 
 
 @attrs.frozen
@@ -177,19 +181,14 @@ _FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
         "site_user": (str, False),
         "site_password": (str, False),
     },
+    # The settings GovernanceConfig marks launch=True, then what only the launcher uses.
     "governance": {
-        "node": (str, True),
-        "kind": (str, False),
-        "setpoint_kw": (float, False),
-        "period_s": (float, False),
+        **{
+            name: (scalar_type(field), field.default is attrs.NOTHING)
+            for name, (field, meta) in settings_of(GovernanceConfig).items()
+            if meta.launch
+        },
         "distant": (bool, False),
-        "introducer": (str, False),
-        "view_size": (int, False),
-        "shuffle_length": (int, False),
-        "shuffle_period_s": (float, False),
-        "shuffle_timeout_s": (float, False),
-        "epoch_s": (float, False),
-        "rounds": (int, False),
         "respawn": (bool, False),
         "respawn_delay_s": (float, False),
     },
@@ -206,7 +205,6 @@ _FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
 }
 _FIELDS["action"] = _FIELDS["detection"]
 _ACTIONS = (*_FIELDS, "group")
-_KINDS = next(f.values for f in CONTRACT.types["NodeDescriptor"].fields if f.name == "kind")
 
 
 class _Scope:
@@ -338,37 +336,52 @@ def _run_actions(actions: Any, scope: _Scope, b: _Builder, line: int) -> None:
                 f"{_where(scope, item_line)}: unknown action {action!r}; expected one of "
                 f"{list(_ACTIONS)}"
             )
-        if action == "group":
+        if action == "group":  # a list of actions in a scope of its own, not fields
             _run_actions(body, scope.child(), b, item_line)
             continue
-        f = _fields(action, body, scope, item_line)
-        where = _where(scope, item_line)
-        if action == "arg":
-            if f["name"] in scope.given:
-                scope.values[f["name"]] = scope.given[f["name"]]
-            elif "default" in f:
-                scope.values[f["name"]] = f["default"]
-            else:
-                raise LaunchError(
-                    f"{where}: argument {f['name']!r} has no default and was not given "
-                    f"(pass {f['name']}:=VALUE)"
-                )
-        elif action == "let":
-            scope.values[f["name"]] = f["value"]
-        elif action == "include":
-            _include(f, scope, b, item_line)
-        elif action == "clock":
-            b.clock = Clock(speed=f.get("speed", b.clock.speed), start_s=f.get("start_s", 0.0))
-            if b.clock.speed <= 0:
-                raise LaunchError(f"{where}: clock.speed must be > 0")
-        elif action == "broker":
-            _add_broker(f, b, where)
-        elif action == "governance":
-            _add_governance(f, b, where)
-        else:
-            _add_unit(action, f, b, where)
+        _HANDLERS[action](_fields(action, body, scope, item_line), scope, b, item_line)
 
 
+# action -> what it does with its checked fields (_FIELDS[action]); one function per action.
+_Handler = Callable[[dict[str, Any], _Scope, _Builder, int], None]
+_HANDLERS: dict[str, _Handler] = {}
+
+
+def _handles(*actions: str) -> Callable[[_Handler], _Handler]:
+    def register(handler: _Handler) -> _Handler:
+        for action in actions:
+            _HANDLERS[action] = handler
+        return handler
+
+    return register
+
+
+@_handles("arg")
+def _arg(f: dict[str, Any], scope: _Scope, b: _Builder, line: int) -> None:
+    if f["name"] in scope.given:
+        scope.values[f["name"]] = scope.given[f["name"]]
+    elif "default" in f:
+        scope.values[f["name"]] = f["default"]
+    else:
+        raise LaunchError(
+            f"{_where(scope, line)}: argument {f['name']!r} has no default and was not given "
+            f"(pass {f['name']}:=VALUE)"
+        )
+
+
+@_handles("let")
+def _let(f: dict[str, Any], scope: _Scope, b: _Builder, line: int) -> None:
+    scope.values[f["name"]] = f["value"]
+
+
+@_handles("clock")
+def _clock(f: dict[str, Any], scope: _Scope, b: _Builder, line: int) -> None:
+    b.clock = Clock(speed=f.get("speed", b.clock.speed), start_s=f.get("start_s", 0.0))
+    if b.clock.speed <= 0:
+        raise LaunchError(f"{_where(scope, line)}: clock.speed must be > 0")
+
+
+@_handles("include")
 def _include(f: dict[str, Any], scope: _Scope, b: _Builder, line: int) -> None:
     where = _where(scope, line)
     path = Path(f["file"])
@@ -386,7 +399,9 @@ def _include(f: dict[str, Any], scope: _Scope, b: _Builder, line: int) -> None:
     b.include_depth -= 1
 
 
-def _add_broker(f: dict[str, Any], b: _Builder, where: str) -> None:
+@_handles("broker")
+def _add_broker(f: dict[str, Any], scope: _Scope, b: _Builder, line: int) -> None:
+    where = _where(scope, line)
     node = _node_id(f["node"], where)
     if node in b.brokers:
         raise LaunchError(f"{where}: node {node!r} already has a broker ({b.brokers[node].where})")
@@ -424,19 +439,33 @@ def _add_broker(f: dict[str, Any], b: _Builder, where: str) -> None:
     b.units.setdefault(node, [])
 
 
-def _add_governance(f: dict[str, Any], b: _Builder, where: str) -> None:
+@_handles("governance")
+def _add_governance(f: dict[str, Any], scope: _Scope, b: _Builder, line: int) -> None:
+    where = _where(scope, line)
     node = _node_id(f["node"], where)
     if node in b.governance:
         raise LaunchError(f"{where}: node {node!r} already has a governance unit")
-    kind = f.get("kind", "generic")
-    if kind not in _KINDS:
-        raise LaunchError(f"{where}: unknown node kind {kind!r}; expected one of {list(_KINDS)}")
-    f = {**f, "node": node, "kind": kind}
-    if not f.get("introducer"):
-        f.pop("introducer", None)  # an empty argument means: this node starts the overlay
-    if f.get("shuffle_length", 4) >= f.get("view_size", 8):
-        raise LaunchError(f"{where}: shuffle_length must be smaller than view_size")
-    b.governance[node] = GovernanceSpec(**f, where=where)
+    launcher = {"distant", "respawn", "respawn_delay_s"}
+    settings = {k: v for k, v in f.items() if k not in launcher}
+    if not settings.get("introducer"):
+        settings.pop("introducer", None)  # an empty argument means: this node starts the overlay
+    try:
+        GovernanceConfig.check(settings)
+    except SettingError as exc:
+        raise LaunchError(f"{where}: governance: {exc}") from None
+    b.governance[node] = GovernanceSpec(
+        node=node, settings=settings, **{k: f[k] for k in launcher if k in f}, where=where
+    )
+
+
+@_handles("detection")
+def _add_detection(f: dict[str, Any], scope: _Scope, b: _Builder, line: int) -> None:
+    _add_unit("detection", f, b, _where(scope, line))
+
+
+@_handles("action")
+def _add_action(f: dict[str, Any], scope: _Scope, b: _Builder, line: int) -> None:
+    _add_unit("action", f, b, _where(scope, line))
 
 
 def _add_unit(role: str, f: dict[str, Any], b: _Builder, where: str) -> None:
@@ -555,9 +584,9 @@ def parse(path: str | Path, args: Mapping[str, str] | None = None) -> LaunchDesc
                 raise LaunchError(f"{broker.where}: port {p} is used twice (also {ports[p]})")
             ports[p] = broker.where
         gov = b.governance.get(node)
-        if gov is not None and gov.introducer:
+        if gov is not None and gov.settings.get("introducer"):
             uris = []
-            for name in gov.introducer.replace(" ", "").split(","):
+            for name in gov.settings["introducer"].replace(" ", "").split(","):
                 if "://" in name or not name:
                     uris.append(name)
                     continue
@@ -568,7 +597,8 @@ def parse(path: str | Path, args: Mapping[str, str] | None = None) -> LaunchDesc
                         "nor a broker URI (mqtt://HOST:PORT)"
                     )
                 uris.append(intro.grid_uri)
-            gov = attrs.evolve(gov, introducer=",".join(u for u in uris if u))
+            introducer = ",".join(u for u in uris if u)
+            gov = attrs.evolve(gov, settings={**gov.settings, "introducer": introducer})
         nodes.append(NodeSpec(broker=broker, governance=gov, units=tuple(b.units[node])))
     for node, gov in b.governance.items():
         if node not in b.brokers:
