@@ -186,7 +186,9 @@ def test_respawn_after_kill9_and_sigterm_stops_everything(
         meta_topic = render("unit_meta", node="solo", unit="battery")
         first = messages.decode(meta_topic, op.wait_for(meta_topic, 20).payload)
         kids = _descendants(launcher.pid)
-        unit_pids = [p for p in kids if _is_unit(p, "battery" if not compose else "container")]
+        unit_pids = [
+            p for p in kids if _is_unit(p, "battery" if not compose else "redy.launch.compose")
+        ]
         assert unit_pids
         os.kill(unit_pids[0], signal.SIGKILL)
         again = messages.decode(meta_topic, op.wait_for(meta_topic, 20).payload)

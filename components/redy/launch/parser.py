@@ -31,37 +31,9 @@ import yaml
 from redy.errors import LaunchError, SettingError
 from redy.topics import CONTRACT
 from redy.units.config import GovernanceConfig, scalar_type, settings_of
+from redy.yaml_lines import LineLoader
 
 _SUBST = re.compile(r"\$\((var|env|dirname)(?:\s+([A-Za-z0-9_.-]+))?\)")
-
-
-class _Map(dict[str, Any]):
-    """A YAML mapping that remembers the line of each key."""
-
-    line = 0
-    key_lines: dict[str, int]
-
-
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
-    m = _Map()
-    m.line = node.start_mark.line + 1
-    m.key_lines = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if not isinstance(key, str):
-            raise LaunchError(
-                f"line {key_node.start_mark.line + 1}: keys must be strings, got {key!r}"
-            )
-        m[key] = loader.construct_object(value_node, deep=True)
-        m.key_lines[key] = key_node.start_mark.line + 1
-    return m
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
 
 
 # --- the description --------------------------------------------------------------------------
@@ -558,7 +530,7 @@ def _parse_file(path: Path, given: Mapping[str, str], b: _Builder, where: str = 
             f"{where + ': ' if where else ''}cannot read launch file {path}: {exc.strerror}"
         ) from None
     try:
-        doc = yaml.load(text, Loader=_Loader)
+        doc = yaml.load(text, Loader=LineLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = mark.line + 1 if mark else 0

@@ -227,7 +227,7 @@ class Supervisor:
         }
         path = self.state_dir / n.node / "compose.json"
         path.write_bytes(orjson.dumps(spec))
-        return [sys.executable, "-m", "redy.launch.container", str(path)]
+        return [sys.executable, "-m", "redy.launch.compose", str(path)]
 
     # -- running --------------------------------------------------------------------------------
 
@@ -247,11 +247,11 @@ class Supervisor:
             if self.compose:
                 self._spawn(
                     Child(
-                        f"{n.node}/container",
+                        f"{n.node}/compose",
                         self._compose_argv(n),
                         True,
                         1.0,
-                        logs / f"{n.node}.container.log",
+                        logs / f"{n.node}.compose.log",
                     )
                 )
             elif n.governance is not None:
