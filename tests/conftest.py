@@ -254,22 +254,6 @@ class Client:
             except queue.Empty:
                 return out
 
-    def collect(
-        self, done: Callable[[list[mqtt.MQTTMessage]], bool], timeout_s: float = 5.0
-    ) -> list[mqtt.MQTTMessage]:
-        """Messages as they arrive, until `done(everything so far)` holds: returns at once
-        then; TimeoutError after `timeout_s`."""
-        out = self.drain()
-        deadline = time.monotonic() + timeout_s
-        while not done(out):
-            left = deadline - time.monotonic()
-            try:
-                out.append(self.messages.get(timeout=max(left, 0.0)))
-            except queue.Empty:
-                seen = sorted({m.topic for m in out})
-                raise TimeoutError(f"condition not met in {timeout_s} s; got {seen}") from None
-        return out
-
     def retained(self, pattern: str) -> dict[str, mqtt.MQTTMessage]:
         """The broker's retained store under `pattern`, topic -> message, without waiting for
         silence: the broker queues a subscription's retained messages before it reads the next

@@ -20,8 +20,7 @@ import pytest
 from redy import messages, pki
 from redy.brokers import load_credentials, unit_credentials_path
 from redy.errors import PeerImpostor
-from redy.membership.cyclon import Cyclon
-from redy.membership.cyclon import ViewEntry as CoreEntry
+from redy.membership.cyclon import Cyclon, Neighbour
 from redy.topics import render
 from redy.transport.peer_links import PeerLinks
 from redy.units.node_state import NodeState
@@ -151,7 +150,7 @@ async def test_a_broker_with_another_nodes_certificate_is_a_bogus_entry_not_a_de
     assert caught.value.presented == "evil"
 
     core = Cyclon("me", "mqtts://127.0.0.1:1", 4, 2, random.Random(1))
-    core.seed([CoreEntry("honest", evil.config.grid_uri, 0)])
+    core.seed([Neighbour("honest", evil.config.grid_uri, 0)])
 
     async def publish_local(_topic: str, _msg: Any) -> bool:
         return True

@@ -24,8 +24,7 @@ from collections.abc import Iterable
 import attrs
 
 from redy import messages
-from redy.membership.cyclon import Cyclon, ShuffleOut
-from redy.membership.cyclon import ViewEntry as CoreEntry
+from redy.membership.cyclon import Cyclon, Neighbour, ShuffleOut
 
 _log = logging.getLogger(__name__)
 
@@ -41,12 +40,12 @@ class Send:
     message: messages.ShuffleRequest | messages.ShuffleReply
 
 
-def to_wire(entries: Iterable[CoreEntry]) -> tuple[messages.ViewEntry, ...]:
+def to_wire(entries: Iterable[Neighbour]) -> tuple[messages.ViewEntry, ...]:
     return tuple(messages.ViewEntry(node=e.node, broker=e.broker, age=e.age) for e in entries)
 
 
-def from_wire(entries: Iterable[messages.ViewEntry]) -> list[CoreEntry]:
-    return [CoreEntry(e.node, e.broker, e.age) for e in entries]
+def from_wire(entries: Iterable[messages.ViewEntry]) -> list[Neighbour]:
+    return [Neighbour(e.node, e.broker, e.age) for e in entries]
 
 
 class Overlay:
@@ -85,9 +84,9 @@ class Overlay:
 
     def seed(self, descriptor: messages.NodeDescriptor | None, view: messages.View | None) -> None:
         """Start from an introducer's retained descriptor and view."""
-        entries: list[CoreEntry] = []
+        entries: list[Neighbour] = []
         if descriptor is not None:
-            entries.append(CoreEntry(descriptor.node, descriptor.broker, 0))
+            entries.append(Neighbour(descriptor.node, descriptor.broker, 0))
         if view is not None:
             entries.extend(from_wire(view.entries))
         self.core.seed(entries)
@@ -146,7 +145,7 @@ class Overlay:
         """Answer a shuffle offer (even while our own is pending); the reply to send."""
         self._alive(request.sender, request.broker)
         reply_entries = self.core.on_request(
-            CoreEntry(request.sender, request.broker, 0), from_wire(request.entries)
+            Neighbour(request.sender, request.broker, 0), from_wire(request.entries)
         )
         reply = messages.ShuffleReply(
             sender=self.node, nonce=request.nonce, entries=to_wire(reply_entries)
@@ -184,7 +183,7 @@ class Overlay:
         self.lost.pop(node)
         self._probes.pop(node, None)
 
-    def _probe_target(self) -> CoreEntry | None:
+    def _probe_target(self) -> Neighbour | None:
         """A lost neighbour (oldest first), else a contact outside the view."""
         in_view = set(self.core.neighbours())
         for node, broker in self.lost.items():
@@ -197,11 +196,11 @@ class Overlay:
                 self._probes.pop(node, None)
                 continue
             self._probes[node] = tries
-            return CoreEntry(node, broker, 0)
+            return Neighbour(node, broker, 0)
         for node, broker in self.contacts.items():
             if node not in in_view:
                 self.contacts.put(node, broker)
-                return CoreEntry(node, broker, 0)
+                return Neighbour(node, broker, 0)
         return None
 
 
