@@ -98,3 +98,12 @@ def test_a_bad_setting_in_a_launch_file_names_the_line(
         LaunchError, match=r"one\.yaml:3: .*" + says.replace("(", r"\(").replace(")", r"\)")
     ):
         parse(_launch(tmp_path, governance))
+
+
+def test_a_unit_period_below_its_minimum_names_the_unit_and_the_line(tmp_path: Path) -> None:
+    f = _launch(tmp_path, "kind: factory").read_text().replace("period_s: 0.5", "period_s: 0")
+    (tmp_path / "one.yaml").write_text(f)
+    with pytest.raises(
+        LaunchError, match=r"one\.yaml:4: action battery: period_s must be >= 0\.01"
+    ):
+        parse(tmp_path / "one.yaml")

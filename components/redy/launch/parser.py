@@ -30,7 +30,13 @@ import yaml
 
 from redy.errors import LaunchError, SettingError
 from redy.topics import CONTRACT
-from redy.units.config import GovernanceConfig, scalar_type, settings_of
+from redy.units.config import (
+    GovernanceConfig,
+    UnitConfig,
+    check_settings,
+    scalar_type,
+    settings_of,
+)
 from redy.yaml_lines import LineLoader
 
 _SUBST = re.compile(r"\$\((var|env|dirname)(?:\s+([A-Za-z0-9_.-]+))?\)")
@@ -101,13 +107,15 @@ class GovernanceSpec:
 
 @attrs.frozen
 class UnitSpec:
+    """A detection or action: what it is, the settings the file gives (UnitConfig's names,
+    which supplies the rest) and how the launcher runs the process."""
+
     node: str
     name: str
     role: str
     device: str
     params: Mapping[str, Any] = attrs.field(factory=dict)
-    period_s: float = 1.0
-    seed: int = 0
+    settings: Mapping[str, Any] = attrs.field(factory=dict)
     respawn: bool = False
     respawn_delay_s: float = 1.0
     where: str = ""
@@ -135,6 +143,16 @@ class LaunchDescription:
 
 # --- parsing ------------------------------------------------------------------------------------
 
+
+def _launch_settings(cls: type) -> dict[str, tuple[type, bool]]:
+    """The settings of a unit config that a launch file may give: key -> (type, required)."""
+    return {
+        name: (scalar_type(field), field.default is attrs.NOTHING)
+        for name, (field, meta) in settings_of(cls).items()
+        if meta.launch
+    }
+
+
 _FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
     # action -> key -> (type, required)
     "arg": {"name": (str, True), "default": (str, False), "description": (str, False)},
@@ -155,11 +173,7 @@ _FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
     },
     # The settings GovernanceConfig marks launch=True, then what only the launcher uses.
     "governance": {
-        **{
-            name: (scalar_type(field), field.default is attrs.NOTHING)
-            for name, (field, meta) in settings_of(GovernanceConfig).items()
-            if meta.launch
-        },
+        **_launch_settings(GovernanceConfig),
         "distant": (bool, False),
         "respawn": (bool, False),
         "respawn_delay_s": (float, False),
@@ -169,13 +183,13 @@ _FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
         "name": (str, True),
         "device": (str, True),
         "params": (dict, False),
-        "period_s": (float, False),
-        "seed": (int, False),
+        **_launch_settings(UnitConfig),
         "respawn": (bool, False),
         "respawn_delay_s": (float, False),
     },
 }
 _FIELDS["action"] = _FIELDS["detection"]
+_UNIT_SETTINGS = tuple(_launch_settings(UnitConfig))
 _ACTIONS = (*_FIELDS, "group")
 
 
@@ -422,7 +436,7 @@ def _add_governance(f: dict[str, Any], scope: _Scope, b: _Builder, line: int) ->
     if not settings.get("introducer"):
         settings.pop("introducer", None)  # an empty argument means: this node starts the overlay
     try:
-        GovernanceConfig.check(settings)
+        check_settings(GovernanceConfig, settings)
     except SettingError as exc:
         raise LaunchError(f"{where}: governance: {exc}") from None
     b.governance[node] = GovernanceSpec(
@@ -458,6 +472,12 @@ def _add_unit(role: str, f: dict[str, Any], b: _Builder, where: str) -> None:
     except DeviceError as exc:
         raise LaunchError(f"{where}: {exc}") from None
     units = b.units.setdefault(node, [])
+    # Without a seed, each unit of a node its own: its place in the node.
+    settings = {"seed": len(units), **{k: f[k] for k in _UNIT_SETTINGS if k in f}}
+    try:
+        check_settings(UnitConfig, settings, node=node, unit=name, role=role, device=f["device"])
+    except SettingError as exc:
+        raise LaunchError(f"{where}: {role} {name}: {exc}") from None
     for u in units:
         if u.name == name:
             raise LaunchError(f"{where}: duplicate unit name {name!r} in node {node!r} ({u.where})")
@@ -468,8 +488,7 @@ def _add_unit(role: str, f: dict[str, Any], b: _Builder, where: str) -> None:
             role=role,
             device=f["device"],
             params=params,
-            period_s=f.get("period_s", 1.0),
-            seed=f.get("seed", len(units)),
+            settings=settings,
             respawn=f.get("respawn", False),
             respawn_delay_s=f.get("respawn_delay_s", 1.0),
             where=where,

@@ -203,12 +203,11 @@ class Supervisor:
         """The settings of redy.units.config.UnitConfig for unit `u` of node `n`."""
         return {
             **self._common(n, u.name),
-            "period_s": u.period_s,
             "unit": u.name,
             "role": u.role,
             "device": u.device,
-            "seed": u.seed,
             "params": dict(u.params),
+            **u.settings,
         }
 
     def _config_argv(

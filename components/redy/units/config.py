@@ -199,10 +199,11 @@ class GovernanceConfig:
     def sim_time_s(self, now_unix: float) -> float:
         return self.sim_start_s + (now_unix - self.start_unix) * self.speed
 
-    @classmethod
-    def check(cls, settings: Mapping[str, Any]) -> None:
-        """SettingError if these launch-file settings could not make a config."""
-        cls(broker="mqtt://127.0.0.1:1", credentials=Path("-"), **settings)
+
+def check_settings(cls: type, settings: Mapping[str, Any], **identity: Any) -> None:
+    """SettingError if a launch file's `settings` could not make a `cls` config (the broker and
+    the credentials, which the launcher supplies, stand in)."""
+    cls(broker="mqtt://127.0.0.1:1", credentials=Path("-"), **identity, **settings)
 
 
 def next_bd_seq(credentials: Path, unit: str) -> int:
