@@ -23,6 +23,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from hypothesis import settings
 from paho.mqtt.enums import CallbackAPIVersion
 
 # Before anything imports testcontainers: no Ryuk image can be pulled here, we reap ourselves.
@@ -30,6 +31,11 @@ os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
 
 from redy import pki
 from redy.brokers import ContainerBroker, NodeBroker, ProcessBroker, image_name
+
+# Property tests assert behaviour, not speed: hypothesis's per-example deadline (200 ms) failed a
+# pure test on a machine shared at a load of 55. Speed is for bench/.
+settings.register_profile("redy", deadline=None)
+settings.load_profile("redy")
 
 BACKENDS = ["process", "container"]
 _TEST_LABEL = "org.redy.test"
