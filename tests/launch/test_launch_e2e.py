@@ -130,8 +130,9 @@ def test_figure3_for_20_s_retains_every_birth_exits_0_and_leaves_nothing_behind(
         )
         assert line, f"no summary line for {node}:\n{out[-2000:]}"
         states, online, total = map(int, line.groups())
-        # 1 s governance period over the ~15 s left once the brokers are up: at least 5.
-        assert states >= 5, line.group(0)
+        # A state a second once the brokers are up, 10 to 15 of them here; at least 3 even on a
+        # machine so loaded that the brokers take most of the 20 s to come up.
+        assert states >= 3, line.group(0)
         assert online == total == len(units), line.group(0)
 
 
