@@ -87,7 +87,7 @@ def _grid_cost(state: Path) -> str:
     """CPU and PSS of the compose containers and brokers of the launch, per node."""
     out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True)
     pids = [int(ln.split()[0]) for ln in out.stdout.splitlines()
-            if str(state) in ln and ("redy.launch.container" in ln or "mosquitto" in ln)]  # fmt: skip
+            if str(state) in ln and ("redy.launch.compose" in ln or "mosquitto" in ln)]  # fmt: skip
     cpu0 = {p: _cpu_s(p) for p in pids}
     time.sleep(5)
     cpu = sum(_cpu_s(p) - cpu0[p] for p in pids) / 5

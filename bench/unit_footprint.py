@@ -42,7 +42,7 @@ def _cpu_s(pid: int) -> float:
 
 
 def _role(cmd: str) -> str:
-    for role in ("detection", "action", "governance", "container"):
+    for role in ("detection", "action", "governance", "compose"):
         if f"redy {role}" in cmd or f"redy.launch.{role}" in cmd:
             return role
     return "broker" if "mosquitto" in cmd else "other"

@@ -23,6 +23,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from hypothesis import settings
 from paho.mqtt.enums import CallbackAPIVersion
 
 # Before anything imports testcontainers: no Ryuk image can be pulled here, we reap ourselves.
@@ -30,6 +31,11 @@ os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
 
 from redy import pki
 from redy.brokers import ContainerBroker, NodeBroker, ProcessBroker, image_name
+
+# Property tests assert behaviour, not speed: hypothesis's per-example deadline (200 ms) failed a
+# pure test on a machine shared at a load of 55. Speed is for bench/.
+settings.register_profile("redy", deadline=None)
+settings.load_profile("redy")
 
 BACKENDS = ["process", "container"]
 _TEST_LABEL = "org.redy.test"
@@ -246,14 +252,25 @@ class Client:
         info = self.c.publish(topic, payload, qos=qos, retain=retain)
         info.wait_for_publish(5)
 
-    def received(self, timeout_s: float = 1.0) -> list[mqtt.MQTTMessage]:
-        """Everything that arrives until `timeout_s` seconds pass with no message."""
+    def drain(self) -> list[mqtt.MQTTMessage]:
+        """What has arrived so far, without waiting."""
         out: list[mqtt.MQTTMessage] = []
-        try:
-            while True:
-                out.append(self.messages.get(timeout=timeout_s))
-        except queue.Empty:
-            return out
+        while True:
+            try:
+                out.append(self.messages.get_nowait())
+            except queue.Empty:
+                return out
+
+    def retained(self, pattern: str) -> dict[str, mqtt.MQTTMessage]:
+        """The broker's retained store under `pattern`, topic -> message, without waiting for
+        silence: the broker queues a subscription's retained messages before it reads the next
+        SUBSCRIBE, so when the SUBACK of a second (sentinel) subscription is in, they all are.
+        QoS 0, so no in-flight window can hold some of them back behind that SUBACK. The
+        subscription stays; what was queued before is dropped."""
+        self.drain()
+        self.subscribe(pattern, qos=0)
+        self.subscribe(f"redy-test-sentinel/{secrets.token_hex(4)}", qos=0)
+        return {m.topic: m for m in self.drain() if m.retain}
 
     def received_until(self, marker: str, timeout_s: float = 5.0) -> list[mqtt.MQTTMessage]:
         """Every message up to and including the first one on topic `marker`.

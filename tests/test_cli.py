@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import os
+import json
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner, Result
 
 from redy import messages
+from redy.cli import cli
 from redy.topics import render
 
 REDY = [sys.executable, "-c", "import sys; from redy.cli import main; sys.exit(main())"]
@@ -22,11 +26,42 @@ def _redy(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*REDY, *args], capture_output=True, text=True, timeout=timeout)
 
 
+def _invoke(*args: str) -> Result:
+    """The command line in this process (click's CliRunner): for what needs no broker."""
+    return CliRunner().invoke(cli, list(args))
+
+
 @pytest.mark.pure
 def test_help_lists_the_command_groups() -> None:
-    out = _redy("--help").stdout
+    result = _invoke("--help")
+    assert result.exit_code == 0
     for group in ("launch", "topic", "node", "view", "broker", "sim"):
-        assert f"  {group} " in out
+        assert f"  {group} " in result.output
+
+
+@pytest.mark.pure
+def test_topic_info_describes_a_topic_from_the_contract() -> None:
+    result = _invoke("topic", "info", "node_state", "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert (info["type"], info["qos"], info["retained"]) == ("NodeEnergyState", 1, True)
+    assert "governance" in info["publishers"]
+
+
+@pytest.mark.pure
+def test_a_redy_error_is_one_error_line_with_status_2() -> None:
+    result = _invoke("sim", "membership", "--nodes", "10", "--view", "4", "--shuffle", "4")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+
+
+@pytest.mark.pure
+def test_a_bad_launch_argument_is_one_error_line(tmp_path: Path) -> None:
+    f = tmp_path / "one.yaml"
+    f.write_text("launch:\n  - arg: {name: port}\n")
+    result = _invoke("launch", str(f), "nonsense")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.output
 
 
 @pytest.mark.integration
@@ -49,10 +84,10 @@ def test_a_broken_yaml_file_is_one_line_with_the_file(tmp_path: Path) -> None:
         ("launch", str(broken)),
         ("sim", "balance", "--nodes", "10", "--scenario", str(broken), "--json"),
     ):
-        done = _redy(*args)
-        assert done.returncode == 2, args
-        assert done.stderr.strip().count("\n") == 0, done.stderr
-        assert done.stderr.startswith("error: ") and str(broken) in done.stderr
+        result = _invoke(*args)
+        assert result.exit_code == 2, args
+        assert result.stderr.strip().count("\n") == 0, result.stderr
+        assert result.stderr.startswith("error: ") and str(broken) in result.stderr
 
 
 @pytest.mark.integration
@@ -91,7 +126,8 @@ def test_broker_run_refuses_anonymous_and_stops_on_sigterm(tmp_path: Path, free_
         assert anon.returncode != 0 and "not authorised" in anon.stderr.lower()
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+        proc.communicate(timeout=10)
+    assert proc.returncode == 0
 
 
 @pytest.mark.integration
@@ -114,30 +150,34 @@ def test_topic_echo_shows_invalid_payloads_as_such(process_broker: Any, mqtt_cli
     b = process_broker("house-1", {"meter": "detection"})
     auth = ["--broker", b.uri, "--credentials", str(b.config.credentials_path)]
     echo = subprocess.Popen(
-        [
-            *REDY,
-            "topic",
-            "echo",
-            "redy/house-1/detection/+/measurement",
-            "--count",
-            "2",
-            "--timeout",
-            "10",
-            *auth,
-        ],
+        [*REDY, "topic", "echo", "redy/house-1/detection/+/measurement", "--timeout", "30", *auth],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         text=True,
     )
-    time.sleep(1.5)
-    meter = mqtt_client(b.unit_port, "meter", b.credentials.password("meter"))
-    topic = render("measurement", node="house-1", unit="meter")
-    meter.publish(topic, b"{not json")
-    meter.publish(
-        topic, messages.encode(messages.Measurement(seq=1, ts_s=1.0, power_kw=1.0, energy_kwh=0.0))
-    )
-    out, _ = echo.communicate(timeout=15)
-    lines = out.strip().splitlines()
-    assert "INVALID" in lines[0] and "malformed JSON" in lines[0]
-    assert '"power_kw":1.0' in lines[1]
-    assert os.path.exists(b.config.credentials_path)
+    assert echo.stdout is not None
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in echo.stdout], daemon=True)
+    reader.start()
+    try:
+        meter = mqtt_client(b.unit_port, "meter", b.credentials.password("meter"))
+        topic = render("measurement", node="house-1", unit="meter")
+        # echo subscribes when it is ready, unannounced: the broken payload is sent until it shows.
+        deadline = time.monotonic() + 20
+        while lines.empty():
+            assert time.monotonic() < deadline and echo.poll() is None, "echo showed nothing"
+            meter.publish(topic, b"{not json")
+            time.sleep(0.1)
+        sample = messages.Measurement(seq=1, ts_s=1.0, power_kw=1.0, energy_kwh=0.0)
+        meter.publish(topic, messages.encode(sample))
+        shown = [lines.get(timeout=10)]
+        while "power_kw" not in shown[-1]:
+            shown.append(lines.get(timeout=10))
+    finally:
+        echo.terminate()
+        echo.wait(10)
+        reader.join(5)  # at the end of its output once echo has exited
+        echo.stdout.close()
+    assert '"power_kw":1.0' in shown[-1]
+    for line in shown[:-1]:
+        assert "INVALID" in line and "malformed JSON" in line, line

@@ -10,7 +10,7 @@ import os
 import sys
 
 from redy.cli import main
-from redy.launch.lifetime import die_with_parent
+from redy.lifetime import die_with_parent
 
 if __name__ == "__main__":
     parent = os.environ.get("REDY_PARENT_PID")

@@ -20,13 +20,12 @@ from typing import Any
 
 import click
 import orjson
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from redy.errors import BagError, BrokerError, InvalidMessage
 from redy.tools import _client, _password, _Received, _with_auth
 from redy.topics import CONTRACT, json_schema
+from redy.transport.paho_client import publish_properties
 
 PROFILE = "redy"  # MCAP profile: MQTT topics of the ReDy tree
 
@@ -79,7 +78,7 @@ class _Recorder:
         self.counts[r.topic] += 1
 
     def close(self) -> None:
-        self._writer.finish()
+        self._writer.finish()  # type: ignore[no-untyped-call]  # mcap: untyped
         self._stream.close()
 
 
@@ -199,10 +198,7 @@ def play(
                 if delay > 0:
                     time.sleep(delay)
             spec, _ = CONTRACT.match(topic)
-            props = None
-            if spec.expiry_s:
-                props = Properties(PacketTypes.PUBLISH)
-                props.MessageExpiryInterval = int(spec.expiry_s)
+            props = publish_properties(spec)
             info = client.publish(topic, payload, qos=spec.qos, retain=retained, properties=props)
             if spec.qos:
                 info.wait_for_publish(timeout=5.0)

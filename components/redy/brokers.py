@@ -657,7 +657,7 @@ class ProcessBroker(_BrokerBase):
             if setpriv is not None:
                 argv = [setpriv, "--pdeathsig", "TERM", "--", *argv]
             else:  # no util-linux: the same prctl from Python between fork and exec
-                from redy.launch.lifetime import die_with_parent
+                from redy.lifetime import die_with_parent
 
                 preexec = die_with_parent
         self._check_ports()

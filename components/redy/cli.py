@@ -32,7 +32,26 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _UserError(click.ClickException):
+    """A RedyError as the command line shows it: `error: ` and one line, exit status 2."""
+
+    exit_code = 2
+
+    def __init__(self, error: RedyError) -> None:
+        super().__init__(" ".join(str(error).split()))
+
+    def show(self, file: Any = None) -> None:
+        click.echo("error: " + self.format_message(), err=True)
+
+
 class _LazyGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        # The one place where our exceptions become what a user sees (and a CliRunner result).
+        try:
+            return super().invoke(ctx)
+        except RedyError as exc:
+            raise _UserError(exc) from exc
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(_COMMANDS)
 
@@ -81,7 +100,8 @@ def cli(verbose: bool, log_format: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    """Console-script entry point: a RedyError becomes one line on stderr and exit status 2."""
+    """Console-script entry point: a RedyError becomes one line on stderr and exit status 2
+    (_LazyGroup.invoke)."""
     try:
         return cli.main(args=argv, prog_name="redy", standalone_mode=False)
     except click.exceptions.Abort:
@@ -90,8 +110,5 @@ def main(argv: list[str] | None = None) -> Any:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except RedyError as exc:
-        click.echo("error: " + " ".join(str(exc).split()), err=True)  # one line, always
-        sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -19,12 +19,11 @@ import click
 import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from redy import messages, pki
 from redy.errors import BrokerError, InvalidMessage
 from redy.topics import CONTRACT, TopicSpec
+from redy.transport.paho_client import publish_properties
 
 _CONNECT_TIMEOUT_S = 5.0
 
@@ -358,10 +357,7 @@ def topic_pub(
     retention and expiry."""
     spec, _ = CONTRACT.match(topic_name)
     body = messages.encode(messages.decode(topic_name, payload.encode()))
-    props = None
-    if spec.expiry_s:
-        props = Properties(PacketTypes.PUBLISH)
-        props.MessageExpiryInterval = int(spec.expiry_s)
+    props = publish_properties(spec)
     with _client(broker, user, _password(user, password, credentials)) as client:
         for i in range(times):
             info = client.publish(

@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 import yaml
 
-from redy.errors import InvalidMessage, RedyError
+from redy.errors import ContractError, InvalidMessage, RedyError
 
 _CONTRACT_FILE = Path(__file__).with_name("topics.yaml")
 _PLACEHOLDER = re.compile(r"^\{(\w+)\}$")
@@ -145,6 +145,29 @@ def render(name: str, **params: str) -> str:
     return CONTRACT.topic(name).render(**params)
 
 
+_FIELD_KEYS = {f.name for f in attrs.fields(FieldSpec)} - {"name"}
+_TOPIC_KEYS = {f.name for f in attrs.fields(TopicSpec)} - {"name"}
+_TYPE_KEYS = {"description", "fields"}
+_TOP_KEYS = {"version", "max_payload_bytes", "id_pattern", "types", "topics"}
+
+
+def _checked(raw: Any, allowed: set[str], required: set[str], where: str) -> Mapping[str, Any]:
+    """`raw` if it is a mapping with only `allowed` keys and every `required` one; else
+    ContractError naming the place (an unquoted ': ' or ', ' in YAML makes a key of a phrase)."""
+    if not isinstance(raw, Mapping):
+        raise ContractError(f"topics.yaml: {where} must be a mapping, got {raw!r}")
+    unknown = sorted(str(k) for k in set(raw) - allowed)
+    if unknown:
+        raise ContractError(
+            f"topics.yaml: {where} has unknown key(s) {unknown}; expected some of {sorted(allowed)}"
+            " (quote a description that holds ': ' or ', ')"
+        )
+    missing = sorted(required - set(raw))
+    if missing:
+        raise ContractError(f"topics.yaml: {where} lacks {missing}")
+    return raw
+
+
 def _field(name: str, raw: Mapping[str, Any]) -> FieldSpec:
     return FieldSpec(
         name=name,
@@ -161,18 +184,20 @@ def _field(name: str, raw: Mapping[str, Any]) -> FieldSpec:
 
 
 def load_contract(path: Path = _CONTRACT_FILE) -> Contract:
-    """Parse topics.yaml into a Contract."""
-    raw = yaml.safe_load(path.read_text())
-    types = {
-        tname: TypeSpec(
-            name=tname,
-            description=t.get("description", ""),
-            fields=tuple(_field(str(fname), f) for fname, f in t["fields"].items()),
-        )
-        for tname, t in raw["types"].items()
-    }
-    topics = {
-        name: TopicSpec(
+    """Parse topics.yaml into a Contract; ContractError for an unknown or missing key."""
+    raw = _checked(yaml.safe_load(path.read_text()), _TOP_KEYS, _TOP_KEYS, "the top level")
+    types = {}
+    for tname, t in raw["types"].items():
+        _checked(t, _TYPE_KEYS, {"fields"}, f"type {tname}")
+        fields = []
+        for fname, f in t["fields"].items():
+            _checked(f, _FIELD_KEYS, {"type"}, f"field {tname}.{fname}")
+            fields.append(_field(str(fname), f))
+        types[tname] = TypeSpec(tname, t.get("description", ""), tuple(fields))
+    topics = {}
+    for name, t in raw["topics"].items():
+        _checked(t, _TOPIC_KEYS, _TOPIC_KEYS - {"description", "expiry_s"}, f"topic {name}")
+        topics[name] = TopicSpec(
             name=name,
             pattern=t["pattern"],
             type=t["type"],
@@ -183,8 +208,6 @@ def load_contract(path: Path = _CONTRACT_FILE) -> Contract:
             description=t.get("description", ""),
             expiry_s=t.get("expiry_s"),
         )
-        for name, t in raw["topics"].items()
-    }
     return Contract(
         version=int(raw["version"]),
         max_payload_bytes=int(raw["max_payload_bytes"]),

@@ -19,10 +19,10 @@ import pytest
 
 from redy import messages, pki
 from redy.brokers import load_credentials, unit_credentials_path
-from redy.membership.cyclon import Cyclon
-from redy.membership.cyclon import ViewEntry as CoreEntry
+from redy.errors import PeerImpostor
+from redy.membership.cyclon import Cyclon, Neighbour
 from redy.topics import render
-from redy.transport.peer_links import PeerImpostor, PeerLinks
+from redy.transport.peer_links import PeerLinks
 from redy.units.node_state import NodeState
 from redy.units.overlay import OverlayDriver
 
@@ -150,7 +150,7 @@ async def test_a_broker_with_another_nodes_certificate_is_a_bogus_entry_not_a_de
     assert caught.value.presented == "evil"
 
     core = Cyclon("me", "mqtts://127.0.0.1:1", 4, 2, random.Random(1))
-    core.seed([CoreEntry("honest", evil.config.grid_uri, 0)])
+    core.seed([Neighbour("honest", evil.config.grid_uri, 0)])
 
     async def publish_local(_topic: str, _msg: Any) -> bool:
         return True
@@ -235,11 +235,7 @@ def test_a_retained_command_with_a_huge_seq_does_not_lock_an_actuator(
     op.publish(command, messages.encode(honest))
     got = _until(
         lambda: next(
-            (
-                s
-                for m in op.received(0.2)
-                if (s := messages.decode(m.topic, m.payload)).seq == honest.seq
-            ),
+            (s for m in op.drain() if (s := messages.decode(m.topic, m.payload)).seq == honest.seq),
             None,
         ),
         what="the honest command applied",

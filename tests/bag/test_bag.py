@@ -34,8 +34,7 @@ def _energy(node: str, epoch: int, price: float) -> bytes:
 def _retained(mqtt_client: Any, port: int, user: str | None, password: str | None) -> dict:
     """The retained store of a broker: what a fresh subscriber gets at once, topic -> payload."""
     c = mqtt_client(port, user, password)
-    c.subscribe("redy/#")
-    got = {m.topic: bytes(m.payload) for m in c.received(0.7) if m.retain}
+    got = {topic: bytes(m.payload) for topic, m in c.retained("redy/#").items()}
     c.close()
     return got
 

@@ -20,10 +20,9 @@ from redy.balancing.curves import (
     Storage,
     curve,
     dispatch_kw,
-    ev_urgency,
     sample,
-    urgency_wtp,
 )
+from redy.devices.urgency import ev_urgency, willingness_to_pay
 
 pytestmark = pytest.mark.pure
 
@@ -93,8 +92,8 @@ def test_flat_segment_at_zero_clears_at_its_lowest_price_and_exact_zero_clears()
 
 
 def test_urgency_raises_willingness_to_pay() -> None:
-    early = urgency_wtp(ev_urgency(20, 11, 8 * 3600), 30, 400)
-    late = urgency_wtp(ev_urgency(20, 11, 2 * 3600), 30, 400)
+    early = willingness_to_pay(ev_urgency(20, 11, 8 * 3600), 30, 400)
+    late = willingness_to_pay(ev_urgency(20, 11, 2 * 3600), 30, 400)
     assert 30 <= early < late <= 400
 
 

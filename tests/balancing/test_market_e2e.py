@@ -35,7 +35,7 @@ class Watch:
         self.latest: dict[str, Any] = {}
 
     def get(self, topic: str) -> Any:
-        for m in self.client.received(0.02):
+        for m in self.client.drain():
             with contextlib.suppress(messages.InvalidMessage):
                 self.latest[m.topic] = messages.decode(m.topic, m.payload)
         return self.latest.get(topic)

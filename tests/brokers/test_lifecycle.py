@@ -49,11 +49,25 @@ def _wait_gone(pid: int, timeout_s: float) -> bool:
 
 def test_a_broker_is_alive_until_stopped_and_frees_its_ports(start_broker: Any) -> None:
     b = start_broker("house-1")
-    time.sleep(0.3)  # alive() must read the current state, not the one seen at start
     assert b.alive()
     b.stop()
     assert not b.alive()
     assert all(brokers.port_is_free(p) for p in (b.port, b.grid_port, b.unit_port))
+
+
+def test_alive_reads_the_current_state_when_the_broker_dies_behind_its_back(
+    start_broker: Any,
+) -> None:
+    b = start_broker("house-1")
+    assert b.alive()
+    if isinstance(b, ProcessBroker):
+        os.kill(b.pid, signal.SIGKILL)
+    else:
+        subprocess.run(["docker", "kill", b.container_id], capture_output=True, check=True)
+    deadline = time.monotonic() + 10
+    while b.alive():
+        assert time.monotonic() < deadline, "alive() still says alive 10 s after a SIGKILL"
+        time.sleep(0.05)
 
 
 def test_a_killed_broker_is_seen_dead(start_broker: Any) -> None:
@@ -184,8 +198,12 @@ def test_broker_run_serves_until_sigterm_and_leaves_nothing_behind(
         assert proc.stdout is not None
         banner = proc.stdout.readline()
         assert f"mqtt://127.0.0.1:{port}" in banner and "credentials.json" in banner, banner
-        time.sleep(1.2)  # longer than the command's liveness check period
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        # Serving means surviving its own liveness checks (every 0.5 s): watched over 1.2 s,
+        # failing as soon as it exits.
+        until = time.monotonic() + 1.2
+        while time.monotonic() < until:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.05)
         creds = brokers.load_credentials(state / "house-1" / "credentials.json")
         assert mqtt_client(port, None, None).refused is not None
         unit = mqtt_client(unit_port, "pv-meter", creds.password("pv-meter"))

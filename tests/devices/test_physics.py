@@ -8,11 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from redy.devices import MODELS, DeviceError, make_model
+from redy.devices import MODELS, make_model
 from redy.devices.battery import Battery
 from redy.devices.gas_plant import GasPlant
 from redy.devices.loads import EVCharger, WaterHeater
 from redy.devices.renewables import PV, Wind
+from redy.errors import DeviceError
 
 pytestmark = pytest.mark.pure
 

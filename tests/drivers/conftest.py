@@ -42,7 +42,7 @@ class Operator:
         self.log: list[tuple[str, Any]] = []
 
     def pump(self) -> list[tuple[str, Any]]:
-        for m in self.client.received(0.05):
+        for m in self.client.drain():
             with contextlib.suppress(messages.InvalidMessage):
                 self.log.append((m.topic, messages.decode(m.topic, m.payload)))
         return self.log

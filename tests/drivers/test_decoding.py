@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from redy.drivers.base import DeviceFault
 from redy.drivers.ocpp_csms import parse_meter_values
 from redy.drivers.sunspec import Block, decode_power_energy, discover
 from redy.drivers.zigbee2mqtt import _online, parse_state
+from redy.errors import DeviceFault
 
 pytestmark = pytest.mark.pure
 

@@ -66,7 +66,7 @@ def test_the_shipped_house_on_real_devices_runs_and_its_governance_counts_them(
         op.subscribe(topic)
 
         def counted() -> Any:
-            for m in op.received(0.3):
+            for m in op.drain():
                 s = messages.decode(m.topic, m.payload)
                 if s.units_online == 3 and s.production_kw > 0 and s.consumption_kw > 2.4:
                     return s

@@ -343,9 +343,9 @@ def broker_pid(state: Path, node: str) -> int | None:
 
 
 def governance_pid(state: Path, node: str) -> int | None:
-    creds = f"{state.resolve()}/{node}/governance.json"
+    config = f"{state.resolve()}/{node}/governance.config.json"
     for pid, cmd in _cmdlines():
-        if " governance " in cmd and f"--node {node} " in cmd and creds in cmd:
+        if " governance --config " in cmd and config in cmd:
             with contextlib.suppress(OSError):
                 stat = Path(f"/proc/{pid}/stat").read_text()
                 if stat.rsplit(")", 1)[1].split()[0] == "Z":

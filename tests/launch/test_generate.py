@@ -28,21 +28,23 @@ def test_a_generated_100_node_grid_parses_with_unique_ports_introducers_and_one_
     out.write_text(render_grid(MIX, templates_in(default_templates()), 20000, tmp_path, 30, 5))
     desc = parse(out)
     assert len(desc.nodes) == 100
-    kinds = Counter(n.governance.kind for n in desc.nodes if n.governance)
+    kinds = Counter(n.governance.value("kind") for n in desc.nodes if n.governance)
     # eco_house_battery nodes are eco_house kind; ev_station and solar_plant their own
     assert kinds["gas_plant"] == 2 and kinds["factory"] == 5 and kinds["eco_house"] == 40
     ports = [p for n in desc.nodes for p in (n.broker.port, n.broker.grid_port)]
     assert len(set(ports)) == 200 and min(ports) == 20000 and max(ports) == 30099
     grid_uris = {n.broker.grid_uri: i for i, n in enumerate(desc.nodes)}
     first, *rest = desc.nodes
-    assert first.governance is not None and first.governance.introducer is None
+    assert first.governance is not None and first.governance.value("introducer") is None
     for i, n in enumerate(rest, start=1):
-        assert n.governance is not None and n.governance.introducer in grid_uris
-        assert grid_uris[n.governance.introducer] < i  # joins through a node started before it
+        assert n.governance is not None and n.governance.value("introducer") in grid_uris
+        assert (
+            grid_uris[n.governance.value("introducer")] < i
+        )  # joins through a node started before it
     # no broker introduces more than the fanout (default 4)
-    intro_load = Counter(n.governance.introducer for n in rest if n.governance)
+    intro_load = Counter(n.governance.value("introducer") for n in rest if n.governance)
     assert max(intro_load.values()) <= 4
-    assert {n.governance.epoch_s for n in desc.nodes if n.governance} == {5.0}
+    assert {n.governance.value("epoch_s") for n in desc.nodes if n.governance} == {5.0}
     assert desc.clock.speed == 30.0
 
 

@@ -45,7 +45,7 @@ def test_figure3_is_the_papers_three_nodes() -> None:
         "house-1": ["action", "detection", "detection"],
     }
     assert all(n.governance is not None for n in desc.nodes)
-    intro = {n.node: n.governance.introducer for n in desc.nodes if n.governance}
+    intro = {n.node: n.governance.value("introducer") for n in desc.nodes if n.governance}
     assert (
         intro["factory-1"] == intro["house-1"] == "mqtts://127.0.0.1:28841"
     )  # mutual TLS between nodes

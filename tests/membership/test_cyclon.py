@@ -9,13 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from redy.errors import RedyError
-from redy.membership.cyclon import Cyclon, ViewEntry
+from redy.membership.cyclon import Cyclon, Neighbour
 
 pytestmark = pytest.mark.pure
 
 
-def _e(node: str, age: int = 0) -> ViewEntry:
-    return ViewEntry(node, f"mqtt://127.0.0.1:{20000 + hash(node) % 1000}", age)
+def _e(node: str, age: int = 0) -> Neighbour:
+    return Neighbour(node, f"mqtt://127.0.0.1:{20000 + hash(node) % 1000}", age)
 
 
 def _node(name: str = "p", c: int = 4, sl: int = 2, detector: str = "redy") -> Cyclon:
@@ -43,7 +43,7 @@ def test_request_holds_sl_minus_one_others_and_the_fresh_own_entry() -> None:
     out = p.tick()
     assert out is not None
     assert len(out.entries) == 3
-    assert out.entries[-1] == ViewEntry("p", "mqtt://p:1", 0)
+    assert out.entries[-1] == Neighbour("p", "mqtt://p:1", 0)
     assert out.target.node not in {e.node for e in out.entries}
 
 
@@ -129,7 +129,7 @@ def test_a_dead_address_passed_around_for_a_live_node_gets_only_that_address_ref
     tombstones that address, not b; b's own entries still merge."""
     p = _node(c=4, sl=2)
     p.seed([_e("a", 1)])
-    bogus = ViewEntry("b", "mqtts://127.0.0.1:9", 3)
+    bogus = Neighbour("b", "mqtts://127.0.0.1:9", 3)
     p.on_request(_e("evil"), [bogus])
     p.on_unreachable("b", bogus.broker)
     assert "b" not in {e.node for e in p.view}
@@ -149,7 +149,7 @@ def test_one_sender_holds_at_most_a_quarter_of_a_full_view() -> None:
     for period in range(5):
         for i in range(10):
             fakes = [_e(f"fake-{period}-{i}-{k}", 0) for k in range(3)]
-            p.on_request(evil, [*fakes, ViewEntry(f"twin-{i}", evil.broker, 0), evil])
+            p.on_request(evil, [*fakes, Neighbour(f"twin-{i}", evil.broker, 0), evil])
         nodes = {e.node for e in p.view}
         assert not any(n.startswith("twin-") for n in nodes)
         assert len([n for n in nodes if n.startswith("fake-") or n == "evil"]) <= 2
@@ -199,9 +199,9 @@ def test_views_never_hold_self_duplicates_too_many_or_negative_ages(
         for x in names
     }
     for i, x in enumerate(names):
-        nodes[x].seed([ViewEntry(names[(i + 1) % n], f"mqtt://{names[(i + 1) % n]}:1", 0)])
+        nodes[x].seed([Neighbour(names[(i + 1) % n], f"mqtt://{names[(i + 1) % n]}:1", 0)])
     alive = set(names)
-    ever_sent = {ViewEntry(x, f"mqtt://{x}:1", 0)[:2] for x in names}
+    ever_sent = {Neighbour(x, f"mqtt://{x}:1", 0)[:2] for x in names}
     for kind, k in events:
         x = names[k]
         if x not in alive:
@@ -222,7 +222,7 @@ def test_views_never_hold_self_duplicates_too_many_or_negative_ages(
         if q not in alive or kind == "lose":
             nodes[x].on_timeout(out.nonce)
             continue
-        reply = nodes[q].on_request(ViewEntry(x, f"mqtt://{x}:1", 0), out.entries)
+        reply = nodes[q].on_request(Neighbour(x, f"mqtt://{x}:1", 0), out.entries)
         ever_sent.update(e[:2] for e in reply)
         nodes[x].on_reply(out.nonce, reply)
         for node in nodes.values():
@@ -237,18 +237,18 @@ def test_views_never_hold_self_duplicates_too_many_or_negative_ages(
 
 def test_probe_reaches_a_node_outside_the_view_and_its_reply_merges() -> None:
     c = Cyclon("a", "mqtt://a", 4, 2, random.Random(1))
-    c.seed([ViewEntry("b", "mqtt://b", 0)])
+    c.seed([Neighbour("b", "mqtt://b", 0)])
     c.on_unreachable("b")  # lost: tombstoned
     assert len(c) == 0
-    out = c.probe(ViewEntry("b", "mqtt://b", 0))
-    assert out.target.node == "b" and out.entries[-1] == ViewEntry("a", "mqtt://a", 0)
-    assert c.on_reply(out.nonce, [ViewEntry("c", "mqtt://c", 1), ViewEntry("d", "mqtt://d", 2)])
+    out = c.probe(Neighbour("b", "mqtt://b", 0))
+    assert out.target.node == "b" and out.entries[-1] == Neighbour("a", "mqtt://a", 0)
+    assert c.on_reply(out.nonce, [Neighbour("c", "mqtt://c", 1), Neighbour("d", "mqtt://d", 2)])
     assert {e.node for e in c.view} == {"c", "d"}
 
 
 def test_an_unanswered_probe_changes_nothing() -> None:
     c = Cyclon("a", "mqtt://a", 4, 2, random.Random(1))
-    c.seed([ViewEntry("c", "mqtt://c", 0)])
-    out = c.probe(ViewEntry("z", "mqtt://z", 0))
+    c.seed([Neighbour("c", "mqtt://c", 0)])
+    out = c.probe(Neighbour("z", "mqtt://z", 0))
     c.on_timeout(out.nonce)
     assert [e.node for e in c.view] == ["c"]

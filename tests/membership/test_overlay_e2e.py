@@ -3,7 +3,6 @@ overlay over real brokers, read from the retained views as an operator would."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -23,6 +22,12 @@ pytestmark = pytest.mark.e2e
 
 N, C, SL = 12, 5, 3
 PERIOD_S = 0.5
+# Bounds on what the test measures, in shuffle periods. A quiet 2-core machine showed join 10,
+# heal 3, rejoin 6; under a load of 9 one phase needed more than 10. Filling 12 views of 5 through
+# one introducer takes a few rounds of fan-out; a dead neighbour is dropped after one unanswered
+# shuffle (timeout < period) and replaced from the next reply; a restarted node needs its own
+# view filled and one other node to pick it up.
+JOIN_MAX, HEAL_MAX, REJOIN_MAX = 40, 20, 30
 
 
 class Grid:
@@ -126,6 +131,8 @@ class Grid:
 
 
 def _until(pred: Any, periods: int, what: str) -> float:
+    """How many shuffle periods until `pred()` holds, checked every period; AssertionError once
+    `periods` have passed without it."""
     start = time.monotonic()
     deadline = start + periods * PERIOD_S
     while time.monotonic() < deadline:
@@ -156,7 +163,7 @@ def test_twelve_nodes_join_heal_after_three_crashes_and_a_restarted_node_rejoins
         v = grid.views(names)
         return len(v) == N and all(len(x) == C for x in v.values()) and connected(v)
 
-    joined_in = _until(full_and_connected, 60, "every view full and the overlay connected")
+    joined_in = _until(full_and_connected, JOIN_MAX, "every view full and the overlay connected")
 
     first = grid.brokers[names[0]]
     auth = ["--broker", first.uri, "--credentials", str(first.config.credentials_path)]
@@ -190,7 +197,7 @@ def test_twelve_nodes_join_heal_after_three_crashes_and_a_restarted_node_rejoins
             and connected(v)
         )
 
-    healed_in = _until(healed, 30, "no live view names the dead and survivors connected")
+    healed_in = _until(healed, HEAL_MAX, "no live view names the dead and survivors connected")
 
     back = victims[0]
     grid.start_broker(back, *ports[back])
@@ -200,7 +207,6 @@ def test_twelve_nodes_join_heal_after_three_crashes_and_a_restarted_node_rejoins
         v = grid.views([*survivors, back])
         return len(v.get(back, ())) == C and any(back in x for n, x in v.items() if n != back)
 
-    rejoined_in = _until(rejoined, 40, "the restarted node back in the overlay")
-    (grid.tmp / "periods.txt").write_text(f"{joined_in} {healed_in} {rejoined_in}\n")
+    rejoined_in = _until(rejoined, REJOIN_MAX, "the restarted node back in the overlay")
+    # Each phase is bounded by _until above; the figures go to the log for the README's table.
     print(f"periods: joined {joined_in:.0f}, healed {healed_in:.0f}, rejoined {rejoined_in:.0f}")
-    assert os.path.exists(grid.tmp / "periods.txt")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import types
 import typing
+from pathlib import Path
 
 import attrs
 import pytest
 
 from redy import messages, topics
+from redy.errors import ContractError
 from redy.topics import CONTRACT
 
 pytestmark = pytest.mark.pure
@@ -93,3 +96,35 @@ def test_acl_grants_only_what_the_roles_say() -> None:
     grid = topics.grid_acl("house-1")
     assert "pattern write redy/house-1/grid/neighbours/%u" in grid  # the certificate's CN
     assert "redy/house-1/action" not in grid
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "where"),
+    [
+        # An unquoted ', ' inside a flow mapping splits a description into a junk key.
+        (
+            'description: "the node\'s grid listener, where peers write"',
+            "description: the node's grid listener, where peers write",
+            "field NodeDescriptor.broker has unknown key(s) ['where peers write']",
+        ),
+        ("max_payload_bytes: 65536", "max_payload_bytes: 65536\nmax_payload: 1", "the top level"),
+        ("    qos: 1\n", "    qos: 1\n    qos_level: 1\n", "unknown key(s) ['qos_level']"),
+    ],
+)
+def test_the_loader_rejects_an_unknown_key_naming_where(
+    tmp_path: Path, old: str, new: str, where: str
+) -> None:
+    text = Path(topics.__file__).with_name("topics.yaml").read_text()
+    assert old in text
+    broken = tmp_path / "topics.yaml"
+    broken.write_text(text.replace(old, new, 1))
+    with pytest.raises(ContractError, match=re.escape(where)):
+        topics.load_contract(broken)
+
+
+def test_a_topic_without_its_qos_is_refused(tmp_path: Path) -> None:
+    text = Path(topics.__file__).with_name("topics.yaml").read_text()
+    broken = tmp_path / "topics.yaml"
+    broken.write_text(text.replace("    qos: 1\n", "", 1))
+    with pytest.raises(ContractError, match=r"lacks \['qos'\]"):
+        topics.load_contract(broken)

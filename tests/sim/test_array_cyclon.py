@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from redy.errors import SimulationError
-from redy.membership.cyclon import Cyclon, ViewEntry
+from redy.membership.cyclon import Cyclon, Neighbour
 from redy.sim.array_cyclon import ArrayOverlay, _merge
 from redy.sim.membership import simulate_membership
 
@@ -151,7 +151,7 @@ def test_fast_merge_leaves_the_same_view_as_the_core_merge(case: dict[str, Any])
     for s, (node, died) in enumerate(case["tombs"].items()):
         fast.tomb_id[me, s], fast.tomb_t[me, s] = node, died
 
-    core._merge([ViewEntry(n, "", age) for n, age in case["entries"]], case["sent"])
+    core._merge([Neighbour(n, "", age) for n, age in case["entries"]], case["sent"])
     e_ids = np.array([n for n, _ in case["entries"]] or [0], dtype=np.int32)
     e_ages = np.array([a for _, a in case["entries"]] or [0], dtype=np.int32)
     sent = np.array(case["sent"] or [0], dtype=np.int32)

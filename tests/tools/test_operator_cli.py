@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from typing import Any
 
 import orjson
@@ -131,8 +130,7 @@ def test_log_format_json_makes_every_log_line_a_json_object(process_broker: Any)
         text=True,
     )
     assert proc.stderr is not None
-    first = proc.stderr.readline()  # the unit logs its connection
-    time.sleep(0.5)
+    first = proc.stderr.readline()  # the unit logs its connection: its SIGTERM handler is set
     proc.send_signal(signal.SIGTERM)
     rest = proc.communicate(timeout=15)[1]
     lines = [ln for ln in (first + rest).splitlines() if ln.strip()]

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from redy import pki
-from redy.transport.client import AsyncLink, Backoff, DeliveryFailed
-from redy.transport.peer_links import PeerLinks, PeerUnreachable
+from redy.errors import DeliveryFailed, PeerUnreachable
+from redy.transport.client import AsyncLink, Backoff
+from redy.transport.peer_links import PeerLinks
 
 pytestmark = pytest.mark.integration
 

@@ -246,26 +246,6 @@ def running_cost_eur_h(
     return bid.offer().cost_eur_h(power_kw)
 
 
-def urgency_wtp(urgency: float, base_eur_mwh: float, cap_eur_mwh: float) -> float:
-    """Willingness to pay that rises with urgency (0: can wait; 1 or more: must run now)."""
-    u = min(max(urgency, 0.0), 1.0)
-    return base_eur_mwh + (cap_eur_mwh - base_eur_mwh) * u * u
-
-
-def ev_urgency(remaining_kwh: float, power_kw: float, time_left_s: float) -> float:
-    """EV: time needed at full power / time left to the deadline."""
-    if remaining_kwh <= 0:
-        return 0.0
-    if time_left_s <= 0:
-        return 1.0
-    return remaining_kwh / power_kw * 3600.0 / time_left_s
-
-
-def heater_urgency(t_c: float, t_min_c: float, t_max_c: float) -> float:
-    """Water heater: 0 at the top of its band, 1 at the bottom."""
-    return min(max((t_max_c - t_c) / (t_max_c - t_min_c), 0.0), 1.0)
-
-
 def sample(bid: Bid, grid: PriceGrid) -> np.ndarray:
     """The bid's injection (kW) at each grid price."""
     return bid.curve_kw(grid.prices)

@@ -123,17 +123,17 @@ class _Supply:
         # Ramps in progress (started, not full) give rate · (p - lo); full ones give kw.
         rate = self._lo_rate[started] - self._hi_rate[full]
         rate_cost = self._lo_rate_cost[started] - self._hi_rate_cost[full]
-        return self._hi_kw[full] + rate * p - rate_cost
+        return np.asarray(self._hi_kw[full] + rate * p - rate_cost)
 
     def left(self, p: np.ndarray) -> np.ndarray:
         """S just below each price (step blocks at that price off)."""
         steps = self._step_cum[np.searchsorted(self._step_cost, p, side="left")]
-        return self.base + steps + self._ramps(p)
+        return np.asarray(self.base + steps + self._ramps(p))
 
     def right(self, p: np.ndarray) -> np.ndarray:
         """S at each price with the step blocks at that price on."""
         steps = self._step_cum[np.searchsorted(self._step_cost, p, side="right")]
-        return self.base + steps + self._ramps(p)
+        return np.asarray(self.base + steps + self._ramps(p))
 
     def response(self, price: float, step_share: float) -> np.ndarray:
         """Each block's dispatched share at `price`; step blocks exactly at it run `step_share`."""

@@ -12,7 +12,8 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from redy.devices.base import Applied, Device, DeviceError, Limits, Reading
+from redy.devices.base import Applied, Device, Limits, Reading
+from redy.errors import DeviceError
 
 if TYPE_CHECKING:
     from redy.drivers.base import Driver
@@ -156,9 +157,10 @@ def make_model(name: str, **params: Any) -> Device:
     merged = {**_PRESETS.get(name, {}), **params}
     _check_params(name, cls, merged)
     try:
-        return cls(**merged)
+        model: Device = cls(**merged)
     except (TypeError, ValueError) as exc:
         raise DeviceError(f"device model {name!r}: bad parameters ({exc})") from None
+    return model
 
 
 __all__ = [
@@ -166,7 +168,6 @@ __all__ = [
     "MODELS",
     "Applied",
     "Device",
-    "DeviceError",
     "Limits",
     "Reading",
     "check_params",

@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import attrs
 
-from redy.errors import RedyError
-
-
-class DeviceError(RedyError):
-    """An unknown device model or bad model parameters."""
+from redy.errors import DeviceError
 
 
 @attrs.frozen

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from redy.devices.base import Applied, Device, DeviceError, Limits, Reading, clamp
+from redy.devices.base import Applied, Device, Limits, Reading, clamp
+from redy.errors import DeviceError
 
 
 class Battery(Device):

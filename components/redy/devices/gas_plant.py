@@ -3,7 +3,8 @@ minimum on and off times."""
 
 from __future__ import annotations
 
-from redy.devices.base import Applied, Device, DeviceError, Limits, clamp
+from redy.devices.base import Applied, Device, Limits, clamp
+from redy.errors import DeviceError
 
 
 class GasPlant(Device):

@@ -3,11 +3,10 @@ heaters. Power is signed: a load's power is negative."""
 
 from __future__ import annotations
 
-import math
-
-from redy.balancing.curves import urgency_wtp
 from redy.devices import profiles
-from redy.devices.base import Applied, Device, DeviceError, Limits, Reading, clamp
+from redy.devices.base import Applied, Device, Limits, Reading, clamp
+from redy.devices.urgency import band_urgency, ev_urgency, willingness_to_pay
+from redy.errors import DeviceError
 
 # Annual energy in kWh per standard profile, when none is given.
 _DEFAULT_ANNUAL_KWH = {"h0": 4_000.0, "g1": 2_000_000.0, "g0": 500_000.0, "l0": 20_000.0}
@@ -135,15 +134,12 @@ class EVCharger(Device):
 
     def urgency(self) -> float:
         """Time needed at full power / time left, in [0, inf): 1 means it must charge now."""
-        left_s = self.deadline_s - self.t_s
-        need_s = self.remaining_kwh / (self.rated_kw * self.efficiency) * 3600.0
-        if need_s <= 0:
-            return 0.0
-        return math.inf if left_s <= 0 else need_s / left_s
+        power_kw = self.rated_kw * self.efficiency
+        return ev_urgency(self.remaining_kwh, power_kw, self.deadline_s - self.t_s)
 
     def bid_eur_mwh(self) -> float:
         """Willingness to pay, rising with urgency to the top of its range at urgency 1."""
-        return urgency_wtp(self.urgency(), *self.wtp_range)
+        return willingness_to_pay(self.urgency(), *self.wtp_range)
 
     def _max_draw_kw(self, dt_s: float) -> float:
         return min(self.rated_kw, self.remaining_kwh / self.efficiency / (dt_s / 3600.0))
@@ -217,14 +213,12 @@ class WaterHeater(Device):
         self.heat_in_kwh = 0.0
         self.heat_out_kwh = 0.0
 
-    def closeness_to_lower_band(self) -> float:
-        """0 at the top of the band, 1 at its bottom (urgency of heating)."""
-        return clamp((self.t_max_c - self.t_c) / (self.t_max_c - self.t_min_c), 0.0, 1.0)
-
     def bid_eur_mwh(self) -> float:
         """Willingness to pay: the low end of its range with a full tank, the top at the bottom
         of the band."""
-        return urgency_wtp(self.closeness_to_lower_band(), *self.wtp_range)
+        return willingness_to_pay(
+            band_urgency(self.t_c, self.t_min_c, self.t_max_c), *self.wtp_range
+        )
 
     def _heating(self) -> bool:
         if self.t_c <= self.t_min_c:

@@ -9,7 +9,8 @@ import math
 import random
 
 from redy.devices import profiles
-from redy.devices.base import Applied, Device, DeviceError, Limits, Reading, clamp
+from redy.devices.base import Applied, Device, Limits, Reading, clamp
+from redy.errors import DeviceError
 
 
 class _Curtailable(Device):

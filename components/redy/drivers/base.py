@@ -19,17 +19,10 @@ from typing import Any
 
 import attrs
 
-from redy.devices.base import Applied, DeviceError, Limits
+from redy.devices.base import Applied, Limits
+from redy.errors import DeviceError, DeviceFault
 
 QUANTITIES = ("production", "consumption", "mixed")
-
-
-class DeviceUnavailable(DeviceError):
-    """The device does not answer (connection refused, timeout, not connected, said offline)."""
-
-
-class DeviceFault(DeviceError):
-    """The device answered, but with an error code or a value that cannot be right."""
 
 
 @attrs.frozen

@@ -19,12 +19,11 @@ import datetime as dt
 import logging
 import math
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
-from redy.devices.base import Applied, DeviceError, Limits, clamp
+from redy.devices.base import Applied, Limits, clamp
 from redy.drivers.base import (
-    DeviceFault,
-    DeviceUnavailable,
     Driver,
     Sample,
     check_charge_point_id,
@@ -32,6 +31,7 @@ from redy.drivers.base import (
     check_port,
     check_positive,
 )
+from redy.errors import DeviceError, DeviceFault, DeviceUnavailable
 
 _log = logging.getLogger(__name__)
 logging.getLogger("ocpp").setLevel(logging.WARNING)  # it logs every frame at INFO
@@ -397,7 +397,16 @@ class _Handlers:
         asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(ask()))
 
 
-def _common(on: Any, action: Any, call_result: Any) -> type[_Handlers]:
+_Handler = TypeVar("_Handler", bound=Callable[..., Any])
+
+
+class _Route(Protocol):
+    """ocpp.routing.on, typed (ocpp ships no types): it marks a handler and returns it as is."""
+
+    def __call__(self, action: Any) -> Callable[[_Handler], _Handler]: ...
+
+
+def _common(on: _Route, action: Any, call_result: Any) -> type[_Handlers]:
     """The handlers both versions answer alike, routed with that version's enums and results."""
 
     class Common(_Handlers):
@@ -416,9 +425,11 @@ def _common(on: Any, action: Any, call_result: Any) -> type[_Handlers]:
 
 
 def _v16() -> Any:
-    from ocpp.routing import on
+    from ocpp import routing
     from ocpp.v16 import ChargePoint, call, call_result
     from ocpp.v16.enums import Action
+
+    on: _Route = routing.on
 
     class Session(_common(on, Action, call_result), ChargePoint):  # type: ignore[misc]
         async def set_limit(self, connector_id: int, tx: int | str | None, limit_w: float) -> str:
@@ -473,9 +484,11 @@ def _v16() -> Any:
 
 
 def _v201() -> Any:
-    from ocpp.routing import on
+    from ocpp import routing
     from ocpp.v201 import ChargePoint, call, call_result
     from ocpp.v201.enums import Action
+
+    on: _Route = routing.on
 
     class Session(_common(on, Action, call_result), ChargePoint):  # type: ignore[misc]
         async def set_limit(self, evse_id: int, tx: int | str | None, limit_w: float) -> str:

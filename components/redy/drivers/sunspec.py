@@ -24,10 +24,8 @@ from typing import Any
 
 import attrs
 
-from redy.devices.base import Applied, DeviceError, Limits, clamp
+from redy.devices.base import Applied, Limits, clamp
 from redy.drivers.base import (
-    DeviceFault,
-    DeviceUnavailable,
     Driver,
     Sample,
     check_host,
@@ -35,6 +33,7 @@ from redy.drivers.base import (
     check_port,
     check_positive,
 )
+from redy.errors import DeviceError, DeviceFault, DeviceUnavailable
 
 _log = logging.getLogger(__name__)
 # pymodbus logs every timeout as an ERROR of its own; the unit says it once, in one line.

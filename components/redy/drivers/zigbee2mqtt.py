@@ -20,15 +20,9 @@ from typing import Any
 
 import orjson
 
-from redy.devices.base import Applied, DeviceError, Limits
-from redy.drivers.base import (
-    DeviceFault,
-    DeviceUnavailable,
-    Driver,
-    Sample,
-    check_mqtt_name,
-    check_positive,
-)
+from redy.devices.base import Applied, Limits
+from redy.drivers.base import Driver, Sample, check_mqtt_name, check_positive
+from redy.errors import DeviceError, DeviceFault, DeviceUnavailable
 
 _log = logging.getLogger(__name__)
 
@@ -87,8 +81,8 @@ def _online(payload: bytes) -> bool:
     except orjson.JSONDecodeError:
         return text == "online"
     if isinstance(data, dict):
-        return data.get("state") == "online"
-    return data == "online"
+        return bool(data.get("state") == "online")
+    return bool(data == "online")
 
 
 class Zigbee2MqttPlug(Driver):

@@ -21,46 +21,25 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 import yaml
 
-from redy.errors import LaunchError
+from redy.errors import LaunchError, SettingError
 from redy.topics import CONTRACT
+from redy.units.config import (
+    GovernanceConfig,
+    UnitConfig,
+    check_settings,
+    scalar_type,
+    settings_of,
+)
+from redy.yaml_lines import LineLoader
 
 _SUBST = re.compile(r"\$\((var|env|dirname)(?:\s+([A-Za-z0-9_.-]+))?\)")
-
-
-class _Map(dict[str, Any]):
-    """A YAML mapping that remembers the line of each key."""
-
-    line = 0
-    key_lines: dict[str, int]
-
-
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
-    m = _Map()
-    m.line = node.start_mark.line + 1
-    m.key_lines = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if not isinstance(key, str):
-            raise LaunchError(
-                f"line {key_node.start_mark.line + 1}: keys must be strings, got {key!r}"
-            )
-        m[key] = loader.construct_object(value_node, deep=True)
-        m.key_lines[key] = key_node.start_mark.line + 1
-    return m
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
 
 
 # --- the description --------------------------------------------------------------------------
@@ -107,32 +86,37 @@ class BrokerSpec:
 
 @attrs.frozen
 class GovernanceSpec:
+    """A governance action: the settings the file gives (GovernanceConfig's names; the config
+    supplies the rest) and how the launcher runs the process. After parsing, `introducer` in
+    the settings holds grid URIs (the file may name nodes of the launch)."""
+
     node: str
-    kind: str = "generic"
-    setpoint_kw: float | None = None
-    period_s: float = 1.0
+    settings: Mapping[str, Any] = attrs.field(factory=dict)
     distant: bool = True
-    introducer: str | None = None  # grid URIs or node ids of this launch, comma-separated
-    view_size: int = 8
-    shuffle_length: int = 4
-    shuffle_period_s: float = 2.0
-    shuffle_timeout_s: float = 1.5
-    epoch_s: float = 0.0
-    rounds: int = 10
     respawn: bool = True  # a node without its governance unit is not in the market
     respawn_delay_s: float = 1.0
     where: str = ""
 
+    def value(self, name: str) -> Any:
+        """A setting as the process will have it: the file's value, else GovernanceConfig's
+        default (None for one drawn at start, like the seed)."""
+        if name in self.settings:
+            return self.settings[name]
+        default = attrs.fields_dict(GovernanceConfig)[name].default
+        return None if hasattr(default, "factory") else default
+
 
 @attrs.frozen
 class UnitSpec:
+    """A detection or action: what it is, the settings the file gives (UnitConfig's names,
+    which supplies the rest) and how the launcher runs the process."""
+
     node: str
     name: str
     role: str
     device: str
     params: Mapping[str, Any] = attrs.field(factory=dict)
-    period_s: float = 1.0
-    seed: int = 0
+    settings: Mapping[str, Any] = attrs.field(factory=dict)
     respawn: bool = False
     respawn_delay_s: float = 1.0
     where: str = ""
@@ -160,6 +144,16 @@ class LaunchDescription:
 
 # --- parsing ------------------------------------------------------------------------------------
 
+
+def _launch_settings(cls: type) -> dict[str, tuple[type, bool]]:
+    """The settings of a unit config that a launch file may give: key -> (type, required)."""
+    return {
+        name: (scalar_type(field), field.default is attrs.NOTHING)
+        for name, (field, meta) in settings_of(cls).items()
+        if meta.launch
+    }
+
+
 _FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
     # action -> key -> (type, required)
     "arg": {"name": (str, True), "default": (str, False), "description": (str, False)},
@@ -179,19 +173,10 @@ _FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
         "site_user": (str, False),
         "site_password": (str, False),
     },
+    # The settings GovernanceConfig marks launch=True, then what only the launcher uses.
     "governance": {
-        "node": (str, True),
-        "kind": (str, False),
-        "setpoint_kw": (float, False),
-        "period_s": (float, False),
+        **_launch_settings(GovernanceConfig),
         "distant": (bool, False),
-        "introducer": (str, False),
-        "view_size": (int, False),
-        "shuffle_length": (int, False),
-        "shuffle_period_s": (float, False),
-        "shuffle_timeout_s": (float, False),
-        "epoch_s": (float, False),
-        "rounds": (int, False),
         "respawn": (bool, False),
         "respawn_delay_s": (float, False),
     },
@@ -200,15 +185,14 @@ _FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
         "name": (str, True),
         "device": (str, True),
         "params": (dict, False),
-        "period_s": (float, False),
-        "seed": (int, False),
+        **_launch_settings(UnitConfig),
         "respawn": (bool, False),
         "respawn_delay_s": (float, False),
     },
 }
 _FIELDS["action"] = _FIELDS["detection"]
+_UNIT_SETTINGS = tuple(_launch_settings(UnitConfig))
 _ACTIONS = (*_FIELDS, "group")
-_KINDS = next(f.values for f in CONTRACT.types["NodeDescriptor"].fields if f.name == "kind")
 
 
 class _Scope:
@@ -340,37 +324,52 @@ def _run_actions(actions: Any, scope: _Scope, b: _Builder, line: int) -> None:
                 f"{_where(scope, item_line)}: unknown action {action!r}; expected one of "
                 f"{list(_ACTIONS)}"
             )
-        if action == "group":
+        if action == "group":  # a list of actions in a scope of its own, not fields
             _run_actions(body, scope.child(), b, item_line)
             continue
-        f = _fields(action, body, scope, item_line)
-        where = _where(scope, item_line)
-        if action == "arg":
-            if f["name"] in scope.given:
-                scope.values[f["name"]] = scope.given[f["name"]]
-            elif "default" in f:
-                scope.values[f["name"]] = f["default"]
-            else:
-                raise LaunchError(
-                    f"{where}: argument {f['name']!r} has no default and was not given "
-                    f"(pass {f['name']}:=VALUE)"
-                )
-        elif action == "let":
-            scope.values[f["name"]] = f["value"]
-        elif action == "include":
-            _include(f, scope, b, item_line)
-        elif action == "clock":
-            b.clock = Clock(speed=f.get("speed", b.clock.speed), start_s=f.get("start_s", 0.0))
-            if b.clock.speed <= 0:
-                raise LaunchError(f"{where}: clock.speed must be > 0")
-        elif action == "broker":
-            _add_broker(f, b, where)
-        elif action == "governance":
-            _add_governance(f, b, where)
-        else:
-            _add_unit(action, f, b, where)
+        _HANDLERS[action](_fields(action, body, scope, item_line), scope, b, item_line)
 
 
+# action -> what it does with its checked fields (_FIELDS[action]); one function per action.
+_Handler = Callable[[dict[str, Any], _Scope, _Builder, int], None]
+_HANDLERS: dict[str, _Handler] = {}
+
+
+def _handles(*actions: str) -> Callable[[_Handler], _Handler]:
+    def register(handler: _Handler) -> _Handler:
+        for action in actions:
+            _HANDLERS[action] = handler
+        return handler
+
+    return register
+
+
+@_handles("arg")
+def _arg(f: dict[str, Any], scope: _Scope, b: _Builder, line: int) -> None:
+    if f["name"] in scope.given:
+        scope.values[f["name"]] = scope.given[f["name"]]
+    elif "default" in f:
+        scope.values[f["name"]] = f["default"]
+    else:
+        raise LaunchError(
+            f"{_where(scope, line)}: argument {f['name']!r} has no default and was not given "
+            f"(pass {f['name']}:=VALUE)"
+        )
+
+
+@_handles("let")
+def _let(f: dict[str, Any], scope: _Scope, b: _Builder, line: int) -> None:
+    scope.values[f["name"]] = f["value"]
+
+
+@_handles("clock")
+def _clock(f: dict[str, Any], scope: _Scope, b: _Builder, line: int) -> None:
+    b.clock = Clock(speed=f.get("speed", b.clock.speed), start_s=f.get("start_s", 0.0))
+    if b.clock.speed <= 0:
+        raise LaunchError(f"{_where(scope, line)}: clock.speed must be > 0")
+
+
+@_handles("include")
 def _include(f: dict[str, Any], scope: _Scope, b: _Builder, line: int) -> None:
     where = _where(scope, line)
     path = Path(f["file"])
@@ -388,7 +387,9 @@ def _include(f: dict[str, Any], scope: _Scope, b: _Builder, line: int) -> None:
     b.include_depth -= 1
 
 
-def _add_broker(f: dict[str, Any], b: _Builder, where: str) -> None:
+@_handles("broker")
+def _add_broker(f: dict[str, Any], scope: _Scope, b: _Builder, line: int) -> None:
+    where = _where(scope, line)
     node = _node_id(f["node"], where)
     if node in b.brokers:
         raise LaunchError(f"{where}: node {node!r} already has a broker ({b.brokers[node].where})")
@@ -431,23 +432,38 @@ def _add_broker(f: dict[str, Any], b: _Builder, where: str) -> None:
     b.units.setdefault(node, [])
 
 
-def _add_governance(f: dict[str, Any], b: _Builder, where: str) -> None:
+@_handles("governance")
+def _add_governance(f: dict[str, Any], scope: _Scope, b: _Builder, line: int) -> None:
+    where = _where(scope, line)
     node = _node_id(f["node"], where)
     if node in b.governance:
         raise LaunchError(f"{where}: node {node!r} already has a governance unit")
-    kind = f.get("kind", "generic")
-    if kind not in _KINDS:
-        raise LaunchError(f"{where}: unknown node kind {kind!r}; expected one of {list(_KINDS)}")
-    f = {**f, "node": node, "kind": kind}
-    if not f.get("introducer"):
-        f.pop("introducer", None)  # an empty argument means: this node starts the overlay
-    if f.get("shuffle_length", 4) >= f.get("view_size", 8):
-        raise LaunchError(f"{where}: shuffle_length must be smaller than view_size")
-    b.governance[node] = GovernanceSpec(**f, where=where)
+    launcher = {"distant", "respawn", "respawn_delay_s"}
+    settings = {k: v for k, v in f.items() if k not in launcher}
+    if not settings.get("introducer"):
+        settings.pop("introducer", None)  # an empty argument means: this node starts the overlay
+    try:
+        check_settings(GovernanceConfig, settings)
+    except SettingError as exc:
+        raise LaunchError(f"{where}: governance: {exc}") from None
+    b.governance[node] = GovernanceSpec(
+        node=node, settings=settings, **{k: f[k] for k in launcher if k in f}, where=where
+    )
+
+
+@_handles("detection")
+def _add_detection(f: dict[str, Any], scope: _Scope, b: _Builder, line: int) -> None:
+    _add_unit("detection", f, b, _where(scope, line))
+
+
+@_handles("action")
+def _add_action(f: dict[str, Any], scope: _Scope, b: _Builder, line: int) -> None:
+    _add_unit("action", f, b, _where(scope, line))
 
 
 def _add_unit(role: str, f: dict[str, Any], b: _Builder, where: str) -> None:
-    from redy.devices import DEVICES, DeviceError, check_params
+    from redy.devices import DEVICES, check_params
+    from redy.errors import DeviceError
 
     node = _node_id(f["node"], where)
     name = _node_id(f["name"], where, what="unit name")
@@ -463,6 +479,12 @@ def _add_unit(role: str, f: dict[str, Any], b: _Builder, where: str) -> None:
     except DeviceError as exc:
         raise LaunchError(f"{where}: {exc}") from None
     units = b.units.setdefault(node, [])
+    # Without a seed, each unit of a node its own: its place in the node.
+    settings = {"seed": len(units), **{k: f[k] for k in _UNIT_SETTINGS if k in f}}
+    try:
+        check_settings(UnitConfig, settings, node=node, unit=name, role=role, device=f["device"])
+    except SettingError as exc:
+        raise LaunchError(f"{where}: {role} {name}: {exc}") from None
     for u in units:
         if u.name == name:
             raise LaunchError(f"{where}: duplicate unit name {name!r} in node {node!r} ({u.where})")
@@ -473,8 +495,7 @@ def _add_unit(role: str, f: dict[str, Any], b: _Builder, where: str) -> None:
             role=role,
             device=f["device"],
             params=params,
-            period_s=f.get("period_s", 1.0),
-            seed=f.get("seed", len(units)),
+            settings=settings,
             respawn=f.get("respawn", False),
             respawn_delay_s=f.get("respawn_delay_s", 1.0),
             where=where,
@@ -535,7 +556,7 @@ def _parse_file(path: Path, given: Mapping[str, str], b: _Builder, where: str = 
             f"{where + ': ' if where else ''}cannot read launch file {path}: {exc.strerror}"
         ) from None
     try:
-        doc = yaml.load(text, Loader=_Loader)
+        doc = yaml.load(text, Loader=LineLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = mark.line + 1 if mark else 0
@@ -561,9 +582,9 @@ def parse(path: str | Path, args: Mapping[str, str] | None = None) -> LaunchDesc
                 raise LaunchError(f"{broker.where}: port {p} is used twice (also {ports[p]})")
             ports[p] = broker.where
         gov = b.governance.get(node)
-        if gov is not None and gov.introducer:
+        if gov is not None and gov.settings.get("introducer"):
             uris = []
-            for name in gov.introducer.replace(" ", "").split(","):
+            for name in gov.settings["introducer"].replace(" ", "").split(","):
                 if "://" in name or not name:
                     uris.append(name)
                     continue
@@ -574,7 +595,8 @@ def parse(path: str | Path, args: Mapping[str, str] | None = None) -> LaunchDesc
                         "nor a broker URI (mqtt://HOST:PORT)"
                     )
                 uris.append(intro.grid_uri)
-            gov = attrs.evolve(gov, introducer=",".join(u for u in uris if u))
+            introducer = ",".join(u for u in uris if u)
+            gov = attrs.evolve(gov, settings={**gov.settings, "introducer": introducer})
         nodes.append(NodeSpec(broker=broker, governance=gov, units=tuple(b.units[node])))
     for node, gov in b.governance.items():
         if node not in b.brokers:

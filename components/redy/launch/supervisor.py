@@ -175,7 +175,7 @@ class Supervisor:
             site=site,
         )
 
-    def _common(self, n: NodeSpec, period_s: float, account: str) -> dict[str, Any]:
+    def _common(self, n: NodeSpec, account: str) -> dict[str, Any]:
         cfg = self._broker_config(n)
         governance = account == "governance"
         creds = (
@@ -185,70 +185,48 @@ class Supervisor:
             "node": n.node,
             "broker": cfg.uri if governance else cfg.unit_uri,
             "credentials": str(creds),  # that process's own password, nobody else's
-            "period_s": period_s,
             "speed": self.desc.clock.speed,
             "start_unix": self.start_unix,
             "sim_start_s": self.desc.clock.start_s,
         }
 
-    def governance_kwargs(self, n: NodeSpec) -> dict[str, Any]:
-        """Keyword arguments of redy.units.config.GovernanceConfig for node `n`."""
+    def governance_config(self, n: NodeSpec) -> dict[str, Any]:
+        """The settings of redy.units.config.GovernanceConfig for node `n` (JSON values)."""
         g = n.governance
         assert g is not None
-        kw = {
-            **self._common(n, g.period_s, "governance"),
-            "kind": g.kind,
-            "setpoint_kw": g.setpoint_kw,
-        }
+        kw = {**self._common(n, "governance"), **g.settings}
         if g.distant:
-            kw |= {
-                "grid_broker": n.broker.grid_uri,
-                "introducer": g.introducer,
-                "view_size": g.view_size,
-                "shuffle_length": g.shuffle_length,
-                "shuffle_period_s": g.shuffle_period_s,
-                "shuffle_timeout_s": g.shuffle_timeout_s,
-                "epoch_s": g.epoch_s,
-                "rounds": g.rounds,
-            }
+            kw["grid_broker"] = n.broker.grid_uri
         return kw
 
-    def unit_kwargs(self, n: NodeSpec, u: UnitSpec) -> dict[str, Any]:
-        """Keyword arguments of redy.units.config.UnitConfig for unit `u` of node `n`."""
+    def unit_config(self, n: NodeSpec, u: UnitSpec) -> dict[str, Any]:
+        """The settings of redy.units.config.UnitConfig for unit `u` of node `n`."""
         return {
-            **self._common(n, u.period_s, u.name),
+            **self._common(n, u.name),
             "unit": u.name,
             "role": u.role,
             "device": u.device,
-            "seed": u.seed,
             "params": dict(u.params),
+            **u.settings,
         }
 
-    @staticmethod
-    def argv(command: str, kwargs: dict[str, Any]) -> list[str]:
-        """The `python -m redy COMMAND --option value ...` line of a config's kwargs."""
-        out = [*_redy(), command]
-        for key, value in kwargs.items():
-            if key == "role" or value is None:
-                continue
-            if key == "params":
-                for k, v in value.items():
-                    out += ["--param", f"{k}={v}"]
-                continue
-            out += [
-                f"--{key.replace('_', '-')}",
-                repr(value) if isinstance(value, float) else str(value),
-            ]
-        return out
+    def _config_argv(
+        self, n: NodeSpec, command: str, name: str, config: dict[str, Any]
+    ) -> list[str]:
+        """`python -m redy COMMAND --config FILE`: the settings go over as JSON, typed, never
+        as command-line strings to be parsed again."""
+        path = self.state_dir / n.node / f"{name}.config.json"
+        path.write_bytes(orjson.dumps(config))
+        return [*_redy(), command, "--config", str(path)]
 
     def _compose_argv(self, n: NodeSpec) -> list[str]:
         spec = {
-            "governance": self.governance_kwargs(n) if n.governance else None,
-            "units": [self.unit_kwargs(n, u) for u in n.units],
+            "governance": self.governance_config(n) if n.governance else None,
+            "units": [self.unit_config(n, u) for u in n.units],
         }
         path = self.state_dir / n.node / "compose.json"
         path.write_bytes(orjson.dumps(spec))
-        return [sys.executable, "-m", "redy.launch.container", str(path)]
+        return [sys.executable, "-m", "redy.launch.compose", str(path)]
 
     # -- running --------------------------------------------------------------------------------
 
@@ -268,16 +246,16 @@ class Supervisor:
             if self.compose:
                 self._spawn(
                     Child(
-                        f"{n.node}/container",
+                        f"{n.node}/compose",
                         self._compose_argv(n),
                         True,
                         1.0,
-                        logs / f"{n.node}.container.log",
+                        logs / f"{n.node}.compose.log",
                     )
                 )
             elif n.governance is not None:
                 g = n.governance
-                argv = self.argv("governance", self.governance_kwargs(n))
+                argv = self._config_argv(n, "governance", "governance", self.governance_config(n))
                 self._spawn(
                     Child(
                         f"{n.node}/governance",
@@ -290,7 +268,7 @@ class Supervisor:
         if not self.compose:
             for n in self.desc.nodes:
                 for u in n.units:
-                    argv = self.argv(u.role, self.unit_kwargs(n, u))
+                    argv = self._config_argv(n, u.role, u.name, self.unit_config(n, u))
                     self._spawn(
                         Child(
                             f"{n.node}/{u.name}",

@@ -40,8 +40,10 @@ NodeId = Any  # a node id: str in the real processes, int in the simulator
 _STRIKES = 3  # unanswered shuffles in a row before the redy detector gives a neighbour up
 
 
-class ViewEntry(NamedTuple):
-    """One neighbour: node id, broker URI of its grid listener, age in shuffle periods."""
+class Neighbour(NamedTuple):
+    """One neighbour: node id, broker URI of its grid listener, age in shuffle periods. The
+    core's own entry (a plain tuple, int ids in the simulator's hot path); on the wire it is
+    messages.ViewEntry, converted in redy.membership.overlay only."""
 
     node: NodeId
     broker: str
@@ -51,9 +53,9 @@ class ViewEntry(NamedTuple):
 class ShuffleOut(NamedTuple):
     """A shuffle request to send: to `target`, matched by `nonce`, carrying `entries`."""
 
-    target: ViewEntry
+    target: Neighbour
     nonce: int
-    entries: tuple[ViewEntry, ...]
+    entries: tuple[Neighbour, ...]
 
 
 class Cyclon:
@@ -106,7 +108,7 @@ class Cyclon:
         self._tick = 0
         self._base: dict[Hashable, int] = {}  # node -> tick at which its age was 0
         self._broker: dict[Hashable, str] = {}
-        self._pending: dict[int, tuple[ViewEntry, tuple[Hashable, ...]]] = {}
+        self._pending: dict[int, tuple[Neighbour, tuple[Hashable, ...]]] = {}
         # node -> (tick of the evidence, the broker that failed; None: any broker)
         self._tombstones: dict[Hashable, tuple[int, str | None]] = {}
         # Entries each sender offered in this period's requests (bounded: see on_request).
@@ -118,9 +120,9 @@ class Cyclon:
     # -- reading -------------------------------------------------------------------------------
 
     @property
-    def view(self) -> tuple[ViewEntry, ...]:
+    def view(self) -> tuple[Neighbour, ...]:
         t = self._tick
-        return tuple(ViewEntry(n, self._broker[n], t - b) for n, b in self._base.items())
+        return tuple(Neighbour(n, self._broker[n], t - b) for n, b in self._base.items())
 
     def neighbours(self) -> Iterable[NodeId]:
         return self._base.keys()
@@ -128,12 +130,12 @@ class Cyclon:
     def __len__(self) -> int:
         return len(self._base)
 
-    def _entry(self, node: Hashable) -> ViewEntry:
-        return ViewEntry(node, self._broker[node], self._tick - self._base[node])
+    def _entry(self, node: Hashable) -> Neighbour:
+        return Neighbour(node, self._broker[node], self._tick - self._base[node])
 
     # -- events --------------------------------------------------------------------------------
 
-    def seed(self, entries: Iterable[ViewEntry]) -> None:
+    def seed(self, entries: Iterable[Neighbour]) -> None:
         """Start from known entries (a joining node: the introducer and its retained view)."""
         self._merge(entries, ())
 
@@ -157,25 +159,25 @@ class Cyclon:
         others = list(base)
         k = min(self.shuffle_length - 1, len(others))
         sent = self._rng.sample(others, k) if k else []
-        entries = (*(self._entry(n) for n in sent), ViewEntry(self.me, self.uri, 0))
+        entries = (*(self._entry(n) for n in sent), Neighbour(self.me, self.uri, 0))
         nonce = self._rng.getrandbits(62)
         self._pending[nonce] = (target, tuple(sent))
         return ShuffleOut(target, nonce, entries)
 
-    def probe(self, target: ViewEntry) -> ShuffleOut:
+    def probe(self, target: Neighbour) -> ShuffleOut:
         """A shuffle request to a node that is not (or no longer) in the view: a remembered
         contact, to rejoin after the view emptied or to find the other side of a healed
         partition. Its reply merges like any other; no reply changes nothing in the view."""
         others = [n for n in self._base if n != target.node]
         k = min(self.shuffle_length - 1, len(others))
         sent = self._rng.sample(others, k) if k else []
-        entries = (*(self._entry(n) for n in sent), ViewEntry(self.me, self.uri, 0))
+        entries = (*(self._entry(n) for n in sent), Neighbour(self.me, self.uri, 0))
         nonce = self._rng.getrandbits(62)
         # A tombstone of the target is lifted by its own reply (age-0 entries are younger).
-        self._pending[nonce] = (ViewEntry(target.node, target.broker, -1), tuple(sent))
+        self._pending[nonce] = (Neighbour(target.node, target.broker, -1), tuple(sent))
         return ShuffleOut(target, nonce, entries)
 
-    def on_request(self, sender: ViewEntry, entries: Iterable[ViewEntry]) -> tuple[ViewEntry, ...]:
+    def on_request(self, sender: Neighbour, entries: Iterable[Neighbour]) -> tuple[Neighbour, ...]:
         """Answer a shuffle offer (also while our own is pending) and merge what it brought.
 
         One sender places at most `shuffle_length` entries per period (an honest node sends one
@@ -199,7 +201,7 @@ class Cyclon:
         self._merge(entries, sent, sender.node)
         return reply
 
-    def on_reply(self, nonce: int, entries: Iterable[ViewEntry]) -> bool:
+    def on_reply(self, nonce: int, entries: Iterable[Neighbour]) -> bool:
         """Merge the answer to our request; False (and nothing done) for an unknown or stale
         nonce."""
         pending = self._pending.pop(nonce, None)
@@ -260,7 +262,7 @@ class Cyclon:
                 del self._tombstones[n]
 
     def _merge(
-        self, entries: Iterable[ViewEntry], sent: Iterable[Hashable], placer: Hashable = None
+        self, entries: Iterable[Neighbour], sent: Iterable[Hashable], placer: Hashable = None
     ) -> None:
         """Merge `entries` that `placer` offered unasked (None: our seed or an answer we asked
         for, not capped)."""

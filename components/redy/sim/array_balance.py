@@ -51,10 +51,12 @@ from redy.balancing.curves import (
 from redy.balancing.discovery import PriceSearch
 from redy.errors import SimulationError
 from redy.sim.array_cyclon import (
+    _A,
     ArrayOverlay,
     _find,
     _remove_slot,
     _seed,
+    _State,
     _strike_pop,
     _tomb_add,
 )
@@ -135,7 +137,7 @@ def _strict_steps(b: Bid) -> tuple[bool, ...]:
 
 
 @numba.njit(cache=True)
-def _injection(b: int, p: float, base, ptr, kw, lo, hi, strict) -> float:
+def _injection(b: int, p: float, base: _A, ptr: _A, kw: _A, lo: _A, hi: _A, strict: _A) -> float:
     """Bid b's injection (kW) at price p."""
     out = base[b]
     for c in range(ptr[b], ptr[b + 1]):
@@ -144,11 +146,14 @@ def _injection(b: int, p: float, base, ptr, kw, lo, hi, strict) -> float:
             out += kw[c] * min(max(share, 0.0), 1.0)
         elif p > lo[c] or (p == lo[c] and not strict[c]):
             out += kw[c]
-    return out
+    return float(out)
 
 
 @numba.njit(cache=True)
-def _curves(out, rows, prices, cols, node, base, ptr, kw, lo, hi, strict) -> None:
+def _curves(
+    out: _A, rows: _A, prices: _A, cols: _A, node: _A, base: _A, ptr: _A, kw: _A, lo: _A,
+    hi: _A, strict: _A,
+) -> None:  # fmt: skip
     """Every node's curve (the sum of its bids' samples, curves.curve) at the grid columns
     `cols` into its row of `out`; column k is its load at the cap and k + 1 its must-run at
     the floor (PriceDiscovery's phase 1)."""
@@ -168,7 +173,7 @@ def _curves(out, rows, prices, cols, node, base, ptr, kw, lo, hi, strict) -> Non
 
 
 @numba.njit(cache=True)
-def _crossing(prices, node, base, ptr, kw, lo, hi, strict) -> int:
+def _crossing(prices: _A, node: _A, base: _A, ptr: _A, kw: _A, lo: _A, hi: _A, strict: _A) -> int:
     """The first column where the sum of all bids reaches zero (k - 1 if none): a bisection,
     the sum being non-decreasing in price."""
     lo_c, hi_c = -1, len(prices) - 1
@@ -185,7 +190,10 @@ def _crossing(prices, node, base, ptr, kw, lo, hi, strict) -> int:
 
 
 @numba.njit(cache=True)
-def _own_limits(floor, cap, own_cap, own_floor, node, base, ptr, kw, lo, hi, strict) -> None:
+def _own_limits(
+    floor: float, cap: float, own_cap: _A, own_floor: _A, node: _A, base: _A, ptr: _A, kw: _A,
+    lo: _A, hi: _A, strict: _A,
+) -> None:  # fmt: skip
     """Every node's own load at the cap and must-run injection at the floor (kW)."""
     for b in range(len(node)):
         i = node[b]
@@ -194,7 +202,10 @@ def _own_limits(floor, cap, own_cap, own_floor, node, base, ptr, kw, lo, hi, str
 
 
 @numba.njit(cache=True)
-def _settle(node, base, base_cost, ptr, kw, lo, hi, strict, mode, p_at, p_lo, p_hi, price):
+def _settle(
+    node: _A, base: _A, base_cost: _A, ptr: _A, kw: _A, lo: _A, hi: _A, strict: _A, mode: _A,
+    p_at: _A, p_lo: _A, p_hi: _A, price: _A,
+) -> tuple[_A, _A]:  # fmt: skip
     """Every bid's dispatch (kW) and exact cost (EUR/h). Per node: mode 0 reads the bid at
     `p_at` (outside the grid, or the reference price for a node with no result), mode 1
     interpolates between the grid prices `p_lo` and `p_hi` around `price` (curves.dispatch_kw).
@@ -230,7 +241,7 @@ def _settle(node, base, base_cost, ptr, kw, lo, hi, strict, mode, p_at, p_lo, p_
 
 
 @numba.njit(cache=True)
-def _unreachable(view: tuple, p: int, j: int, ttl: int) -> None:
+def _unreachable(view: _State, p: int, j: int, ttl: int) -> None:
     """Cyclon.on_unreachable for the redy detector: j out of p's view, its strikes gone, a
     tombstone."""
     ids, base, length, tick, strike_id, tomb_id, tomb_t = view
@@ -245,7 +256,10 @@ def _unreachable(view: tuple, p: int, j: int, ttl: int) -> None:
 
 
 @numba.njit(cache=True)
-def _pushsum(s, w, order, done, alive, view, ttl, rounds, loss):
+def _pushsum(
+    s: _A, w: _A, order: _A, done: _A, alive: _A, view: _State, ttl: int, rounds: int,
+    loss: float,
+) -> int:  # fmt: skip
     """`rounds` asynchronous rounds of push-sum; returns the messages sent."""
     ids, length = view[0], view[2]
     width = s.shape[1]
@@ -288,7 +302,10 @@ def _pushsum(s, w, order, done, alive, view, ttl, rounds, loss):
 
 
 @numba.njit(cache=True)
-def _pull_act(i, v, flows, e, last, clock, indptr, idx, gone, acc, accv):
+def _pull_act(
+    i: int, v: _A, flows: _A, e: _A, last: _A, clock: int, indptr: _A, idx: _A, gone: _A,
+    acc: _A, accv: _A,
+) -> int:  # fmt: skip
     """One Flow Updating round of node i without per-link state (module docstring): `flows[i]`
     is the sum of i's flows, `last[j]` the clock of j's last round (-1: none this phase)."""
     width = v.shape[1]
@@ -324,7 +341,10 @@ def _pull_act(i, v, flows, e, last, clock, indptr, idx, gone, acc, accv):
 
 
 @numba.njit(cache=True)
-def _flow_pull(v, flows, e, last, order, done, alive, indptr, idx, gone, view, ttl, rounds, clock0):
+def _flow_pull(
+    v: _A, flows: _A, e: _A, last: _A, order: _A, done: _A, alive: _A, indptr: _A, idx: _A,
+    gone: _A, view: _State, ttl: int, rounds: int, clock0: int,
+) -> tuple[int, int]:  # fmt: skip
     """`rounds` asynchronous rounds of Flow Updating, reliable delivery, no crash inside; links
     to nodes dead from the start go at a node's first round (refused, then a second round)."""
     width = v.shape[1]
@@ -357,7 +377,10 @@ def _flow_pull(v, flows, e, last, order, done, alive, indptr, idx, gone, view, t
 
 
 @numba.njit(cache=True)
-def _exact_act(i, v, e, flow, est, has, indptr, idx, rev, gone, done, alive, loss, refused):
+def _exact_act(
+    i: int, v: _A, e: _A, flow: _A, est: _A, has: _A, indptr: _A, idx: _A, rev: _A, gone: _A,
+    done: _A, alive: _A, loss: float, refused: _A,
+) -> tuple[int, int]:  # fmt: skip
     """FlowUpdating.round for node i with a flow and an estimate per link, then delivery."""
     width = v.shape[1]
     own = v[i].copy()
@@ -399,8 +422,9 @@ def _exact_act(i, v, e, flow, est, has, indptr, idx, rev, gone, done, alive, los
 
 @numba.njit(cache=True)
 def _flow_exact(
-    v, e, flow, est, has, order, done, alive, indptr, idx, rev, gone, view, ttl, rounds, loss
-):
+    v: _A, e: _A, flow: _A, est: _A, has: _A, order: _A, done: _A, alive: _A, indptr: _A,
+    idx: _A, rev: _A, gone: _A, view: _State, ttl: int, rounds: int, loss: float,
+) -> int:  # fmt: skip
     """`rounds` asynchronous rounds of Flow Updating with per-link state (loss, crashes)."""
     refused = np.empty(max(1, len(idx)), dtype=np.int64)
     sent = 0
@@ -430,28 +454,10 @@ def _flow_exact(
 
 @numba.njit(cache=True)
 def _end_phase(
-    values,
-    weight,
-    pushsum,
-    cols,
-    nodes,
-    done,
-    prices,
-    k,
-    phase,
-    last_phase,
-    margin,
-    own_cap,
-    own_floor,
-    status,
-    price,
-    unserved,
-    excess,
-    res_floor,
-    res_cap,
-    cell_first,
-    commit,
-):
+    values: _A, weight: _A, pushsum: bool, cols: _A, nodes: _A, done: _A, prices: _A, k: int,
+    phase: int, last_phase: int, margin: int, own_cap: _A, own_floor: _A, status: _A, price: _A,
+    unserved: _A, excess: _A, res_floor: _A, res_cap: _A, cell_first: _A, commit: bool,
+) -> int:  # fmt: skip
     """PriceDiscovery.end_phase for every node of `nodes` on the shared grid `prices`: clear
     its estimate (clearing.clear), record the result, mark it done or give the first cell of
     the window it wants next (-1: none). `values` holds the grid columns `cols` only (sorted;

@@ -33,6 +33,10 @@ from scipy.sparse.csgraph import connected_components
 
 from redy.sim.membership import _SOURCES, _report, _sample
 
+# The kernels' arguments: numba compiles them for the arrays passed; mypy sees these.
+_A = np.ndarray
+_State = tuple[np.ndarray, ...]
+
 _TOMBSTONES_PER_VIEW_SLOT = 4
 _STRIKE_SLOTS = 4
 _STRIKES = 3  # as redy.membership.cyclon._STRIKES
@@ -102,7 +106,7 @@ class ArrayOverlay:
 
     def in_degree(self) -> np.ndarray:
         live = self.live()
-        return _in_degree(self.ids, self.length, live, self.n)[live]
+        return np.asarray(_in_degree(self.ids, self.length, live, self.n)[live])
 
     def dead_links(self) -> int:
         return int(_dead_links(self.ids, self.length, self.alive, self.live()))
@@ -237,8 +241,8 @@ def _remove_slot(ids: np.ndarray, base: np.ndarray, length: np.ndarray, p: int, 
 
 @numba.njit(cache=True)
 def _tomb_find(
-    tomb_id: np.ndarray, tomb_t: np.ndarray, tick: int, p: int, node: int, ttl: int
-) -> int:
+    tomb_id: np.ndarray, tomb_t: np.ndarray, tick: int, p: int, node: int, ttl: int,
+) -> int:  # fmt: skip
     """The slot of a tombstone for `node` still standing at `tick`, or -1."""
     limit = tick - tick % _EXPIRE_EVERY - ttl
     for s in range(tomb_id.shape[1]):
@@ -249,8 +253,8 @@ def _tomb_find(
 
 @numba.njit(cache=True)
 def _tomb_add(
-    tomb_id: np.ndarray, tomb_t: np.ndarray, tick: int, p: int, node: int, ttl: int
-) -> None:
+    tomb_id: np.ndarray, tomb_t: np.ndarray, tick: int, p: int, node: int, ttl: int,
+) -> None:  # fmt: skip
     limit = tick - tick % _EXPIRE_EVERY - ttl
     free = -1
     oldest = 0
@@ -277,8 +281,8 @@ def _strike_pop(strike_id: np.ndarray, p: int, node: int) -> None:
 
 @numba.njit(cache=True)
 def _sample_slots(
-    ids: np.ndarray, length: np.ndarray, p: int, skip: int, k: int, slots: np.ndarray
-) -> int:
+    ids: np.ndarray, length: np.ndarray, p: int, skip: int, k: int, slots: np.ndarray,
+) -> int:  # fmt: skip
     """Put up to `k` distinct random slots of p's view (not holding `skip`) first in `slots`;
     return how many."""
     m = 0
@@ -297,18 +301,9 @@ def _sample_slots(
 
 @numba.njit(cache=True)
 def _merge(
-    state: tuple,
-    p: int,
-    e_ids: np.ndarray,
-    e_ages: np.ndarray,
-    ne: int,
-    sent: np.ndarray,
-    nsent: int,
-    c: int,
-    redy: bool,
-    ttl: int,
-    scratch: np.ndarray,
-) -> None:
+    state: _State, p: int, e_ids: np.ndarray, e_ages: np.ndarray, ne: int, sent: np.ndarray,
+    nsent: int, c: int, redy: bool, ttl: int, scratch: np.ndarray,
+) -> None:  # fmt: skip
     """`scratch`: int32[3, c + 1], room for the newcomers, their bases and the replaceable."""
     ids, base, length, tick, _, tomb_id, tomb_t, _, _ = state
     t = tick[p]
@@ -357,7 +352,7 @@ def _merge(
 
 
 @numba.njit(cache=True)
-def _seed_from(state: tuple, p: int, intro: int, ttl: int) -> None:
+def _seed_from(state: _State, p: int, intro: int, ttl: int) -> None:
     """p merges the introducer's fresh entry and its view (a joining node reads the retained
     view)."""
     ids, base, length, tick = state[0], state[1], state[2], state[3]
@@ -376,7 +371,7 @@ def _seed_from(state: tuple, p: int, intro: int, ttl: int) -> None:
 
 
 @numba.njit(cache=True)
-def _on_timeout(state: tuple, p: int, q: int, q_age: int, c: int, ttl: int) -> None:
+def _on_timeout(state: _State, p: int, q: int, q_age: int, c: int, ttl: int) -> None:
     """The redy detector's answer to a lost message: three strikes before q is given up."""
     ids, base, length, tick, _, tomb_id, tomb_t, strike_id, strike_n = state
     slot = -1
@@ -404,15 +399,9 @@ def _on_timeout(state: tuple, p: int, q: int, q_age: int, c: int, ttl: int) -> N
 
 @numba.njit(cache=True)
 def _cycle(
-    state: tuple,
-    order: np.ndarray,
-    loss: float,
-    c: int,
-    sl: int,
-    redy: bool,
-    ttl: int,
+    state: _State, order: np.ndarray, loss: float, c: int, sl: int, redy: bool, ttl: int,
     introducer: int,
-) -> None:
+) -> None:  # fmt: skip
     """One cycle: every node of `order` (the live ones) initiates one shuffle, in random order."""
     ids, base, length, tick, alive, tomb_id, tomb_t, strike_id, _ = state
     np.random.shuffle(order)

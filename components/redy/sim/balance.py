@@ -31,11 +31,10 @@ from redy.balancing.curves import (
     Renewable,
     Storage,
     curve,
-    ev_urgency,
-    urgency_wtp,
 )
 from redy.balancing.discovery import PriceDiscovery, PriceSearch
 from redy.balancing.reference import Reference, solve
+from redy.devices.urgency import ev_urgency, willingness_to_pay
 from redy.errors import RedyError, SimulationError
 from redy.sim.membership import _bootstrap, _Net
 from redy.sim.scenario import Scenario, load_scenario
@@ -67,17 +66,19 @@ def _bids(kind: str, rng: random.Random, t: float) -> list[Bid]:
         bids: list[Bid] = [
             Fixed(-u(0.3, 1.5)),
             Renewable(u(3, 9) * sun * u(0.6, 1.0)),
-            FlexibleLoad(2.5, urgency_wtp(u(0, 1), 40, 300)),  # water heater
+            FlexibleLoad(2.5, willingness_to_pay(u(0, 1), 40, 300)),  # water heater
             Storage(5.0 * u(0.2, 1), 5.0 * u(0.2, 1), u(40, 70), u(110, 160)),
         ]
         if rng.random() < 0.3:
             ur = ev_urgency(u(5, 40), 11.0, u(1, 8) * 3600)
-            bids.append(FlexibleLoad(11.0, urgency_wtp(ur, 30, 400)))
+            bids.append(FlexibleLoad(11.0, willingness_to_pay(ur, 30, 400)))
         return bids
     if kind == "factory":
         return [Fixed(-u(300, 1200)), FlexibleLoad(u(100, 500), u(80, 200))]
     if kind == "ev_station":
-        station: list[Bid] = [FlexibleLoad(22.0, urgency_wtp(u(0, 1.2), 30, 400)) for _ in range(4)]
+        station: list[Bid] = [
+            FlexibleLoad(22.0, willingness_to_pay(u(0, 1.2), 30, 400)) for _ in range(4)
+        ]
         return [*station, Storage(50, 50, u(40, 70), u(120, 170))]
     if kind == "tramway":
         return [Fixed(-u(500, 1500))]

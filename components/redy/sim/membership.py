@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from redy.errors import SimulationError
-from redy.membership.cyclon import Cyclon, ViewEntry
+from redy.membership.cyclon import Cyclon, Neighbour
 
 if TYPE_CHECKING:
     from redy.sim.array_cyclon import ArrayOverlay
@@ -76,7 +76,7 @@ class _Net:
                 # An empty view: the real process rejoins through its introducer's view.
                 intro = self.introducer if alive[self.introducer] else rng.choice(order)
                 if intro != i:
-                    p.seed([ViewEntry(intro, _uri(intro), 0), *nodes[intro].view])
+                    p.seed([Neighbour(intro, _uri(intro), 0), *nodes[intro].view])
             out = p.tick()
             if out is None:
                 continue
@@ -88,7 +88,7 @@ class _Net:
             if loss and rng.random() < loss:
                 p.on_timeout(out.nonce)  # request lost: only a timeout
                 continue
-            reply = nodes[q].on_request(ViewEntry(i, _uri(i), 0), out.entries)
+            reply = nodes[q].on_request(Neighbour(i, _uri(i), 0), out.entries)
             if loss and rng.random() < loss:
                 p.on_timeout(out.nonce)  # reply lost
                 continue
@@ -131,7 +131,7 @@ class _Net:
         for _ in range(count):
             j = self.add()
             intro = self.nodes[introducer]
-            self.nodes[j].seed([ViewEntry(introducer, _uri(introducer), 0), *intro.view])
+            self.nodes[j].seed([Neighbour(introducer, _uri(introducer), 0), *intro.view])
 
     def mean_view_size(self) -> float:
         live = self.live()
@@ -212,7 +212,7 @@ def _bootstrap(net: _Net, kind: str) -> None:
             peers = [(i + k) % n for k in range(1, min(c, n - 1) + 1)]
         else:
             peers = [j for j in net.rng.sample(range(n), min(c + 1, n)) if j != i][:c]
-        node.seed([ViewEntry(j, _uri(j), 0) for j in peers])
+        node.seed([Neighbour(j, _uri(j), 0) for j in peers])
 
 
 def _sample(live: list[int], rng: random.Random) -> list[int]:

@@ -32,7 +32,7 @@ import yaml
 
 from redy.balancing.curves import Bid, Dispatchable, Fixed, FlexibleLoad, Renewable, Storage
 from redy.errors import RedyError, SimulationError
-from redy.launch.parser import _Loader  # the YAML loader that remembers every key's line
+from redy.yaml_lines import LineLoader
 
 
 @attrs.frozen
@@ -152,7 +152,7 @@ def load_scenario(path: str, kinds: Collection[str] = ()) -> Scenario:
     """Read and check a scenario file (`kinds`: the node kinds a mix may name, if given);
     SimulationError naming the file and line otherwise."""
     try:
-        data = yaml.load(Path(path).read_text(), Loader=_Loader)
+        data = yaml.load(Path(path).read_text(), Loader=LineLoader)
     except (OSError, yaml.YAMLError, RedyError) as exc:
         problem = getattr(exc, "problem", None) or str(exc)
         mark = getattr(exc, "problem_mark", None)

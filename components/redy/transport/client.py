@@ -32,28 +32,10 @@ from typing import Any
 
 import gmqtt
 
-from redy.errors import BrokerError
+from redy.errors import BrokerError, DeliveryFailed, WrongIdentity
 from redy.messages import parse_uri
 
 _log = logging.getLogger(__name__)
-
-
-class DeliveryFailed(BrokerError):
-    """A connect or publish that did not complete: refused, timed out, window full, link lost."""
-
-    def __init__(self, uri: str, reason: str) -> None:
-        super().__init__(f"broker {uri}: {reason}")
-        self.uri = uri
-        self.reason = reason
-
-
-class WrongIdentity(DeliveryFailed):
-    """The broker at `uri` is not the node we meant to reach: its certificate names another
-    node (`presented`), or it speaks no TLS. Proof of a bogus address, not of a dead node."""
-
-    def __init__(self, uri: str, reason: str, presented: str | None = None) -> None:
-        super().__init__(uri, reason)
-        self.presented = presented
 
 
 class Backoff:
@@ -78,7 +60,7 @@ class Backoff:
         self.attempts = 0
 
 
-class _AckingClient(gmqtt.Client):
+class _AckingClient(gmqtt.Client):  # type: ignore[misc]  # gmqtt ships no types
     """gmqtt.Client whose QoS 1 publishes can be awaited until their PUBACK."""
 
     def __init__(self, client_id: str, **kwargs: Any) -> None:

@@ -16,12 +16,24 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from redy import messages
 from redy.errors import BrokerError, InvalidMessage
-from redy.topics import CONTRACT, render
+from redy.topics import CONTRACT, TopicSpec, render
 
 _log = logging.getLogger(__name__)
+
+
+def publish_properties(spec: TopicSpec) -> Properties | None:
+    """The MQTT 5 properties a publish on `spec`'s topic carries: its expiry, if it has one."""
+    if not spec.expiry_s:
+        return None
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho: untyped init
+    props.MessageExpiryInterval = int(spec.expiry_s)
+    return props
+
 
 OnMessage = Callable[[str, Any], None]
 

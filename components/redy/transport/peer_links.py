@@ -19,23 +19,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from redy.errors import DeliveryFailed, PeerImpostor, PeerUnreachable, WrongIdentity
 from redy.pki import Identity
-from redy.transport.client import AsyncLink, DeliveryFailed, WrongIdentity
+from redy.transport.client import AsyncLink
 
 _log = logging.getLogger(__name__)
-
-
-class PeerUnreachable(DeliveryFailed):
-    """A neighbour's grid listener refused us, did not answer in time, or lost the message."""
-
-
-class PeerImpostor(PeerUnreachable):
-    """The broker at a view entry's address is not the node the entry names (another node's
-    certificate, none, or plain MQTT): the entry is bogus, which says nothing about the node."""
-
-    def __init__(self, uri: str, reason: str, presented: str | None = None) -> None:
-        super().__init__(uri, reason)
-        self.presented = presented
 
 
 class PeerLinks:

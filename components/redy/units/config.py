@@ -4,17 +4,88 @@ from __future__ import annotations
 
 import os
 import time
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from redy.brokers import load_credentials
-from redy.topics import check_id
+from redy.errors import SettingError
+from redy.topics import CONTRACT, check_id
 
 
 def _id(_inst: Any, attribute: attrs.Attribute[str], value: str) -> None:
     check_id(value, attribute.name)
+
+
+# --- settings ----------------------------------------------------------------------------------
+# A unit's settings are the fields of its config class, each declared once with its type,
+# default, unit and help; the command-line options (redy.units.commands), the launch-file keys
+# (redy.launch.parser) and the JSON a launcher hands a child (redy.launch.supervisor) are derived
+# from these declarations.
+
+
+@attrs.frozen
+class Setting:
+    """What a config field says about itself beyond its type and default."""
+
+    help: str
+    unit: str = ""  # the physical unit of a number: s, kW, ... ("" for none)
+    minimum: float | None = None
+    min_open: bool = False  # the minimum itself is not allowed
+    launch: bool = False  # a launch file may set it (else the launcher or the user does)
+
+
+def setting(
+    default: Any = attrs.NOTHING,
+    *,
+    help: str,
+    unit: str = "",
+    minimum: float | None = None,
+    min_open: bool = False,
+    launch: bool = False,
+    factory: Any = None,
+    validator: Any = None,
+    converter: Any = None,
+) -> Any:
+    """A config field that is a setting (see Setting); range-checked when `minimum` is set."""
+    meta = Setting(help, unit, minimum, min_open, launch)
+    checks = [v for v in (validator, _in_range if minimum is not None else None) if v]
+    return attrs.field(
+        default=attrs.Factory(factory) if factory is not None else default,
+        validator=checks or None,
+        converter=converter,
+        metadata={"setting": meta},
+    )
+
+
+def _in_range(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    meta: Setting = attribute.metadata["setting"]
+    if value is None or meta.minimum is None:
+        return
+    if value < meta.minimum or (meta.min_open and value == meta.minimum):
+        bound = ">" if meta.min_open else ">="
+        raise SettingError(f"{attribute.name} must be {bound} {meta.minimum:g}, got {value!r}")
+
+
+def settings_of(cls: type) -> dict[str, tuple[attrs.Attribute[Any], Setting]]:
+    """The settings of a config class in declaration order: name -> (field, Setting)."""
+    attrs.resolve_types(cls)
+    return {
+        a.name: (a, a.metadata["setting"]) for a in attrs.fields(cls) if "setting" in a.metadata
+    }
+
+
+def scalar_type(attribute: attrs.Attribute[Any]) -> type:
+    """int, float, str, bool or dict: the type of a setting with `| None` taken off."""
+    t = attribute.type
+    args = [a for a in typing.get_args(t) if a is not type(None)]
+    base = args[0] if args else t
+    out = typing.get_origin(base) or base
+    assert isinstance(out, type), f"setting {attribute.name} has no plain type: {t!r}"
+    return out
 
 
 @attrs.frozen(kw_only=True)
@@ -25,19 +96,27 @@ class UnitConfig:
     their simulated clocks agree: sim time = sim_start_s + (now - start_unix) * speed.
     """
 
-    node: str = attrs.field(validator=_id)
-    unit: str = attrs.field(validator=_id)
+    node: str = setting(help="Node id.", validator=_id)
+    unit: str = setting(help="Unit name (its broker username).", validator=_id)
     role: str = attrs.field(validator=attrs.validators.in_(("detection", "action")))
-    broker: str
-    credentials: Path = attrs.field(converter=Path)
-    device: str
-    params: dict[str, Any] = attrs.field(factory=dict)
-    period_s: float = 1.0
-    speed: float = 1.0
-    seed: int = 0
-    start_unix: float = attrs.field(factory=time.time)
-    sim_start_s: float = 0.0
-    keepalive_s: int = 5
+    broker: str = setting(help="The node's broker, mqtt://HOST:PORT.")
+    credentials: Path = setting(help="This unit's credentials file.", converter=Path)
+    device: str = setting(help="Device model or driver (redy.devices.DEVICES).")
+    params: dict[str, Any] = setting(help="Device parameters, KEY=VALUE.", factory=dict)
+    period_s: float = setting(
+        1.0, help="Sampling or status period.", unit="s", minimum=0.01, launch=True
+    )
+    speed: float = setting(
+        1.0, help="Simulated seconds per real second.", minimum=0.0, min_open=True
+    )
+    seed: int = setting(0, help="Seed of the device model's randomness.", launch=True)
+    start_unix: float = setting(
+        help="Wall-clock start shared by a launch (default: now).", unit="s", factory=time.time
+    )
+    sim_start_s: float = setting(
+        0.0, help="Simulated time at start_unix (seconds into the day).", unit="s"
+    )
+    keepalive_s: int = setting(5, help="MQTT keepalive.", unit="s", minimum=1)
 
     def password(self) -> str:
         return load_credentials(self.credentials).password(self.unit)
@@ -46,31 +125,85 @@ class UnitConfig:
         return self.sim_start_s + (now_unix - self.start_unix) * self.speed
 
 
+def _kind(_inst: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in NODE_KINDS:
+        raise SettingError(f"unknown node kind {value!r}; expected one of {list(NODE_KINDS)}")
+
+
+NODE_KINDS: tuple[str, ...] = next(
+    f.values for f in CONTRACT.types["NodeDescriptor"].fields if f.name == "kind"
+)
+
+
 @attrs.frozen(kw_only=True)
 class GovernanceConfig:
-    """A node's governance unit: local mode, and distant mode when `grid_broker` is set."""
+    """A node's governance unit: local mode, and distant mode when `grid_broker` is set.
 
-    node: str = attrs.field(validator=_id)
-    kind: str = "generic"
-    broker: str
-    credentials: Path = attrs.field(converter=Path)
-    grid_broker: str | None = None
-    introducer: str | None = None
-    setpoint_kw: float | None = None
-    period_s: float = 1.0
-    speed: float = 1.0
-    start_unix: float = attrs.field(factory=time.time)
-    sim_start_s: float = 0.0
-    view_size: int = 8
-    shuffle_length: int = 4
-    shuffle_period_s: float = 2.0
-    shuffle_timeout_s: float = 1.5
-    epoch_s: float = 0.0  # market interval; 0: no balancing, follow the setpoint rule
-    rounds: int = 10
-    seed: int = attrs.field(factory=lambda: int.from_bytes(os.urandom(4), "big"))
+    To add a setting, declare it here with setting(...): the option of `redy governance`, the
+    key of a launch file's governance action (launch=True) and the launcher's hand-over follow.
+    """
+
+    node: str = setting(help="Node id.", validator=_id, launch=True)
+    kind: str = setting("generic", help="What the node is.", validator=_kind, launch=True)
+    broker: str = setting(help="The node's broker, mqtt://HOST:PORT.")
+    credentials: Path = setting(help="The governance unit's credentials file.", converter=Path)
+    grid_broker: str | None = setting(None, help="This node's grid listener (distant mode).")
+    introducer: str | None = setting(
+        None, help="Grid listeners of the overlay to join, comma-separated.", launch=True
+    )
+    setpoint_kw: float | None = setting(
+        None, help="Target net injection (local rule).", unit="kW", launch=True
+    )
+    period_s: float = setting(
+        1.0, help="State publication period.", unit="s", minimum=0.01, launch=True
+    )
+    speed: float = setting(
+        1.0, help="Simulated seconds per real second.", minimum=0.0, min_open=True
+    )
+    start_unix: float = setting(
+        help="Wall-clock start shared by a launch (default: now).", unit="s", factory=time.time
+    )
+    sim_start_s: float = setting(
+        0.0, help="Simulated time at start_unix (seconds into the day).", unit="s"
+    )
+    view_size: int = setting(8, help="Neighbours in the view (c).", minimum=1, launch=True)
+    shuffle_length: int = setting(
+        4, help="Entries exchanged per shuffle (SL < c).", minimum=1, launch=True
+    )
+    shuffle_period_s: float = setting(
+        2.0, help="Time between two shuffles.", unit="s", minimum=0.05, launch=True
+    )
+    shuffle_timeout_s: float = setting(
+        1.5, help="Wait for a shuffle reply.", unit="s", minimum=0.05, launch=True
+    )
+    epoch_s: float = setting(
+        0.0,
+        help="Market interval (distant mode); 0 keeps the local setpoint rule.",
+        unit="s",
+        minimum=0.0,
+        launch=True,
+    )
+    rounds: int = setting(10, help="Gossip rounds per market epoch.", minimum=1, launch=True)
+    seed: int = setting(
+        help="Seed of the shuffle's randomness (default: random).",
+        factory=lambda: int.from_bytes(os.urandom(4), "big"),
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.shuffle_length >= self.view_size:
+            raise SettingError(
+                f"shuffle_length ({self.shuffle_length}) must be smaller than view_size"
+                f" ({self.view_size})"
+            )
 
     def sim_time_s(self, now_unix: float) -> float:
         return self.sim_start_s + (now_unix - self.start_unix) * self.speed
+
+
+def check_settings(cls: type, settings: Mapping[str, Any], **identity: Any) -> None:
+    """SettingError if a launch file's `settings` could not make a `cls` config (the broker and
+    the credentials, which the launcher supplies, stand in)."""
+    cls(broker="mqtt://127.0.0.1:1", credentials=Path("-"), **identity, **settings)
 
 
 def next_bd_seq(credentials: Path, unit: str) -> int:

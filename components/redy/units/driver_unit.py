@@ -15,8 +15,9 @@ import threading
 import time
 
 from redy import messages
-from redy.devices import DeviceError, make_driver
+from redy.devices import make_driver
 from redy.drivers.base import Driver, Sample
+from redy.errors import DeviceError
 from redy.units.config import UnitConfig
 from redy.units.device_unit import DeviceUnit
 

@@ -27,9 +27,9 @@ import gmqtt
 
 from redy import messages
 from redy.brokers import grid_identity, load_credentials
-from redy.errors import InvalidMessage
+from redy.errors import DeliveryFailed, InvalidMessage
 from redy.topics import CONTRACT, render
-from redy.transport.client import AsyncLink, DeliveryFailed
+from redy.transport.client import AsyncLink
 from redy.units.config import GovernanceConfig
 from redy.units.node_state import NodeState
 from redy.units.peer_gate import PeerGate

@@ -52,8 +52,9 @@ from redy.balancing.epochs import (
     Send,
     Tick,
 )
+from redy.errors import PeerUnreachable
 from redy.topics import render
-from redy.transport.peer_links import PeerLinks, PeerUnreachable
+from redy.transport.peer_links import PeerLinks
 from redy.units.node_state import NodeState
 
 _log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Compose mode: all units of one node in one process, each still its own MQTT client (as ROS 2
 component containers do), to fit hundreds of nodes on one machine.
 
-    python -m redy.launch.container NODE_DIR/compose.json
+    python -m redy.launch.compose NODE_DIR/compose.json
 
 The governance unit runs in the main thread's event loop; each detection and action unit runs
 its loop in a thread. SIGTERM stops them all cleanly.
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import orjson
 
-from redy.launch.lifetime import die_with_parent
+from redy.lifetime import die_with_parent
 from redy.units.config import GovernanceConfig, UnitConfig
 
-_log = logging.getLogger("redy.launch.container")
+_log = logging.getLogger("redy.launch.compose")
 
 
 def run(spec_path: Path) -> int:
