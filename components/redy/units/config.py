@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from redy.balancing.aggregation import CAPACITY_KW
 from redy.brokers import load_credentials
 from redy.errors import SettingError
 from redy.topics import CONTRACT, check_id
@@ -184,6 +185,15 @@ class GovernanceConfig:
         launch=True,
     )
     rounds: int = setting(10, help="Gossip rounds per market epoch.", minimum=1, launch=True)
+    capacity_kw: float = setting(
+        CAPACITY_KW,
+        help="The grid's bound on any node's net injection at any price: a peer's gossip that"
+        " carries more per unit of weight is dropped, and this node bids no more (one grid, one"
+        " value).",
+        unit="kW",
+        minimum=1.0,
+        launch=True,
+    )
     seed: int = setting(
         help="Seed of the shuffle's randomness (default: random).",
         factory=lambda: int.from_bytes(os.urandom(4), "big"),

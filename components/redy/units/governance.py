@@ -363,6 +363,7 @@ class Governance:
                 command=self.command,
                 epoch_s=cfg.epoch_s,
                 rounds=cfg.rounds,
+                capacity_kw=cfg.capacity_kw,
                 rng=random.Random(cfg.seed + 1),
                 on_cleared=self._dirty.set,  # publish the price at once
             )
