@@ -1,6 +1,6 @@
 # The README's two commands: `make demo` and `make test`. Each installs what it needs on a fresh
 # Debian machine (as root): apt packages, a .venv with the package and its test extras, a Docker
-# engine and the local mosquitto image for the container backend.
+# engine, the local mosquitto image for the container backend and the node image (redy/node).
 
 SHELL := /bin/bash
 VENV ?= .venv
@@ -32,8 +32,9 @@ $(VENV)/.installed: pyproject.toml
 docker: deps
 	bash brokers/start-dockerd.sh
 
-image: docker
+image: docker venv
 	bash brokers/image/build.sh
+	bash brokers/node-image/build.sh
 
 lint: venv
 	$(VENV)/bin/ruff check .
