@@ -118,9 +118,12 @@ def node(
     Supervisor(desc, state_dir=Path(state_dir), compose=compose).run(duration_s)
 
 
-def node_health(n: NodeSpec, state_dir: Path) -> dict[str, Any]:
-    """What the node's own broker holds retained about it: each unit's state, the governance
-    unit's status and price, the view. `healthy` when every unit and the governance are up."""
+def node_health(
+    n: NodeSpec, state_dir: Path, broker: str | None = None, wait_s: float = 1.5
+) -> dict[str, Any]:
+    """What the node's own broker (its local listener, or `broker`) holds retained about it:
+    each unit's state, the governance unit's status and price, the view; each read within
+    `wait_s` seconds. `healthy` when every unit and the governance are up."""
     from redy.brokers import load_credentials
     from redy.tools import _client, _read_retained, _Received
 
@@ -131,8 +134,8 @@ def node_health(n: NodeSpec, state_dir: Path) -> dict[str, Any]:
     if n.governance is not None:
         names += [gov, view]
     inbox: queue.Queue[_Received] = queue.Queue()
-    with _client(n.broker.local_uri, "operator", password, inbox) as client:
-        found = _read_retained(client, inbox, names)
+    with _client(broker or n.broker.local_uri, "operator", password, inbox) as client:
+        found = _read_retained(client, inbox, names, wait_s)
     units = {
         u.name: getattr(found.get(f"redy/{n.node}/units/{u.name}/state"), "state", "missing")
         for u in n.units

@@ -111,17 +111,24 @@ def grid_containers(tmp_path: Path) -> Iterator[dict[str, Any]]:
                     hostname=name,
                 )
             )
-            c.with_volume_mapping(str(out / "launch"), "/etc/redy/launch", "ro")
-            c.with_volume_mapping(str(out / name / "pki"), "/etc/redy/pki", "ro")
-            c.start()
+            for volume in svc["volumes"]:  # the generated bind mounts; the state stays inside
+                src, dst, *mode = volume.split(":")
+                if src.startswith("./"):
+                    c.with_volume_mapping(str(out / src), dst, *mode)
             containers[name] = c
+        with ThreadPoolExecutor(len(containers)) as pool:
+            list(pool.map(lambda c: c.start(), containers.values()))
         yield containers
     finally:
-        for c in containers.values():
-            with contextlib.suppress(Exception):  # one stuck container must not keep the others
-                c.stop()
+        with ThreadPoolExecutor(len(NODES)) as pool:
+            list(pool.map(_remove, containers.values()))
         with contextlib.suppress(Exception):  # already removed
             network.remove()
+
+
+def _remove(container: Any) -> None:
+    with contextlib.suppress(Exception):  # never started, or already gone
+        container.stop()
 
 
 def _health(container: Any, name: str) -> dict[str, Any] | None:
