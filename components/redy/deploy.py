@@ -322,6 +322,7 @@ After=network-online.target time-sync.target
 [Service]
 Type=simple
 ExecStart={redy_bin} deploy node {cmd} --state-dir {STATE_DIR} --pki {PKI_DIR}
+Environment=REDY_CACHE_DIR={STATE_DIR}/cache
 Restart=on-failure
 RestartSec=5
 KillMode=mixed
