@@ -168,9 +168,10 @@ def health(file: str, args: tuple[str, ...], node_id: str, state_dir: str, as_js
         click.echo(orjson.dumps(out).decode())
     else:
         down = [u for u, s in out["units"].items() if s != "online"]
+        gov = f"governance {out['status']}" if "status" in out else "no governance unit"
         click.echo(
             f"{n.node}: {'healthy' if out['healthy'] else 'unhealthy'}"
-            f" (governance {out.get('status')}, units down: {', '.join(down) or 'none'})"
+            f" ({gov}, units down: {', '.join(down) or 'none'})"
         )
     if not out["healthy"]:
         raise SystemExit(1)

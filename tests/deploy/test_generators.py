@@ -232,3 +232,53 @@ def test_node_broker_starts_on_a_certificate_without_the_ca_key(
         BrokerError, match=re.escape("redy grid cert issue house-8 --host 127.0.0.1")
     ):
         ProcessBroker(other, die_with_parent=True).start()
+
+
+def _write_grid(path: Path, hosts: tuple[str, str], port: int = 18841) -> Path:
+    lines = ["launch:"]
+    for node, host in zip(("a-1", "b-1"), hosts, strict=True):
+        lines.append(
+            f"  - broker: {{node: {node}, port: {port}, grid_bind: 0.0.0.0, advertise: {host}}}"
+        )
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_nodes_of_different_machines_may_share_ports(tmp_path: Path) -> None:
+    desc = parse(_write_grid(tmp_path / "two.yaml", ("192.0.2.1", "192.0.2.2")))
+    assert [n.broker.port for n in desc.nodes] == [18841, 18841]
+    assert desc.only("b-1").nodes[0].broker.grid_uri == "mqtts://192.0.2.2:28841"
+    with pytest.raises(LaunchError, match="no node 'c-1'"):
+        desc.only("c-1")
+    # Two nodes advertised at one address are on one machine: their ports must differ.
+    with pytest.raises(LaunchError, match="port 18841 is used twice"):
+        parse(_write_grid(tmp_path / "one.yaml", ("192.0.2.1", "192.0.2.1")))
+
+
+def test_health_names_the_units_whose_birth_is_missing(
+    tmp_path: Path, free_port: Callable[[], int]
+) -> None:
+    port = free_port()
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "launch:\n"
+        f"  - broker: {{node: house-9, port: {port}, grid_port: {free_port()}}}\n"
+        "  - detection: {node: house-9, name: meter, device: fixed_load,"
+        " params: {profile: g0, annual_kwh: 4000}}\n"
+    )
+    n = parse(grid).nodes[0]
+    config = NodeBroker(
+        node="house-9",
+        port=port,
+        grid_port=n.broker.grid_port,
+        state_dir=tmp_path / "state",
+        units={"meter": "detection"},
+    )
+    with ProcessBroker(config, die_with_parent=True):
+        args = ["deploy", "health", str(grid), "--node", "house-9"]
+        result = _redy(*args, "--state-dir", str(tmp_path / "state"), "--json")
+        assert result.exit_code == 1
+        assert '"meter":"missing"' in result.output and '"healthy":false' in result.output
+        result = _redy(*args, "--state-dir", str(tmp_path / "state"))
+        assert result.exit_code == 1
+        assert "house-9: unhealthy (no governance unit, units down: meter)" in result.output

@@ -92,7 +92,9 @@ def grid_containers(tmp_path: Path) -> Iterator[dict[str, Any]]:
     from testcontainers.core.network import Network
 
     out, doc = _generated(tmp_path)
-    network = Network(docker_network_kw={"labels": {"org.redy.test": "1"}})
+    _sweep_networks()
+    labels = {"org.redy.test": "1", "org.redy.owner-pid": str(os.getpid())}
+    network = Network(docker_network_kw={"labels": labels})
     network.name = f"redy-grid-{secrets.token_hex(4)}"
     network.create()
     containers: dict[str, Any] = {}
@@ -124,6 +126,29 @@ def grid_containers(tmp_path: Path) -> Iterator[dict[str, Any]]:
             list(pool.map(_remove, containers.values()))
         with contextlib.suppress(Exception):  # already removed
             network.remove()
+
+
+def _sweep_networks() -> None:
+    """Remove test networks left by runs that were killed (their owner process is gone);
+    their containers went with conftest's sweep."""
+    listed = subprocess.run(
+        [
+            "docker",
+            "network",
+            "ls",
+            "--filter",
+            "label=org.redy.test",
+            "--format",
+            '{{.Name}} {{.Label "org.redy.owner-pid"}}',
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    for line in listed.stdout.splitlines():
+        name, _, pid = line.partition(" ")
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            subprocess.run(["docker", "network", "rm", name], capture_output=True, check=False)
 
 
 def _remove(container: Any) -> None:
