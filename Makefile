@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PYTHON ?= python3
-APT_PACKAGES := mosquitto mosquitto-clients docker.io python3-venv python3-pip iproute2 iptables faketime chromium chromium-driver
+APT_PACKAGES := mosquitto mosquitto-clients docker.io docker-compose python3-venv python3-pip iproute2 iptables faketime chromium chromium-driver
 DEMO_DURATION ?= 90
 # The live web page (redy dashboard) of the demo; its address is printed at start.
 DEMO_WEB_PORT ?= 8050

@@ -73,6 +73,7 @@ for d in deps:
         print(d)
 PY
 "$pip_python" -m pip install -q --no-compile --target "$site" --no-deps "$wheel"
+rm -rf "$site/bin"  # the redy script of the wheel; the image runs python3 -m redy
 "$pip_python" -m pip install -q --no-compile --target "$site" -r "$ctx/requirements.txt" \
     2>&1 | { grep -v "is ignored: it is neither" || true; } >&2
 # Test suites and build helpers are not needed on a gateway.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import configparser
 import re
 import stat
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -101,6 +102,14 @@ def test_compose_writes_one_service_per_node_and_no_secret(tmp_path: Path, grid_
         _check_pki(out, node)
         assert host in pki.cert_hosts(out / node / "pki" / f"{node}.crt")
     _no_secret_in(text, _secrets(out))
+    # Compose itself reads the file as valid (docker-compose, the Debian package).
+    checked = subprocess.run(
+        ["docker-compose", "-f", str(out / "compose.yaml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
     # The copied launch files run as they are, includes and all, at the paths the services use.
     copied = parse(out / "launch" / "three_machines.yaml", dict(h.split(":=") for h in HOSTS))
     assert [n.node for n in copied.nodes] == list(NODES)

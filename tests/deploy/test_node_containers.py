@@ -266,3 +266,39 @@ def test_four_node_containers_form_one_grid_survive_kill_and_restart(
         f"the restarted {VICTIM} rejoining the overlay and the market",
         60,
     )
+
+
+def test_generated_compose_file_runs_the_grid_and_docker_sees_it_healthy(tmp_path: Path) -> None:
+    """`docker-compose up` of what `redy deploy compose` writes for launch/three_machines.yaml
+    (one machine: peers dial each other by service name on the project's network), until
+    Docker's own healthcheck, run on the retained births, says every node is healthy."""
+    grid = Path(__file__).resolve().parents[2] / "launch" / "three_machines.yaml"
+    ca = CliRunner().invoke(cli, ["grid", "ca", "init", "--state-dir", str(tmp_path / "ca")])
+    assert ca.exit_code == 0, ca.output
+    out = tmp_path / "grid"
+    args = ["deploy", "compose", str(grid), "-o", str(out), "--certs", str(tmp_path / "ca")]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    compose = ["docker-compose", "-p", f"redy-test-{secrets.token_hex(3)}"]
+    compose += ["-f", str(out / "compose.yaml")]
+    try:
+        up = subprocess.run([*compose, "up", "-d"], capture_output=True, text=True, check=False)
+        assert up.returncode == 0, up.stderr
+        ids = subprocess.run([*compose, "ps", "-q"], capture_output=True, text=True, check=True)
+        containers = ids.stdout.split()
+        assert len(containers) == 3
+        deadline = time.monotonic() + 150
+        health: list[str] = []
+        while time.monotonic() < deadline:
+            health = subprocess.run(
+                ["docker", "inspect", "-f", "{{.State.Health.Status}}", *containers],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
+            if health == ["healthy"] * 3:
+                break
+            time.sleep(2)
+        assert health == ["healthy"] * 3
+    finally:
+        subprocess.run([*compose, "down", "-v", "-t", "5"], capture_output=True, check=False)
