@@ -113,6 +113,12 @@ def node(
     desc = parse(file, _launch_args(args)).only(node_id)
     if pki_src is not None:
         install_pki(Path(pki_src), Path(state_dir), node_id)
+    elif not pki.identity(Path(state_dir), node_id).cert.exists():
+        # A node that made its own CA here could talk to no other node of the grid.
+        raise BrokerError(
+            f"no certificate of {node_id} in {pki.pki_dir(Path(state_dir))}: give --pki DIR with"
+            f" ca.crt, {node_id}.crt and {node_id}.key (redy grid cert issue {node_id} --host ADDR)"
+        )
     n = desc.nodes[0]
     click.echo(f"node {n.node}: grid listener {n.broker.grid_uri}, state in {state_dir}")
     Supervisor(desc, state_dir=Path(state_dir), compose=compose).run(duration_s)

@@ -291,3 +291,15 @@ def test_health_names_the_units_whose_birth_is_missing(
         result = _redy(*args, "--state-dir", str(tmp_path / "state"))
         assert result.exit_code == 1
         assert "house-9: unhealthy (no governance unit, units down: meter)" in result.output
+
+
+def test_deploy_node_refuses_to_start_without_the_grid_certificates(tmp_path: Path) -> None:
+    grid = _write_grid(tmp_path / "two.yaml", ("192.0.2.1", "192.0.2.2"))
+    args = ["deploy", "node", str(grid), "--node", "a-1", "--state-dir", str(tmp_path / "s")]
+    result = _redy(*args)
+    assert isinstance(result.exception, BrokerError)
+    assert "give --pki DIR" in str(result.exception)
+    assert not (tmp_path / "s" / "pki" / "ca.key").exists()  # no CA of its own was made
+    result = _redy(*args, "--pki", str(tmp_path / "empty"))
+    assert isinstance(result.exception, BrokerError)
+    assert "redy grid cert issue a-1" in str(result.exception)
