@@ -284,6 +284,13 @@ def main() -> None:
         start = med("container", phase, "start_s") / med("processes", phase, "start_s")
         foot = med("container", phase, "footprint_mib") / med("processes", phase, "footprint_mib")
         print(f"  container / processes, {phase}: start-up {start:.2f}x, memory {foot:.2f}x")
+    after_run = statistics.median(
+        r["first start"]["start_s"] - r["first start"]["create_s"] for r in rows["container"]
+    )
+    print(
+        f"container first start after docker run returned: {after_run:.2f} s,"
+        f" {after_run / med('processes', 'first start', 'start_s'):.2f}x the processes' start-up"
+    )
     print(
         f"docker run itself: {med('container', 'first start', 'create_s'):.2f} s of the first"
         f" start; container cgroup memory (with page cache) after restart:"
