@@ -1,11 +1,11 @@
 # The README's two commands: `make demo` and `make test`. Each installs what it needs on a fresh
 # Debian machine (as root): apt packages, a .venv with the package and its test extras, a Docker
-# engine and the local mosquitto image for the container backend.
+# engine, the local mosquitto image for the container backend and the node image (redy/node).
 
 SHELL := /bin/bash
 VENV ?= .venv
 PYTHON ?= python3
-APT_PACKAGES := mosquitto mosquitto-clients docker.io python3-venv python3-pip iproute2 iptables faketime chromium chromium-driver
+APT_PACKAGES := mosquitto mosquitto-clients docker.io docker-compose python3-venv python3-pip iproute2 iptables faketime chromium chromium-driver
 DEMO_DURATION ?= 90
 # The live web page (redy dashboard) of the demo; its address is printed at start.
 DEMO_WEB_PORT ?= 8050
@@ -32,8 +32,9 @@ $(VENV)/.installed: pyproject.toml
 docker: deps
 	bash brokers/start-dockerd.sh
 
-image: docker
+image: docker venv
 	bash brokers/image/build.sh
+	bash brokers/node-image/build.sh
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -387,7 +387,8 @@ def render(broker: NodeBroker) -> Credentials:
     (d / "grid-ca.crt").write_bytes(ident.ca.read_bytes())
     (d / "grid.crt").write_bytes(ident.cert.read_bytes())
     _write_private(d / "grid.key", ident.key.read_bytes())
-    pki.ensure_identity(broker.state_dir, "operator", [])  # operators' tools, as a peer reads
+    if pki.has_ca_key(broker.state_dir) or pki.identity(broker.state_dir, "operator").cert.exists():
+        pki.ensure_identity(broker.state_dir, "operator", [])  # operators' tools, as a peer reads
     (d / "acl").write_text(local_acl(broker.node, broker.units))
     (d / "grid.acl").write_text(grid_acl(broker.node))
     common = {

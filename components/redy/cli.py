@@ -23,6 +23,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "topic": ("redy.tools:topic", "List, echo, publish and measure topics (like ros2 topic)."),
     "node": ("redy.tools:node", "List the nodes reachable from a broker, or one node's units."),
     "view": ("redy.tools:view", "Print a node's retained membership view."),
+    "deploy": (
+        "redy.deploy:deploy",
+        "Run one node of a grid file; generate Compose/systemd files.",
+    ),
     "grid": ("redy.launch.generate:grid", "Generate launch files for grids of any size."),
     "sim": ("redy.sim.commands:sim", "Simulate membership or balancing for many nodes."),
     "dashboard": ("redy.dashboard.commands:dashboard", "Serve a live web page of the grid."),

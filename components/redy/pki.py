@@ -231,14 +231,30 @@ def identity(state_dir: Path, name: str) -> Identity:
 
 
 def ensure_identity(state_dir: Path, name: str, hosts: list[str]) -> Identity:
-    """`name`'s identity, issued on first use or when it no longer covers `hosts`."""
+    """`name`'s identity, issued on first use or when it no longer covers `hosts`.
+
+    On a gateway that holds the grid CA's certificate but not its key (a certificate issued
+    elsewhere by `redy grid cert issue`), the certificate only has to cover `hosts[0]`, the
+    address peers dial; the others are loopback conveniences that need no new certificate."""
     check_id(name, "node")
     ident = identity(state_dir, name)
     with _locked(state_dir):
         have = ident.cert.exists() and ident.key.exists() and ident.ca.exists()
         if have and set(hosts) <= cert_hosts(ident.cert):
             return ident
+        if have and not has_ca_key(state_dir):
+            if not hosts or hosts[0] in cert_hosts(ident.cert):
+                return ident
+            raise BrokerError(
+                f"{ident.cert} is not valid for {hosts[0]}, the address peers dial; issue it"
+                f" where the grid CA's key is: redy grid cert issue {name} --host {hosts[0]}"
+            )
         return _issue(state_dir, name, hosts)
+
+
+def has_ca_key(state_dir: Path) -> bool:
+    """Whether this state dir holds the grid CA's key (it can issue certificates)."""
+    return (pki_dir(state_dir) / "ca.key").exists()
 
 
 def common_name(der: bytes) -> str | None:

@@ -404,13 +404,14 @@ def topic_hz(
 
 
 def _read_retained(
-    client: mqtt.Client, inbox: queue.Queue[_Received], topics_: list[str]
+    client: mqtt.Client, inbox: queue.Queue[_Received], topics_: list[str], wait_s: float = 1.5
 ) -> dict[str, Any]:
-    """The retained message of each topic (decoded), waiting briefly; missing ones are left out."""
+    """The retained message of each topic (decoded), waiting up to `wait_s` seconds; missing
+    ones are left out."""
     for t in topics_:
         _subscribe(client, t)
     found: dict[str, Any] = {}
-    deadline = time.monotonic() + 1.5
+    deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline and len(found) < len(topics_):
         try:
             r = inbox.get(timeout=0.1)

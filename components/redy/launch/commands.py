@@ -42,16 +42,19 @@ def _start_web(sup: Supervisor, port: int) -> tuple[Any, Any]:
     return feed, server
 
 
-@click.command("launch")
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.argument("args", nargs=-1)
-@click.option(
+DURATION = click.option(
     "--duration",
     "duration_s",
     type=click.FloatRange(0.0, min_open=True),
     default=None,
     help="Stop everything after S seconds.",
 )
+
+
+@click.command("launch")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("args", nargs=-1)
+@DURATION
 @click.option("--compose", is_flag=True, help="All units of a node in one process.")
 @click.option(
     "--state-dir",

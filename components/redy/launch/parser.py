@@ -140,6 +140,16 @@ class LaunchDescription:
     file: Path
     nodes: tuple[NodeSpec, ...]
     clock: Clock
+    files: tuple[Path, ...] = ()  # every file read: `file` and its includes, in reading order
+
+    def only(self, node: str) -> LaunchDescription:
+        """The same launch reduced to one node (a gateway runs its own node of a grid file)."""
+        for n in self.nodes:
+            if n.node == node:
+                return attrs.evolve(self, nodes=(n,))
+        raise LaunchError(
+            f"{self.file}: no node {node!r}; the file has {[n.node for n in self.nodes]}"
+        )
 
 
 # --- parsing ------------------------------------------------------------------------------------
@@ -212,6 +222,7 @@ class _Builder:
         self.units: dict[str, list[UnitSpec]] = {}
         self.clock = Clock()
         self.include_depth = 0
+        self.files: list[Path] = []
 
 
 def _where(scope: _Scope, line: int) -> str:
@@ -551,6 +562,8 @@ def _node_id(value: str, where: str, what: str = "node id") -> str:
 def _parse_file(path: Path, given: Mapping[str, str], b: _Builder, where: str = "") -> None:
     try:
         text = path.read_text()
+        if path.resolve() not in b.files:
+            b.files.append(path.resolve())
     except OSError as exc:
         raise LaunchError(
             f"{where + ': ' if where else ''}cannot read launch file {path}: {exc.strerror}"
@@ -576,11 +589,17 @@ def parse(path: str | Path, args: Mapping[str, str] | None = None) -> LaunchDesc
     _parse_file(file, dict(args or {}), b)
     nodes = []
     ports: dict[int, str] = {}
+    # Nodes advertised at different addresses run on different machines, where the same ports
+    # are free again; nodes of one machine (one address, loopback by default) need their own.
+    taken: dict[tuple[str, int], str] = {}
     for node, broker in b.brokers.items():
+        machine = broker.advertise or broker.grid_host
         for p in (broker.port, broker.grid_port, broker.unit_port):
-            if p in ports:
-                raise LaunchError(f"{broker.where}: port {p} is used twice (also {ports[p]})")
-            ports[p] = broker.where
+            if (machine, p) in taken:
+                raise LaunchError(
+                    f"{broker.where}: port {p} is used twice (also {taken[machine, p]})"
+                )
+            taken[machine, p] = ports[p] = broker.where
         gov = b.governance.get(node)
         if gov is not None and gov.settings.get("introducer"):
             uris = []
@@ -607,7 +626,7 @@ def parse(path: str | Path, args: Mapping[str, str] | None = None) -> LaunchDesc
     if not nodes:
         raise LaunchError(f"{file}: the launch file starts no broker (nothing to run)")
     _check_drivers(b, ports)
-    return LaunchDescription(file=file, nodes=tuple(nodes), clock=b.clock)
+    return LaunchDescription(file=file, nodes=tuple(nodes), clock=b.clock, files=tuple(b.files))
 
 
 def check_ports_free(desc: LaunchDescription) -> None:
