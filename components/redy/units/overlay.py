@@ -8,7 +8,10 @@ The core (`redy.membership`) decides; this driver only moves messages and keeps 
 - no reply within `timeout_s`: the core is told, and Q stays removed; a refused or timed-out
   connection to Q's broker is also reported as strong evidence (`on_unreachable`);
 - after every change the view is republished, retained, on our own broker, and links to brokers
-  that left the view are closed.
+  that left the view are closed;
+- with the core's `verify` detector, every entry a merge admits is dialled at once (the link the
+  next state push would open anyway): a dead node that a stale copy brought back is dropped
+  within one connection attempt instead of a period later.
 """
 
 from __future__ import annotations
@@ -157,6 +160,7 @@ class OverlayDriver:
                 _log.warning("node=%s introducer %s unreachable: %s", self.node, uri, exc.reason)
                 continue
             self.seed(desc, view)
+            await self._dial_admitted()
             _log.info("node=%s joined through %s (%d entries)", self.node, uri, len(self.core))
             return
 
@@ -328,6 +332,7 @@ class OverlayDriver:
             )
         except PeerUnreachable as exc:
             self._lose(request.sender, request.broker, exc)
+        await self._dial_admitted()
         await self.publish_view()
 
     async def on_reply(self, reply: messages.ShuffleReply) -> None:
@@ -340,7 +345,24 @@ class OverlayDriver:
         broker = self.lost.get(reply.sender) or self.contacts.get(reply.sender)
         if broker is not None:
             self._alive(reply.sender, broker)
+        await self._dial_admitted()
         await self.publish_view()
+
+    async def _dial_admitted(self) -> None:
+        """Connect, all at once, to the brokers of the entries the last merges admitted (the
+        core's `verify` detector); one that cannot be reached is lost as after a failed push."""
+        admitted = self.core.take_admitted()
+        if not admitted:
+            return
+        brokers = {e.node: e.broker for e in self.core.view}
+
+        async def dial(node: str, broker: str) -> None:
+            try:
+                await self._links.link(broker, node)
+            except PeerUnreachable as exc:
+                self._lose(node, broker, exc)
+
+        await asyncio.gather(*(dial(n, brokers[n]) for n in admitted if n in brokers))
 
 
 class _Recent:
