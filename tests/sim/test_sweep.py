@@ -5,6 +5,7 @@ detector's healing on the reference engine."""
 from __future__ import annotations
 
 import csv
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from redy.errors import SimulationError
+from redy.sim.churn import SmartGridDay
 from redy.sim.membership import simulate_membership
 from redy.sim.sweep import columns, parse_grid
 
@@ -88,3 +90,19 @@ def test_verify_clears_dead_links_within_the_issue_targets(crash: float, within:
             engine="core",
         )
         assert r["dead_links"][within - 1] == 0, r["dead_links"][:within]
+
+
+def test_the_smart_grid_day_sleeps_households_and_storms_one_region() -> None:
+    day = SmartGridDay(2000, random.Random(3))
+    region = [
+        i for i in range(2000) if day.region[i] == day.storm_region and day.kind[i] != "plant"
+    ]
+    assert set(day.storm) <= set(region)
+    assert len(day.storm) == round(0.3 * len(region))
+    down = {i: t for t, nodes in day.down.items() for i in nodes}
+    up = {i: t for t, nodes in day.up.items() for i in nodes}
+    assert down.keys() == up.keys()
+    assert all(day.kind[i] == "household" and down[i] < up[i] for i in down)
+    households = sum(k == "household" for k in day.kind)
+    assert 0.4 * households < len(down) < 0.6 * households
+    assert all(day.kind[day.introducer[i]] == "plant" for i in range(2000))
