@@ -13,13 +13,12 @@ from redy import messages, pki
 from redy.membership.cyclon import Cyclon
 from redy.membership.cyclon import ViewEntry as CoreEntry
 from redy.transport.peer_links import PeerLinks
-from redy.units.overlay import OverlayDriver
 
 pytestmark = pytest.mark.integration
 
 
 async def test_a_reply_naming_a_dead_node_loses_it_at_once_and_keeps_the_live_one(
-    process_broker: Any, free_port: Any
+    process_broker: Any, free_port: Any, overlay_driver: Any
 ) -> None:
     alive = process_broker("alive")
     other = process_broker("other")
@@ -29,19 +28,7 @@ async def test_a_reply_naming_a_dead_node_loses_it_at_once_and_keeps_the_live_on
     core.seed([CoreEntry("alive", alive.config.grid_uri, 0)])
     core.take_admitted()
 
-    async def publish_local(_topic: str, _msg: Any) -> bool:
-        return True
-
-    driver = OverlayDriver(
-        node="me",
-        grid_uri="mqtts://127.0.0.1:1",
-        core=core,
-        links=links,
-        publish_local=publish_local,
-        period_s=60.0,
-        timeout_s=1.0,
-        identity=me,
-    )
+    driver = overlay_driver(core, links, me, period_s=60.0)
     out = core.tick()
     assert out is not None and out.target.node == "alive"
     driver._pending[out.nonce] = float("inf")
