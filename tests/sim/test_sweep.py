@@ -56,7 +56,7 @@ def test_a_small_sweep_writes_every_column_resumes_and_builds_the_report(tmp_pat
     built = _redy("sim", "study", str(out), "--docs", str(docs))
     assert built.returncode == 0, built.stderr
     text = (docs / "shuffle-study.md").read_text()
-    for section in ("## Recommendation per node kind", "Pareto front", "HyParView"):
+    for section in ("## Recommendation", "Per node kind", "Pareto front", "HyParView"):
         assert section in text
     for png in ("study-heal.png", "study-shape.png", "study-pareto.png", "study-churn.png"):
         assert (docs / png).read_bytes()[:4] == b"\x89PNG"
