@@ -64,8 +64,10 @@ study: venv
 	$(VENV)/bin/redy sim sweep balance --grid '$(filter-out period_s=%,$(STUDY_GRID)) period_s=2' \
 	    --nodes $(STUDY_NODES) --seeds 3 --scenario none --jobs $(STUDY_JOBS) \
 	    -o docs/shuffle-study-market.csv
+	$(VENV)/bin/redy sim sweep membership --grid 'view=8,12 shuffle=2,4 period_s=2' \
+	    --nodes 10000 --seeds 2 --jobs $(STUDY_JOBS) -o docs/shuffle-study-10k.csv
 	$(VENV)/bin/redy sim study docs/shuffle-study.csv --balance docs/shuffle-study-market.csv \
-	    --docs docs
+	    --scale docs/shuffle-study-10k.csv --docs docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

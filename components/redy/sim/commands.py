@@ -266,9 +266,15 @@ def sim_sweep(
 @click.argument("results", type=click.Path(exists=True, dir_okay=False))
 @click.option("--docs", default="docs", show_default=True, help="Where the report and plots go.")
 @click.option("--balance", type=click.Path(exists=True, dir_okay=False), default=None)
-def sim_study(results: str, docs: str, balance: str | None) -> None:
+@click.option(
+    "--scale",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="A membership sweep at another number of nodes, shown as one more table.",
+)
+def sim_study(results: str, docs: str, balance: str | None, scale: str | None) -> None:
     """Build the shuffle study (markdown and plots) from a membership sweep's CSV."""
     from redy.sim.study import build_report
 
-    path = build_report(results, docs, balance_csv=balance)
+    path = build_report(results, docs, balance_csv=balance, scale_csv=scale)
     click.echo(f"wrote {path}")

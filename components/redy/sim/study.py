@@ -250,6 +250,7 @@ def build_report(
     docs: str | Path,
     *,
     balance_csv: str | Path | None = None,
+    scale_csv: str | Path | None = None,
     name: str = "shuffle-study.md",
 ) -> Path:
     """Write `docs/<name>` and its PNGs from a membership sweep (and, if given, a balance
@@ -265,6 +266,8 @@ def build_report(
     picks = recommend(s, common)
     market = summarise(load(balance_csv)) if balance_csv is not None else None
     text = _markdown(df, s, common, picks, files, period, market)
+    if scale_csv is not None:
+        text += "\n".join(_scale_table(summarise(load(scale_csv)))) + "\n"
     path = docs / name
     path.write_text(text)
     return path
@@ -404,6 +407,36 @@ def _shape_table(at: pd.DataFrame) -> list[str]:
             f"{_ms(r, 'clustering', 4)} | {_ms(r, 'avg_path_length')} | "
             f"{_ms(r, 'gossip_rounds_to_0.1', 1)} | {_f(r['redy_crash90_largest'], 3)} / "
             f"{_f(r['verify_crash90_largest'], 3)} | {_f(r['bytes_per_node_s'] / 1000, 2)} |"
+        )
+    return out
+
+
+def _scale_table(m: pd.DataFrame) -> list[str]:
+    at = m.drop_duplicates(["nodes", "view", "shuffle"]).sort_values(["nodes", "view", "shuffle"])
+    out = [
+        "",
+        "## At another scale",
+        "",
+        "The same measures for a few configurations at "
+        f"{', '.join(str(int(n)) for n in sorted(at['nodes'].unique()))} nodes "
+        f"({int(at['seeds'].max())} seeds): cycles until no live view names a dead node "
+        "(cyclon / redy / verify), the survivors' largest component 10 cycles after a 90 % "
+        "crash (redy / verify), push-sum rounds.",
+        "",
+        "| nodes | c | SL | in-degree std | clustering | path length | 50 % crash | 90 % crash | "
+        "largest after 90 % | push-sum rounds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, r in at.iterrows():
+        heal = [
+            " / ".join(_f(r[f"{d}_crash{x}_heal_cycles"], 1) for d in DETECTORS) for x in (50, 90)
+        ]
+        out.append(
+            f"| {int(r['nodes'])} | {r['view']:g} | {r['shuffle']:g} | "
+            f"{_ms(r, 'in_degree_std')} | {_f(r['clustering'], 4)} | "
+            f"{_f(r['avg_path_length'])} | {heal[0]} | {heal[1]} | "
+            f"{_f(r['redy_crash90_largest'], 3)} / {_f(r['verify_crash90_largest'], 3)} | "
+            f"{_ms(r, 'gossip_rounds_to_0.1', 1)} |"
         )
     return out
 
