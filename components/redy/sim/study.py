@@ -578,7 +578,8 @@ def _published(s: pd.DataFrame) -> list[str]:
         "## What this study does not cover",
         "",
         "- Mixed view sizes and periods in one overlay (the runs are homogeneous).",
-        "- A check on real processes (the 50-node `--compose` run of the issue's point 6).",
+        "- Real processes: `python bench/overlay_crash.py --nodes 50` hangs half of a generated "
+        "grid at once and prints the same two times beside this prediction (README).",
         "- Connection set-up time: a dial is counted as answered (or refused) within the "
         "cycle; the timeout added to the seconds covers a dead host that does not refuse.",
         "- The simulator pushes the state once per shuffle cycle; the node pushes it every "
