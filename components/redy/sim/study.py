@@ -490,8 +490,8 @@ def _recommendation(
         r = smaller.iloc[-1]
         out.append(
             f"1. **A storm does not split it.** 10 cycles after 90 % of the nodes crash, the "
-            f"survivors' largest component holds {_f(common['verify_crash90_largest'], 3)} of "
-            f"them at c = {c:g}, against {_f(r['verify_crash90_largest'], 3)} at c = "
+            f"survivors' largest component holds {common['verify_crash90_largest']:.1%} of "
+            f"them at c = {c:g}, against {r['verify_crash90_largest']:.1%} at c = "
             f"{r['view']:g}, SL = {r['shuffle']:g} (the launch files used c = 8, SL = 4 before this study)."
         )
     else:
@@ -587,7 +587,7 @@ def _published(s: pd.DataFrame) -> list[str]:
         "seconds here are upper bounds.",
         "- The node's probes of lost neighbours and old contacts (every 2-4 periods), which "
         "merge islands, are not simulated: the largest-component figures are lower bounds. "
-        "At c <= 8 the verify detector's islands after a 90 % crash are larger than redy's "
-        "because redy's views, refilled with dead entries and purged, empty more often and "
-        "then rejoin through the introducer.",
+        "At c <= 8 the verify detector leaves more survivors outside the largest component "
+        "after a 90 % crash than redy, probably because redy's views, refilled with dead "
+        "entries and purged, empty more often and then rejoin through the introducer.",
     ]
