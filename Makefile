@@ -10,7 +10,14 @@ DEMO_DURATION ?= 90
 # The live web page (redy dashboard) of the demo; its address is printed at start.
 DEMO_WEB_PORT ?= 8050
 
-.PHONY: demo test deps venv docker image lint typecheck pytest clean
+# `make study`: the shuffle study (docs/shuffle-study.md) from sweeps run here. One worker by
+# default (the machine may be shared); STUDY_JOBS=2 uses both cores. About 20 min on one core.
+STUDY_GRID ?= view=4,8,12,20,30 shuffle=2,4,8 period_s=0.5,1,2,5
+STUDY_NODES ?= 1000
+STUDY_SEEDS ?= 5
+STUDY_JOBS ?= 1
+
+.PHONY: demo test deps venv docker image lint typecheck pytest clean study
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -50,6 +57,18 @@ test: deps venv image lint typecheck pytest
 
 demo: deps venv
 	$(VENV)/bin/redy launch launch/figure3.yaml --duration $(DEMO_DURATION) --table --web $(DEMO_WEB_PORT)
+
+study: venv
+	$(VENV)/bin/pip install -q -e '.[study]'
+	$(VENV)/bin/redy sim sweep membership --grid '$(STUDY_GRID)' --nodes $(STUDY_NODES) \
+	    --seeds $(STUDY_SEEDS) --jobs $(STUDY_JOBS) -o docs/shuffle-study.csv
+	$(VENV)/bin/redy sim sweep balance --grid '$(filter-out period_s=%,$(STUDY_GRID)) period_s=2' \
+	    --nodes $(STUDY_NODES) --seeds 3 --scenario none --jobs $(STUDY_JOBS) \
+	    -o docs/shuffle-study-market.csv
+	$(VENV)/bin/redy sim sweep membership --grid 'view=8,12 shuffle=2,4 period_s=2' \
+	    --nodes 10000 --seeds 2 --jobs $(STUDY_JOBS) -o docs/shuffle-study-10k.csv
+	$(VENV)/bin/redy sim study docs/shuffle-study.csv --balance docs/shuffle-study-market.csv \
+	    --scale docs/shuffle-study-10k.csv --docs docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

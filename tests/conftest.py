@@ -348,3 +348,27 @@ def plain_broker(tmp_path: Path) -> Iterator[Callable[[], int]]:
                 time.sleep(0.05)
 
         yield start
+
+
+@pytest.fixture
+def overlay_driver() -> Callable[..., Any]:
+    """overlay_driver(core, links, identity, period_s=1.0) -> an OverlayDriver for node "me"
+    whose own-broker publishes go nowhere (the tests read its core and lists)."""
+    from redy.units.overlay import OverlayDriver
+
+    async def publish_local(_topic: str, _msg: Any) -> bool:
+        return True
+
+    def make(core: Any, links: Any, identity: Any, period_s: float = 1.0) -> OverlayDriver:
+        return OverlayDriver(
+            node="me",
+            grid_uri="mqtts://127.0.0.1:1",
+            core=core,
+            links=links,
+            publish_local=publish_local,
+            period_s=period_s,
+            timeout_s=1.0,
+            identity=identity,
+        )
+
+    return make

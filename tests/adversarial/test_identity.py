@@ -24,7 +24,6 @@ from redy.membership.cyclon import Cyclon, Neighbour
 from redy.topics import render
 from redy.transport.peer_links import PeerLinks
 from redy.units.node_state import NodeState
-from redy.units.overlay import OverlayDriver
 
 pytestmark = pytest.mark.integration
 
@@ -136,7 +135,7 @@ async def test_plain_text_dialling_is_refused_and_leaks_nothing(tmp_path: Path) 
 
 
 async def test_a_broker_with_another_nodes_certificate_is_a_bogus_entry_not_a_death(
-    process_broker: Any,
+    process_broker: Any, overlay_driver: Any
 ) -> None:
     """An entry says 'honest' lives at the address of evil's broker: the dial finds evil's
     certificate, drops the entry, and keeps no tombstone for honest (it may be alive)."""
@@ -152,19 +151,7 @@ async def test_a_broker_with_another_nodes_certificate_is_a_bogus_entry_not_a_de
     core = Cyclon("me", "mqtts://127.0.0.1:1", 4, 2, random.Random(1))
     core.seed([Neighbour("honest", evil.config.grid_uri, 0)])
 
-    async def publish_local(_topic: str, _msg: Any) -> bool:
-        return True
-
-    driver = OverlayDriver(
-        node="me",
-        grid_uri="mqtts://127.0.0.1:1",
-        core=core,
-        links=links,
-        publish_local=publish_local,
-        period_s=1.0,
-        timeout_s=1.0,
-        identity=me,
-    )
+    driver = overlay_driver(core, links, me)
     await driver.step()
     await links.close_all()
     assert "honest" not in {e.node for e in core.view}

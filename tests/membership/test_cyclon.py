@@ -186,7 +186,11 @@ _events = st.lists(
 )
 
 
-@given(events=_events, seed=st.integers(0, 2**32), detector=st.sampled_from(["cyclon", "redy"]))
+@given(
+    events=_events,
+    seed=st.integers(0, 2**32),
+    detector=st.sampled_from(["cyclon", "redy", "verify"]),
+)
 @settings(max_examples=120, deadline=None)
 def test_views_never_hold_self_duplicates_too_many_or_negative_ages(
     events: list[tuple[str, int]], seed: int, detector: str
@@ -252,3 +256,33 @@ def test_an_unanswered_probe_changes_nothing() -> None:
     out = c.probe(Neighbour("z", "mqtt://z", 0))
     c.on_timeout(out.nonce)
     assert [e.node for e in c.view] == ["c"]
+
+
+def test_verify_lists_each_admitted_entry_once_for_the_driver_to_dial() -> None:
+    p = _node(c=4, sl=2, detector="verify")
+    p.seed([_e("a"), _e("b")])
+    assert set(p.take_admitted()) == {"a", "b"}
+    assert p.take_admitted() == ()
+    out = p.tick()
+    assert out is not None
+    p.on_reply(out.nonce, [_e("c"), _e("a", 9)])  # "a" is a duplicate: not admitted again
+    assert p.take_admitted() == ("c",)
+
+
+def test_verify_drops_an_admitted_entry_whose_dial_fails_and_refuses_its_copies() -> None:
+    p = _node(c=4, sl=2, detector="verify")
+    p.seed([_e("a"), _e("dead", 2)])
+    for node in p.take_admitted():
+        if node == "dead":
+            p.on_unreachable(node)  # the driver's dial was refused
+    assert {e.node for e in p.view} == {"a"}
+    p.on_request(_e("q"), [_e("dead", 5)])  # a stale copy from before the evidence
+    assert "dead" not in {e.node for e in p.view}
+    assert "dead" not in p.take_admitted()
+
+
+def test_redy_and_cyclon_list_nothing_to_dial() -> None:
+    for detector in ("redy", "cyclon"):
+        p = _node(detector=detector)
+        p.seed([_e("a"), _e("b")])
+        assert p.take_admitted() == ()

@@ -66,13 +66,13 @@ def test_fast_engine_matches_the_core_on_the_overlay_it_builds() -> None:
     _assert_same_within_spread(_BASE, _SHAPE)
 
 
-@pytest.mark.parametrize("detector", ["cyclon", "redy"])
+@pytest.mark.parametrize("detector", ["cyclon", "redy", "verify"])
 def test_fast_engine_matches_the_core_healing_after_half_the_nodes_crash(detector: str) -> None:
     scenario = {**_BASE, "crash": 0.5, "crash_at": 15, "detector": detector}
     _assert_same_within_spread(scenario, {**_SHAPE, **_HEALING})
 
 
-@pytest.mark.parametrize("detector", ["cyclon", "redy"])
+@pytest.mark.parametrize("detector", ["cyclon", "redy", "verify"])
 def test_fast_engine_matches_the_core_under_message_loss(detector: str) -> None:
     scenario = {**_BASE, "loss": 0.1, "detector": detector}
     _assert_same_within_spread(scenario, {**_SHAPE, **_LOSS})

@@ -21,8 +21,16 @@ neighbour at once and keeps a tombstone, so stale copies of the dead entry that 
 around are not merged back; an entry of that node *younger* than the tombstone (created after
 the evidence, so by the node itself) lifts it. The evidence is about an address: the tombstone
 holds the broker that failed, and only copies with that broker are refused, so a member that
-passes around a dead address for a live node gets only that address refused, never the node. A lost message alone (`on_timeout`) is weak
+passes around a dead address for a live node gets only that address refused, never the node.
+A lost message alone (`on_timeout`) is weak
 evidence and changes nothing beyond CYCLON's own rule, so message loss cannot evict live nodes.
+
+`detector="verify"` is `redy` plus a check on admission: every entry a merge lets into the view
+is listed (`take_admitted`) for the driver to dial at once, instead of at its next period's
+state push. A stale copy of a dead node that arrives after the node's own purge is then gone
+within one connection attempt, not one period later, and passes no further. The dial is the
+connection the next push opens anyway, so it costs no message; a live node answers it, so it
+evicts no live node.
 
 Ages are kept as a per-node tick counter minus a base, so ageing the whole view is O(1); this
 core also drives `redy.sim` for 10^5 nodes, hence plain tuples on the hot path.
@@ -38,6 +46,7 @@ from redy.errors import RedyError
 
 NodeId = Any  # a node id: str in the real processes, int in the simulator
 _STRIKES = 3  # unanswered shuffles in a row before the redy detector gives a neighbour up
+DETECTORS = ("cyclon", "redy", "verify")
 
 
 class Neighbour(NamedTuple):
@@ -62,6 +71,7 @@ class Cyclon:
     """One node's view and its shuffle protocol. Events in, messages out; no I/O, no clock."""
 
     __slots__ = (
+        "_admitted",
         "_base",
         "_broker",
         "_pending",
@@ -95,8 +105,10 @@ class Cyclon:
             raise RedyError(
                 f"shuffle length must satisfy 0 < SL < c, got SL={shuffle_length}, c={view_size}"
             )
-        if detector not in ("cyclon", "redy"):
-            raise RedyError(f"unknown detector {detector!r}; expected 'cyclon' or 'redy'")
+        if detector not in DETECTORS:
+            raise RedyError(
+                f"unknown detector {detector!r}; expected one of {', '.join(DETECTORS)}"
+            )
         self.me = node
         self.uri = uri
         self.view_size = view_size
@@ -116,6 +128,8 @@ class Cyclon:
         self._placed_tick = 0
         self._placer: dict[Hashable, Hashable] = {}  # node in the view -> the peer that placed it
         self._strikes: dict[Hashable, int] = {}  # node -> unanswered shuffles in a row
+        # Entries merged into the view since the last take_admitted() (detector "verify").
+        self._admitted: list[Hashable] | None = [] if detector == "verify" else None
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -221,7 +235,7 @@ class Cyclon:
         missed `_STRIKES` shuffles in a row; its death is left to strong evidence.
         """
         pending = self._pending.pop(nonce, None)
-        if pending is None or self.detector != "redy" or pending[0].age < 0:
+        if pending is None or self.detector == "cyclon" or pending[0].age < 0:
             return  # CYCLON's rule, or an unanswered probe: nothing to put back
         target = pending[0]
         strikes = self._strikes.get(target.node, 0) + 1
@@ -232,6 +246,15 @@ class Cyclon:
         if target.node not in self._base and len(self._base) < self.view_size:
             self._base[target.node] = self._tick - target.age
             self._broker[target.node] = target.broker
+
+    def take_admitted(self) -> tuple[NodeId, ...]:
+        """The nodes merged into the view since the last call and still in it, for the driver
+        to dial now (detector "verify"; always empty otherwise)."""
+        if not self._admitted:
+            return ()
+        out = tuple(n for n in dict.fromkeys(self._admitted) if n in self._base)
+        self._admitted.clear()
+        return out
 
     def discard(self, node: NodeId) -> None:
         """Drop `node`'s entry without any verdict on the node: the entry itself was bogus
@@ -244,7 +267,7 @@ class Cyclon:
     def on_unreachable(self, node: NodeId, broker: str | None = None) -> None:
         """The driver could not connect to `node`'s broker at `broker` (refused or timed out);
         None: whatever its address (the simulator, where a node has one)."""
-        if self.detector != "redy":
+        if self.detector == "cyclon":
             return
         if broker is None or self._broker.get(node, broker) == broker:
             self._base.pop(node, None)
@@ -314,3 +337,5 @@ class Cyclon:
             if placer is not None:
                 placers[node] = placer
                 room -= 1
+            if self._admitted is not None:
+                self._admitted.append(node)

@@ -14,7 +14,9 @@ with `tick` (age all, drop the oldest, random among ties, SL-1 random others plu
 entry), `on_request` (SL random others) and `on_unreachable` written inline; `_merge` is
 `Cyclon._merge` (no self, the younger duplicate wins, empty slots first, then the slots of the
 entries sent away, last sent first; tombstones that stale copies cannot pass and a younger copy
-lifts) and `_on_timeout` is `Cyclon.on_timeout` for the `redy` detector (three strikes). One
+lifts; with the `verify` detector, every admitted entry dialled at once and a dead one dropped
+as `Cyclon.take_admitted` lets the driver do) and `_on_timeout` is `Cyclon.on_timeout` for the
+`redy` and `verify` detectors (three strikes). One
 difference, in memory only: a node keeps at most `_TOMBSTONES_PER_VIEW_SLOT * c` tombstones
 (the core's dict has no bound; 35 was the most a node held with c = 20 through two 50 %
 crashes) and `_STRIKE_SLOTS` strike counters; when full, the oldest tombstone makes room.
@@ -51,7 +53,8 @@ class ArrayOverlay:
         self, capacity: int, nodes: int, c: int, sl: int, detector: str, seed: int
     ) -> None:
         self.c, self.sl = c, sl
-        self.redy = detector == "redy"
+        self.redy = detector != "cyclon"
+        self.verify = detector == "verify"
         self.ttl = 4 * c  # Cyclon's default suspect_ttl
         self.ids = np.full((capacity, c), -1, dtype=np.int32)
         self.base = np.zeros((capacity, c), dtype=np.int32)
@@ -98,11 +101,32 @@ class ArrayOverlay:
         """`count` new nodes, each seeded with one introducer and its view (the retained view)."""
         self.introducer = rng.choice(self.live().tolist())
         for j in self.add(count):
-            _seed_from(self._state(), int(j), self.introducer, self.ttl)
+            _seed_from(self._state(), int(j), self.introducer, self.ttl, self.verify)
+
+    def revive(self, node: int, introducer: int) -> None:
+        """A node that was down comes back: an empty view, no tombstones or strikes, seeded
+        from `introducer`'s retained view as a restarted process reads it."""
+        self.alive[node] = True
+        self.ids[node] = -1
+        self.length[node] = 0
+        self.tomb_id[node] = -1
+        self.strike_id[node] = -1
+        if introducer != node and self.alive[introducer]:
+            _seed_from(self._state(), node, introducer, self.ttl, self.verify)
 
     def cycle(self, loss: float) -> None:
         order = self.live()
-        _cycle(self._state(), order, loss, self.c, self.sl, self.redy, self.ttl, self.introducer)
+        _cycle(
+            self._state(),
+            order,
+            loss,
+            self.c,
+            self.sl,
+            self.redy,
+            self.verify,
+            self.ttl,
+            self.introducer,
+        )
 
     def in_degree(self) -> np.ndarray:
         live = self.live()
@@ -301,10 +325,20 @@ def _sample_slots(
 
 @numba.njit(cache=True)
 def _merge(
-    state: _State, p: int, e_ids: np.ndarray, e_ages: np.ndarray, ne: int, sent: np.ndarray,
-    nsent: int, c: int, redy: bool, ttl: int, scratch: np.ndarray,
-) -> None:  # fmt: skip
-    """`scratch`: int32[3, c + 1], room for the newcomers, their bases and the replaceable."""
+    state: _State,
+    p: int,
+    e_ids: np.ndarray,
+    e_ages: np.ndarray,
+    ne: int,
+    sent: np.ndarray,
+    nsent: int,
+    c: int,
+    redy: bool,
+    ttl: int,
+    scratch: np.ndarray,
+) -> int:
+    """`scratch`: int32[3, c + 1], room for the newcomers, their bases and the replaceable.
+    Returns how many newcomers `scratch[0]` lists (some may not have found a slot)."""
     ids, base, length, tick, _, tomb_id, tomb_t, _, _ = state
     t = tick[p]
     fresh_ids = scratch[0]
@@ -349,10 +383,27 @@ def _merge(
         ids[p, s] = node
         base[p, s] = fresh_base[k]
         length[p] = s + 1
+    return nf
 
 
 @numba.njit(cache=True)
-def _seed_from(state: _State, p: int, intro: int, ttl: int) -> None:
+def _dial(state: _State, p: int, fresh: np.ndarray, nf: int, ttl: int) -> None:
+    """The `verify` detector: p dials each newcomer a merge let into its view (`fresh[:nf]`);
+    a dead node's broker refuses, so it goes as `on_unreachable` has it."""
+    ids, base, length, tick, alive, tomb_id, tomb_t, strike_id, _ = state
+    for k in range(nf):
+        node = fresh[k]
+        if alive[node]:
+            continue
+        s = _find(ids, length, p, node)
+        if s >= 0:
+            _remove_slot(ids, base, length, p, s)
+            _strike_pop(strike_id, p, node)
+            _tomb_add(tomb_id, tomb_t, tick[p], p, node, ttl)
+
+
+@numba.njit(cache=True)
+def _seed_from(state: _State, p: int, intro: int, ttl: int, verify: bool) -> None:
     """p merges the introducer's fresh entry and its view (a joining node reads the retained
     view)."""
     ids, base, length, tick = state[0], state[1], state[2], state[3]
@@ -367,7 +418,9 @@ def _seed_from(state: _State, p: int, intro: int, ttl: int) -> None:
     # Cyclon.seed: a merge with nothing sent. Only the redy detector has tombstone columns.
     c = ids.shape[1]
     scratch = np.empty((3, c + 1), dtype=np.int32)
-    _merge(state, p, e_ids, e_ages, n + 1, e_ids, 0, c, True, ttl, scratch)
+    nf = _merge(state, p, e_ids, e_ages, n + 1, e_ids, 0, c, True, ttl, scratch)
+    if verify:
+        _dial(state, p, scratch[0], nf, ttl)
 
 
 @numba.njit(cache=True)
@@ -399,7 +452,14 @@ def _on_timeout(state: _State, p: int, q: int, q_age: int, c: int, ttl: int) -> 
 
 @numba.njit(cache=True)
 def _cycle(
-    state: _State, order: np.ndarray, loss: float, c: int, sl: int, redy: bool, ttl: int,
+    state: _State,
+    order: np.ndarray,
+    loss: float,
+    c: int,
+    sl: int,
+    redy: bool,
+    verify: bool,
+    ttl: int,
     introducer: int,
 ) -> None:  # fmt: skip
     """One cycle: every node of `order` (the live ones) initiates one shuffle, in random order."""
@@ -431,7 +491,7 @@ def _cycle(
                 if not alive[intro]:
                     intro = order[np.random.randint(0, len(order))]
                 if intro != p:
-                    _seed_from(state, p, intro, ttl)
+                    _seed_from(state, p, intro, ttl, verify)
         # -- tick: age all, remove the oldest (random among ties), build the request
         tick[p] += 1
         n = length[p]
@@ -477,7 +537,9 @@ def _cycle(
         for a in range(m):
             sent_q[a] = rep_ids[a] = ids[q, slots[a]]
             rep_ages[a] = tick[q] - base[q, slots[a]]
-        _merge(state, q, req_ids, req_ages, k + 1, sent_q, m, c, redy, ttl, scratch)
+        nf = _merge(state, q, req_ids, req_ages, k + 1, sent_q, m, c, redy, ttl, scratch)
+        if verify:
+            _dial(state, q, scratch[0], nf, ttl)
         if loss > 0.0 and np.random.random() < loss:
             if redy:
                 _on_timeout(state, p, q, q_age, c, ttl)
@@ -485,7 +547,9 @@ def _cycle(
         # -- on_reply
         if redy:
             _strike_pop(strike_id, p, q)
-        _merge(state, p, rep_ids, rep_ages, m, sent_p, k, c, redy, ttl, scratch)
+        nf = _merge(state, p, rep_ids, rep_ages, m, sent_p, k, c, redy, ttl, scratch)
+        if verify:
+            _dial(state, p, scratch[0], nf, ttl)
 
 
 @numba.njit(cache=True)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 import orjson
@@ -39,6 +40,15 @@ _plot_option = click.option(
     default=None,
     help="Also draw the result to FILE.png (matplotlib).",
 )
+
+
+FC = TypeVar("FC", bound=Callable[..., Any])
+
+
+def _rounds_option(default: int, text: str) -> Callable[[FC], FC]:
+    return click.option(
+        "--rounds", type=click.IntRange(1), default=default, show_default=True, help=text
+    )
 
 
 @click.group()
@@ -93,7 +103,12 @@ def sim() -> None:
     help="Probability that any one message is lost.",
 )
 @click.option(
-    "--detector", type=click.Choice(["cyclon", "redy"]), default="redy", show_default=True
+    "--detector",
+    type=click.Choice(["cyclon", "redy", "verify"]),
+    default="redy",
+    show_default=True,
+    help="cyclon: a timeout only; redy: also a refused connection (state push); verify: redy "
+    "and every admitted entry dialled at once.",
 )
 @click.option(
     "--remove-sweep",
@@ -127,13 +142,7 @@ def sim_membership(as_json: bool, plot_file: str | None, **options: Any) -> None
     help="YAML scenario: 'mix:' (node kinds and their share) and/or 'nodes:' (ids and bids).",
 )
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
-@click.option(
-    "--rounds",
-    type=click.IntRange(1),
-    default=40,
-    show_default=True,
-    help="Gossip rounds per phase.",
-)
+@_rounds_option(40, "Gossip rounds per phase.")
 @click.option(
     "--phases",
     type=click.IntRange(0),
@@ -190,3 +199,86 @@ def sim_balance(as_json: bool, plot_file: str | None, **options: Any) -> None:
     from redy.sim.balance import simulate_balance
 
     _emit(_run(simulate_balance, options, options["epochs"], "epochs", plot_file), as_json)
+
+
+def _int_list(_ctx: Any, _param: Any, value: str) -> list[int]:
+    try:
+        out = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not out or any(v < 3 for v in out):
+        raise click.BadParameter(f"expected node counts of at least 3, got {value!r}")
+    return out
+
+
+@sim.command("sweep")
+@click.argument("kind", type=click.Choice(["membership", "balance"]))
+@click.option(
+    "--grid",
+    "grid_text",
+    default="view=4,8,12,20,30 shuffle=2,4,8 period_s=0.5,1,2,5",
+    show_default=True,
+    help="Space-separated NAME=V1,V2,... over view, shuffle, period_s, timeout_s; the runs are "
+    "their cartesian product (SL >= c skipped).",
+)
+@click.option("--nodes", default="1000", show_default=True, callback=_int_list)
+@click.option("--seeds", type=click.IntRange(1), default=3, show_default=True)
+@click.option(
+    "--scenario",
+    type=click.Choice(["smartgrid", "none"]),
+    default="smartgrid",
+    show_default=True,
+    help="smartgrid: also run each configuration through a day of grid churn (redy.sim.churn).",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(1),
+    default=None,
+    help="Worker processes (default 1, or REDY_SWEEP_JOBS: the machine may be shared).",
+)
+@_rounds_option(20, "balance: gossip rounds per phase of the market run on each overlay.")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), required=True, help="CSV to write or resume."
+)
+def sim_sweep(
+    kind: str,
+    grid_text: str,
+    nodes: list[int],
+    seeds: int,
+    scenario: str,
+    jobs: int | None,
+    rounds: int,
+    output: str,
+) -> None:
+    """Run the simulators over a grid of shuffle settings: one CSV row per run, resumable."""
+    from redy.sim.sweep import default_jobs, parse_grid, sweep
+
+    done, skipped = sweep(
+        kind,
+        parse_grid(grid_text),
+        nodes,
+        seeds,
+        output,
+        scenario=scenario,
+        jobs=jobs or default_jobs(),
+        rounds=rounds,
+    )
+    click.echo(f"{done} runs done, {skipped} already in {output}")
+
+
+@sim.command("study")
+@click.argument("results", type=click.Path(exists=True, dir_okay=False))
+@click.option("--docs", default="docs", show_default=True, help="Where the report and plots go.")
+@click.option("--balance", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option(
+    "--scale",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="A membership sweep at another number of nodes, shown as one more table.",
+)
+def sim_study(results: str, docs: str, balance: str | None, scale: str | None) -> None:
+    """Build the shuffle study (markdown and plots) from a membership sweep's CSV."""
+    from redy.sim.study import build_report
+
+    path = build_report(results, docs, balance_csv=balance, scale_csv=scale)
+    click.echo(f"wrote {path}")

@@ -3,8 +3,9 @@
 Cycle by cycle, every live node initiates one shuffle, in a random order. The simulator is the
 network, not an oracle: a node learns that a neighbour is dead only as the real process would —
 its request to that neighbour's broker is refused (strong evidence, reported to the core as
-`on_unreachable`), and with the `redy` detector also its per-period state push to each
-neighbour's broker — and a lost message is only a timeout. Crashes, joins (through one
+`on_unreachable`), and with the `redy` and `verify` detectors also its per-period state push to
+each neighbour's broker (`verify`: and its dial of every entry a merge admits) — and a lost
+message is only a timeout. Crashes, joins (through one
 introducer, seeded from its view as a joining process reads the retained view) and message loss
 are parameters. Metrics are computed on the overlay's graph; path lengths and clustering are
 sampled for large N (the output says how many samples).
@@ -64,7 +65,8 @@ class _Net:
         order = [i for i, a in enumerate(self.alive) if a]
         rng.shuffle(order)
         nodes, alive = self.nodes, self.alive
-        probe = self.detector == "redy"
+        probe = self.detector != "cyclon"
+        verify = self.detector == "verify"
         for i in order:
             p = nodes[i]
             if probe:
@@ -77,6 +79,8 @@ class _Net:
                 intro = self.introducer if alive[self.introducer] else rng.choice(order)
                 if intro != i:
                     p.seed([Neighbour(intro, _uri(intro), 0), *nodes[intro].view])
+                    if verify:
+                        self._dial_admitted(p)
             out = p.tick()
             if out is None:
                 continue
@@ -89,10 +93,21 @@ class _Net:
                 p.on_timeout(out.nonce)  # request lost: only a timeout
                 continue
             reply = nodes[q].on_request(Neighbour(i, _uri(i), 0), out.entries)
+            if verify:
+                self._dial_admitted(nodes[q])
             if loss and rng.random() < loss:
                 p.on_timeout(out.nonce)  # reply lost
                 continue
             p.on_reply(out.nonce, reply)
+            if verify:
+                self._dial_admitted(p)
+
+    def _dial_admitted(self, node: Cyclon) -> None:
+        """The driver dials each entry a merge admitted; a dead node's broker refuses."""
+        alive = self.alive
+        for j in node.take_admitted():
+            if not alive[j]:
+                node.on_unreachable(j)
 
     def live(self) -> list[int]:
         return [i for i, a in enumerate(self.alive) if a]

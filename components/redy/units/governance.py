@@ -335,8 +335,14 @@ class Governance:
             max_links=2 * cfg.view_size + 4,
             timeout_s=cfg.shuffle_timeout_s,
         )
+        # `verify`: entries a shuffle admits are dialled at once (docs/shuffle-study.md).
         core = Cyclon(
-            self.node, cfg.grid_broker, cfg.view_size, cfg.shuffle_length, random.Random(cfg.seed)
+            self.node,
+            cfg.grid_broker,
+            cfg.view_size,
+            cfg.shuffle_length,
+            random.Random(cfg.seed),
+            detector="verify",
         )
         self.overlay = OverlayDriver(
             node=self.node,

@@ -143,6 +143,7 @@ class OverlayDriver:
                 _log.warning("node=%s introducer %s unreachable: %s", self.node, uri, exc.reason)
                 continue
             self.overlay.seed(desc, view)
+            await self._dial_admitted()
             _log.info("node=%s joined through %s (%d entries)", self.node, uri, len(self.core))
             return
 
@@ -221,8 +222,29 @@ class OverlayDriver:
     ) -> None:
         """Answer a shuffle offer (even while our own is pending) on the sender's broker."""
         await self._send(self.overlay.on_request(request))
+        await self._dial_admitted()
         await self.publish_view()
 
     async def on_reply(self, reply: messages.ShuffleReply) -> None:
         if self.overlay.on_reply(reply):
+            await self._dial_admitted()
             await self.publish_view()
+
+    async def _dial_admitted(self) -> None:
+        """Connect, all at once, to the brokers of the entries the last merges admitted (the
+        core's `verify` detector; the link the next state push would open anyway): one that
+        cannot be reached is lost as after a failed push, a dead node that a stale copy brought
+        back is dropped within one connection attempt instead of a period later."""
+        admitted = self.core.take_admitted()
+        if not admitted:
+            return
+        brokers = {e.node: e.broker for e in self.core.view}
+
+        async def dial(node: str, broker: str) -> None:
+            try:
+                await self._links.link(broker, node)
+            except PeerUnreachable as exc:
+                impostor = isinstance(exc, PeerImpostor)
+                self.overlay.unreachable(node, broker, exc.reason, impostor)
+
+        await asyncio.gather(*(dial(n, brokers[n]) for n in admitted if n in brokers))
