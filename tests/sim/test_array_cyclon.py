@@ -137,7 +137,8 @@ def test_fast_merge_leaves_the_same_view_as_the_core_merge(case: dict[str, Any])
     slots, replacing what was sent (newest of it first), tombstones, their expiry and lifting."""
     c, me, now = case["c"], 0, case["now"]
     core = Cyclon(me, "sim://0", c, 1, random.Random(0))
-    core._tombstones.update(case["tombs"])  # node -> tick of the evidence
+    # node -> (tick of the evidence, any broker: the simulator's nodes have one address)
+    core._tombstones.update({n: (t, None) for n, t in case["tombs"].items()})
     core._tick = now - now % 8
     core._expire_tombstones()  # as the core's last sweep, at the last multiple of 8, left them
     core._tick = now

@@ -9,11 +9,8 @@ timeout (`on_timeout`): Q stays removed, which is how dead nodes leave views.
 
 Merge rule (both sides): never the node itself, never a duplicate (the younger copy is kept, but
 a node's address changes only by its own word: a third party's younger copy with another broker
-is ignored); fill empty slots first, then replace entries that were sent to the other side. The
-entries one peer placed through its unsolicited requests (its own entry included) hold at most a
-quarter of the view (at least one slot; half while the view is under half full), so requests in a
-loop cannot crowd out the others; answers to our own requests, one a period to the neighbour we
-chose, are not capped.
+is ignored); fill empty slots first, then replace entries that were sent to the other side. One
+peer's unsolicited requests place at most SL entries per period, whatever their number.
 
 Failure detection beyond CYCLON (`detector="redy"`): a refused or timed-out *connection* to a
 neighbour's broker is strong evidence that it is gone (`on_unreachable`). The node drops that
@@ -77,7 +74,6 @@ class Cyclon:
         "_pending",
         "_placed",
         "_placed_tick",
-        "_placer",
         "_rng",
         "_strikes",
         "_tick",
@@ -126,7 +122,6 @@ class Cyclon:
         # Entries each sender offered in this period's requests (bounded: see on_request).
         self._placed: dict[Hashable, int] = {}
         self._placed_tick = 0
-        self._placer: dict[Hashable, Hashable] = {}  # node in the view -> the peer that placed it
         self._strikes: dict[Hashable, int] = {}  # node -> unanswered shuffles in a row
         # Entries merged into the view since the last take_admitted() (detector "verify").
         self._admitted: list[Hashable] | None = [] if detector == "verify" else None
@@ -169,7 +164,6 @@ class Cyclon:
         target = self._entry(q)
         del base[q]
         del self._broker[q]
-        self._placer.pop(q, None)
         others = list(base)
         k = min(self.shuffle_length - 1, len(others))
         sent = self._rng.sample(others, k) if k else []
@@ -202,14 +196,17 @@ class Cyclon:
             self._placed_tick = self._tick
         used = self._placed.get(sender.node, 0)
         room = max(self.shuffle_length - used, 0)
-        entries = tuple(e for e in entries if e.node == sender.node or e.broker != sender.broker)[
-            :room
-        ]
+        offered = tuple(e for e in entries if e.node == sender.node or e.broker != sender.broker)
+        entries = offered[:room]
         self._placed[sender.node] = used + len(entries)
         if sender.node in self._tombstones and sender.age == 0:
             del self._tombstones[sender.node]  # it talks to us: it is alive
         others = [n for n in self._base if n != sender.node]
         k = min(self.shuffle_length, len(others))
+        if len(entries) < len(offered):
+            # Give away no more than we take: an entry sent and not replaced would sit in both
+            # views, and such duplicates skew the in-degrees.
+            k = min(k, len(entries))
         sent = self._rng.sample(others, k) if k else []
         reply = tuple(self._entry(n) for n in sent)
         self._merge(entries, sent, sender.node)
@@ -261,7 +258,6 @@ class Cyclon:
         (the broker at its address is another node's), so no tombstone is kept."""
         self._base.pop(node, None)
         self._broker.pop(node, None)
-        self._placer.pop(node, None)
         self._strikes.pop(node, None)
 
     def on_unreachable(self, node: NodeId, broker: str | None = None) -> None:
@@ -272,8 +268,7 @@ class Cyclon:
         if broker is None or self._broker.get(node, broker) == broker:
             self._base.pop(node, None)
             self._broker.pop(node, None)
-            self._placer.pop(node, None)
-        self._strikes.pop(node, None)
+            self._strikes.pop(node, None)
         self._tombstones[node] = (self._tick, broker)
 
     # -- merging -------------------------------------------------------------------------------
@@ -288,7 +283,7 @@ class Cyclon:
         self, entries: Iterable[Neighbour], sent: Iterable[Hashable], placer: Hashable = None
     ) -> None:
         """Merge `entries` that `placer` offered unasked (None: our seed or an answer we asked
-        for, not capped)."""
+        for); only `placer` itself may change its own address."""
         base = self._base
         broker = self._broker
         tick = self._tick
@@ -312,30 +307,16 @@ class Cyclon:
                 fresh.append((node, uri, new_base))
         # Newcomers fill empty slots first, then take the places of entries we sent away.
         replaceable = [n for n in sent if n in base]
-        placers = self._placer
-        room = len(fresh)  # no cap for our own seed
-        if placer is not None:
-            # A quarter of the view per peer; a view under half full (joining, or alone after
-            # its neighbours died) takes up to half from one peer, to get going again.
-            cap = max(1, self.view_size // 4)
-            held = sum(1 for n in base if placers.get(n) == placer)
-            room = max(cap - held, self.view_size // 2 - len(base))
         for node, uri, new_base in fresh:
             if node in base:
                 continue
-            if room <= 0:
-                break  # this peer already holds its share of the view
             if len(base) >= self.view_size:
                 if not replaceable:
                     break
                 victim = replaceable.pop()
                 del base[victim]
                 del broker[victim]
-                placers.pop(victim, None)
             base[node] = new_base
             broker[node] = uri
-            if placer is not None:
-                placers[node] = placer
-                room -= 1
             if self._admitted is not None:
                 self._admitted.append(node)
