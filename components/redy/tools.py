@@ -21,6 +21,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from redy import messages, pki
+from redy.brokers.credentials import load_credentials
 from redy.errors import BrokerError, InvalidMessage
 from redy.topics import CONTRACT, TopicSpec
 from redy.transport.paho_client import publish_properties
@@ -46,16 +47,9 @@ def _password(user: str, password: str | None, credentials: str | None) -> str:
         return password
     if credentials is None:
         raise click.UsageError("give --password, or --credentials FILE (a node's credentials.json)")
-    try:
-        data = orjson.loads(Path(credentials).read_bytes())
-    except (OSError, orjson.JSONDecodeError) as exc:
-        raise click.UsageError(f"cannot read credentials file {credentials}: {exc}") from None
-    users = data.get("users", data) if isinstance(data, dict) else {}
-    if isinstance(users.get(user), str):
-        return str(users[user])
-    if isinstance(data, dict) and isinstance(data.get(user), dict):  # {"grid": {"password": ..}}
-        return str(data[user].get("password", ""))
-    raise click.UsageError(f"no password for user {user!r} in {credentials}")
+    # The one reader of credentials files: a bad or unreadable file, or no such account, is the
+    # same BrokerError as anywhere else, made one line by the CLI.
+    return load_credentials(credentials).password(user)
 
 
 @contextmanager

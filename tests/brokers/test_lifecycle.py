@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from redy import brokers
-from redy.brokers import BrokerError, ContainerBroker, NodeBroker, ProcessBroker
+from redy.brokers import ContainerBroker, NodeBroker, ProcessBroker
+from redy.errors import BrokerError
 
 pytestmark = pytest.mark.integration
 
@@ -93,7 +94,7 @@ def test_a_broker_that_exits_at_start_reports_its_last_log_line(
     tmp_path: Path, free_port: Any, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bad = brokers._template().replace("sys_interval 10", "no_such_option 1")
-    monkeypatch.setattr(brokers, "_template", lambda: bad)
+    monkeypatch.setattr(brokers.files, "_template", lambda: bad)
     b = _test_broker(_config(tmp_path, free_port), backend)
     with pytest.raises(BrokerError) as err:
         b.start()
@@ -126,7 +127,7 @@ def test_a_missing_mosquitto_is_one_clear_error(
     tmp_path: Path, free_port: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(brokers, "_MOSQUITTO_FALLBACKS", ())
+    monkeypatch.setattr(brokers.backends, "_MOSQUITTO_FALLBACKS", ())
     with pytest.raises(BrokerError, match="mosquitto not found"):
         ProcessBroker(_config(tmp_path, free_port)).start()
 

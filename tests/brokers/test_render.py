@@ -23,7 +23,7 @@ def test_render_writes_listeners_auth_and_persistence(tmp_path: Path) -> None:
     config = brokers.NodeBroker(
         node="house-1", port=18841, state_dir=tmp_path, units={"pv-meter": "detection"}
     )
-    creds = brokers.render(config)
+    creds = brokers.write_files(config)
     conf = (tmp_path / "house-1" / "mosquitto.conf").read_text()
     for port in (18841, 28841, 23841):  # trusted accounts, grid, units
         assert f"listener {port} 127.0.0.1" in conf
@@ -41,11 +41,11 @@ def test_render_writes_listeners_auth_and_persistence(tmp_path: Path) -> None:
 
 
 def test_render_again_keeps_issued_passwords_and_shares_the_grid_ca(tmp_path: Path) -> None:
-    first = brokers.render(brokers.NodeBroker(node="house-1", port=18841, state_dir=tmp_path))
-    again = brokers.render(
+    first = brokers.write_files(brokers.NodeBroker(node="house-1", port=18841, state_dir=tmp_path))
+    again = brokers.write_files(
         brokers.NodeBroker(node="house-1", port=18841, state_dir=tmp_path, units={"x": "action"})
     )
-    brokers.render(brokers.NodeBroker(node="gas-1", port=18851, state_dir=tmp_path))
+    brokers.write_files(brokers.NodeBroker(node="gas-1", port=18851, state_dir=tmp_path))
     assert again.users["operator"] == first.users["operator"]
     assert "x" in again.users
     ca = (tmp_path / "house-1" / "grid-ca.crt").read_bytes()
@@ -125,7 +125,7 @@ def test_nodes_rendered_at_the_same_moment_share_one_grid_ca(tmp_path: Path) -> 
         brokers.NodeBroker(node=f"node-{i}", port=18000 + i, state_dir=tmp_path) for i in range(8)
     ]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        rendered = list(pool.map(brokers.render, configs))
+        rendered = list(pool.map(brokers.write_files, configs))
     assert len(rendered) == 8
     cas = {(tmp_path / f"node-{i}" / "grid-ca.crt").read_bytes() for i in range(8)}
     assert len(cas) == 1
