@@ -5,7 +5,7 @@ every honest push with a push of its own, to the same node, epoch, phase, window
 whose curve crosses at the price it wants (400 EUR/MWh here, then -100). Three attacks:
 
 - `weightless`: weight 0 and +-1e12 kW (the attack as first found);
-- `legal max`: weight 1 and +-capacity, the most the mass bounds let one message carry;
+- `legal max`: weight 1 and +-capacity (the bounds let it carry up to 4 times that);
 
 each with and without the bounds (MassBounds, capacity 1,000 kW). The baseline is the price the
 reference solver (redy.balancing.reference, exact, independent of the gossip) finds for the

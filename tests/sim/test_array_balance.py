@@ -121,7 +121,7 @@ def test_the_band_falls_back_to_the_whole_grid_when_a_crossing_lies_outside(
         return start(self, algorithm, values, *rest)
 
     monkeypatch.setattr(FastMarket, "_start", recording)
-    # A seed whose crash leaves some node's crossing outside its band (seeds 3 and 10 do).
+    # A seed whose crash leaves some node's crossing outside its band (seeds 3, 4 and 10 do).
     simulate_balance(nodes=300, epochs=2, crash=0.5, crash_at=1, rounds=10, seed=3, engine="fast")
     assert min(widths) < 201 and 203 in widths  # banded phases, and one rerun on the grid
 

@@ -18,7 +18,7 @@ What mirrors what:
   in different cells pick different windows, and in the core the lowest window spreads by gossip
   (a node restarts on it when it hears of it); here every node starts the phase on the lowest
   window at once. The nodes' prices differ by far less than a cell, so this is rare.
-- `PushSum` (`_pushsum`): keep half, push half (at most weight 1) to one random view entry; a refused push (a dead
+- `PushSum` (`_pushsum`): keep half, push half (at most MAX_PUSH_WEIGHT) to one random view entry; a refused push (a dead
   node's broker) brings the mass back, removes the entry (`Cyclon.on_unreachable`) and tries
   another, three tries in all; a lost push or one to a node that has finished loses its mass.
 - `FlowUpdating`: two kernels. `_flow_exact` keeps, as the core does, a flow and an estimate per
@@ -39,6 +39,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from redy.balancing.aggregation import MAX_PUSH_WEIGHT
 from redy.balancing.curves import (
     Bid,
     Dispatchable,
@@ -280,8 +281,8 @@ def _pushsum(
                     _unreachable(view, i, t, ttl)
                     continue
                 si = s[i]
-                # Half, but never more than weight 1 (PushSum.round: what receivers accept).
-                share = 0.5 if w[i] <= 2.0 else 1.0 / w[i]
+                # Half, but never more than MAX_PUSH_WEIGHT (PushSum.round: what receivers take).
+                share = 0.5 if w[i] <= 2.0 * MAX_PUSH_WEIGHT else MAX_PUSH_WEIGHT / w[i]
                 moved_w = w[i] * share
                 w[i] -= moved_w
                 if not (loss > 0.0 and np.random.random() < loss) and not done[t]:
