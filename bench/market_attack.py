@@ -20,51 +20,19 @@ honest optimum.
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from redy.balancing.aggregation import GossipOut, MassBounds, PushSum
+from redy.balancing.aggregation import MassBounds
 from redy.balancing.curves import Dispatchable
-from redy.balancing.discovery import PhaseGossip
-from redy.balancing.epochs import MarketCore, Pacing
-from redy.balancing.inmemory import Adversary, InMemoryLinks
 from redy.balancing.reference import solve
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "balancing"))
-from test_epochs import _bids
+from test_epochs import _bids, _prices_under, _steering
 
 CAPACITY_KW = 1000.0
-
-
-def steering(price: float, weight: float, amplitude: float) -> Adversary:
-    def adversary(_s: object, _t: float, m: PhaseGossip) -> list[tuple[object, PhaseGossip]]:
-        g = m.msg
-        v = np.where(np.linspace(m.floor_eur_mwh, m.cap_eur_mwh, 201) >= price, 1.0, -1.0)
-        values = np.concatenate([v, np.zeros(len(g.values) - 201)]) * amplitude
-        forged = GossipOut(g.target, "evil", g.epoch, g.round, weight, values)
-        return [(g.target, PhaseGossip(m.phase, m.floor_eur_mwh, m.cap_eur_mwh, forged))]
-
-    return adversary
-
-
-def prices(n: int, adversary: Adversary | None, bounds: MassBounds | None) -> list[float]:
-    links = InMemoryLinks(n, latency_s=0.002, adversary=adversary)
-    pacing = Pacing(epoch_s=4.0, round_s=0.004)
-    cores = {
-        i: MarketCore(
-            PushSum(i, random.Random(i)),
-            pacing,
-            bids=lambda i=i: _bids(i),  # type: ignore[misc]
-            neighbours=lambda i=i: links.views[i],  # type: ignore[misc]
-            bounds=bounds,
-        )
-        for i in range(n)
-    }
-    links.run(cores, start_s=3.5, until_s=8.0)
-    return [c.result.price_eur_mwh for c in links.cleared if c.epoch == 1]
 
 
 def main() -> None:
@@ -85,7 +53,7 @@ def main() -> None:
             )
             for name, weight, amplitude in (("weightless", 0.0, 1e12), ("legal max", 1.0, 1e3)):
                 for label, b in (("no bounds", None), ("bounds", bounds)):
-                    got = prices(n, steering(target, weight, amplitude), b)
+                    got, _ = _prices_under(_steering(target, weight, amplitude), b, n)
                     mean = float(np.mean(got))
                     print(
                         f"    {name:10s} {label:9s}: {len(got)} nodes cleared at"

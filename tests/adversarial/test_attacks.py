@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 from graphs import connected
+from members import member
 
-from redy import messages, pki
+from redy import messages
 from redy.topics import render
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "faults"))
@@ -43,7 +44,7 @@ def grid(tmp_path: Path) -> Iterator[FaultGrid]:
 
 def _evil_clients(g: FaultGrid, mqtt_client: Any) -> list[Any]:
     """evil's sessions on every honest node's grid listener, with its own valid certificate."""
-    ident = pki.issue(g.state, "evil", ["127.0.0.1"])
+    ident = member(g.state, "evil")
     return [mqtt_client(ports[1], None, None, "evil", ident) for ports in g.ports]
 
 

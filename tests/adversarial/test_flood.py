@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import queue
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from members import member, start_governance
 
-from redy import messages, pki
+from redy import messages
 from redy.topics import render
 
 pytestmark = pytest.mark.integration
@@ -24,25 +23,11 @@ def test_a_gossip_flood_is_cut_to_its_budget_and_the_node_keeps_publishing(
 ) -> None:
     broker = process_broker("house-1")
     log = tmp_path / "governance.log"
-    with open(log, "wb") as f:
-        gov = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "redy", "governance", "--node", "house-1"),
-                *("--broker", broker.config.uri, "--grid-broker", broker.config.grid_uri),
-                *("--credentials", str(broker.config.node_dir / "governance.json")),
-                *("--period-s", "0.2", "--epoch-s", "2"),
-            ],
-            stdout=f,
-            stderr=f,
-        )
+    gov = start_governance(broker, log, "--period-s", "0.2", "--epoch-s", "2")
     try:
         watch = mqtt_client(broker.port, "operator", broker.credentials.password("operator"))
         watch.subscribe(render("node_state", node="house-1"))
-        deadline = time.monotonic() + 20
-        while b"governance connected" not in log.read_bytes():
-            assert time.monotonic() < deadline, "governance did not start"
-            time.sleep(0.1)
-        evil = pki.issue(broker.config.state_dir, "evil", ["127.0.0.1"])
+        evil = member(broker.config.state_dir, "evil")
         flood = mqtt_client(broker.config.grid_listener_port, None, None, "evil", evil)
         msg = messages.Gossip(
             sender="evil", epoch=1, round=1, algorithm="pushsum", weight=0.5, values=(1.0,) * 201

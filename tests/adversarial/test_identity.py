@@ -4,18 +4,21 @@ brokers and processes: each is refused or contained, and the node says so in one
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import signal
 import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from members import member, start_governance
+from polling import until
 
 from redy import messages, pki
 from redy.brokers import load_credentials, unit_credentials_path
@@ -28,14 +31,7 @@ from redy.units.node_state import NodeState
 pytestmark = pytest.mark.integration
 
 
-def _until(pred: Callable[[], Any], timeout_s: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not within {timeout_s} s")
+_until = functools.partial(until, timeout_s=15.0)  # processes start here: 15 s
 
 
 @pytest.fixture
@@ -52,47 +48,22 @@ def procs(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
             p.kill()
 
 
-def _member(broker: Any, name: str) -> pki.Identity:
-    """A member's certificate from the broker's grid CA (a valid identity of its own)."""
-    return pki.issue(broker.config.state_dir, name, ["127.0.0.1"])
-
-
 def test_a_member_cannot_speak_in_another_nodes_name(
     process_broker: Any, mqtt_client: Any, procs: list[Any], tmp_path: Path
 ) -> None:
     """The broker refuses a topic in another's name; a message in the member's own topic that
     claims another sender is dropped by the governance, which logs the offender."""
     broker = process_broker("house-1")
-    node_dir = broker.config.node_dir
     log = tmp_path / "governance.log"
-    with open(log, "wb") as f:
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "redy",
-                    "governance",
-                    "--node",
-                    "house-1",
-                    "--broker",
-                    broker.config.uri,
-                    "--credentials",
-                    str(node_dir / "governance.json"),
-                    "--grid-broker",
-                    broker.config.grid_uri,
-                    "--epoch-s",
-                    "2",
-                ],
-                stdout=f,
-                stderr=f,
-            )
-        )
+    procs.append(start_governance(broker, log, "--epoch-s", "2"))
     watch = mqtt_client(broker.port, "operator", broker.credentials.password("operator"))
     watch.subscribe("redy/house-1/#")
-    _until(lambda: b"governance connected" in log.read_bytes(), what="governance up")
     evil = mqtt_client(
-        broker.config.grid_listener_port, None, None, "evil", _member(broker, "evil")
+        broker.config.grid_listener_port,
+        None,
+        None,
+        "evil",
+        member(broker.config.state_dir, "evil"),
     )
     forged = messages.Gossip(
         sender="gas-1", epoch=1, round=1, algorithm="pushsum", weight=0.0, values=(1e12,) * 3
@@ -140,7 +111,7 @@ async def test_a_broker_with_another_nodes_certificate_is_a_bogus_entry_not_a_de
     """An entry says 'honest' lives at the address of evil's broker: the dial finds evil's
     certificate, drops the entry, and keeps no tombstone for honest (it may be alive)."""
     evil = process_broker("evil")
-    me = _member(evil, "me")
+    me = member(evil.config.state_dir, "me")
     links = PeerLinks("me", me, timeout_s=2.0)
     with pytest.raises(PeerImpostor) as caught:
         await links.publish(

@@ -19,7 +19,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from members import member, start_governance
 
 from redy import messages, pki
 from redy.topics import render
@@ -106,25 +106,13 @@ def node(process_broker: Any, mqtt_client: Any, tmp_path: Path) -> Iterator[dict
     its state, evil's client on its grid listener, and evil's misbehaving brokers."""
     broker = process_broker("house-1")
     log = tmp_path / "governance.log"
-    with open(log, "wb") as f:
-        gov = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "redy", "governance", "--node", "house-1"),
-                *("--broker", broker.config.uri, "--grid-broker", broker.config.grid_uri),
-                *("--credentials", str(broker.config.node_dir / "governance.json")),
-                *("--period-s", "0.3", "--epoch-s", "2", "--shuffle-period-s", "0.5"),
-                *("--shuffle-timeout-s", "0.5"),
-            ],
-            stdout=f,
-            stderr=f,
-        )
-    evil_id = pki.issue(broker.config.state_dir, "evil", ["127.0.0.1"])
+    gov = start_governance(
+        broker, log, "--period-s", "0.3", "--epoch-s", "2", "--shuffle-period-s", "0.5",
+        "--shuffle-timeout-s", "0.5",
+    )  # fmt: skip
+    evil_id = member(broker.config.state_dir, "evil")
     bad = BadBrokers(evil_id)
     try:
-        deadline = time.monotonic() + 30
-        while b"governance connected" not in log.read_bytes():
-            assert time.monotonic() < deadline, "governance did not start"
-            time.sleep(0.1)
         watch = mqtt_client(broker.port, "operator", broker.credentials.password("operator"))
         watch.subscribe(render("node_state", node="house-1"))
         evil = mqtt_client(broker.config.grid_listener_port, None, None, "evil", evil_id)

@@ -196,9 +196,10 @@ def _steering(price: float, weight: float, amplitude: float) -> Adversary:
 
 
 def _prices_under(
-    adversary: Adversary | None, bounds: MassBounds | None
+    adversary: Adversary | None, bounds: MassBounds | None, n: int = 6
 ) -> tuple[list[float], list]:
-    n = 6
+    """The prices `n` nodes clear epoch 1 at, and what their cores dropped (also the attack
+    bench's run, bench/market_attack.py)."""
     links = InMemoryLinks(n, latency_s=0.002, adversary=adversary)
     pacing = Pacing(epoch_s=4.0, round_s=0.004)
     cores = {

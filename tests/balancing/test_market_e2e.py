@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from netports import OFFSETS
+from polling import until
 
 from redy import messages
 from redy.brokers import load_credentials, port_is_free, try_connect
@@ -67,16 +68,6 @@ def _agreed(
     return epoch, sum(prices) / len(prices), states
 
 
-def _until(pred: Any, timeout_s: float, what: str, seen: Any = None) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not within {timeout_s} s; saw {seen() if seen else ''}")
-
-
 def _summary(watches: dict[str, Watch]) -> list[tuple[str, Any, Any, Any]]:
     return [
         (n, s.epoch, s.price_eur_mwh and round(s.price_eur_mwh, 3), s.status)
@@ -112,7 +103,7 @@ def test_grid_reaches_a_common_price_and_rebalances_after_the_gas_plant_dies(
     )
     frozen: list[int] = []
     try:
-        _until(
+        until(
             lambda: all((tmp_path / n / "credentials.json").exists() for n in ports),
             30,
             "brokers up",
@@ -121,7 +112,7 @@ def test_grid_reaches_a_common_price_and_rebalances_after_the_gas_plant_dies(
         for node, port in ports.items():
             password = load_credentials(tmp_path / node / "credentials.json").password("operator")
             # Credentials are written before the broker starts: wait until it accepts them.
-            _until(
+            until(
                 lambda p=port, pw=password: try_connect("127.0.0.1", p, "operator", pw)[0],
                 30,
                 f"broker of {node}",
@@ -131,9 +122,9 @@ def test_grid_reaches_a_common_price_and_rebalances_after_the_gas_plant_dies(
             c.subscribe(f"redy/{node}/action/+/status")
             watches[node] = Watch(c)
 
-        first = _until(lambda: _agreed(watches), 40, "a first common price")
+        first = until(lambda: _agreed(watches), 40, "a first common price")
         # Once the gas plant has ramped up, it sets the price: loads run, batteries wait.
-        second = _until(
+        second = until(
             lambda: (a := _agreed(watches, first[0])) and a[1] < 140.0 and a,
             8 * EPOCH_S,
             "a common price set by the gas plant",
@@ -149,7 +140,7 @@ def test_grid_reaches_a_common_price_and_rebalances_after_the_gas_plant_dies(
         # With the plant hung, no cheap supply is left: the survivors clear one price
         # (to the market's resolution, 0.01 EUR/MWh, on every node) at the furnace's
         # willingness to pay (140), where the furnace is the marginal bid and sheds load.
-        after = _until(
+        after = until(
             lambda: (a := _agreed(survivors, killed_in, tol=0.01)) and a[1] > 140.0 - 0.01 and a,
             5 * EPOCH_S,
             "survivors agreeing on a price over 140 after the crash",
@@ -179,7 +170,7 @@ def test_grid_reaches_a_common_price_and_rebalances_after_the_gas_plant_dies(
                 and battery.power_kw > 0.0
             )
 
-        _until(
+        until(
             shed_and_discharged,
             2 * EPOCH_S,
             "flexible load shed and battery discharging",

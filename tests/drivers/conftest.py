@@ -9,29 +9,18 @@ import logging
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from counterparts import ModbusServer, start_plain_mosquitto
+from polling import until as until  # re-exported: `from conftest import until`
 
 from redy import messages
 
 NODE = "house-1"
 logging.getLogger("pymodbus").setLevel(logging.WARNING)  # its server logs every frame at DEBUG
-
-
-def until(pred: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
-    """The first truthy value of `pred()`, polled every 50 ms; AssertionError after timeout."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached within {timeout_s} s")
 
 
 class Operator:

@@ -234,27 +234,27 @@ launch:
 
     # -- reading the record ---------------------------------------------------------------------
 
-    def states(self, node: str) -> list[tuple[float, dict[str, Any]]]:
+    def _records(self, node: str, suffix: str) -> list[tuple[float, dict[str, Any]]]:
+        """(arrival time, message) of every non-empty message the node's recorder kept on a
+        topic ending in `suffix`."""
         path = self.tmp / f"rec-{node}.jsonl"
         out = []
         if path.exists():
             for line in path.read_text().splitlines():
                 with contextlib.suppress(ValueError):
                     r = json.loads(line)
-                    if r["topic"].endswith("/governance/state") and r["msg"]:
+                    if r["topic"].endswith(suffix) and r["msg"]:
                         out.append((r["t"], r["msg"]))
         return out
 
+    def states(self, node: str) -> list[tuple[float, dict[str, Any]]]:
+        return self._records(node, "/governance/state")
+
     def views(self, node: str) -> list[tuple[float, list[str]]]:
-        path = self.tmp / f"rec-{node}.jsonl"
-        out = []
-        if path.exists():
-            for line in path.read_text().splitlines():
-                with contextlib.suppress(ValueError):
-                    r = json.loads(line)
-                    if r["topic"].endswith("/membership/view") and r["msg"]:
-                        out.append((r["t"], [e["node"] for e in r["msg"]["entries"]]))
-        return out
+        return [
+            (t, [e["node"] for e in m["entries"]])
+            for t, m in self._records(node, "/membership/view")
+        ]
 
     def by_epoch(self) -> dict[int, dict[str, tuple[float | None, str | None]]]:
         """epoch -> node -> (price, status), the node's last word on that epoch."""

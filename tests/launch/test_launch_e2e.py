@@ -7,12 +7,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from netports import OFFSETS, node_block
+from polling import until
 
 from redy import messages
 from redy.brokers import load_credentials, port_is_free, try_connect
@@ -84,9 +84,9 @@ def test_figure3_for_20_s_retains_every_birth_exits_0_and_leaves_nothing_behind(
     try:
         for port, (node, units) in zip(ports, FIGURE3_UNITS.items(), strict=False):
             creds = tmp_path / node / "credentials.json"
-            _wait(creds.exists, 20, f"{node} credentials")
+            until(creds.exists, 20, f"{node} credentials")
             password = load_credentials(creds).password("operator")
-            _wait(
+            until(
                 lambda p=port, pw=password: try_connect("127.0.0.1", p, "operator", pw)[0],
                 20,
                 f"{node} broker",
@@ -104,7 +104,7 @@ def test_figure3_for_20_s_retains_every_birth_exits_0_and_leaves_nothing_behind(
                 op.close()
                 return got if wanted <= set(got) else None
 
-            got = _wait(births, 20, f"{node}: every unit's birth and state retained")
+            got = until(births, 20, f"{node}: every unit's birth and state retained")
             for unit, role in units.items():
                 meta = got[render("unit_meta", node=node, unit=unit)]
                 state = got[render("unit_state", node=node, unit=unit)]
@@ -143,16 +143,6 @@ launch:
     return f
 
 
-def _wait(pred: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not within {timeout_s} s")
-
-
 @pytest.mark.parametrize("compose", [False, True], ids=["processes", "compose"])
 def test_respawn_after_kill9_and_sigterm_stops_everything(
     tmp_path: Path, mqtt_client: Any, compose: bool
@@ -172,10 +162,10 @@ def test_respawn_after_kill9_and_sigterm_stops_everything(
     launcher = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         creds = state / "solo" / "credentials.json"
-        _wait(creds.exists, 20, "credentials")
+        until(creds.exists, 20, "credentials")
         # Credentials are written before the broker starts: wait until it accepts them.
         password = load_credentials(creds).password("operator")
-        _wait(lambda: try_connect("127.0.0.1", port, "operator", password)[0], 20, "broker up")
+        until(lambda: try_connect("127.0.0.1", port, "operator", password)[0], 20, "broker up")
         op = mqtt_client(port, "operator", password)
         op.subscribe("redy/solo/units/+/meta")
         meta_topic = render("unit_meta", node="solo", unit="battery")
@@ -221,10 +211,10 @@ def test_kill9_of_the_launcher_leaves_no_unit_or_broker(tmp_path: Path) -> None:
     )
     try:
         # The broker and the three units of _one_node_file, each naming the state directory.
-        _wait(lambda: len(_processes_using(state)) >= 4, 20, "launch up")
+        until(lambda: len(_processes_using(state)) >= 4, 20, "launch up")
         launcher.kill()
         launcher.wait()
-        _wait(lambda: _processes_using(state) == [], 10, "orphans gone")
+        until(lambda: _processes_using(state) == [], 10, "orphans gone")
     finally:
         if launcher.poll() is None:
             launcher.kill()

@@ -7,11 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from polling import until
 
 from redy import messages
 from redy.topics import render
@@ -61,16 +62,6 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
     p = Procs(tmp_path)
     yield p
     p.stop()
-
-
-def _until(pred: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached within {timeout_s} s")
 
 
 class Watch:
@@ -141,11 +132,11 @@ def test_birth_and_online_state_are_retained_and_measurements_flow(
     _detection(procs, broker)
     _action(procs, broker)
     measurement = render("measurement", node="house-1", unit="meter")
-    m = _until(lambda: watch.get(measurement), what="a measurement")
+    m = until(lambda: watch.get(measurement), what="a measurement")
     assert m.power_kw < 0  # a load consumes
     for unit in BIRTHS:  # both births are out before the late subscriber comes
         state_topic = render("unit_state", node="house-1", unit=unit)
-        _until(lambda t=state_topic: watch.get(t), what=f"{unit} online")
+        until(lambda t=state_topic: watch.get(t), what=f"{unit} online")
     # A late subscriber gets births and states from the broker's retained store.
     late = mqtt_client(broker.port, "operator", broker.credentials.password("operator"))
     got = {
@@ -166,11 +157,11 @@ def test_kill9_of_an_action_unit_turns_it_offline_and_governance_drops_its_flexi
     procs.start(broker, "governance", "--period-s", "0.3", log="governance.log")
     action = _action(procs, broker)
     state_topic = render("node_state", node="house-1")
-    _until(lambda: (s := watch.get(state_topic)) and s.flex_up_kw > 0, what="flexibility")
+    until(lambda: (s := watch.get(state_topic)) and s.flex_up_kw > 0, what="flexibility")
     action.kill()  # SIGKILL: no clean stop, the broker must send the Will
     killed = time.monotonic()
     unit_state = render("unit_state", node="house-1", unit="battery")
-    _until(
+    until(
         lambda: (s := watch.get(unit_state)) and s.state == "offline", timeout_s=8, what="the Will"
     )
     will_after_s = time.monotonic() - killed
@@ -179,7 +170,7 @@ def test_kill9_of_an_action_unit_turns_it_offline_and_governance_drops_its_flexi
     retained = late.wait_for(unit_state)
     assert retained.retain and messages.decode(unit_state, retained.payload).state == "offline"
     assert will_after_s <= 2 * 1.5 + 1.0  # keepalive 2 s: the broker waits 1.5 x keepalive
-    _until(
+    until(
         lambda: (
             (s := watch.get(state_topic))
             and s.flex_up_kw == 0
@@ -214,13 +205,13 @@ def test_ev_status_carries_a_willingness_to_pay_that_rises_toward_its_deadline(
         log="ev.log",
     )
     status_topic = render("actuator_status", node="house-1", unit="ev")
-    first = _until(lambda: watch.get(status_topic), what="first status")
+    first = until(lambda: watch.get(status_topic), what="first status")
     op = watch.client
     op.publish(
         render("command", node="house-1", unit="ev"),
         messages.encode(messages.Command(seq=1, ts_s=0.0, on=False)),
     )
-    late = _until(
+    late = until(
         lambda: (s := watch.get(status_topic)) and s.ts_s > 7200 and not s.on and s,
         what="two hours of waiting",
     )
@@ -233,14 +224,14 @@ def test_battery_status_states_storage_prices_that_fall_as_it_charges(
     broker, watch = node
     _action(procs, broker)  # 13.5 kWh, 5 kW, half full; one simulated second per second
     status_topic = render("actuator_status", node="house-1", unit="battery")
-    first = _until(lambda: watch.get(status_topic), what="first status")
+    first = until(lambda: watch.get(status_topic), what="first status")
     assert first.charge_below_eur_mwh < first.discharge_above_eur_mwh
     op = mqtt_client(broker.port, "operator", broker.credentials.password("operator"))
     op.publish(
         render("command", node="house-1", unit="battery"),
         messages.encode(messages.Command(seq=1, ts_s=1.0, setpoint_kw=-5.0)),
     )
-    later = _until(
+    later = until(
         lambda: (
             (s := watch.get(status_topic)) and s.power_kw < -4.0 and s.ts_s > first.ts_s + 3 and s
         ),
@@ -256,13 +247,13 @@ def test_old_or_repeated_command_is_acknowledged_and_ignored(
     broker, watch = node
     _action(procs, broker)
     status_topic = render("actuator_status", node="house-1", unit="battery")
-    _until(lambda: watch.get(status_topic), what="first status")
+    until(lambda: watch.get(status_topic), what="first status")
     op = mqtt_client(broker.port, "operator", broker.credentials.password("operator"))
     command = render("command", node="house-1", unit="battery")
     op.publish(command, messages.encode(messages.Command(seq=10, ts_s=1.0, setpoint_kw=-2.0)))
-    _until(lambda: (s := watch.get(status_topic)) and s.seq == 10, what="seq 10 applied")
+    until(lambda: (s := watch.get(status_topic)) and s.seq == 10, what="seq 10 applied")
     op.publish(command, messages.encode(messages.Command(seq=7, ts_s=2.0, setpoint_kw=4.0)))
-    s = _until(
+    s = until(
         lambda: (s := watch.get(status_topic)) and s.note and "ignored" in s.note and s,
         what="old command acknowledged",
     )
@@ -275,14 +266,14 @@ def test_malformed_command_is_logged_and_the_unit_keeps_working(
     broker, watch = node
     action = _action(procs, broker)
     status_topic = render("actuator_status", node="house-1", unit="battery")
-    _until(lambda: watch.get(status_topic), what="first status")
+    until(lambda: watch.get(status_topic), what="first status")
     op = mqtt_client(broker.port, "operator", broker.credentials.password("operator"))
     command = render("command", node="house-1", unit="battery")
     op.publish(command, b"{this is not json")
     op.publish(command, b'{"seq": "x", "ts_s": 1, "on": true}')
     op.publish(command, b"x" * 70_000)
     op.publish(command, messages.encode(messages.Command(seq=3, ts_s=1.0, setpoint_kw=1.5)))
-    _until(
+    until(
         lambda: (s := watch.get(status_topic)) and s.seq == 3 and s.setpoint_kw == 1.5,
         what="valid command applied after bad ones",
     )
@@ -298,7 +289,7 @@ def test_unit_republishes_its_birth_after_a_broker_restart(
     broker, watch = node
     _detection(procs, broker)
     meta_topic = render("unit_meta", node="house-1", unit="meter")
-    _until(lambda: watch.get(meta_topic), timeout_s=30, what="the first birth")
+    until(lambda: watch.get(meta_topic), timeout_s=30, what="the first birth")
     broker.stop()
     shutil.rmtree(broker.config.node_dir / "data")  # forget every retained message
     broker.start()
@@ -308,4 +299,4 @@ def test_unit_republishes_its_birth_after_a_broker_restart(
     got = op.wait_for(meta_topic, 15)
     meta = messages.decode(got.topic, got.payload)
     assert meta.unit == "meter"
-    _until(lambda: "birth 2" in (procs.tmp / "meter.log").read_text(), what="second birth logged")
+    until(lambda: "birth 2" in (procs.tmp / "meter.log").read_text(), what="second birth logged")
