@@ -70,3 +70,20 @@ def configure(verbose: bool = False, log_format: str | None = None) -> None:
     logging.getLogger("matplotlib").setLevel(logging.DEBUG if verbose else logging.WARNING)
     # testcontainers says "Pulling image" on every start, even when nothing is pulled.
     logging.getLogger("testcontainers").setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+class Tally:
+    """How often something happened per key, to log it at the 1st, 2nd, 4th, 8th... time only:
+    a hostile or broken peer cannot flood the log. Holds at most `limit` keys (the oldest are
+    forgotten, and counted from 1 again if they come back)."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self.counts: dict[str, int] = {}
+        self._limit = limit
+
+    def add(self, key: str) -> int | None:
+        """Count one more for `key`; its count when it is due for a log line, else None."""
+        n = self.counts[key] = self.counts.pop(key, 0) + 1
+        if len(self.counts) > self._limit:
+            del self.counts[next(iter(self.counts))]
+        return n if n & (n - 1) == 0 else None

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import ssl
 import subprocess
 import sys
+import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -34,3 +39,72 @@ def start_governance(broker: Any, log: Path, *options: str) -> subprocess.Popen[
 def member(state_dir: Path, name: str) -> pki.Identity:
     """A certificate of the grid CA in `state_dir` for `name`: a member's valid identity."""
     return pki.issue(state_dir, name, ["127.0.0.1"])
+
+
+# MQTT 5 CONNACK: session not present, success, properties: Receive Maximum (0x21) = 1.
+_CONNACK_RM1 = bytes([0x20, 0x06, 0x00, 0x00, 0x03, 0x21, 0x00, 0x01])
+_CONNACK = bytes([0x20, 0x03, 0x00, 0x00, 0x00])
+
+
+class BadBrokers:
+    """TLS listeners on 127.0.0.1 presenting `identity`, each misbehaving its own way; and a
+    closed port. `uris` maps a behaviour to its mqtts:// URI."""
+
+    BEHAVIOURS = ("silent", "receive-max-1", "drops", "garbage")
+
+    def __init__(self, identity: pki.Identity) -> None:
+        self._ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(identity.ca))
+        self._ctx.load_cert_chain(str(identity.cert), str(identity.key))
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self.uris: dict[str, str] = {}
+        for behaviour in self.BEHAVIOURS:
+            port = asyncio.run_coroutine_threadsafe(self._serve(behaviour), self._loop).result(10)
+            self.uris[behaviour] = f"mqtts://127.0.0.1:{port}"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.uris["closed"] = f"mqtts://127.0.0.1:{s.getsockname()[1]}"
+        self.dials: Counter[str] = Counter()  # connections accepted, per behaviour
+
+    @property
+    def connections(self) -> int:
+        return sum(self.dials.values())
+
+    async def _serve(self, behaviour: str) -> int:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.dials[behaviour] += 1
+            try:
+                if behaviour != "silent":
+                    await reader.read(1024)  # the CONNECT
+                if behaviour == "receive-max-1":
+                    writer.write(_CONNACK_RM1)
+                elif behaviour == "drops":
+                    writer.write(_CONNACK)
+                    await writer.drain()
+                    await reader.read(1024)
+                    writer.close()
+                    return
+                elif behaviour == "garbage":
+                    writer.write(bytes(range(256)) * 4)
+                await writer.drain()
+                while await reader.read(65536):  # read and never answer
+                    pass
+            except (OSError, ssl.SSLError, asyncio.CancelledError):
+                pass  # a client gone, or close(): nothing to answer
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=self._ctx)
+        return int(server.sockets[0].getsockname()[1])
+
+    def close(self) -> None:
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(cancel_all(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)

@@ -11,120 +11,21 @@ Afterwards the process is alive and still clears and publishes its state.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import queue
-import signal
-import socket
-import ssl
-import subprocess
-import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from members import member, start_governance
+from members import BadBrokers
 
-from redy import messages, pki
+from redy import messages
 from redy.topics import render
 
 pytestmark = pytest.mark.integration
-
-# MQTT 5 CONNACK: session not present, success, properties: Receive Maximum (0x21) = 1.
-_CONNACK_RM1 = bytes([0x20, 0x06, 0x00, 0x00, 0x03, 0x21, 0x00, 0x01])
-_CONNACK = bytes([0x20, 0x03, 0x00, 0x00, 0x00])
-
-
-class BadBrokers:
-    """TLS listeners on 127.0.0.1 presenting `identity`, each misbehaving its own way; and a
-    closed port. `uris` maps a behaviour to its mqtts:// URI."""
-
-    BEHAVIOURS = ("silent", "receive-max-1", "drops", "garbage")
-
-    def __init__(self, identity: pki.Identity) -> None:
-        self._ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(identity.ca))
-        self._ctx.load_cert_chain(str(identity.cert), str(identity.key))
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        self.uris: dict[str, str] = {}
-        for behaviour in self.BEHAVIOURS:
-            port = asyncio.run_coroutine_threadsafe(self._serve(behaviour), self._loop).result(10)
-            self.uris[behaviour] = f"mqtts://127.0.0.1:{port}"
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.uris["closed"] = f"mqtts://127.0.0.1:{s.getsockname()[1]}"
-        self.connections = 0
-
-    async def _serve(self, behaviour: str) -> int:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            self.connections += 1
-            try:
-                if behaviour != "silent":
-                    await reader.read(1024)  # the CONNECT
-                if behaviour == "receive-max-1":
-                    writer.write(_CONNACK_RM1)
-                elif behaviour == "drops":
-                    writer.write(_CONNACK)
-                    await writer.drain()
-                    await reader.read(1024)
-                    writer.close()
-                    return
-                elif behaviour == "garbage":
-                    writer.write(bytes(range(256)) * 4)
-                await writer.drain()
-                while await reader.read(65536):  # read and never answer
-                    pass
-            except (OSError, ssl.SSLError):
-                pass
-            finally:
-                writer.close()
-
-        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=self._ctx)
-        return int(server.sockets[0].getsockname()[1])
-
-    def close(self) -> None:
-        async def cancel_all() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        asyncio.run_coroutine_threadsafe(cancel_all(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-
-@pytest.fixture
-def node(process_broker: Any, mqtt_client: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """house-1's broker and governance unit (distant mode, 2 s epochs), the operator watching
-    its state, evil's client on its grid listener, and evil's misbehaving brokers."""
-    broker = process_broker("house-1")
-    log = tmp_path / "governance.log"
-    gov = start_governance(
-        broker, log, "--period-s", "0.3", "--epoch-s", "2", "--shuffle-period-s", "0.5",
-        "--shuffle-timeout-s", "0.5",
-    )  # fmt: skip
-    evil_id = member(broker.config.state_dir, "evil")
-    bad = BadBrokers(evil_id)
-    try:
-        watch = mqtt_client(broker.port, "operator", broker.credentials.password("operator"))
-        watch.subscribe(render("node_state", node="house-1"))
-        evil = mqtt_client(broker.config.grid_listener_port, None, None, "evil", evil_id)
-        yield {"gov": gov, "log": log, "watch": watch, "evil": evil, "bad": bad}
-    finally:
-        bad.close()
-        gov.send_signal(signal.SIGTERM)
-        try:
-            gov.wait(15)
-        except subprocess.TimeoutExpired:
-            gov.kill()
-
 
 _names = st.sampled_from(["evil", "house-1", "ghost-1", "ghost-2", "gas-1"])
 _numbers = st.one_of(

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 import attrs
 
 from redy import messages
+from redy.logformat import Tally
 from redy.membership.cyclon import Cyclon, Neighbour, ShuffleOut
 
 _log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class Overlay:
         limit = 2 * core.view_size
         self.contacts = RecentPeers(limit)  # node -> broker, most recent last
         self.lost = RecentPeers(limit)  # neighbours lost to a failed connection
+        self._unreachable = Tally(limit)  # failed exchanges per node, for the log
         self._probes: dict[str, int] = {}  # lost node -> unanswered probes
 
     # -- reading -------------------------------------------------------------------------------
@@ -137,7 +139,9 @@ class Overlay:
             self.core.discard(node)
             self.contacts.pop(node)
             return
-        _log.info("node=%s neighbour %s unreachable: %s", self.node, node, reason)
+        n = self._unreachable.add(node)
+        if n is not None:  # at the 1st, 2nd, 4th... time: a member naming it cannot flood the log
+            _log.info("node=%s neighbour %s unreachable (%d times): %s", self.node, node, n, reason)
         self.core.on_unreachable(node, broker)
         self.lost.put(node, broker)
 

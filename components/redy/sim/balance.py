@@ -12,6 +12,7 @@ parameters.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections import Counter
@@ -22,7 +23,7 @@ import attrs
 import numpy as np
 import orjson
 
-from redy.balancing.aggregation import ALGORITHMS
+from redy.balancing.aggregation import ALGORITHMS, CAPACITY_KW, MassBounds
 from redy.balancing.curves import (
     Bid,
     Dispatchable,
@@ -32,7 +33,7 @@ from redy.balancing.curves import (
     Storage,
     curve,
 )
-from redy.balancing.discovery import PriceDiscovery, PriceSearch
+from redy.balancing.discovery import PhaseGossip, PriceDiscovery, PriceSearch
 from redy.balancing.reference import Reference, solve
 from redy.devices.urgency import ev_urgency, willingness_to_pay
 from redy.errors import RedyError, SimulationError
@@ -40,6 +41,7 @@ from redy.sim.membership import _bootstrap, _Net
 from redy.sim.scenario import Scenario, load_scenario
 
 if TYPE_CHECKING:
+    from redy.sim.adversaries import Steering
     from redy.sim.array_balance import FastMarket
 
 DEFAULT_AGGREGATION = "pushsum"
@@ -136,12 +138,16 @@ def simulate_balance(
     phases: int = 0,
     seed: int = 1,
     engine: str = "auto",
+    adversaries: float = 0.0,
+    capacity_kw: float = CAPACITY_KW,
 ) -> dict[str, Any]:
     """Run `epochs` market intervals and report price, spread, imbalance and cost per epoch.
 
     `engine`: "fast", the market compiled over arrays (redy.sim.array_balance), "core", every
     node a PriceDiscovery as in the governance processes (the reference), or "auto": core up
-    to `_AUTO_CORE_NODES` nodes, fast above."""
+    to `_AUTO_CORE_NODES` nodes, fast above; with `adversaries` (a fraction of hostile
+    members, redy.sim.adversaries) always core, and push-sum: they attack the cores' defences,
+    MassBounds with `capacity_kw`."""
     algorithm = aggregation or DEFAULT_AGGREGATION
     if algorithm not in ALGORITHMS:
         raise SimulationError(f"unknown aggregation {algorithm!r}; expected {list(ALGORITHMS)}")
@@ -168,11 +174,16 @@ def simulate_balance(
     kinds = ["explicit"] * len(explicit) + drawn
     names = [n.id for n in explicit] + [f"{k}-{i}" for i, k in enumerate(drawn, len(explicit))]
     node_seeds = [rng.getrandbits(32) for _ in range(nodes)]
+    if adversaries:
+        _check_adversaries(adversaries, engine, algorithm)
+        engine = "core"
     if engine == "auto":
         engine = "core" if nodes <= _AUTO_CORE_NODES else "fast"
     driver: _CoreMarket | FastMarket
     if engine == "core":
-        driver = _CoreMarket(nodes, view_size, shuffle_length, algorithm, search, rng, seed)
+        driver = _CoreMarket(
+            nodes, view_size, shuffle_length, algorithm, search, rng, seed, adversaries, capacity_kw
+        )
     else:
         from redy.sim.array_balance import FastMarket  # numba: imported only when used
 
@@ -206,6 +217,8 @@ def simulate_balance(
             ]
             dispatches.append({"epoch": epoch, "nodes": dumped})
         out_epochs.append(_epoch_report(epoch, len(live), ref, outcome, crashed))
+        if isinstance(driver, _CoreMarket) and driver.steering is not None:
+            driver.steering.record(out_epochs[-1], [bids[i] for i in live], search)
     if dump_curves and last is not None:
         grid = search.coarse()
         live, bids = last
@@ -238,9 +251,28 @@ def simulate_balance(
             "engine": engine,
         },
         "epochs": out_epochs,
+        **(
+            {"adversaries": driver.steering.report()}
+            if isinstance(driver, _CoreMarket) and driver.steering is not None
+            else {}
+        ),
         "messages": driver.messages,
         "elapsed_s": round(time.perf_counter() - started, 2),
     }
+
+
+def _check_adversaries(fraction: float, engine: str, algorithm: str) -> None:
+    if not 0.0 < fraction < 1.0:
+        raise SimulationError(f"--adversaries is a fraction of the nodes in [0, 1), got {fraction}")
+    if engine == "fast":
+        raise SimulationError(
+            "--adversaries runs on the core engine (the real cores and their defences); "
+            "drop --engine fast"
+        )
+    if algorithm != "pushsum":
+        raise SimulationError(
+            f"--adversaries attacks push-sum's mass bounds; got --aggregation {algorithm}"
+        )
 
 
 def _epoch_report(
@@ -315,16 +347,30 @@ class _CoreMarket:
         search: PriceSearch,
         rng: random.Random,
         seed: int,
+        adversaries: float = 0.0,
+        capacity_kw: float = CAPACITY_KW,
     ) -> None:
         self.net = _Net(nodes, view_size, shuffle_length, "redy", seed)
+        # Hostile members (redy.sim.adversaries) and the bounds honest nodes hold them to, as
+        # MarketCore does in the governance.
+        self.steering: Steering | None = None
+        self.bounds: MassBounds | None = None
+        if adversaries:
+            from redy.sim.adversaries import Steering, pick
+
+            arng = random.Random(seed + 7)
+            self.steering = Steering(pick(nodes, adversaries, arng), capacity_kw, arng)
+            self.bounds = MassBounds(capacity_kw, 60)
         _bootstrap(self.net, "random")
         for _ in range(10):
             self.net.cycle(0.0)
         cls = ALGORITHMS[algorithm]
         self.search = search
         self.rng = rng
+        cap = capacity_kw if adversaries else math.inf
         self.market = [
-            PriceDiscovery(cls(i, random.Random(rng.getrandbits(64))), search) for i in range(nodes)
+            PriceDiscovery(cls(i, random.Random(rng.getrandbits(64))), search, cap)
+            for i in range(nodes)
         ]
         self.messages = 0
 
@@ -344,6 +390,9 @@ class _CoreMarket:
     ) -> tuple[list[int], int]:
         """One epoch's phases; `crash`: (fraction, rng) to crash halfway through phase 1."""
         net, market, rng = self.net, self.market, self.rng
+        steering = self.steering
+        if steering is not None:
+            live = [i for i in live if i not in steering.evil]
         for i in live:
             market[i].start_epoch(epoch, bids[i])
         crashed: set[int] = set()
@@ -377,12 +426,33 @@ class _CoreMarket:
                                 targets = [j for j in targets if j != m.target]
                                 refused = True
                             elif not (loss and rng.random() < loss):
-                                market[m.target].on_message(m)
+                                self._deliver(m)
                         if not refused:
                             break
+                if steering is not None:
+                    for m in steering.pushes(live, market, r):
+                        self.messages += 1
+                        self._deliver(m)
             for i in live:
                 market[i].end_phase()
         return live, len(crashed)
+
+    def _deliver(self, m: PhaseGossip) -> None:
+        """Hand `m` to its target; with hostile members, as MarketCore does: a hostile target
+        swallows it, an honest one first checks the mass bounds."""
+        steering = self.steering
+        if steering is None:
+            self.market[m.target].on_message(m)
+            return
+        if m.target in steering.evil:
+            return
+        target = self.market[m.target]
+        g = m.msg
+        assert self.bounds is not None
+        if self.bounds.refusal(g.weight, g.values, target.search.k, g.round) is not None:
+            steering.dropped += 1
+            return
+        target.on_message(m)
 
     def settle(self, live: list[int], bids: dict[int, list[Bid]], ref_price: float) -> _Outcome:
         prices = []

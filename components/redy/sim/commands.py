@@ -51,6 +51,17 @@ def _rounds_option(default: int, text: str) -> Callable[[FC], FC]:
     )
 
 
+def _adversaries_option(attack: str) -> Callable[[FC], FC]:
+    return click.option(
+        "--adversaries",
+        type=click.FloatRange(0.0, 1.0, max_open=True),
+        default=0.0,
+        show_default=True,
+        help=f"Fraction of the nodes that are hostile members (valid identity), running the "
+        f"attack of issue 10 against the real cores: {attack}",
+    )
+
+
 @click.group()
 def sim() -> None:
     """Run the same pure protocol cores as the real processes for many nodes in one process."""
@@ -119,10 +130,14 @@ def sim() -> None:
 @click.option(
     "--engine",
     type=click.Choice(["fast", "core"]),
-    default="fast",
-    show_default=True,
-    help="fast: the shuffle compiled over arrays (10^6 nodes); core: every node a "
-    "redy.membership.cyclon.Cyclon, as in the governance processes (the reference).",
+    default=None,
+    help="fast (the default): the shuffle compiled over arrays (10^6 nodes); core (the default "
+    "with --adversaries): every node a redy.membership.cyclon.Cyclon, as in the governance "
+    "processes (the reference).",
+)
+@_adversaries_option(
+    "eclipse: each sends 4 shuffle requests per period to honest nodes, answers with poison "
+    "(invented nodes, forged addresses, its fellows); reports their share of honest views."
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on one line.")
 @_plot_option
@@ -183,6 +198,18 @@ def sim_membership(as_json: bool, plot_file: str | None, **options: Any) -> None
     help="fast: the market compiled over arrays (10^5 nodes); core: every node a "
     "redy.balancing PriceDiscovery, as in the governance processes (the reference); "
     "auto: core up to 100 nodes, fast above.",
+)
+@_adversaries_option(
+    "price steering (push-sum): each pushes the most mass the bounds let through, crossing at "
+    "400 EUR/MWh, to 12 honest nodes per round; reports how far the honest prices moved."
+)
+@click.option(
+    "--capacity-kw",
+    type=click.FloatRange(0.0, min_open=True),
+    default=100_000.0,
+    show_default=True,
+    help="The grid's bound on one node's net injection (the governance's capacity_kw): the "
+    "mass bounds honest nodes hold every push to.",
 )
 @click.option("--dump-curves", type=click.Path(dir_okay=False, writable=True), default=None)
 @click.option(

@@ -24,6 +24,7 @@ from redy.errors import SimulationError
 from redy.membership.cyclon import Cyclon, Neighbour
 
 if TYPE_CHECKING:
+    from redy.sim.adversaries import Eclipse
     from redy.sim.array_cyclon import ArrayOverlay
 
 _SAMPLES = 500  # clustering samples for large overlays
@@ -36,7 +37,9 @@ def _uri(i: int) -> str:
 
 
 class _Net:
-    def __init__(self, n: int, c: int, sl: int, detector: str, seed: int) -> None:
+    def __init__(
+        self, n: int, c: int, sl: int, detector: str, seed: int, adversaries: float = 0.0
+    ) -> None:
         self.rng = random.Random(seed)
         self.c, self.sl, self.detector = c, sl, detector
         self.nodes: list[Cyclon] = []
@@ -44,6 +47,16 @@ class _Net:
         self.introducer = 0
         for _ in range(n):
             self.add()
+        # Hostile members (redy.sim.adversaries): with them, an entry's address matters, as an
+        # entry may name a node at an address that is not its own.
+        self.evil: frozenset[int] = frozenset()
+        self.eclipse: Eclipse | None = None
+        if adversaries:
+            from redy.sim.adversaries import Eclipse, pick
+
+            arng = random.Random(seed + 7)
+            self.evil = pick(n, adversaries, arng)
+            self.eclipse = Eclipse(self.evil, sl, arng)
 
     def add(self) -> int:
         i = len(self.nodes)
@@ -64,16 +77,19 @@ class _Net:
         rng = self.rng
         order = [i for i, a in enumerate(self.alive) if a]
         rng.shuffle(order)
-        nodes, alive = self.nodes, self.alive
+        nodes, alive, evil = self.nodes, self.alive, self.evil
         probe = self.detector != "cyclon"
         verify = self.detector == "verify"
+        honest = [i for i in order if i not in evil] if evil else order
         for i in order:
+            if i in evil:
+                self._attack(i, honest)
+                continue
             p = nodes[i]
             if probe:
                 # The real governance pushes its energy state to every neighbour's broker each
                 # period; a refused connection there is the same evidence as a refused shuffle.
-                for j in [j for j in p.neighbours() if not alive[j]]:
-                    p.on_unreachable(j)
+                self._push_states(p)
             if probe and not len(p):
                 # An empty view: the real process rejoins through its introducer's view.
                 intro = self.introducer if alive[self.introducer] else rng.choice(order)
@@ -85,29 +101,82 @@ class _Net:
             if out is None:
                 continue
             q = out.target.node
-            if not alive[q]:
-                p.on_timeout(out.nonce)
-                p.on_unreachable(q)  # the broker refuses the connection
+            if not self._dial(p, q, out.target.broker):
+                p.on_timeout(out.nonce)  # the broker refused the connection (see _dial)
                 continue
             if loss and rng.random() < loss:
                 p.on_timeout(out.nonce)  # request lost: only a timeout
                 continue
-            reply = nodes[q].on_request(Neighbour(i, _uri(i), 0), out.entries)
-            if verify:
-                self._dial_admitted(nodes[q])
+            if q in evil:
+                assert self.eclipse is not None
+                reply: tuple[Neighbour, ...] | list[Neighbour] = self.eclipse.reply(q, honest)
+            else:
+                reply = nodes[q].on_request(Neighbour(i, _uri(i), 0), out.entries)
+                if verify:
+                    self._dial_admitted(nodes[q])
             if loss and rng.random() < loss:
                 p.on_timeout(out.nonce)  # reply lost
                 continue
             p.on_reply(out.nonce, reply)
             if verify:
                 self._dial_admitted(p)
+        if self.eclipse is not None:
+            self.eclipse.measure(nodes, [i for i in honest if alive[i]])
+
+    def _dial(self, p: Cyclon, node: int, broker: str) -> bool:
+        """Connect to `node`'s broker at `broker` as the driver would; on failure tell `p` what
+        it learnt. Without hostile members every address is the node's own, so only death
+        refuses; with them an address may be nobody's (refused: evidence about that address) or
+        another node's (its certificate names someone else: the entry is bogus, no verdict)."""
+        if not self.evil:
+            if self.alive[node]:
+                return True
+            p.on_unreachable(node)
+            return False
+        if broker == _uri(node) and node >= 0:
+            if self.alive[node]:
+                return True
+            p.on_unreachable(node, broker)
+            return False
+        owner = broker.removeprefix("sim://")
+        if owner.isdigit() and self.alive[int(owner)]:
+            p.discard(node)
+        else:
+            p.on_unreachable(node, broker)
+        return False
+
+    def _push_states(self, p: Cyclon) -> None:
+        if not self.evil:
+            alive = self.alive
+            for j in [j for j in p.neighbours() if not alive[j]]:
+                p.on_unreachable(j)
+            return
+        for e in p.view:
+            self._dial(p, e.node, e.broker)
+
+    def _attack(self, member: int, honest: list[int]) -> None:
+        """One period of a hostile member: its eclipse requests (redy.sim.adversaries)."""
+        assert self.eclipse is not None
+        if not honest:
+            return
+        verify = self.detector == "verify"
+        for target, entries in self.eclipse.requests(member, honest):
+            if self.alive[target]:
+                self.nodes[target].on_request(entries[0], entries)
+                if verify:
+                    self._dial_admitted(self.nodes[target])
 
     def _dial_admitted(self, node: Cyclon) -> None:
         """The driver dials each entry a merge admitted; a dead node's broker refuses."""
-        alive = self.alive
+        if not self.evil:
+            alive = self.alive
+            for j in node.take_admitted():
+                if not alive[j]:
+                    node.on_unreachable(j)
+            return
+        brokers = {e.node: e.broker for e in node.view}
         for j in node.take_admitted():
-            if not alive[j]:
-                node.on_unreachable(j)
+            self._dial(node, j, brokers[j])
 
     def live(self) -> list[int]:
         return [i for i, a in enumerate(self.alive) if a]
@@ -118,20 +187,22 @@ class _Net:
         adj: list[set[int]] = [set() for _ in self.nodes]
         for i in self.live():
             for j in self.nodes[i].neighbours():
-                if alive[j] and j != i:
+                if j >= 0 and alive[j] and j != i:  # (< 0: a node a hostile member invented)
                     adj[i].add(j)
                     adj[j].add(i)
         return [list(s) for s in adj]
 
     def in_degree(self) -> np.ndarray:
         live = self.live()
-        targets = [j for i in live for j in self.nodes[i].neighbours()]
+        targets = [j for i in live for j in self.nodes[i].neighbours() if j >= 0]
         counts = np.bincount(np.asarray(targets, dtype=np.int64), minlength=len(self.nodes))
         return counts[np.asarray(live, dtype=np.int64)]
 
     def dead_links(self) -> int:
         alive = self.alive
-        return sum(1 for i in self.live() for j in self.nodes[i].neighbours() if not alive[j])
+        return sum(
+            1 for i in self.live() for j in self.nodes[i].neighbours() if j < 0 or not alive[j]
+        )
 
     # -- what simulate_membership asks of either engine --------------------------------------
 
@@ -283,19 +354,33 @@ def simulate_membership(
     detector: str = "redy",
     remove_sweep: bool = False,
     seed: int = 1,
-    engine: str = "fast",
+    engine: str | None = None,
+    adversaries: float = 0.0,
 ) -> dict[str, Any]:
-    """Run the shuffle for `cycles` cycles and report the overlay's shape (see module doc)."""
+    """Run the shuffle for `cycles` cycles and report the overlay's shape (see module doc).
+
+    `engine`: fast or core (None: fast, or core with adversaries, which run only there: they
+    attack the very cores the processes run, redy.sim.adversaries)."""
+    engine = engine or ("core" if adversaries else "fast")
     if not 0 < shuffle_length < view_size:
         raise SimulationError(f"need 0 < --shuffle < --view, got {shuffle_length} and {view_size}")
     if nodes < 2:
         raise SimulationError("need at least 2 nodes")
     if engine not in _ENGINES:
         raise SimulationError(f"unknown engine {engine!r}; expected one of {', '.join(_ENGINES)}")
+    if adversaries and engine != "core":
+        raise SimulationError(
+            "--adversaries runs on the core engine (the real cores and their defences); "
+            "drop --engine fast or give --engine core"
+        )
+    if not 0.0 <= adversaries < 1.0:
+        raise SimulationError(
+            f"--adversaries is a fraction of the nodes in [0, 1), got {adversaries}"
+        )
     started = time.perf_counter()
     net: _Net | ArrayOverlay
     if engine == "core":
-        net = _Net(nodes, view_size, shuffle_length, detector, seed)
+        net = _Net(nodes, view_size, shuffle_length, detector, seed, adversaries)
         _bootstrap(net, bootstrap)
     else:
         from redy.sim.array_cyclon import ArrayOverlay  # numba: imported only when used
@@ -334,10 +419,13 @@ def simulate_membership(
             "detector": detector,
             "seed": seed,
             "engine": engine,
+            "adversaries": adversaries,
         },
         **net.metrics(rng),
         "dead_links": dead_links,
     }
+    if isinstance(net, _Net) and net.eclipse is not None:
+        result["adversaries"] = net.eclipse.report(net)
     final = std_per_cycle[-1] if std_per_cycle else 0.0
     converged = next(
         (k for k, s in enumerate(std_per_cycle) if abs(s - final) <= 0.1 * final), None

@@ -53,6 +53,7 @@ from redy.balancing.epochs import (
     Tick,
 )
 from redy.errors import PeerUnreachable
+from redy.logformat import Tally
 from redy.topics import render
 from redy.transport.peer_links import PeerLinks
 from redy.units.node_state import NodeState
@@ -163,7 +164,7 @@ class MarketDriver:
         )
         self.offsets = ClockOffsets(tolerance_s)
         self.status = "waiting"
-        self.refused: dict[str, int] = {}  # sender -> gossip messages dropped
+        self.refused = Tally()  # gossip messages dropped, per sender
         self._clipped_logged = 0.0
         self.result: MarketResult | None = None
         self.result_epoch: int | None = None
@@ -225,8 +226,8 @@ class MarketDriver:
 
     def _refuse(self, sender: str, reason: str) -> None:
         """Drop a sender's gossip; logged at its 1st, 2nd, 4th, 8th... drop (no log flood)."""
-        n = self.refused[sender] = self.refused.get(sender, 0) + 1
-        if n & (n - 1) == 0:
+        n = self.refused.add(sender)
+        if n is not None:
             _log.warning(
                 "node=%s dropped gossip from %s: %s (%d dropped from it so far)",
                 self.node,
