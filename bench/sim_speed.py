@@ -13,7 +13,8 @@ Membership configuration throughout (the issue's): c = 20, SL = 8, star bootstra
 detector, 50 % of the live nodes crash at cycle 50 (at cycle 15 for the 30-cycle 10^6 run).
 Balance (default mix, 40 rounds per phase, 3 phases): both engines at a size the core engine
 ends in well under a minute (push-sum 2,000 nodes, Flow Updating 300, one epoch), then the fast
-engine at 100,000 nodes x 10 epochs against the issue's 5-minute target, measured, not projected.
+engine at 100,000 nodes x 10 epochs against the issue's 5-minute target, measured, not projected,
+and against the same runs before Flow Updating gossiped fewer columns (redy.sim.array_balance).
 
     python bench/sim_speed.py --no-membership     # the balance part alone
 """
@@ -38,6 +39,9 @@ _PEERSIM_SHAPE = {"in-degree std": 1.63, "clustering": 0.0076, "path": 2.718, "c
 # Issue 16's targets: (seconds, MiB).
 _TARGETS = {(100_000, 50): (55.0, 400.0), (1_000_000, 30): (600.0, 4096.0)}
 _BALANCE_TARGET_S = 300.0  # 100,000 nodes x 10 epochs, push-sum and Flow Updating
+# The fast engine at 100,000 nodes x 10 epochs before Flow Updating gossiped fewer columns
+# (commit be7f7ac, this kind of machine): (seconds, MiB).
+_BALANCE_BEFORE = {"pushsum": (153.0, None), "flow": (2560.0, 1479.0)}
 
 
 def _run(args: list[str]) -> tuple[dict[str, Any], float, float]:
@@ -214,6 +218,13 @@ def _balance_section(a: argparse.Namespace) -> None:
             f"{t / _BALANCE_TARGET_S:.3f}x: {ok}; per node-epoch {per_node_epoch:.0f}x faster "
             f"than the core engine above"
         )
+        before_t, before_m = _BALANCE_BEFORE[aggregation]
+        if (big, epochs) == (100_000, 10):
+            memory = f", peak memory {m / before_m:.2f}x" if before_m else ""
+            print(
+                f"  vs before (commit be7f7ac: {before_t:.0f} s): time {t / before_t:.3f}x "
+                f"({before_t / t:.1f}x faster){memory}"
+            )
 
 
 if __name__ == "__main__":

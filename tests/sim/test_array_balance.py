@@ -9,8 +9,10 @@ Flow Updating with or without per-link state), they must agree exactly, or to ro
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import random
 import statistics
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 from engine_spread import Metric, assert_same_within_spread
 
+from redy.balancing.discovery import PriceSearch
 from redy.errors import SimulationError
 from redy.sim import array_balance
 from redy.sim.array_balance import FastMarket
@@ -110,9 +113,8 @@ def test_push_sum_on_a_band_finds_the_very_prices_of_the_whole_grid(
     assert banded["messages"] == whole["messages"]
 
 
-def test_the_band_falls_back_to_the_whole_grid_when_a_crossing_lies_outside(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def _gossiped_widths(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of columns each phase's gossip starts on, appended as the engine runs."""
     widths: list[int] = []
     start = FastMarket._start
 
@@ -121,6 +123,13 @@ def test_the_band_falls_back_to_the_whole_grid_when_a_crossing_lies_outside(
         return start(self, algorithm, values, *rest)
 
     monkeypatch.setattr(FastMarket, "_start", recording)
+    return widths
+
+
+def test_the_band_falls_back_to_the_whole_grid_when_a_crossing_lies_outside(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    widths = _gossiped_widths(monkeypatch)
     # A seed whose crash leaves some node's crossing outside its band (seeds 3, 4 and 10 do).
     simulate_balance(nodes=300, epochs=2, crash=0.5, crash_at=1, rounds=10, seed=3, engine="fast")
     assert min(widths) < 201 and 203 in widths  # banded phases, and one rerun on the grid
@@ -179,3 +188,80 @@ def test_the_command_line_picks_the_engine_and_refuses_an_unknown_one() -> None:
     done = subprocess.run([*args, "--engine", "gpu"], capture_output=True, text=True)
     assert done.returncode == 2
     assert "'gpu' is not one of 'auto', 'fast', 'core'" in done.stderr
+
+
+def _flow_runs(
+    scenario: dict[str, Any], monkeypatch: pytest.MonkeyPatch, *knobs: tuple[bool, int, bool]
+) -> Iterator[dict[str, Any]]:
+    """The fast engine's Flow Updating on `scenario` (seed 5) with each setting of (equal
+    columns once, column blocks, the columns up to above the crossing first)."""
+    monkeypatch.setattr(array_balance, "_MIN_BLOCK", 1)
+    for distinct, blocks, below in knobs:
+        monkeypatch.setattr(FastMarket, "flow_distinct_columns", distinct)
+        monkeypatch.setattr(FastMarket, "flow_column_blocks", blocks)
+        monkeypatch.setattr(FastMarket, "flow_below_crossing", below)
+        run = simulate_balance(**scenario, aggregation="flow", seed=5, engine="fast")
+        del run["elapsed_s"]
+        yield run
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        {"nodes": 300, "epochs": 2},
+        # A crash in epoch 2 (the per-link kernel); in epoch 3 the views still name the dead,
+        # whose links go at the nodes' first rounds (the views hear of it once, whatever the
+        # blocks).
+        {"nodes": 300, "epochs": 3, "crash": 0.3, "crash_at": 2},
+        {"nodes": 300, "epochs": 2, "loss": 0.05},
+        # Six rounds: in epoch 2 some node's crossing lies above the first columns, the phase
+        # runs again on the whole grid.
+        {"nodes": 300, "epochs": 2, "rounds": 6},
+    ],
+)
+def test_flow_updating_on_fewer_columns_finds_the_very_numbers_of_the_whole_grid(
+    scenario: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole, *fewer = _flow_runs(
+        scenario,
+        monkeypatch,
+        (False, 1, False),  # every column, all at once
+        (True, 1, False),  # each run of equal columns once
+        (False, 3, False),  # three blocks, the last one narrower
+        (False, 1, True),  # the columns up to above the crossing first
+        (True, 2, True),  # all three, as by default
+    )
+    for run in fewer:
+        assert run == whole
+
+
+def test_flow_updating_runs_a_phase_again_on_the_whole_grid_when_a_crossing_lies_above(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    widths = _gossiped_widths(monkeypatch)
+    next(_flow_runs({"nodes": 300, "epochs": 2, "rounds": 6}, monkeypatch, (False, 2, True)))
+    # Phase 1 of epoch 2 on fewer columns, then again on all 203.
+    assert any(a < 203 and b == 203 for a, b in itertools.pairwise(widths[1:])), widths
+
+
+def test_the_links_are_the_live_views_made_undirected() -> None:
+    market = FastMarket(300, 20, 8, PriceSearch(-500.0, 4000.0, 201, 0), seed=2)
+    overlay = market.overlay
+    overlay.crash(0.2, random.Random(3))  # the views still name the crashed
+    live = overlay.live()
+    indptr, idx, rev = market._links(live)
+    expected: dict[int, set[int]] = {i: set() for i in range(300)}
+    for i in live.tolist():
+        for j in overlay.ids[i, : overlay.length[i]].tolist():
+            expected[i].add(j)
+            if overlay.alive[j]:
+                expected[j].add(i)
+    assert any(not overlay.alive[j] for i in live for j in expected[int(i)])
+    for i in range(300):
+        assert idx[indptr[i] : indptr[i + 1]].tolist() == sorted(expected[i])
+        for a in range(indptr[i], indptr[i + 1]):
+            j, back = int(idx[a]), int(rev[a])
+            if i in expected[j]:
+                assert indptr[j] <= back < indptr[j + 1] and idx[back] == i
+            else:
+                assert back == -1

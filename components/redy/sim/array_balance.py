@@ -23,11 +23,20 @@ What mirrors what:
   another, three tries in all; a lost push or one to a node that has finished loses its mass.
 - `FlowUpdating`: two kernels. `_flow_exact` keeps, as the core does, a flow and an estimate per
   link (memory: 2 x links x k floats), and is used for a phase with a crash or with message
-  loss. `_flow_pull` needs no per-link state: with reliable, immediate delivery both ends of a
+  loss. `_pull_rounds` needs no per-link state: with reliable, immediate delivery both ends of a
   link hold opposite flows and the same estimate, the one of whichever end acted last, so a node
   rebuilds its flows' sum from its neighbours' current estimates (those that acted since it
   last did; the flows telescope). It does the same arithmetic in another order, so the two
   agree to rounding (a test holds them together); it is what lets 100,000 nodes fit.
+
+Flow Updating's cost is reading the neighbours' estimates: ~40 rows of k floats per node per
+round, ~6.5 GB a round at 10^5 nodes, bound by memory bandwidth. Every column of the grid gets
+its own arithmetic, the same for all, so three ways gossip fewer columns and give the very
+numbers of the whole grid, bit for bit (tests hold each against the whole grid): a run of
+columns equal in every node gossips once (`_distinct_columns`: the curves are flat outside the
+bids' prices); the columns above a little past the true crossing wait (`FastMarket._band`: a
+node reads them only if all below are < 0, and then the phase runs again on the whole grid);
+and the columns go in two blocks, one per core (`_pull_blocks`).
 """
 
 from __future__ import annotations
@@ -69,8 +78,13 @@ _NONE, _CLEARED, _SHORTAGE, _SURPLUS = 0, 1, 2, 3
 STATUS_NAMES = ("none", "cleared", "shortage", "surplus")
 # Above this, the per-link state of `_flow_exact` is refused with a clear error.
 _EXACT_FLOW_LIMIT_BYTES = 4 * 1024**3
-# Columns either side of the true crossing that push-sum gossips first (FastMarket._band).
+# Columns either side of the true crossing that push-sum gossips first (FastMarket._band),
+# and above it that Flow Updating gossips first (with every column below).
 _BAND = 6
+_FLOW_ABOVE = 12
+# Flow Updating's columns per block at least (`_pull_blocks`): a block replays every link of
+# every round, which a narrow block does not repay.
+_MIN_BLOCK = 32
 
 
 class BidTable:
@@ -342,20 +356,31 @@ def _pull_act(
 
 
 @numba.njit(cache=True)
-def _flow_pull(
-    v: _A, flows: _A, e: _A, last: _A, order: _A, done: _A, alive: _A, indptr: _A, idx: _A,
-    gone: _A, view: _State, ttl: int, rounds: int, clock0: int,
+def _pull_orders(order: _A, rounds: int) -> _A:
+    """The order of each of `rounds` rounds: one shuffle of `order` a round."""
+    orders = np.empty((rounds, len(order)), dtype=order.dtype)
+    for r in range(rounds):
+        np.random.shuffle(order)
+        orders[r] = order
+    return orders
+
+
+@numba.njit(cache=True)
+def _pull_rounds(
+    v: _A, flows: _A, e: _A, last: _A, orders: _A, done: _A, alive: _A, indptr: _A, idx: _A,
+    gone: _A, view: _State, ttl: int, clock0: int, tell_view: bool,
 ) -> tuple[int, int]:  # fmt: skip
-    """`rounds` asynchronous rounds of Flow Updating, reliable delivery, no crash inside; links
-    to nodes dead from the start go at a node's first round (refused, then a second round)."""
+    """The rounds of `orders` of Flow Updating, reliable delivery, no crash inside, over the
+    columns `v`, `flows` and `e` hold (every column its own arithmetic: a block of columns
+    gives the very numbers of the whole grid); links to nodes dead from the start go at a
+    node's first round (refused, then a second round; the view hears of it if `tell_view`)."""
     width = v.shape[1]
     acc = np.empty(width)
     accv = np.empty(width)
     clock = clock0
     sent = 0
-    for _ in range(rounds):
-        np.random.shuffle(order)
-        for i in order:
+    for r in range(orders.shape[0]):
+        for i in orders[r]:
             if done[i]:
                 continue
             clock += 1
@@ -365,7 +390,8 @@ def _flow_pull(
                 if not gone[a] and not alive[idx[a]]:
                     gone[a] = True
                     dead += 1
-                    _unreachable(view, i, idx[a], ttl)
+                    if tell_view:
+                        _unreachable(view, i, idx[a], ttl)
             if dead:
                 # Refused: i forgets those links (each flow is i's estimate minus its own value:
                 # the dead never acted this phase) and runs its round again without them.
@@ -377,35 +403,72 @@ def _flow_pull(
     return sent, clock
 
 
+@numba.njit(cache=True, parallel=True)
+def _pull_blocks(
+    v: _A, flows: _A, e: _A, last: _A, orders: _A, done: _A, alive: _A, indptr: _A, idx: _A,
+    gone: _A, view: _State, ttl: int, clock0: int, block: int,
+) -> tuple[int, int]:  # fmt: skip
+    """`_pull_rounds` block of `block` columns by block, on both cores. Each block is copied
+    into rows of its own (a neighbour's estimates, read ~40 times a round, then stay in the
+    cache: the whole grid's do not at 10^5 nodes) and runs every round; the rounds' order,
+    the links that go and the clocks are the same in every block, the view hears of the dead
+    links once (block 0)."""
+    width = v.shape[1]
+    count = (width + block - 1) // block
+    last0, gone0 = last.copy(), gone.copy()
+    sent = np.zeros(count, dtype=np.int64)
+    clock = np.zeros(count, dtype=np.int64)
+    for b in numba.prange(count):
+        c0 = b * block
+        c1 = min(width, c0 + block)
+        vb = np.ascontiguousarray(v[:, c0:c1])
+        fb = np.ascontiguousarray(flows[:, c0:c1])
+        eb = np.ascontiguousarray(e[:, c0:c1])
+        lb, gb = last0.copy(), gone0.copy()
+        sent[b], clock[b] = _pull_rounds(
+            vb, fb, eb, lb, orders, done, alive, indptr, idx, gb, view, ttl, clock0, b == 0
+        )
+        flows[:, c0:c1] = fb
+        e[:, c0:c1] = eb
+        if b == 0:
+            last[:] = lb
+            gone[:] = gb
+    return sent[0], clock[0]
+
+
 @numba.njit(cache=True)
 def _exact_act(
     i: int, v: _A, e: _A, flow: _A, est: _A, has: _A, indptr: _A, idx: _A, rev: _A, gone: _A,
-    done: _A, alive: _A, loss: float, refused: _A,
+    done: _A, alive: _A, loss: float, refused: _A, work: _A,
 ) -> tuple[int, int]:  # fmt: skip
-    """FlowUpdating.round for node i with a flow and an estimate per link, then delivery."""
+    """FlowUpdating.round for node i with a flow and an estimate per link, then delivery.
+    Loops over the columns, in `work`'s rows: array expressions would allocate per link."""
     width = v.shape[1]
-    own = v[i].copy()
-    total_est = np.zeros(width)
+    own, total_est, new = work[0], work[1], work[2]
+    own[:] = v[i]
+    total_est[:] = 0.0
+    ei = e[i]
     d = 0
     for a in range(indptr[i], indptr[i + 1]):
         if gone[a]:
             continue
         d += 1
-        own -= flow[a]
-        if has[a]:
-            total_est += est[a]
-        else:
-            total_est += e[i]  # FlowUpdating's default: its own estimate
-    new = (own + total_est) / (d + 1)
+        fa = flow[a]
+        told = est[a] if has[a] else ei  # FlowUpdating's default: its own estimate
+        for q in range(width):
+            own[q] -= fa[q]
+            total_est[q] += told[q]
+    for q in range(width):
+        new[q] = (own[q] + total_est[q]) / (d + 1)
     nref = 0
     for a in range(indptr[i], indptr[i + 1]):
         if gone[a]:
             continue
-        if has[a]:
-            flow[a] += new - est[a]
-        else:
-            flow[a] += new - e[i]
-        est[a] = new
+        fa, ea = flow[a], est[a]
+        told = ea if has[a] else ei
+        for q in range(width):
+            fa[q] += new[q] - told[q]
+        ea[:] = new
         has[a] = True
         j = idx[a]
         if not alive[j]:
@@ -414,10 +477,12 @@ def _exact_act(
         elif not (loss > 0.0 and np.random.random() < loss) and not done[j]:
             b = rev[a]
             if b >= 0 and not gone[b]:
-                flow[b] = -flow[a]
+                fb = flow[b]
+                for q in range(width):
+                    fb[q] = -fa[q]
                 est[b] = new
                 has[b] = True
-    e[i] = new
+    ei[:] = new
     return d, nref
 
 
@@ -428,6 +493,7 @@ def _flow_exact(
 ) -> int:  # fmt: skip
     """`rounds` asynchronous rounds of Flow Updating with per-link state (loss, crashes)."""
     refused = np.empty(max(1, len(idx)), dtype=np.int64)
+    work = np.empty((3, v.shape[1]))
     sent = 0
     for _ in range(rounds):
         np.random.shuffle(order)
@@ -436,7 +502,21 @@ def _flow_exact(
                 continue
             for _try in range(_PUSH_TRIES):
                 d, nref = _exact_act(
-                    i, v, e, flow, est, has, indptr, idx, rev, gone, done, alive, loss, refused
+                    i,
+                    v,
+                    e,
+                    flow,
+                    est,
+                    has,
+                    indptr,
+                    idx,
+                    rev,
+                    gone,
+                    done,
+                    alive,
+                    loss,
+                    refused,
+                    work,
                 )
                 sent += d
                 if nref == 0:
@@ -448,6 +528,83 @@ def _flow_exact(
                     has[a] = False
                     _unreachable(view, i, idx[a], ttl)
     return sent
+
+
+@numba.njit(cache=True)
+def _link_rows(ids: _A, length: _A, alive: _A, live: _A, n: int) -> tuple[_A, _A, _A]:
+    """FastMarket._links: i->j for every j in a live i's view, and j->i if j is alive; each
+    row sorted, once per neighbour."""
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    for i in live:
+        for s in range(length[i]):
+            j = ids[i, s]
+            ptr[i + 1] += 1
+            if alive[j]:
+                ptr[j + 1] += 1
+    ptr = np.cumsum(ptr)
+    fill = ptr[:-1].copy()
+    ends = np.empty(ptr[n], dtype=np.int64)
+    for i in live:
+        for s in range(length[i]):
+            j = ids[i, s]
+            ends[fill[i]] = j
+            fill[i] += 1
+            if alive[j]:
+                ends[fill[j]] = i
+                fill[j] += 1
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    idx = np.empty(ptr[n], dtype=np.int32)
+    out = 0
+    for i in range(n):
+        prev = -1
+        for j in np.sort(ends[ptr[i] : ptr[i + 1]]):
+            if j != prev:
+                idx[out] = j
+                out += 1
+                prev = j
+        indptr[i + 1] = out
+    idx = idx[:out].copy()
+    rev = np.full(out, -1, dtype=np.int64)
+    for i in range(n):
+        for a in range(indptr[i], indptr[i + 1]):
+            j = idx[a]
+            lo, hi = indptr[j], indptr[j + 1]
+            at = lo + np.searchsorted(idx[lo:hi], i)
+            if at < hi and idx[at] == i:
+                rev[a] = at
+    return indptr, idx, rev
+
+
+@numba.njit(cache=True)
+def _new_columns(bits: _A, rows: _A) -> _A:
+    """Per column of `bits` (floats viewed as integers): whether some row of `rows` differs
+    from the column before."""
+    width = bits.shape[1]
+    new = np.zeros(width, dtype=np.bool_)
+    new[0] = True
+    for i in rows:
+        row = bits[i]
+        for q in range(1, width):
+            if row[q] != row[q - 1]:
+                new[q] = True
+    return new
+
+
+def _distinct_columns(values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The columns of `values` to gossip, each run of columns equal bit for bit in the `rows`
+    once, and per column of `values` its run's position among them. Flow Updating does the
+    same arithmetic on every column, so equal columns come out equal: gossiping one of a run
+    gives the very numbers of gossiping all. The curves being flat outside the bids' prices,
+    phase 1 holds ~22 runs of 203 columns, the last phase ~100 of 201 (issue 16's note)."""
+    new = _new_columns(values.view(np.uint64), rows)
+    return values[:, np.flatnonzero(new)], np.cumsum(new) - 1
+
+
+def _rows(buffer: np.ndarray, width: int) -> np.ndarray:
+    """The first rows x `width` floats of `buffer` as a C-contiguous array of `width` columns
+    (a column slice would be strided: the kernels compiled for it run ~2x slower)."""
+    n = buffer.shape[0]
+    return buffer.reshape(-1)[: n * width].reshape(n, width)
 
 
 # -- clearing ----------------------------------------------------------------------------------
@@ -541,6 +698,13 @@ class FastMarket:
     per_link_flows = False
     # Push-sum on a band of columns first (`_band`); off: always on the whole grid (tests).
     push_sum_band = True
+    # Flow Updating gossips each run of equal grid columns once (`_distinct_columns`), and,
+    # without per-link state, splits the columns into this many blocks, one per core
+    # (`_pull_blocks`). Off and 1: every column, all at once (tests hold them together).
+    flow_distinct_columns = True
+    # Flow Updating on the columns up to a little above the true crossing first (`_band`).
+    flow_below_crossing = True
+    flow_column_blocks = 2
 
     def __init__(
         self, nodes: int, view_size: int, shuffle_length: int, search: PriceSearch, seed: int
@@ -612,8 +776,9 @@ class FastMarket:
                 dead = crash[1].sample(order.tolist(), round(crash[0] * len(order)))
             full = np.arange(width)
             tries = [full]
-            if algorithm == "pushsum" and self.push_sum_band:
-                band = self._band(prices, k, phase, arrays)
+            pushsum = algorithm == "pushsum"
+            if self.push_sum_band if pushsum else self.flow_below_crossing:
+                band = self._band(prices, k, phase, arrays, pushsum)
                 tries = [band, full] if len(band) < width else [full]
             seed = _draw_seed()
             saved = self._save() if len(tries) > 1 and (dead or not alive[: self.n].all()) else None
@@ -624,9 +789,12 @@ class FastMarket:
                     if saved is not None:
                         self._restore(saved)
                 _seed(seed)
-                values = self._a[:, : len(cols)]
+                values = _rows(self._a, len(cols))
                 _curves(values, order, prices, cols, *arrays)
-                state = self._start(algorithm, values, order, done, loss, bool(split))
+                gossiped, spread = values, None
+                if algorithm != "pushsum" and self.flow_distinct_columns:
+                    gossiped, spread = _distinct_columns(values, order)
+                state = self._start(algorithm, gossiped, order, done, loss, bool(split))
                 sent = 0
                 for count, crash_now in (
                     [(split - 1, False), (rounds - split + 1, True)] if split else [(rounds, False)]
@@ -637,6 +805,8 @@ class FastMarket:
                         self._after_crash(state, dead)
                     sent += self._rounds(state, algorithm, order, done, count, loss)
                 est = state["s"] if algorithm == "pushsum" else state["e"]
+                if spread is not None:  # every grid column its run's estimate
+                    est = np.take(est, spread, axis=1, out=values)
                 ends = (est, self._w, algorithm == "pushsum", cols, order, done, prices, k)
                 rest = (phase, search.phases, search.margin, own_cap, own_floor, self.status)
                 out = (self.price, self.unserved, self.excess, self.floor, self.cap, cell_first)
@@ -659,7 +829,12 @@ class FastMarket:
     # -- push-sum on a band of columns ---------------------------------------------------------
 
     def _band(
-        self, prices: np.ndarray, k: int, phase: int, arrays: tuple[np.ndarray, ...]
+        self,
+        prices: np.ndarray,
+        k: int,
+        phase: int,
+        arrays: tuple[np.ndarray, ...],
+        pushsum: bool = True,
     ) -> np.ndarray:
         """The grid columns push-sum gossips first: both ends (and phase 1's two extras) and
         `_BAND` columns either side of where the true average curve crosses zero. Push-sum's
@@ -667,9 +842,16 @@ class FastMarket:
         non-decreasing, in floating point too (halving and adding are monotone); a node whose
         crossing falls between two neighbouring columns of the band has the very price it
         would have found on the whole grid. If any node's does not, the phase runs again on
-        the whole grid from the same random state (`run`)."""
+        the whole grid from the same random state (`run`).
+
+        Flow Updating's estimate need not be monotone (a node's new estimate weighs its own
+        old one negatively when most neighbours have acted since), so its band starts at the
+        floor: every column a node reads looking for its first one >= 0 is there, each with
+        the numbers of the whole grid (every column its own arithmetic); only the columns
+        above the band, which a node reads only if all of the band's are < 0, are left out."""
         cross = _crossing(prices, *arrays)
-        band = np.arange(max(cross - _BAND, 0), min(cross + _BAND, k - 1) + 1)
+        lowest = max(cross - _BAND, 0) if pushsum else 0
+        band = np.arange(lowest, min(cross + (_BAND if pushsum else _FLOW_ABOVE), k - 1) + 1)
         extras = [k, k + 1] if phase == 1 else []
         return np.unique(np.concatenate([[0, k - 1], band, extras])).astype(np.int64)
 
@@ -720,7 +902,7 @@ class FastMarket:
         gone = np.zeros(len(idx), dtype=np.bool_)
         if len(self._e) != self.n or self._e.shape[1] < width:
             self._e = np.zeros((self.n, self.search.k + 2))
-        e = self._e[:, :width]
+        e = _rows(self._e, width)
         e[order] = values[order]
         state: dict[str, Any] = {
             "v": values,
@@ -742,7 +924,7 @@ class FastMarket:
             state["est"] = np.zeros((len(idx), width))
             state["has"] = np.zeros(len(idx), dtype=np.bool_)
         else:
-            flows = self._b[:, :width]
+            flows = _rows(self._b, width)
             flows[order] = 0.0
             state["flows"] = flows
             state["last"] = np.full(self.n, -1, dtype=np.int64)
@@ -785,12 +967,14 @@ class FastMarket:
                     loss,
                 )
             )
-        sent, state["clock"] = _flow_pull(
+        width = state["v"].shape[1]
+        block = max(-(-width // max(self.flow_column_blocks, 1)), _MIN_BLOCK)
+        pull = (
             state["v"],
             state["flows"],
             state["e"],
             state["last"],
-            order,
+            _pull_orders(order, rounds),
             done,
             alive,
             state["indptr"],
@@ -798,9 +982,12 @@ class FastMarket:
             state["gone"],
             view,
             ttl,
-            rounds,
             state["clock"],
         )
+        if block < width:
+            sent, state["clock"] = _pull_blocks(*pull, block)
+        else:
+            sent, state["clock"] = _pull_rounds(*pull, True)
         return int(sent)
 
     def _after_crash(self, state: dict[str, Any], dead: list[int]) -> None:
@@ -825,23 +1012,11 @@ class FastMarket:
     def _links(self, live: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The undirected overlay of the live nodes' views (redy.sim.balance._neighbours) as
         sorted rows (indptr, idx) and, per link i->j, the position of j->i (-1: none)."""
-        o, n = self.overlay, self.n
-        live = np.sort(live.astype(np.int64))
-        c = o.ids.shape[1]
-        lengths = o.length[live]
-        mask = np.arange(c)[None, :] < lengths[:, None]
-        src = np.repeat(live, lengths)
-        dst = o.ids[live][mask].astype(np.int64)
-        back = o.alive[dst]
-        keys = np.unique(np.concatenate([src * n + dst, dst[back] * n + src[back]]))
-        srcs, dsts = keys // n, keys % n
-        indptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.bincount(srcs, minlength=n), out=indptr[1:])
-        reverse = dsts * n + srcs
-        pos = np.searchsorted(keys, reverse)
-        pos = np.minimum(pos, len(keys) - 1)
-        rev = np.where(keys[pos] == reverse, pos, -1) if len(keys) else pos
-        return indptr, dsts.astype(np.int32), rev.astype(np.int64)
+        o = self.overlay
+        result: tuple[np.ndarray, np.ndarray, np.ndarray] = _link_rows(
+            o.ids, o.length, o.alive, live.astype(np.int64), self.n
+        )
+        return result
 
     # -- dispatch ----------------------------------------------------------------------------
 
