@@ -253,6 +253,11 @@ class Cyclon:
         self._admitted.clear()
         return out
 
+    def awaiting_dial(self) -> frozenset[NodeId]:
+        """The nodes merged since the last take_admitted() (detector "verify"): in the view, not
+        yet handed to the driver to dial."""
+        return frozenset(self._admitted) if self._admitted else frozenset()
+
     def discard(self, node: NodeId) -> None:
         """Drop `node`'s entry without any verdict on the node: the entry itself was bogus
         (the broker at its address is another node's), so no tombstone is kept."""

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -122,10 +123,16 @@ class OverlayDriver:
         ]
         self._identity = identity
         self._state_expiry_s = state_expiry_s
+        self._unverified: Counter[str] = Counter()  # admitted entries whose dial is under way
 
     @property
     def view(self) -> tuple[messages.ViewEntry, ...]:
-        return self.overlay.view
+        """The neighbours: the core's view less the entries whose dial is still under way (a
+        candidate an attacker offered is neither published, nor pushed to, nor gossiped with
+        until its broker has answered as that node)."""
+        pending = self._unverified.keys() | self.core.awaiting_dial()
+        view = self.overlay.view
+        return tuple(e for e in view if e.node not in pending) if pending else view
 
     @property
     def lost(self) -> RecentPeers:
@@ -241,10 +248,15 @@ class OverlayDriver:
         brokers = {e.node: e.broker for e in self.core.view}
 
         async def dial(node: str, broker: str) -> None:
+            self._unverified[node] += 1
             try:
                 await self._links.link(broker, node)
             except PeerUnreachable as exc:
                 impostor = isinstance(exc, PeerImpostor)
                 self.overlay.unreachable(node, broker, exc.reason, impostor)
+            finally:
+                self._unverified[node] -= 1
+                if self._unverified[node] <= 0:
+                    del self._unverified[node]
 
         await asyncio.gather(*(dial(n, brokers[n]) for n in admitted if n in brokers))
