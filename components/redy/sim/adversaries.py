@@ -33,6 +33,7 @@ from redy.balancing.aggregation import MAX_PUSH_WEIGHT, GossipOut
 from redy.balancing.curves import Bid, Dispatchable
 from redy.balancing.discovery import PhaseGossip, PriceDiscovery, PriceSearch
 from redy.balancing.reference import solve
+from redy.errors import SimulationError
 from redy.membership.cyclon import Cyclon, Neighbour
 
 if TYPE_CHECKING:
@@ -43,6 +44,18 @@ REACH = 12  # honest nodes each member pushes to per round (an honest node pushe
 STEER_TO_EUR_MWH = 400.0  # the price the members want (the issue's first attack)
 PUSH_WEIGHT = MAX_PUSH_WEIGHT  # the weight of a forged push: the most the bounds let through
 _QUARTER = 0.25  # the issue's target: no honest view more than a quarter attacker entries
+
+
+def check(fraction: float, engine: str | None) -> None:
+    """Refuse, in one line, a fraction that is not one, or an engine other than the core: the
+    members attack the very cores (and defences) the processes run."""
+    if not 0.0 <= fraction < 1.0:
+        raise SimulationError(f"--adversaries is a fraction of the nodes in [0, 1), got {fraction}")
+    if fraction and engine == "fast":
+        raise SimulationError(
+            "--adversaries runs on the core engine (the real cores and their defences); "
+            "drop --engine fast"
+        )
 
 
 def pick(nodes: int, fraction: float, rng: random.Random) -> frozenset[int]:

@@ -175,7 +175,13 @@ def simulate_balance(
     names = [n.id for n in explicit] + [f"{k}-{i}" for i, k in enumerate(drawn, len(explicit))]
     node_seeds = [rng.getrandbits(32) for _ in range(nodes)]
     if adversaries:
-        _check_adversaries(adversaries, engine, algorithm)
+        from redy.sim.adversaries import check
+
+        check(adversaries, engine)
+        if algorithm != "pushsum":
+            raise SimulationError(
+                f"--adversaries attacks push-sum's mass bounds; got --aggregation {algorithm}"
+            )
         engine = "core"
     if engine == "auto":
         engine = "core" if nodes <= _AUTO_CORE_NODES else "fast"
@@ -259,20 +265,6 @@ def simulate_balance(
         "messages": driver.messages,
         "elapsed_s": round(time.perf_counter() - started, 2),
     }
-
-
-def _check_adversaries(fraction: float, engine: str, algorithm: str) -> None:
-    if not 0.0 < fraction < 1.0:
-        raise SimulationError(f"--adversaries is a fraction of the nodes in [0, 1), got {fraction}")
-    if engine == "fast":
-        raise SimulationError(
-            "--adversaries runs on the core engine (the real cores and their defences); "
-            "drop --engine fast"
-        )
-    if algorithm != "pushsum":
-        raise SimulationError(
-            f"--adversaries attacks push-sum's mass bounds; got --aggregation {algorithm}"
-        )
 
 
 def _epoch_report(
@@ -360,7 +352,7 @@ class _CoreMarket:
 
             arng = random.Random(seed + 7)
             self.steering = Steering(pick(nodes, adversaries, arng), capacity_kw, arng)
-            self.bounds = MassBounds(capacity_kw, 60)
+            self.bounds = MassBounds(capacity_kw)
         _bootstrap(self.net, "random")
         for _ in range(10):
             self.net.cycle(0.0)

@@ -368,15 +368,10 @@ def simulate_membership(
         raise SimulationError("need at least 2 nodes")
     if engine not in _ENGINES:
         raise SimulationError(f"unknown engine {engine!r}; expected one of {', '.join(_ENGINES)}")
-    if adversaries and engine != "core":
-        raise SimulationError(
-            "--adversaries runs on the core engine (the real cores and their defences); "
-            "drop --engine fast or give --engine core"
-        )
-    if not 0.0 <= adversaries < 1.0:
-        raise SimulationError(
-            f"--adversaries is a fraction of the nodes in [0, 1), got {adversaries}"
-        )
+    if adversaries:
+        from redy.sim.adversaries import check
+
+        check(adversaries, engine)
     started = time.perf_counter()
     net: _Net | ArrayOverlay
     if engine == "core":
