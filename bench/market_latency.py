@@ -177,6 +177,9 @@ def main() -> None:
     ap.add_argument("--epoch-s", type=float, default=4.0)
     ap.add_argument("--warmup-s", type=float, default=20.0)
     ap.add_argument("--launch", type=Path, help="a launch file instead of a generated grid")
+    ap.add_argument(
+        "--market", choices=("pushsum", "offers"), default="offers", help="how the grid clears"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the state and logs (printed)")
     args = ap.parse_args()
     with contextlib.ExitStack() as stack:
@@ -199,6 +202,7 @@ def main() -> None:
         log = open(Path(tmp) / "launch.log", "wb")  # noqa: SIM115
         launcher = subprocess.Popen(
             [sys.executable, "-m", "redy", "launch", str(grid), f"epoch_s:={args.epoch_s:g}",
+             f"market:={args.market}",
              "--compose", "--state-dir", str(state)],
             stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT,
         )  # fmt: skip

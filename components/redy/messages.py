@@ -145,6 +145,17 @@ class ShuffleReply:
 
 
 @attrs.frozen(kw_only=True)
+class NodeOffer:
+    """A node's offer for one epoch (redy.balancing.offers), signed with its node key."""
+
+    node: str
+    epoch: int
+    values: tuple[float, ...]
+    cert: str
+    sig: str
+
+
+@attrs.frozen(kw_only=True)
 class Gossip:
     sender: str
     epoch: int
@@ -157,6 +168,7 @@ class Gossip:
     phase: int | None = None
     floor_eur_mwh: float | None = None
     cap_eur_mwh: float | None = None
+    offers: tuple[NodeOffer, ...] | None = None
 
 
 MESSAGE_TYPES: dict[str, type] = {
@@ -174,9 +186,13 @@ MESSAGE_TYPES: dict[str, type] = {
         View,
         ShuffleRequest,
         ShuffleReply,
+        NodeOffer,
         Gossip,
     )
 }
+
+_CLASSES = frozenset(MESSAGE_TYPES.values())
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 M = TypeVar("M")
 
@@ -189,9 +205,26 @@ def to_dict(msg: Any) -> dict[str, Any]:
     return attrs.asdict(msg)
 
 
+def _fields_of(msg: Any) -> dict[str, Any]:
+    """A message's fields, nested messages as dicts (tuples stay tuples: JSON arrays all the
+    same). attrs.asdict copies every list; a gossip message of offers is mostly nested lists."""
+    names = _FIELD_NAMES.get(type(msg))
+    if names is None:
+        names = _FIELD_NAMES[type(msg)] = tuple(a.name for a in attrs.fields(type(msg)))
+    out = {}
+    for name in names:
+        v = getattr(msg, name)
+        if type(v) is tuple and v and type(v[0]) in _CLASSES:
+            v = [_fields_of(x) for x in v]
+        elif type(v) in _CLASSES:
+            v = _fields_of(v)
+        out[name] = v
+    return out
+
+
 def encode(msg: Any) -> bytes:
     """Compact JSON bytes of a message; the message is validated against its type first."""
-    data = to_dict(msg)
+    data = _fields_of(msg)
     _check_object(data, type(msg).__name__)
     _cross_check(msg)
     return orjson.dumps(data)
@@ -235,8 +268,11 @@ def from_dict(type_name: str, data: Any) -> Any:
     return _build(type_name, data)
 
 
-def _build(type_name: str, data: Any, where: str = "") -> Any:
-    _check_object(data, type_name, where)
+def _build(type_name: str, data: Any, where: str = "", checked: bool = False) -> Any:
+    """The message of `data`, checked first unless `checked` (a nested object its parent's
+    check already covered)."""
+    if not checked:
+        _check_object(data, type_name, where)
     tspec = CONTRACT.types[type_name]
     kwargs = {}
     for f in tspec.fields:
@@ -268,13 +304,13 @@ def _convert(f: FieldSpec, value: Any) -> Any:
         return None
     if f.type == "list":
         return tuple(
-            _build(f.items, v)
+            _build(f.items, v, checked=True)
             if f.items in MESSAGE_TYPES
             else (float(v) if f.items == "float" else v)
             for v in value
         )
     if f.type in MESSAGE_TYPES:
-        return _build(f.type, value)
+        return _build(f.type, value, checked=True)
     if f.type == "float" or (f.type == "ramp" and not isinstance(value, list | tuple)):
         return float(value)
     if f.type == "ramp":

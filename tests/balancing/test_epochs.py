@@ -116,8 +116,17 @@ def test_clock_offset_is_the_median_over_senders() -> None:
     o.sample("c", sent_s=110.0, received_s=100.0)  # one wild neighbour does not matter
     assert o.offset_s() == pytest.approx(0.8)
     assert o.correction_s() == pytest.approx(0.8) and not o.skewed()
-    o.sample("c", sent_s=200.0, received_s=200.8)  # only each sender's latest counts
-    assert o.offset_s() == pytest.approx(0.8)
+    # Only each sender's last 8 messages count: a sender's wild message is forgotten.
+    w = ClockOffsets()
+    w.sample("a", sent_s=10.0, received_s=0.0)
+    for k in range(8):
+        w.sample("a", sent_s=20.0 + k, received_s=20.5 + k)
+    assert w.offset_s() == pytest.approx(0.5)
+    # Queueing on a loaded host delays messages by up to a second: the offset stays the
+    # smallest difference (the clock's, plus the shortest latency).
+    for delay in (0.9, 0.4, 1.1, 0.6):
+        w.sample("a", sent_s=300.0, received_s=300.5 + delay)
+    assert w.offset_s() == pytest.approx(0.5)
     far = ClockOffsets(tolerance_s=1.0)
     far.sample("a", sent_s=100.0, received_s=103.0)
     assert far.skewed() and far.correction_s() == 0.0  # beyond the tolerance: no correction

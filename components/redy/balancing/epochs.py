@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -31,6 +32,9 @@ from redy.balancing.aggregation import Aggregator, MassBounds, NodeId
 from redy.balancing.curves import Bid
 from redy.balancing.discovery import MarketResult, PhaseGossip, PriceDiscovery, PriceSearch
 from redy.errors import RedyError
+
+if TYPE_CHECKING:
+    from redy.balancing.offers import ExactResult
 
 
 @attrs.frozen
@@ -62,10 +66,11 @@ class Send:
 class Cleared:
     """The epoch's result and the bids it was found for (dispatch each with
     `result.dispatch_kw(bid)`); `elapsed_s` from the epoch's start; `heard`: the peers'
-    messages the node took in that epoch (0: it cleared on its own curve alone)."""
+    messages (the offer market: the peers' offers) the node took in that epoch (0: it cleared
+    on its own curve alone)."""
 
     epoch: int
-    result: MarketResult
+    result: MarketResult | ExactResult
     bids: tuple[Bid, ...]
     elapsed_s: float
     heard: int = 0
@@ -73,7 +78,8 @@ class Cleared:
 
 @attrs.frozen
 class Dropped:
-    """A peer's message broke the mass bounds and was not taken."""
+    """A peer's message broke the mass bounds (the offer market: carried an offer that is not
+    its node's or breaks the grid's bounds) and was not taken."""
 
     sender: NodeId
     reason: str
@@ -253,30 +259,34 @@ class MarketCore:
 
 
 class ClockOffsets:
-    """This node's clock offset from its neighbours (s): the median, over senders, of (our
-    receive time - their send time) of each sender's latest message. Latency adds a few
-    milliseconds; the median makes one skewed neighbour irrelevant.
+    """This node's clock offset from its neighbours (s): the median, over senders, of each
+    sender's smallest (our receive time - their send time) among its last `window` messages.
+    A message's latency only adds to that difference, and on a loaded host its queueing adds
+    up to a second: the smallest of a few is the offset plus the shortest latency (NTP's
+    minimum-delay filter). The median makes one skewed neighbour irrelevant.
 
     A driver runs its `MarketCore` on its clock minus `correction_s()`: nodes whose clocks are
     up to `tolerance_s` off their neighbours' then start their epochs together (within the
     latency) and clear together; a node further off keeps its own clock, takes no part, and
     says so (`skewed`)."""
 
-    def __init__(self, tolerance_s: float = 1.0, max_senders: int = 64) -> None:
+    def __init__(self, tolerance_s: float = 1.0, max_senders: int = 64, window: int = 8) -> None:
         self.tolerance_s = tolerance_s
-        self._latest: dict[Hashable, float] = {}
+        self._latest: dict[Hashable, list[float]] = {}
         self._max = max_senders
+        self._window = window
 
     def sample(self, sender: Hashable, sent_s: float, received_s: float) -> None:
-        self._latest.pop(sender, None)
-        self._latest[sender] = received_s - sent_s
+        recent = self._latest.pop(sender, [])
+        recent.append(received_s - sent_s)
+        self._latest[sender] = recent[-self._window :]
         while len(self._latest) > self._max:
             del self._latest[next(iter(self._latest))]
 
     def offset_s(self) -> float | None:
         if not self._latest:
             return None
-        return float(statistics.median(self._latest.values()))
+        return float(statistics.median(min(v) for v in self._latest.values()))
 
     def skewed(self) -> bool:
         """Off the neighbours by more than the tolerance."""

@@ -22,7 +22,8 @@ from redy.errors import LaunchError
 # The node launch files' defaults: grid_port = port + 10000, unit_port = port + 5000.
 GRID_PORT_OFFSET = 10000
 UNIT_PORT_OFFSET = 5000
-_TEMPLATE_ARGS = ("node", "port", "introducer", "speed", "epoch_s")
+_TEMPLATE_ARGS = ("node", "port", "introducer", "speed", "epoch_s", "market")
+MARKETS = ("pushsum", "offers")
 
 
 def default_templates() -> Path:
@@ -84,6 +85,7 @@ def render_grid(
     speed: float = 60.0,
     epoch_s: float = 4.0,
     fanout: int = 4,
+    market: str = "pushsum",
 ) -> str:
     """The launch file text of a grid with `mix[kind]` nodes of each kind.
 
@@ -98,6 +100,8 @@ def render_grid(
         )
     if fanout < 1:
         raise LaunchError(f"fanout {fanout}: expected at least 1")
+    if market not in MARKETS:
+        raise LaunchError(f"market {market!r}: expected one of {list(MARKETS)}")
     total = sum(mix.values())
     if total > UNIT_PORT_OFFSET:
         raise LaunchError(f"{total} nodes: at most {UNIT_PORT_OFFSET} fit in one port plan")
@@ -119,6 +123,7 @@ def render_grid(
         "launch:",
         f'  - arg: {{name: speed, default: "{speed:g}"}}',
         f'  - arg: {{name: epoch_s, default: "{epoch_s:g}"}}',
+        f'  - arg: {{name: market, default: "{market}"}}',
     ]
     for k, (kind, node) in enumerate(names):
         file = _include_path(templates[kind], out_dir)
@@ -129,6 +134,7 @@ def render_grid(
             ("introducer", intro),
             ("speed", "$(var speed)"),
             ("epoch_s", "$(var epoch_s)"),
+            ("market", "$(var market)"),
         ]
         rendered = ", ".join(f'{{name: {a}, value: "{v}"}}' for a, v in args)
         lines.append(f"  - include: {{file: {file}, arg: [{rendered}]}}")
@@ -147,6 +153,14 @@ def grid() -> None:
 @click.option("--epoch-s", type=click.FloatRange(0.0), default=4.0, show_default=True)
 @click.option("--fanout", type=click.IntRange(1), default=4, show_default=True)
 @click.option(
+    "--market",
+    type=click.Choice(MARKETS),
+    default="pushsum",
+    show_default=True,
+    help="How the market clears: gossip of curves, or signed offers flooded and cleared exactly"
+    " (grids of up to a few hundred nodes).",
+)
+@click.option(
     "--templates",
     type=click.Path(file_okay=False, exists=True),
     default=None,
@@ -159,6 +173,7 @@ def generate(
     speed: float,
     epoch_s: float,
     fanout: int,
+    market: str,
     templates: str | None,
     output: str,
 ) -> None:
@@ -168,7 +183,7 @@ def generate(
     folder = Path(templates) if templates else default_templates()
     out = Path(output).resolve()
     text = render_grid(
-        parse_mix(mix), templates_in(folder), first_port, out.parent, speed, epoch_s, fanout
+        parse_mix(mix), templates_in(folder), first_port, out.parent, speed, epoch_s, fanout, market
     )
     try:
         out.write_text(text)

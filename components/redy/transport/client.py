@@ -209,9 +209,14 @@ class AsyncLink:
         from redy.pki import common_name
 
         transport = getattr(self._client._connection, "_transport", None)
+        cached: tuple[object, str | None] | None = getattr(self, "_cn", None)
+        if cached is not None and cached[0] is transport:
+            return cached[1]  # one TLS session, one certificate: parsed once
         sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
         der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
-        return common_name(der) if der else None
+        cn = common_name(der) if der else None
+        self._cn = (transport, cn)
+        return cn
 
     async def connect_retrying(self, *, attempts: int = 0, backoff: Backoff | None = None) -> None:
         """Connect, retrying with `backoff` (forever when `attempts` is 0); a refusal of our

@@ -185,6 +185,14 @@ class GovernanceConfig:
         launch=True,
     )
     rounds: int = setting(10, help="Gossip rounds per market epoch.", minimum=1, launch=True)
+    market: str = setting(
+        "pushsum",
+        help="How the market clears: 'pushsum' averages the nodes' curves by gossip (any grid"
+        " size); 'offers' floods every node's signed offer and clears the exact sum on every"
+        " node (O(N) offers per node per epoch: grids of up to a few hundred nodes).",
+        validator=attrs.validators.in_(("pushsum", "offers")),
+        launch=True,
+    )
     capacity_kw: float = setting(
         CAPACITY_KW,
         help="The grid's bound on any node's net injection at any price: a peer's gossip that"

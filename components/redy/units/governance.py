@@ -370,6 +370,8 @@ class Governance:
                 epoch_s=cfg.epoch_s,
                 rounds=cfg.rounds,
                 capacity_kw=cfg.capacity_kw,
+                market=cfg.market,
+                identity=self._identity,
                 rng=random.Random(cfg.seed + 1),
                 on_cleared=self._dirty.set,  # publish the price at once
             )

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from redy import messages
+from redy.balancing import offers as offer_market
 from redy.balancing.aggregation import CAPACITY_KW, GossipOut, MassBounds, PushSum
 from redy.balancing.curves import (
     Bid,
@@ -54,6 +55,7 @@ from redy.balancing.epochs import (
 )
 from redy.errors import PeerUnreachable
 from redy.logformat import Tally
+from redy.pki import Identity
 from redy.topics import render
 from redy.transport.peer_links import PeerLinks
 from redy.units.node_state import NodeState
@@ -140,7 +142,11 @@ class MarketDriver:
         round_s: float = ROUND_S,
         on_cleared: Callable[[], None] = lambda: None,
         capacity_kw: float = CAPACITY_KW,
+        market: str = "pushsum",
+        identity: Identity | None = None,
     ) -> None:
+        """`market`: 'pushsum' (curves averaged by gossip) or 'offers' (signed offers flooded
+        and cleared exactly, `redy.balancing.offers`; needs the node's TLS `identity`)."""
         self.node = node
         self.state = state
         self._links = links
@@ -154,22 +160,42 @@ class MarketDriver:
         self._new_names: dict[int, str] = {}
         self._brokers: dict[str, str] = {}
         self.bounds = MassBounds(capacity_kw, self.pacing.rounds)
-        self.core = MarketCore(
-            PushSum(node, rng),
-            self.pacing,
-            self._bids,
-            self._neighbours,
-            self.search,
-            self.bounds,
-        )
+        self.market = market
+        self.core: MarketCore | offer_market.OfferCore
+        if market == "offers":
+            if identity is None:
+                raise ValueError("market 'offers' needs the node's TLS identity")
+            signer = offer_market.Signer(identity)
+            if signer.node != node:
+                raise ValueError(f"the TLS identity names {signer.node}, not {node}")
+            self.core = offer_market.OfferCore(
+                node,
+                offer_market.Timing(epoch_s),
+                self._bids,
+                self._neighbours,
+                signer.sign,
+                offer_market.Verifier(identity.ca).refusal,
+                capacity_kw,
+                self.search.floor_eur_mwh,
+                self.search.cap_eur_mwh,
+            )
+        else:
+            self.core = MarketCore(
+                PushSum(node, rng),
+                self.pacing,
+                self._bids,
+                self._neighbours,
+                self.search,
+                self.bounds,
+            )
         self.offsets = ClockOffsets(tolerance_s)
         self.status = "waiting"
         self.refused = Tally()  # gossip messages dropped, per sender
         self._clipped_logged = 0.0
-        self.result: MarketResult | None = None
+        self.result: MarketResult | offer_market.ExactResult | None = None
         self.result_epoch: int | None = None
         self.last: Cleared | None = None
-        self._events: asyncio.Queue[Event] = asyncio.Queue(maxsize=_EVENTS_MAX)
+        self._events: asyncio.Queue[Event | offer_market.Event] = asyncio.Queue(maxsize=_EVENTS_MAX)
         self._tasks: set[asyncio.Task[None]] = set()
         self._dropped = 0
 
@@ -196,6 +222,16 @@ class MarketDriver:
 
     def on_gossip(self, msg: messages.Gossip) -> None:
         """A neighbour's gossip from our broker: checked, then queued for the core."""
+        if self.market == "offers":
+            if msg.algorithm != "offers":
+                self._refuse(
+                    msg.sender, f"expected offers (this grid's market), got {msg.algorithm}"
+                )
+                return
+            if msg.ts_s is not None:
+                self.offsets.sample(msg.sender, msg.ts_s, self._clock())
+            self._queue(offer_market.Received(msg.sender, msg.epoch, msg.offers or ()))
+            return
         k = self.search.k
         expected = k + 2 if msg.phase == 1 else k
         values = np.asarray(msg.values, dtype=float)
@@ -236,7 +272,7 @@ class MarketDriver:
                 n,
             )
 
-    def _queue(self, event: Event) -> None:
+    def _queue(self, event: Event | offer_market.Event) -> None:
         try:
             self._events.put_nowait(event)
         except asyncio.QueueFull:
@@ -251,10 +287,12 @@ class MarketDriver:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _act(self, actions: list[Action]) -> None:
+    def _act(self, actions: list[Action] | list[offer_market.Action]) -> None:
         for a in actions:
             if isinstance(a, Send):
                 self._spawn(self._push(a.msg))
+            elif isinstance(a, offer_market.Send):
+                self._spawn(self._send_offers(a))
             elif isinstance(a, Dropped):
                 self._refuse(str(a.sender), a.reason)
             else:
@@ -274,23 +312,42 @@ class MarketDriver:
             floor_eur_mwh=m.floor_eur_mwh,
             cap_eur_mwh=m.cap_eur_mwh,
         )
-        broker = self._brokers.get(out.target)
+        await self._deliver(out.target, msg, lambda: self._queue(Refused(m)))  # mass back
+
+    async def _send_offers(self, a: offer_market.Send) -> None:
+        msg = messages.Gossip(
+            sender=self.node,
+            epoch=a.epoch,
+            round=0,
+            algorithm="offers",
+            weight=0.0,
+            values=(),
+            ts_s=self._clock(),
+            offers=a.offers,
+        )
+        await self._deliver(
+            a.target, msg, lambda: self._queue(offer_market.Refused(a.target, a.epoch, a.offers))
+        )
+
+    async def _deliver(self, target: str, msg: messages.Gossip, failed: Callable[[], None]) -> None:
+        """Publish `msg` on `target`'s broker (its view entry's); `failed()` if that fails."""
+        broker = self._brokers.get(target)
         try:
             if broker is None:
-                raise PeerUnreachable(str(out.target), "not in the view")
+                raise PeerUnreachable(str(target), "not in the view")
             await self._links.publish(
                 broker,
-                render("gossip", node=out.target, peer=self.node),
+                render("gossip", node=target, peer=self.node),
                 messages.encode(msg),
-                node=out.target,
+                node=target,
                 qos=1,
             )
         except PeerUnreachable as exc:
-            _log.debug("node=%s push to %s failed: %s", self.node, out.target, exc.reason)
-            self._queue(Refused(m))  # its mass comes back
+            _log.debug("node=%s gossip to %s failed: %s", self.node, target, exc.reason)
+            failed()
 
     def _cleared(self, c: Cleared) -> None:
-        clipped = self.core.discovery.clipped_kw
+        clipped = self.core.discovery.clipped_kw if isinstance(self.core, MarketCore) else 0.0
         if clipped > self._clipped_logged:
             self._clipped_logged = clipped
             _log.warning(
@@ -311,9 +368,14 @@ class MarketDriver:
         ]
         self._spawn(self._dispatch(orders))
         self._on_cleared()
+        sent = (
+            f", sent {self.core.sent[1]} offers in {self.core.sent[0]} messages"
+            if isinstance(self.core, offer_market.OfferCore)
+            else ""
+        )
         _log.info(
             "node=%s epoch %d price %.3f EUR/MWh (%s) after %.3f s, %d phases, %d messages heard,"
-            " clock offset %+.3f s",
+            " clock offset %+.3f s%s",
             self.node,
             c.epoch,
             c.result.price_eur_mwh,
@@ -322,6 +384,7 @@ class MarketDriver:
             c.result.phases,
             c.heard,
             self.offsets.offset_s() or 0.0,
+            sent,
         )
 
     async def _dispatch(self, orders: list[tuple[str, float]]) -> None:
@@ -348,7 +411,7 @@ class MarketDriver:
         """Epoch after epoch until cancelled; pending pushes and commands are cancelled."""
         try:
             while True:
-                event: Event = Tick()
+                event: Event | offer_market.Event = Tick()
                 wait = self.core.next_deadline() - self.now()
                 if wait > 0:
                     with contextlib.suppress(TimeoutError):
@@ -356,7 +419,7 @@ class MarketDriver:
                             event = await self._events.get()
                 elif not self._events.empty():
                     event = self._events.get_nowait()
-                self._act(self.core.handle(self.now(), event))
+                self._act(self.core.handle(self.now(), event))  # type: ignore[arg-type]
         finally:
             for task in list(self._tasks):
                 task.cancel()

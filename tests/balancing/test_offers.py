@@ -1,0 +1,307 @@
+"""The offer market (redy.balancing.offers): exact clearing against the reference solver, the
+epoch core over in-memory links with a fake clock and real grid certificates, and what a hostile
+member tries: forged, invented, oversized and two-faced offers."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from pathlib import Path
+
+import attrs
+import pytest
+
+from redy import messages, pki
+from redy.balancing import reference
+from redy.balancing.curves import Bid, Dispatchable, Fixed, FlexibleLoad, Storage
+from redy.balancing.offers import (
+    Action,
+    Cleared,
+    Dropped,
+    Event,
+    OfferCore,
+    Received,
+    Refused,
+    Send,
+    Signer,
+    Tick,
+    Timing,
+    Verifier,
+    clear,
+    offer_values,
+)
+
+CAPACITY_KW = 10_000.0
+
+
+def _bids(rng: random.Random) -> list[Bid]:
+    out: list[Bid] = []
+    for _ in range(rng.randint(1, 4)):
+        k = rng.random()
+        if k < 0.3:
+            lo = rng.uniform(0, 200)
+            hi = lo + rng.uniform(0, 80) if rng.random() < 0.5 else None
+            p_min = rng.uniform(0, 50)
+            out.append(Dispatchable(p_min, p_min + rng.uniform(1, 500), lo, cost_max_eur_mwh=hi))
+        elif k < 0.6:
+            out.append(Fixed(-rng.uniform(0, 300)))
+        elif k < 0.8:
+            out.append(FlexibleLoad(rng.uniform(1, 100), rng.uniform(20, 300)))
+        else:
+            cb = rng.uniform(20, 100)
+            out.append(Storage(rng.uniform(1, 50), rng.uniform(1, 50), cb, cb + rng.uniform(0, 80)))
+    return out
+
+
+def test_clearing_matches_the_reference_solver() -> None:
+    """Bisection on the exact sum (not the reference's prefix sums): the same price to 1e-6
+    EUR/MWh and every bid's dispatch to 1e-6 kW, shortages and surpluses included."""
+    rng = random.Random(7)
+    statuses = set()
+    for _ in range(200):
+        nodes = [_bids(rng) for _ in range(rng.randint(1, 25))]
+        ref = reference.solve(nodes)
+        offers = [offer_values(b) for b in nodes]
+        got = clear(offers, offers[0])
+        statuses.add(ref.status)
+        assert got.status == ref.status
+        assert got.price_eur_mwh == pytest.approx(ref.price_eur_mwh, abs=1e-6)
+        for bids, want in zip(nodes, ref.dispatch_kw, strict=True):
+            for b, kw in zip(bids, want, strict=True):
+                assert got.dispatch_kw(b) == pytest.approx(kw, abs=1e-6)
+    assert "cleared" in statuses
+
+
+def test_a_shortage_says_how_much_load_is_not_served() -> None:
+    nodes: list[list[Bid]] = [[Dispatchable(0, 100, 50.0)], [Fixed(-300.0)], [Fixed(-100.0)]]
+    offers = [offer_values(b) for b in nodes]
+    got = clear(offers, offers[1])
+    assert got.status == "shortage" and got.price_eur_mwh == 4000.0
+    assert got.unserved_kw == pytest.approx(300 * 300 / 400)  # its share of the 300 kW short
+
+
+# --- the core over in-memory links ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def grid_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("pki")
+    pki.ensure_ca(d)
+    return d
+
+
+def _identity(d: Path, name: str) -> pki.Identity:
+    return pki.issue(d, name, ["127.0.0.1"])
+
+
+class Net:
+    """Every message arrives `latency_s` later; sends to `dead` nodes are refused at once."""
+
+    def __init__(self, views: dict[str, list[str]], latency_s: float = 0.002) -> None:
+        self.views = views
+        self.latency_s = latency_s
+        self.dead: set[str] = set()
+        self.cleared: dict[str, list[Cleared]] = {}
+        self.dropped: list[tuple[str, Dropped]] = []
+        self.sent = 0
+        self.offers = 0  # offers carried
+        self._q: list[tuple[float, int, str, Event]] = []
+        self._seq = itertools.count()
+
+    def deliver(self, at: float, to: str, event: Event) -> None:
+        heapq.heappush(self._q, (at, next(self._seq), to, event))
+
+    def run(self, cores: dict[str, OfferCore], start: float, until: float) -> None:
+        now = start
+        for n, c in cores.items():
+            self._act(n, now, c.handle(now, Tick()))
+        while now < until:
+            deadline, n = min((c.next_deadline(), n) for n, c in cores.items())
+            event: Event
+            if self._q and self._q[0][0] <= deadline:
+                now, _, n, event = heapq.heappop(self._q)
+                if n not in cores:
+                    continue
+            else:
+                now, event = deadline, Tick()
+            self._act(n, now, cores[n].handle(now, event))
+
+    def _act(self, node: str, now: float, actions: list[Action]) -> None:
+        for a in actions:
+            if isinstance(a, Cleared):
+                self.cleared.setdefault(node, []).append(a)
+            elif isinstance(a, Dropped):
+                self.dropped.append((node, a))
+            elif isinstance(a, Send):
+                self.sent += 1
+                self.offers += len(a.offers)
+                if a.target in self.dead:
+                    self.deliver(now, node, Refused(a.target, a.epoch, a.offers))
+                else:
+                    got = Received(node, a.epoch, a.offers)
+                    self.deliver(now + self.latency_s, a.target, got)
+
+
+def _grid(
+    d: Path, n: int, seed: int = 1, c: int = 5
+) -> tuple[dict[str, list[Bid]], dict[str, list[str]], dict[str, Signer], Verifier]:
+    rng = random.Random(seed)
+    names = [f"n{i}" for i in range(n)]
+    bids = {name: _bids(rng) for name in names}
+    bids["n0"] = [Dispatchable(0, 5000, 40.0, cost_max_eur_mwh=90.0)]  # always a crossing
+    views = {
+        name: sorted({names[(i + 1) % n], *rng.sample([m for m in names if m != name], c)})
+        for i, name in enumerate(names)
+    }
+    signers = {name: Signer(_identity(d, name)) for name in names}
+    return bids, views, signers, Verifier(pki.pki_dir(d) / "ca.crt")
+
+
+def _cores(
+    bids: dict[str, list[Bid]],
+    views: dict[str, list[str]],
+    signers: dict[str, Signer],
+    verifier: Verifier,
+) -> dict[str, OfferCore]:
+    return {
+        name: OfferCore(
+            name,
+            Timing(epoch_s=4.0),
+            lambda b=b: b,  # type: ignore[misc]
+            lambda v=views[name]: v,  # type: ignore[misc]
+            signers[name].sign,
+            verifier.refusal,
+            CAPACITY_KW,
+        )
+        for name, b in bids.items()
+    }
+
+
+def test_every_node_clears_the_exact_price_in_a_few_hops(grid_pki: Path) -> None:
+    bids, views, signers, verifier = _grid(grid_pki, 30)
+    net = Net(views)
+    net.run(_cores(bids, views, signers, verifier), 399.0, 401.0)
+    names = sorted(bids)
+    ref = reference.solve([bids[n] for n in names])
+    assert ref.status == "cleared"
+    for name, want in zip(names, ref.dispatch_kw, strict=True):
+        last = net.cleared[name][-1]
+        assert last.epoch == 100 and last.heard == 29
+        assert last.result.price_eur_mwh == pytest.approx(ref.price_eur_mwh, abs=1e-6)
+        for b, kw in zip(bids[name], want, strict=True):
+            assert last.result.dispatch_kw(b) == pytest.approx(kw, abs=1e-6)
+        # A few waves of 80 ms, then the settling time: well within the epoch.
+        assert last.elapsed_s < 0.4
+    assert not net.dropped
+    # Each offer crosses each link at most once; in waves, a node sends a few messages per
+    # neighbour in the epoch, not one per offer.
+    links = sum(len(v) for v in views.values())
+    assert net.offers <= 30 * links
+    assert net.sent <= 4 * links
+
+
+def _hostile(
+    grid_pki: Path,
+    bids: dict[str, list[Bid]],
+    views: dict[str, list[str]],
+    signers: dict[str, Signer],
+    verifier: Verifier,
+    offers: list[messages.NodeOffer],
+    start: float = 399.0,
+) -> Net:
+    """A member ('n1', its own core replaced) sends `offers` to every node it knows."""
+    cores = _cores(bids, views, signers, verifier)
+    del cores["n1"]
+    net = Net(views)
+    for target in views["n1"]:
+        net.deliver(start + 0.01, target, Received("n1", 100, tuple(offers)))
+    net.run(cores, start, start + 2.0)
+    return net
+
+
+def _reference_without(bids: dict[str, list[Bid]], *left_out: str) -> reference.Reference:
+    return reference.solve([b for n, b in sorted(bids.items()) if n not in left_out])
+
+
+def test_forged_and_invented_offers_are_dropped_and_their_relay_named(grid_pki: Path) -> None:
+    bids, views, signers, verifier = _grid(grid_pki, 12, seed=2)
+    honest = signers["n3"].sign(100, offer_values(bids["n3"]))
+    forged = attrs.evolve(honest, values=(0.0, CAPACITY_KW, 400.0, 400.0))  # n3 selling at 400
+    # An invented member with a certificate from another CA.
+    other = grid_pki.parent / "other-ca"
+    pki.ensure_ca(other)
+    sybil = Signer(_identity(other, "ghost")).sign(100, (-CAPACITY_KW,))
+    # n1's real certificate, claiming to be n4.
+    stolen = attrs.evolve(signers["n1"].sign(100, (0.0,)), node="n4")
+    net = _hostile(grid_pki, bids, views, signers, verifier, [forged, sybil, stolen])
+    reasons = [d.reason for _, d in net.dropped if d.sender == "n1"]
+    assert any("signature that does not match" in r for r in reasons)
+    assert any("the grid CA did not issue" in r for r in reasons)
+    assert any("signed by n1's certificate" in r for r in reasons)
+    # n3's true offer still reached everyone (from n3 itself), and n1 took no part.
+    ref = _reference_without(bids, "n1")
+    for name in bids:
+        if name != "n1":
+            got = net.cleared[name][-1].result
+            assert got.price_eur_mwh == pytest.approx(ref.price_eur_mwh, abs=1e-6)
+
+
+def test_a_member_moves_the_price_only_within_its_capacity(grid_pki: Path) -> None:
+    bids, views, signers, verifier = _grid(grid_pki, 12, seed=3)
+    over = signers["n1"].sign(100, (-2 * CAPACITY_KW,))  # a load beyond the grid's bound
+    net = _hostile(grid_pki, bids, views, signers, verifier, [over])
+    assert any("beyond the grid's bound" in d.reason for _, d in net.dropped)
+    legal = signers["n1"].sign(100, (-CAPACITY_KW / 10,))
+    net = _hostile(grid_pki, bids, views, signers, verifier, [legal])
+    # Exactly what an honest member of that load would do.
+    with_member = dict(bids, n1=[Fixed(-CAPACITY_KW / 10)])
+    ref = _reference_without(with_member)
+    for name in bids:
+        if name != "n1":
+            got = net.cleared[name][-1].result
+            assert got.price_eur_mwh == pytest.approx(ref.price_eur_mwh, abs=1e-6)
+
+
+def test_a_two_faced_member_is_left_out_by_everyone(grid_pki: Path) -> None:
+    """It signs a cheap offer for some nodes and a dear one for others: both are passed on, so
+    every honest node sees both and clears without it, at one price."""
+    bids, views, signers, verifier = _grid(grid_pki, 12, seed=4)
+    cheap = signers["n1"].sign(100, (0.0, 3000.0, -100.0, -100.0))
+    dear = signers["n1"].sign(100, (-3000.0,))
+    cores = _cores(bids, views, signers, verifier)
+    del cores["n1"]
+    net = Net(views)
+    for i, target in enumerate(views["n1"]):
+        net.deliver(399.01, target, Received("n1", 100, (cheap if i % 2 else dear,)))
+    net.run(cores, 399.0, 401.0)
+    ref = _reference_without(bids, "n1")
+    for name in cores:
+        got = net.cleared[name][-1]
+        assert got.result.price_eur_mwh == pytest.approx(ref.price_eur_mwh, abs=1e-6)
+
+
+def test_a_dead_neighbour_costs_nothing_and_a_refused_send_is_retried(grid_pki: Path) -> None:
+    bids, views, signers, verifier = _grid(grid_pki, 12, seed=5)
+    cores = _cores(bids, views, signers, verifier)
+    del cores["n2"]
+    net = Net(views)
+    net.dead = {"n2"}
+    net.run(cores, 399.0, 401.0)
+    ref = _reference_without(bids, "n2")
+    for name in cores:
+        got = net.cleared[name][-1]
+        assert got.result.price_eur_mwh == pytest.approx(ref.price_eur_mwh, abs=1e-6)
+        assert got.heard == 10
+
+
+def test_offers_of_another_epoch_are_ignored(grid_pki: Path) -> None:
+    bids, views, signers, verifier = _grid(grid_pki, 6, seed=6)
+    stale = signers["n1"].sign(99, (-CAPACITY_KW,))
+    net = _hostile(grid_pki, bids, views, signers, verifier, [stale])
+    ref = _reference_without(bids, "n1")
+    for name in bids:
+        if name != "n1":
+            assert net.cleared[name][-1].result.price_eur_mwh == pytest.approx(
+                ref.price_eur_mwh, abs=1e-6
+            )
