@@ -98,8 +98,10 @@ class FaultGrid:
         netns: bool = False,
         skew_s: dict[int, float] | None = None,
         introducers: list[int] | None = None,
+        market: str = "pushsum",
     ) -> None:
         self.tmp = tmp
+        self.market = market
         self.n = n
         self.nodes = [f"n{i}" for i in range(n)]
         self.state = tmp / "state"
@@ -131,7 +133,7 @@ launch:
   - broker: {{node: {node}, port: {port}, grid_port: {grid}, unit_port: {unit},
       grid_bind: "{self.grid_host(i)}"}}
   - governance: {{node: {node}, kind: gas_plant, introducer: "{intro}", epoch_s: {EPOCH_S},
-      rounds: 10, period_s: {PERIOD_S}, shuffle_period_s: {PERIOD_S}, shuffle_timeout_s: 0.4,
+      rounds: 10, market: {self.market}, period_s: {PERIOD_S}, shuffle_period_s: {PERIOD_S}, shuffle_timeout_s: 0.4,
       view_size: 4, shuffle_length: 2, respawn_delay_s: 0.5}}
   - detection: {{node: {node}, name: meter, device: fixed_load, period_s: {PERIOD_S},
       params: {{profile: g0, annual_kwh: 100000}}}}

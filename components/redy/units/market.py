@@ -195,6 +195,7 @@ class MarketDriver:
         self.result: MarketResult | offer_market.ExactResult | None = None
         self.result_epoch: int | None = None
         self.last: Cleared | None = None
+        self._announced_epoch: int | None = None
         self._events: asyncio.Queue[Event | offer_market.Event] = asyncio.Queue(maxsize=_EVENTS_MAX)
         self._tasks: set[asyncio.Task[None]] = set()
         self._dropped = 0
@@ -367,7 +368,12 @@ class MarketDriver:
             if id(b) in self._names and _commanded(self._names[id(b)], b)
         ]
         self._spawn(self._dispatch(orders))
-        self._on_cleared()
+        if c.epoch != self._announced_epoch:
+            # The state (to the neighbours too) goes out at once for an epoch's first price
+            # only: the offer market may refine it as late offers come, and those wait for the
+            # state's period rather than add a push to every neighbour each time.
+            self._announced_epoch = c.epoch
+            self._on_cleared()
         sent = (
             f", sent {self.core.sent[1]} offers in {self.core.sent[0]} messages"
             if isinstance(self.core, offer_market.OfferCore)
