@@ -374,23 +374,22 @@ class MarketDriver:
             # state's period rather than add a push to every neighbour each time.
             self._announced_epoch = c.epoch
             self._on_cleared()
-        sent = (
-            f", sent {self.core.sent[1]} offers in {self.core.sent[0]} messages"
-            if isinstance(self.core, offer_market.OfferCore)
-            else ""
-        )
+        if isinstance(self.core, offer_market.OfferCore):
+            how = (
+                f"{c.heard} peers' offers, sent {self.core.sent[1]} offers in"
+                f" {self.core.sent[0]} messages"
+            )
+        else:
+            how = f"{c.result.phases} phases, {c.heard} messages heard"
         _log.info(
-            "node=%s epoch %d price %.3f EUR/MWh (%s) after %.3f s, %d phases, %d messages heard,"
-            " clock offset %+.3f s%s",
+            "node=%s epoch %d price %.3f EUR/MWh (%s) after %.3f s, %s, clock offset %+.3f s",
             self.node,
             c.epoch,
             c.result.price_eur_mwh,
             self.status,
             c.elapsed_s,
-            c.result.phases,
-            c.heard,
+            how,
             self.offsets.offset_s() or 0.0,
-            sent,
         )
 
     async def _dispatch(self, orders: list[tuple[str, float]]) -> None:
