@@ -22,7 +22,7 @@ from redy import messages
 from redy.topics import render
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "faults"))
-from faultgrid import CLEARED, COSTS, EPOCH_S, FaultGrid, epoch_at
+from faultgrid import COSTS, EPOCH_S, FaultGrid
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -73,15 +73,7 @@ def test_a_member_cannot_set_everyones_price(grid: FaultGrid, mqtt_client: Any) 
                 c.c.publish(topic, messages.encode(msg), qos=0)
                 sent += 1
         time.sleep(0.3)
-    t1 = time.time()
-    first, last = epoch_at(t0) + 1, epoch_at(t1) - 1
-    table = grid.by_epoch()
-    cleared = [
-        p
-        for e in range(first, last + 1)
-        for p, status in table.get(e, {}).values()
-        if status in CLEARED and p is not None
-    ]
+    first, last, cleared = grid.cleared_prices(t0, time.time())
     assert cleared, f"no node cleared during the attack\n{grid.describe()}"
     worst = max(abs(p - STEER_TO) for p in cleared)
     highest = max(cleared)

@@ -267,6 +267,19 @@ launch:
                     table.setdefault(s["epoch"], {})[node] = (s.get("price_eur_mwh"), s["status"])
         return table
 
+    def cleared_prices(self, t0: float, t1: float) -> tuple[int, int, list[float]]:
+        """The whole epochs between times t0 and t1, and every price a node reported cleared
+        (or short, or in surplus) for them."""
+        first, last = epoch_at(t0) + 1, epoch_at(t1) - 1
+        table = self.by_epoch()
+        prices = [
+            p
+            for e in range(first, last + 1)
+            for p, status in table.get(e, {}).values()
+            if status in CLEARED and p is not None
+        ]
+        return first, last, prices
+
     def common(self, epoch: int, nodes: list[str] | None = None, tol: float = 5.0) -> bool:
         """Whether every one of `nodes` cleared `epoch` with prices within `tol` EUR/MWh."""
         row = self.by_epoch().get(epoch, {})

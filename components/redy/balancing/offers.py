@@ -4,8 +4,9 @@ The market of the real processes (`market: offers`). Each epoch, every governanc
 node's offer once: the injection that does not answer prices (`base_kw`) and its blocks, each
 `kw` at a marginal cost rising from `cost_lo` to `cost_hi` (a step when equal), the same form
 the reference solver reads (`curves.Offer`). It signs the offer with its node key (ECDSA P-256,
-the key of its TLS identity) and sends it to its neighbours; each node passes on, to each of its
-neighbours, the offers it has not yet sent to or heard from that neighbour. After a few hops
+the key of its TLS identity) and sends it to its neighbours; then, in waves at the same instants
+on every node, each node passes on to each neighbour the offers that neighbour has neither sent
+it nor had from it. After a few waves
 every node holds every offer and clears the exact sum by itself (`clear`): the price to float
 precision over the whole range, dispatch in merit order, and a marginal step shared pro rata.
 
@@ -20,7 +21,8 @@ per node per epoch: the simulators keep push-sum for 10^4 nodes and more.
 
 A node that signs two different offers for one epoch is left out of that epoch by everyone who
 sees both (both are passed on, so everyone does). A node clears `settle_s` after the last new
-offer arrived and again if a later one comes before `finish_by` of the epoch.
+peer's offer arrived (never on its own alone before the epoch's `finish_by`), and again if a
+later one comes before `finish_by`.
 """
 
 from __future__ import annotations
@@ -182,10 +184,8 @@ class ExactResult:
     price_eur_mwh: float
     status: str
     step_share: float = 1.0
-    offers: int = 0
     unserved_kw: float = 0.0
     excess_kw: float = 0.0
-    phases: int = 1
 
     def dispatch_kw(self, bid: Bid) -> float:
         """A bid's injection at the price: its base, then its blocks in merit order."""
@@ -249,19 +249,18 @@ def clear(
     a step's cost when one lies in the last bracket; `own`: this node's offer, for its share of a
     shortage or surplus."""
     s = _Sum(offers)
-    n = len(offers)
     if s.right(cap_eur_mwh) < 0:
         short = -s.right(cap_eur_mwh)
         load = sum(-min(_Sum([v]).right(cap_eur_mwh), 0.0) for v in offers)
         mine = -min(_Sum([own]).right(cap_eur_mwh), 0.0)
         share = mine * short / load if load > 0 else 0.0
-        return ExactResult(cap_eur_mwh, "shortage", 1.0, n, unserved_kw=share)
+        return ExactResult(cap_eur_mwh, "shortage", 1.0, unserved_kw=share)
     if s.left(floor_eur_mwh) > 0:
         excess = s.left(floor_eur_mwh)
         run = sum(max(_Sum([v]).left(floor_eur_mwh), 0.0) for v in offers)
         mine = max(_Sum([own]).left(floor_eur_mwh), 0.0)
         share = mine * excess / run if run > 0 else 0.0
-        return ExactResult(floor_eur_mwh, "surplus", 0.0, n, excess_kw=share)
+        return ExactResult(floor_eur_mwh, "surplus", 0.0, excess_kw=share)
     a, b = floor_eur_mwh, cap_eur_mwh  # right(a) may be < 0; right(b) >= 0
     if s.right(a) >= 0:
         b = a
@@ -281,7 +280,7 @@ def clear(
     share = 1.0
     if right > left and left <= 0 <= right:
         share = min(max(-left / (right - left), 0.0), 1.0)
-    return ExactResult(float(price), "cleared", share, n)
+    return ExactResult(float(price), "cleared", share)
 
 
 # --- the epoch core -------------------------------------------------------------------------------

@@ -121,6 +121,7 @@ class AsyncLink:
         self._host, self._port = parse_uri(uri)
         self._tls = tls
         self._expect_cn = expect_cn
+        self._cn: tuple[object, str | None] | None = None  # (TLS transport, its peer's CN)
         self.timeout_s = timeout_s
         self._keepalive_s = keepalive_s
         self._subscriptions = subscriptions
@@ -209,9 +210,8 @@ class AsyncLink:
         from redy.pki import common_name
 
         transport = getattr(self._client._connection, "_transport", None)
-        cached: tuple[object, str | None] | None = getattr(self, "_cn", None)
-        if cached is not None and cached[0] is transport:
-            return cached[1]  # one TLS session, one certificate: parsed once
+        if self._cn is not None and self._cn[0] is transport:
+            return self._cn[1]  # one TLS session, one certificate: parsed once
         sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
         der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
         cn = common_name(der) if der else None

@@ -1,6 +1,10 @@
 """Distant mode, balancing: a governance unit drives its market core over MQTT.
 
-The epochs, phases and rounds are `redy.balancing.epochs.MarketCore` (sans-IO): this driver
+Two cores, by the governance setting `market`: 'pushsum' (below) and 'offers'
+(`redy.balancing.offers.OfferCore`: signed offers passed on in waves and cleared exactly on
+every node); the driver runs both the same way, with the same clock and statuses.
+
+The push-sum epochs, phases and rounds are `redy.balancing.epochs.MarketCore` (sans-IO): this driver
 only sleeps until the core's next deadline, feeds it what arrives (a neighbour's gossip on
 `redy/<node>/grid/gossip`, a push a neighbour's broker refused) and carries out what it returns
 (pushes, each its own task bounded by the links' timeout, so a slow neighbour never delays a
@@ -375,11 +379,10 @@ class MarketDriver:
             self._announced_epoch = c.epoch
             self._on_cleared()
         if isinstance(self.core, offer_market.OfferCore):
-            how = (
-                f"{c.heard} peers' offers, sent {self.core.sent[1]} offers in"
-                f" {self.core.sent[0]} messages"
-            )
+            messages_sent, offers_sent = self.core.sent
+            how = f"{c.heard} peers' offers, sent {offers_sent} offers in {messages_sent} messages"
         else:
+            assert isinstance(c.result, MarketResult)
             how = f"{c.result.phases} phases, {c.heard} messages heard"
         _log.info(
             "node=%s epoch %d price %.3f EUR/MWh (%s) after %.3f s, %s, clock offset %+.3f s",
