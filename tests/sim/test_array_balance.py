@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 from engine_spread import Metric, assert_same_within_spread
 
@@ -91,6 +92,8 @@ def knobs() -> Iterator[None]:
     yield
     FastMarket.push_sum_band = True
     FastMarket.per_link_flows = False
+    FastMarket.flow_estimate_dtype = np.float32
+    FastMarket.flow_heard_lists = True
 
 
 @pytest.mark.parametrize(
@@ -142,6 +145,7 @@ def test_flow_updating_without_per_link_state_agrees_with_the_per_link_kernel(
     scenario = {"nodes": 150, "epochs": epochs, "aggregation": "flow", "seed": 3}
     if crash_at:  # a crash in epoch 2: dead links in the views of epoch 3
         scenario |= {"crash": 0.3, "crash_at": crash_at}
+    FastMarket.flow_estimate_dtype = np.float64  # as the per-link kernel keeps them
     pulled = simulate_balance(**scenario, engine="fast")
     FastMarket.per_link_flows = True
     linked = simulate_balance(**scenario, engine="fast")
@@ -150,6 +154,45 @@ def test_flow_updating_without_per_link_state_agrees_with_the_per_link_kernel(
         assert a["statuses"] == b["statuses"]
         for key in ("price", "price_spread", "imbalance_kw", "cost"):
             assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-9), key
+
+
+_HEARD_SCENARIOS = [
+    {"nodes": 300, "epochs": 2},
+    # dead links in the views of epoch 3, gone at the nodes' first rounds
+    {"nodes": 300, "epochs": 3, "crash": 0.3, "crash_at": 2},
+    # a cap below the crossing: nodes done after phase 1 stay in their neighbours' links
+    {"nodes": 300, "epochs": 2, "price_cap": 40.0},
+]
+
+
+@pytest.mark.parametrize("scenario", _HEARD_SCENARIOS)
+def test_flow_updating_from_the_heard_lists_agrees_with_rounds_as_they_come(
+    scenario: dict[str, Any], knobs: None
+) -> None:
+    FastMarket.flow_estimate_dtype = np.float64
+    heard = simulate_balance(**scenario, aggregation="flow", seed=7, engine="fast")
+    FastMarket.flow_heard_lists = False
+    as_they_come = simulate_balance(**scenario, aggregation="flow", seed=7, engine="fast")
+    assert heard["messages"] == as_they_come["messages"]
+    for a, b in zip(heard["epochs"], as_they_come["epochs"], strict=True):
+        assert a["statuses"] == b["statuses"]
+        for key in ("price", "price_spread", "imbalance_kw", "cost", "unserved_kw"):
+            assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-9), key
+
+
+@pytest.mark.parametrize("scenario", _HEARD_SCENARIOS)
+def test_flow_updating_in_single_precision_finds_the_prices_of_double_precision(
+    scenario: dict[str, Any], knobs: None
+) -> None:
+    single = simulate_balance(**scenario, aggregation="flow", seed=7, engine="fast")
+    FastMarket.flow_estimate_dtype = np.float64
+    double = simulate_balance(**scenario, aggregation="flow", seed=7, engine="fast")
+    assert single["messages"] == double["messages"]
+    for a, b in zip(single["epochs"], double["epochs"], strict=True):
+        assert a["statuses"] == b["statuses"]
+        assert a["price"] == pytest.approx(b["price"], abs=1e-6)  # EUR/MWh; 0.01 is asked
+        for key in ("imbalance_kw", "cost", "unserved_kw"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-3), key
 
 
 def test_both_engines_report_the_same_keys_and_name_the_engine() -> None:
