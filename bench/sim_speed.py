@@ -15,6 +15,8 @@ Balance (default mix, 40 rounds per phase, 3 phases): both engines at a size the
 ends in well under a minute (push-sum 2,000 nodes, Flow Updating 300, one epoch), then the fast
 engine at 100,000 nodes x 10 epochs against the issue's 5-minute target, measured, not projected,
 and against the same runs before Flow Updating gossiped fewer columns (redy.sim.array_balance).
+Flow Updating is also run at 100,000 nodes x 2 epochs both ways in the same run: as now (heard
+lists, single-precision estimates) and by the previous path (rounds as they come, double).
 
     python bench/sim_speed.py --no-membership     # the balance part alone
 """
@@ -44,9 +46,10 @@ _BALANCE_TARGET_S = 300.0  # 100,000 nodes x 10 epochs, push-sum and Flow Updati
 _BALANCE_BEFORE = {"pushsum": (153.0, None), "flow": (2560.0, 1479.0)}
 
 
-def _run(args: list[str]) -> tuple[dict[str, Any], float, float]:
-    """Run `redy ARGS --json`; return its JSON, wall seconds and peak RSS in MiB (wait4)."""
-    cmd = [sys.executable, "-m", "redy", *args, "--json"]
+def _run(args: list[str], cmd: list[str] | None = None) -> tuple[dict[str, Any], float, float]:
+    """Run `redy ARGS --json` (or `cmd`, which prints JSON); return its JSON, wall seconds and
+    peak RSS in MiB (wait4)."""
+    cmd = cmd or [sys.executable, "-m", "redy", *args, "--json"]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err)
@@ -174,6 +177,27 @@ def _balance(
     )
 
 
+# Flow Updating as of stop 9 (commit 4c0cfbd): every round as it comes, each node reading its
+# links' clocks in every block, estimates in double precision. The knobs switch it back on.
+_PREVIOUS_FLOW = """
+import json, sys
+import numpy as np
+from redy.sim.array_balance import FastMarket
+from redy.sim.balance import simulate_balance
+if sys.argv[1] == "previous":
+    FastMarket.flow_heard_lists = False
+    FastMarket.flow_estimate_dtype = np.float64
+r = simulate_balance(nodes=int(sys.argv[2]), epochs=int(sys.argv[3]), aggregation="flow",
+                     engine="fast")
+print(json.dumps(r))
+"""
+
+
+def _flow_path(path: str, nodes: int, epochs: int) -> tuple[dict[str, Any], float, float]:
+    cmd = [sys.executable, "-c", _PREVIOUS_FLOW, path, str(nodes), str(epochs)]
+    return _run([], cmd)
+
+
 def _quality(r: dict[str, Any]) -> str:
     ep = r["epochs"]
     worst = max(e["price_error"] for e in ep)
@@ -218,6 +242,8 @@ def _balance_section(a: argparse.Namespace) -> None:
             f"{t / _BALANCE_TARGET_S:.3f}x: {ok}; per node-epoch {per_node_epoch:.0f}x faster "
             f"than the core engine above"
         )
+        if aggregation == "flow":
+            _flow_against_previous(big, 1 if a.quick else 2)
         before_t, before_m = _BALANCE_BEFORE[aggregation]
         if (big, epochs) == (100_000, 10):
             memory = f", peak memory {m / before_m:.2f}x" if before_m else ""
@@ -225,6 +251,21 @@ def _balance_section(a: argparse.Namespace) -> None:
                 f"  vs before (commit be7f7ac: {before_t:.0f} s): time {t / before_t:.3f}x "
                 f"({before_t / t:.1f}x faster){memory}"
             )
+
+
+def _flow_against_previous(nodes: int, epochs: int) -> None:
+    """This stop's Flow Updating against the previous path, same run, same seed."""
+    now, t_now, m_now = _flow_path("now", nodes, epochs)
+    then, t_then, m_then = _flow_path("previous", nodes, epochs)
+    price = max(
+        abs(a["price"] - b["price"]) for a, b in zip(now["epochs"], then["epochs"], strict=True)
+    )
+    print(
+        f"  flow, {nodes:,} x {epochs}, same run: heard lists + single precision {t_now:.1f} s "
+        f"{m_now:.0f} MiB, previous path (rounds as they come, double) {t_then:.1f} s "
+        f"{m_then:.0f} MiB: time {t_now / t_then:.3f}x ({t_then / t_now:.2f}x faster), memory "
+        f"{m_now / m_then:.2f}x; prices differ by at most {price:.1e} EUR/MWh"
+    )
 
 
 if __name__ == "__main__":
