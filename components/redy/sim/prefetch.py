@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from llvmlite import ir  # type: ignore[import-untyped]
+from llvmlite import binding as llvm  # type: ignore[import-untyped]
+from llvmlite import ir
 from numba.core import cgutils as _cgutils
 from numba.core import types
 from numba.extending import intrinsic
 
 cgutils: Any = _cgutils  # untyped
+# The intrinsic's name carries its pointer type: opaque `ptr` from LLVM 15, `i8*` before.
+_NAME = "llvm.prefetch.p0" if llvm.llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
 
 
 def _typed(typingctx: Any, array: Any, row: Any, column: Any) -> Any:
@@ -43,7 +46,7 @@ def _typed(typingctx: Any, array: Any, row: Any, column: Any) -> Any:
         fn = cgutils.get_or_insert_function(
             builder.module,
             ir.FunctionType(ir.VoidType(), [bytes_pointer, i32, i32, i32]),
-            "llvm.prefetch.p0",
+            _NAME,
         )
         # read (0), keep in all cache levels (3), data cache (1)
         builder.call(fn, [builder.bitcast(pointer, bytes_pointer), i32(0), i32(3), i32(1)])
