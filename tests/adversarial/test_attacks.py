@@ -22,7 +22,7 @@ from redy import messages
 from redy.topics import render
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "faults"))
-from faultgrid import COSTS, EPOCH_S, FaultGrid
+from faultgrid import COSTS, EPOCH_S, FaultGrid, running
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -33,13 +33,8 @@ STEER_TO = 400.0  # EUR/MWh: far above every honest gas plant's cost (50..120)
 
 @pytest.fixture
 def grid(tmp_path: Path) -> Iterator[FaultGrid]:
-    g = FaultGrid(tmp_path, n=HONEST)
-    try:
-        g.start()
-        g.wait_common(after=0, timeout_s=STARTUP_S)
+    with running(tmp_path, HONEST, STARTUP_S) as g:
         yield g
-    finally:
-        g.stop()
 
 
 def _evil_clients(g: FaultGrid, mqtt_client: Any) -> list[Any]:

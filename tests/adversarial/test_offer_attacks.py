@@ -23,7 +23,7 @@ from redy.balancing.offers import Signer
 from redy.topics import render
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "faults"))
-from faultgrid import COSTS, EPOCH_S, FaultGrid
+from faultgrid import COSTS, EPOCH_S, FaultGrid, running
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -33,13 +33,8 @@ STARTUP_S = 40.0
 
 @pytest.fixture
 def grid(tmp_path: Path) -> Iterator[FaultGrid]:
-    g = FaultGrid(tmp_path, n=HONEST, market="offers")
-    try:
-        g.start()
-        g.wait_common(after=0, timeout_s=STARTUP_S)
+    with running(tmp_path, HONEST, STARTUP_S, market="offers") as g:
         yield g
-    finally:
-        g.stop()
 
 
 def test_a_member_cannot_speak_for_others_or_beyond_its_capacity(

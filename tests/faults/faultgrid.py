@@ -377,3 +377,15 @@ def have_netns() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} not installed"
     return None
+
+
+@contextlib.contextmanager
+def running(tmp: Path, n: int, startup_s: float, market: str = "pushsum") -> Iterator[FaultGrid]:
+    """A started grid of `n` nodes that has found a common price; stopped on the way out."""
+    g = FaultGrid(tmp, n=n, market=market)
+    try:
+        g.start()
+        g.wait_common(after=0, timeout_s=startup_s)
+        yield g
+    finally:
+        g.stop()

@@ -535,15 +535,9 @@ def _sweep(
                 vj = v[heard[t]]  # j's flow to i began from j's own value
                 for q in range(width):
                     accv[q] += vj[q]
-            for q in range(width):
-                u = gi[q] + acc[q] - accv[q]
-                total_est = acc[q] + (d - mi) * ei[q]
-                ei[q] = (u + total_est) / (d + 1)
-                gi[q] = u - d * ei[q] + total_est
-            continue
         for q in range(width):
             # as `_pull_act`: u is the value minus the flows once the heard links have moved
-            u = gi[q] + acc[q] - mi * ei[q]
+            u = gi[q] + acc[q] - (accv[q] if first else mi * ei[q])
             total_est = acc[q] + (d - mi) * ei[q]
             ei[q] = (u + total_est) / (d + 1)
             gi[q] = u - d * ei[q] + total_est  # with the estimate as stored (and sent)
@@ -1178,12 +1172,12 @@ class FastMarket:
         turns = np.empty((n, 2), dtype=np.int32)
         turns[:, 0], turns[:, 1] = _NO_TURN, -1
         clock, sent = state["clock"], 0
+        who = orders[0][~done[orders[0]]]  # the nodes that act: the same in every round
         for order in orders:
             acting = _acting(order, done, last, rank, turns)
             _heard(rank, turns, indptr, idx, gone, heard, m, degree)
             _sweep_blocks(g3, e3, v3, order, done, indptr, heard, m, degree, self.flow_prefetch)
             v3 = none
-            who = order[~done[order]]
             sent += int(degree[who].sum())
             last[who] = clock + 1 + rank[who]
             clock += acting
