@@ -324,9 +324,9 @@ def _check_object(data: Any, type_name: str, where: str = "") -> None:
     if not isinstance(data, Mapping):
         raise InvalidMessage(f"{where}: expected a JSON object, got {_kind(data)}")
     tspec = CONTRACT.types[type_name]
-    known = {f.name for f in tspec.fields}
-    unknown = sorted(str(k) for k in data if k not in known)
-    if unknown:
+    known = _field_names(tspec)
+    if not known.issuperset(data):
+        unknown = sorted(str(k) for k in data if k not in known)
         raise InvalidMessage(
             f"{where}: unknown field(s) {unknown}; expected fields {sorted(known)}"
         )
@@ -347,7 +347,7 @@ def _check_value(f: FieldSpec, value: Any, where: str) -> None:
             raise InvalidMessage(f"{where}: {len(value)} items, expected at most {f.max_len}")
         if f.items == "float" and _plain_numbers(f, value):
             return  # the common case in one pass (a gossip curve); else name the bad item
-        item = attrs.evolve(f, type=f.items or "str", items=None, max_len=None)
+        item = _derived(f, "items")
         for i, v in enumerate(value):
             _check_value(item, v, f"{where}[{i}]")
         return
@@ -358,12 +358,13 @@ def _check_value(f: FieldSpec, value: Any, where: str) -> None:
         if not isinstance(value, list | tuple):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise InvalidMessage(f"{where}: expected {_expect(f)}, got {_kind(value)}")
-            _check_value(attrs.evolve(f, type="float"), value, where)
+            _check_value(_derived(f, "float"), value, where)
             return
         if len(value) != 2:
             raise InvalidMessage(f"{where}: {len(value)} items, expected {_expect(f)}")
+        as_float = _derived(f, "float")
         for i, v in enumerate(value):
-            _check_value(attrs.evolve(f, type="float"), v, f"{where}[{i}]")
+            _check_value(as_float, v, f"{where}[{i}]")
         if value[0] > value[1]:
             raise InvalidMessage(
                 f"{where}: at_min {value[0]} is above at_max {value[1]}; expected {_expect(f)}"
@@ -401,6 +402,32 @@ def _check_value(f: FieldSpec, value: Any, where: str) -> None:
         raise InvalidMessage(f"{where}: {value} is below the minimum {f.min}{_unit(f)}")
     if f.max is not None and value > f.max:
         raise InvalidMessage(f"{where}: {value} is above the maximum {f.max}{_unit(f)}")
+
+
+# What the checks derive from a spec of topics.yaml, worked out once per spec: the field names of
+# a type, a list field's item spec, a ramp's spec as one number. Keyed by id, with the spec kept
+# beside it so a recycled id never returns another spec's entry.
+_NAMES: dict[int, tuple[Any, frozenset[str]]] = {}
+_DERIVED: dict[tuple[int, str], tuple[FieldSpec, FieldSpec]] = {}
+
+
+def _field_names(tspec: Any) -> frozenset[str]:
+    hit = _NAMES.get(id(tspec))
+    if hit is None or hit[0] is not tspec:
+        hit = _NAMES[id(tspec)] = (tspec, frozenset(f.name for f in tspec.fields))
+    return hit[1]
+
+
+def _derived(f: FieldSpec, what: str) -> FieldSpec:
+    """`f`'s item spec (`what` = "items") or `f` as one float ("float")."""
+    hit = _DERIVED.get((id(f), what))
+    if hit is None or hit[0] is not f:
+        if what == "items":
+            spec = attrs.evolve(f, type=f.items or "str", items=None, max_len=None)
+        else:
+            spec = attrs.evolve(f, type="float")
+        hit = _DERIVED[(id(f), what)] = (f, spec)
+    return hit[1]
 
 
 def _plain_numbers(f: FieldSpec, value: list[Any] | tuple[Any, ...]) -> bool:

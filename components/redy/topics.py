@@ -81,21 +81,35 @@ class TopicSpec:
             out.append(check_id(params[key], what=key))
         return "/".join(out)
 
+    @cached_property
+    def _slots(self) -> tuple[tuple[str, bool], ...]:
+        """Per level: the literal, or the placeholder's name and True."""
+        out = []
+        for level in self.levels:
+            m = _PLACEHOLDER.match(level)
+            out.append((level, False) if m is None else (m.group(1), True))
+        return tuple(out)
+
     def match(self, topic_levels: list[str]) -> dict[str, str] | None:
         """The placeholder values if the topic fits this pattern, else None."""
-        if len(topic_levels) != len(self.levels):
+        slots = self._slots
+        if len(topic_levels) != len(slots):
             return None
         params: dict[str, str] = {}
-        for level, want in zip(topic_levels, self.levels, strict=True):
-            m = _PLACEHOLDER.match(want)
-            if m is None:
+        for level, (want, placeholder) in zip(topic_levels, slots, strict=True):
+            if not placeholder:
                 if level != want:
                     return None
             elif CONTRACT.id_regex.fullmatch(level):
-                params[m.group(1)] = level
+                params[want] = level
             else:
                 return None
         return params
+
+
+# Concrete topic names a process has matched, kept so each name is matched against the patterns
+# once: a node sees a few dozen names. Bounded all the same (a peer may write many names).
+_MATCH_MEMO_SIZE = 4096
 
 
 @attrs.frozen
@@ -107,6 +121,9 @@ class Contract:
     id_regex: re.Pattern[str]
     types: Mapping[str, TypeSpec]
     topics: Mapping[str, TopicSpec]
+    _memo: dict[str, tuple[TopicSpec, dict[str, str]]] = attrs.field(
+        factory=dict, init=False, eq=False, repr=False
+    )
 
     def topic(self, name: str) -> TopicSpec:
         try:
@@ -121,11 +138,17 @@ class Contract:
 
         Raises InvalidMessage for a topic outside the tree.
         """
+        hit = self._memo.get(topic)
+        if hit is not None:
+            return hit[0], dict(hit[1])
         levels = topic.split("/")
         for spec in self.topics.values():
             params = spec.match(levels)
             if params is not None:
-                return spec, params
+                if len(self._memo) >= _MATCH_MEMO_SIZE:
+                    self._memo.clear()
+                self._memo[topic] = (spec, params)
+                return spec, dict(params)
         raise InvalidMessage(
             f"topic {topic!r} is not in the ReDy tree; expected e.g. redy/<node>/detection/<unit>/measurement"
         )
@@ -140,9 +163,19 @@ def check_id(value: str, what: str = "id") -> str:
     return value
 
 
+_RENDERED: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+
+
 def render(name: str, **params: str) -> str:
     """Render the topic called `name` in topics.yaml, e.g. render('measurement', node=.., unit=..)."""
-    return CONTRACT.topic(name).render(**params)
+    key = (name, tuple(params.items()))
+    topic = _RENDERED.get(key)
+    if topic is None:
+        topic = CONTRACT.topic(name).render(**params)
+        if len(_RENDERED) >= _MATCH_MEMO_SIZE:  # bounded like the matches
+            _RENDERED.clear()
+        _RENDERED[key] = topic
+    return topic
 
 
 _FIELD_KEYS = {f.name for f in attrs.fields(FieldSpec)} - {"name"}

@@ -201,6 +201,26 @@ def test_every_node_clears_the_exact_price_in_a_few_hops(grid_pki: Path) -> None
     assert net.sent <= 4 * links
 
 
+def test_from_the_second_epoch_a_node_clears_once_every_peer_of_the_last_is_in(
+    grid_pki: Path,
+) -> None:
+    """No settling wait once the membership is known: each node clears when the last of the
+    previous epoch's peers' offers arrives. The first epoch (no membership yet) settles."""
+    bids, views, signers, verifier = _grid(grid_pki, 20, seed=5)
+    net = Net(views, latency_s=0.01)
+    settle = Timing(epoch_s=4.0).settle_s
+    net.run(_cores(bids, views, signers, verifier), 399.0, 405.0)
+    ref = reference.solve([bids[n] for n in sorted(bids)])
+    for name in bids:
+        first = [c for c in net.cleared[name] if c.epoch == 100][-1]
+        (second,) = [c for c in net.cleared[name] if c.epoch == 101]  # one clearing, complete
+        assert first.heard == second.heard == 19
+        assert first.elapsed_s >= settle  # epoch 100: it waited for the settling time
+        # Epoch 101: at the last offer's arrival (the same hops as in epoch 100), no wait.
+        assert second.elapsed_s <= first.elapsed_s - settle + 1e-9
+        assert second.result.price_eur_mwh == pytest.approx(ref.price_eur_mwh, abs=1e-6)
+
+
 def _hostile(
     grid_pki: Path,
     bids: dict[str, list[Bid]],

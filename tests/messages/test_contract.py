@@ -11,7 +11,7 @@ import attrs
 import pytest
 
 from redy import messages, topics
-from redy.errors import ContractError
+from redy.errors import ContractError, InvalidMessage
 from redy.topics import CONTRACT
 
 pytestmark = pytest.mark.pure
@@ -84,6 +84,22 @@ def test_render_and_match_round_trip() -> None:
     spec, params = CONTRACT.match(topic)
     assert spec.name == "measurement"
     assert params == {"node": "house-1", "unit": "pv-meter"}
+
+
+def test_matches_are_remembered_but_bounded_and_never_shared() -> None:
+    """A node matches the same few names all day: each is worked out once. A caller that
+    changes the placeholder values it got changes nobody else's, and a peer writing ever new
+    names cannot grow the memory past its bound."""
+    topic = topics.render("gossip", node="house-1", peer="gas-1")
+    _, params = CONTRACT.match(topic)
+    params["peer"] = "someone-else"
+    assert CONTRACT.match(topic)[1] == {"node": "house-1", "peer": "gas-1"}
+    for i in range(2 * topics._MATCH_MEMO_SIZE):
+        assert CONTRACT.match(f"redy/house-1/grid/gossip/p{i}")[1]["peer"] == f"p{i}"
+    assert len(CONTRACT._memo) <= topics._MATCH_MEMO_SIZE
+    with pytest.raises(InvalidMessage):
+        CONTRACT.match("redy/house-1/grid/gossip/NOT-AN-ID")
+    assert CONTRACT.match(topic)[0].name == "gossip"
 
 
 def test_acl_grants_only_what_the_roles_say() -> None:

@@ -275,8 +275,11 @@ class ClockOffsets:
         self._latest: dict[Hashable, list[float]] = {}
         self._max = max_senders
         self._window = window
+        self._offset: float | None = None  # offset_s() since the last sample
+        self._stale = False
 
     def sample(self, sender: Hashable, sent_s: float, received_s: float) -> None:
+        self._stale = True
         recent = self._latest.pop(sender, [])
         recent.append(received_s - sent_s)
         self._latest[sender] = recent[-self._window :]
@@ -284,9 +287,14 @@ class ClockOffsets:
             del self._latest[next(iter(self._latest))]
 
     def offset_s(self) -> float | None:
-        if not self._latest:
-            return None
-        return float(statistics.median(min(v) for v in self._latest.values()))
+        if self._stale:  # asked far more often than samples come: worked out once per sample
+            self._stale = False
+            self._offset = (
+                float(statistics.median(min(v) for v in self._latest.values()))
+                if self._latest
+                else None
+            )
+        return self._offset
 
     def skewed(self) -> bool:
         """Off the neighbours by more than the tolerance."""

@@ -20,9 +20,10 @@ or invent members, and every offer is held to the grid's capacity bound. The cos
 per node per epoch: the simulators keep push-sum for 10^4 nodes and more.
 
 A node that signs two different offers for one epoch is left out of that epoch by everyone who
-sees both (both are passed on, so everyone does). A node clears `settle_s` after the last new
-peer's offer arrived (never on its own alone before the epoch's `finish_by`), and again if a
-later one comes before `finish_by`.
+sees both (both are passed on, so everyone does). A node clears as soon as it holds the offer of
+every peer it cleared with in the epoch before; failing that (the first epoch, a peer gone),
+`settle_s` after the last new peer's offer arrived (never on its own alone before the epoch's
+`finish_by`). It clears again if a later offer comes before `finish_by`.
 """
 
 from __future__ import annotations
@@ -388,6 +389,7 @@ class OfferCore:
         self._known: dict[NodeId, NodeOffer] = {}
         self._by_sig: dict[str, NodeOffer] = {}  # every offer taken in, proofs included
         self._banned: set[NodeId] = set()
+        self._members: frozenset[NodeId] = frozenset()  # the peers cleared with last epoch
         self._has: dict[NodeId, set[str]] = {}  # per peer: the signatures it has
         self._started_at = 0.0
         self._last_new = 0.0
@@ -438,6 +440,8 @@ class OfferCore:
             return out
         if isinstance(event, Received) and event.epoch == self.epoch:
             self._receive(now, event, out)
+            if self._members and self._members.issubset(self._known):
+                self._clear(now, out)  # every peer of the last epoch is in: no need to settle
         elif isinstance(event, Refused) and event.epoch == self.epoch:
             has = self._has.get(event.target)
             if has is not None:
@@ -465,6 +469,7 @@ class OfferCore:
         self._bids = tuple(self._bids_of())
         self._own = offer_values(self._bids, self.capacity_kw)
         mine = self._sign(epoch, self._own)
+        self._members = frozenset(self._known).difference(self._banned, (self.node,))
         self._known = {self.node: mine}
         self._by_sig = {mine.sig: mine}
         self._banned = set()

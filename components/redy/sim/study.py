@@ -315,8 +315,10 @@ def _markdown(
         "message loss; view fill is the mean view size over c.",
         "- Traffic per node: one shuffle request sent and one answered per period, a probe "
         "every 4 periods, and the energy state pushed to each neighbour every second (the "
-        "governance's `period_s`), each as an MQTT 5 PUBLISH of the message `redy.messages` "
-        "encodes (`redy.sim.sweep.message_sizes`; no TCP/TLS framing, no PUBACKs).",
+        "governance's `period_s`; the node now pushes it every `neighbour_period_s`, 5 s by "
+        "default, so these traffic figures are upper bounds), each as an MQTT 5 PUBLISH of the "
+        "message `redy.messages` encodes (`redy.sim.sweep.message_sizes`; no TCP/TLS framing, "
+        "no PUBACKs).",
         "- Mixing: synchronous push-sum of the bid curves `redy sim balance` draws (a town's "
         "mix of kinds, 201 prices over -500..4,000 EUR/MWh) on the final views, until every "
         "node's interpolated clearing price is within 0.1 EUR/MWh of the exact average's.",
@@ -583,8 +585,10 @@ def _published(s: pd.DataFrame) -> list[str]:
         "- Connection set-up time: a dial is counted as answered (or refused) within the "
         "cycle; the timeout added to the seconds covers a dead host that does not refuse.",
         "- The simulator pushes the state once per shuffle cycle; the node pushes it every "
-        "second whatever the shuffle period, so for periods above 1 s the redy and verify "
-        "seconds here are upper bounds.",
+        "`neighbour_period_s` (5 s by default) and at each epoch's first price, whatever the "
+        "shuffle period. A failed push drops the neighbour at once, so at shuffle periods under "
+        "5 s a node may find a dead neighbour later than these seconds, by up to one push "
+        "period.",
         "- The node's probes of lost neighbours and old contacts (every 2-4 periods), which "
         "merge islands, are not simulated: the largest-component figures are lower bounds. "
         "At c <= 8 the verify detector leaves more survivors outside the largest component "

@@ -167,6 +167,15 @@ class GovernanceConfig:
     sim_start_s: float = setting(
         0.0, help="Simulated time at start_unix (seconds into the day).", unit="s"
     )
+    neighbour_period_s: float = setting(
+        5.0,
+        help="How often the energy state also goes to every neighbour's broker (retained for"
+        " operators' tools; it expires after three periods). Each epoch's first price goes out"
+        " at once as well.",
+        unit="s",
+        minimum=0.01,
+        launch=True,
+    )
     view_size: int = setting(8, help="Neighbours in the view (c).", minimum=1, launch=True)
     shuffle_length: int = setting(
         4, help="Entries exchanged per shuffle (SL < c).", minimum=1, launch=True

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Coroutine
@@ -59,6 +60,7 @@ class Governance:
         self._inbox: _Inbox = asyncio.Queue(maxsize=10_000)
         self._dirty = asyncio.Event()
         self._announce = True  # publish the descriptor at the next state period
+        self._neighbour_push = NeighbourPush(config.neighbour_period_s)
         self._link = self._session(
             "governance",
             peers=False,
@@ -220,6 +222,11 @@ class Governance:
             )
             self._dirty.set()
 
+    def _price_cleared(self) -> None:
+        """An epoch's first price: publish it at once, here and to the neighbours."""
+        self._neighbour_push.price()
+        self._dirty.set()
+
     def _spawn_peer_task(self, work: Coroutine[Any, Any, None], sender: str) -> None:
         """Run a peer-facing handler beside the inbox, at most _PEER_HANDLERS at once."""
         if len(self._peer_tasks) >= _PEER_HANDLERS:
@@ -262,7 +269,7 @@ class Governance:
                 self.config.sim_time_s(time.time()), setpoint_kw=self.target_net_kw, **extra
             )
             await self.publish_local(render("node_state", node=self.node), state)
-            if self.overlay is not None:
+            if self.overlay is not None and self._neighbour_push.due(time.monotonic()):
                 await self.overlay.push_state(state)
 
     async def _dispatch(self) -> None:
@@ -354,7 +361,7 @@ class Governance:
             timeout_s=cfg.shuffle_timeout_s,
             introducer=cfg.introducer,
             identity=self._identity,
-            state_expiry_s=max(1, round(3 * cfg.period_s)),
+            state_expiry_s=max(1, round(3 * cfg.neighbour_period_s)),
         )
         tasks.append(tg.create_task(self.overlay.run()))
         if cfg.epoch_s > 0:
@@ -373,10 +380,33 @@ class Governance:
                 market=cfg.market,
                 identity=self._identity,
                 rng=random.Random(cfg.seed + 1),
-                on_cleared=self._dirty.set,  # publish the price at once
+                on_cleared=self._price_cleared,
             )
             tasks.append(tg.create_task(self.market.run()))
         return links
+
+
+class NeighbourPush:
+    """When the energy state also goes to the neighbours' brokers: every `period_s`, and at once
+    after an epoch's first price. The local state goes out every state period; each push to the
+    neighbours is a publish on every neighbour's broker, so it goes less often."""
+
+    def __init__(self, period_s: float) -> None:
+        self.period_s = period_s
+        self._last = -math.inf
+        self._price = False
+
+    def price(self) -> None:
+        """An epoch's first price: the next state goes to the neighbours too."""
+        self._price = True
+
+    def due(self, now: float) -> bool:
+        """Whether the state published at `now` goes to the neighbours (and counts as sent)."""
+        if not (self._price or now >= self._last + self.period_s):
+            return False
+        self._price = False
+        self._last = now
+        return True
 
 
 def _subscriptions(node: str, *, peers: bool) -> tuple[str, ...]:
