@@ -96,11 +96,16 @@ def _identity(d: Path, name: str) -> pki.Identity:
 
 
 class Net:
-    """Every message arrives `latency_s` later; sends to `dead` nodes are refused at once."""
+    """Every message arrives `latency_s` later, plus up to `jitter_s` (queueing on a loaded
+    host, at random); sends to `dead` nodes are refused at once."""
 
-    def __init__(self, views: dict[str, list[str]], latency_s: float = 0.002) -> None:
+    def __init__(
+        self, views: dict[str, list[str]], latency_s: float = 0.002, jitter_s: float = 0.0
+    ) -> None:
         self.views = views
         self.latency_s = latency_s
+        self.jitter_s = jitter_s
+        self._rng = random.Random(11)
         self.dead: set[str] = set()
         self.cleared: dict[str, list[Cleared]] = {}
         self.dropped: list[tuple[str, Dropped]] = []
@@ -140,7 +145,8 @@ class Net:
                     self.deliver(now, node, Refused(a.target, a.epoch, a.offers))
                 else:
                     got = Received(node, a.epoch, a.offers)
-                    self.deliver(now + self.latency_s, a.target, got)
+                    delay = self.latency_s + self._rng.uniform(0.0, self.jitter_s)
+                    self.deliver(now + delay, a.target, got)
 
 
 def _grid(
@@ -219,6 +225,28 @@ def test_from_the_second_epoch_a_node_clears_once_every_peer_of_the_last_is_in(
         # Epoch 101: at the last offer's arrival (the same hops as in epoch 100), no wait.
         assert second.elapsed_s <= first.elapsed_s - settle + 1e-9
         assert second.result.price_eur_mwh == pytest.approx(ref.price_eur_mwh, abs=1e-6)
+
+
+def test_past_a_crowd_the_waves_slow_down_and_send_fewer_messages(grid_pki: Path) -> None:
+    """30 nodes: the first epoch passes offers on every 80 ms; the next, with 29 peers known
+    (more than the crowd of 20), every 300 ms, in fewer messages, to the same exact price."""
+    timing = Timing(epoch_s=4.0)
+    assert timing.for_peers(20) == (0.08, 0.1)
+    assert timing.for_peers(21) == pytest.approx((0.3, 0.32))
+    bids, views, signers, verifier = _grid(grid_pki, 30, seed=6)
+    # A loaded host: messages queue for up to a few short waves.
+    net = Net(views, latency_s=0.02, jitter_s=0.3)
+    cores = _cores(bids, views, signers, verifier)
+    net.run(cores, 399.0, 403.9)
+    first = sum(c.sent[0] for c in cores.values())
+    net.run(cores, 403.9, 406.5)
+    second = sum(c.sent[0] for c in cores.values())
+    assert second < 0.8 * first
+    ref = reference.solve([bids[n] for n in sorted(bids)])
+    for name in bids:
+        last = net.cleared[name][-1]
+        assert last.epoch == 101 and last.heard == 29
+        assert last.result.price_eur_mwh == pytest.approx(ref.price_eur_mwh, abs=1e-6)
 
 
 def _hostile(
