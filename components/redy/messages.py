@@ -10,7 +10,7 @@ types in topics.yaml are checked against each other by tests/messages/test_contr
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -230,6 +230,30 @@ def encode(msg: Any) -> bytes:
     return orjson.dumps(data)
 
 
+def encode_with(msg: Any, field: str, items: Sequence[bytes]) -> bytes:
+    """`encode(msg)` with its last field, a list of messages, given as `items` already encoded
+    (each by `encode`, so each was validated then): a node passing the same offers on to
+    each neighbour encodes each offer once, not once per message."""
+    names = _FIELD_NAMES.get(type(msg)) or tuple(a.name for a in attrs.fields(type(msg)))
+    if names[-1] != field:
+        raise ValueError(f"{type(msg).__name__}.{field} is not its last field")
+    spec = next(f for f in CONTRACT.types[type(msg).__name__].fields if f.name == field)
+    if spec.max_len is not None and len(items) > spec.max_len:
+        raise InvalidMessage(
+            f"{type(msg).__name__}.{field}: {len(items)} items, expected at most {spec.max_len}"
+        )
+    head = encode(attrs.evolve(msg, **{field: ()}))
+    tail = f'"{field}":[]}}'.encode()
+    assert head.endswith(tail), head[-40:]  # orjson keeps the field order
+    payload = head[: -len(b"]}")] + b",".join(items) + b"]}"
+    if len(payload) > CONTRACT.max_payload_bytes:
+        raise InvalidMessage(
+            f"{type(msg).__name__}: {len(payload)} bytes, over the limit of"
+            f" {CONTRACT.max_payload_bytes} bytes"
+        )
+    return payload
+
+
 # --- decoding -------------------------------------------------------------------------------
 
 
@@ -304,18 +328,51 @@ def _convert(f: FieldSpec, value: Any) -> Any:
         return None
     if f.type == "list":
         return tuple(
-            _build(f.items, v, checked=True)
+            _nested(f.items, v)
             if f.items in MESSAGE_TYPES
             else (float(v) if f.items == "float" else v)
             for v in value
         )
     if f.type in MESSAGE_TYPES:
-        return _build(f.type, value, checked=True)
+        return _nested(f.type, value)
     if f.type == "float" or (f.type == "ramp" and not isinstance(value, list | tuple)):
         return float(value)
     if f.type == "ramp":
         return tuple(float(v) for v in value)
     return value
+
+
+# Signed objects (a type with a `sig` field: NodeOffer) come many times over, unchanged: a node
+# hears each offer from most of its neighbours. Each is checked and built once; a later copy
+# equal to it, field for field, is the same message. Bounded: the oldest half goes when full.
+_SIGNED_MEMO_SIZE = 4096
+_SIGNED: dict[tuple[str, str], tuple[dict[str, Any], Any]] = {}
+_SIGNED_TYPES = frozenset(
+    name for name, t in CONTRACT.types.items() if any(f.name == "sig" for f in t.fields)
+)
+
+
+def _seen(type_name: str, value: Any) -> Any:
+    """The message built before from a JSON object equal to `value`, or None."""
+    if type_name not in _SIGNED_TYPES or type(value) is not dict:
+        return None
+    sig = value.get("sig")
+    hit = _SIGNED.get((type_name, sig)) if type(sig) is str else None
+    return hit[1] if hit is not None and hit[0] == value else None
+
+
+def _nested(type_name: str, value: Any) -> Any:
+    """A nested message of a checked parent: built, or the one built before from its equal."""
+    msg = _seen(type_name, value)
+    if msg is not None:
+        return msg
+    msg = _build(type_name, value, checked=True)
+    if type_name in _SIGNED_TYPES:
+        if len(_SIGNED) >= _SIGNED_MEMO_SIZE:
+            for key in list(_SIGNED)[: _SIGNED_MEMO_SIZE // 2]:
+                del _SIGNED[key]
+        _SIGNED[(type_name, value["sig"])] = (value, msg)
+    return msg
 
 
 def _check_object(data: Any, type_name: str, where: str = "") -> None:
@@ -352,7 +409,8 @@ def _check_value(f: FieldSpec, value: Any, where: str) -> None:
             _check_value(item, v, f"{where}[{i}]")
         return
     if t in MESSAGE_TYPES:
-        _check_object(value, t, where)
+        if _seen(t, value) is None:
+            _check_object(value, t, where)
         return
     if t == "ramp":
         if not isinstance(value, list | tuple):

@@ -6,6 +6,8 @@ import contextlib
 import json
 import math
 
+import attrs
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -188,3 +190,54 @@ def test_huge_numbers_in_a_list_give_a_message_or_invalid_message(values: list[f
     payload = json.dumps(doc | {"values": values}).encode()
     with contextlib.suppress(InvalidMessage):
         messages.decode("redy/house-1/grid/gossip/evil", payload)
+
+
+def _offer(sig: str, values: tuple[float, ...] = (-5.0, 10.0, 40.0, 60.0)) -> messages.NodeOffer:
+    return messages.NodeOffer(node="gas-1", epoch=7, values=values, cert="Q0VSVA==", sig=sig)
+
+
+def test_a_message_of_encoded_offers_is_the_message_encoded_whole() -> None:
+    """`encode_with` splices offers encoded once into each message: byte for byte what `encode`
+    gives, and refused where `encode` would refuse."""
+    offers = (_offer("c2lnMQ=="), _offer("c2lnMg==", (1.0,)))
+    whole = messages.Gossip(
+        sender="house-1", epoch=7, round=0, algorithm="offers", weight=0.0, values=(),
+        ts_s=12.5, offers=offers,
+    )  # fmt: skip
+    head = attrs.evolve(whole, offers=None)
+    got = messages.encode_with(head, "offers", [messages.encode(o) for o in offers])
+    assert got == messages.encode(whole)
+    assert messages.decode("redy/gas-1/grid/gossip/house-1", got) == whole
+    assert messages.encode_with(head, "offers", []) == messages.encode(
+        attrs.evolve(whole, offers=())
+    )
+    with pytest.raises(InvalidMessage, match="at most 256"):
+        messages.encode_with(head, "offers", [messages.encode(offers[0])] * 257)
+    with pytest.raises(ValueError, match="not its last field"):
+        messages.encode_with(head, "values", [])
+
+
+def test_a_copy_of_a_signed_offer_is_checked_once_but_a_changed_copy_in_full() -> None:
+    """A node hears each offer from most of its neighbours: an equal copy is the message built
+    before. A hostile relay that keeps an offer's signature but changes its values gets no
+    shortcut: its copy is checked and built on its own (and the signature check, later, fails)."""
+    topic = "redy/gas-1/grid/gossip/house-1"
+
+    def gossip(*offers: dict[str, object]) -> bytes:
+        return orjson.dumps(
+            {"sender": "house-1", "epoch": 7, "round": 0, "algorithm": "offers", "weight": 0.0,
+             "values": [], "offers": list(offers)}
+        )  # fmt: skip
+
+    honest = {"node": "gas-1", "epoch": 7, "values": [-5.0, 10.0, 40.0, 60.0],
+              "cert": "Q0VSVA==", "sig": "c2lnLW9uY2U="}  # fmt: skip
+    first = messages.decode(topic, gossip(honest)).offers[0]
+    again = messages.decode(topic, gossip(dict(honest))).offers[0]
+    assert again is first
+    changed = messages.decode(topic, gossip(dict(honest, values=[-5.0]))).offers[0]
+    assert changed is not first and changed.values == (-5.0,) and first.values[0] == -5.0
+    for bad in ({"values": [1.0] * 194}, {"values": ["x"]}, {"epoch": -1}, {"extra": 1}):
+        with pytest.raises(InvalidMessage):
+            messages.decode(topic, gossip(dict(honest, **bad)))
+    # The changed copy took the memo's place: the honest one is built again, equal as ever.
+    assert messages.decode(topic, gossip(honest)).offers[0] == first

@@ -163,6 +163,7 @@ class MarketDriver:
         self._names: dict[int, str] = {}  # id(bid) -> unit name, for the epoch's bids
         self._new_names: dict[int, str] = {}
         self._brokers: dict[str, str] = {}
+        self._offer_bytes: dict[tuple[int, str], bytes] = {}  # (epoch, sig) -> the offer's JSON
         self.bounds = MassBounds(capacity_kw, self.pacing.rounds)
         self.market = market
         self.core: MarketCore | offer_market.OfferCore
@@ -319,7 +320,19 @@ class MarketDriver:
         )
         await self._deliver(out.target, msg, lambda: self._queue(Refused(m)))  # mass back
 
+    def _offer_json(self, offer: messages.NodeOffer) -> bytes:
+        """An offer's JSON, encoded (and checked) once for all the messages that carry it."""
+        key = (offer.epoch, offer.sig)
+        out = self._offer_bytes.get(key)
+        if out is None:
+            if len(self._offer_bytes) >= 4 * offer_market.MAX_NODES:
+                self._offer_bytes.clear()
+            out = self._offer_bytes[key] = messages.encode(offer)
+        return out
+
     async def _send_offers(self, a: offer_market.Send) -> None:
+        if self._offer_bytes and next(iter(self._offer_bytes))[0] != a.epoch:
+            self._offer_bytes.clear()  # an epoch's offers go out in that epoch only
         msg = messages.Gossip(
             sender=self.node,
             epoch=a.epoch,
@@ -328,14 +341,19 @@ class MarketDriver:
             weight=0.0,
             values=(),
             ts_s=self._clock(),
-            offers=a.offers,
         )
+        payload = messages.encode_with(msg, "offers", [self._offer_json(o) for o in a.offers])
         await self._deliver(
-            a.target, msg, lambda: self._queue(offer_market.Refused(a.target, a.epoch, a.offers))
+            a.target,
+            payload,
+            lambda: self._queue(offer_market.Refused(a.target, a.epoch, a.offers)),
         )
 
-    async def _deliver(self, target: str, msg: messages.Gossip, failed: Callable[[], None]) -> None:
-        """Publish `msg` on `target`'s broker (its view entry's); `failed()` if that fails."""
+    async def _deliver(
+        self, target: str, msg: messages.Gossip | bytes, failed: Callable[[], None]
+    ) -> None:
+        """Publish `msg` (or its encoding) on `target`'s broker (its view entry's); `failed()`
+        if that fails."""
         broker = self._brokers.get(target)
         try:
             if broker is None:
@@ -343,7 +361,7 @@ class MarketDriver:
             await self._links.publish(
                 broker,
                 render("gossip", node=target, peer=self.node),
-                messages.encode(msg),
+                msg if isinstance(msg, bytes) else messages.encode(msg),
                 node=target,
                 qos=1,
             )
