@@ -249,6 +249,26 @@ def test_past_a_crowd_the_waves_slow_down_and_send_fewer_messages(grid_pki: Path
         assert last.result.price_eur_mwh == pytest.approx(ref.price_eur_mwh, abs=1e-6)
 
 
+def test_with_a_peer_of_the_last_epoch_missing_a_node_waits_three_waves_of_quiet(
+    grid_pki: Path,
+) -> None:
+    """A lull is no sign that every offer is in while a known peer's is missing: the node
+    clears once, after three waves with nothing new, not at the first short lull (a partial
+    price). A peer that is gone then costs those three waves in that epoch only."""
+    bids, views, signers, verifier = _grid(grid_pki, 30, seed=8)
+    net = Net(views, latency_s=0.02, jitter_s=0.3)
+    cores = _cores(bids, views, signers, verifier)
+    net.run(cores, 399.0, 403.9)
+    del cores["n7"]
+    net.dead.add("n7")
+    net.run(cores, 403.9, 406.5)
+    ref = _reference_without(bids, "n7")
+    for name in cores:
+        (cleared,) = [c for c in net.cleared[name] if c.epoch == 101]
+        assert cleared.heard == 28 and cleared.elapsed_s >= 3 * 0.3
+        assert cleared.result.price_eur_mwh == pytest.approx(ref.price_eur_mwh, abs=1e-6)
+
+
 def _hostile(
     grid_pki: Path,
     bids: dict[str, list[Bid]],

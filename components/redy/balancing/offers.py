@@ -21,9 +21,10 @@ per node per epoch: the simulators keep push-sum for 10^4 nodes and more.
 
 A node that signs two different offers for one epoch is left out of that epoch by everyone who
 sees both (both are passed on, so everyone does). A node clears as soon as it holds the offer of
-every peer it cleared with in the epoch before; failing that (the first epoch, a peer gone),
-`settle_s` after the last new peer's offer arrived (never on its own alone before the epoch's
-`finish_by`). It clears again if a later offer comes before `finish_by`.
+every peer it cleared with in the epoch before; failing that (a peer gone), after three waves
+with no new offer; in its first epoch, `settle_s` after the last new offer (never on its own
+alone before the epoch's `finish_by`). It clears again if a later offer comes before
+`finish_by`.
 """
 
 from __future__ import annotations
@@ -412,6 +413,7 @@ class OfferCore:
         self._dirty = False  # offers not yet passed on to every neighbour
         self._wave_at = 0.0  # when the next wave goes (while dirty)
         self._wave_s, self._settle_s = timing.wave_s, timing.settle_s  # by last epoch's size
+        self._quiet_s = timing.settle_s  # the lull after which a node clears what it has
         self._cleared_with = -1  # the version cleared last
         self.last: Cleared | None = None
         self.sent = (0, 0)  # messages and offers sent in the epoch
@@ -437,7 +439,7 @@ class OfferCore:
         if self._dirty:
             out = min(out, self._wave_at)
         if self._cleared_with != len(self._by_sig):
-            out = min(out, self._last_new + self._settle_s)
+            out = min(out, self._last_new + self._quiet_s)
         return out
 
     # --- events ------------------------------------------------------------------------------
@@ -457,7 +459,8 @@ class OfferCore:
             return out
         if isinstance(event, Received) and event.epoch == self.epoch:
             self._receive(now, event, out)
-            if self._members and self._members.issubset(self._known):
+            if self._quiet_s != self._settle_s and self._members.issubset(self._known):
+                self._quiet_s = self._settle_s  # later offers (a newcomer's) settle as usual
                 self._clear(now, out)  # every peer of the last epoch is in: no need to settle
         elif isinstance(event, Refused) and event.epoch == self.epoch:
             has = self._has.get(event.target)
@@ -470,7 +473,7 @@ class OfferCore:
             return out
         if self._dirty and now >= self._wave_at:
             self._wave(out)
-        if self._cleared_with != len(self._by_sig) and now >= self._last_new + self._settle_s:
+        if self._cleared_with != len(self._by_sig) and now >= self._last_new + self._quiet_s:
             self._clear(now, out)
         return out
 
@@ -488,6 +491,9 @@ class OfferCore:
         mine = self._sign(epoch, self._own)
         self._members = frozenset(self._known).difference(self._banned, (self.node,))
         self._wave_s, self._settle_s = self.timing.for_peers(len(self._members))
+        # While a peer of the last epoch is missing, a lull of a few waves is no sign that all
+        # offers are in (a queue on a loaded host): wait for three waves' quiet, not one.
+        self._quiet_s = max(self._settle_s, 3 * self._wave_s) if self._members else self._settle_s
         self._known = {self.node: mine}
         self._by_sig = {mine.sig: mine}
         self._banned = set()
