@@ -370,7 +370,7 @@ def _nested(type_name: str, value: Any) -> Any:
     if type_name in _SIGNED_TYPES:
         if len(_SIGNED) >= _SIGNED_MEMO_SIZE:
             for key in list(_SIGNED)[: _SIGNED_MEMO_SIZE // 2]:
-                del _SIGNED[key]
+                _SIGNED.pop(key, None)  # another thread may have taken it
         _SIGNED[(type_name, value["sig"])] = (value, msg)
     return msg
 
