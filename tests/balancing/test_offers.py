@@ -169,11 +169,12 @@ def _cores(
     views: dict[str, list[str]],
     signers: dict[str, Signer],
     verifier: Verifier,
+    timing: Timing | None = None,
 ) -> dict[str, OfferCore]:
     return {
         name: OfferCore(
             name,
-            Timing(epoch_s=4.0),
+            timing or Timing(epoch_s=4.0),
             lambda b=b: b,  # type: ignore[misc]
             lambda v=views[name]: v,  # type: ignore[misc]
             signers[name].sign,
@@ -207,15 +208,17 @@ def test_every_node_clears_the_exact_price_in_a_few_hops(grid_pki: Path) -> None
     assert net.sent <= 4 * links
 
 
+@pytest.mark.parametrize("settle_s", [0.1, 0.5])  # shorter and longer than three waves
 def test_from_the_second_epoch_a_node_clears_once_every_peer_of_the_last_is_in(
-    grid_pki: Path,
+    grid_pki: Path, settle_s: float
 ) -> None:
     """No settling wait once the membership is known: each node clears when the last of the
     previous epoch's peers' offers arrives. The first epoch (no membership yet) settles."""
     bids, views, signers, verifier = _grid(grid_pki, 20, seed=5)
     net = Net(views, latency_s=0.01)
-    settle = Timing(epoch_s=4.0).settle_s
-    net.run(_cores(bids, views, signers, verifier), 399.0, 405.0)
+    timing = Timing(epoch_s=4.0, settle_s=settle_s)
+    settle = timing.settle_s
+    net.run(_cores(bids, views, signers, verifier, timing), 399.0, 405.0)
     ref = reference.solve([bids[n] for n in sorted(bids)])
     for name in bids:
         first = [c for c in net.cleared[name] if c.epoch == 100][-1]

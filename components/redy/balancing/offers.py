@@ -414,6 +414,7 @@ class OfferCore:
         self._wave_at = 0.0  # when the next wave goes (while dirty)
         self._wave_s, self._settle_s = timing.wave_s, timing.settle_s  # by last epoch's size
         self._quiet_s = timing.settle_s  # the lull after which a node clears what it has
+        self._awaiting = False  # some peer of the last epoch not yet heard from
         self._cleared_with = -1  # the version cleared last
         self.last: Cleared | None = None
         self.sent = (0, 0)  # messages and offers sent in the epoch
@@ -459,7 +460,8 @@ class OfferCore:
             return out
         if isinstance(event, Received) and event.epoch == self.epoch:
             self._receive(now, event, out)
-            if self._quiet_s != self._settle_s and self._members.issubset(self._known):
+            if self._awaiting and self._members.issubset(self._known):
+                self._awaiting = False
                 self._quiet_s = self._settle_s  # later offers (a newcomer's) settle as usual
                 self._clear(now, out)  # every peer of the last epoch is in: no need to settle
         elif isinstance(event, Refused) and event.epoch == self.epoch:
@@ -493,7 +495,8 @@ class OfferCore:
         self._wave_s, self._settle_s = self.timing.for_peers(len(self._members))
         # While a peer of the last epoch is missing, a lull of a few waves is no sign that all
         # offers are in (a queue on a loaded host): wait for three waves' quiet, not one.
-        self._quiet_s = max(self._settle_s, 3 * self._wave_s) if self._members else self._settle_s
+        self._awaiting = bool(self._members)  # until every one of them is in
+        self._quiet_s = max(self._settle_s, 3 * self._wave_s) if self._awaiting else self._settle_s
         self._known = {self.node: mine}
         self._by_sig = {mine.sig: mine}
         self._banned = set()
