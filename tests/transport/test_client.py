@@ -51,6 +51,36 @@ async def test_publish_waits_for_the_puback_of_a_real_broker(process_broker: Any
         await link.close()
 
 
+async def test_a_qos_0_publish_is_sent_and_not_reported_as_failed(process_broker: Any) -> None:
+    """gmqtt gives a QoS 0 publish no packet id: that is no failure. (Each such publish used to
+    raise DeliveryFailed after its packet had gone out, and a peer link then dropped the
+    neighbour as unreachable.)"""
+    broker = process_broker("gas-1")
+    got: list[bytes] = []
+    watch = AsyncLink(
+        broker.uri,
+        "watch",
+        user="operator",
+        password=broker.credentials.password("operator"),
+        timeout_s=2.0,
+        subscriptions=("redy/gas-1/grid/gossip/+",),
+        on_message=lambda _t, payload, _p: got.append(payload),
+    )
+    await watch.connect()
+    link = _grid_link(broker)
+    await link.connect()
+    try:
+        for i in range(5):
+            await link.publish("redy/gas-1/grid/gossip/me", b'{"n": %d}' % i, qos=0)
+        async with asyncio.timeout(5.0):
+            while len(got) < 5:
+                await asyncio.sleep(0.05)
+    finally:
+        await link.close()
+        await watch.close()
+    assert got == [b'{"n": %d}' % i for i in range(5)]
+
+
 async def test_a_stopped_broker_is_a_failed_delivery_not_an_overflow(process_broker: Any) -> None:
     broker = process_broker("gas-1")
     link = _grid_link(broker, timeout_s=0.3)

@@ -68,9 +68,11 @@ class _AckingClient(gmqtt.Client):  # type: ignore[misc]  # gmqtt ships no types
         self._acks: dict[int, asyncio.Future[None]] = {}
 
     def publish_mid(self, message: gmqtt.Message) -> int:
+        """Send `message`; its packet id (QoS 1), or 0 for QoS 0, which gmqtt gives none."""
         mid, package = self._connection.publish(message)
-        if message.qos > 0:
-            self._persistent_storage.push_message(mid, package)
+        if message.qos == 0:
+            return 0
+        self._persistent_storage.push_message(mid, package)
         return int(mid)
 
     def _remove_message_from_queue(self, mid: int) -> None:  # called by gmqtt on PUBACK
