@@ -76,6 +76,14 @@ LOAD_VALUE_DEFAULT = 150.0
 # Pushes per phase: never fewer than the core's default (at 50 nodes fewer left some nodes
 # 0.02 EUR/MWh off); a launch file's `rounds` may ask for more.
 _MIN_ROUNDS = Pacing(epoch_s=1.0).rounds
+
+# The offer market's messages go at QoS 0. Each offer reaches a node from most of its
+# neighbours, so one lost message costs nothing, while a PUBACK per message doubled the packets
+# of the epoch's burst: at 50 nodes on 2 cores, QoS 1 left 28-38 % of the 1 Hz balance samples
+# beyond 1 % of load and QoS 0 none (bench/market_latency.py). A link that cannot be had still
+# fails the send, and the offers go again in the next wave. Push-sum keeps QoS 1: a lost push
+# would lose mass.
+_OFFER_QOS = 0
 # A round with no message ends after this long (s): a few peer round trips on an idle host.
 ROUND_S = 0.005
 
@@ -347,13 +355,18 @@ class MarketDriver:
             a.target,
             payload,
             lambda: self._queue(offer_market.Refused(a.target, a.epoch, a.offers)),
+            qos=_OFFER_QOS,
         )
 
     async def _deliver(
-        self, target: str, msg: messages.Gossip | bytes, failed: Callable[[], None]
+        self,
+        target: str,
+        msg: messages.Gossip | bytes,
+        failed: Callable[[], None],
+        qos: int = 1,
     ) -> None:
         """Publish `msg` (or its encoding) on `target`'s broker (its view entry's); `failed()`
-        if that fails."""
+        if that fails (at QoS 0: if the link cannot be had or the packet cannot be written)."""
         broker = self._brokers.get(target)
         try:
             if broker is None:
@@ -363,7 +376,7 @@ class MarketDriver:
                 render("gossip", node=target, peer=self.node),
                 msg if isinstance(msg, bytes) else messages.encode(msg),
                 node=target,
-                qos=1,
+                qos=qos,
             )
         except PeerUnreachable as exc:
             _log.debug("node=%s gossip to %s failed: %s", self.node, target, exc.reason)
