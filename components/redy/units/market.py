@@ -80,9 +80,9 @@ _MIN_ROUNDS = Pacing(epoch_s=1.0).rounds
 # The offer market's messages go at QoS 0. Each offer reaches a node from most of its
 # neighbours, so one lost message costs nothing, while a PUBACK per message doubled the packets
 # of the epoch's burst: at 50 nodes on 2 cores, QoS 1 left 28-38 % of the 1 Hz balance samples
-# beyond 1 % of load and QoS 0 none (bench/market_latency.py). A link that cannot be had still
-# fails the send, and the offers go again in the next wave. Push-sum keeps QoS 1: a lost push
-# would lose mass.
+# beyond 1 % of load and QoS 0 0-21 % (two runs of bench/market_latency.py). A link that cannot
+# be had still fails the send, and the offers go again in the next wave. Push-sum keeps QoS 1:
+# a lost push would lose mass.
 _OFFER_QOS = 0
 # A round with no message ends after this long (s): a few peer round trips on an idle host.
 ROUND_S = 0.005
