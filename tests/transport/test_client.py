@@ -199,3 +199,28 @@ def test_backoff_is_jittered_exponential_and_capped() -> None:
         assert top / 2 <= d <= top
     b.reset()
     assert b.next_delay() <= 0.1
+
+
+async def test_a_link_outlives_its_view_entry_until_it_idles(process_broker: Any) -> None:
+    """Shuffles move entries out of a view and back all the time: the link to a broker the view
+    no longer names stays open while it is used (no new TLS dial when the entry comes back)
+    and closes once it has gone unused for `idle_s`; a link the view names stays."""
+    a, b = process_broker("gas-1"), process_broker("gas-2")
+    now = [1000.0]
+    links = PeerLinks("me", _me(a), timeout_s=1.0, idle_s=60.0, clock=lambda: now[0])
+    try:
+        first = await links.link(a.config.grid_uri, "gas-1")
+        await links.link(b.config.grid_uri, "gas-2")
+        now[0] += 30.0
+        await links.keep_only({b.config.grid_uri})  # gas-1 left the view 30 s after its use
+        assert a.config.grid_uri in links.open_uris
+        assert await links.link(a.config.grid_uri, "gas-1") is first  # back: the same link
+        now[0] += 59.0
+        await links.keep_only({b.config.grid_uri})
+        assert a.config.grid_uri in links.open_uris
+        now[0] += 2.0  # 61 s unused and out of the view
+        await links.keep_only({b.config.grid_uri})
+        assert links.open_uris == (b.config.grid_uri,)  # in the view: kept, however idle
+        assert not first.is_connected
+    finally:
+        await links.close_all()

@@ -2,7 +2,10 @@
 
 A governance unit reads only its own broker and writes to its neighbours' brokers. `PeerLinks`
 holds at most `max_links` connections (`redy.transport.client.AsyncLink`), one per neighbour
-broker URI, opened on first use and closed when the view no longer names that broker. Every
+broker URI, opened on first use and closed when the view has not named that broker for
+`idle_s` with no use, or when the least recently used goes beyond `max_links`: shuffles move
+entries in and out of views all the time, and a TLS dial per admitted entry (mutual
+certificates, both ends) cost more CPU than the idle connections it saved. Every
 connect and publish is bounded by a timeout and every failure, whatever its cause (refused, no
 CONNACK, no PUBACK, full window, lost socket), is one `PeerUnreachable`: the membership driver
 takes it as strong evidence that the neighbour is gone, the market keeps the push's mass. A
@@ -43,6 +46,7 @@ class PeerLinks:
         timeout_s: float = 2.0,
         keepalive_s: int = 10,
         cooldown_s: float | None = None,
+        idle_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._node = node
@@ -51,8 +55,10 @@ class PeerLinks:
         self._timeout_s = timeout_s
         self._keepalive_s = keepalive_s
         self._cooldown_s = 2 * timeout_s if cooldown_s is None else cooldown_s
+        self._idle_s = idle_s
         self._clock = clock
         self._links: OrderedDict[str, AsyncLink] = OrderedDict()
+        self._used: dict[str, float] = {}  # uri -> last use
         self._locks: dict[str, asyncio.Lock] = {}
         # uri -> (until, reason, the node whose certificate it presented if that was the fault)
         self._bad: dict[str, tuple[float, str, str | None]] = {}
@@ -91,6 +97,7 @@ class PeerLinks:
                 if node is not None and link.peer_cn() != node:
                     raise PeerImpostor(uri, f"the broker there is {link.peer_cn()!r}, not {node!r}")
                 self._links.move_to_end(uri)
+                self._used[uri] = self._clock()
                 return link
             if link is not None:
                 await self.close(uri)
@@ -114,6 +121,7 @@ class PeerLinks:
                 self._mark_bad(uri, exc.reason)
                 raise PeerUnreachable(uri, exc.reason) from None
             self._links[uri] = link
+            self._used[uri] = self._clock()
             while len(self._links) > self._max_links:
                 await self.close(next(iter(self._links)))
             return link
@@ -141,6 +149,7 @@ class PeerLinks:
 
     async def close(self, uri: str) -> None:
         link = self._links.pop(uri, None)
+        self._used.pop(uri, None)
         if link is not None:
             await link.close()
         lock = self._locks.get(uri)
@@ -148,9 +157,12 @@ class PeerLinks:
             del self._locks[uri]
 
     async def keep_only(self, uris: set[str]) -> None:
-        """Close every link whose broker is not in `uris` (the current view)."""
-        for uri in [u for u in self._links if u not in uris]:
-            await self.close(uri)
+        """Close every link whose broker is not in `uris` (the current view) and that is lost
+        or has not been used for `idle_s`."""
+        stale = self._clock() - self._idle_s
+        for uri, link in list(self._links.items()):
+            if uri not in uris and (not link.is_connected or self._used.get(uri, 0.0) <= stale):
+                await self.close(uri)
 
     async def close_all(self) -> None:
         for uri in list(self._links):
