@@ -585,8 +585,7 @@ def _published(s: pd.DataFrame) -> list[str]:
         "- Connection set-up time: a dial is counted as answered (or refused) within the "
         "cycle; the timeout added to the seconds covers a dead host that does not refuse.",
         "- The simulator pushes the state once per shuffle cycle; the node pushes it every "
-        "`neighbour_period_s` (5 s by default) and at each epoch's first price, whatever the "
-        "shuffle period. A failed push drops the neighbour at once, so at shuffle periods under "
+        "`neighbour_period_s` (5 s by default), whatever the shuffle period. A failed push drops the neighbour at once, so at shuffle periods under "
         "5 s a node may find a dead neighbour later than these seconds, by up to one push "
         "period.",
         "- The node's probes of lost neighbours and old contacts (every 2-4 periods), which "

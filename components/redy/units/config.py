@@ -170,8 +170,7 @@ class GovernanceConfig:
     neighbour_period_s: float = setting(
         5.0,
         help="How often the energy state also goes to every neighbour's broker (retained for"
-        " operators' tools; it expires after three periods). Each epoch's first price goes out"
-        " at once as well.",
+        " operators' tools; it expires after three periods).",
         unit="s",
         minimum=0.01,
         launch=True,
