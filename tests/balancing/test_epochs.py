@@ -132,6 +132,26 @@ def test_clock_offset_is_the_median_over_senders() -> None:
     assert far.skewed() and far.correction_s() == 0.0  # beyond the tolerance: no correction
 
 
+def test_clock_offset_worked_out_only_when_a_smallest_changes_is_still_the_median() -> None:
+    """The offset is cached between samples that leave every sender's smallest as it was; it
+    always equals the median worked out from scratch over each sender's last 8 differences,
+    through windows sliding past their smallest and senders pushed out past the bound."""
+    rng = random.Random(4)
+    o = ClockOffsets(max_senders=5, window=8)
+    history: dict[str, list[float]] = {}
+    for _ in range(3000):
+        sender = f"n{rng.randrange(7)}"
+        diff = rng.choice([0.2, 0.5]) + rng.expovariate(10.0)
+        o.sample(sender, sent_s=0.0, received_s=diff)
+        history[sender] = [*history.pop(sender, []), diff][-8:]
+        while len(history) > 5:
+            del history[next(iter(history))]
+        want = sorted(min(v) for v in history.values())
+        mid = len(want) // 2
+        median = want[mid] if len(want) % 2 else (want[mid - 1] + want[mid]) / 2
+        assert o.offset_s() == pytest.approx(median, abs=1e-12)
+
+
 class _OnItsClock:
     """A core whose clock is `ahead_s` ahead of the links' (true) time."""
 

@@ -279,15 +279,21 @@ class ClockOffsets:
         self._stale = False
 
     def sample(self, sender: Hashable, sent_s: float, received_s: float) -> None:
-        self._stale = True
         recent = self._latest.pop(sender, [])
+        before = min(recent) if recent else None
         recent.append(received_s - sent_s)
-        self._latest[sender] = recent[-self._window :]
+        del recent[: -self._window]
+        self._latest[sender] = recent
         while len(self._latest) > self._max:
             del self._latest[next(iter(self._latest))]
+            self._stale = True
+        # Most samples leave the sender's smallest as it was (queueing only adds): the median is
+        # worked out again only when one of the smallest changed.
+        if before is None or min(recent) != before:
+            self._stale = True
 
     def offset_s(self) -> float | None:
-        if self._stale:  # asked far more often than samples come: worked out once per sample
+        if self._stale:  # asked far more often than the smallest values change
             self._stale = False
             self._offset = (
                 float(statistics.median(min(v) for v in self._latest.values()))
