@@ -55,8 +55,9 @@ def _bids(rng: random.Random) -> list[Bid]:
 
 
 def test_clearing_matches_the_reference_solver() -> None:
-    """Bisection on the exact sum (not the reference's prefix sums): the same price to 1e-6
-    EUR/MWh and every bid's dispatch to 1e-6 kW, shortages and surpluses included."""
+    """The crossing of the exact sum, found on the line between two blocks' costs (not the
+    reference's prefix sums): the same price to 1e-6 EUR/MWh and every bid's dispatch to 1e-6
+    kW, shortages and surpluses included."""
     rng = random.Random(7)
     statuses = set()
     for _ in range(200):
@@ -251,6 +252,61 @@ def test_past_a_crowd_the_waves_slow_down_and_send_fewer_messages(grid_pki: Path
         assert last.epoch == 101 and last.heard == 29
         assert last.result.price_eur_mwh == pytest.approx(ref.price_eur_mwh, abs=1e-6)
 
+
+
+def test_past_a_crowd_offers_go_on_to_a_few_neighbours_to_the_same_exact_price(
+    grid_pki: Path,
+) -> None:
+    """40 nodes, views of about 12: in the second epoch (39 peers known) a node sends its own
+    offer to every neighbour but passes the others' on to `crowd_fanout` (6) of them only, a
+    draw per epoch. Each offer then reaches a node about half as many times over, and every
+    node still holds every offer and clears the exact price."""
+    bids, views, signers, verifier = _grid(grid_pki, 40, seed=9, c=12)
+    net = Net(views, latency_s=0.01, jitter_s=0.05)
+    relayed: dict[tuple[int, str], set[str]] = {}
+    act = net._act
+
+    def watch(node: str, now: float, actions: list[Action]) -> None:
+        for a in actions:
+            if isinstance(a, Send) and any(o.node != node for o in a.offers):
+                relayed.setdefault((a.epoch, node), set()).add(a.target)
+        act(node, now, actions)
+
+    net._act = watch  # type: ignore[method-assign]
+    cores = _cores(bids, views, signers, verifier)
+    net.run(cores, 399.0, 403.9)
+    first = net.offers
+    net.run(cores, 403.9, 406.5)
+    second = net.offers - first
+    assert second < 0.65 * first
+    for name in bids:
+        others = len(set(views[name]) - {name})
+        assert len(relayed[(100, name)]) == others  # the first epoch: every neighbour
+        assert len(relayed[(101, name)]) <= 6  # (fewer when a relay already has it all)
+    ref = reference.solve([bids[n] for n in sorted(bids)])
+    for name in bids:
+        (cleared,) = [c for c in net.cleared[name] if c.epoch == 101]
+        assert cleared.heard == 39
+        assert cleared.result.price_eur_mwh == pytest.approx(ref.price_eur_mwh, abs=1e-6)
+
+
+def test_nodes_waves_interleave_so_an_offer_waits_less_than_a_wave_per_hop(
+    grid_pki: Path,
+) -> None:
+    """Each node's waves keep the epoch's period at a phase of their own: an offer that
+    arrives just after one neighbour's wave waits for it, not for a wave at the same instant on
+    every node. With 300 ms waves (past the crowd) and 5 ms links, every node holds every
+    offer within one and a half waves, fewer than the two waves of hops that aligned waves
+    need at least."""
+    bids, views, signers, verifier = _grid(grid_pki, 40, seed=10, c=8)
+    net = Net(views, latency_s=0.005)
+    cores = _cores(bids, views, signers, verifier)
+    net.run(cores, 399.0, 403.9)
+    net.run(cores, 403.9, 406.5)
+    for name in bids:
+        (cleared,) = [c for c in net.cleared[name] if c.epoch == 101]
+        assert cleared.heard == 39
+        assert cleared.elapsed_s < 1.5 * 0.3
 
 def test_with_a_peer_of_the_last_epoch_missing_a_node_waits_three_waves_of_quiet(
     grid_pki: Path,

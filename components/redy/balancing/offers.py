@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
 import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -247,9 +248,9 @@ def clear(
     floor_eur_mwh: float = -500.0,
     cap_eur_mwh: float = 4000.0,
 ) -> ExactResult:
-    """The crossing of the offers' sum by bisection on the price (to float precision), snapped to
-    a step's cost when one lies in the last bracket; `own`: this node's offer, for its share of a
-    shortage or surplus."""
+    """The crossing of the offers' sum (exact: the sum is linear between the blocks' costs, so
+    it is found on the line between the two costs that bracket it, or at a step's cost); `own`:
+    this node's offer, for its share of a shortage or surplus."""
     s = _Sum(offers)
     if s.right(cap_eur_mwh) < 0:
         short = -s.right(cap_eur_mwh)
@@ -263,21 +264,25 @@ def clear(
         mine = max(_Sum([own]).left(floor_eur_mwh), 0.0)
         share = mine * excess / run if run > 0 else 0.0
         return ExactResult(floor_eur_mwh, "surplus", 0.0, excess_kw=share)
-    a, b = floor_eur_mwh, cap_eur_mwh  # right(a) may be < 0; right(b) >= 0
-    if s.right(a) >= 0:
-        b = a
-    for _ in range(200):
-        mid = (a + b) / 2
-        if not a < mid < b:
-            break
-        if s.right(mid) >= 0:
+    # The sum is linear between the blocks' costs (a ramp's ends, a step's cost): find, by
+    # bisection over those points, the first at which it reaches zero, then the crossing on the
+    # line before it (or at the point itself, a step or an exact zero).
+    points = np.unique(np.concatenate(([floor_eur_mwh, cap_eur_mwh], s.lo, s.hi)))
+    points = points[(points >= floor_eur_mwh) & (points <= cap_eur_mwh)]
+    a, b = 0, len(points) - 1  # right(points[b]) >= 0
+    while a < b:
+        mid = (a + b) // 2
+        if s.right(float(points[mid])) >= 0:
             b = mid
         else:
-            a = mid
-    price = b
-    near = s.steps[(s.steps >= a) & (s.steps <= b)]
-    if near.size:
-        price = float(near[0])
+            a = mid + 1
+    price = float(points[b])
+    below = s.left(price)
+    if b > 0 and below > 0:  # on the line from the point before, which it starts below zero
+        x0 = float(points[b - 1])
+        start = s.right(x0)
+        price = x0 + (price - x0) * (-start / (below - start))
+        price = min(max(price, x0), float(points[b]))
     left, right = s.left(price), s.right(price)
     share = 1.0
     if right > left and left <= 0 <= right:
@@ -337,6 +342,7 @@ class Timing:
     finish_by: float = 0.5
     crowd: int = 20
     crowd_wave_s: float = 0.3
+    crowd_fanout: int = 6
 
     def __attrs_post_init__(self) -> None:
         if not (self.epoch_s > 0 and self.settle_s > 0 and self.wave_s > 0):
@@ -345,12 +351,21 @@ class Timing:
             raise RedyError("offer market timing: expected crowd_wave_s >= wave_s")
         if not 0 < self.finish_by <= 1:
             raise RedyError("offer market timing: expected 0 < finish_by <= 1")
+        if self.crowd_fanout < 1:
+            raise RedyError("offer market timing: expected crowd_fanout >= 1")
 
     def for_peers(self, peers: int) -> tuple[float, float]:
         """The wave period and settling time for a node that last cleared with `peers`."""
         if peers <= self.crowd:
             return self.wave_s, self.settle_s
         return self.crowd_wave_s, self.settle_s + self.crowd_wave_s - self.wave_s
+
+
+def _draw(key: str) -> float:
+    """A number in [0, 1) drawn from `key`, the same on every run: a hash (CRC32 is linear, so
+    the draws of names that differ in a few characters come out related)."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
 def _batches(offers: Sequence[NodeOffer]) -> Iterable[tuple[NodeOffer, ...]]:
@@ -392,6 +407,7 @@ class OfferCore:
     ) -> None:
         self.node = node
         self.timing = timing
+        self._phase = _draw(node)  # of a wave: the nodes' waves interleave
         self._bids_of = bids
         self._neighbours = neighbours
         self._sign = sign
@@ -413,6 +429,7 @@ class OfferCore:
         self._dirty = False  # offers not yet passed on to every neighbour
         self._wave_at = 0.0  # when the next wave goes (while dirty)
         self._wave_s, self._settle_s = timing.wave_s, timing.settle_s  # by last epoch's size
+        self._fanout: int | None = None  # neighbours offers are passed on to (None: all)
         self._quiet_s = timing.settle_s  # the lull after which a node clears what it has
         self._awaiting = False  # some peer of the last epoch not yet heard from
         self._cleared_with = -1  # the version cleared last
@@ -428,7 +445,8 @@ class OfferCore:
         return self._start_of(self.epoch) + self.timing.finish_by * self.timing.epoch_s
 
     def _next_wave(self, now: float) -> float:
-        start, w = self._start_of(self.epoch), self._wave_s
+        w = self._wave_s
+        start = self._start_of(self.epoch) + self._phase * w
         return start + (math.floor((now - start) / w + 1e-9) + 1) * w
 
     def next_deadline(self) -> float:
@@ -493,6 +511,8 @@ class OfferCore:
         mine = self._sign(epoch, self._own)
         self._members = frozenset(self._known).difference(self._banned, (self.node,))
         self._wave_s, self._settle_s = self.timing.for_peers(len(self._members))
+        crowded = len(self._members) > self.timing.crowd
+        self._fanout = self.timing.crowd_fanout if crowded else None
         # While a peer of the last epoch is missing, a lull of a few waves is no sign that all
         # offers are in (a queue on a loaded host): wait for three waves' quiet, not one.
         self._awaiting = bool(self._members)  # until every one of them is in
@@ -532,10 +552,22 @@ class OfferCore:
             else:  # two offers signed by one node for one epoch: both go on, it is left out
                 self._banned.add(offer.node)
 
+    def _relays(self, targets: Sequence[NodeId]) -> list[NodeId]:
+        """The neighbours this epoch's waves pass offers on to: all of them, or past a crowd
+        `crowd_fanout` of them, drawn afresh each epoch (a rank per neighbour and epoch, so a
+        neighbour keeps its place while the view moves around it)."""
+        others = [t for t in targets if t != self.node]
+        if self._fanout is None or len(others) <= self._fanout:
+            return others
+        key = f"{self.node}/{self.epoch}/"
+        return sorted(others, key=lambda t: _draw(key + t))[: self._fanout]
+
     def _wave(self, out: list[Action]) -> None:
         self._dirty = False
         offers = list(self._by_sig.values())
-        for target in self._neighbours():
+        targets = self._neighbours()
+        # Our own offer goes to every neighbour at the start; then the chosen relays.
+        for target in targets if len(offers) == 1 else self._relays(targets):
             if target == self.node:
                 continue
             has = self._has.setdefault(target, set())
@@ -549,7 +581,8 @@ class OfferCore:
         if not self._running or self._cleared_with == len(self._by_sig):
             return
         self._cleared_with = len(self._by_sig)
-        held = [o.values for n, o in self._known.items() if n not in self._banned]
+        # In one order on every node: the same offers sum to the same price to the last bit.
+        held = [o.values for n, o in sorted(self._known.items()) if n not in self._banned]
         result = clear(held, self._own, self.floor_eur_mwh, self.cap_eur_mwh)
         heard = sum(1 for n in self._known if n != self.node and n not in self._banned)
         self.last = Cleared(self.epoch, result, self._bids, now - self._started_at, heard)

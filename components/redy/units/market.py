@@ -404,9 +404,8 @@ class MarketDriver:
         ]
         self._spawn(self._dispatch(orders))
         if c.epoch != self._announced_epoch:
-            # The state (to the neighbours too) goes out at once for an epoch's first price
-            # only: the offer market may refine it as late offers come, and those wait for the
-            # state's period rather than add a push to every neighbour each time.
+            # The local state goes out at once for an epoch's first price only: the offer
+            # market may refine it as late offers come, and those wait for the state's period.
             self._announced_epoch = c.epoch
             self._on_cleared()
         if isinstance(self.core, offer_market.OfferCore):
