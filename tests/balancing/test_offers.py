@@ -253,14 +253,13 @@ def test_past_a_crowd_the_waves_slow_down_and_send_fewer_messages(grid_pki: Path
         assert last.result.price_eur_mwh == pytest.approx(ref.price_eur_mwh, abs=1e-6)
 
 
-
 def test_past_a_crowd_offers_go_on_to_a_few_neighbours_to_the_same_exact_price(
     grid_pki: Path,
 ) -> None:
     """40 nodes, views of about 12: in the second epoch (39 peers known) a node sends its own
-    offer to every neighbour but passes the others' on to `crowd_fanout` (6) of them only, a
-    draw per epoch. Each offer then reaches a node about half as many times over, and every
-    node still holds every offer and clears the exact price."""
+    offer to every neighbour but passes the others' on to `crowd_fanout` (8) of them only, a
+    draw per epoch. Each offer then reaches a node about a third fewer times, and every node
+    still holds every offer and clears the exact price."""
     bids, views, signers, verifier = _grid(grid_pki, 40, seed=9, c=12)
     net = Net(views, latency_s=0.01, jitter_s=0.05)
     relayed: dict[tuple[int, str], set[str]] = {}
@@ -278,11 +277,11 @@ def test_past_a_crowd_offers_go_on_to_a_few_neighbours_to_the_same_exact_price(
     first = net.offers
     net.run(cores, 403.9, 406.5)
     second = net.offers - first
-    assert second < 0.65 * first
+    assert second < 0.8 * first
     for name in bids:
         others = len(set(views[name]) - {name})
         assert len(relayed[(100, name)]) == others  # the first epoch: every neighbour
-        assert len(relayed[(101, name)]) <= 6  # (fewer when a relay already has it all)
+        assert len(relayed[(101, name)]) <= 8  # (fewer when a relay already has it all)
     ref = reference.solve([bids[n] for n in sorted(bids)])
     for name in bids:
         (cleared,) = [c for c in net.cleared[name] if c.epoch == 101]
@@ -307,6 +306,7 @@ def test_nodes_waves_interleave_so_an_offer_waits_less_than_a_wave_per_hop(
         (cleared,) = [c for c in net.cleared[name] if c.epoch == 101]
         assert cleared.heard == 39
         assert cleared.elapsed_s < 1.5 * 0.3
+
 
 def test_with_a_peer_of_the_last_epoch_missing_a_node_waits_three_waves_of_quiet(
     grid_pki: Path,
