@@ -152,6 +152,40 @@ async def test_receive_maximum_2_and_no_acks_never_raise_overflow() -> None:
     assert any("window full" in o for o in outcomes), outcomes
 
 
+async def test_send_puts_a_publish_on_the_wire_at_once_and_acked_waits_for_its_puback(
+    process_broker: Any,
+) -> None:
+    """`send` is a plain call: the packet goes out with no turn of the event loop first (the
+    governance publishes an epoch's first price that way, ahead of the gossip queued behind
+    it). The PUBACK is awaited apart with `acked`; at QoS 0 there is nothing to wait for."""
+    broker = process_broker("gas-1")
+    got: list[bytes] = []
+    watch = AsyncLink(
+        broker.uri,
+        "watch",
+        user="operator",
+        password=broker.credentials.password("operator"),
+        timeout_s=2.0,
+        subscriptions=("redy/gas-1/grid/gossip/+",),
+        on_message=lambda _t, payload, _p: got.append(payload),
+    )
+    await watch.connect()
+    link = _grid_link(broker)
+    await link.connect()
+    try:
+        ack = link.send("redy/gas-1/grid/gossip/me", b'{"n": 1}', qos=1)  # a plain call
+        assert ack is not None
+        await link.acked(ack)
+        assert link.send("redy/gas-1/grid/gossip/me", b'{"n": 2}', qos=0) is None
+        async with asyncio.timeout(5.0):
+            while len(got) < 2:
+                await asyncio.sleep(0.05)
+        assert got == [b'{"n": 1}', b'{"n": 2}']
+    finally:
+        await link.close()
+        await watch.close()
+
+
 async def test_peer_links_remember_a_bad_broker_and_fail_fast(tmp_path: Path) -> None:
     async with _listener(_silent) as port:
         me = pki.issue(tmp_path, "me", ["127.0.0.1"])

@@ -250,9 +250,17 @@ class AsyncLink:
         **properties: Any,
     ) -> None:
         """Publish and, for QoS 1, wait for the PUBACK; DeliveryFailed otherwise."""
+        ack = self.send(topic, payload, qos=qos, retain=retain, **properties)
+        if ack is not None:
+            await self.acked(ack, timeout_s)
+
+    def send(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, **properties: Any
+    ) -> tuple[int, asyncio.Future[None]] | None:
+        """Hand a publish to the socket now, with no await before it goes out; what `acked`
+        waits on (QoS 1) or None (QoS 0). DeliveryFailed if it cannot be sent."""
         if not self.is_connected:
             raise DeliveryFailed(self.uri, "not connected")
-        timeout = self.timeout_s if timeout_s is None else timeout_s
         try:
             mid = self._client.publish_mid(
                 gmqtt.Message(topic, payload, qos=qos, retain=retain, **properties)
@@ -262,8 +270,15 @@ class AsyncLink:
         except Exception as exc:
             raise DeliveryFailed(self.uri, _reason(exc)) from None
         if qos == 0:
-            return
-        fut = self._client.ack_future(mid)
+            return None
+        return mid, self._client.ack_future(mid)
+
+    async def acked(
+        self, ack: tuple[int, asyncio.Future[None]], timeout_s: float | None = None
+    ) -> None:
+        """Wait for the PUBACK of a `send`; DeliveryFailed if none comes within the timeout."""
+        mid, fut = ack
+        timeout = self.timeout_s if timeout_s is None else timeout_s
         try:
             async with asyncio.timeout(timeout):
                 await fut
