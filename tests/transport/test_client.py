@@ -40,6 +40,21 @@ def _grid_link(broker: Any, timeout_s: float = 0.5) -> AsyncLink:
     )
 
 
+async def _watch_gossip(broker: Any, got: list[bytes]) -> AsyncLink:
+    """An operator's link that appends every gossip payload on `broker` to `got`."""
+    watch = AsyncLink(
+        broker.uri,
+        "watch",
+        user="operator",
+        password=broker.credentials.password("operator"),
+        timeout_s=2.0,
+        subscriptions=("redy/gas-1/grid/gossip/+",),
+        on_message=lambda _t, payload, _p: got.append(payload),
+    )
+    await watch.connect()
+    return watch
+
+
 async def test_publish_waits_for_the_puback_of_a_real_broker(process_broker: Any) -> None:
     broker = process_broker("gas-1")
     link = _grid_link(broker)
@@ -57,16 +72,7 @@ async def test_a_qos_0_publish_is_sent_and_not_reported_as_failed(process_broker
     neighbour as unreachable.)"""
     broker = process_broker("gas-1")
     got: list[bytes] = []
-    watch = AsyncLink(
-        broker.uri,
-        "watch",
-        user="operator",
-        password=broker.credentials.password("operator"),
-        timeout_s=2.0,
-        subscriptions=("redy/gas-1/grid/gossip/+",),
-        on_message=lambda _t, payload, _p: got.append(payload),
-    )
-    await watch.connect()
+    watch = await _watch_gossip(broker, got)
     link = _grid_link(broker)
     await link.connect()
     try:
@@ -160,16 +166,7 @@ async def test_send_puts_a_publish_on_the_wire_at_once_and_acked_waits_for_its_p
     it). The PUBACK is awaited apart with `acked`; at QoS 0 there is nothing to wait for."""
     broker = process_broker("gas-1")
     got: list[bytes] = []
-    watch = AsyncLink(
-        broker.uri,
-        "watch",
-        user="operator",
-        password=broker.credentials.password("operator"),
-        timeout_s=2.0,
-        subscriptions=("redy/gas-1/grid/gossip/+",),
-        on_message=lambda _t, payload, _p: got.append(payload),
-    )
-    await watch.connect()
+    watch = await _watch_gossip(broker, got)
     link = _grid_link(broker)
     await link.connect()
     try:
