@@ -63,6 +63,7 @@ class Governance:
         self._neighbour_push = NeighbourPush(config.neighbour_period_s)
         self._pushing: asyncio.Task[None] | None = None
         self._acking: set[asyncio.Task[None]] = set()  # PUBACKs of states sent at once
+        self._next_state_at = math.inf  # when the state task publishes next, unless dirty
         self._link = self._session(
             "governance",
             peers=False,
@@ -231,14 +232,14 @@ class Governance:
         publishes a 4 s epoch at 50 nodes)."""
         topic = render("node_state", node=self.node)
         spec, _ = CONTRACT.match(topic)
-        try:
-            ack = self._link.send(
-                topic, messages.encode(self._energy_state()), qos=spec.qos, retain=spec.retained
-            )
-        except DeliveryFailed as exc:
-            _log.warning("node=%s could not publish %s: %s", self.node, topic, exc.reason)
+        try:  # in the market's loop: nothing here may raise
+            payload = messages.encode(self._energy_state())
+            ack = self._link.send(topic, payload, qos=spec.qos, retain=spec.retained)
+        except (DeliveryFailed, InvalidMessage) as exc:
+            _log.warning("node=%s could not publish %s: %s", self.node, topic, exc)
             self._dirty.set()  # the state task tries again
             return
+        self._next_state_at = time.monotonic() + self.config.period_s  # the next, after this
         if ack is not None:
             task = asyncio.create_task(self._state_acked(topic, ack))
             self._acking.add(task)
@@ -280,12 +281,16 @@ class Governance:
 
     async def _state_task(self) -> None:
         period = self.config.period_s
+        self._next_state_at = time.monotonic() + period
         while True:
             # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancellation that
             # arrives as the event is set, and the unit would never stop.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(period):
+                async with asyncio.timeout(max(0.0, self._next_state_at - time.monotonic())):
                     await self._dirty.wait()
+            if not self._dirty.is_set() and time.monotonic() < self._next_state_at:
+                continue  # a first price's state went out meanwhile: a period after it
+            self._next_state_at = time.monotonic() + period
             self._dirty.clear()
             if self._announce and self._link.is_connected:
                 self._announce = not await self.publish_local(
