@@ -40,8 +40,10 @@ def _grid_link(broker: Any, timeout_s: float = 0.5) -> AsyncLink:
     )
 
 
-async def _watch_gossip(broker: Any, got: list[bytes]) -> AsyncLink:
-    """An operator's link that appends every gossip payload on `broker` to `got`."""
+@asynccontextmanager
+async def _watched_grid_link(broker: Any, got: list[bytes]) -> AsyncIterator[AsyncLink]:
+    """A connected grid link to `broker`, while an operator's link appends every gossip payload
+    there to `got` (awaited by `_until`); both closed afterwards."""
     watch = AsyncLink(
         broker.uri,
         "watch",
@@ -52,7 +54,19 @@ async def _watch_gossip(broker: Any, got: list[bytes]) -> AsyncLink:
         on_message=lambda _t, payload, _p: got.append(payload),
     )
     await watch.connect()
-    return watch
+    link = _grid_link(broker)
+    try:
+        await link.connect()
+        yield link
+    finally:
+        await link.close()
+        await watch.close()
+
+
+async def _until(got: list[bytes], n: int) -> None:
+    async with asyncio.timeout(5.0):
+        while len(got) < n:
+            await asyncio.sleep(0.05)
 
 
 async def test_publish_waits_for_the_puback_of_a_real_broker(process_broker: Any) -> None:
@@ -72,18 +86,10 @@ async def test_a_qos_0_publish_is_sent_and_not_reported_as_failed(process_broker
     neighbour as unreachable.)"""
     broker = process_broker("gas-1")
     got: list[bytes] = []
-    watch = await _watch_gossip(broker, got)
-    link = _grid_link(broker)
-    await link.connect()
-    try:
+    async with _watched_grid_link(broker, got) as link:
         for i in range(5):
             await link.publish("redy/gas-1/grid/gossip/me", b'{"n": %d}' % i, qos=0)
-        async with asyncio.timeout(5.0):
-            while len(got) < 5:
-                await asyncio.sleep(0.05)
-    finally:
-        await link.close()
-        await watch.close()
+        await _until(got, 5)
     assert got == [b'{"n": %d}' % i for i in range(5)]
 
 
@@ -166,21 +172,13 @@ async def test_send_puts_a_publish_on_the_wire_at_once_and_acked_waits_for_its_p
     it). The PUBACK is awaited apart with `acked`; at QoS 0 there is nothing to wait for."""
     broker = process_broker("gas-1")
     got: list[bytes] = []
-    watch = await _watch_gossip(broker, got)
-    link = _grid_link(broker)
-    await link.connect()
-    try:
+    async with _watched_grid_link(broker, got) as link:
         ack = link.send("redy/gas-1/grid/gossip/me", b'{"n": 1}', qos=1)  # a plain call
         assert ack is not None
         await link.acked(ack)
         assert link.send("redy/gas-1/grid/gossip/me", b'{"n": 2}', qos=0) is None
-        async with asyncio.timeout(5.0):
-            while len(got) < 2:
-                await asyncio.sleep(0.05)
-        assert got == [b'{"n": 1}', b'{"n": 2}']
-    finally:
-        await link.close()
-        await watch.close()
+        await _until(got, 2)
+    assert got == [b'{"n": 1}', b'{"n": 2}']
 
 
 async def test_peer_links_remember_a_bad_broker_and_fail_fast(tmp_path: Path) -> None:

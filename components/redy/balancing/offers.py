@@ -226,7 +226,6 @@ class _Sum:
         self.base = base
         self.kw, self.lo, self.hi = np.array(kw), np.array(lo), np.array(hi)
         self.ramp = self.hi > self.lo
-        self.steps = np.unique(self.lo[~self.ramp])
 
     def _ramps(self, p: float) -> float:
         r = self.ramp
