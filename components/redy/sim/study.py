@@ -585,9 +585,15 @@ def _published(s: pd.DataFrame) -> list[str]:
         "- Connection set-up time: a dial is counted as answered (or refused) within the "
         "cycle; the timeout added to the seconds covers a dead host that does not refuse.",
         "- The simulator pushes the state once per shuffle cycle; the node pushes it every "
-        "`neighbour_period_s` (5 s by default), whatever the shuffle period. A failed push drops the neighbour at once, so at shuffle periods under "
-        "5 s a node may find a dead neighbour later than these seconds, by up to one push "
-        "period.",
+        "`neighbour_period_s` (5 s by default), whatever the shuffle period. A failed push "
+        "drops the neighbour at once, so at shuffle periods under 5 s a node may find a dead "
+        "neighbour later than these seconds, by up to one push period.",
+        "- The node keeps a link to a broker after its entry leaves the view, until the link "
+        "goes unused for 60 s, and `verify` takes a live link to an admitted entry as its "
+        "answer instead of dialling again. A killed node's link closes with its process, so "
+        "the dial then happens and is refused, as simulated; a stalled broker behind a live "
+        "link is found by the next QoS 1 publish to it (state push, shuffle) or by the "
+        "keepalive, not by the dial.",
         "- The node's probes of lost neighbours and old contacts (every 2-4 periods), which "
         "merge islands, are not simulated: the largest-component figures are lower bounds. "
         "At c <= 8 the verify detector leaves more survivors outside the largest component "
