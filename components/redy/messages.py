@@ -146,12 +146,14 @@ class ShuffleReply:
 
 @attrs.frozen(kw_only=True)
 class NodeOffer:
-    """A node's offer for one epoch (redy.balancing.offers), signed with its node key."""
+    """A node's offer for one epoch (redy.balancing.offers), signed with its node key; its
+    certificate rides along only to a neighbour not known to hold it."""
 
     node: str
     epoch: int
     values: tuple[float, ...]
-    cert: str
+    session: int | None = None
+    cert: str | None = None
     sig: str
 
 
@@ -346,7 +348,9 @@ def _convert(f: FieldSpec, value: Any) -> Any:
 # hears each offer from most of its neighbours. Each is checked and built once; a later copy
 # equal to it, field for field, is the same message. Bounded: the oldest half goes when full.
 _SIGNED_MEMO_SIZE = 4096
-_SIGNED: dict[tuple[str, str], tuple[dict[str, Any], Any]] = {}
+# Keyed by the signature and the number of fields: a copy with its certificate and one without
+# are both kept.
+_SIGNED: dict[tuple[str, str, int], tuple[dict[str, Any], Any]] = {}
 _SIGNED_TYPES = frozenset(
     name for name, t in CONTRACT.types.items() if any(f.name == "sig" for f in t.fields)
 )
@@ -357,7 +361,7 @@ def _seen(type_name: str, value: Any) -> Any:
     if type_name not in _SIGNED_TYPES or type(value) is not dict:
         return None
     sig = value.get("sig")
-    hit = _SIGNED.get((type_name, sig)) if type(sig) is str else None
+    hit = _SIGNED.get((type_name, sig, len(value))) if type(sig) is str else None
     return hit[1] if hit is not None and hit[0] == value else None
 
 
@@ -371,7 +375,7 @@ def _nested(type_name: str, value: Any) -> Any:
         if len(_SIGNED) >= _SIGNED_MEMO_SIZE:
             for key in list(_SIGNED)[: _SIGNED_MEMO_SIZE // 2]:
                 _SIGNED.pop(key, None)  # another thread may have taken it
-        _SIGNED[(type_name, value["sig"])] = (value, msg)
+        _SIGNED[(type_name, value["sig"], len(value))] = (value, msg)
     return msg
 
 

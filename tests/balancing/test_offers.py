@@ -186,6 +186,26 @@ def _cores(
     }
 
 
+def _own_core(
+    name: str, bids: list[Bid], view: list[str], signer: Signer, ca: Path
+) -> tuple[OfferCore, Verifier]:
+    """A node as the governance builds it: its own verifier, certificates sent once per
+    neighbour, its own offer held to its certified limits."""
+    verifier = Verifier(ca, CAPACITY_KW)
+    core = OfferCore(
+        name,
+        Timing(epoch_s=4.0),
+        lambda: bids,
+        lambda: view,
+        signer.sign,
+        verifier.refusal,
+        CAPACITY_KW,
+        bounds_kw=signer.grant.bounds_kw(CAPACITY_KW),
+        cert_of=verifier.cert_of,
+    )
+    return core, verifier
+
+
 def test_every_node_clears_the_exact_price_in_a_few_hops(grid_pki: Path) -> None:
     bids, views, signers, verifier = _grid(grid_pki, 30)
     net = Net(views)
@@ -337,12 +357,14 @@ def _hostile(
     offers: list[messages.NodeOffer],
     start: float = 399.0,
 ) -> Net:
-    """A member ('n1', its own core replaced) sends `offers` to every node it knows."""
+    """A member ('n1', its own core replaced) sends `offers` to every node it knows, just
+    after epoch 100 starts (an unsigned message stamped with an epoch that has not started
+    ends nothing: test_a_forged_early_message_ends_no_epoch)."""
     cores = _cores(bids, views, signers, verifier)
     del cores["n1"]
     net = Net(views)
     for target in views["n1"]:
-        net.deliver(start + 0.01, target, Received("n1", 100, tuple(offers)))
+        net.deliver(start + 1.01, target, Received("n1", 100, tuple(offers)))
     net.run(cores, start, start + 2.0)
     return net
 
@@ -432,3 +454,132 @@ def test_offers_of_another_epoch_are_ignored(grid_pki: Path) -> None:
             assert net.cleared[name][-1].result.price_eur_mwh == pytest.approx(
                 ref.price_eur_mwh, abs=1e-6
             )
+
+
+# --- certified limits, roles, early epochs, certificates sent once ------------------------------
+
+
+def test_a_household_offering_megawatts_is_held_to_its_certified_size(tmp_path: Path) -> None:
+    """n1, certified for 20 kW import and 10 kW export, signs 9 MW at the floor, then 9 MW of
+    load at the cap: every honest node drops both, naming n1, and clears at the honest optimum.
+    Within its limits (its full 10 kW at the floor) it moves the price exactly as an honest
+    member of that size would."""
+    pki.ensure_ca(tmp_path)
+    bids, views, signers, verifier = _grid(tmp_path, 12, seed=3)
+    signers["n1"] = Signer(pki.issue(tmp_path, "n1", ["127.0.0.1"], pki.Grant("node", 20.0, 10.0)))
+    verifier = Verifier(pki.pki_dir(tmp_path) / "ca.crt", CAPACITY_KW)
+    for lie in [(0.0, 9000.0, -500.0, -500.0), (-9000.0,)]:
+        net = _hostile(tmp_path, bids, views, signers, verifier, [signers["n1"].sign(100, lie)])
+        reasons = [d.reason for _, d in net.dropped if d.sender == "n1"]
+        assert reasons and all("certified limits of -20..10 kW" in r for r in reasons)
+        assert all("offer of n1" in r for r in reasons)
+        ref = _reference_without(bids, "n1")
+        for name in bids:
+            if name != "n1":
+                got = net.cleared[name][-1].result.price_eur_mwh
+                assert got == pytest.approx(ref.price_eur_mwh, abs=1e-6)
+    legal = signers["n1"].sign(100, (0.0, 10.0, -500.0, -500.0))
+    net = _hostile(tmp_path, bids, views, signers, verifier, [legal])
+    ref = _reference_without(dict(bids, n1=[Dispatchable(0.0, 10.0, -500.0)]))
+    for name in bids:
+        if name != "n1":
+            got = net.cleared[name][-1].result.price_eur_mwh
+            assert got == pytest.approx(ref.price_eur_mwh, abs=1e-6)
+
+
+def test_an_honest_node_bids_no_more_than_its_certificate(tmp_path: Path) -> None:
+    signer = Signer(pki.issue(tmp_path, "gas-7", [], pki.Grant("node", 5.0, 400.0)))
+    values = offer_values(
+        [Fixed(-2.0), Dispatchable(0, 2000, 60.0)], CAPACITY_KW, signer.grant.bounds_kw(1e4)
+    )
+    assert values == (-2.0, 402.0, 60.0, 60.0)  # 2000 kW cut to the 400 kW export, net
+
+
+def test_operators_and_reserved_names_are_no_members(tmp_path: Path) -> None:
+    """An operator's certificate (CN operator.PERSON, role operator) signs a valid offer: every
+    node drops it. So does a certificate of a reserved name from before roles (no grant), and
+    no node certificate can be issued under a reserved name."""
+    pki.ensure_ca(tmp_path)
+    verifier = Verifier(pki.pki_dir(tmp_path) / "ca.crt", CAPACITY_KW)
+    op = Signer(pki.issue_operator(tmp_path, "alice"))
+    assert op.node == "operator.alice"
+    why = verifier.refusal(op.sign(100, (-1.0,)))
+    assert why is not None and "role operator, not a node" in why
+    legacy = Signer(pki._issue(tmp_path, "operator", ["127.0.0.1"], pki.Grant()))
+    why = verifier.refusal(legacy.sign(100, (-1.0,)))
+    assert why is not None and "reserved name 'operator'" in why
+    for name in pki.RESERVED_NAMES:
+        with pytest.raises(pki.BrokerError, match="reserved"):
+            pki.issue(tmp_path, name, ["127.0.0.1"])
+
+
+def _early_starts(net: Net, cores: dict[str, OfferCore], start: float) -> set[str]:
+    """Run epoch 99's last second; the nodes that sent an offer of epoch 100 before 400 s."""
+    early: set[str] = set()
+    send = net._act
+
+    def spy(node: str, now: float, actions: list[Action]) -> None:
+        if now < 400.0 and any(isinstance(a, Send) and a.epoch == 100 for a in actions):
+            early.add(node)
+        send(node, now, actions)
+
+    net._act = spy  # type: ignore[method-assign]
+    net.run(cores, start, 400.5)
+    return early
+
+
+def test_a_forged_early_message_ends_no_epoch(grid_pki: Path) -> None:
+    """In the last quarter of epoch 99 a member sends messages stamped with epoch 100 that
+    carry no valid offer: no node ends epoch 99 or starts 100 before its own clock says so. A
+    member's genuine early offer does (its clock is a little ahead): its receivers start,
+    and theirs in turn."""
+    bids, views, signers, verifier = _grid(grid_pki, 12, seed=7)
+    forged = attrs.evolve(signers["n3"].sign(100, (0.0,)), values=(-5000.0,))
+    for offer, starts in [(forged, False), (signers["n1"].sign(100, (0.0,)), True)]:
+        cores = _cores(bids, views, signers, verifier)
+        del cores["n1"]
+        net = Net(views)
+        net.run(cores, 396.0, 399.0)
+        for target in views["n1"]:
+            net.deliver(399.01, target, Received("n1", 100, (offer,)))
+        early = _early_starts(net, cores, 399.0)
+        direct = {t for t in views["n1"] if t in cores}
+        assert early >= direct if starts else early == set()
+
+
+def test_certificates_go_once_per_neighbour_and_again_after_a_restart(tmp_path: Path) -> None:
+    """Each node sends a neighbour each node's certificate once: in the second epoch no offer
+    carries one, and every node still clears the exact price. A node that restarts (a new
+    session, no certificates held) gets them again and clears with every peer within an
+    epoch of its return."""
+    pki.ensure_ca(tmp_path)
+    ca = pki.pki_dir(tmp_path) / "ca.crt"
+    bids, views, _, _ = _grid(tmp_path, 20, seed=9)
+    idents = {n: pki.identity(tmp_path, n) for n in bids}
+    cores = {n: _own_core(n, bids[n], views[n], Signer(idents[n], session=1), ca)[0] for n in bids}
+    net = Net(views)
+    carried: list[messages.NodeOffer] = []
+    send = net._act
+
+    def spy(node: str, now: float, actions: list[Action]) -> None:
+        carried.extend(o for a in actions if isinstance(a, Send) for o in a.offers)
+        send(node, now, actions)
+
+    net._act = spy  # type: ignore[method-assign]
+    net.run(cores, 399.0, 401.0)
+    first = sum(o.cert is not None for o in carried)
+    assert first >= len(bids)  # every node's certificate went out
+    carried.clear()
+    net.run(cores, 403.9, 405.0)
+    assert carried and not any(o.cert is not None for o in carried)
+    ref = _reference_without(bids)
+    for name in bids:
+        last = net.cleared[name][-1]
+        assert last.epoch == 101 and last.heard == 19
+        assert last.result.price_eur_mwh == pytest.approx(ref.price_eur_mwh, abs=1e-6)
+    # n4 restarts: a new core and verifier (it holds no certificate), a new session.
+    cores["n4"] = _own_core("n4", bids["n4"], views["n4"], Signer(idents["n4"], session=2), ca)[0]
+    net.run(cores, 407.9, 413.0)
+    (late,) = [c for c in net.cleared["n4"] if c.epoch == 103][-1:]
+    assert late.heard == 19
+    assert late.result.price_eur_mwh == pytest.approx(ref.price_eur_mwh, abs=1e-6)

@@ -48,28 +48,36 @@ from redy.balancing.curves import Bid
 from redy.balancing.epochs import Cleared, Dropped, Tick
 from redy.errors import RedyError
 from redy.messages import NodeOffer
-from redy.pki import Identity, common_name
+from redy.pki import Grant, Identity, common_name, grant_of, member_refusal
 
 NodeId = str
 
 MAX_BLOCKS = 64  # per offer (the contract's list length is 1 + 3 x this)
 MESSAGE_BYTES = 40_000  # offers per message are batched up to about this (payload limit 64 KiB)
 MAX_NODES = 10_000  # offers a node keeps per epoch
+# A node sends a neighbour each node's certificate once, then again after this many epochs (a
+# message at QoS 0 may have been lost) or when the neighbour's session changes (it restarted).
+CERT_REFRESH_EPOCHS = 64
+_PENDING_PER_NODE = 4  # offers without a certificate that wait for one, per node
 
 
 # --- offers ------------------------------------------------------------------------------------
 
 
-def offer_values(bids: Iterable[Bid], capacity_kw: float = math.inf) -> tuple[float, ...]:
+def offer_values(
+    bids: Iterable[Bid], capacity_kw: float = math.inf, bounds_kw: tuple[float, float] | None = None
+) -> tuple[float, ...]:
     """A node's bids as one offer: base_kw, then (kw, cost_lo, cost_hi) per block; held to
-    -capacity..capacity kW of net injection (the must-run part first, the dearest blocks cut)."""
+    `bounds_kw` (its certified -import..export kW of net injection; default -capacity..capacity),
+    the must-run part first, the dearest blocks cut."""
+    lo_kw, hi_kw = bounds_kw if bounds_kw is not None else (-capacity_kw, capacity_kw)
     base, blocks = 0.0, []
     for b in bids:
         o = b.offer()
         base += o.base_kw
         blocks += [(k.kw, k.cost_lo_eur_mwh, k.cost_hi_eur_mwh) for k in o.blocks if k.kw > 0]
-    base = min(max(base, -capacity_kw), capacity_kw)
-    room = capacity_kw - base
+    base = min(max(base, lo_kw), hi_kw)
+    room = hi_kw - base
     kept: list[float] = [base]
     for kw, lo, hi in sorted(blocks, key=lambda x: (x[1], x[2]))[:MAX_BLOCKS]:
         take = min(kw, room)
@@ -80,8 +88,11 @@ def offer_values(bids: Iterable[Bid], capacity_kw: float = math.inf) -> tuple[fl
     return tuple(float(v) for v in kept)
 
 
-def offer_refusal(values: Sequence[float], capacity_kw: float) -> str | None:
-    """Why an offer breaks the grid's bounds (None: it keeps them)."""
+def offer_refusal(
+    values: Sequence[float], capacity_kw: float, bounds_kw: tuple[float, float] | None = None
+) -> str | None:
+    """Why an offer breaks its form or its bounds (None: it keeps them): `bounds_kw`, the
+    signer's certified -import..export kW of net injection, else the grid's +-capacity_kw."""
     if len(values) % 3 != 1 or len(values) > 1 + 3 * MAX_BLOCKS:
         return f"{len(values)} values, expected base_kw then up to {MAX_BLOCKS} (kw, lo, hi)"
     base = values[0]
@@ -91,55 +102,93 @@ def offer_refusal(values: Sequence[float], capacity_kw: float) -> str | None:
         return "a block of no or negative kW"
     if any(lo > hi for lo, hi in zip(values[2::3], values[3::3], strict=True)):
         return "a block whose marginal cost falls"
+    lo_kw, hi_kw = bounds_kw if bounds_kw is not None else (-capacity_kw, capacity_kw)
     tol = 1e-9 * max(capacity_kw, 1.0)
-    if not (-capacity_kw - tol <= base and top <= capacity_kw + tol):
+    if not (lo_kw - tol <= base and top <= hi_kw + tol):
+        what = "its certified limits" if bounds_kw is not None else "the grid's bound"
         return (
-            f"net injection from {base:.6g} to {top:.6g} kW, beyond the grid's bound of"
-            f" +-{capacity_kw:g} kW"
+            f"net injection from {base:.6g} to {top:.6g} kW, beyond {what} of"
+            f" {lo_kw:g}..{hi_kw:g} kW"
         )
     return None
 
 
-def _signed_bytes(node: str, epoch: int, values: Sequence[float]) -> bytes:
-    return orjson.dumps([node, epoch, [float(v) for v in values]])
+def _signed_bytes(
+    node: str, epoch: int, values: Sequence[float], session: int | None = None
+) -> bytes:
+    body: list[object] = [node, epoch, [float(v) for v in values]]
+    if session is not None:
+        body.append(session)
+    return orjson.dumps(body)
 
 
 class Signer:
-    """Signs this node's offers with the key of its TLS identity."""
+    """Signs this node's offers with the key of its TLS identity; knows the limits its
+    certificate states (`grant`) and when this signer started (`session`, UNIX ms)."""
 
-    def __init__(self, identity: Identity) -> None:
+    def __init__(self, identity: Identity, session: int | None = None) -> None:
         key = serialization.load_pem_private_key(identity.key.read_bytes(), password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise RedyError(f"{identity.key}: expected an EC private key")
         self._key = key
         cert = x509.load_pem_x509_certificate(identity.cert.read_bytes())
-        self._cert = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
+        self.cert = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
         self.node = common_name(cert.public_bytes(serialization.Encoding.DER)) or ""
+        self.grant = grant_of(cert)
+        self.session = session
 
     def sign(self, epoch: int, values: Sequence[float]) -> NodeOffer:
-        sig = self._key.sign(_signed_bytes(self.node, epoch, values), ec.ECDSA(hashes.SHA256()))
+        body = _signed_bytes(self.node, epoch, values, self.session)
+        sig = self._key.sign(body, ec.ECDSA(hashes.SHA256()))
         return NodeOffer(
             node=self.node,
             epoch=epoch,
             values=tuple(float(v) for v in values),
-            cert=self._cert,
+            session=self.session,
+            cert=self.cert,
             sig=base64.b64encode(sig).decode(),
         )
 
 
+@attrs.frozen
+class _Member:
+    """A certificate checked once: the member it names, its key and what the CA grants."""
+
+    cert: str
+    node: str
+    key: ec.EllipticCurvePublicKey
+    grant: Grant
+
+
 class Verifier:
-    """Checks that an offer is signed by a certificate of the grid CA that names its node.
-    Certificates already checked are kept (bounded)."""
+    """Checks that an offer is signed by a certificate of the grid CA that names its node, that
+    the certificate makes a member (a node's, not an operator's; no reserved name), and that the
+    offer stays within the limits the certificate states (`capacity_kw` where it states none).
 
-    def __init__(self, ca: Path, max_certs: int = 4096) -> None:
+    An offer may come without its certificate (its senders send it once per neighbour): it is
+    then checked with the certificate held for its node, and `refusal` says so if none is held
+    (`cert_missing`: the offer waits for a copy that carries it). Certificates are kept
+    (bounded), per node the last one that checked."""
+
+    def __init__(self, ca: Path, capacity_kw: float = math.inf, max_certs: int = 4096) -> None:
         self._ca = x509.load_pem_x509_certificate(ca.read_bytes())
-        self._keys: dict[str, tuple[str, ec.EllipticCurvePublicKey]] = {}
+        self.capacity_kw = capacity_kw
+        self._by_cert: dict[str, _Member | str] = {}
+        self._by_node: dict[str, _Member] = {}
         self._max = max_certs
+        self.checked = 0  # signatures verified
 
-    def _key(self, cert_b64: str) -> tuple[str, ec.EllipticCurvePublicKey] | str:
-        got = self._keys.get(cert_b64)
+    def _member(self, cert_b64: str) -> _Member | str:
+        got = self._by_cert.get(cert_b64)
         if got is not None:
             return got
+        got = self._check(cert_b64)
+        if len(self._by_cert) >= self._max:
+            self._by_cert.clear()
+        self._by_cert[cert_b64] = got
+        return got
+
+    def _check(self, cert_b64: str) -> _Member | str:
         try:
             cert = x509.load_der_x509_certificate(base64.b64decode(cert_b64, validate=True))
             cert.verify_directly_issued_by(self._ca)
@@ -152,27 +201,52 @@ class Verifier:
         cn = common_name(cert.public_bytes(serialization.Encoding.DER))
         if not isinstance(key, ec.EllipticCurvePublicKey) or cn is None:
             return "a certificate with no EC key or no common name"
-        if len(self._keys) >= self._max:
-            self._keys.clear()
-        self._keys[cert_b64] = (cn, key)
-        return cn, key
+        try:
+            grant = grant_of(cert)
+        except RedyError as exc:
+            return f"a certificate whose grant cannot be read ({exc})"
+        why = member_refusal(cn, grant)
+        if why is not None:
+            return why
+        return _Member(cert_b64, cn, key, grant)
+
+    def cert_of(self, node: NodeId) -> str | None:
+        """The certificate (base64 DER) held for `node`, if any."""
+        m = self._by_node.get(node)
+        return m.cert if m is not None else None
 
     def refusal(self, offer: NodeOffer) -> str | None:
-        """Why `offer` is not its node's own (None: it is)."""
-        got = self._key(offer.cert)
+        """Why `offer` is not its node's own, or breaks its node's certified limits (None: it
+        is and it keeps them); `cert_missing` if it carries no certificate and none is held."""
+        if offer.cert is None:
+            got: _Member | str | None = self._by_node.get(offer.node)
+            if got is None:
+                return cert_missing
+        else:
+            got = self._member(offer.cert)
         if isinstance(got, str):
             return f"offer of {offer.node} with {got}"
-        cn, key = got
-        if cn != offer.node:
-            return f"offer of {offer.node} signed by {cn}'s certificate"
+        if got.node != offer.node:
+            return f"offer of {offer.node} signed by {got.node}'s certificate"
+        self.checked += 1
         try:
             sig = base64.b64decode(offer.sig, validate=True)
-            key.verify(
-                sig, _signed_bytes(offer.node, offer.epoch, offer.values), ec.ECDSA(hashes.SHA256())
-            )
+            body = _signed_bytes(offer.node, offer.epoch, offer.values, offer.session)
+            got.key.verify(sig, body, ec.ECDSA(hashes.SHA256()))
         except (ValueError, InvalidSignature):
+            if offer.cert is None:
+                return cert_missing  # signed with a certificate we do not hold (renewed)
             return f"offer of {offer.node} with a signature that does not match it"
-        return None
+        if offer.cert is not None:
+            if len(self._by_node) >= self._max and offer.node not in self._by_node:
+                self._by_node.clear()
+            self._by_node[offer.node] = got
+        why = offer_refusal(offer.values, self.capacity_kw, got.grant.bounds_kw(self.capacity_kw))
+        return None if why is None else f"offer of {offer.node}: {why}"
+
+
+# Why an offer waits: it came without a certificate and none is held for its node.
+cert_missing = "no certificate held for its node"
 
 
 # --- clearing ----------------------------------------------------------------------------------
@@ -379,7 +453,7 @@ def _batches(offers: Sequence[NodeOffer]) -> Iterable[tuple[NodeOffer, ...]]:
     batch: list[NodeOffer] = []
     size = 0
     for o in offers:
-        n = len(o.cert) + len(o.sig) + 24 * len(o.values) + 100
+        n = len(o.cert or "") + len(o.sig) + 24 * len(o.values) + 100
         if batch and size + n > MESSAGE_BYTES:
             yield tuple(batch)
             batch, size = [], 0
@@ -410,7 +484,12 @@ class OfferCore:
         capacity_kw: float,
         floor_eur_mwh: float = -500.0,
         cap_eur_mwh: float = 4000.0,
+        bounds_kw: tuple[float, float] | None = None,
+        cert_of: Callable[[NodeId], str | None] | None = None,
     ) -> None:
+        """`bounds_kw`: this node's certified net injection (-import..export kW; default the
+        grid's +-capacity_kw); `cert_of`: the certificate held for a node, for the neighbours
+        that lack it (None: offers go on as they came, certificate and all)."""
         self.node = node
         self.timing = timing
         self._phase = _draw(node)  # of a wave: the nodes' waves interleave
@@ -419,7 +498,15 @@ class OfferCore:
         self._sign = sign
         self._refusal = refusal
         self.capacity_kw = capacity_kw
+        self.bounds_kw = bounds_kw
+        self._cert_of = cert_of
         self.floor_eur_mwh, self.cap_eur_mwh = floor_eur_mwh, cap_eur_mwh
+        self._sessions: dict[NodeId, int | None] = {}  # each node's session, from its offers
+        # Per neighbour: its session when we started sending, and per node the certificate we
+        # sent it and in which epoch.
+        self._certs_sent: dict[NodeId, tuple[int | None, dict[NodeId, tuple[str, int]]]] = {}
+        self._bare: dict[str, NodeOffer] = {}  # sig -> the offer without its certificate
+        self._pending: dict[NodeId, list[NodeOffer]] = {}  # offers waiting for a certificate
         self.epoch = 0
         self._next_epoch: int | None = None
         self._running = False
@@ -475,7 +562,8 @@ class OfferCore:
             self._next_epoch = math.ceil(now / self.timing.epoch_s)
         if isinstance(event, Received):
             lead = self._start_of(event.epoch) - now
-            if event.epoch == self._next_epoch and 0 < lead <= self.timing.epoch_s / 4:
+            early = event.epoch == self._next_epoch and 0 < lead <= self.timing.epoch_s / 4
+            if early and self._genuine(event):
                 self._clear(now, out)  # still on the last epoch: it ends here
                 self._start(now, event.epoch, out)  # the sender's clock is a little ahead
         if not self._running and now >= self._start_of(self._next_epoch):
@@ -493,6 +581,11 @@ class OfferCore:
             if has is not None:
                 has.difference_update(o.sig for o in event.offers)
                 self._mark_dirty(now)
+            sent = self._certs_sent.get(event.target)
+            if sent is not None:  # the certificates may not have arrived either
+                for o in event.offers:
+                    if o.cert is not None:
+                        sent[1].pop(o.node, None)
         if now >= self._finish():
             self._clear(now, out)
             self._running = False
@@ -502,6 +595,15 @@ class OfferCore:
         if self._cleared_with != len(self._by_sig) and now >= self._last_new + self._quiet_s:
             self._clear(now, out)
         return out
+
+    def _genuine(self, event: Received) -> bool:
+        """Whether a message stamped with the next epoch carries a member's offer for it, signed
+        and within its limits (a sender's own offer comes first): only then does the epoch end
+        early, so an unsigned or forged message cannot end it for its receivers."""
+        return any(
+            o.epoch == event.epoch and o.node != self.node and self._refusal(o) is None
+            for o in event.offers[:2]
+        )
 
     def _mark_dirty(self, now: float) -> None:
         if not self._dirty:
@@ -513,7 +615,7 @@ class OfferCore:
         self._next_epoch = epoch + 1
         self._running = True
         self._bids = tuple(self._bids_of())
-        self._own = offer_values(self._bids, self.capacity_kw)
+        self._own = offer_values(self._bids, self.capacity_kw, self.bounds_kw)
         mine = self._sign(epoch, self._own)
         self._members = frozenset(self._known).difference(self._banned, (self.node,))
         self._wave_s, self._settle_s = self.timing.for_peers(len(self._members))
@@ -527,6 +629,8 @@ class OfferCore:
         self._by_sig = {mine.sig: mine}
         self._banned = set()
         self._has = {}
+        self._bare = {}
+        self._pending = {}
         self._started_at = now
         self._last_new = math.inf  # no clearing on our own offer alone before the finish
         self._cleared_with = -1
@@ -541,22 +645,70 @@ class OfferCore:
             has.add(offer.sig)
             if offer.epoch != self.epoch or offer.node == self.node or offer.sig in self._by_sig:
                 continue
-            held = self._known.get(offer.node)
-            if held is None and len(self._known) >= MAX_NODES:
-                continue
-            reason = self._refusal(offer) or offer_refusal(offer.values, self.capacity_kw)
-            if reason is not None:
-                out.append(Dropped(event.sender, reason))
-                continue
-            if held is not None and held.values == offer.values:
-                continue  # the same offer signed again (ECDSA signs at random)
-            self._by_sig[offer.sig] = offer
-            self._last_new = now
-            self._mark_dirty(now)
-            if held is None:
-                self._known[offer.node] = offer
-            else:  # two offers signed by one node for one epoch: both go on, it is left out
-                self._banned.add(offer.node)
+            self._take(now, event.sender, offer, out)
+
+    def _take(self, now: float, sender: NodeId, offer: NodeOffer, out: list[Action]) -> None:
+        held = self._known.get(offer.node)
+        if held is None and len(self._known) >= MAX_NODES:
+            return
+        reason = self._refusal(offer) or offer_refusal(offer.values, self.capacity_kw)
+        if reason == cert_missing:  # a copy with the certificate may still come
+            waiting = self._pending.setdefault(offer.node, [])
+            if len(waiting) < _PENDING_PER_NODE and len(self._pending) <= MAX_NODES:
+                waiting.append(offer)
+            return
+        if reason is not None:
+            out.append(Dropped(sender, reason))
+            return
+        if held is not None and held.values == offer.values:
+            return  # the same offer signed again (ECDSA signs at random)
+        self._by_sig[offer.sig] = offer
+        self._last_new = now
+        self._mark_dirty(now)
+        self._session_of(offer)
+        if held is None:
+            self._known[offer.node] = offer
+        else:  # two offers signed by one node for one epoch: both go on, it is left out
+            self._banned.add(offer.node)
+        for later in self._pending.pop(offer.node, ()) if offer.cert is not None else ():
+            if later.sig not in self._by_sig:
+                self._take(now, sender, later, out)
+
+    def _session_of(self, offer: NodeOffer) -> None:
+        """Note the session a node's offer states; a neighbour whose session changed (it
+        restarted, and lost the certificates we sent it) gets this epoch's offers again."""
+        if self._sessions.get(offer.node, offer.session) != offer.session:
+            self._has.pop(offer.node, None)
+        if len(self._sessions) >= 4 * MAX_NODES and offer.node not in self._sessions:
+            self._sessions.clear()
+        self._sessions[offer.node] = offer.session
+
+    def _for(self, target: NodeId, offer: NodeOffer) -> NodeOffer:
+        """`offer` as `target` gets it: with its node's certificate if `target` is not known
+        to hold it, else without."""
+        if self._cert_of is None:
+            return offer
+        cert = offer.cert or self._cert_of(offer.node)
+        if cert is None:
+            return offer
+        session = self._sessions.get(target)
+        record = self._certs_sent.get(target)
+        if record is not None and record[0] is None and session is not None:
+            # Its session learnt only now, from its first offer we took: the same session.
+            record = self._certs_sent[target] = (session, record[1])
+        if record is None or record[0] != session:
+            if len(self._certs_sent) >= 64:  # bounded: the current neighbours' stay
+                keep = set(self._neighbours())
+                self._certs_sent = {t: r for t, r in self._certs_sent.items() if t in keep}
+            record = self._certs_sent[target] = (session, {})
+        sent = record[1].get(offer.node)
+        if sent is not None and sent[0] == cert and self.epoch - sent[1] < CERT_REFRESH_EPOCHS:
+            bare = self._bare.get(offer.sig)
+            if bare is None:
+                bare = self._bare[offer.sig] = attrs.evolve(offer, cert=None)
+            return bare
+        record[1][offer.node] = (cert, self.epoch)
+        return offer if offer.cert == cert else attrs.evolve(offer, cert=cert)
 
     def _relays(self, targets: Sequence[NodeId]) -> list[NodeId]:
         """The neighbours this epoch's waves pass offers on to: all of them, or past a crowd
@@ -577,7 +729,7 @@ class OfferCore:
             if target == self.node:
                 continue
             has = self._has.setdefault(target, set())
-            new = [o for o in offers if o.sig not in has]
+            new = [self._for(target, o) for o in offers if o.sig not in has]
             has.update(o.sig for o in new)
             for batch in _batches(new):
                 self.sent = (self.sent[0] + 1, self.sent[1] + len(batch))

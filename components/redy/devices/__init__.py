@@ -151,6 +151,24 @@ def make_driver(name: str, /, **params: Any) -> Driver:
     return driver
 
 
+# A reading may exceed its rating a little (overshoot, meter tolerance), never by more: a
+# governance ignores readings beyond this, and a node's certified limits allow for it.
+RATED_MARGIN = 1.1
+RATED_SLACK_KW = 0.1
+
+
+def reading_limit_kw(rated_kw: float) -> float:
+    """The largest power (kW) a unit of this rating may report."""
+    return rated_kw * RATED_MARGIN + RATED_SLACK_KW
+
+
+def rating(name: str, params: dict[str, Any]) -> tuple[str, float]:
+    """A device's quantity ('production', 'consumption', 'storage', 'mixed') and rated power
+    (kW), as its unit will state them in its birth; DeviceError names a bad parameter."""
+    dev: Any = make_driver(name, **params) if is_driver(name) else make_model(name, **params)
+    return str(dev.quantity), float(dev.rated_kw)
+
+
 def make_model(name: str, **params: Any) -> Device:
     """A device model by launch-file name; DeviceError names a bad parameter."""
     cls = model_class(name)
@@ -174,4 +192,6 @@ __all__ = [
     "is_driver",
     "make_driver",
     "make_model",
+    "rating",
+    "reading_limit_kw",
 ]

@@ -29,6 +29,7 @@ import attrs
 import yaml
 
 from redy.errors import LaunchError, SettingError
+from redy.pki import RESERVED_NAMES, Grant
 from redy.topics import CONTRACT
 from redy.units.config import (
     GovernanceConfig,
@@ -131,6 +132,22 @@ class NodeSpec:
     @property
     def node(self) -> str:
         return self.broker.node
+
+    def grant(self) -> Grant:
+        """The connection limits the grid CA states for this node, from its units: it may
+        export what its producers and storage can give and import what its loads and storage
+        can take, each at the largest reading its governance accepts from the unit."""
+        from redy.devices import rating, reading_limit_kw
+
+        import_kw = export_kw = 0.0
+        for u in self.units:
+            quantity, rated_kw = rating(u.device, dict(u.params))
+            kw = reading_limit_kw(rated_kw)
+            if quantity != "consumption":
+                export_kw += kw
+            if quantity != "production":
+                import_kw += kw
+        return Grant("node", round(import_kw, 3), round(export_kw, 3))
 
 
 @attrs.frozen
@@ -555,6 +572,10 @@ def _node_id(value: str, where: str, what: str = "node id") -> str:
     if not CONTRACT.id_regex.fullmatch(value):
         raise LaunchError(
             f"{where}: invalid {what} {value!r}; expected lower-case letters, digits, '-', '_'"
+        )
+    if what == "node id" and value in RESERVED_NAMES:
+        raise LaunchError(
+            f"{where}: node id {value!r} is reserved ({', '.join(RESERVED_NAMES)}); rename the node"
         )
     return value
 

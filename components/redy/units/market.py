@@ -171,26 +171,40 @@ class MarketDriver:
         self._names: dict[int, str] = {}  # id(bid) -> unit name, for the epoch's bids
         self._new_names: dict[int, str] = {}
         self._brokers: dict[str, str] = {}
-        self._offer_bytes: dict[tuple[int, str], bytes] = {}  # (epoch, sig) -> the offer's JSON
+        # (epoch, sig, with its certificate) -> the offer's JSON
+        self._offer_bytes: dict[tuple[int, str, bool], bytes] = {}
         self.bounds = MassBounds(capacity_kw, self.pacing.rounds)
         self.market = market
         self.core: MarketCore | offer_market.OfferCore
+        self.verifier: offer_market.Verifier | None = None  # the offer market's
         if market == "offers":
             if identity is None:
                 raise ValueError("market 'offers' needs the node's TLS identity")
-            signer = offer_market.Signer(identity)
+            signer = offer_market.Signer(identity, session=int(clock() * 1000))
             if signer.node != node:
                 raise ValueError(f"the TLS identity names {signer.node}, not {node}")
+            if not signer.grant.limited:
+                _log.warning(
+                    "node=%s its certificate states no connection limits: peers hold its"
+                    " offers to the grid-wide bound of %g kW (issue it with --import-kw and"
+                    " --export-kw)",
+                    node,
+                    capacity_kw,
+                )
+            verifier = offer_market.Verifier(identity.ca, capacity_kw)
+            self.verifier = verifier
             self.core = offer_market.OfferCore(
                 node,
                 offer_market.Timing(epoch_s),
                 self._bids,
                 self._neighbours,
                 signer.sign,
-                offer_market.Verifier(identity.ca).refusal,
+                verifier.refusal,
                 capacity_kw,
                 self.search.floor_eur_mwh,
                 self.search.cap_eur_mwh,
+                bounds_kw=signer.grant.bounds_kw(capacity_kw),
+                cert_of=verifier.cert_of,
             )
         else:
             self.core = MarketCore(
@@ -330,7 +344,7 @@ class MarketDriver:
 
     def _offer_json(self, offer: messages.NodeOffer) -> bytes:
         """An offer's JSON, encoded (and checked) once for all the messages that carry it."""
-        key = (offer.epoch, offer.sig)
+        key = (offer.epoch, offer.sig, offer.cert is not None)
         out = self._offer_bytes.get(key)
         if out is None:
             if len(self._offer_bytes) >= 4 * offer_market.MAX_NODES:

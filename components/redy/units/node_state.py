@@ -14,6 +14,7 @@ import attrs
 
 from redy import messages
 from redy.balancing.curves import ramp_ends, running_cost_eur_h
+from redy.devices import reading_limit_kw
 
 _log = logging.getLogger(__name__)
 
@@ -209,13 +210,8 @@ class NodeState:
         return orders
 
 
-# A reading may exceed its rating a little (overshoot, meter tolerance), never by more.
-_RATED_MARGIN = 1.1
-_RATED_SLACK_KW = 0.1
-
-
 def _limit_kw(meta: messages.UnitMeta) -> float:
-    return meta.rated_power_kw * _RATED_MARGIN + _RATED_SLACK_KW
+    return reading_limit_kw(meta.rated_power_kw)
 
 
 def _implausible_measurement(
