@@ -19,31 +19,53 @@ A member is honest about its name (it has a valid certificate) and nothing else:
   how far the honest nodes' prices move from the optimum of the honest bids, against what the
   same members could do as honest members of the same capacity bidding their full range at the
   target (the reference solver on the honest bids plus theirs).
+- **Offers** (`redy sim balance --market offers --attack ...`): members of the offer market,
+  each signing with its own key and held to its certified limits, run one of `OFFER_ATTACKS`
+  (`mix`: each member one of them in turn): `sell-floor` offers its full export at the price
+  floor, `buy-cap` its full import at the price cap; `two-faced` signs both and sends each to
+  half of its neighbours; `withhold` never passes on another's offer; `late` sends its own
+  offer only once `LATE_SHARE` of the honest nodes have cleared; `replay` sends each neighbour
+  the offers it heard in the epoch before, as they were and stamped with this epoch; `early`
+  sends every neighbour, `EARLY_LEAD` of an epoch before the next one, a message of that next
+  epoch carrying an offer with no valid signature. Measured: how far the honest prices are from
+  the honest optimum, against the band in which honest members of the same certified limits
+  could put it (all of them selling their full export at the floor, or all buying their full
+  import at the cap: the reference solver), and how far outside that band any honest price is.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import numpy as np
 
 from redy.balancing.aggregation import MAX_PUSH_WEIGHT, GossipOut
-from redy.balancing.curves import Bid, Dispatchable
+from redy.balancing.curves import Bid, Dispatchable, FlexibleLoad
 from redy.balancing.discovery import PhaseGossip, PriceDiscovery, PriceSearch
+from redy.balancing.offers import Received, Send, offer_values
 from redy.balancing.reference import solve
 from redy.errors import SimulationError
 from redy.membership.cyclon import Cyclon, Neighbour
+from redy.messages import NodeOffer
 
 if TYPE_CHECKING:
+    from redy.balancing.offers import Timing
     from redy.sim.membership import _Net
+    from redy.sim.offer_market import OfferGrid, SimKeys
 
 RATE = 4  # shuffle requests per member per period (the issue's eclipse: 4 per second at 1 s)
 REACH = 12  # honest nodes each member pushes to per round (an honest node pushes to one)
 STEER_TO_EUR_MWH = 400.0  # the price the members want (the issue's first attack)
 PUSH_WEIGHT = MAX_PUSH_WEIGHT  # the weight of a forged push: the most the bounds let through
 _QUARTER = 0.25  # the issue's target: no honest view more than a quarter attacker entries
+OFFER_ATTACKS = ("sell-floor", "buy-cap", "two-faced", "withhold", "late", "replay", "early")
+LATE_SHARE = 0.9  # a late member's offer goes once this share of the honest nodes cleared
+EARLY_LEAD = 0.2  # of an epoch: an early member's next-epoch messages (in the last quarter)
+_REPLAY_BATCH = 40  # offers per replayed message (the core's batches: about 40 KB)
 
 
 def check(fraction: float, engine: str | None) -> None:
@@ -220,4 +242,178 @@ class Steering:
             "price_moved_eur_mwh": self.moved,
             "largest_price_error_eur_mwh": self.worst,
             "honest_members_could_move_eur_mwh": self.honest_moved,
+        }
+
+
+def offer_strategies(attack: str) -> tuple[str, ...]:
+    """The strategies `--attack` names: a comma-separated list of OFFER_ATTACKS, or `mix`."""
+    names = tuple(a.strip() for a in attack.split(",") if a.strip())
+    if names == ("mix",):
+        return OFFER_ATTACKS
+    bad = [a for a in names if a not in OFFER_ATTACKS]
+    if bad or not names:
+        raise SimulationError(
+            f"--attack: expected mix or some of {', '.join(OFFER_ATTACKS)}; got {attack!r}"
+        )
+    return names
+
+
+def _half(key: str) -> bool:
+    return hashlib.blake2b(key.encode(), digest_size=1).digest()[0] % 2 == 1
+
+
+class OfferAttacks:
+    """The hostile members of one simulated offer market (module docstring), each running its
+    own OfferCore (it relays, checks and clears as any node) whose messages and bids it bends."""
+
+    def __init__(
+        self,
+        evil: frozenset[int],
+        attack: str,
+        names: Sequence[str],
+        limits: Mapping[str, tuple[float, float]],
+        keys: SimKeys,
+        timing: Timing,
+        floor_eur_mwh: float,
+        cap_eur_mwh: float,
+    ) -> None:
+        self.evil = evil
+        strategies = offer_strategies(attack)
+        self.strategy = {m: strategies[k % len(strategies)] for k, m in enumerate(sorted(evil))}
+        self.names = names
+        self.limits = {m: limits[names[m]] for m in evil}
+        self.keys = keys
+        self.timing = timing
+        self.floor, self.cap = floor_eur_mwh, cap_eur_mwh
+        self.epoch = 0
+        self._own: dict[int, NodeOffer] = {}  # a late member's offer, held back
+        self._late_sent = False
+        self._other: dict[int, NodeOffer] = {}  # a two-faced member's second offer
+        self._heard: dict[int, dict[str, NodeOffer]] = {}  # offers of this epoch, per member
+        self._old: dict[int, dict[str, NodeOffer]] = {}  # of the epoch before
+        self._replayed: set[tuple[int, str]] = set()  # (member, neighbour) this epoch
+        self.forged = 0  # messages the members made up (replays, early ones)
+        self.bounds: list[tuple[float, float]] = []  # per epoch: honest members' band
+        self.moved: list[float | None] = []
+        self.outside: list[float] = []
+        self.spread: list[float | None] = []
+
+    def _lie(self, member: int, buy: bool) -> list[Bid]:
+        import_kw, export_kw = self.limits[member]
+        if buy:
+            return [FlexibleLoad(import_kw, self.cap)]
+        return [Dispatchable(0.0, export_kw, self.floor)]
+
+    def begin(self, grid: OfferGrid, epoch: int, bids: list[Sequence[Bid]]) -> None:
+        """Epoch `epoch` begins: the members' bids (set in `bids`) and their timers."""
+        self.epoch = epoch
+        self._old, self._heard = self._heard, {}
+        self._own, self._other, self._replayed = {}, {}, set()
+        self._late_sent = False
+        for m, s in self.strategy.items():
+            if s in ("sell-floor", "buy-cap", "two-faced"):
+                bids[m] = self._lie(m, buy=s == "buy-cap")
+            if s == "two-faced":
+                values = offer_values(self._lie(m, buy=True))
+                self._other[m] = self.keys.sign(self.names[m], epoch, values)
+            if s == "early":
+                grid.at((epoch + 1 - EARLY_LEAD) * self.timing.epoch_s, m, ("early", epoch))
+
+    def heard(self, member: int, event: Received) -> None:
+        got = self._heard.setdefault(member, {})
+        for o in event.offers:
+            if o.epoch == self.epoch:
+                got[o.sig] = o
+
+    def outgoing(self, member: int, now: float, sends: list[Send]) -> list[Send]:
+        """What a member sends instead of what its core would (`sends`)."""
+        s, name = self.strategy[member], self.names[member]
+        out = []
+        for send in sends:
+            offers = send.offers
+            if s == "withhold":
+                offers = tuple(o for o in offers if o.node == name)
+            elif s == "two-faced" and _half(f"{name}/{send.target}"):
+                offers = tuple(self._other[member] if o.node == name else o for o in offers)
+            elif s == "late" and not self._late_sent:
+                self._own.update((member, o) for o in offers if o.node == name)
+                offers = tuple(o for o in offers if o.node != name)
+            elif s == "replay" and (member, send.target) not in self._replayed:
+                self._replayed.add((member, send.target))
+                out += self._replays(member, send)
+            if offers:
+                out.append(attrs.evolve(send, offers=offers))
+        return out
+
+    def _replays(self, member: int, send: Send) -> list[Send]:
+        old = list(self._old.get(member, {}).values())
+        restamped = [attrs.evolve(o, epoch=send.epoch) for o in old]
+        both = old + restamped
+        self.forged += -(-len(both) // _REPLAY_BATCH)
+        return [
+            Send(send.target, send.epoch, tuple(both[k : k + _REPLAY_BATCH]))
+            for k in range(0, len(both), _REPLAY_BATCH)
+        ]
+
+    def on_cleared(self, grid: OfferGrid, epoch: int, cleared: int) -> None:
+        """`cleared` honest nodes have a price for `epoch`: the late members' moment?"""
+        if epoch != self.epoch or self._late_sent or cleared < LATE_SHARE * len(grid.honest):
+            return
+        self._late_sent = True
+        for m, s in self.strategy.items():
+            if s == "late":
+                grid.at(grid.now, m, ("late", epoch))
+
+    def timed(
+        self, member: int, now: float, what: tuple[str, int], view: Sequence[str]
+    ) -> list[Send]:
+        """A member's timer: its late offer, or its early messages of the next epoch."""
+        kind, epoch = what
+        name = self.names[member]
+        if kind == "late":
+            own = self._own.get(member)
+            return [Send(t, epoch, (own,)) for t in view] if own is not None else []
+        forged = NodeOffer(
+            node=name,
+            epoch=epoch + 1,
+            values=(0.0,),
+            session=None,
+            cert=self.keys.cert(name),
+            sig="0" * len(self.keys.token(name, epoch, (0.0,), None)),
+        )
+        self.forged += len(view)
+        return [Send(t, epoch + 1, (forged,)) for t in view]
+
+    def band(self, honest_bids: list[list[Bid]]) -> tuple[float, float]:
+        """The lowest and highest price honest members of the same certified limits could
+        give: all selling their full export at the floor, or all buying their full import at
+        the cap (the reference solver)."""
+        low = [self._lie(m, buy=False) for m in self.evil]
+        high = [self._lie(m, buy=True) for m in self.evil]
+        return (
+            solve([*honest_bids, *low], self.floor, self.cap).price_eur_mwh,
+            solve([*honest_bids, *high], self.floor, self.cap).price_eur_mwh,
+        )
+
+    def record(self, epoch: dict[str, Any], honest_bids: list[list[Bid]]) -> None:
+        """Add an epoch's figures (`epoch`: simulate_offers's report of it)."""
+        low, high = self.band(honest_bids)
+        self.bounds.append((low, high))
+        price, got = epoch["price"], epoch["price_range"]
+        self.moved.append(None if price is None else price - epoch["price_optimal"])
+        self.outside.append(0.0 if got is None else max(0.0, low - got[0], got[1] - high))
+        self.spread.append(epoch["price_spread"])
+
+    def report(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for s in self.strategy.values():
+            counts[s] = counts.get(s, 0) + 1
+        return {
+            "members": len(self.evil),
+            "attack": counts,
+            "forged_messages": self.forged,
+            "price_moved_eur_mwh": self.moved,
+            "price_band_eur_mwh": self.bounds,
+            "outside_band_eur_mwh": self.outside,
+            "honest_price_spread_eur_mwh": self.spread,
         }

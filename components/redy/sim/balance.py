@@ -140,6 +140,9 @@ def simulate_balance(
     engine: str = "auto",
     adversaries: float = 0.0,
     capacity_kw: float = CAPACITY_KW,
+    market: str | None = None,
+    attack: str | None = None,
+    epoch_s: float | None = None,
 ) -> dict[str, Any]:
     """Run `epochs` market intervals and report price, spread, imbalance and cost per epoch.
 
@@ -147,7 +150,14 @@ def simulate_balance(
     node a PriceDiscovery as in the governance processes (the reference), or "auto": core up
     to `_AUTO_CORE_NODES` nodes, fast above; with `adversaries` (a fraction of hostile
     members, redy.sim.adversaries) always core, and push-sum: they attack the cores' defences,
-    MassBounds with `capacity_kw`."""
+    MassBounds with `capacity_kw`.
+
+    `market`: "offers" runs the offer market's cores instead (redy.sim.offer_market, with
+    `epoch_s` and, with `adversaries`, the members' `attack`); None or "pushsum": the gossip."""
+    if market not in (None, "pushsum", "offers"):
+        raise SimulationError(f"unknown market {market!r}; expected pushsum or offers")
+    if market != "offers" and (attack is not None or epoch_s is not None):
+        raise SimulationError("--attack and --epoch-s are options of --market offers")
     algorithm = aggregation or DEFAULT_AGGREGATION
     if algorithm not in ALGORITHMS:
         raise SimulationError(f"unknown aggregation {algorithm!r}; expected {list(ALGORITHMS)}")
@@ -174,6 +184,36 @@ def simulate_balance(
     kinds = ["explicit"] * len(explicit) + drawn
     names = [n.id for n in explicit] + [f"{k}-{i}" for i, k in enumerate(drawn, len(explicit))]
     node_seeds = [rng.getrandbits(32) for _ in range(nodes)]
+
+    def bids_at(i: int, epoch: int) -> list[Bid]:
+        """Node i's bids in `epoch` (from 1): its loads and renewables move across epochs."""
+        if i < len(explicit):
+            return list(explicit[i].bids)
+        seeded = random.Random(node_seeds[i] * 1000 + epoch)
+        return _bids(kinds[i], seeded, (epoch - 1) / max(1, epochs))
+
+    if market == "offers":
+        if crash or loss or engine == "fast" or aggregation or dump_curves or dump_dispatch:
+            raise SimulationError(
+                "--market offers runs the offer cores alone: no --crash, --loss, --engine fast,"
+                " --aggregation or dumps yet"
+            )
+        from redy.sim.offer_market import EPOCH_S, simulate_offers
+
+        return simulate_offers(
+            names=names,
+            bids_at=bids_at,
+            epochs=epochs,
+            view_size=view_size,
+            shuffle_length=shuffle_length,
+            seed=seed,
+            capacity_kw=capacity_kw,
+            price_floor=price_floor,
+            price_cap=price_cap,
+            epoch_s=EPOCH_S if epoch_s is None else epoch_s,
+            adversaries=adversaries,
+            attack=attack,
+        )
     if adversaries:
         from redy.sim.adversaries import check
 
@@ -199,13 +239,7 @@ def simulate_balance(
     last: tuple[list[int], dict[int, list[Bid]]] | None = None
     for epoch in range(1, epochs + 1):
         live = driver.cycle(loss)
-        t = (epoch - 1) / max(1, epochs)
-        bids = {
-            i: list(explicit[i].bids)
-            if i < len(explicit)
-            else _bids(kinds[i], random.Random(node_seeds[i] * 1000 + epoch), t)
-            for i in live
-        }
+        bids = {i: bids_at(i, epoch) for i in live}
         crashing = (crash, rng) if crash and crash_at == epoch else None
         live, crashed = driver.run(epoch, live, bids, algorithm, rounds, loss, crashing)
         last = (live, bids)

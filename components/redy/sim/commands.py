@@ -204,6 +204,27 @@ def sim_membership(as_json: bool, plot_file: str | None, **options: Any) -> None
     "400 EUR/MWh, to 12 honest nodes per round; reports how far the honest prices moved."
 )
 @click.option(
+    "--market",
+    type=click.Choice(["pushsum", "offers"]),
+    default=None,
+    help="pushsum: the gossip of curves (today's default); offers: every node an OfferCore of "
+    "redy.balancing.offers, signed offers passed on in waves over the overlay on an event "
+    "clock (link delay 5 +- 2 ms), cleared exactly on every node.",
+)
+@click.option(
+    "--attack",
+    default=None,
+    help="--market offers with --adversaries: the members' strategies, comma-separated, from "
+    "sell-floor, buy-cap, two-faced, withhold, late, replay, early; or mix (each member one of "
+    "them in turn, the default).",
+)
+@click.option(
+    "--epoch-s",
+    type=click.FloatRange(0.0, min_open=True),
+    default=None,
+    help="--market offers: the market interval, s (default 4).",
+)
+@click.option(
     "--capacity-kw",
     type=click.FloatRange(0.0, min_open=True),
     default=100_000.0,
