@@ -60,7 +60,8 @@ def install_pki(src: Path, state_dir: Path, node: str) -> None:
             f"{src} lacks {', '.join(missing)}: issue them where the grid CA's key is "
             f"(redy grid cert issue {node} --host ADDRESS) and copy ca.crt, {node}.crt, {node}.key"
         )
-    for name in [*names, "operator.crt", "operator.key"]:
+    # Never an operator's certificate: it is a person's, issued per person, not a gateway's.
+    for name in names:
         if (src / name).is_file():
             data = (src / name).read_bytes()
             if name.endswith(".key"):
@@ -210,10 +211,13 @@ def _copy_launch(desc: LaunchDescription, out: Path) -> str:
 
 def _node_certs(certs: Path, n: NodeSpec, out: Path) -> None:
     """`n`'s certificate from the grid's pki (issued now if the CA key is here and it has none
-    valid for its advertised address), copied to out/NODE/pki (the key owner-only)."""
+    valid for its advertised address and stating the limits its units give), copied to
+    out/NODE/pki (the key owner-only)."""
     host = n.broker.advertise or n.broker.grid_host
+    grant = n.grant()
     if pki.has_ca_key(certs):
-        ident = pki.ensure_identity(certs, n.node, [host, "127.0.0.1", "localhost"])
+        ident = pki.ensure_identity(certs, n.node, [host, "127.0.0.1", "localhost"], grant)
+        click.echo(f"{n.node}: certificate states {grant.describe()} (from its units)")
     else:
         ident = pki.identity(certs, n.node)
         if not ident.cert.exists() or not ident.key.exists() or not ident.ca.exists():
@@ -224,6 +228,13 @@ def _node_certs(certs: Path, n: NodeSpec, out: Path) -> None:
         if host not in pki.cert_hosts(ident.cert):
             raise BrokerError(
                 f"{ident.cert} is not valid for {host}: redy grid cert issue {n.node} --host {host}"
+            )
+        if pki.grant_in(ident.cert) != grant:
+            click.echo(
+                f"warning: {ident.cert} does not state {n.node}'s limits from its units ("
+                f"{grant.describe()}): redy grid cert issue {n.node} --host {host}"
+                f" --import-kw {grant.import_kw:g} --export-kw {grant.export_kw:g}",
+                err=True,
             )
     install_pki(pki.pki_dir(certs), out / n.node, n.node)
 

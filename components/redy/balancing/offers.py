@@ -241,7 +241,10 @@ class Verifier:
             if len(self._by_node) >= self._max and offer.node not in self._by_node:
                 self._by_node.clear()
             self._by_node[offer.node] = got
-        why = offer_refusal(offer.values, self.capacity_kw, got.grant.bounds_kw(self.capacity_kw))
+        grant = got.grant
+        stated = grant.import_kw is not None or grant.export_kw is not None
+        bounds = grant.bounds_kw(self.capacity_kw) if stated else None  # else the grid's bound
+        why = offer_refusal(offer.values, self.capacity_kw, bounds)
         return None if why is None else f"offer of {offer.node}: {why}"
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 
 from redy.errors import BrokerError, InvalidMessage
+from redy.pki import Grant
 from redy.topics import UNIT_ROLES, check_id
 
 DEFAULT_IMAGE = "redy/mosquitto:2"
@@ -92,6 +93,9 @@ class NodeBroker:
     grid_bind: str | None = None  # the grid listener (peers); default: `bind`
     advertise: str | None = None  # host peers dial for the grid listener; default: `grid_bind`
     site: SiteBridge | None = None  # a one-way bridge of this node's topics to a site broker
+    # What the grid CA states in the node's certificate (its role and connection limits), when
+    # this host issues it; None: a node with no stated limits.
+    grant: Grant | None = None
 
     @units.validator
     def _check_units(self, _attribute: Any, units: Mapping[str, str]) -> None:

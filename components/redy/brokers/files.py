@@ -4,6 +4,7 @@ its TLS identity, written by `write_files`."""
 from __future__ import annotations
 
 import getpass
+import re
 import secrets
 from pathlib import Path
 
@@ -101,6 +102,16 @@ max_connections 256
 """
 
 
+def _person() -> str:
+    """This host's operator, as a name: the login, in node-id form."""
+    try:
+        login = getpass.getuser()
+    except (KeyError, OSError):
+        login = ""
+    name = re.sub(r"[^a-z0-9_-]", "-", login.lower()).strip("-_")[:63]
+    return name or "local"
+
+
 def write_files(broker: NodeBroker) -> Credentials:
     """Write a node's config, password and ACL files; keep passwords already issued."""
     d = broker.node_dir
@@ -127,12 +138,12 @@ def write_files(broker: NodeBroker) -> Credentials:
     _password_file(d / "units.passwd", {u: p for u, p in users.items() if u not in TRUSTED_USERS})
     # The grid listener's identity (and the governance unit's, toward its neighbours): the
     # node's certificate, issued by the grid CA on first use.
-    ident = pki.ensure_identity(broker.state_dir, broker.node, _cert_hosts(broker))
+    ident = pki.ensure_identity(broker.state_dir, broker.node, _cert_hosts(broker), broker.grant)
     (d / "grid-ca.crt").write_bytes(ident.ca.read_bytes())
     (d / "grid.crt").write_bytes(ident.cert.read_bytes())
     _write_private(d / "grid.key", ident.key.read_bytes())
-    if pki.has_ca_key(broker.state_dir) or pki.identity(broker.state_dir, "operator").cert.exists():
-        pki.ensure_identity(broker.state_dir, "operator", [])  # operators' tools, as a peer reads
+    if pki.has_ca_key(broker.state_dir):  # this host's operator, for its tools (reads only)
+        pki.ensure_operator(broker.state_dir, _person())
     (d / "acl").write_text(local_acl(broker.node, broker.units))
     (d / "grid.acl").write_text(grid_acl(broker.node))
     common = {

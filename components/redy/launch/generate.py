@@ -85,7 +85,7 @@ def render_grid(
     speed: float = 60.0,
     epoch_s: float = 4.0,
     fanout: int = 4,
-    market: str = "pushsum",
+    market: str = "offers",
 ) -> str:
     """The launch file text of a grid with `mix[kind]` nodes of each kind.
 
@@ -155,10 +155,10 @@ def grid() -> None:
 @click.option(
     "--market",
     type=click.Choice(MARKETS),
-    default="pushsum",
+    default="offers",
     show_default=True,
-    help="How the market clears: gossip of curves, or signed offers flooded and cleared exactly"
-    " (grids of up to a few hundred nodes).",
+    help="How the market clears: signed offers held to certified limits and cleared exactly,"
+    " or gossip of curves (push-sum, for research: a member steers it).",
 )
 @click.option(
     "--templates",
@@ -192,6 +192,13 @@ def generate(
     desc = parse(out)  # what we wrote must be a valid launch
     units = sum(len(n.units) for n in desc.nodes)
     click.echo(f"{out}: {len(desc.nodes)} nodes, {units} units")
+    # What the CA will state in each node's certificate when `redy launch` issues it.
+    said: set[str] = set()
+    for n in desc.nodes:
+        grant = n.grant().describe()
+        if grant not in said:
+            said.add(grant)
+            click.echo(f"  {n.node} and its like: certificate states {grant} (from its units)")
 
 
 def _register_pki() -> None:

@@ -173,6 +173,7 @@ class Supervisor:
             grid_bind=b.grid_bind,
             advertise=b.advertise,
             site=site,
+            grant=n.grant(),
         )
 
     def _common(self, n: NodeSpec, account: str) -> dict[str, Any]:

@@ -194,10 +194,11 @@ class GovernanceConfig:
     )
     rounds: int = setting(10, help="Gossip rounds per market epoch.", minimum=1, launch=True)
     market: str = setting(
-        "pushsum",
-        help="How the market clears: 'pushsum' averages the nodes' curves by gossip (any grid"
-        " size); 'offers' floods every node's signed offer and clears the exact sum on every"
-        " node (O(N) offers per node per epoch: grids of up to a few hundred nodes).",
+        "offers",
+        help="How the market clears: 'offers' passes every node's signed offer to every node,"
+        " held to its signer's certified limits, and clears the exact sum on every node (O(N)"
+        " offers per node per epoch); 'pushsum' averages the nodes' curves by gossip (any grid"
+        " size, for research: one member steers its price).",
         validator=attrs.validators.in_(("pushsum", "offers")),
         launch=True,
     )

@@ -29,6 +29,7 @@ import gmqtt
 from redy import messages
 from redy.brokers import grid_identity, load_credentials
 from redy.errors import DeliveryFailed, InvalidMessage
+from redy.logformat import Tally
 from redy.topics import CONTRACT, render
 from redy.transport.client import AsyncLink
 from redy.units.config import GovernanceConfig
@@ -82,6 +83,7 @@ class Governance:
         self._peer_link = self._session("governance-peers", peers=True)
         self._peer_tasks: set[asyncio.Task[None]] = set()
         self._peers = PeerGate()
+        self._unknown = Tally()  # messages on topics outside the contract, per topic
         self._peer_ready = asyncio.Event()
         self.peer_dropped = 0
         self.overlay: Any = None  # distant mode: redy.units.overlay.OverlayDriver
@@ -113,7 +115,11 @@ class Governance:
         try:
             spec, params = CONTRACT.match(topic)
         except InvalidMessage as exc:
-            _log.warning("node=%s dropped a message: %s", self.node, exc)
+            # Logged at a topic's 1st, 2nd, 4th... message: a writer whose name is no node id
+            # (an operator's certificate) cannot flood the log.
+            n = self._unknown.add(topic)
+            if n is not None:
+                _log.warning("node=%s dropped a message: %s (%d so far)", self.node, exc, n)
             return
         peer = params.get("peer")
         if peer is not None and not self._peers.admit(
