@@ -238,10 +238,11 @@ def _gossip(sender: str, epoch: int) -> messages.Gossip:
 def _held_bytes(o: NodeOffer, encoded: int) -> int:
     """An estimate of what one offer takes in a governance unit: the decoded NodeOffer (its
     object, strings, tuple and floats), its encoding kept for passing it on (bytes of
-    `encoded`), and its entries in the core's dicts of offers by node and by signature."""
+    `encoded`), its copy without the certificate (for the neighbours that hold it), and its
+    entries in the core's dicts of offers by node and by signature and of those copies."""
     decoded = sum(sys.getsizeof(x) for x in (o, o.node, o.epoch, o.cert, o.sig, o.values))
     decoded += sum(sys.getsizeof(v) for v in o.values)
-    return decoded + sys.getsizeof(b"") + encoded + 2 * _ENTRY_BYTES
+    return decoded + sys.getsizeof(b"") + encoded + sys.getsizeof(o) + 3 * _ENTRY_BYTES
 
 
 @attrs.define

@@ -1,0 +1,134 @@
+"""What the offer market costs each node, measured on the simulated market (`redy sim balance
+--market offers`: every node the governance's OfferCore, over the simulator's overlay).
+
+For each N, `--runs` runs of `--epochs` epochs (seeds 1, 2, 3...), each its own `redy sim
+balance` process. Per node and epoch (honest nodes, mean and max over nodes, then the mean over
+the epochs): bytes received (the codec's lengths), offer signatures checked, certificates
+checked (first epoch: every peer's; later epochs none), and the estimated memory of its market
+state (an estimate, see redy.sim.offer_market.OfferGrid.memory; not tracemalloc). Per run: the
+simulator's CPU seconds per epoch (all N nodes: the cores' Python work, stand-in signatures),
+that per node, and the real signature checks' CPU per node and epoch estimated as checks x the
+time of one `offers.Verifier.refusal` measured here; the simulator's wall time and peak RSS,
+with the host's idle CPU share over the run beside them (the machine may be shared: a busy host
+makes timings longer, not the counts). Also the largest price error against the reference
+optimum over all runs.
+
+    python bench/sim_offers.py [--nodes 100,300,1000] [--epochs 2] [--runs 3] [--view 8]
+
+The view defaults to the governance's (8), the shuffle to 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+_MIB = 1024 * 1024
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(idle, total) jiffies of all cores since boot (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[3] + fields[4], sum(fields)  # idle + iowait
+
+
+def _verify_s() -> float:
+    """The time of one real offer check (ECDSA P-256 verification and the limits), s."""
+    from redy import pki
+    from redy.balancing.offers import Signer, Verifier
+
+    with tempfile.TemporaryDirectory() as d:
+        pki.ensure_ca(Path(d))
+        ident = pki.issue(Path(d), "eco_house-1", ["127.0.0.1"], pki.Grant(import_kw=20.0))
+        offer = Signer(ident, session=1).sign(5, (-2.0, 4.5, 40.0, 300.0, 5.0, 60.0, 60.0))
+        verifier = Verifier(ident.ca, 100_000.0)
+        assert verifier.refusal(offer) is None
+        n = 300
+        start = time.perf_counter()
+        for _ in range(n):
+            verifier.refusal(offer)
+        return (time.perf_counter() - start) / n
+
+
+def _run(nodes: int, epochs: int, view: int, shuffle: int, seed: int) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "redy", "sim", "balance", "--market", "offers"]
+    cmd += [f"--nodes={nodes}", f"--epochs={epochs}", f"--view={view}", f"--shuffle={shuffle}"]
+    cmd += [f"--seed={seed}", "--json"]
+    idle0, total0 = _cpu_ticks()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status):
+            err.seek(0)
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{err.read().decode()}")
+        out.seek(0)
+        result: dict[str, Any] = json.loads(out.read())
+    idle1, total1 = _cpu_ticks()
+    result["wall_s"] = wall
+    result["rss_mib"] = usage.ru_maxrss * 1024 / _MIB  # KiB on Linux
+    result["idle_share"] = (idle1 - idle0) / max(1, total1 - total0)
+    return result
+
+
+def _per_node(r: dict[str, Any], key: str, stat: str) -> float:
+    """The mean over the epochs of a per-node figure's `stat` (mean or max over nodes)."""
+    return float(sum(e["per_node"][key][stat] for e in r["epochs"])) / len(r["epochs"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--nodes", default="100,300,1000")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--view", type=int, default=8)
+    ap.add_argument("--shuffle", type=int, default=4)
+    a = ap.parse_args()
+    verify_s = _verify_s()
+    print(
+        f"offer market, view {a.view}, shuffle {a.shuffle}, {a.epochs} epochs per run, "
+        f"{os.cpu_count()} cores; one real offer check {verify_s * 1e6:.0f} us"
+    )
+    print(
+        "per node and epoch, mean (max) over honest nodes; CPU: the simulator's, all nodes; "
+        "est. verify: checks x one real check"
+    )
+    head = (
+        f"{'N':>5} {'run':>3} {'KiB received':>17} {'sig checks':>13} {'cert checks':>11} "
+        f"{'memory KiB (est.)':>17} {'CPU s/epoch':>11} {'per node ms':>11} "
+        f"{'est. verify ms':>14} {'wall s':>7} {'RSS MiB':>7} {'idle':>5}"
+    )
+    print(head)
+    print("-" * len(head))
+    worst = 0.0
+    for n in (int(x) for x in a.nodes.split(",")):
+        for run in range(1, a.runs + 1):
+            r = _run(n, a.epochs, a.view, a.shuffle, run)
+            worst = max([worst, *(e["price_error"] for e in r["epochs"])])
+            cpu = sum(e["cpu_s"] for e in r["epochs"]) / len(r["epochs"])
+            sigs = _per_node(r, "signature_checks", "mean")
+            certs = r["epochs"][0]["per_node"]["certificate_checks"]["mean"]
+            print(
+                f"{n:>5} {run:>3} "
+                f"{_per_node(r, 'bytes_received', 'mean') / 1024:>7.0f} "
+                f"({_per_node(r, 'bytes_received', 'max') / 1024:>7.0f}) "
+                f"{sigs:>5.0f} ({_per_node(r, 'signature_checks', 'max'):>5.0f}) "
+                f"{certs:>11.0f} "
+                f"{_per_node(r, 'memory_bytes', 'mean') / 1024:>7.0f} "
+                f"({_per_node(r, 'memory_bytes', 'max') / 1024:>7.0f}) "
+                f"{cpu:>11.2f} {cpu / n * 1000:>11.2f} {sigs * verify_s * 1000:>14.1f} "
+                f"{r['wall_s']:>7.1f} {r['rss_mib']:>7.0f} {r['idle_share']:>5.0%}"
+            )
+    print(f"largest honest price error against the reference: {worst:.2e} EUR/MWh")
+
+
+if __name__ == "__main__":
+    main()
