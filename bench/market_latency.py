@@ -10,6 +10,17 @@ broker and times their return (publish -> subscribed delivery: one broker hop an
 gossip push costs). Also samples the grid balance at 1 Hz: |sum of net injections| / load,
 from the same retained states.
 
+Steady state, before anything is measured: every node has reported a cleared price at least
+once, and the host's idle share (from /proc/stat, over 2 s windows) has moved by less than 5
+points over three windows; `--warmup-s` is the most it waits for that (it says so if it did not
+settle). The host's idle share over the measured epochs is printed beside the figures: a
+figure taken with no idle CPU measures the host, not the grid.
+
+Per process, over the measured epochs (/proc/PID/stat and /proc/PID/io every 100 ms, folded
+onto the epoch): CPU as a share of one core in the epoch's burst (its first `--burst-s`) and
+between epochs (its second half), and bytes read and written per epoch (rchar/wchar: mostly
+sockets), for the node processes and their brokers.
+
     python bench/market_latency.py [--nodes 12] [--epochs 8] [--epoch-s 4]
 """
 
@@ -33,6 +44,7 @@ from typing import Any
 
 from redy import messages
 from redy.brokers import load_credentials, port_is_free
+from redy.errors import InvalidMessage
 from redy.launch.parser import parse
 from redy.transport.client import AsyncLink
 
@@ -61,6 +73,93 @@ def _free_base(n: int) -> int:
     raise SystemExit("no free port range")
 
 
+_TICK_S = os.sysconf("SC_CLK_TCK")
+
+
+def _host_cpu() -> tuple[float, float]:
+    """(idle, total) jiffies of the host since boot."""
+    with open("/proc/stat") as f:
+        v = [float(x) for x in f.readline().split()[1:]]
+    return v[3] + v[4], sum(v[:8])
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """pid -> 'broker' or 'node' for every process under `root` (the launcher)."""
+    parent: dict[int, int] = {}
+    kind: dict[int, str] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        parent[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        kind[int(d.name)] = "broker" if "mosquitto" in cmd else "node"
+    out = {}
+    for pid in parent:
+        p = pid
+        while p in parent and p != root and p > 1:
+            p = parent[p]
+        if p == root and pid != root:
+            out[pid] = kind[pid]
+    return out
+
+
+def _usage(pid: int) -> tuple[float, float, float] | None:
+    """(CPU s, bytes read, bytes written) of a process so far; None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    except (OSError, ValueError):
+        return None
+    cpu = (float(fields[11]) + float(fields[12])) / _TICK_S
+    return cpu, float(io["rchar"]), float(io["wchar"])
+
+
+class Sampler:
+    """Every 100 ms: each process's CPU and bytes, folded onto the epoch's burst and idle
+    phases, and the host's idle share."""
+
+    def __init__(self, launcher: int, epoch_s: float, burst_s: float) -> None:
+        self.launcher, self.epoch_s, self.burst_s = launcher, epoch_s, burst_s
+        self.procs: dict[int, str] = {}
+        self._last: dict[int, tuple[float, float, float, float]] = {}
+        # (kind, phase) -> [cpu s, wall s x processes]; kind -> [bytes in, bytes out]
+        self.cpu: dict[tuple[str, str], list[float]] = {}
+        self.io: dict[str, list[float]] = {}
+        self.host = _host_cpu()
+
+    def refresh(self) -> None:
+        self.procs = _descendants(self.launcher)
+
+    def sample(self, measuring: bool) -> None:
+        now = time.time()
+        phase_t = now % self.epoch_s
+        phase = "burst" if phase_t < self.burst_s else "idle" if phase_t >= self.epoch_s / 2 else ""
+        for pid, kind in self.procs.items():
+            u = _usage(pid)
+            if u is None:
+                continue
+            last = self._last.get(pid)
+            self._last[pid] = (now, *u)
+            if last is None or not measuring:
+                continue
+            dt = now - last[0]
+            if phase and dt < 0.5:
+                acc = self.cpu.setdefault((kind, phase), [0.0, 0.0])
+                acc[0] += u[0] - last[1]
+                acc[1] += dt
+            b = self.io.setdefault(kind, [0.0, 0.0])
+            b[0] += u[1] - last[2]
+            b[1] += u[2] - last[3]
+
+    def host_idle(self, since: tuple[float, float]) -> float:
+        idle, total = _host_cpu()
+        return (idle - since[0]) / max(total - since[1], 1.0)
+
+
 class Observer:
     def __init__(self, epoch_s: float) -> None:
         self.epoch_s = epoch_s
@@ -74,7 +173,7 @@ class Observer:
         now = time.time()
         try:
             s = messages.decode(topic, payload)
-        except messages.InvalidMessage:
+        except InvalidMessage:
             return
         if isinstance(s, messages.Command):
             t0 = self._sent.pop(s.seq, None)
@@ -90,8 +189,11 @@ class Observer:
 
 async def _observe(
     args: argparse.Namespace, state: Path, ports: dict[str, int], launcher: subprocess.Popen[bytes]
-) -> Observer:
+) -> tuple[Observer, Sampler, float, float, bool]:
+    """The observation; the sampler; when measuring started; the host's idle share while
+    measuring; and whether steady state was reached before `warmup_s` ran out."""
     obs = Observer(args.epoch_s)
+    sampler = Sampler(launcher.pid, args.epoch_s, args.burst_s)
     links: dict[str, AsyncLink] = {}
     for node, port in ports.items():
         creds = state / node / "credentials.json"
@@ -110,35 +212,67 @@ async def _observe(
         )
         await link.connect_retrying(attempts=30)
         links[node] = link
-    t_end = time.time() + args.warmup_s + args.epochs * args.epoch_s
     nodes = list(ports)
+    give_up = time.time() + args.warmup_s
+    window, idles = _host_cpu(), list[float]()
+    next_window = time.time() + 2.0
+    settled = False
+    while time.time() < give_up:
+        await asyncio.sleep(0.2)
+        if time.time() >= next_window:
+            idles.append(sampler.host_idle(window))
+            window, next_window = _host_cpu(), time.time() + 2.0
+        cleared = {n for (_e, n), v in obs.first_seen.items() if v[2] == "cleared"}
+        recent = idles[-3:]
+        if len(cleared) == len(nodes) and len(recent) == 3 and max(recent) - min(recent) < 0.05:
+            settled = True
+            break
+    sampler.refresh()
+    measure_from = time.time()
+    host0 = _host_cpu()
+    t_end = measure_from + args.epochs * args.epoch_s
     next_sample = time.time()
+    next_probe = time.time()
     while time.time() < t_end:
-        # One plain publish to a random node's broker, timed until it comes back.
-        node = random.choice(nodes)
-        tag = random.randrange(1, 2**31)
-        obs._sent[tag] = time.perf_counter()
-        cmd = messages.Command(seq=tag, ts_s=time.time(), setpoint_kw=0.0)
-        await links[node].publish(f"redy/{node}/action/bench/command", messages.encode(cmd), qos=1)
+        sampler.sample(True)
+        if time.time() >= next_probe:
+            # One plain publish to a random node's broker, timed until it comes back.
+            node = random.choice(nodes)
+            tag = random.randrange(1, 2**31)
+            obs._sent[tag] = time.perf_counter()
+            cmd = messages.Command(seq=tag, ts_s=time.time(), setpoint_kw=0.0)
+            topic = f"redy/{node}/action/bench/command"
+            await links[node].publish(topic, messages.encode(cmd), qos=1)
+            next_probe += 0.1
         if time.time() >= next_sample and len(obs.states) == len(nodes):
             net = sum(s.net_kw for s in obs.states.values())
             load = sum(s.consumption_kw for s in obs.states.values())
             obs.balance.append((time.time(), abs(net) / load if load > 0 else 0.0))
             next_sample += 1.0
         await asyncio.sleep(0.1)
+    idle = sampler.host_idle(host0)
     for link in links.values():
         await link.close()
-    return obs
+    return obs, sampler, measure_from, idle, settled
 
 
-def _report(obs: Observer, n: int, args: argparse.Namespace, start: float) -> None:
+def _report(
+    obs: Observer,
+    n: int,
+    args: argparse.Namespace,
+    sampler: Sampler,
+    start: float,
+    idle: float,
+    settled: bool,
+) -> None:
     by_epoch: dict[int, dict[str, tuple[float, float | None, str | None]]] = {}
     for (e, node), v in obs.first_seen.items():
         by_epoch.setdefault(e, {})[node] = v
-    first = int((start + args.warmup_s) // args.epoch_s) + 1
+    first = int(start // args.epoch_s) + 1
+    last = int((start + args.epochs * args.epoch_s) // args.epoch_s) - 1
     times, spreads, full = [], [], 0
     for e, row in sorted(by_epoch.items()):
-        if e < first or len(row) < n:
+        if not first <= e <= last or len(row) < n:
             continue
         prices = [p for _t, p, s in row.values() if p is not None and s == "cleared"]
         if len(prices) < n:
@@ -147,7 +281,11 @@ def _report(obs: Observer, n: int, args: argparse.Namespace, start: float) -> No
         spreads.append(max(prices) - min(prices))
         times.append(max(t for t, _p, _s in row.values()) - e * args.epoch_s)
     rtt = statistics.median(obs.rtts) if obs.rtts else float("nan")
-    print(f"nodes {n}, epoch {args.epoch_s:g} s, {full} epochs with every node cleared")
+    how = "steady state" if settled else f"NOT settled within {args.warmup_s:g} s"
+    print(
+        f"nodes {n}, epoch {args.epoch_s:g} s, {how}; {full} of {last - first + 1} measured"
+        f" epochs with every node cleared; host idle {idle * 100:.0f} % while measuring"
+    )
     print(f"plain MQTT publish round trip: median {rtt * 1000:.2f} ms over {len(obs.rtts)}")
     if times:
         med = statistics.median(times)
@@ -159,7 +297,7 @@ def _report(obs: Observer, n: int, args: argparse.Namespace, start: float) -> No
             f"price spread among nodes: median {statistics.median(spreads):.4f},"
             f" max {max(spreads):.4f} EUR/MWh"
         )
-    late = [b for t, b in obs.balance if t >= start + args.warmup_s + 2 * args.epoch_s]
+    late = [b for t, b in obs.balance if t >= start]
     if late:
         within = sum(b <= 0.01 for b in late) / len(late)
         print(
@@ -167,7 +305,37 @@ def _report(obs: Observer, n: int, args: argparse.Namespace, start: float) -> No
             f" p95 {sorted(late)[int(0.95 * (len(late) - 1))] * 100:.2f} %,"
             f" within 1 %: {within * 100:.0f} % of {len(late)} samples"
         )
-    print(json.dumps({"nodes": n, "rtt_s": rtt, "common_price_s": times, "spread": spreads}))
+    print(
+        "per process | count | CPU in the burst | CPU between epochs | read/epoch | written/epoch"
+    )
+    per: dict[str, dict[str, float]] = {}
+    for kind in ("node", "broker"):
+        count = sum(1 for k in sampler.procs.values() if k == kind)
+        cells = {}
+        for phase in ("burst", "idle"):
+            cpu, wall = sampler.cpu.get((kind, phase), [0.0, 0.0])
+            cells[phase] = cpu / wall if wall else float("nan")
+        rd, wr = sampler.io.get(kind, [0.0, 0.0])
+        per_epoch = max(count, 1) * args.epochs
+        cells["read_b"], cells["written_b"] = rd / per_epoch, wr / per_epoch
+        per[kind] = cells
+        print(
+            f"{kind} | {count} | {cells['burst'] * 100:.1f} % | {cells['idle'] * 100:.1f} %"
+            f" | {cells['read_b'] / 1e3:,.1f} kB | {cells['written_b'] / 1e3:,.1f} kB"
+        )
+    print(
+        json.dumps(
+            {
+                "nodes": n,
+                "settled": settled,
+                "host_idle": idle,
+                "rtt_s": rtt,
+                "common_price_s": times,
+                "spread": spreads,
+                "per_process": per,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -175,7 +343,13 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=12)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--epoch-s", type=float, default=4.0)
-    ap.add_argument("--warmup-s", type=float, default=20.0)
+    ap.add_argument(
+        "--warmup-s",
+        type=float,
+        default=180.0,
+        help="the most to wait for steady state (every node cleared once, host CPU settled)",
+    )
+    ap.add_argument("--burst-s", type=float, default=1.0, help="the epoch's burst, from its start")
     ap.add_argument("--launch", type=Path, help="a launch file instead of a generated grid")
     ap.add_argument(
         "--market", choices=("pushsum", "offers"), default="offers", help="how the grid clears"
@@ -206,9 +380,8 @@ def main() -> None:
              "--compose", "--state-dir", str(state)],
             stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT,
         )  # fmt: skip
-        start = time.time()
         try:
-            obs = asyncio.run(_observe(args, state, ports, launcher))
+            obs, sampler, start, idle, settled = asyncio.run(_observe(args, state, ports, launcher))
         finally:
             launcher.send_signal(signal.SIGTERM)
             try:
@@ -216,7 +389,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 launcher.kill()
             log.close()
-        _report(obs, len(ports), args, start)
+        _report(obs, len(ports), args, sampler, start, idle, settled)
 
 
 if __name__ == "__main__":

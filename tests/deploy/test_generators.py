@@ -64,6 +64,56 @@ def _check_pki(out: Path, node: str) -> None:
     assert pki.common_name_of(folder / f"{node}.crt") == node
 
 
+def test_cert_issue_states_limits_roles_and_reserved_names(grid_ca: Path) -> None:
+    state = str(grid_ca)
+    result = _redy("grid", "cert", "issue", "house-7", "--import-kw", "25", "--export-kw", "10",
+                   "--state-dir", state)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "import 25 kW, export 10 kW" in result.output and "warning" not in result.stderr
+    assert pki.grant_in(grid_ca / "pki" / "house-7.crt") == pki.Grant("node", 25.0, 10.0)
+    result = _redy("grid", "cert", "issue", "house-8", "--state-dir", state)
+    assert result.exit_code == 0, result.output
+    assert "warning: house-8's certificate states no import and export limits" in result.stderr
+    for reserved in pki.RESERVED_NAMES:
+        result = _redy("grid", "cert", "issue", reserved, "--state-dir", state)
+        assert result.exit_code == 1 and "is a reserved name" in result.output, result.output
+    result = _redy("grid", "cert", "operator", "alice", "--state-dir", state)
+    assert result.exit_code == 0, result.output
+    cert = grid_ca / "pki" / "operator.crt"
+    assert pki.common_name_of(cert) == "operator.alice"
+    assert pki.grant_in(cert) == pki.Grant("operator")
+    # A node cannot state other limits than the CA's: the grant is under the CA's signature.
+    from cryptography import x509
+
+    parsed = x509.load_pem_x509_certificate((grid_ca / "pki" / "house-7.crt").read_bytes())
+    ca = x509.load_pem_x509_certificate((grid_ca / "pki" / "ca.crt").read_bytes())
+    parsed.verify_directly_issued_by(ca)
+    raised = parsed.tbs_certificate_bytes.replace(b'"export_kw":10.0', b'"export_kw":99.0')
+    assert raised != parsed.tbs_certificate_bytes  # the grant is in the signed part
+
+
+def test_deploy_states_each_nodes_limits_and_copies_no_operator(
+    tmp_path: Path, grid_ca: Path
+) -> None:
+    """Where the CA key is, `redy deploy` issues each node's certificate with the limits its
+    units give and says so; the operator's certificate beside them stays on this host."""
+    assert _redy("grid", "cert", "operator", "alice", "--state-dir", str(grid_ca)).exit_code == 0
+    out = tmp_path / "out"
+    result = _redy(
+        "deploy", "compose", str(EXAMPLE), *HOSTS, "-o", str(out), "--certs", str(grid_ca)
+    )
+    assert result.exit_code == 0, result.output
+    desc = parse(EXAMPLE, dict(h.split(":=") for h in HOSTS))
+    for n in desc.nodes:
+        grant = n.grant()
+        assert grant.limited and grant.import_kw is not None and grant.export_kw is not None
+        assert f"{n.node}: certificate states {grant.describe()}" in result.output
+        assert pki.grant_in(out / n.node / "pki" / f"{n.node}.crt") == grant
+        assert not (out / n.node / "pki" / "operator.crt").exists()
+    house = next(n for n in desc.nodes if n.node == "house-1").grant()
+    assert 0 < (house.export_kw or 0) < 100 and 0 < (house.import_kw or 0) < 100
+
+
 def test_compose_writes_one_service_per_node_and_no_secret(tmp_path: Path, grid_ca: Path) -> None:
     out = tmp_path / "out"
     result = _redy(
