@@ -4,8 +4,9 @@
 For each N, `--runs` runs of `--epochs` epochs (seeds 1, 2, 3...), each its own `redy sim
 balance` process. Per node and epoch (honest nodes, mean and max over nodes, then the mean over
 the epochs): bytes received (the codec's lengths), offer signatures checked, certificates
-checked (first epoch: every peer's; later epochs none), and the estimated memory of its market
-state (an estimate, see redy.sim.offer_market.OfferGrid.memory; not tracemalloc). Per run: the
+checked (first epoch: every peer's; later epochs none), the offer copies it received with a
+certificate and the share of those whose certificate it already held, and the estimated memory
+of its market state (see redy.sim.offer_market.OfferGrid.memory; not tracemalloc). Per run: the
 simulator's CPU seconds per epoch (all N nodes: the cores' Python work, stand-in signatures),
 that per node, and the real signature checks' CPU per node and epoch estimated as checks x the
 time of one `offers.Verifier.refusal` measured here; the simulator's wall time and peak RSS,
@@ -103,6 +104,7 @@ def main() -> None:
     )
     head = (
         f"{'N':>5} {'run':>3} {'KiB received':>17} {'sig checks':>13} {'cert checks':>11} "
+        f"{'certs in (held)':>15} "
         f"{'memory KiB (est.)':>17} {'CPU s/epoch':>11} {'per node ms':>11} "
         f"{'est. verify ms':>14} {'wall s':>7} {'RSS MiB':>7} {'idle':>5}"
     )
@@ -116,12 +118,14 @@ def main() -> None:
             cpu = sum(e["cpu_s"] for e in r["epochs"]) / len(r["epochs"])
             sigs = _per_node(r, "signature_checks", "mean")
             certs = r["epochs"][0]["per_node"]["certificate_checks"]["mean"]
+            certs_in = _per_node(r, "certificates_received", "mean")
+            held = _per_node(r, "certificates_already_held", "mean") / max(certs_in, 1.0)
             print(
                 f"{n:>5} {run:>3} "
                 f"{_per_node(r, 'bytes_received', 'mean') / 1024:>7.0f} "
                 f"({_per_node(r, 'bytes_received', 'max') / 1024:>7.0f}) "
                 f"{sigs:>5.0f} ({_per_node(r, 'signature_checks', 'max'):>5.0f}) "
-                f"{certs:>11.0f} "
+                f"{certs:>11.0f} {certs_in:>7.0f} ({held:>5.0%}) "
                 f"{_per_node(r, 'memory_bytes', 'mean') / 1024:>7.0f} "
                 f"({_per_node(r, 'memory_bytes', 'max') / 1024:>7.0f}) "
                 f"{cpu:>11.2f} {cpu / n * 1000:>11.2f} {sigs * verify_s * 1000:>14.1f} "

@@ -47,6 +47,7 @@ def test_every_node_clears_at_the_reference_price_checking_each_offer_once() -> 
         assert e["price_spread"] == 0.0
         assert e["cleared_with_every_honest_offer"] == 1.0
         assert e["early_starts"] == 0
+        assert e["imbalance_ratio"] < 1e-9  # every node dispatched at the one exact price
         # Each peer's offer is verified once, its certificate once in the first epoch only.
         assert e["per_node"]["signature_checks"] == {"mean": 149.0, "max": 149.0}
         first = e["epoch"] == 1

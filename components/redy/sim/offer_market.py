@@ -252,6 +252,8 @@ class _Epoch:
     price: dict[int, float] = attrs.Factory(dict)  # the last price each node cleared at
     status: dict[int, str] = attrs.Factory(dict)
     heard: dict[int, int] = attrs.Factory(dict)
+    # Each node's bids' injections at its last price (kW).
+    dispatch_kw: dict[int, list[float]] = attrs.Factory(dict)
     all_honest_s: dict[int, float] = attrs.Factory(dict)  # first clearing with every honest offer
     accepted: dict[int, set[str]] = attrs.Factory(dict)  # honest offers each node took in
     early: int = 0  # honest nodes that started the epoch before its start
@@ -314,6 +316,8 @@ class OfferGrid:
         self.offers_out = np.zeros(n)
         self.held = np.zeros(n)  # bytes of the offers each node took in this epoch
         self.certs_sent = np.zeros(n)  # offers sent with their certificate, since the start
+        self.certs_in = np.zeros(n)  # offers received with their certificate, this epoch
+        self.certs_held = np.zeros(n)  # of those, certificates its Verifier already held
         self._checks0 = np.zeros(n)  # each verifier's counts when the epoch began
         self._certs0 = np.zeros(n)
 
@@ -418,7 +422,11 @@ class OfferGrid:
         self.bytes_in[j] += self.sizes.message(self.names[i], s.epoch, s.offers)
         self.offers_in[j] += len(s.offers)
         self.offers_out[i] += len(s.offers)
-        self.certs_sent[i] += sum(1 for o in s.offers if o.cert is not None)
+        certs = [o.node for o in s.offers if o.cert is not None]
+        self.certs_sent[i] += len(certs)
+        self.certs_in[j] += len(certs)
+        held = self.verifiers[j].cert_of
+        self.certs_held[j] += sum(1 for node in certs if held(node) is not None)
         delay = LINK_DELAY_S + self.rng.uniform(-LINK_JITTER_S, LINK_JITTER_S)
         self._push(self.now + delay, j, Received(self.names[i], s.epoch, s.offers))
 
@@ -428,6 +436,7 @@ class OfferGrid:
         e.price[i] = c.result.price_eur_mwh
         e.status[i] = c.result.status
         e.heard[i] = c.heard
+        e.dispatch_kw[i] = [c.result.dispatch_kw(b) for b in c.bids]
         if i not in e.all_honest_s and len(e.accepted.get(i, ())) >= len(self.honest) - 1:
             e.all_honest_s[i] = c.elapsed_s
         if first and self.attacks is not None:
@@ -438,6 +447,8 @@ class OfferGrid:
         self.bytes_in[:] = 0
         self.offers_in[:] = 0
         self.offers_out[:] = 0
+        self.certs_in[:] = 0
+        self.certs_held[:] = 0
         self.held[:] = 0
         self._checks0[:] = [v.checked for v in self.verifiers]
         self._certs0[:] = [v.cert_checks for v in self.verifiers]
@@ -593,6 +604,9 @@ def _report(
     wave_s = grid.timing.for_peers(peers)[0]
     idx = np.asarray(honest, dtype=np.int64)
     sigs, certs = grid.checks()
+    dispatch = [p for i in honest for p in e.dispatch_kw.get(i, ())]
+    injection = sum(dispatch, 0.0)
+    load = sum((-p for p in dispatch if p < 0), 0.0)
     return {
         "epoch": epoch,
         "nodes": len(grid.names),
@@ -604,6 +618,10 @@ def _report(
         "price_spread": float(prices.max() - prices.min()) if len(prices) else None,
         "price_range": [float(prices.min()), float(prices.max())] if len(prices) else None,
         "statuses": dict(statuses),
+        # The honest nodes' net injection at their prices (with members, theirs is missing).
+        "imbalance_kw": injection,
+        "load_kw": load,
+        "imbalance_ratio": abs(injection) / load if load else 0.0,
         "cleared_with_every_honest_offer": len(reached) / len(honest),
         "last_cleared_s": last_s,
         "waves": last_s / wave_s if last_s is not None else None,
@@ -612,6 +630,8 @@ def _report(
         "per_node": {
             "bytes_received": _stats(grid.bytes_in[idx]),
             "offers_received": _stats(grid.offers_in[idx]),
+            "certificates_received": _stats(grid.certs_in[idx]),
+            "certificates_already_held": _stats(grid.certs_held[idx]),
             "signature_checks": _stats(sigs[idx]),
             "certificate_checks": _stats(certs[idx]),
             "memory_bytes": _stats(grid.memory()[idx]),
