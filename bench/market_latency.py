@@ -18,8 +18,12 @@ figure taken with no idle CPU measures the host, not the grid.
 
 Per process, over the measured epochs (/proc/PID/stat and /proc/PID/io every 100 ms, folded
 onto the epoch): CPU as a share of one core in the epoch's burst (its first `--burst-s`) and
-between epochs (its second half), and bytes read and written per epoch (rchar/wchar: mostly
-sockets), for the node processes and their brokers.
+between epochs (its second half), for the node processes (`--compose`: one per node, its
+governance and units) and their brokers; and per broker, the bytes it read (what the node's
+peers and units sent it) and wrote (what its governance, units and this bench's observer got)
+per epoch. Mosquitto reads and writes its sockets with read() and write(), which /proc/PID/io
+counts (rchar, wchar); the node processes use recv() and send(), which it does not, so their
+bytes are their broker's.
 
     python bench/market_latency.py [--nodes 12] [--epochs 8] [--epoch-s 4]
 """
@@ -319,9 +323,13 @@ def _report(
         per_epoch = max(count, 1) * args.epochs
         cells["read_b"], cells["written_b"] = rd / per_epoch, wr / per_epoch
         per[kind] = cells
+        io = (
+            f"{cells['read_b'] / 1e3:,.1f} kB | {cells['written_b'] / 1e3:,.1f} kB"
+            if kind == "broker"
+            else "(its broker's) | (its broker's)"
+        )
         print(
-            f"{kind} | {count} | {cells['burst'] * 100:.1f} % | {cells['idle'] * 100:.1f} %"
-            f" | {cells['read_b'] / 1e3:,.1f} kB | {cells['written_b'] / 1e3:,.1f} kB"
+            f"{kind} | {count} | {cells['burst'] * 100:.1f} % | {cells['idle'] * 100:.1f} % | {io}"
         )
     print(
         json.dumps(

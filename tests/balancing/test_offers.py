@@ -16,6 +16,7 @@ from redy import messages, pki
 from redy.balancing import reference
 from redy.balancing.curves import Bid, Dispatchable, Fixed, FlexibleLoad, Storage
 from redy.balancing.offers import (
+    FRESH_EPOCHS,
     Action,
     Cleared,
     Dropped,
@@ -547,10 +548,12 @@ def test_a_forged_early_message_ends_no_epoch(grid_pki: Path) -> None:
         assert early >= direct if starts else early == set()
 
 
-def test_certificates_go_once_per_neighbour_and_again_after_a_restart(tmp_path: Path) -> None:
-    """Each node sends a neighbour each node's certificate once: in the second epoch no offer
-    carries one, and every node still clears the exact price. A node that restarts (a new
-    session, no certificates held) gets them again and clears with every peer within an
+def test_certificates_ride_only_while_new_even_as_views_change(tmp_path: Path) -> None:
+    """A node's certificate rides along with its offers for its first FRESH_EPOCHS epochs only
+    (every member holds it then), and to a newcomer for its first epochs; views drawn afresh
+    every epoch (shuffles) change nothing: after that, only the pairs' refreshes (1 in 64
+    epochs) carry one, and every node still clears the exact price. A node that restarts (a
+    new session, no certificates held) gets them again and clears with every peer within an
     epoch of its return."""
     pki.ensure_ca(tmp_path)
     ca = pki.pki_dir(tmp_path) / "ca.crt"
@@ -566,20 +569,26 @@ def test_certificates_go_once_per_neighbour_and_again_after_a_restart(tmp_path: 
         send(node, now, actions)
 
     net._act = spy  # type: ignore[method-assign]
+    rng = random.Random(4)
+    names = sorted(bids)
     net.run(cores, 399.0, 401.0)
-    first = sum(o.cert is not None for o in carried)
-    assert first >= len(bids)  # every node's certificate went out
-    carried.clear()
-    net.run(cores, 403.9, 405.0)
-    assert carried and not any(o.cert is not None for o in carried)
+    assert sum(o.cert is not None for o in carried) >= len(bids)  # every one went out
     ref = _reference_without(bids)
-    for name in bids:
-        last = net.cleared[name][-1]
-        assert last.epoch == 101 and last.heard == 19
-        assert last.result.price_eur_mwh == pytest.approx(ref.price_eur_mwh, abs=1e-6)
+    for epoch in range(101, 106):
+        for name in names:  # the overlay shuffled: new neighbours everywhere
+            views[name][:] = rng.sample([m for m in names if m != name], 6)
+        carried.clear()
+        net.run(cores, epoch * 4.0 - 0.1, epoch * 4.0 + 1.0)
+        with_cert = sum(o.cert is not None for o in carried)
+        if epoch >= 100 + FRESH_EPOCHS:
+            assert carried and with_cert <= len(carried) / 16, (epoch, with_cert, len(carried))
+        for name in bids:
+            last = net.cleared[name][-1]
+            assert last.epoch == epoch and last.heard == 19
+            assert last.result.price_eur_mwh == pytest.approx(ref.price_eur_mwh, abs=1e-6)
     # n4 restarts: a new core and verifier (it holds no certificate), a new session.
     cores["n4"] = _own_core("n4", bids["n4"], views["n4"], Signer(idents["n4"], session=2), ca)[0]
-    net.run(cores, 407.9, 413.0)
-    (late,) = [c for c in net.cleared["n4"] if c.epoch == 103][-1:]
+    net.run(cores, 431.9, 437.0)  # epochs 108 (its return) and 109
+    (late,) = [c for c in net.cleared["n4"] if c.epoch == 109][-1:]
     assert late.heard == 19
     assert late.result.price_eur_mwh == pytest.approx(ref.price_eur_mwh, abs=1e-6)

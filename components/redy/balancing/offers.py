@@ -33,6 +33,7 @@ import base64
 import datetime
 import hashlib
 import math
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -55,8 +56,12 @@ NodeId = str
 MAX_BLOCKS = 64  # per offer (the contract's list length is 1 + 3 x this)
 MESSAGE_BYTES = 40_000  # offers per message are batched up to about this (payload limit 64 KiB)
 MAX_NODES = 10_000  # offers a node keeps per epoch
-# A node sends a neighbour each node's certificate once, then again after this many epochs (a
-# message at QoS 0 may have been lost) or when the neighbour's session changes (it restarted).
+# Certificates ride along with a node's offers while they are new: for FRESH_EPOCHS after a
+# node first shows them (a newcomer, a renewal), and to a neighbour for FRESH_EPOCHS after its
+# session first shows or changes (a newcomer, a restart). Any other time every member already
+# holds them; each (neighbour, node) pair still gets one every CERT_REFRESH_EPOCHS epochs, at a
+# phase of its own, in case all the copies sent while new were lost (QoS 0).
+FRESH_EPOCHS = 3
 CERT_REFRESH_EPOCHS = 64
 _PENDING_PER_NODE = 4  # offers without a certificate that wait for one, per node
 
@@ -504,10 +509,10 @@ class OfferCore:
         self.bounds_kw = bounds_kw
         self._cert_of = cert_of
         self.floor_eur_mwh, self.cap_eur_mwh = floor_eur_mwh, cap_eur_mwh
-        self._sessions: dict[NodeId, int | None] = {}  # each node's session, from its offers
-        # Per neighbour: its session when we started sending, and per node the certificate we
-        # sent it and in which epoch.
-        self._certs_sent: dict[NodeId, tuple[int | None, dict[NodeId, tuple[str, int]]]] = {}
+        # Per node, from its offers: its session, and the epoch we first saw that session.
+        self._sessions: dict[NodeId, tuple[int | None, int]] = {}
+        # Per node: its certificate as we last saw it, and the epoch we first saw that one.
+        self._certs_seen: dict[NodeId, tuple[str, int]] = {}
         self._bare: dict[str, NodeOffer] = {}  # sig -> the offer without its certificate
         self._pending: dict[NodeId, list[NodeOffer]] = {}  # offers waiting for a certificate
         self.epoch = 0
@@ -584,11 +589,6 @@ class OfferCore:
             if has is not None:
                 has.difference_update(o.sig for o in event.offers)
                 self._mark_dirty(now)
-            sent = self._certs_sent.get(event.target)
-            if sent is not None:  # the certificates may not have arrived either
-                for o in event.offers:
-                    if o.cert is not None:
-                        sent[1].pop(o.node, None)
         if now >= self._finish():
             self._clear(now, out)
             self._running = False
@@ -678,40 +678,49 @@ class OfferCore:
                 self._take(now, sender, later, out)
 
     def _session_of(self, offer: NodeOffer) -> None:
-        """Note the session a node's offer states; a neighbour whose session changed (it
-        restarted, and lost the certificates we sent it) gets this epoch's offers again."""
-        if self._sessions.get(offer.node, offer.session) != offer.session:
-            self._has.pop(offer.node, None)
-        if len(self._sessions) >= 4 * MAX_NODES and offer.node not in self._sessions:
-            self._sessions.clear()
-        self._sessions[offer.node] = offer.session
+        """Note the session a node's offer states. A session seen first, or changed (a newcomer,
+        a node that restarted and lost the certificates it held), makes the node fresh. One that
+        changed gets this epoch's offers again, with their certificates (before, we took it
+        for a node that held them); one seen first has had them with theirs (a node we know
+        no session of is fresh)."""
+        seen = self._sessions.get(offer.node)
+        if seen is None or seen[0] != offer.session:
+            if seen is not None:
+                self._has.pop(offer.node, None)
+            if len(self._sessions) >= 4 * MAX_NODES:
+                self._sessions.clear()
+            self._sessions[offer.node] = (offer.session, self.epoch)
+
+    def _fresh_cert(self, node: NodeId, cert: str) -> bool:
+        """Whether `node`'s certificate is new (first seen, or renewed, in the last epochs)."""
+        seen = self._certs_seen.get(node)
+        if seen is None or seen[0] != cert:
+            if len(self._certs_seen) >= 4 * MAX_NODES:
+                self._certs_seen.clear()
+            seen = self._certs_seen[node] = (cert, self.epoch)
+        return self.epoch - seen[1] < FRESH_EPOCHS
 
     def _for(self, target: NodeId, offer: NodeOffer) -> NodeOffer:
-        """`offer` as `target` gets it: with its node's certificate if `target` is not known
-        to hold it, else without."""
+        """`offer` as `target` gets it: with its node's certificate while the certificate or
+        the target is fresh (and at the pair's refresh), else without."""
         if self._cert_of is None:
             return offer
         cert = offer.cert or self._cert_of(offer.node)
         if cert is None:
             return offer
+        new_cert = self._fresh_cert(offer.node, cert)  # noted whatever the target
         session = self._sessions.get(target)
-        record = self._certs_sent.get(target)
-        if record is not None and record[0] is None and session is not None:
-            # Its session learnt only now, from its first offer we took: the same session.
-            record = self._certs_sent[target] = (session, record[1])
-        if record is None or record[0] != session:
-            if len(self._certs_sent) >= 64:  # bounded: the current neighbours' stay
-                keep = set(self._neighbours())
-                self._certs_sent = {t: r for t, r in self._certs_sent.items() if t in keep}
-            record = self._certs_sent[target] = (session, {})
-        sent = record[1].get(offer.node)
-        if sent is not None and sent[0] == cert and self.epoch - sent[1] < CERT_REFRESH_EPOCHS:
-            bare = self._bare.get(offer.sig)
-            if bare is None:
-                bare = self._bare[offer.sig] = attrs.evolve(offer, cert=None)
-            return bare
-        record[1][offer.node] = (cert, self.epoch)
-        return offer if offer.cert == cert else attrs.evolve(offer, cert=cert)
+        fresh = session is None or self.epoch - session[1] < FRESH_EPOCHS
+        if fresh or new_cert or self._refresh(target, offer.node):
+            return offer if offer.cert == cert else attrs.evolve(offer, cert=cert)
+        bare = self._bare.get(offer.sig)
+        if bare is None:
+            bare = self._bare[offer.sig] = attrs.evolve(offer, cert=None)
+        return bare
+
+    def _refresh(self, target: NodeId, node: NodeId) -> bool:
+        phase = zlib.crc32(f"{target}/{node}".encode())
+        return (phase + self.epoch) % CERT_REFRESH_EPOCHS == 0
 
     def _relays(self, targets: Sequence[NodeId]) -> list[NodeId]:
         """The neighbours this epoch's waves pass offers on to: all of them, or past a crowd
