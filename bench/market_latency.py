@@ -16,7 +16,7 @@ points over three windows; `--warmup-s` is the most it waits for that (it says s
 settle). The host's idle share over the measured epochs is printed beside the figures: a
 figure taken with no idle CPU measures the host, not the grid.
 
-Per process, over the measured epochs (/proc/PID/stat and /proc/PID/io every 100 ms, folded
+Per process, over the measured epochs (/proc/PID/stat and /proc/PID/io every 250 ms, folded
 onto the epoch): CPU as a share of one core in the epoch's burst (its first `--burst-s`) and
 between epochs (its second half), for the node processes (`--compose`: one per node, its
 governance and units) and their brokers; and per broker, the bytes it read (what the node's
@@ -138,12 +138,17 @@ class Sampler:
     def refresh(self) -> None:
         self.procs = _descendants(self.launcher)
 
+    def _phase(self, t: float) -> str:
+        at = t % self.epoch_s
+        return "burst" if at < self.burst_s else "idle" if at >= self.epoch_s / 2 else ""
+
     def sample(self, measuring: bool) -> None:
-        now = time.time()
-        phase_t = now % self.epoch_s
-        phase = "burst" if phase_t < self.burst_s else "idle" if phase_t >= self.epoch_s / 2 else ""
         for pid, kind in self.procs.items():
             u = _usage(pid)
+            # Each process's own time of reading: on a loaded host this loop is preempted, and
+            # one time for all would give some processes' CPU a longer interval than counted.
+            now = time.time()
+            phase = self._phase(now)
             if u is None:
                 continue
             last = self._last.get(pid)
@@ -151,7 +156,7 @@ class Sampler:
             if last is None or not measuring:
                 continue
             dt = now - last[0]
-            if phase and dt < 0.5:
+            if phase and phase == self._phase(last[0]) and dt < 1.0:
                 acc = self.cpu.setdefault((kind, phase), [0.0, 0.0])
                 acc[0] += u[0] - last[1]
                 acc[1] += dt
@@ -237,8 +242,11 @@ async def _observe(
     t_end = measure_from + args.epochs * args.epoch_s
     next_sample = time.time()
     next_probe = time.time()
+    next_cpu = time.time()
     while time.time() < t_end:
-        sampler.sample(True)
+        if time.time() >= next_cpu:  # every 250 ms: reading /proc costs this host too
+            sampler.sample(True)
+            next_cpu += 0.25
         if time.time() >= next_probe:
             # One plain publish to a random node's broker, timed until it comes back.
             node = random.choice(nodes)
