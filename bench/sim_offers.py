@@ -3,18 +3,19 @@
 
 For each N, `--runs` runs of `--epochs` epochs (seeds 1, 2, 3...), each its own `redy sim
 balance` process. Per node and epoch (honest nodes, mean and max over nodes, then the mean over
-the epochs): bytes received (the codec's lengths), offer signatures checked, certificates
-checked (first epoch: every peer's; later epochs none), the offer copies it received with a
-certificate and the share of those whose certificate it already held, and the estimated memory
-of its market state (see redy.sim.offer_market.OfferGrid.memory; not tracemalloc). Per run: the
-simulator's CPU seconds per epoch (all N nodes: the cores' Python work, stand-in signatures),
-that per node, and the real signature checks' CPU per node and epoch estimated as checks x the
-time of one `offers.Verifier.refusal` measured here; the simulator's wall time and peak RSS,
-with the host's idle CPU share over the run beside them (the machine may be shared: a busy host
-makes timings longer, not the counts). Also the largest price error against the reference
-optimum over all runs.
+the epochs after the first `offers.FRESH_EPOCHS`, in which certificates still ride along; the
+first epoch's bytes beside): bytes received (the codec's lengths), offer signatures checked,
+certificates checked (in the first epoch: every peer's; none later), the offer copies it
+received with a certificate and the share of those whose certificate it already held, and the
+estimated memory of its market state (redy.sim.offer_market.OfferGrid.memory; not tracemalloc).
+Per run: the simulator's CPU seconds per epoch (all N nodes: the cores' Python work, stand-in
+signatures), that per node, and the real signature checks' CPU per node and epoch estimated as
+checks x the time of one `offers.Verifier.refusal` measured here; the simulator's wall time and
+peak RSS, with the host's idle CPU share over the run beside them (the machine may be shared: a
+busy host makes timings longer, not the counts). Also the largest price error against the
+reference optimum over all runs.
 
-    python bench/sim_offers.py [--nodes 100,300,1000] [--epochs 2] [--runs 3] [--view 8]
+    python bench/sim_offers.py [--nodes 100,300,1000] [--epochs 5] [--runs 3] [--view 8]
 
 The view defaults to the governance's (8), the shuffle to 4.
 """
@@ -30,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from redy.balancing.offers import FRESH_EPOCHS
 
 _MIB = 1024 * 1024
 
@@ -80,15 +83,23 @@ def _run(nodes: int, epochs: int, view: int, shuffle: int, seed: int) -> dict[st
     return result
 
 
+def _steady(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """The epochs after certificates stop riding along (FRESH_EPOCHS), else all of them."""
+    epochs: list[dict[str, Any]] = r["epochs"]
+    return epochs[FRESH_EPOCHS:] or epochs
+
+
 def _per_node(r: dict[str, Any], key: str, stat: str) -> float:
-    """The mean over the epochs of a per-node figure's `stat` (mean or max over nodes)."""
-    return float(sum(e["per_node"][key][stat] for e in r["epochs"])) / len(r["epochs"])
+    """The mean over the steady epochs of a per-node figure's `stat` (mean or max over
+    nodes)."""
+    epochs = _steady(r)
+    return float(sum(e["per_node"][key][stat] for e in epochs)) / len(epochs)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--nodes", default="100,300,1000")
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=FRESH_EPOCHS + 2)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--view", type=int, default=8)
     ap.add_argument("--shuffle", type=int, default=4)
@@ -99,11 +110,13 @@ def main() -> None:
         f"{os.cpu_count()} cores; one real offer check {verify_s * 1e6:.0f} us"
     )
     print(
-        "per node and epoch, mean (max) over honest nodes; CPU: the simulator's, all nodes; "
-        "est. verify: checks x one real check"
+        f"per node and epoch, mean (max) over honest nodes, epochs after the first"
+        f" {FRESH_EPOCHS} (certificates still ride along in those; 1st: the first epoch);"
+        " CPU: the simulator's, all nodes; est. verify: checks x one real check"
     )
     head = (
-        f"{'N':>5} {'run':>3} {'KiB received':>17} {'sig checks':>13} {'cert checks':>11} "
+        f"{'N':>5} {'run':>3} {'1st KiB':>8} {'KiB received':>17} {'sig checks':>13} "
+        f"{'1st certs':>9} "
         f"{'certs in (held)':>15} "
         f"{'memory KiB (est.)':>17} {'CPU s/epoch':>11} {'per node ms':>11} "
         f"{'est. verify ms':>14} {'wall s':>7} {'RSS MiB':>7} {'idle':>5}"
@@ -115,17 +128,18 @@ def main() -> None:
         for run in range(1, a.runs + 1):
             r = _run(n, a.epochs, a.view, a.shuffle, run)
             worst = max([worst, *(e["price_error"] for e in r["epochs"])])
-            cpu = sum(e["cpu_s"] for e in r["epochs"]) / len(r["epochs"])
+            cpu = sum(e["cpu_s"] for e in _steady(r)) / len(_steady(r))
+            first = r["epochs"][0]["per_node"]["bytes_received"]["mean"]
             sigs = _per_node(r, "signature_checks", "mean")
             certs = r["epochs"][0]["per_node"]["certificate_checks"]["mean"]
             certs_in = _per_node(r, "certificates_received", "mean")
             held = _per_node(r, "certificates_already_held", "mean") / max(certs_in, 1.0)
             print(
-                f"{n:>5} {run:>3} "
+                f"{n:>5} {run:>3} {first / 1024:>8.0f} "
                 f"{_per_node(r, 'bytes_received', 'mean') / 1024:>7.0f} "
                 f"({_per_node(r, 'bytes_received', 'max') / 1024:>7.0f}) "
                 f"{sigs:>5.0f} ({_per_node(r, 'signature_checks', 'max'):>5.0f}) "
-                f"{certs:>11.0f} {certs_in:>7.0f} ({held:>5.0%}) "
+                f"{certs:>9.0f} {certs_in:>7.0f} ({held:>5.0%}) "
                 f"{_per_node(r, 'memory_bytes', 'mean') / 1024:>7.0f} "
                 f"({_per_node(r, 'memory_bytes', 'max') / 1024:>7.0f}) "
                 f"{cpu:>11.2f} {cpu / n * 1000:>11.2f} {sigs * verify_s * 1000:>14.1f} "

@@ -22,6 +22,7 @@ from redy.sim.offer_market import SimKeys, SimVerifier, _gossip, _Sizes
 pytestmark = pytest.mark.pure
 
 NODES = 100
+MEMBERS = {"mix": 7}  # every strategy once; 3 members of one strategy otherwise
 
 
 @functools.cache
@@ -33,7 +34,7 @@ def _run(attack: str | None, nodes: int = NODES) -> dict[str, Any]:
         shuffle_length=4,
         seed=5,
         market="offers",
-        adversaries=0.03 if attack else 0.0,
+        adversaries=MEMBERS.get(attack, 3) / nodes if attack else 0.0,
         attack=attack,
     )
 
@@ -62,10 +63,12 @@ def test_members_move_the_honest_price_no_further_than_honest_members_of_their_l
 ) -> None:
     r = _run(attack)
     a = r["adversaries"]
-    assert a["members"] == 3
+    members = MEMBERS.get(attack, 3)
+    assert a["members"] == members
+    assert a["attack"] == ({s: 1 for s in OFFER_ATTACKS} if attack == "mix" else {attack: 3})
     for k, e in enumerate(r["epochs"]):
         low, high = a["price_band_eur_mwh"][k]
-        assert e["statuses"] == {"cleared": NODES - 3}, e
+        assert e["statuses"] == {"cleared": NODES - members}, e
         assert e["price_spread"] <= 1e-9, e  # every honest node on one price
         assert a["outside_band_eur_mwh"][k] <= 1e-6, (low, high, e["price_range"])
         assert e["cleared_with_every_honest_offer"] == 1.0

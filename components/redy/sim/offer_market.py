@@ -315,7 +315,6 @@ class OfferGrid:
         self.offers_in = np.zeros(n)
         self.offers_out = np.zeros(n)
         self.held = np.zeros(n)  # bytes of the offers each node took in this epoch
-        self.certs_sent = np.zeros(n)  # offers sent with their certificate, since the start
         self.certs_in = np.zeros(n)  # offers received with their certificate, this epoch
         self.certs_held = np.zeros(n)  # of those, certificates its Verifier already held
         self._checks0 = np.zeros(n)  # each verifier's counts when the epoch began
@@ -423,7 +422,6 @@ class OfferGrid:
         self.offers_in[j] += len(s.offers)
         self.offers_out[i] += len(s.offers)
         certs = [o.node for o in s.offers if o.cert is not None]
-        self.certs_sent[i] += len(certs)
         self.certs_in[j] += len(certs)
         held = self.verifiers[j].cert_of
         self.certs_held[j] += sum(1 for node in certs if held(node) is not None)
@@ -463,16 +461,14 @@ class OfferGrid:
     def memory(self) -> np.ndarray:
         """An estimate of each node's market state at the epoch's end, bytes: the offers it
         took in (`_held_bytes`), its per-neighbour sets of the signatures each has (an entry
-        per offer sent or received), the certificates its Verifier holds, and its record of
-        the certificates it sent each neighbour (an entry per offer sent with one; the core
-        keeps the current neighbours' only, so this overstates it after many epochs)."""
-        cert = sys.getsizeof(SimKeys.cert("")) + _KEY_BYTES + 2 * _ENTRY_BYTES
+        per offer sent or received), and per node whose certificate it holds: the certificate
+        and key its Verifier keeps, and the core's records of that node's certificate and
+        session (an entry and a small tuple each)."""
+        per_node = sys.getsizeof(SimKeys.cert("")) + _KEY_BYTES + 2 * _ENTRY_BYTES
+        per_node += 2 * (_ENTRY_BYTES + sys.getsizeof(("", 0)))
         certs = np.array([v.held_certs() for v in self.verifiers], dtype=float)
         out: np.ndarray = (
-            self.held
-            + _ENTRY_BYTES * (self.offers_in + self.offers_out)
-            + cert * certs
-            + (_ENTRY_BYTES + 64) * self.certs_sent
+            self.held + _ENTRY_BYTES * (self.offers_in + self.offers_out) + per_node * certs
         )
         return out
 
