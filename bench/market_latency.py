@@ -11,9 +11,9 @@ gossip push costs). Also samples the grid balance at 1 Hz: |sum of net injection
 from the same retained states.
 
 Steady state, before anything is measured: every node has reported a cleared price at least
-once, and the host's idle share (from /proc/stat, over 2 s windows) has moved by less than 5
-points over three windows; `--warmup-s` is the most it waits for that (it says so if it did not
-settle). The host's idle share over the measured epochs is printed beside the figures: a
+once, and the host's idle share (from /proc/stat, over windows of one epoch, so that each holds
+one burst) has moved by less than 5 points over three windows; `--warmup-s` is the most it
+waits for that (it says so if it did not settle). The host's idle share over the measured epochs is printed beside the figures: a
 figure taken with no idle CPU measures the host, not the grid.
 
 Per process, over the measured epochs (/proc/PID/stat and /proc/PID/io every 250 ms, folded
@@ -224,13 +224,13 @@ async def _observe(
     nodes = list(ports)
     give_up = time.time() + args.warmup_s
     window, idles = _host_cpu(), list[float]()
-    next_window = time.time() + 2.0
+    next_window = time.time() + args.epoch_s
     settled = False
     while time.time() < give_up:
         await asyncio.sleep(0.2)
         if time.time() >= next_window:
             idles.append(sampler.host_idle(window))
-            window, next_window = _host_cpu(), time.time() + 2.0
+            window, next_window = _host_cpu(), time.time() + args.epoch_s
         cleared = {n for (_e, n), v in obs.first_seen.items() if v[2] == "cleared"}
         recent = idles[-3:]
         if len(cleared) == len(nodes) and len(recent) == 3 and max(recent) - min(recent) < 0.05:
