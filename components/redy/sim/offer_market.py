@@ -8,17 +8,19 @@ gets. What the unit does with the network the driver does here: a `Send` reaches
 view in the simulator's overlay (the shuffle core of redy.sim.membership, one shuffle per
 epoch), and the bids are the node's for the epoch the clock is in.
 
-Signatures are a stand-in with the real one's cost model (`SimSignatures`): an offer's `sig` is
-a keyed hash of its node, epoch and values, of the length of a base64 ECDSA P-256 signature, and
-its `cert` a string of the length of a node certificate of `redy.pki`; each check is counted
-against the node that makes it (the real Verifier checks one ECDSA signature per call). Each
-node is held to certified limits (import_kw, export_kw): the most its own bids consume and
-produce over the run (`certified_limits`, checked by `limit_refusal`).
+Keys and certificates are stand-ins of the real ones' sizes (`SimKeys`: an offer's `sig` is a
+keyed hash of what the real Signer signs, its `cert` a string naming the node), checked by a
+`SimVerifier` per node that follows `offers.Verifier` step for step and counts what costs an
+ECDSA verification in the real one: each new certificate, each offer's signature. Each node's
+certificate states its limits (import_kw, export_kw): the most its own bids consume and
+produce over the run (`certified_limits`); offers beyond them are refused with the real check
+(`offers.offer_refusal` on the `Grant`'s bounds), and the core bids within them.
 
 Measured per node and epoch: the bytes it received (the codec's: every message's length is
 that of `redy.messages.encode_with`, the governance's encoding, see `_Sizes`), the signatures
-it checked, and an estimate of the memory the epoch's offers take in it (`_held_bytes`: not
-tracemalloc, which cannot tell one simulated node's objects from another's).
+and certificates it checked, and an estimate of the memory its market state takes
+(`OfferGrid.memory`: not tracemalloc, which cannot tell one simulated node's objects from
+another's, and here nodes share the offer objects a real node would decode for itself).
 """
 
 from __future__ import annotations
@@ -247,7 +249,7 @@ def _held_bytes(o: NodeOffer, encoded: int) -> int:
 
 @attrs.define
 class _Epoch:
-    """What the honest nodes did in one epoch (arrays over all nodes, members left at 0)."""
+    """What the honest nodes did in one epoch, by node index."""
 
     price: dict[int, float] = attrs.Factory(dict)  # the last price each node cleared at
     status: dict[int, str] = attrs.Factory(dict)
@@ -553,6 +555,7 @@ def simulate_offers(
         cpu = time.process_time() - cpu
         honest_bids = [all_bids[i, epoch] for i in grid.honest]
         report.append(_report(grid, epoch, honest_bids, cpu))
+        grid.epochs.pop(epoch - 1, None)  # its report needed it (the peers heard); no more
         if attacks is not None:
             attacks.record(report[-1], honest_bids)
         if progress is not None:
