@@ -24,8 +24,9 @@ A member is honest about its name (it has a valid certificate) and nothing else:
   (`mix`: each member one of them in turn): `sell-floor` offers its full export at the price
   floor, `buy-cap` its full import at the price cap; `two-faced` signs both and sends each to
   half of its neighbours; `withhold` never passes on another's offer; `late` sends its own
-  offer only once `LATE_SHARE` of the honest nodes have cleared; `replay` sends each neighbour
-  the offers it heard in the epoch before, as they were and stamped with this epoch; `early`
+  offer only once `LATE_SHARE` of the honest nodes have cleared; `replay` sends each neighbour,
+  with every message, the offers it heard in the epoch before, as they were and stamped with
+  this epoch (a refused offer is checked again each time it comes); `early`
   sends every neighbour, `EARLY_LEAD` of an epoch before the next one, a message of that next
   epoch carrying an offer with no valid signature. Measured: how far the honest prices are from
   the honest optimum, against the band in which honest members of the same certified limits
@@ -291,7 +292,6 @@ class OfferAttacks:
         self._other: dict[int, NodeOffer] = {}  # a two-faced member's second offer
         self._heard: dict[int, dict[str, NodeOffer]] = {}  # offers of this epoch, per member
         self._old: dict[int, dict[str, NodeOffer]] = {}  # of the epoch before
-        self._replayed: set[tuple[int, str]] = set()  # (member, neighbour) this epoch
         self.forged = 0  # messages the members made up (replays, early ones)
         self.bounds: list[tuple[float, float]] = []  # per epoch: honest members' band
         self.moved: list[float | None] = []
@@ -308,7 +308,7 @@ class OfferAttacks:
         """Epoch `epoch` begins: the members' bids (set in `bids`) and their timers."""
         self.epoch = epoch
         self._old, self._heard = self._heard, {}
-        self._own, self._other, self._replayed = {}, {}, set()
+        self._own, self._other = {}, {}
         self._late_sent = False
         for m, s in self.strategy.items():
             if s in ("sell-floor", "buy-cap", "two-faced"):
@@ -338,8 +338,7 @@ class OfferAttacks:
             elif s == "late" and not self._late_sent:
                 self._own.update((member, o) for o in offers if o.node == name)
                 offers = tuple(o for o in offers if o.node != name)
-            elif s == "replay" and (member, send.target) not in self._replayed:
-                self._replayed.add((member, send.target))
+            elif s == "replay":  # with every message: each copy costs its receiver a check
                 out += self._replays(member, send)
             if offers:
                 out.append(attrs.evolve(send, offers=offers))
