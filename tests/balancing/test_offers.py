@@ -592,3 +592,22 @@ def test_certificates_ride_only_while_new_even_as_views_change(tmp_path: Path) -
     (late,) = [c for c in net.cleared["n4"] if c.epoch == 109][-1:]
     assert late.heard == 19
     assert late.result.price_eur_mwh == pytest.approx(ref.price_eur_mwh, abs=1e-6)
+
+
+def test_an_offer_refused_once_costs_no_check_when_it_comes_again(grid_pki: Path) -> None:
+    """A member that sends the same bad offer again and again (or a third offer after two of
+    its own were caught) makes each node check its signature once in the epoch, not once per
+    copy: 1 or 30 copies cost the same signature checks."""
+    checks = []
+    for copies in (1, 30):
+        bids, views, signers, _ = _grid(grid_pki, 12, seed=3)
+        verifier = Verifier(pki.pki_dir(grid_pki) / "ca.crt", CAPACITY_KW)
+        over = signers["n1"].sign(100, (-2 * CAPACITY_KW,))
+        cheap = signers["n1"].sign(100, (0.0, 10.0, -100.0, -100.0))
+        dear = signers["n1"].sign(100, (-10.0,))
+        third = signers["n1"].sign(100, (-20.0,))
+        offers = [over, cheap, dear] + [over, third] * (copies - 1)
+        net = _hostile(grid_pki, bids, views, signers, verifier, offers)
+        assert any("beyond the grid's bound" in d.reason for _, d in net.dropped)
+        checks.append(verifier.checked)
+    assert checks[0] == checks[1]

@@ -523,6 +523,7 @@ class OfferCore:
         self._known: dict[NodeId, NodeOffer] = {}
         self._by_sig: dict[str, NodeOffer] = {}  # every offer taken in, proofs included
         self._banned: set[NodeId] = set()
+        self._refused: set[str] = set()  # signatures of offers refused this epoch
         self._members: frozenset[NodeId] = frozenset()  # the peers cleared with last epoch
         self._has: dict[NodeId, set[str]] = {}  # per peer: the signatures it has
         self._started_at = 0.0
@@ -631,6 +632,7 @@ class OfferCore:
         self._known = {self.node: mine}
         self._by_sig = {mine.sig: mine}
         self._banned = set()
+        self._refused = set()
         self._has = {}
         self._bare = {}
         self._pending = {}
@@ -654,6 +656,10 @@ class OfferCore:
         held = self._known.get(offer.node)
         if held is None and len(self._known) >= MAX_NODES:
             return
+        # Checked once: a refused offer that comes again, or a third offer of a node already
+        # left out, costs no signature check (a member replaying one would cost one each time).
+        if offer.sig in self._refused or offer.node in self._banned:
+            return
         reason = self._refusal(offer) or offer_refusal(offer.values, self.capacity_kw)
         if reason == cert_missing:  # a copy with the certificate may still come
             waiting = self._pending.setdefault(offer.node, [])
@@ -661,6 +667,8 @@ class OfferCore:
                 waiting.append(offer)
             return
         if reason is not None:
+            if len(self._refused) < MAX_NODES:
+                self._refused.add(offer.sig)
             out.append(Dropped(sender, reason))
             return
         if held is not None and held.values == offer.values:
