@@ -26,7 +26,8 @@ A member is honest about its name (it has a valid certificate) and nothing else:
   half of its neighbours; `withhold` never passes on another's offer; `late` sends its own
   offer only once `LATE_SHARE` of the honest nodes have cleared; `replay` sends each neighbour,
   with every message, the offers it heard in the epoch before, as they were and stamped with
-  this epoch (a refused offer is checked again each time it comes); `early`
+  this epoch (each costs a receiver one signature check per epoch: refused offers are
+  remembered); `early`
   sends every neighbour, `EARLY_LEAD` of an epoch before the next one, a message of that next
   epoch carrying an offer with no valid signature. Measured: how far the honest prices are from
   the honest optimum, against the band in which honest members of the same certified limits
@@ -338,7 +339,7 @@ class OfferAttacks:
             elif s == "late" and not self._late_sent:
                 self._own.update((member, o) for o in offers if o.node == name)
                 offers = tuple(o for o in offers if o.node != name)
-            elif s == "replay":  # with every message: each copy costs its receiver a check
+            elif s == "replay":  # with every message: as many chances to cost a check
                 out += self._replays(member, send)
             if offers:
                 out.append(attrs.evolve(send, offers=offers))
