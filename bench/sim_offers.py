@@ -15,7 +15,8 @@ peak RSS, with the host's idle CPU share over the run beside them (the machine m
 busy host makes timings longer, not the counts). Also the largest price error against the
 reference optimum over all runs.
 
-    python bench/sim_offers.py [--nodes 100,300,1000] [--epochs 5] [--runs 3] [--view 8]
+    python bench/sim_offers.py [--nodes 100,300,1000] [--epochs 5] [--runs 3] [--view 8] \
+        [--plot docs/offer-market-flooding.png]
 
 The view defaults to the governance's (8), the shuffle to 4.
 """
@@ -103,7 +104,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--view", type=int, default=8)
     ap.add_argument("--shuffle", type=int, default=4)
+    ap.add_argument("--plot", default=None, help="a PNG of the figures against N (log-log)")
     a = ap.parse_args()
+    rows: list[tuple[int, float, float, float, float]] = []  # N, KiB, mem KiB, CPU ms, verify ms
     verify_s = _verify_s()
     print(
         f"offer market, view {a.view}, shuffle {a.shuffle}, {a.epochs} epochs per run, "
@@ -134,6 +137,15 @@ def main() -> None:
             certs = r["epochs"][0]["per_node"]["certificate_checks"]["mean"]
             certs_in = _per_node(r, "certificates_received", "mean")
             held = _per_node(r, "certificates_already_held", "mean") / max(certs_in, 1.0)
+            rows.append(
+                (
+                    n,
+                    _per_node(r, "bytes_received", "mean") / 1024,
+                    _per_node(r, "memory_bytes", "mean") / 1024,
+                    cpu / n * 1000,
+                    sigs * verify_s * 1000,
+                )
+            )
             print(
                 f"{n:>5} {run:>3} {first / 1024:>8.0f} "
                 f"{_per_node(r, 'bytes_received', 'mean') / 1024:>7.0f} "
@@ -146,6 +158,44 @@ def main() -> None:
                 f"{r['wall_s']:>7.1f} {r['rss_mib']:>7.0f} {r['idle_share']:>5.0%}"
             )
     print(f"largest honest price error against the reference: {worst:.2e} EUR/MWh")
+    if a.plot:
+        _plot(rows, Path(a.plot))
+
+
+def _plot(rows: list[tuple[int, float, float, float, float]], path: Path) -> None:
+    """Per node and epoch against N on log-log axes, each run a point, and the line of each
+    fitted per-offer cost carried to 10^6 nodes (flooding: linear in N)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    labels = [
+        ("received, KiB", 1, "tab:blue"),
+        ("memory, KiB (est.)", 2, "tab:green"),
+        ("simulator CPU, ms", 3, "tab:orange"),
+        ("signature checks, ms (ECDSA)", 4, "tab:red"),
+    ]
+    xs = [10**k for k in (2, 3, 4, 5, 6)]
+    for label, col, color in labels:
+        ns = [r[0] for r in rows]
+        ys = [r[col] for r in rows]
+        ax.scatter(ns, ys, color=color, s=14, label=label)
+        slope = sum(y / n for n, y in zip(ns, ys, strict=True)) / len(ns)  # per peer
+        ax.plot(xs, [slope * x for x in xs], color=color, lw=0.8, ls="--")
+    ax.axhline(2048, color="grey", lw=0.8, ls=":")
+    ax.text(110, 2300, "issue 25's goal at 10^6: 2 MB, 2 s of checks", fontsize=8, color="grey")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("nodes N")
+    ax.set_ylabel("per node and epoch")
+    ax.set_title("Offer market by flooding (redy sim balance --market offers); dashed: x N")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(True, which="major", lw=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
 
 
 if __name__ == "__main__":
