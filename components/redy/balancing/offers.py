@@ -14,10 +14,14 @@ Why this and not push-sum for the processes: push-sum needs about 180 sequential
 (three refinement phases of 60), each a JSON curve of 201 values, and at 50 nodes on two cores
 that traffic saturated the host and the price came late and 10 EUR/MWh apart. Here each node's
 traffic is its neighbours' copies of N small offers, the price is exact, and a member moves the
-price only as an honest member of its capacity would: an offer is accepted only with a valid
-signature by a certificate of the grid CA naming the node, so nobody can speak in another's name
-or invent members, and every offer is held to the grid's capacity bound. The cost is O(N) offers
-per node per epoch: the simulators keep push-sum for 10^4 nodes and more.
+price only as an honest member of its certified size would: an offer is accepted only with a
+valid signature by a node certificate of the grid CA naming the node (no operator's, no reserved
+name), so nobody can speak in another's name or invent members, and only within the import and
+export limits that certificate states (the grid's capacity bound where it states none). The
+certificate rides along only while it or the receiving neighbour is new (`FRESH_EPOCHS`); each
+offer is checked once per epoch. The cost is O(N) offers per node per epoch: the simulators run
+this core to about 1,000 nodes (`redy sim balance --market offers`) and keep push-sum for
+10^4 nodes and more.
 
 A node that signs two different offers for one epoch is left out of that epoch by everyone who
 sees both (both are passed on, so everyone does). A node clears as soon as it holds the offer of
