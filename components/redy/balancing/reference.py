@@ -57,6 +57,50 @@ def solve(
                 hi_l.append(blk.cost_hi_eur_mwh)
     kw, lo, hi = np.array(kw_l), np.array(lo_l), np.array(hi_l)
     supply = _Supply(base, kw, lo, hi)
+    price, status, unserved, excess, step_share = _cross(supply, floor_eur_mwh, cap_eur_mwh)
+    share = supply.response(price, step_share)
+    dispatch = [[o.base_kw for o in node] for node in offers]
+    for (n, j), x in zip(owner, share * kw, strict=True):
+        dispatch[n][j] += float(x)
+    cost = sum(
+        o.cost_eur_h(p)
+        for node, pn in zip(offers, dispatch, strict=True)
+        for o, p in zip(node, pn, strict=True)
+    )
+    return Reference(
+        price,
+        status,
+        float(cost),
+        tuple(tuple(p) for p in dispatch),
+        unserved,
+        excess,
+    )
+
+
+def solve_blocks(
+    base_kw: float,
+    kw: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    floor_eur_mwh: float = -500.0,
+    cap_eur_mwh: float = 4000.0,
+) -> tuple[float, str]:
+    """The optimum's price and status for blocks given as arrays (the must-run injection
+    `base_kw` in all, then each block's kW and marginal cost from `lo` to `hi`): what `solve`
+    finds, for a million nodes without Bid objects (the simulators' reference)."""
+    supply = _Supply(
+        float(base_kw), np.asarray(kw, float), np.asarray(lo, float), np.asarray(hi, float)
+    )
+    price, status, _, _, _ = _cross(supply, floor_eur_mwh, cap_eur_mwh)
+    return price, status
+
+
+def _cross(
+    supply: _Supply, floor_eur_mwh: float, cap_eur_mwh: float
+) -> tuple[float, str, float, float, float]:
+    """Where S crosses zero: price, status, unserved and excess kW, and the share of the step
+    blocks at the price that runs."""
+    lo, hi = supply.lo, supply.hi
     points = np.unique(np.concatenate([lo, hi, [floor_eur_mwh, cap_eur_mwh]]))
     points = points[(points >= floor_eur_mwh) & (points <= cap_eur_mwh)]
     left, right = supply.left(points), supply.right(points)
@@ -76,23 +120,7 @@ def solve(
             a, b = float(points[j - 1]), float(points[j])
             sa, sb = float(right[j - 1]), float(left[j])
             price = a + (b - a) * (-sa) / (sb - sa)
-    share = supply.response(price, step_share)
-    dispatch = [[o.base_kw for o in node] for node in offers]
-    for (n, j), x in zip(owner, share * kw, strict=True):
-        dispatch[n][j] += float(x)
-    cost = sum(
-        o.cost_eur_h(p)
-        for node, pn in zip(offers, dispatch, strict=True)
-        for o, p in zip(node, pn, strict=True)
-    )
-    return Reference(
-        price,
-        status,
-        float(cost),
-        tuple(tuple(p) for p in dispatch),
-        unserved,
-        excess,
-    )
+    return price, status, unserved, excess, step_share
 
 
 class _Supply:

@@ -143,6 +143,7 @@ def simulate_balance(
     market: str | None = None,
     attack: str | None = None,
     epoch_s: float | None = None,
+    cell_size: int | None = None,
 ) -> dict[str, Any]:
     """Run `epochs` market intervals and report price, spread, imbalance and cost per epoch.
 
@@ -153,11 +154,16 @@ def simulate_balance(
     MassBounds with `capacity_kw`.
 
     `market`: "offers" runs the offer market's cores instead (redy.sim.offer_market, with
-    `epoch_s` and, with `adversaries`, the members' `attack`); None or "pushsum": the gossip."""
-    if market not in (None, "pushsum", "offers"):
-        raise SimulationError(f"unknown market {market!r}; expected pushsum or offers")
-    if market != "offers" and (attack is not None or epoch_s is not None):
-        raise SimulationError("--attack and --epoch-s are options of --market offers")
+    `epoch_s` and, with `adversaries`, the members' `attack`); "cells": the cell market
+    (redy.sim.cell_market, `cell_size`); None or "pushsum": the gossip."""
+    if market not in (None, "pushsum", "offers", "cells"):
+        raise SimulationError(f"unknown market {market!r}; expected pushsum, offers or cells")
+    if market not in ("offers", "cells") and attack is not None:
+        raise SimulationError("--attack is an option of --market offers and cells")
+    if market != "offers" and epoch_s is not None:
+        raise SimulationError("--epoch-s is an option of --market offers")
+    if market != "cells" and cell_size is not None:
+        raise SimulationError("--cell-size is an option of --market cells")
     algorithm = aggregation or DEFAULT_AGGREGATION
     if algorithm not in ALGORITHMS:
         raise SimulationError(f"unknown aggregation {algorithm!r}; expected {list(ALGORITHMS)}")
@@ -192,12 +198,30 @@ def simulate_balance(
         seeded = random.Random(node_seeds[i] * 1000 + epoch)
         return _bids(kinds[i], seeded, (epoch - 1) / max(1, epochs))
 
+    if market in ("offers", "cells") and (
+        crash or loss or engine == "fast" or aggregation or dump_curves or dump_dispatch
+    ):
+        raise SimulationError(
+            f"--market {market} runs its market alone: no --crash, --loss, --engine fast,"
+            " --aggregation or dumps yet"
+        )
+    if market == "cells":
+        from redy.balancing.cells import CELL_SIZE
+        from redy.sim.cell_market import simulate_cells
+
+        return simulate_cells(
+            names=names,
+            bids_at=bids_at,
+            epochs=epochs,
+            seed=seed,
+            capacity_kw=capacity_kw,
+            price_floor=price_floor,
+            price_cap=price_cap,
+            cell_size=CELL_SIZE if cell_size is None else cell_size,
+            adversaries=adversaries,
+            attack=attack,
+        )
     if market == "offers":
-        if crash or loss or engine == "fast" or aggregation or dump_curves or dump_dispatch:
-            raise SimulationError(
-                "--market offers runs the offer cores alone: no --crash, --loss, --engine fast,"
-                " --aggregation or dumps yet"
-            )
         from redy.sim.offer_market import EPOCH_S, simulate_offers
 
         return simulate_offers(

@@ -205,19 +205,27 @@ def sim_membership(as_json: bool, plot_file: str | None, **options: Any) -> None
 )
 @click.option(
     "--market",
-    type=click.Choice(["pushsum", "offers"]),
+    type=click.Choice(["pushsum", "offers", "cells"]),
     default=None,
     help="pushsum (without --market): the gossip of curves; offers: every node an OfferCore of "
     "redy.balancing.offers, signed offers passed on in waves over the overlay on an event "
     "clock (link delay 5 +- 2 ms), cleared exactly on every node; O(N) offers per node per "
-    "epoch: about a minute of CPU per epoch at 1,000 nodes.",
+    "epoch: about a minute of CPU per epoch at 1,000 nodes. cells: the cell market of "
+    "redy.balancing.cells (offers checked inside cells, co-signed sums between them, the "
+    "price refined in phases), 10^3 to 10^6 nodes.",
+)
+@click.option(
+    "--cell-size",
+    type=click.IntRange(4),
+    default=None,
+    help="--market cells: members per cell on average (default 128).",
 )
 @click.option(
     "--attack",
     default=None,
-    help="--market offers with --adversaries: the members' strategies, comma-separated, from "
-    "sell-floor, buy-cap, two-faced, withhold, late, replay, early; or mix (each member one of "
-    "them in turn, the default).",
+    help="--market offers or cells with --adversaries: the members' strategies, "
+    "comma-separated, from sell-floor, buy-cap, two-faced, withhold, late, replay, early (and "
+    "forge, cells only); or mix (each member one of them in turn, the default).",
 )
 @click.option(
     "--epoch-s",
