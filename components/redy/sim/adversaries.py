@@ -247,15 +247,15 @@ class Steering:
         }
 
 
-def offer_strategies(attack: str) -> tuple[str, ...]:
-    """The strategies `--attack` names: a comma-separated list of OFFER_ATTACKS, or `mix`."""
+def offer_strategies(attack: str, known: tuple[str, ...] = OFFER_ATTACKS) -> tuple[str, ...]:
+    """The strategies `--attack` names: a comma-separated list of `known` ones, or `mix` (all)."""
     names = tuple(a.strip() for a in attack.split(",") if a.strip())
     if names == ("mix",):
-        return OFFER_ATTACKS
-    bad = [a for a in names if a not in OFFER_ATTACKS]
+        return known
+    bad = [a for a in names if a not in known]
     if bad or not names:
         raise SimulationError(
-            f"--attack: expected mix or some of {', '.join(OFFER_ATTACKS)}; got {attack!r}"
+            f"--attack: expected mix or some of {', '.join(known)}; got {attack!r}"
         )
     return names
 

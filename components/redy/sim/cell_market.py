@@ -44,12 +44,13 @@ from redy.balancing.offers import offer_values
 from redy.balancing.reference import solve_blocks
 from redy.errors import SimulationError
 from redy.messages import NodeOffer
+from redy.sim.adversaries import OFFER_ATTACKS, offer_strategies
 from redy.sim.offer_market import CERT_CHARS, SIG_CHARS, certified_limits
 
 # A hostile member's strategy in the cell market: point 3's, plus `forge`, which sends the
 # other cell, every round, a forged sum carrying its coalition's signatures and honest members'
 # names with bad signatures (rejected at the first bad one).
-ATTACKS = ("sell-floor", "buy-cap", "two-faced", "withhold", "late", "replay", "early", "forge")
+ATTACKS = (*OFFER_ATTACKS, "forge")
 _KEY_BYTES = 200  # a checked certificate's public key and its record (as offer_market)
 _HELD_OFFER = 1_000  # an offer as a governance holds it, decoded and encoded (offer_market)
 _SEED = b"redy-cells"
@@ -145,7 +146,7 @@ def simulate_cells(
         )
     if attack is not None and not adversaries:
         raise SimulationError("--attack needs --adversaries")
-    strategies = _strategies(attack or "mix")
+    strategies = offer_strategies(attack or "mix", ATTACKS)
     # Each node's offers, epoch by epoch, held to the bounds it will be certified for: the most
     # its own offers consume and produce over the run (as offer_market).
     offers = [
@@ -218,18 +219,6 @@ def simulate_cells(
         "cpu_s": round(time.process_time() - cpu0, 3),
         "elapsed_s": round(time.perf_counter() - started, 2),
     }
-
-
-def _strategies(attack: str) -> tuple[str, ...]:
-    names = tuple(a.strip() for a in attack.split(",") if a.strip())
-    if names == ("mix",):
-        return ATTACKS
-    bad = [a for a in names if a not in ATTACKS]
-    if bad or not names:
-        raise SimulationError(
-            f"--attack: expected mix or some of {', '.join(ATTACKS)}; got {attack!r}"
-        )
-    return names
 
 
 def _cert_bytes(roster: np.ndarray, cell: np.ndarray, evil: np.ndarray) -> dict[str, float]:
