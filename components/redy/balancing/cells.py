@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 
 import attrs
 import numpy as np
@@ -77,6 +77,67 @@ def hostile_share_chance(cell_size: int, share: float) -> float:
     m = cell_size
     first = m - (2 * m) // 3  # with this many, the honest cannot make 2m/3 + 1 votes
     return sum(math.comb(m, k) * share**k * (1 - share) ** (m - k) for k in range(first, m + 1))
+
+
+# --- agreement inside a cell ------------------------------------------------------------------
+
+
+def faults_tolerated(roster: int) -> int:
+    """f: the hostile members a cell of `roster` members outlasts (f < roster / 3)."""
+    return (roster - 1) // 3
+
+
+def quorum(roster: int) -> int:
+    """Votes a proposal needs: all but f, so two quorums share an honest member."""
+    return roster - faults_tolerated(roster)
+
+
+def leader(seed: bytes, epoch: int, cell: int, view: int, roster: int) -> int:
+    """The roster index of the member that proposes in `view` (0, then 1 after a view change,
+    ...): a hash of the period's seed, the epoch and the cell, then the next member each view."""
+    digest = hashlib.sha256(seed + f"/{epoch}/{cell}".encode()).digest()
+    return (int.from_bytes(digest[:8], "big") + view) % roster
+
+
+@attrs.frozen
+class Proposal:
+    """A leader's proposal of the offers that count: (member, offer digest) pairs, and the
+    members left out because they signed two offers for the epoch (both shown as evidence)."""
+
+    view: int
+    leader: int
+    included: tuple[tuple[int, str], ...]
+    excluded: tuple[int, ...] = ()
+
+
+def propose(view: int, leader: int, seen: Mapping[int, Collection[str]]) -> Proposal:
+    """What an honest leader proposes from the offers it holds (`seen`: member -> digests of the
+    valid signed offers it holds from that member this epoch)."""
+    included = tuple(sorted((m, next(iter(d))) for m, d in seen.items() if len(d) == 1))
+    excluded = tuple(sorted(m for m, d in seen.items() if len(d) > 1))
+    return Proposal(view, leader, included, excluded)
+
+
+def proposal_refusal(
+    on_time: Mapping[int, str], seen: Mapping[int, Collection[str]], proposal: Proposal
+) -> str | None:
+    """Why an honest member votes against a proposal (None: it votes for it). It refuses one
+    that leaves out or changes an offer it received in the epoch's first window (`on_time`),
+    unless that member signed two offers, and one that counts a member it holds two offers of;
+    an offer it got later may be in or out. A refusing member then sends the offers it holds
+    to every mate, so the next leader holds them."""
+    counted = dict(proposal.included)
+    for member, digests in seen.items():
+        if len(digests) > 1 and member in counted:
+            return f"counts member {member}, which signed two offers this epoch"
+    for member, digest in on_time.items():
+        if len(seen.get(member, ())) > 1:
+            continue
+        got = counted.get(member)
+        if got != digest:
+            what = "leaves out" if got is None else "changes"
+            return f"{what} the offer of member {member}, received in the first window"
+    return None
 
 
 # --- a cell's aggregate ------------------------------------------------------------------------

@@ -82,7 +82,8 @@ class _Wire:
         return {"cell": 65535, "epoch": 123456, "phase": 9, "round": 19}
 
     def proposal(self, roster: int) -> int:
-        body = {**self._head(), "leader": 127, "included": "f" * ((roster + 3) // 4)}
+        """The leader's proposal: (member, digest) of each offer that counts."""
+        body = {**self._head(), "leader": 127, "included": [[127, "f" * 16]] * roster}
         return len(orjson.dumps({**body, "sig": "A" * SIG_CHARS}))
 
     def vote(self) -> int:
@@ -173,7 +174,6 @@ def simulate_cells(
             _epoch(
                 e,
                 offers[e - 1],
-                offers[e - 2] if e > 1 else None,
                 limits,
                 cell,
                 roster,
@@ -232,7 +232,6 @@ def _cert_bytes(roster: np.ndarray, cell: np.ndarray, evil: np.ndarray) -> dict[
 def _epoch(
     e: int,
     offers: list[tuple[float, ...]],
-    before: list[tuple[float, ...]] | None,
     limits: np.ndarray,
     cell: np.ndarray,
     roster: np.ndarray,
@@ -245,28 +244,34 @@ def _epoch(
     rng: random.Random,
 ) -> dict[str, Any]:
     n, k = len(offers), len(roster)
-    # What counts: every honest offer; each member's by its strategy (module docstring).
+    # What counts: every honest offer, and each member's as its cell agrees (`_agree`).
     counted = list(offers)
-    included = ~evil.copy()
-    extra_offers = np.zeros(k)  # offers beyond one per mate each honest member of a cell gets
+    included = ~evil
+    extra_bytes = np.zeros(k)  # per honest member of each cell, beyond one view of agreement
     extra_checks = np.zeros(k)
+    views = np.ones(k)
     for i in np.flatnonzero(evil):
         s, c = strategy[i], cell[i]
         imp, exp = limits[i]
         if s == "sell-floor":
-            counted[i], included[i] = (float(exp),), True
+            counted[i] = (float(exp),)
         elif s == "buy-cap":
-            counted[i], included[i] = (float(-imp),), True
-        elif s == "withhold":  # sent to half the mates; pulled by the others from those
-            included[i] = True
-        elif s == "two-faced":  # both versions seen in the votes: evidence, out for all
-            extra_offers[c] += 1
-            extra_checks[c] += 1
+            counted[i] = (float(-imp),)
         elif s in ("replay", "early"):  # refused: another epoch's stamp or no valid signature
             extra_checks[c] += 1
-        elif s == "forge":  # its own offer honest, its sums forged (`_costs`)
-            included[i] = True
-        # late: after the votes, so counted by none
+    members = np.split(np.argsort(cell, kind="stable"), np.cumsum(roster)[:-1])
+    offer_bytes = float(np.mean([wire.offer(len(v)) for v in offers[:1000]]))
+    for c in np.flatnonzero(np.bincount(cell, evil, k) > 0):
+        if unsafe[c]:
+            continue
+        got, took, more_bytes, more_checks = _agree(
+            e, int(c), members[c], evil, strategy, rng, wire, offer_bytes
+        )
+        views[c] = took
+        for node, yes in got.items():
+            included[node] = yes
+        extra_bytes[c] += more_bytes
+        extra_checks[c] += more_checks
     epoch = _Epoch([counted[i] for i in range(n)])
     honest = ~evil
     honest_offers = _Epoch([offers[i] for i in np.flatnonzero(honest)])
@@ -318,7 +323,7 @@ def _epoch(
     price = probe.price_eur_mwh if isinstance(probe, cells.Price) else None
     status = probe.status if isinstance(probe, cells.Price) else "stalled"
     bytes_in, checks = _costs(
-        epoch, cell, roster, evil, strategy, extra_offers, extra_checks, bundle_bytes, wire, rng
+        epoch, cell, roster, evil, strategy, extra_bytes, extra_checks, bundle_bytes, wire, rng
     )
     mates = (roster - 1).astype(float)
     memory = (
@@ -341,6 +346,8 @@ def _epoch(
         "price_honest_optimum": ref_price,
         "phases": len(bundle_bytes),
         "rounds": cells.rounds(k) * len(bundle_bytes),
+        "views_max": int(views.max()),
+        "cells_with_view_changes": int((views > 1).sum()),
         "every_honest_node_same_price": price is not None,  # one total, the same floats
         "per_node": {
             "bytes_received": _stats(bytes_in[h]),
@@ -353,6 +360,76 @@ def _epoch(
         out["band"] = list(band)
         out["inside_band"] = price is not None and band[0] - 1e-6 <= price <= band[1] + 1e-6
     return out
+
+
+def _agree(
+    epoch: int,
+    c: int,
+    members: np.ndarray,
+    evil: np.ndarray,
+    strategy: np.ndarray,
+    rng: random.Random,
+    wire: _Wire,
+    offer_bytes: float,
+) -> tuple[dict[int, bool], int, float, float]:
+    """One cell's agreement on its members' offers, view by view, with the real rules
+    (`cells.propose`, `cells.proposal_refusal`, `cells.quorum`, `cells.leader`): which hostile
+    members' offers count, the views it took, and the bytes and checks each honest member pays
+    beyond one view. Honest offers reach every mate in the first window; a member's reach it as
+    its strategy sends them (withhold: half the honest mates; two-faced: one version to each
+    half; late, replay, early: none in the window). A hostile leader proposes without one
+    honest offer (every honest member refuses); hostile members never vote. After a failed view
+    every honest member sends the offers it holds to its mates (so all hold the same), and the
+    next member leads."""
+    roster = len(members)
+    honest = [j for j in range(roster) if not evil[members[j]]]
+    on_time: dict[int, dict[int, str]] = {j: {} for j in honest}
+    for j in range(roster):
+        if not evil[members[j]]:
+            continue
+        s = strategy[members[j]]
+        if s in ("sell-floor", "buy-cap", "forge"):
+            for g in honest:
+                on_time[g][j] = "a"
+        elif s in ("withhold", "two-faced"):
+            half = set(rng.sample(honest, len(honest) // 2))
+            for g in honest:
+                if g in half:
+                    on_time[g][j] = "a"
+                elif s == "two-faced":
+                    on_time[g][j] = "b"
+    seen: dict[int, dict[int, set[str]]] = {
+        g: {j: {d} for j, d in held.items()} for g, held in on_time.items()
+    }
+    need = cells.quorum(roster)
+    failed_view = wire.proposal(roster) + 2 * (roster - 1) * wire.vote()
+    extra_bytes = extra_checks = 0.0
+    echoed = False
+    for view in range(cells.MAX_PHASES):
+        lead = cells.leader(b"sim", epoch, c, view, roster)
+        proposal = None
+        if not evil[members[lead]]:
+            proposal = cells.propose(view, lead, seen[lead])
+            votes = sum(
+                1 for g in honest if cells.proposal_refusal(on_time[g], seen[g], proposal) is None
+            )
+            if votes >= need:
+                counted = dict(proposal.included)
+                got = {int(members[j]): j in counted for j in range(roster) if evil[members[j]]}
+                return got, view + 1, extra_bytes, extra_checks
+        extra_bytes += failed_view
+        extra_checks += roster - 1  # the view change's signed messages
+        if not echoed:  # every honest member sends the members' offers it holds to its mates
+            union: dict[int, set[str]] = {}
+            for held in seen.values():
+                for j, ds in held.items():
+                    union.setdefault(j, set()).update(ds)
+            holders = sum(len(held) for held in on_time.values())
+            extra_bytes += holders / max(1, len(honest)) * offer_bytes
+            extra_checks += sum(len(ds) for ds in union.values())
+            seen = {g: {j: set(ds) for j, ds in union.items()} for g in honest}
+            echoed = True
+    return {int(m): False for m in members if evil[m]}, cells.MAX_PHASES, extra_bytes, extra_checks
 
 
 def _met(roster: np.ndarray) -> np.ndarray:
@@ -371,7 +448,7 @@ def _costs(
     roster: np.ndarray,
     evil: np.ndarray,
     strategy: np.ndarray,
-    extra_offers: np.ndarray,
+    extra_bytes: np.ndarray,
     extra_checks: np.ndarray,
     bundle_bytes: list[int],
     wire: _Wire,
@@ -394,7 +471,7 @@ def _costs(
     bytes_in = np.bincount(cell, per_offer, k)[cell] - per_offer
     bytes_in += mates[cell] * 2 * wire.vote()
     bytes_in += np.array([wire.proposal(int(r)) for r in roster])[cell]
-    bytes_in += extra_offers[cell] * per_offer.mean()
+    bytes_in += extra_bytes[cell]
     checks = 3 * mates[cell] + extra_checks[cell]  # offers, and votes of two rounds
     order = np.argsort(cell, kind="stable")
     starts = np.concatenate([[0], np.cumsum(roster)[:-1]])
