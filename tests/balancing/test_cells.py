@@ -163,3 +163,36 @@ def test_forged_bundles_cost_at_most_one_bad_check_each() -> None:
     assert calls[:5] == [0, 1, 2, 3, 4]
     none, _ = cells.accept(bundles[:3], 30, _verify([]))
     assert none is None
+
+
+def test_quorum_and_leaders() -> None:
+    assert (cells.faults_tolerated(128), cells.quorum(128)) == (42, 86)
+    assert (cells.faults_tolerated(4), cells.quorum(4)) == (1, 3)
+    first = cells.leader(b"seed", 7, 3, 0, 100)
+    assert [cells.leader(b"seed", 7, 3, v, 100) for v in range(3)] == [
+        first,
+        (first + 1) % 100,
+        (first + 2) % 100,
+    ]
+    assert (
+        cells.leader(b"seed", 8, 3, 0, 100) != first or cells.leader(b"seed", 9, 3, 0, 100) != first
+    )
+
+
+def test_an_honest_member_refuses_a_proposal_that_censors_or_counts_an_equivocator() -> None:
+    """Member 5 signed two offers (both held), member 6 sent its offer late (after the first
+    window): an honest leader leaves 5 out and may count 6 or not; a hostile leader that leaves
+    out 2 (received on time) or counts 5 is refused."""
+    on_time = {1: "d1", 2: "d2", 5: "x"}
+    seen = {1: {"d1"}, 2: {"d2"}, 5: {"x", "y"}, 6: {"d6"}}
+    honest = cells.propose(0, 1, seen)
+    assert honest.included == ((1, "d1"), (2, "d2"), (6, "d6")) and honest.excluded == (5,)
+    assert cells.proposal_refusal(on_time, seen, honest) is None
+    without_late = cells.Proposal(0, 1, ((1, "d1"), (2, "d2")), (5,))
+    assert cells.proposal_refusal(on_time, seen, without_late) is None
+    censoring = cells.Proposal(1, 3, ((1, "d1"), (6, "d6")))
+    assert "leaves out the offer of member 2" in cells.proposal_refusal(on_time, seen, censoring)
+    changed = cells.Proposal(1, 3, ((1, "d1"), (2, "other")))
+    assert "changes the offer of member 2" in cells.proposal_refusal(on_time, seen, changed)
+    equivocator = cells.Proposal(1, 3, ((1, "d1"), (2, "d2"), (5, "x")))
+    assert "member 5, which signed two offers" in cells.proposal_refusal(on_time, seen, equivocator)

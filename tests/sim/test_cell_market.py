@@ -9,6 +9,7 @@ import json
 
 from click.testing import CliRunner
 
+from redy.balancing import cells
 from redy.cli import cli
 from redy.sim.balance import simulate_balance
 
@@ -37,6 +38,10 @@ def test_a_coalition_of_a_tenth_moves_the_price_only_inside_its_band() -> None:
         assert e["price_error"] <= 1e-6  # the optimum of the offers the cells agreed on
         assert e["every_honest_node_same_price"]
     assert result["adversaries"]["epochs_inside_band"] == 3
+    # Withholding and two-faced members and hostile leaders cost their cells view changes;
+    # every cell decided (the next honest leader's proposal passes).
+    assert any(e["cells_with_view_changes"] for e in result["epochs"])
+    assert all(e["views_max"] < cells.MAX_VIEWS for e in result["epochs"])
 
 
 def test_a_coalition_that_holds_a_third_of_a_cell_stops_the_epoch() -> None:

@@ -54,6 +54,7 @@ POINTS = 32  # probe prices per grid phase
 LIST_MAX = 64  # cost points a listing phase carries
 SPEAKERS = 3  # members of a cell that give the other cell its sum, each round
 MAX_PHASES = 16  # a refinement that needs more has met a curve it cannot split: see `Refinement`
+MAX_VIEWS = 16  # views of one agreement before the cell gives the epoch up
 
 
 def cell_count(nodes: int, cell_size: int = CELL_SIZE) -> int:

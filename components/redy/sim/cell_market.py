@@ -405,7 +405,7 @@ def _agree(
     failed_view = wire.proposal(roster) + 2 * (roster - 1) * wire.vote()
     extra_bytes = extra_checks = 0.0
     echoed = False
-    for view in range(cells.MAX_PHASES):
+    for view in range(cells.MAX_VIEWS):
         lead = cells.leader(b"sim", epoch, c, view, roster)
         proposal = None
         if not evil[members[lead]]:
@@ -429,7 +429,7 @@ def _agree(
             extra_checks += sum(len(ds) for ds in union.values())
             seen = {g: {j: set(ds) for j, ds in union.items()} for g in honest}
             echoed = True
-    return {int(m): False for m in members if evil[m]}, cells.MAX_PHASES, extra_bytes, extra_checks
+    return {int(m): False for m in members if evil[m]}, cells.MAX_VIEWS, extra_bytes, extra_checks
 
 
 def _met(roster: np.ndarray) -> np.ndarray:
