@@ -8,8 +8,9 @@ puts it. Each epoch:
 
 1. **Offers inside the cell.** Every member sends its signed offer (as in the flooding market)
    to each cell-mate; the cell then agrees on the offers that count (a Byzantine agreement among
-   the cell's members: a leader proposes the members whose offers it holds, two rounds of signed
-   votes; it holds while hostile members are under a third of the cell). A member seen with two
+   the cell's members: a leader (`leader`) proposes the offers it holds, two rounds of signed
+   votes, `quorum` of them to decide, the next member leads after a failed view; it holds while
+   hostile members are under a third of the cell). A member seen with two
    different signed offers for the epoch is left out by all (both are evidence), every honest
    offer counts (every honest mate got it and refuses a proposal without it), and an offer is
    seen by its cell-mates only, not by the grid.
@@ -34,10 +35,13 @@ puts it. Each epoch:
 
 What a member can do: bid anything within its certified limits (as in flooding); withholding its
 offer from some mates, sending it late or two versions of it get it included by all or left out
-by all. What a coalition needs to stop a cell (and with it the epoch, for everyone: every
-total depends on every cell) is a third of the cell's roster; to forge its sum, two thirds. With
-random placement that is a binomial tail (`hostile_share_chance`): 3.7e-13 per cell of 128 for a
-coalition of 10 %. See README, "The cell market".
+by all (`propose`, `proposal_refusal`: at worst a view change). What a coalition needs to stop a
+cell's agreement, or to sign a forged sum that other cells accept, is a third of the cell's
+roster (more than f); either stops or bends every cell's total, since every total depends on
+every cell. With random placement that is a binomial tail (`hostile_share_chance`): 3.7e-13 per
+cell of 128 for a coalition of 10 % of the grid. Requiring two thirds of the roster on a bundle
+would leave a third-hostile cell able only to stop the epoch, not bend it, at twice the bundle's
+signatures. See docs/cell-market.md.
 """
 
 from __future__ import annotations
