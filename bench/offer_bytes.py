@@ -25,7 +25,8 @@ from pathlib import Path
 
 from redy import messages, pki
 from redy.balancing import reference
-from redy.balancing.offers import FRESH_EPOCHS, Action, OfferCore, Send, Signer, Timing, Verifier
+from redy.balancing.offers import FRESH_EPOCHS, Action, OfferCore, Send, Timing
+from redy.signing import Signer, Verifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "balancing"))
 from test_offers import CAPACITY_KW, Net, _grid

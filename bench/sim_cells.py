@@ -48,7 +48,7 @@ def _cpu_ticks() -> tuple[int, int]:
 def _verify_s() -> float:
     """One real ECDSA P-256 verification (an offer's, with its limits), s."""
     from redy import pki
-    from redy.balancing.offers import Signer, Verifier
+    from redy.signing import Signer, Verifier
 
     with tempfile.TemporaryDirectory() as d:
         pki.ensure_ca(Path(d))

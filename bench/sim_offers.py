@@ -10,7 +10,7 @@ received with a certificate and the share of those whose certificate it already 
 estimated memory of its market state (redy.sim.offer_market.OfferGrid.memory; not tracemalloc).
 Per run: the simulator's CPU seconds per epoch (all N nodes: the cores' Python work, stand-in
 signatures), that per node, and the real signature checks' CPU per node and epoch estimated as
-checks x the time of one `offers.Verifier.refusal` measured here; the simulator's wall time and
+checks x the time of one `signing.Verifier.refusal` measured here; the simulator's wall time and
 peak RSS, with the host's idle CPU share over the run beside them (the machine may be shared: a
 busy host makes timings longer, not the counts). Also the largest price error against the
 reference optimum over all runs.
@@ -47,7 +47,7 @@ def _cpu_ticks() -> tuple[int, int]:
 def _verify_s() -> float:
     """The time of one real offer check (ECDSA P-256 verification and the limits), s."""
     from redy import pki
-    from redy.balancing.offers import Signer, Verifier
+    from redy.signing import Signer, Verifier
 
     with tempfile.TemporaryDirectory() as d:
         pki.ensure_ca(Path(d))

@@ -28,8 +28,8 @@ from members import member
 from redy import messages, pki
 from redy.balancing import reference
 from redy.balancing.curves import Bid, Dispatchable, Fixed
-from redy.balancing.offers import Signer
 from redy.errors import InvalidMessage
+from redy.signing import Signer
 from redy.topics import render
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "faults"))

@@ -25,13 +25,12 @@ from redy.balancing.offers import (
     Received,
     Refused,
     Send,
-    Signer,
     Tick,
     Timing,
-    Verifier,
     clear,
     offer_values,
 )
+from redy.signing import Signer, Verifier
 
 CAPACITY_KW = 10_000.0
 

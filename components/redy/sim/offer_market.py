@@ -10,7 +10,7 @@ epoch), and the bids are the node's for the epoch the clock is in.
 
 Keys and certificates are stand-ins of the real ones' sizes (`SimKeys`: an offer's `sig` is a
 keyed hash of what the real Signer signs, its `cert` a string naming the node), checked by a
-`SimVerifier` per node that follows `offers.Verifier` step for step and counts what costs an
+`SimVerifier` per node that follows `signing.Verifier` step for step and counts what costs an
 ECDSA verification in the real one: each new certificate, each offer's signature. Each node's
 certificate states its limits (import_kw, export_kw): the most its own bids consume and
 produce over the run (`certified_limits`); offers beyond them are refused with the real check
@@ -85,7 +85,7 @@ def certified_limits(offers: Iterable[Sequence[float]]) -> Limits:
 
 class SimKeys:
     """The grid's keys and certificates, stand-ins for redy.pki's with the same sizes: a
-    signature is a keyed hash of what `offers.Signer` signs (node, epoch, values, session) under
+    signature is a keyed hash of what `signing.Signer` signs (node, epoch, values, session) under
     the node's key (drawn from the seed), so only the node's own signer makes it; a certificate
     is a string naming the node, of a real one's length, whose `Grant` states its limits."""
 
@@ -133,7 +133,7 @@ class SimKeys:
 
 
 class SimVerifier:
-    """One node's stand-in for `offers.Verifier`, step for step and with its cost model: a
+    """One node's stand-in for `signing.Verifier`, step for step and with its cost model: a
     certificate not seen before is checked against the CA (`cert_checks`, an ECDSA verification
     each), then the offer's signature (`checked`, one each), then the offer against the limits
     its certificate states (`offers.offer_refusal`, the real check). An offer without its

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from redy import messages
+from redy import messages, signing
 from redy.balancing import offers as offer_market
 from redy.balancing.aggregation import CAPACITY_KW, GossipOut, MassBounds, PushSum
 from redy.balancing.curves import (
@@ -176,11 +176,11 @@ class MarketDriver:
         self.bounds = MassBounds(capacity_kw, self.pacing.rounds)
         self.market = market
         self.core: MarketCore | offer_market.OfferCore
-        self.verifier: offer_market.Verifier | None = None  # the offer market's
+        self.verifier: signing.Verifier | None = None  # the offer market's
         if market == "offers":
             if identity is None:
                 raise ValueError("market 'offers' needs the node's TLS identity")
-            signer = offer_market.Signer(identity, session=int(clock() * 1000))
+            signer = signing.Signer(identity, session=int(clock() * 1000))
             if signer.node != node:
                 raise ValueError(f"the TLS identity names {signer.node}, not {node}")
             if not signer.grant.limited:
@@ -191,7 +191,7 @@ class MarketDriver:
                     node,
                     capacity_kw,
                 )
-            verifier = offer_market.Verifier(identity.ca, capacity_kw)
+            verifier = signing.Verifier(identity.ca, capacity_kw)
             self.verifier = verifier
             self.core = offer_market.OfferCore(
                 node,
