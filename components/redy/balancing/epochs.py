@@ -24,22 +24,16 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Hashable, Sequence
-from typing import TYPE_CHECKING
 
 import attrs
 
 from redy.balancing.aggregation import Aggregator, MassBounds, NodeId
 from redy.balancing.curves import Bid
-from redy.balancing.discovery import MarketResult, PhaseGossip, PriceDiscovery, PriceSearch
+from redy.balancing.discovery import PhaseGossip, PriceDiscovery, PriceSearch
+from redy.balancing.events import Cleared, Dropped, Tick
 from redy.errors import RedyError
 
-if TYPE_CHECKING:
-    from redy.balancing.offers import ExactResult
-
-
-@attrs.frozen
-class Tick:
-    """A deadline came (or the driver just looks)."""
+__all__ = ["Cleared", "Dropped", "Tick"]  # the markets' shared events, also named here
 
 
 @attrs.frozen
@@ -60,29 +54,6 @@ Event = Tick | Received | Refused
 @attrs.frozen
 class Send:
     msg: PhaseGossip
-
-
-@attrs.frozen
-class Cleared:
-    """The epoch's result and the bids it was found for (dispatch each with
-    `result.dispatch_kw(bid)`); `elapsed_s` from the epoch's start; `heard`: the peers'
-    messages (the offer market: the peers' offers) the node took in that epoch (0: it cleared
-    on its own curve alone)."""
-
-    epoch: int
-    result: MarketResult | ExactResult
-    bids: tuple[Bid, ...]
-    elapsed_s: float
-    heard: int = 0
-
-
-@attrs.frozen
-class Dropped:
-    """A peer's message broke the mass bounds (the offer market: carried an offer that is not
-    its node's or breaks the grid's bounds) and was not taken."""
-
-    sender: NodeId
-    reason: str
 
 
 Action = Send | Cleared | Dropped

@@ -42,7 +42,7 @@ import attrs
 import numpy as np
 
 from redy.balancing.curves import Bid
-from redy.balancing.epochs import Cleared, Dropped, Tick
+from redy.balancing.events import Cleared, Dropped, Tick
 from redy.errors import RedyError
 from redy.messages import NodeOffer
 

@@ -41,7 +41,7 @@ import orjson
 
 from redy import messages
 from redy.balancing.curves import Bid
-from redy.balancing.epochs import Cleared, Dropped, Tick
+from redy.balancing.events import Cleared, Dropped, Tick
 from redy.balancing.offers import (
     OfferCore,
     Received,

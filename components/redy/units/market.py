@@ -46,17 +46,15 @@ from redy.balancing.curves import (
 from redy.balancing.discovery import MarketResult, PhaseGossip, PriceSearch
 from redy.balancing.epochs import (
     Action,
-    Cleared,
     ClockOffsets,
-    Dropped,
     Event,
     MarketCore,
     Pacing,
     Received,
     Refused,
     Send,
-    Tick,
 )
+from redy.balancing.events import Cleared, Dropped, Result, Tick
 from redy.errors import PeerUnreachable
 from redy.logformat import Tally
 from redy.pki import Identity
@@ -219,7 +217,7 @@ class MarketDriver:
         self.status = "waiting"
         self.refused = Tally()  # gossip messages dropped, per sender
         self._clipped_logged = 0.0
-        self.result: MarketResult | offer_market.ExactResult | None = None
+        self.result: Result | None = None
         self.result_epoch: int | None = None
         self.last: Cleared | None = None
         self._announced_epoch: int | None = None
