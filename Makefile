@@ -9,6 +9,8 @@ APT_PACKAGES := mosquitto mosquitto-clients docker.io docker-compose python3-ven
 DEMO_DURATION ?= 90
 # The live web page (redy dashboard) of the demo; its address is printed at start.
 DEMO_WEB_PORT ?= 8050
+# More arguments of the demo's launch, e.g. other ports: DEMO_ARGS='gas_port:=21841 ...'.
+DEMO_ARGS ?=
 
 # `make study`: the shuffle study (docs/shuffle-study.md) from sweeps run here. One worker by
 # default (the machine may be shared); STUDY_JOBS=2 uses both cores. About 20 min on one core.
@@ -17,7 +19,7 @@ STUDY_NODES ?= 1000
 STUDY_SEEDS ?= 5
 STUDY_JOBS ?= 1
 
-.PHONY: demo test deps venv docker image lint typecheck pytest clean study
+.PHONY: demo test deps venv docker image lint typecheck pytest clean study docs
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -56,7 +58,15 @@ pytest: venv image
 test: deps venv image lint typecheck pytest
 
 demo: deps venv
-	$(VENV)/bin/redy launch launch/figure3.yaml --duration $(DEMO_DURATION) --table --web $(DEMO_WEB_PORT)
+	$(VENV)/bin/redy launch launch/figure3.yaml --duration $(DEMO_DURATION) --table --web $(DEMO_WEB_PORT) $(DEMO_ARGS)
+
+# The documentation site: the reference pages written from the code, then the site built in
+# strict mode (a warning, a broken link or a page missing from mkdocs.yml fails) into build/site.
+# `make test` checks the same through tests/docs (the pages in the repository are what the code
+# writes, and the strict build passes).
+docs: venv
+	$(VENV)/bin/python -m redy.docs_reference docs/reference
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 study: venv
 	$(VENV)/bin/pip install -q -e '.[study]'

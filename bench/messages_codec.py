@@ -1,12 +1,15 @@
 """Cost of validation: redy.messages.decode/encode against plain orjson on the same payloads.
 
-Prints ratios against the baseline measured in the same run (python bench/messages_codec.py).
+Prints ratios against the baseline measured in the same run (python bench/messages_codec.py);
+with --docs it also writes its page of the documentation site (docs/benchmarks/runs/).
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
+import docpage
 import orjson
 
 from redy import messages
@@ -22,6 +25,13 @@ def _measure(fn, payload) -> float:  # type: ignore[no-untyped-def]
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--docs", action="store_true", help="write docs/benchmarks/runs/ too")
+    with docpage.recorded("messages_codec", enabled=ap.parse_args().docs):
+        _run()
+
+
+def _run() -> None:
     measurement = messages.Measurement(
         seq=12,
         ts_s=1_700_000_000.0,

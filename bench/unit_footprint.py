@@ -5,7 +5,9 @@ Launches launch/figure3.yaml twice (each for `--seconds`), samples every process
 the compose/process ratio, and how many figure3-style nodes one machine of this size would hold
 in each mode (the smaller of the memory bound, 80 % of RAM, and the CPU bound, 80 % of cores).
 
-    python bench/unit_footprint.py [--seconds 12]
+    python bench/unit_footprint.py [--seconds 12] [--docs]
+
+With --docs it also writes its page of the documentation site (docs/benchmarks/runs/).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+
+import docpage
 
 ROOT = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -90,13 +94,19 @@ def measure(compose: bool, seconds: float) -> dict[str, list[tuple[int, int, flo
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=12.0)
+    ap.add_argument("--docs", action="store_true", help="write docs/benchmarks/runs/ too")
     args = ap.parse_args()
+    with docpage.recorded("unit_footprint", enabled=args.docs):
+        _run(args.seconds)
+
+
+def _run(seconds: float) -> None:
     mem_budget_kb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 * 0.8
     cores = os.cpu_count() or 1
     totals = {}
     for compose in (False, True):
         mode = "compose" if compose else "process"
-        rows = measure(compose, args.seconds)
+        rows = measure(compose, seconds)
         print(f"== {mode} mode (figure3: 3 nodes, 7 units, 3 brokers)")
         rss = pss = cpu = 0.0
         for role, samples in sorted(rows.items()):
