@@ -26,7 +26,7 @@ _log = logging.getLogger("redy.launch.compose")
 
 
 def run(spec_path: Path) -> int:
-    from redy.units.device_unit import make_unit
+    from redy.units.factory import make_unit
     from redy.units.governance import Governance
 
     spec = orjson.loads(spec_path.read_bytes())

@@ -15,7 +15,7 @@ events' size and correlation, not the day's length in seconds):
   plants) at once; they come back at `_STORM_BACK`.
 
 Every node belongs to one of `regions` regions. The measures are taken from the views alone
-(`redy.sim.sweep._views`), not from the engine's counters.
+(`redy.sim.views.views_of`), not from the engine's counters.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from redy.sim.array_cyclon import ArrayOverlay
+from redy.sim.views import views_of
 
 KINDS = {"plant": 0.05, "factory": 0.10, "household": 0.75, "ev_station": 0.10}
 _SLEEPERS = 0.5  # share of household gateways switched off at night
@@ -71,7 +72,6 @@ class SmartGridDay:
 
 def run_day(overlay: ArrayOverlay, day: SmartGridDay, rng: random.Random) -> dict[str, float]:
     """Drive `overlay` (already warmed up) through `day`; the measures of the module doc."""
-    from redy.sim.sweep import _views
 
     c = overlay.c
     alive = overlay.alive
@@ -101,7 +101,7 @@ def run_day(overlay: ArrayOverlay, day: SmartGridDay, rng: random.Random) -> dic
                 _revive(overlay, int(i), day, rng)
                 back_at[int(i)] = cycle
         overlay.cycle(0.0)
-        v = _views(overlay)
+        v = views_of(overlay)
         entries = max(1, v.entries)
         dead_frac.append(v.dead_entries / entries)
         largest.append(v.largest_component_fraction())

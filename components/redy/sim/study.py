@@ -304,7 +304,7 @@ def _markdown(
         "- The overlay is the compiled shuffle engine (`redy.sim.array_cyclon`, held to the "
         "core engine and to PeerSim by `tests/sim/test_array_cyclon.py`), bootstrapped at "
         "random and run 50 cycles. Every metric is read from the views alone "
-        "(`redy.sim.sweep._Views`: scipy's graph routines and numpy on the rows of node ids), "
+        "(`redy.sim.views.Views`: scipy's graph routines and numpy on the rows of node ids), "
         "not from the engine's counters or compiled metric kernels.",
         "- Healing: crash 10, 50 or 90 % of the nodes at once, then count shuffle cycles until "
         "no live view names a dead node (the cycle right after the crash counts as 1; "

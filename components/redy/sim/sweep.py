@@ -16,7 +16,7 @@ overlay with the compiled engine (redy.sim.array_cyclon), then measures, for eac
 
 A `balance` run adds the market of `redy sim balance` on that overlay (cost gap, price error).
 
-Every measure is taken from the views themselves (`_views`: the rows of node ids), with scipy's
+Every measure is taken from the views themselves (`redy.sim.views.views_of`: the rows of node ids), with scipy's
 graph routines and numpy, not from the engine's own counters or compiled metric kernels, so the
 study also checks the engine. The shuffle period changes no cycle count: a run is simulated once
 per (configuration without the period, seed) and written once per period.
@@ -38,10 +38,9 @@ from typing import Any
 
 import attrs
 import numpy as np
-from scipy.sparse import csr_array
-from scipy.sparse.csgraph import connected_components, shortest_path
 
 from redy.errors import SimulationError
+from redy.sim.views import Views, views_of
 
 KINDS = ("membership", "balance")
 SCENARIOS = ("none", "smartgrid")
@@ -63,7 +62,6 @@ _LOSS_CYCLES = 50
 _SETTLE_CYCLES = 10  # the largest component is taken this many cycles after a crash
 _STATE_PERIOD_S = 1.0  # the governance's state push to every neighbour (units.config)
 _PROBE_EVERY = 4  # the overlay driver's probe of a lost neighbour or an old contact
-_PATH_SOURCES = 200
 _PRICE_TOLERANCE_EUR_MWH = 0.1
 _ROUNDS_CAP = 300
 
@@ -314,7 +312,7 @@ def simulate_run(run: Run, rounds: int = 20) -> dict[str, Any]:
         for _ in range(_WARM_CYCLES):
             ov.cycle(0.0)
         warm[det] = ov
-    v = _views(warm["verify"])
+    v = views_of(warm["verify"])
     indeg = v.in_degree()
     out["in_degree_std"] = float(indeg.std())
     out["clustering"] = v.clustering()
@@ -331,7 +329,7 @@ def simulate_run(run: Run, rounds: int = 20) -> dict[str, Any]:
             ov = copy.deepcopy(warm[det])
             for _ in range(_LOSS_CYCLES):
                 ov.cycle(loss)
-            lv = _views(ov)
+            lv = views_of(ov)
             out[f"{tag}_false_evictions"] = float((lv.in_degree() == 0).sum())
             out[f"{tag}_view_fill"] = lv.entries / (len(lv.live) * c)
         if run.scenario == "smartgrid":
@@ -360,7 +358,7 @@ def _heal(ov: Any, crash: float, seed: int) -> tuple[float, float]:
     largest = float("nan")
     for cycle in range(1, _HEAL_CAP + 1):
         ov.cycle(0.0)
-        v = _views(ov)
+        v = views_of(ov)
         if math.isnan(healed) and v.dead_entries == 0:
             healed = float(cycle)
         if cycle == _SETTLE_CYCLES:
@@ -391,80 +389,6 @@ def _market(run: Run, rounds: int) -> dict[str, float]:
 
 
 # -- the views, measured independently -----------------------------------------------------------
-
-
-class _Views:
-    """The live nodes' views as a graph: entries (i -> j) read from the id rows."""
-
-    def __init__(self, ids: np.ndarray, length: np.ndarray, alive: np.ndarray) -> None:
-        n, c = ids.shape
-        self.n = n
-        self.alive = alive.copy()
-        self.live = np.flatnonzero(alive)
-        slot = np.arange(c)[None, :]
-        held = (slot < length[:, None]) & alive[:, None] & (ids >= 0)
-        src = np.repeat(np.arange(n), c).reshape(n, c)[held]
-        dst = ids[held].astype(np.int64)
-        dead = ~alive[dst]
-        self.entries = len(dst)
-        self.dead_entries = int(dead.sum())
-        self._dead_targets = dst[dead]
-        keep = ~dead & (src != dst)
-        self.src, self.dst = src[keep], dst[keep]
-        self._indeg = np.bincount(self.dst, minlength=n)
-
-    def in_degree(self) -> np.ndarray:
-        """How many live views name each live node."""
-        return self._indeg[self.live]
-
-    def in_degree_of(self, node: int) -> int:
-        return int(self._indeg[node])
-
-    def names_any(self, nodes: np.ndarray) -> bool:
-        return bool(np.isin(self._dead_targets, nodes).any())
-
-    def _undirected(self) -> csr_array:
-        rows = np.concatenate([self.src, self.dst])
-        cols = np.concatenate([self.dst, self.src])
-        g = csr_array((np.ones(len(rows)), (rows, cols)), shape=(self.n, self.n))
-        g.data[:] = 1.0  # duplicates summed: back to a simple graph
-        return g
-
-    def largest_component_fraction(self) -> float:
-        if not len(self.live):
-            return 0.0
-        _, labels = connected_components(self._undirected(), directed=False)
-        return float(np.bincount(labels[self.live]).max() / len(self.live))
-
-    def clustering(self) -> float:
-        """Mean local clustering coefficient of the live nodes (0 where degree < 2)."""
-        a = self._undirected()
-        deg = np.asarray(a.sum(axis=1)).ravel()
-        closed = np.asarray((a @ a).multiply(a).sum(axis=1)).ravel()  # 2 x triangles
-        with np.errstate(divide="ignore", invalid="ignore"):
-            local = np.where(deg > 1, closed / (deg * (deg - 1)), 0.0)
-        return float(local[self.live].mean()) if len(self.live) else 0.0
-
-    def path_length(self, rng: random.Random) -> float:
-        """Mean hop count between live nodes that reach each other, from up to
-        `_PATH_SOURCES` random sources."""
-        live = self.live.tolist()
-        sources = live if len(live) <= _PATH_SOURCES else rng.sample(live, _PATH_SOURCES)
-        dist = shortest_path(self._undirected(), unweighted=True, indices=sources)
-        dist = dist[:, self.live]
-        ok = np.isfinite(dist) & (dist > 0)
-        return float(dist[ok].mean()) if ok.any() else 0.0
-
-    def neighbours(self) -> list[np.ndarray]:
-        """Each node's view (live entries only), as arrays; empty for dead nodes."""
-        order = np.argsort(self.src, kind="stable")
-        src, dst = self.src[order], self.dst[order]
-        cuts = np.searchsorted(src, np.arange(self.n + 1))
-        return [dst[cuts[i] : cuts[i + 1]] for i in range(self.n)]
-
-
-def _views(ov: Any) -> _Views:
-    return _Views(ov.ids[: ov.n], ov.length[: ov.n], ov.alive[: ov.n])
 
 
 # -- traffic ---------------------------------------------------------------------------------------
@@ -555,7 +479,7 @@ def _traffic(c: int, sl: int, mean_view: float) -> dict[str, float]:
 # -- the market on the overlay ---------------------------------------------------------------------
 
 
-def gossip_rounds(v: _Views, rng: random.Random) -> float:
+def gossip_rounds(v: Views, rng: random.Random) -> float:
     """Push-sum rounds (each node keeps half its mass and sends half to one random entry of its
     view, all at once) until every live node's clearing price, read on its estimate of the
     average curve, is within 0.1 EUR/MWh of the price of the exact average; NaN if not within

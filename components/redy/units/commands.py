@@ -106,7 +106,7 @@ def _device_unit(role: str) -> click.Command:
     @click.command(role, help=f"Run one {role} unit process (until SIGTERM or Ctrl-C).")
     @_options_of(UnitConfig)
     def command(config_file: str | None, **given: Any) -> None:
-        from redy.units.device_unit import make_unit
+        from redy.units.factory import make_unit
 
         config = _config(UnitConfig, config_file, {**given, "role": role})
         make_unit(config).run(_until_signalled())

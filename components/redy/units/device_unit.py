@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from redy import messages
-from redy.devices import Applied, Device, Limits, is_driver, make_model
+from redy.devices import Applied, Device, Limits, make_model
 from redy.topics import render
 from redy.transport.paho_client import UnitLink
 from redy.units.config import UnitConfig, next_bd_seq
@@ -172,12 +172,3 @@ class DeviceUnit:
         finally:
             self.link.stop()
             _log.info("node=%s unit=%s stopped", self.config.node, self.config.unit)
-
-
-def make_unit(config: UnitConfig) -> DeviceUnit:
-    """The unit of `config`: a model in simulated time, or a real device's driver."""
-    if is_driver(config.device):
-        from redy.units.driver_unit import DriverUnit
-
-        return DriverUnit(config)
-    return DeviceUnit(config)
