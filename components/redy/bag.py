@@ -22,10 +22,11 @@ import click
 import orjson
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from redy.cli_auth import password_for, with_auth
 from redy.errors import BagError, BrokerError, InvalidMessage
-from redy.tools import _client, _password, _Received, _with_auth
 from redy.topics import CONTRACT, json_schema
 from redy.transport.paho_client import publish_properties
+from redy.transport.session import Received, connect
 
 PROFILE = "redy"  # MCAP profile: MQTT topics of the ReDy tree
 
@@ -68,7 +69,7 @@ class _Recorder:
         )
         return self._channels[key]
 
-    def add(self, r: _Received) -> None:
+    def add(self, r: Received) -> None:
         channel = self._channel(r.topic, r.retained)
         if channel is None:
             self.skipped += 1  # outside the ReDy tree (no schema to give it)
@@ -121,7 +122,7 @@ def bag() -> None:
 
 @bag.command("record")
 @click.argument("patterns", nargs=-1, metavar="[TOPICS]...")
-@_with_auth
+@with_auth
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="FILE.mcap")
 @click.option("--duration", "duration_s", type=click.FloatRange(0, min_open=True), default=None,
               help="Stop after S seconds (default: Ctrl-C).")  # fmt: skip
@@ -137,12 +138,12 @@ def record(
     count: int | None,
 ) -> None:
     """Record TOPICS (MQTT patterns, default redy/#) of a broker to an MCAP file."""
-    inbox: queue.Queue[_Received] = queue.Queue()
+    inbox: queue.Queue[Received] = queue.Queue()
     rec = _Recorder(Path(output))
     deadline = time.monotonic() + duration_s if duration_s else float("inf")
     total = 0
     try:
-        with _client(broker, user, _password(user, password, credentials), inbox) as client:
+        with connect(broker, user, password_for(user, password, credentials), inbox) as client:
             acked = threading.Semaphore(0)
             client.on_subscribe = lambda *_a: acked.release()
             wanted = patterns or ("redy/#",)
@@ -188,9 +189,9 @@ def play(
 ) -> None:
     """Publish a recording's messages with their retain flags, QoS and expiry, in order."""
     msgs = _messages(file)
-    secret = None if user is None else _password(user, password, credentials)
+    secret = None if user is None else password_for(user, password, credentials)
     refused = 0
-    with _client(broker, user, secret) as client:
+    with connect(broker, user, secret) as client:
         start_wall, start_log = time.monotonic(), msgs[0][2] if msgs else 0
         for topic, retained, log_ns, payload in msgs:
             if rate > 0:

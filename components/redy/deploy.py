@@ -132,7 +132,7 @@ def node_health(
     each unit's state, the governance unit's status and price, the view; each read within
     `wait_s` seconds. `healthy` when every unit and the governance are up."""
     from redy.brokers import load_credentials
-    from redy.tools import _client, _read_retained, _Received
+    from redy.transport.session import Received, connect, read_retained
 
     password = load_credentials(state_dir / n.node / "credentials.json").password("operator")
     names = [f"redy/{n.node}/units/{u.name}/state" for u in n.units]
@@ -140,9 +140,9 @@ def node_health(
     view = f"redy/{n.node}/membership/view"
     if n.governance is not None:
         names += [gov, view]
-    inbox: queue.Queue[_Received] = queue.Queue()
-    with _client(broker or n.broker.local_uri, "operator", password, inbox) as client:
-        found = _read_retained(client, inbox, names, wait_s)
+    inbox: queue.Queue[Received] = queue.Queue()
+    with connect(broker or n.broker.local_uri, "operator", password, inbox) as client:
+        found = read_retained(client, inbox, names, wait_s)
     units = {
         u.name: getattr(found.get(f"redy/{n.node}/units/{u.name}/state"), "state", "missing")
         for u in n.units

@@ -27,9 +27,10 @@ import click
 import orjson
 
 from redy import messages
+from redy.cli_auth import password_for, with_auth
 from redy.errors import InvalidMessage
-from redy.tools import _client, _password, _Received, _subscribe, _with_auth
 from redy.topics import CONTRACT, render
+from redy.transport.session import Received, connect, subscribe
 
 DISCOVERY_PREFIX = "homeassistant"
 _MANUFACTURER = "ReDy Grid"
@@ -126,7 +127,7 @@ def ha() -> None:
 
 @ha.command("discovery")
 @click.argument("node_id", metavar="NODE")
-@_with_auth
+@with_auth
 @click.option("--site-broker", required=True, envvar="REDY_SITE_BROKER",
               help="The site broker Home Assistant reads (the node's bridge target).")  # fmt: skip
 @click.option("--site-user", default=None, envvar="REDY_SITE_USER")
@@ -147,10 +148,10 @@ def discovery(
 
     NODE's units are read from its broker's retained births (units/+/meta) and descriptor.
     """
-    inbox: queue.Queue[_Received] = queue.Queue()
-    with _client(broker, user, _password(user, password, credentials), inbox) as client:
+    inbox: queue.Queue[Received] = queue.Queue()
+    with connect(broker, user, password_for(user, password, credentials), inbox) as client:
         for pattern in (f"redy/{node_id}/units/+/meta", f"redy/{node_id}/descriptor"):
-            _subscribe(client, pattern)
+            subscribe(client, pattern)
         time.sleep(1.0)  # retained messages arrive at once; wildcards give no count to wait for
     found = []
     while not inbox.empty():
@@ -166,7 +167,7 @@ def discovery(
         for topic, config in configs.items():
             click.echo(orjson.dumps({"topic": topic, "config": config}).decode())
         return
-    with _client(site_broker, site_user, site_password) as site:
+    with connect(site_broker, site_user, site_password) as site:
         for topic, config in configs.items():
             site.publish(topic, orjson.dumps(config), qos=1, retain=True).wait_for_publish(5.0)
     click.echo(f"published {len(configs)} discovery configs of {node_id} ({len(units)} units) "

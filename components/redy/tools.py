@@ -7,112 +7,23 @@ from __future__ import annotations
 
 import collections
 import queue
-import secrets
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 import orjson
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from redy import messages, pki
-from redy.brokers.credentials import load_credentials
+from redy.cli_auth import json_option, password_for, with_auth
 from redy.errors import BrokerError, InvalidMessage
 from redy.topics import CONTRACT, TopicSpec
 from redy.transport.paho_client import publish_properties
-
-_CONNECT_TIMEOUT_S = 5.0
-
-
-class _Received:
-    """One message as the tools see it."""
-
-    __slots__ = ("payload", "retained", "t_ns", "t_s", "topic")
-
-    def __init__(self, topic: str, payload: bytes, retained: bool) -> None:
-        self.topic = topic
-        self.payload = payload
-        self.retained = retained
-        self.t_s = time.monotonic()
-        self.t_ns = time.time_ns()  # wall clock, for recordings
+from redy.transport.session import CONNECT_TIMEOUT_S, Received, connect, read_retained, subscribe
 
 
-def _password(user: str, password: str | None, credentials: str | None) -> str:
-    if password is not None:
-        return password
-    if credentials is None:
-        raise click.UsageError("give --password, or --credentials FILE (a node's credentials.json)")
-    # The one reader of credentials files: a bad or unreadable file, or no such account, is the
-    # same BrokerError as anywhere else, made one line by the CLI.
-    return load_credentials(credentials).password(user)
-
-
-@contextmanager
-def _client(
-    broker: str,
-    user: str | None,
-    password: str | None,
-    inbox: queue.Queue[_Received] | None = None,
-    tls: pki.Identity | None = None,
-) -> Iterator[mqtt.Client]:
-    """A connected paho client (MQTT 5), its network loop in a thread; BrokerError if refused.
-    `user` None connects anonymously (a replay broker that allows it). An mqtts:// broker (a
-    node's grid listener) needs `tls`: the operator's certificate from the grid's pki/."""
-    host, port = messages.parse_uri(broker)
-    connected = threading.Event()
-    outcome: dict[str, str] = {}
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"redy-cli-{secrets.token_hex(4)}",
-        protocol=mqtt.MQTTv5,
-    )
-    if user is not None:
-        client.username_pw_set(user, password)
-
-    def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        outcome["reason"] = str(reason)
-        if not reason.is_failure:
-            outcome["ok"] = "yes"
-        connected.set()
-
-    def on_message(c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        if inbox is not None:
-            inbox.put(_Received(msg.topic, bytes(msg.payload), bool(msg.retain)))
-
-    client.on_connect = on_connect
-    client.on_message = on_message
-    if broker.startswith("mqtts://"):
-        if tls is None or not tls.cert.exists():
-            raise BrokerError(
-                f"{broker} is a grid listener (mutual TLS): give --credentials of a launched node"
-                " so its grid's pki/operator.crt can be used"
-            )
-        client.tls_set(ca_certs=str(tls.ca), certfile=str(tls.cert), keyfile=str(tls.key))
-    try:
-        client.connect(host, port, keepalive=30)
-    except OSError as exc:
-        raise BrokerError(f"cannot reach broker {broker}: {exc.strerror or exc}") from None
-    client.loop_start()
-    try:
-        if not connected.wait(_CONNECT_TIMEOUT_S):
-            raise BrokerError(f"broker {broker} did not answer within {_CONNECT_TIMEOUT_S:.0f} s")
-        if "ok" not in outcome:
-            raise BrokerError(f"broker {broker} refused user {user!r}: {outcome.get('reason')}")
-        yield client
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
-def _subscribe(client: mqtt.Client, pattern: str) -> None:
-    result, _ = client.subscribe(pattern, qos=1)
-    if result != mqtt.MQTT_ERR_SUCCESS:
-        raise BrokerError(f"cannot subscribe to {pattern}: {mqtt.error_string(result)}")
+def _stderr(line: str) -> None:
+    click.echo(line, err=True)
 
 
 def _describe(topic: str) -> tuple[str, str]:
@@ -124,7 +35,7 @@ def _describe(topic: str) -> tuple[str, str]:
     return spec.type, "retained" if spec.retained else "volatile"
 
 
-def _render(r: _Received) -> str:
+def _render(r: Received) -> str:
     try:
         msg = messages.decode(r.topic, r.payload)
     except InvalidMessage as exc:
@@ -132,7 +43,7 @@ def _render(r: _Received) -> str:
     return orjson.dumps(messages.to_dict(msg)).decode()
 
 
-def _render_json(r: _Received) -> str:
+def _render_json(r: Received) -> str:
     """One JSON line: topic, retained, and the decoded message or why it is invalid."""
     out: dict[str, Any] = {"topic": r.topic, "retained": r.retained}
     try:
@@ -142,39 +53,13 @@ def _render_json(r: _Received) -> str:
     return orjson.dumps(out).decode()
 
 
-_broker_option = click.option(
-    "--broker",
-    required=True,
-    envvar="REDY_BROKER",
-    help="Broker URI, e.g. mqtt://127.0.0.1:18841 (env REDY_BROKER).",
-)
-_user_option = click.option("--user", default="operator", show_default=True, envvar="REDY_USER")
-_password_option = click.option(
-    "--password", default=None, envvar="REDY_PASSWORD", help="(env REDY_PASSWORD)"
-)
-_credentials_option = click.option(
-    "--credentials",
-    type=click.Path(dir_okay=False),
-    default=None,
-    envvar="REDY_CREDENTIALS",
-    help="A node's credentials.json; the password of --user is read from it (env REDY_CREDENTIALS).",
-)
-_json_option = click.option("--json", "as_json", is_flag=True, help="JSON output, one per line.")
-
-
-def _with_auth(f: Any) -> Any:
-    for option in (_credentials_option, _password_option, _user_option, _broker_option):
-        f = option(f)
-    return f
-
-
 @click.group()
 def topic() -> None:
     """Topics of a node's broker, like `ros2 topic`."""
 
 
 @topic.command("list")
-@_with_auth
+@with_auth
 @click.option("--wait", "wait_s", type=float, default=2.0, show_default=True, help="Seconds.")
 @click.option("--pattern", default="redy/#", show_default=True)
 def topic_list(
@@ -186,11 +71,11 @@ def topic_list(
     pattern: str,
 ) -> None:
     """Show the topics seen (retained ones at once) with their message type."""
-    inbox: queue.Queue[_Received] = queue.Queue()
-    with _client(broker, user, _password(user, password, credentials), inbox) as client:
-        _subscribe(client, pattern)
+    inbox: queue.Queue[Received] = queue.Queue()
+    with connect(broker, user, password_for(user, password, credentials), inbox) as client:
+        subscribe(client, pattern)
         time.sleep(wait_s)
-    seen: dict[str, list[_Received]] = collections.defaultdict(list)
+    seen: dict[str, list[Received]] = collections.defaultdict(list)
     while not inbox.empty():
         r = inbox.get()
         seen[r.topic].append(r)
@@ -258,7 +143,7 @@ def _field_lines(rows: list[dict[str, Any]], indent: str) -> list[str]:
 
 @topic.command("info")
 @click.argument("topic_name", metavar="TOPIC")
-@_json_option
+@json_option
 def topic_info(topic_name: str, as_json: bool) -> None:
     """Show TOPIC's type, QoS, retention, expiry, roles and fields with units, from topics.yaml.
 
@@ -298,10 +183,10 @@ def topic_info(topic_name: str, as_json: bool) -> None:
 
 @topic.command("echo")
 @click.argument("pattern")
-@_with_auth
+@with_auth
 @click.option("--count", type=int, default=0, help="Stop after N messages (0: until Ctrl-C).")
 @click.option("--timeout", "timeout_s", type=float, default=0.0, help="Stop after S seconds.")
-@_json_option
+@json_option
 def topic_echo(
     pattern: str,
     broker: str,
@@ -313,11 +198,11 @@ def topic_echo(
     as_json: bool,
 ) -> None:
     """Print each message on PATTERN, decoded and validated (invalid ones shown as INVALID)."""
-    inbox: queue.Queue[_Received] = queue.Queue()
+    inbox: queue.Queue[Received] = queue.Queue()
     deadline = time.monotonic() + timeout_s if timeout_s > 0 else float("inf")
     shown = 0
-    with _client(broker, user, _password(user, password, credentials), inbox) as client:
-        _subscribe(client, pattern)
+    with connect(broker, user, password_for(user, password, credentials), inbox) as client:
+        subscribe(client, pattern)
         while time.monotonic() < deadline and (count == 0 or shown < count):
             try:
                 r = inbox.get(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
@@ -334,7 +219,7 @@ def topic_echo(
 @topic.command("pub")
 @click.argument("topic_name", metavar="TOPIC")
 @click.argument("payload")
-@_with_auth
+@with_auth
 @click.option("--times", type=int, default=1, show_default=True)
 @click.option("--rate", "rate_hz", type=float, default=1.0, show_default=True, help="Hz.")
 def topic_pub(
@@ -352,12 +237,12 @@ def topic_pub(
     spec, _ = CONTRACT.match(topic_name)
     body = messages.encode(messages.decode(topic_name, payload.encode()))
     props = publish_properties(spec)
-    with _client(broker, user, _password(user, password, credentials)) as client:
+    with connect(broker, user, password_for(user, password, credentials)) as client:
         for i in range(times):
             info = client.publish(
                 topic_name, body, qos=spec.qos, retain=spec.retained, properties=props
             )
-            info.wait_for_publish(timeout=_CONNECT_TIMEOUT_S)
+            info.wait_for_publish(timeout=CONNECT_TIMEOUT_S)
             if not info.is_published():
                 raise BrokerError(
                     f"broker {broker} did not acknowledge the publish on {topic_name}"
@@ -369,7 +254,7 @@ def topic_pub(
 
 @topic.command("hz")
 @click.argument("pattern")
-@_with_auth
+@with_auth
 @click.option("--window", "window_s", type=float, default=5.0, show_default=True, help="Seconds.")
 def topic_hz(
     pattern: str,
@@ -380,9 +265,9 @@ def topic_hz(
     window_s: float,
 ) -> None:
     """Measure the rate of live (not retained) messages on PATTERN over a window."""
-    inbox: queue.Queue[_Received] = queue.Queue()
-    with _client(broker, user, _password(user, password, credentials), inbox) as client:
-        _subscribe(client, pattern)
+    inbox: queue.Queue[Received] = queue.Queue()
+    with connect(broker, user, password_for(user, password, credentials), inbox) as client:
+        subscribe(client, pattern)
         time.sleep(window_s)
     stamps: dict[str, list[float]] = collections.defaultdict(list)
     while not inbox.empty():
@@ -397,27 +282,6 @@ def topic_hz(
         click.echo(f"{name}: {rate:.2f} Hz ({len(ts)} messages in {window_s:g} s)")
 
 
-def _read_retained(
-    client: mqtt.Client, inbox: queue.Queue[_Received], topics_: list[str], wait_s: float = 1.5
-) -> dict[str, Any]:
-    """The retained message of each topic (decoded), waiting up to `wait_s` seconds; missing
-    ones are left out."""
-    for t in topics_:
-        _subscribe(client, t)
-    found: dict[str, Any] = {}
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline and len(found) < len(topics_):
-        try:
-            r = inbox.get(timeout=0.1)
-        except queue.Empty:
-            continue
-        try:
-            found[r.topic] = messages.decode(r.topic, r.payload)
-        except InvalidMessage as exc:
-            click.echo(f"INVALID {exc}", err=True)
-    return found
-
-
 def operator_identity(credentials: str | None) -> pki.Identity | None:
     """The operator's grid certificate, beside the launch state that `credentials` is in."""
     if not credentials:
@@ -429,17 +293,17 @@ def fetch_view(
     broker: str, user: str, password: str, node: str, tls: pki.Identity | None = None
 ) -> messages.View | None:
     """A node's retained membership view, read from `broker` (None if it has none)."""
-    inbox: queue.Queue[_Received] = queue.Queue()
-    with _client(broker, user, password, inbox, tls) as client:
+    inbox: queue.Queue[Received] = queue.Queue()
+    with connect(broker, user, password, inbox, tls) as client:
         name = f"redy/{node}/membership/view"
-        view = _read_retained(client, inbox, [name]).get(name)
+        view = read_retained(client, inbox, [name], on_invalid=_stderr).get(name)
     return view if isinstance(view, messages.View) else None
 
 
 @click.command()
 @click.argument("node_id", metavar="NODE")
-@_with_auth
-@_json_option
+@with_auth
+@json_option
 def view(
     node_id: str,
     broker: str,
@@ -452,7 +316,7 @@ def view(
     found = fetch_view(
         broker,
         user,
-        _password(user, password, credentials),
+        password_for(user, password, credentials),
         node_id,
         operator_identity(credentials),
     )
@@ -472,9 +336,9 @@ def node() -> None:
 
 
 @node.command("list")
-@_with_auth
+@with_auth
 @click.option("--limit", type=int, default=1000, show_default=True, help="Stop after N nodes.")
-@_json_option
+@json_option
 def node_list(
     broker: str,
     user: str,
@@ -489,11 +353,11 @@ def node_list(
     grid listeners with the operator's certificate of the grid (pki/operator.crt beside the
     launch state of --credentials).
     """
-    secret = _password(user, password, credentials)
+    secret = password_for(user, password, credentials)
     tls = operator_identity(credentials)
-    inbox: queue.Queue[_Received] = queue.Queue()
-    with _client(broker, user, secret, inbox, tls) as client:
-        start = _read_retained(client, inbox, ["redy/+/membership/view"])
+    inbox: queue.Queue[Received] = queue.Queue()
+    with connect(broker, user, secret, inbox, tls) as client:
+        start = read_retained(client, inbox, ["redy/+/membership/view"], on_invalid=_stderr)
     frontier = [v for v in start.values() if isinstance(v, messages.View)]
     seen: dict[str, str] = {v.node: broker for v in frontier}
     while frontier and len(seen) < limit:
@@ -519,19 +383,19 @@ def node_list(
 
 @node.command("info")
 @click.argument("node_id", metavar="NODE")
-@_with_auth
+@with_auth
 def node_info(
     node_id: str, broker: str, user: str, password: str | None, credentials: str | None
 ) -> None:
     """Show a node's descriptor, its units (birth and state) and its energy state."""
-    inbox: queue.Queue[_Received] = queue.Queue()
-    with _client(broker, user, _password(user, password, credentials), inbox) as client:
+    inbox: queue.Queue[Received] = queue.Queue()
+    with connect(broker, user, password_for(user, password, credentials), inbox) as client:
         for pattern in (
             f"redy/{node_id}/descriptor",
             f"redy/{node_id}/units/+/+",
             f"redy/{node_id}/governance/state",
         ):
-            _subscribe(client, pattern)
+            subscribe(client, pattern)
         time.sleep(1.0)
     while not inbox.empty():
         r = inbox.get()

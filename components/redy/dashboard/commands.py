@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from redy.tools import _password
+from redy.cli_auth import password_for
 
 
 @click.command("dashboard")
@@ -43,7 +43,7 @@ def dashboard(
     if launch_state:
         targets = targets_from_launch_state(Path(launch_state))
     elif brokers:
-        secret = _password(user, password, credentials)
+        secret = password_for(user, password, credentials)
         targets = [Target(uri, user, secret) for uri in brokers]
     else:
         raise click.UsageError("give --launch-state DIR, or one --broker URI per node")
