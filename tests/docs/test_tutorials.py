@@ -5,11 +5,15 @@ per machine on three machines, with three network namespaces standing in for the
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+from faults.faultgrid import Netns, have_netns
 from netports import node_block
 from shellblocks import ROOT, blocks, replaced, run, workspace
 
@@ -56,3 +60,86 @@ def test_the_simulation_tutorial_runs_at_10000_nodes(tmp_path: Path) -> None:
     assert len(re.findall(r"^epoch \d+ price", market, re.M)) == 3, market
     for epoch in json.loads((work / "offers.json").read_text())["epochs"]:
         assert epoch["price"] == pytest.approx(epoch["price_optimal"], abs=1e-6)
+
+
+THREE = ("gas-1", "factory-1", "house-1")
+
+
+def _state(out: str) -> dict[str, object] | None:
+    for line in out.splitlines():
+        if line.startswith("{"):
+            message: dict[str, object] = json.loads(line)["message"]
+            return message
+    return None
+
+
+@pytest.mark.e2e
+def test_the_three_machines_tutorial_clears_one_price_on_three_namespaces(tmp_path: Path) -> None:
+    """Steps 1, 3 and 4 as written: the operator's step on this host, each gateway's in a network
+    namespace of its own (its own address), until every gateway's check shows one price."""
+    problem = have_netns()
+    assert problem is None, f"network namespaces unavailable: {problem} (make test runs as root)"
+    work = workspace(tmp_path)
+    laptop, gateway, check = blocks(TUTORIALS / "three-machines.md")
+    net = Netns(3)
+    hosts = " ".join(f"{n.split('-')[0]}_host:={a}" for n, a in zip(THREE, net.addrs, strict=True))
+    example = 'HOSTS="gas_host:=192.0.2.10 factory_host:=192.0.2.11 house_host:=192.0.2.12"'
+    out, _ = run(replaced(laptop, {example: f'HOSTS="{hosts}"'}), work, 120)
+    _ok(out)
+
+    # A gateway's shell: redy installed, the same HOSTS as the operator's, its own NODE and state.
+    gateway = replaced(gateway, {"NODE=gas-1\n": ""})
+
+    def on(i: int, block: str) -> str:
+        state = tmp_path / f"machine-{i}"
+        prelude = f'. .venv/bin/activate\nHOSTS="{hosts}"\nNODE={THREE[i]}\n'
+        return prelude + replaced(block, {"/var/lib/redy": str(state)})
+
+    gateways: list[subprocess.Popen[bytes]] = []
+    net.up()
+    try:
+        for i in range(3):
+            log = (tmp_path / f"gateway-{i}.log").open("wb")
+            gateways.append(
+                subprocess.Popen(
+                    [*net.exec_prefix(i), "bash", "-euo", "pipefail", "-c", on(i, gateway)],
+                    cwd=work,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+            log.close()
+        deadline = time.monotonic() + 120
+        seen: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            states = {}
+            for i, node in enumerate(THREE):
+                out, _ = run(on(i, check), work, 60, prefix=net.exec_prefix(i))
+                states[node] = _state(out.stdout) if out.returncode == 0 else None
+            seen = states
+            prices = {
+                (s["epoch"], s["price_eur_mwh"])
+                for s in states.values()
+                if s is not None and s.get("status") == "cleared"
+            }
+            if all(s is not None and s.get("status") == "cleared" for s in states.values()) and (
+                len(prices) == 1
+            ):
+                break
+            time.sleep(2)
+        else:
+            logs = "\n".join((tmp_path / f"gateway-{i}.log").read_text()[-1500:] for i in range(3))
+            raise AssertionError(f"no common price on the three gateways: {seen}\n{logs}")
+        assert all(p.poll() is None for p in gateways), "a gateway's node stopped"
+    finally:
+        for p in gateways:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in gateways:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(10)
+        net.down()
