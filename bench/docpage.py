@@ -6,7 +6,9 @@
 The page holds what the benchmark measures (its module docstring), the command that ran it,
 the machine (CPU, cores, memory, kernel, Python, load average before and after, the commit)
 and everything it printed, so the figures on the site are the latest run's, never kept by hand.
-Without `--docs` a benchmark only prints, as before.
+Without `--docs` a benchmark only prints, as before. A benchmark's first page goes into
+mkdocs.yml's navigation and docs/benchmarks/index.md (the strict build refuses a page that is
+in neither).
 """
 
 from __future__ import annotations
