@@ -66,7 +66,7 @@ demo: deps venv
 # writes, and the strict build passes).
 docs: venv
 	$(VENV)/bin/python -m redy.docs_reference docs/reference
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 study: venv
 	$(VENV)/bin/pip install -q -e '.[study]'
