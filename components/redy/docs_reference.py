@@ -71,12 +71,14 @@ def settings_page() -> str:
         "Every setting of a unit process is declared once, as a field of `GovernanceConfig` or "
         "`UnitConfig` in `redy/units/config.py`, with its type, unit, range, default and help. "
         "From that declaration come the option of `redy governance`, `redy detection` and "
-        "`redy action` (`--name-with-dashes`), the key of a launch file's action (where the "
-        "column *launch* says yes), and the JSON a launch hands each process (`--config FILE`).\n",
+        "`redy action` (the setting's name with dashes: `shuffle_period_s` is "
+        "`--shuffle-period-s`; `params` is `--param KEY=VALUE`), the key of a launch file's "
+        "`governance`, `detection` or `action` action (where *launch key* says yes; see "
+        "[launch files](launch.md) for the others), and the JSON a launch hands each process (`--config FILE`).\n",
     ]
-    for title, cls, action in (
-        ("Governance unit", GovernanceConfig, "governance"),
-        ("Detection and action units", UnitConfig, "detection, action"),
+    for title, cls in (
+        ("Governance unit", GovernanceConfig),
+        ("Detection and action units", UnitConfig),
     ):
         out.append(f"\n## {title}\n\n")
         out.append(_first_paragraph(cls.__doc__) + "\n\n")
@@ -85,19 +87,18 @@ def settings_page() -> str:
             low = (
                 "" if meta.minimum is None else f"{'>' if meta.min_open else '>='} {meta.minimum:g}"
             )
+            kind = scalar_type(field).__name__ + (f", {meta.unit}" if meta.unit else "")
             rows.append(
                 (
                     f"`{name}`",
-                    _code(scalar_type(field).__name__),
-                    _cell(meta.unit),
+                    _cell(kind),
                     _default(field),
                     _cell(low),
-                    f"`--{name.replace('_', '-')}`" if name != "params" else "`--param KEY=VALUE`",
-                    f"yes ({action})" if meta.launch else "no",
+                    "yes" if meta.launch else "",
                     _cell(meta.help),
                 )
             )
-        header = ("setting", "type", "unit", "default", "range", "option", "launch", "what it is")
+        header = ("setting", "type, unit", "default", "range", "launch key", "what it is")
         out.append(_table(header, rows))
     return "".join(out)
 
