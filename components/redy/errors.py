@@ -50,10 +50,11 @@ class DeviceFault(DeviceError):
 class DeliveryFailed(BrokerError):
     """A connect or publish that did not complete: refused, timed out, window full, link lost."""
 
-    def __init__(self, uri: str, reason: str) -> None:
+    def __init__(self, uri: str, reason: str, code: int | None = None) -> None:
         super().__init__(f"broker {uri}: {reason}")
         self.uri = uri
         self.reason = reason
+        self.code = code  # the CONNACK reason code of a refused connect, if one came
 
 
 class WrongIdentity(DeliveryFailed):

@@ -9,10 +9,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 from redy.errors import BrokerError
+from redy.transport.paho_client import new_client, refused_login
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -45,11 +43,11 @@ def wait_authenticated(
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
-        ok, last = try_connect(host, port, user, password, timeout_s=1.0)
+        ok, last, refused = _attempt(host, port, user, password, timeout_s=1.0)
         if ok:
             return
-        if "not authori" in last.lower() or "bad user" in last.lower():
-            break  # a refusal will not change by waiting
+        if refused:
+            break  # a refusal of our credentials will not change by waiting
         if alive is not None and not alive():
             last = "the broker exited"
             break
@@ -61,31 +59,34 @@ def try_connect(
     host: str, port: int, user: str | None, password: str | None, timeout_s: float = 2.0
 ) -> tuple[bool, str]:
     """(accepted, reason) of one MQTT 5 connection attempt."""
+    ok, reason, _ = _attempt(host, port, user, password, timeout_s)
+    return ok, reason
+
+
+def _attempt(
+    host: str, port: int, user: str | None, password: str | None, timeout_s: float
+) -> tuple[bool, str, bool]:
+    """(accepted, reason, our credentials refused) of one MQTT 5 connection attempt."""
     done = threading.Event()
     result: dict[str, Any] = {}
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"redy-probe-{secrets.token_hex(4)}",
-        protocol=mqtt.MQTTv5,
-    )
-    if user is not None:
-        client.username_pw_set(user, password)
+    client = new_client(f"redy-probe-{secrets.token_hex(4)}", user=user, password=password)
 
     def on_connect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         result["ok"] = not reason.is_failure
         result["reason"] = str(reason)
+        result["refused"] = refused_login(reason)
         done.set()
 
     client.on_connect = on_connect
     try:
         client.connect(host, port, keepalive=5)
     except OSError as exc:
-        return False, exc.strerror or str(exc)
+        return False, exc.strerror or str(exc), False
     client.loop_start()
     try:
         if not done.wait(timeout_s):
-            return False, "no CONNACK"
-        return bool(result["ok"]), str(result["reason"])
+            return False, "no CONNACK", False
+        return bool(result["ok"]), str(result["reason"]), bool(result["refused"])
     finally:
         client.disconnect()
         client.loop_stop()

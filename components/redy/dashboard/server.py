@@ -21,12 +21,12 @@ from typing import Any
 import attrs
 import orjson
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from redy import messages
 from redy.brokers import load_credentials
 from redy.dashboard.model import GridModel
 from redy.errors import BrokerError
+from redy.transport.paho_client import new_client
 
 STATIC = Path(__file__).with_name("static")
 _TOPICS = (
@@ -85,14 +85,9 @@ class Feed:
             host, port = messages.parse_uri(t.uri)
             with self.lock:
                 self.model.expect(t.uri, t.node)
-            c = mqtt.Client(
-                CallbackAPIVersion.VERSION2,
-                client_id=f"redy-web-{secrets.token_hex(4)}",
-                protocol=mqtt.MQTTv5,
-                userdata=t.uri,
+            c = new_client(
+                f"redy-web-{secrets.token_hex(4)}", user=t.user, password=t.password, userdata=t.uri
             )
-            c.username_pw_set(t.user, t.password)
-            c.reconnect_delay_set(1, 5)
             c.on_connect = self._on_connect
             c.on_disconnect = self._on_disconnect
             c.on_message = self._on_message

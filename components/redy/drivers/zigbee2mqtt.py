@@ -143,17 +143,14 @@ class Zigbee2MqttPlug(Driver):
     # -- the Zigbee2MQTT side -------------------------------------------------------------------
 
     def open(self) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
+        from redy.transport.paho_client import new_client
 
-        c = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"redy-{secrets.token_hex(4)}",
-            clean_session=True,
+        c = new_client(
+            f"redy-{secrets.token_hex(4)}",
+            user=self._username or None,
+            password=os.environ.get(self._password_env) or None,
+            mqtt5=False,  # Zigbee2MQTT's broker may speak 3.1.1 only; a clean session either way
         )
-        if self._username:
-            c.username_pw_set(self._username, os.environ.get(self._password_env) or None)
-        c.reconnect_delay_set(min_delay=1, max_delay=30)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message

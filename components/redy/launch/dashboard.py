@@ -9,12 +9,12 @@ from typing import Any
 
 import click
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from redy import messages
 from redy.brokers import load_credentials
 from redy.errors import InvalidMessage
 from redy.launch.supervisor import Supervisor
+from redy.transport.paho_client import new_client
 
 
 class Dashboard:
@@ -34,12 +34,7 @@ class Dashboard:
         for n in self.sup.desc.nodes:
             cfg = self.sup._broker_config(n)
             password = load_credentials(cfg.credentials_path).password("operator")
-            c = mqtt.Client(
-                CallbackAPIVersion.VERSION2,
-                client_id=f"redy-dashboard-{n.node}",
-                protocol=mqtt.MQTTv5,
-            )
-            c.username_pw_set("operator", password)
+            c = new_client(f"redy-dashboard-{n.node}", user="operator", password=password)
             c.on_message = self._on_message
             c.on_connect = lambda cl, *_a, node=n.node: cl.subscribe(
                 f"redy/{node}/governance/state", qos=1

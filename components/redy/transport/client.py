@@ -31,9 +31,14 @@ from collections.abc import Callable
 from typing import Any
 
 import gmqtt
+from gmqtt.mqtt.handler import MQTTConnectError
 
 from redy.errors import BrokerError, DeliveryFailed, WrongIdentity
 from redy.messages import parse_uri
+
+# CONNACK codes that refuse our credentials, for good: MQTT 3.1.1's 4 and 5, MQTT 5's 134
+# (bad user name or password) and 135 (not authorized).
+REFUSED_CONNECT = frozenset({4, 5, 134, 135})
 
 _log = logging.getLogger(__name__)
 
@@ -186,7 +191,7 @@ class AsyncLink:
             raise WrongIdentity(self.uri, f"certificate refused: {exc.verify_message}") from None
         except Exception as exc:  # OSError, MQTTConnectError and whatever a broken peer provokes
             await self.close()
-            raise DeliveryFailed(self.uri, _reason(exc)) from None
+            raise DeliveryFailed(self.uri, _reason(exc), connack_code(exc)) from None
         self._no_delay()
         if self._expect_cn is not None:
             presented = self.peer_cn()
@@ -231,7 +236,7 @@ class AsyncLink:
                 await self.connect()
                 return
             except DeliveryFailed as exc:
-                if "not authorised" in exc.reason.lower() or "bad user" in exc.reason.lower():
+                if exc.code in REFUSED_CONNECT:
                     raise BrokerError(f"broker {self.uri} refused us: {exc.reason}") from None
                 if attempts and n >= attempts:
                     raise
@@ -299,6 +304,15 @@ class AsyncLink:
             transport = getattr(self._client._connection, "_transport", None)
             if transport is not None:
                 transport.abort()
+
+
+def connack_code(exc: BaseException) -> int | None:
+    """The CONNACK reason code of gmqtt's refused connect (its MQTTConnectError keeps it in
+    `_code`, a private attribute of gmqtt 0.8: pinned, and tests/transport checks it)."""
+    if isinstance(exc, MQTTConnectError):
+        code = getattr(exc, "_code", None)
+        return code if isinstance(code, int) else None
+    return None
 
 
 def _reason(exc: BaseException) -> str:

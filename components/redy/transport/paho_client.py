@@ -1,4 +1,10 @@
-"""The sync MQTT adapter of detection and action units (paho-mqtt 2, MQTT 5).
+"""The one place paho-mqtt clients are made (`new_client`), and the sync MQTT adapter of
+detection and action units (paho-mqtt 2, MQTT 5).
+
+Every paho session of the package (units, the tools' sessions, the broker probe, the dashboards,
+the Zigbee2MQTT driver) is a `new_client`: one reconnect policy (paho's exponential delay from
+`RECONNECT_MIN_S` to `RECONNECT_MAX_S`), TLS from a grid identity, and a refused login known by
+its CONNACK reason code (`refused_login`), not by its text.
 
 `UnitLink` owns one unit's connection to its node's broker: the Last Will (retained `offline`
 state of this session's bd_seq), the birth (retained meta + `online`) re-published on every
@@ -19,11 +25,49 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from redy import messages
+from redy import messages, pki
 from redy.errors import BrokerError, InvalidMessage
 from redy.topics import CONTRACT, TopicSpec, render
 
 _log = logging.getLogger(__name__)
+
+RECONNECT_MIN_S = 1
+RECONNECT_MAX_S = 30
+# CONNACK reason codes of a refused login: MQTT 5's "bad user name or password" and "not
+# authorized" (paho reports MQTT 3.1.1's return codes 4 and 5 as these).
+REFUSED_LOGIN = frozenset({134, 135})
+
+
+def new_client(
+    client_id: str,
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    tls: pki.Identity | None = None,
+    mqtt5: bool = True,
+    userdata: Any = None,
+) -> mqtt.Client:
+    """A paho client (callback API 2), not yet connected: MQTT 5 unless `mqtt5` is False (a
+    third-party broker such as Zigbee2MQTT's), logged in as `user` if given, with mutual TLS
+    from a grid identity if `tls` is given, reconnecting with the one policy."""
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5 if mqtt5 else mqtt.MQTTv311,
+        userdata=userdata,
+    )
+    if user is not None:
+        client.username_pw_set(user, password)
+    if tls is not None:
+        client.tls_set(ca_certs=str(tls.ca), certfile=str(tls.cert), keyfile=str(tls.key))
+    client.reconnect_delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)
+    return client
+
+
+def refused_login(reason: Any) -> bool:
+    """Whether a CONNACK reason (paho's ReasonCode) refuses our credentials: final, unlike a
+    broker that is busy or not up yet."""
+    return getattr(reason, "value", None) in REFUSED_LOGIN
 
 
 def publish_properties(spec: TopicSpec) -> Properties | None:
@@ -63,15 +107,9 @@ class UnitLink:
         self.refused: str | None = None
         self.births = 0
         self._state_topic = render("unit_state", node=node, unit=unit)
-        self._c = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"{node}.{unit}",
-            protocol=mqtt.MQTTv5,
-        )
-        self._c.username_pw_set(unit, password)
+        self._c = new_client(f"{node}.{unit}", user=unit, password=password)
         offline = messages.UnitState(state="offline", bd_seq=meta.bd_seq)
         self._c.will_set(self._state_topic, messages.encode(offline), qos=1, retain=True)
-        self._c.reconnect_delay_set(min_delay=1, max_delay=30)
         self._c.on_connect = self._on_connect
         self._c.on_disconnect = self._on_disconnect
         self._c.on_message = self._on_paho_message

@@ -15,10 +15,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from redy import messages, pki
 from redy.errors import BrokerError, InvalidMessage
+from redy.transport.paho_client import new_client
 
 _log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 5.0
@@ -51,13 +51,17 @@ def connect(
     host, port = messages.parse_uri(broker)
     connected = threading.Event()
     outcome: dict[str, str] = {}
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"redy-cli-{secrets.token_hex(4)}",
-        protocol=mqtt.MQTTv5,
+    if broker.startswith("mqtts://") and (tls is None or not tls.cert.exists()):
+        raise BrokerError(
+            f"{broker} is a grid listener (mutual TLS): give --credentials of a launched node"
+            " so its grid's pki/operator.crt can be used"
+        )
+    client = new_client(
+        f"redy-cli-{secrets.token_hex(4)}",
+        user=user,
+        password=password,
+        tls=tls if broker.startswith("mqtts://") else None,
     )
-    if user is not None:
-        client.username_pw_set(user, password)
 
     def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         outcome["reason"] = str(reason)
@@ -71,13 +75,6 @@ def connect(
 
     client.on_connect = on_connect
     client.on_message = on_message
-    if broker.startswith("mqtts://"):
-        if tls is None or not tls.cert.exists():
-            raise BrokerError(
-                f"{broker} is a grid listener (mutual TLS): give --credentials of a launched node"
-                " so its grid's pki/operator.crt can be used"
-            )
-        client.tls_set(ca_certs=str(tls.ca), certfile=str(tls.cert), keyfile=str(tls.key))
     try:
         client.connect(host, port, keepalive=30)
     except OSError as exc:

@@ -1,0 +1,83 @@
+"""What redy.transport takes from its two MQTT libraries beyond their public API, held to the
+pinned versions: these tests fail when a gmqtt or paho release changes it. Against a real
+broker: a refused login is known by its CONNACK code in both libraries, not by its text."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from importlib.metadata import version
+from typing import Any
+
+import gmqtt
+import pytest
+from gmqtt.mqtt.handler import MQTTConnectError
+
+from redy.brokers.probe import try_connect, wait_authenticated
+from redy.errors import BrokerError, DeliveryFailed
+from redy.transport.client import REFUSED_CONNECT, AsyncLink, connack_code
+from redy.transport.paho_client import RECONNECT_MAX_S, new_client, refused_login
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_pinned_versions() -> None:
+    major, minor = (int(x) for x in version("gmqtt").split(".")[:2])
+    assert (major, minor) == (0, 8)
+    assert version("paho-mqtt").startswith("2.")
+
+
+def test_gmqtt_keeps_what_the_acking_client_overrides() -> None:
+    """_AckingClient overrides `_remove_message_from_queue` (called on PUBACK) and uses
+    `_connection.publish` and `_persistent_storage.push_message`; MQTTConnectError keeps its
+    code in `_code`."""
+    client = gmqtt.Client("probe")
+    assert callable(client._remove_message_from_queue)
+    assert callable(client._persistent_storage.push_message)
+    assert connack_code(MQTTConnectError(134)) == 134
+    assert connack_code(OSError("refused")) is None
+
+
+async def test_gmqtt_internals_on_a_real_connection(process_broker: Any) -> None:
+    broker = process_broker("gas-1")
+    link = AsyncLink(
+        broker.uri, "me", user="operator", password=broker.credentials.password("operator")
+    )
+    await link.connect()
+    try:
+        transport = link._client._connection._transport  # what _no_delay and peer_cn read
+        sock = transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        await link.publish("redy/gas-1/probe", b"{}", qos=1)  # publish_mid, awaited PUBACK
+    finally:
+        await link.close()
+
+
+async def test_a_refused_login_is_final_by_its_code_in_gmqtt(process_broker: Any) -> None:
+    broker = process_broker("gas-1")
+    link = AsyncLink(broker.uri, "me", user="operator", password="wrong", timeout_s=2.0)
+    with pytest.raises(DeliveryFailed) as refused:
+        await link.connect()
+    assert refused.value.code in REFUSED_CONNECT
+    with pytest.raises(BrokerError, match="refused us"):
+        await asyncio.wait_for(link.connect_retrying(attempts=5), 10)
+
+
+def test_a_refused_login_is_known_by_its_code_in_paho(process_broker: Any) -> None:
+    broker = process_broker("gas-1")
+    host, port = "127.0.0.1", broker.config.port
+    assert try_connect(host, port, "operator", broker.credentials.password("operator"))[0]
+    ok, reason = try_connect(host, port, "operator", "wrong")
+    assert not ok and reason
+    started = time.monotonic()
+    with pytest.raises(BrokerError, match="did not accept user 'operator'"):
+        wait_authenticated(host, port, "operator", "wrong", timeout_s=30)
+    assert time.monotonic() - started < 15  # given up on the refusal, not after the 30 s
+
+    class Reason:
+        value = 135
+
+    assert refused_login(Reason()) and not refused_login(None)
+    client = new_client("x", user="u", password="p")
+    assert client._reconnect_max_delay == RECONNECT_MAX_S  # paho keeps the policy here
