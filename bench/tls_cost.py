@@ -29,7 +29,7 @@ from pathlib import Path
 import orjson
 
 from redy import pki
-from redy.brokers import _mosquitto_binary
+from redy.brokers import mosquitto_binary
 from redy.transport.client import AsyncLink
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -66,7 +66,7 @@ use_identity_as_username true
 use_username_as_clientid true
 """
     )
-    proc = subprocess.Popen([_mosquitto_binary(), "-c", str(conf)], stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     for port in (plain, tls):
         while True:

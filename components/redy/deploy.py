@@ -29,7 +29,7 @@ import yaml
 
 from redy import pki
 from redy.errors import BrokerError, LaunchError
-from redy.launch.commands import DURATION, _launch_args
+from redy.launch.commands import DURATION, launch_args
 from redy.launch.parser import LaunchDescription, NodeSpec, parse
 
 DEFAULT_NODE_IMAGE = "redy/node:1"
@@ -65,7 +65,7 @@ def install_pki(src: Path, state_dir: Path, node: str) -> None:
         if (src / name).is_file():
             data = (src / name).read_bytes()
             if name.endswith(".key"):
-                pki._write_private(dst / name, data)
+                pki.write_private(dst / name, data)
             else:
                 pki._write_public(dst / name, data)
 
@@ -111,7 +111,7 @@ def node(
     """Run node NODE of the grid FILE: its broker, governance and units."""
     from redy.launch.supervisor import Supervisor
 
-    desc = parse(file, _launch_args(args)).only(node_id)
+    desc = parse(file, launch_args(args)).only(node_id)
     if pki_src is not None:
         install_pki(Path(pki_src), Path(state_dir), node_id)
     elif not pki.identity(Path(state_dir), node_id).cert.exists():
@@ -169,7 +169,7 @@ def node_health(
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 def health(file: str, args: tuple[str, ...], node_id: str, state_dir: str, as_json: bool) -> None:
     """Exit 0 if NODE's retained births say its units and governance are up, else 1."""
-    n = parse(file, _launch_args(args)).only(node_id).nodes[0]
+    n = parse(file, launch_args(args)).only(node_id).nodes[0]
     out = node_health(n, Path(state_dir))
     if as_json:
         click.echo(orjson.dumps(out).decode())
@@ -259,7 +259,7 @@ def _prepare(
 ) -> tuple[LaunchDescription, Path, str]:
     """Parse and check FILE; copy its launch files and each node's certificates under
     `out_dir`. The description, the output folder and the main file's path under launch/."""
-    desc = parse(file, _launch_args(args))
+    desc = parse(file, launch_args(args))
     _check_deployable(desc)
     out = Path(out_dir)
     rel = _copy_launch(desc, out)

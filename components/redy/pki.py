@@ -186,7 +186,7 @@ def pki_dir(state_dir: Path) -> Path:
     return Path(state_dir) / "pki"
 
 
-def _write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write `path` atomically (a reader never sees half a file), with `mode`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
@@ -197,7 +197,7 @@ def _write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 
 def _write_public(path: Path, data: bytes) -> None:
-    _write_private(path, data, 0o644)
+    write_private(path, data, 0o644)
 
 
 def _name(cn: str) -> x509.Name:
@@ -274,7 +274,7 @@ def _ensure_ca(d: Path, name: str) -> tuple[Path, Path]:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write_private(key_path, _key_pem(key))
+    write_private(key_path, _key_pem(key))
     _write_public(crt, cert.public_bytes(serialization.Encoding.PEM))
     return crt, key_path
 
@@ -374,7 +374,7 @@ def _issue(
     cert = builder.sign(ca_key, hashes.SHA256())
     d = pki_dir(state_dir)
     file = file or name
-    _write_private(d / f"{file}.key", _key_pem(key))
+    write_private(d / f"{file}.key", _key_pem(key))
     _write_public(d / f"{file}.crt", cert.public_bytes(serialization.Encoding.PEM))
     return identity(state_dir, file)
 

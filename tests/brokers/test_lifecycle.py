@@ -93,8 +93,8 @@ def test_a_port_in_use_is_one_clear_error(tmp_path: Path, free_port: Any, backen
 def test_a_broker_that_exits_at_start_reports_its_last_log_line(
     tmp_path: Path, free_port: Any, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bad = brokers._template().replace("sys_interval 10", "no_such_option 1")
-    monkeypatch.setattr(brokers.files, "_template", lambda: bad)
+    bad = brokers.template().replace("sys_interval 10", "no_such_option 1")
+    monkeypatch.setattr(brokers.files, "template", lambda: bad)
     b = _test_broker(_config(tmp_path, free_port), backend)
     with pytest.raises(BrokerError) as err:
         b.start()

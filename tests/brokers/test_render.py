@@ -16,7 +16,7 @@ pytestmark = pytest.mark.pure
 
 def test_template_in_brokers_folder_is_the_one_the_package_falls_back_to() -> None:
     template = Path(__file__).resolve().parents[2] / "brokers" / "mosquitto.conf.template"
-    assert template.read_text() == brokers._FALLBACK_TEMPLATE
+    assert template.read_text() == brokers.FALLBACK_TEMPLATE
 
 
 def test_render_writes_listeners_auth_and_persistence(tmp_path: Path) -> None:
@@ -113,11 +113,11 @@ def test_a_mosquitto_log_is_summed_up_by_its_first_error() -> None:
         '1795563918: Error: Unknown configuration variable "no_such_option".\n'
         "1795563918: Error found at bad.conf:1.\n"
     )
-    assert brokers._log_summary(log) == 'Error: Unknown configuration variable "no_such_option".'
-    assert brokers._log_summary("1795563918: mosquitto version 2.0.11 terminating\n") == (
+    assert brokers.log_summary(log) == 'Error: Unknown configuration variable "no_such_option".'
+    assert brokers.log_summary("1795563918: mosquitto version 2.0.11 terminating\n") == (
         "mosquitto version 2.0.11 terminating"
     )
-    assert brokers._log_summary("") == "no log"
+    assert brokers.log_summary("") == "no log"
 
 
 def test_nodes_rendered_at_the_same_moment_share_one_grid_ca(tmp_path: Path) -> None:

@@ -27,9 +27,9 @@ from redy.brokers.backends import (
     Broker,
     ContainerBroker,
     ProcessBroker,
-    _log_summary,
-    _mosquitto_binary,
+    log_summary,
     make_broker,
+    mosquitto_binary,
     running,
 )
 from redy.brokers.cli import broker
@@ -50,33 +50,33 @@ from redy.brokers.credentials import (
     load_credentials,
     unit_credentials_path,
 )
-from redy.brokers.files import _FALLBACK_TEMPLATE, _template, write_files
+from redy.brokers.files import FALLBACK_TEMPLATE, template, write_files
 from redy.brokers.probe import port_is_free, try_connect, wait_authenticated
 
 __all__ = [
     "DEFAULT_IMAGE",
+    "FALLBACK_TEMPLATE",
     "GRID_PORT_OFFSET",
     "RESERVED_USERS",
     "TRUSTED_USERS",
     "UNIT_PORT_OFFSET",
-    "_FALLBACK_TEMPLATE",
     "Broker",
     "ContainerBroker",
     "Credentials",
     "NodeBroker",
     "ProcessBroker",
     "SiteBridge",
-    "_log_summary",
-    "_mosquitto_binary",
-    "_template",
     "bridge_conf",
     "broker",
     "grid_identity",
     "image_name",
     "load_credentials",
+    "log_summary",
     "make_broker",
+    "mosquitto_binary",
     "port_is_free",
     "running",
+    "template",
     "try_connect",
     "unit_credentials_path",
     "wait_authenticated",

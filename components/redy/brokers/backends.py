@@ -14,15 +14,15 @@ from typing import Any, Protocol, Self
 
 from redy import messages
 from redy.brokers.config import (
-    _CONTAINER_DATA,
-    _CONTAINER_DIR,
-    _READY_TIMEOUT_S,
+    CONTAINER_DATA,
+    CONTAINER_DIR,
+    READY_TIMEOUT_S,
     NodeBroker,
     image_name,
 )
 from redy.brokers.credentials import Credentials
 from redy.brokers.files import write_files
-from redy.brokers.probe import _bind_problem, wait_authenticated
+from redy.brokers.probe import bind_problem, wait_authenticated
 from redy.errors import BrokerError
 
 
@@ -88,7 +88,7 @@ class _BrokerBase:
             ("unit", c.bind, c.unit_listener_port),
             ("grid", c.grid_host, c.grid_listener_port),
         ):
-            problem = _bind_problem(port, host)
+            problem = bind_problem(port, host)
             if problem is not None:
                 raise BrokerError(
                     f"node {c.node} cannot listen on {host}:{port} ({what} port): {problem}"
@@ -100,7 +100,7 @@ class _BrokerBase:
             self.config.port,
             "operator",
             self.credentials.password("operator"),
-            _READY_TIMEOUT_S,
+            READY_TIMEOUT_S,
             alive=self.alive,
         )
 
@@ -118,7 +118,7 @@ class _BrokerBase:
 _MOSQUITTO_FALLBACKS = ("/usr/sbin/mosquitto",)
 
 
-def _mosquitto_binary() -> str:
+def mosquitto_binary() -> str:
     found = shutil.which("mosquitto") or next(
         (p for p in _MOSQUITTO_FALLBACKS if os.access(p, os.X_OK)), None
     )
@@ -129,7 +129,7 @@ def _mosquitto_binary() -> str:
     return found
 
 
-def _log_summary(text: str) -> str:
+def log_summary(text: str) -> str:
     """The line of a mosquitto log that says why it stopped: its first error, else its last line
     (without the timestamp)."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
@@ -162,7 +162,7 @@ class ProcessBroker(_BrokerBase):
         return self.config.node_dir / "mosquitto.log"
 
     def start(self) -> None:
-        argv = [_mosquitto_binary(), "-c", str(self.config.node_dir / "mosquitto.conf")]
+        argv = [mosquitto_binary(), "-c", str(self.config.node_dir / "mosquitto.conf")]
         preexec: Callable[[], None] | None = None
         if self._die_with_parent:
             setpriv = shutil.which("setpriv")
@@ -192,7 +192,7 @@ class ProcessBroker(_BrokerBase):
             if code is not None:
                 with open(self.log_path, "rb") as log:
                     log.seek(start_at)
-                    tail = _log_summary(log.read().decode(errors="replace"))
+                    tail = log_summary(log.read().decode(errors="replace"))
                 raise BrokerError(
                     f"mosquitto of node {self.config.node} exited ({code}): {tail}"
                 ) from None
@@ -268,8 +268,8 @@ class ContainerBroker(_BrokerBase):
         container = (
             container.with_kwargs(network_mode="host", labels=self.labels)
             .with_volume_mapping(str(d / "container.conf"), "/mosquitto/config/mosquitto.conf")
-            .with_volume_mapping(str(d), _CONTAINER_DIR, mode="ro")
-            .with_volume_mapping(str(d / "data"), _CONTAINER_DATA, mode="rw")
+            .with_volume_mapping(str(d), CONTAINER_DIR, mode="ro")
+            .with_volume_mapping(str(d / "data"), CONTAINER_DATA, mode="rw")
             .waiting_for(
                 LogMessageWaitStrategy(r"mosquitto version \S+ running").with_startup_timeout(20)
             )
@@ -284,7 +284,7 @@ class ContainerBroker(_BrokerBase):
             self.stop()
             raise BrokerError(
                 f"container {self.image} of node {self.config.node} did not start: "
-                f"{_log_summary(logs) if logs.strip() else _first_line(exc)}"
+                f"{log_summary(logs) if logs.strip() else _first_line(exc)}"
             ) from None
         except BaseException:
             self.stop()

@@ -23,9 +23,9 @@ UNIT_PORT_OFFSET = 5000
 RESERVED_USERS = ("governance", "operator", "grid")
 # The node's trusted accounts, on the local listener; units are on the units' listener.
 TRUSTED_USERS = ("governance", "operator")
-_CONTAINER_DIR = "/mosquitto/config/node"
-_CONTAINER_DATA = "/mosquitto/data"
-_READY_TIMEOUT_S = 15.0
+CONTAINER_DIR = "/mosquitto/config/node"
+CONTAINER_DATA = "/mosquitto/data"
+READY_TIMEOUT_S = 15.0
 
 
 def image_name() -> str:

@@ -47,7 +47,7 @@ def load_credentials(path: Path | str) -> Credentials:
         ) from None
 
 
-def _write_private(path: Path, data: bytes) -> Path:
+def write_private(path: Path, data: bytes) -> Path:
     """Write `path` readable by its owner only, atomically (a reader never sees half a file)."""
     tmp = _private_tmp(path)
     try:
@@ -66,7 +66,7 @@ def _private_tmp(path: Path) -> Path:
     return tmp
 
 
-def _password_file(path: Path, users: Mapping[str, str]) -> None:
+def password_file(path: Path, users: Mapping[str, str]) -> None:
     """Write a mosquitto password file: clear text into a private temporary file, hashed there by
     `mosquitto_passwd -U` in one call, then moved into place (clear text never sits at `path`)."""
     tool = shutil.which("mosquitto_passwd")

@@ -12,33 +12,33 @@ import orjson
 
 from redy import pki
 from redy.brokers.config import (
-    _CONTAINER_DATA,
-    _CONTAINER_DIR,
+    CONTAINER_DATA,
+    CONTAINER_DIR,
     TRUSTED_USERS,
     NodeBroker,
     bridge_conf,
 )
 from redy.brokers.credentials import (
     Credentials,
-    _password_file,
-    _write_private,
     load_credentials,
+    password_file,
     unit_credentials_path,
+    write_private,
 )
 from redy.topics import CONTRACT, grid_acl, local_acl
 
 _TEMPLATE = Path(__file__).resolve().parents[3] / "brokers" / "mosquitto.conf.template"
 
 
-def _template() -> str:
+def template() -> str:
     if _TEMPLATE.exists():
         return _TEMPLATE.read_text()
-    return _FALLBACK_TEMPLATE
+    return FALLBACK_TEMPLATE
 
 
 # Kept identical to brokers/mosquitto.conf.template (a test checks it) so an installed wheel,
 # which has no brokers/ folder, renders the same config.
-_FALLBACK_TEMPLATE = """\
+FALLBACK_TEMPLATE = """\
 # Mosquitto config of node {node}. Rendered by redy.brokers: do not edit.
 per_listener_settings true
 user {user}
@@ -121,27 +121,27 @@ def write_files(broker: NodeBroker) -> Credentials:
         users.update(load_credentials(broker.credentials_path).users)
     wanted = ["governance", "operator", *sorted(broker.units)]
     users = {u: users.get(u) or secrets.token_urlsafe(18) for u in wanted}
-    _write_private(
+    write_private(
         broker.credentials_path,
         orjson.dumps({"node": broker.node, "users": users}, option=orjson.OPT_INDENT_2),
     )
     for unit in broker.units:  # each unit process is handed its own password only
-        _write_private(
+        write_private(
             unit_credentials_path(broker, unit),
             orjson.dumps({"node": broker.node, "users": {unit: users[unit]}}),
         )
-    _write_private(
+    write_private(
         broker.node_dir / "governance.json",
         orjson.dumps({"node": broker.node, "users": {"governance": users["governance"]}}),
     )
-    _password_file(d / "passwd", {u: users[u] for u in TRUSTED_USERS})
-    _password_file(d / "units.passwd", {u: p for u, p in users.items() if u not in TRUSTED_USERS})
+    password_file(d / "passwd", {u: users[u] for u in TRUSTED_USERS})
+    password_file(d / "units.passwd", {u: p for u, p in users.items() if u not in TRUSTED_USERS})
     # The grid listener's identity (and the governance unit's, toward its neighbours): the
     # node's certificate, issued by the grid CA on first use.
     ident = pki.ensure_identity(broker.state_dir, broker.node, _cert_hosts(broker), broker.grant)
     (d / "grid-ca.crt").write_bytes(ident.ca.read_bytes())
     (d / "grid.crt").write_bytes(ident.cert.read_bytes())
-    _write_private(d / "grid.key", ident.key.read_bytes())
+    write_private(d / "grid.key", ident.key.read_bytes())
     if pki.has_ca_key(broker.state_dir):  # this host's operator, for its tools (reads only)
         pki.ensure_operator(broker.state_dir, _person())
     (d / "acl").write_text(local_acl(broker.node, broker.units))
@@ -164,12 +164,12 @@ def write_files(broker: NodeBroker) -> Credentials:
         ),
         (
             "container.conf",
-            {"user": "root", "data_dir": _CONTAINER_DATA, "conf_dir": _CONTAINER_DIR},
+            {"user": "root", "data_dir": CONTAINER_DATA, "conf_dir": CONTAINER_DIR},
         ),
     ):
-        text = _template().format(**common, **values) + bridge
+        text = template().format(**common, **values) + bridge
         if bridge:  # it may hold the site's password: owner-only, like credentials.json
-            _write_private(d / name, text.encode())
+            write_private(d / name, text.encode())
         else:
             (d / name).write_text(text)
     return Credentials(users=users)

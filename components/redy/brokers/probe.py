@@ -15,10 +15,10 @@ from redy.transport.paho_client import new_client, refused_login
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """Whether a listener could bind `host:port` now."""
-    return _bind_problem(port, host) is None
+    return bind_problem(port, host) is None
 
 
-def _bind_problem(port: int, host: str) -> str | None:
+def bind_problem(port: int, host: str) -> str | None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

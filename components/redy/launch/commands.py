@@ -15,7 +15,7 @@ from redy.launch.supervisor import Supervisor
 _log = logging.getLogger(__name__)
 
 
-def _launch_args(values: tuple[str, ...]) -> dict[str, str]:
+def launch_args(values: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for v in values:
         name, sep, value = v.partition(":=")
@@ -32,7 +32,7 @@ def _start_web(sup: Supervisor, port: int) -> tuple[Any, Any]:
 
     targets = []
     for n in sup.desc.nodes:
-        cfg = sup._broker_config(n)
+        cfg = sup.broker_config(n)
         password = load_credentials(cfg.credentials_path).password("operator")
         targets.append(Target(cfg.uri, "operator", password, n.node))
     feed = Feed(targets)
@@ -100,7 +100,7 @@ def launch(
     check: bool,
 ) -> None:
     """Run a launch FILE: brokers first, then governance units, then the units."""
-    desc = parse(file, _launch_args(args))
+    desc = parse(file, launch_args(args))
     if check:
         units = sum(len(n.units) for n in desc.nodes)
         click.echo(f"{file}: ok ({len(desc.nodes)} nodes, {units} units)")

@@ -32,7 +32,7 @@ class Dashboard:
 
     def start(self) -> None:
         for n in self.sup.desc.nodes:
-            cfg = self.sup._broker_config(n)
+            cfg = self.sup.broker_config(n)
             password = load_credentials(cfg.credentials_path).password("operator")
             c = new_client(f"redy-dashboard-{n.node}", user="operator", password=password)
             c.on_message = self._on_message

@@ -159,7 +159,7 @@ class Supervisor:
 
     # -- building command lines --------------------------------------------------------------
 
-    def _broker_config(self, n: NodeSpec) -> NodeBroker:
+    def broker_config(self, n: NodeSpec) -> NodeBroker:
         b = n.broker
         site = SiteBridge(b.site_broker, b.site_user, b.site_password) if b.site_broker else None
         return NodeBroker(
@@ -177,7 +177,7 @@ class Supervisor:
         )
 
     def _common(self, n: NodeSpec, account: str) -> dict[str, Any]:
-        cfg = self._broker_config(n)
+        cfg = self.broker_config(n)
         governance = account == "governance"
         creds = (
             cfg.node_dir / "governance.json" if governance else unit_credentials_path(cfg, account)
@@ -236,7 +236,7 @@ class Supervisor:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         for n in self.desc.nodes:
             backend = self.backend or n.broker.backend
-            broker = make_broker(self._broker_config(n), backend, die_with_parent=True)
+            broker = make_broker(self.broker_config(n), backend, die_with_parent=True)
             _log.info("starting broker of %s (%s) on %s", n.node, backend, broker.uri)
             broker.start()
             self.brokers.append(broker)
