@@ -13,13 +13,13 @@ from redy.balancing import cells
 from redy.balancing.curves import Dispatchable, Fixed, FlexibleLoad, Renewable, Storage
 from redy.balancing.offers import offer_values
 from redy.balancing.reference import solve
-from redy.sim.balance import DEFAULT_MIX, _bids
+from redy.sim.balance import DEFAULT_MIX, node_bids
 
 
 def _grid(n: int, seed: int, extra: list | None = None) -> list[list]:
     rng = random.Random(seed)
     kinds = rng.choices(list(DEFAULT_MIX), weights=list(DEFAULT_MIX.values()), k=n)
-    bids = [_bids(k, random.Random(seed * 1000 + i), rng.random()) for i, k in enumerate(kinds)]
+    bids = [node_bids(k, random.Random(seed * 1000 + i), rng.random()) for i, k in enumerate(kinds)]
     return bids + (extra or [])
 
 

@@ -60,7 +60,7 @@ DEFAULT_MIX = {
 }
 
 
-def _bids(kind: str, rng: random.Random, t: float) -> list[Bid]:
+def node_bids(kind: str, rng: random.Random, t: float) -> list[Bid]:
     """Bids of one node of `kind`; `t` in [0, 1) moves loads and renewables across epochs."""
     u = rng.uniform
     sun = max(0.0, np.sin(np.pi * (0.25 + 0.5 * t)))  # a morning-to-afternoon sweep
@@ -196,7 +196,7 @@ def simulate_balance(
         if i < len(explicit):
             return list(explicit[i].bids)
         seeded = random.Random(node_seeds[i] * 1000 + epoch)
-        return _bids(kinds[i], seeded, (epoch - 1) / max(1, epochs))
+        return node_bids(kinds[i], seeded, (epoch - 1) / max(1, epochs))
 
     if market in ("offers", "cells") and (
         crash or loss or engine == "fast" or aggregation or dump_curves or dump_dispatch

@@ -485,13 +485,13 @@ def gossip_rounds(v: Views, rng: random.Random) -> float:
     average curve, is within 0.1 EUR/MWh of the price of the exact average; NaN if not within
     `_ROUNDS_CAP`. Bids: those `redy sim balance` draws for a town's mix of kinds."""
     from redy.balancing.curves import PriceGrid, curve
-    from redy.sim.balance import DEFAULT_MIX, _bids
+    from redy.sim.balance import DEFAULT_MIX, node_bids
 
     live = v.live
     kinds = rng.choices(list(DEFAULT_MIX), weights=list(DEFAULT_MIX.values()), k=len(live))
     grid = PriceGrid(-500.0, 4000.0, 201)
     prices = grid.prices
-    s = np.stack([curve(_bids(k, random.Random(rng.getrandbits(32)), 0.5), grid) for k in kinds])
+    s = np.stack([curve(node_bids(k, random.Random(rng.getrandbits(32)), 0.5), grid) for k in kinds])
     w = np.ones(len(live))
     target = _crossing(s.mean(axis=0)[None, :], prices)[0]
     if math.isnan(target):
