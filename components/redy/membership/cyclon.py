@@ -46,6 +46,16 @@ _STRIKES = 3  # unanswered shuffles in a row before the redy detector gives a ne
 DETECTORS = ("cyclon", "redy", "verify")
 
 
+def check_parameters(view_size: int, shuffle_length: int, detector: str) -> None:
+    """Refuse, in one line, a shuffle length not in 0 < SL < c or an unknown detector."""
+    if not 0 < shuffle_length < view_size:
+        raise RedyError(
+            f"shuffle length must satisfy 0 < SL < c, got SL={shuffle_length}, c={view_size}"
+        )
+    if detector not in DETECTORS:
+        raise RedyError(f"unknown detector {detector!r}; expected one of {', '.join(DETECTORS)}")
+
+
 class Neighbour(NamedTuple):
     """One neighbour: node id, broker URI of its grid listener, age in shuffle periods. The
     core's own entry (a plain tuple, int ids in the simulator's hot path); on the wire it is
@@ -97,14 +107,7 @@ class Cyclon:
         detector: str = "redy",
         suspect_ttl: int = 0,
     ) -> None:
-        if not 0 < shuffle_length < view_size:
-            raise RedyError(
-                f"shuffle length must satisfy 0 < SL < c, got SL={shuffle_length}, c={view_size}"
-            )
-        if detector not in DETECTORS:
-            raise RedyError(
-                f"unknown detector {detector!r}; expected one of {', '.join(DETECTORS)}"
-            )
+        check_parameters(view_size, shuffle_length, detector)
         self.me = node
         self.uri = uri
         self.view_size = view_size

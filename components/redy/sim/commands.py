@@ -137,7 +137,20 @@ def sim() -> None:
 )
 @_adversaries_option(
     "eclipse: each sends 4 shuffle requests per period to honest nodes, answers with poison "
-    "(invented nodes, forged addresses, its fellows); reports their share of honest views."
+    "(invented nodes, forged addresses, its fellows); reports their share of honest views. "
+    "With --secure: a coalition running --strategy (redy.sim.coalition)."
+)
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="The shuffle with signed descriptors (redy.membership.secure, issue 26; core engine).",
+)
+@click.option(
+    "--strategy",
+    default="mix",
+    show_default=True,
+    help="--secure --adversaries: the members' strategies, a comma-separated list of hoard, "
+    "rate, replay, pairs, poison, or mix (each member one in turn).",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on one line.")
 @_plot_option

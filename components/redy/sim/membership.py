@@ -9,6 +9,11 @@ message is only a timeout. Crashes, joins (through one
 introducer, seeded from its view as a joining process reads the retained view) and message loss
 are parameters. Metrics are computed on the overlay's graph; path lengths and clustering are
 sampled for large N (the output says how many samples).
+
+`secure=True` (`--secure`, issue 26) runs the shuffle with signed descriptors
+(redy.membership.secure.SecureCyclon) instead, and its hostile members are the coalition of
+redy.sim.coalition; each run reports the shuffle's bytes per node and period (a model of the
+wire: redy.sim.sweep.message_sizes plus what signing adds) so both shuffles can be compared.
 """
 
 from __future__ import annotations
@@ -16,12 +21,15 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from redy.errors import SimulationError
 from redy.membership.cyclon import Cyclon, Neighbour
+from redy.membership.secure import Descriptor, SecureCyclon, Verdict
+from redy.sim.coalition import Coalition
 
 if TYPE_CHECKING:
     from redy.sim.adversaries import Eclipse
@@ -45,6 +53,8 @@ class _Net:
         self.nodes: list[Cyclon] = []
         self.alive: list[bool] = []
         self.introducer = 0
+        self.messages = 0  # shuffle messages sent, and their bytes (the model of _SecureNet)
+        self.bytes = 0
         for _ in range(n):
             self.add()
         # Hostile members (redy.sim.adversaries): with them, an entry's address matters, as an
@@ -104,6 +114,8 @@ class _Net:
             if not self._dial(p, q, out.target.broker):
                 p.on_timeout(out.nonce)  # the broker refused the connection (see _dial)
                 continue
+            self.messages += 1
+            self.bytes += _HEADER_BYTES + len(out.entries) * _PLAIN_ENTRY_BYTES
             if loss and rng.random() < loss:
                 p.on_timeout(out.nonce)  # request lost: only a timeout
                 continue
@@ -114,6 +126,8 @@ class _Net:
                 reply = nodes[q].on_request(Neighbour(i, _uri(i), 0), out.entries)
                 if verify:
                     self._dial_admitted(nodes[q])
+            self.messages += 1
+            self.bytes += _HEADER_BYTES + len(reply) * _PLAIN_ENTRY_BYTES
             if loss and rng.random() < loss:
                 p.on_timeout(out.nonce)  # reply lost
                 continue
@@ -356,12 +370,14 @@ def simulate_membership(
     seed: int = 1,
     engine: str | None = None,
     adversaries: float = 0.0,
+    secure: bool = False,
+    strategy: str = "mix",
 ) -> dict[str, Any]:
     """Run the shuffle for `cycles` cycles and report the overlay's shape (see module doc).
 
     `engine`: fast or core (None: fast, or core with adversaries, which run only there: they
     attack the very cores the processes run, redy.sim.adversaries)."""
-    engine = engine or ("core" if adversaries else "fast")
+    engine = engine or ("core" if adversaries or secure else "fast")
     if not 0 < shuffle_length < view_size:
         raise SimulationError(f"need 0 < --shuffle < --view, got {shuffle_length} and {view_size}")
     if nodes < 2:
@@ -374,7 +390,12 @@ def simulate_membership(
         check(adversaries, engine)
     started = time.perf_counter()
     net: _Net | ArrayOverlay
-    if engine == "core":
+    if secure:
+        if engine != "core":
+            raise SimulationError("--secure runs on the core engine; drop --engine fast")
+        net = _SecureNet(nodes, view_size, shuffle_length, detector, seed, adversaries, strategy)
+        net.bootstrap(bootstrap)
+    elif engine == "core":
         net = _Net(nodes, view_size, shuffle_length, detector, seed, adversaries)
         _bootstrap(net, bootstrap)
     else:
@@ -415,12 +436,18 @@ def simulate_membership(
             "seed": seed,
             "engine": engine,
             "adversaries": adversaries,
+            "secure": secure,
         },
         **net.metrics(rng),
         "dead_links": dead_links,
     }
-    if isinstance(net, _Net) and net.eclipse is not None:
+    if isinstance(net, _SecureNet) and net.coalition is not None:
+        result["adversaries"] = net.coalition.report(net.secure_nodes, net.live())
+    elif isinstance(net, _Net) and net.eclipse is not None:
         result["adversaries"] = net.eclipse.report(net)
+    if isinstance(net, _Net):
+        live_n = max(1, len(net.live()))
+        result["shuffle_bytes_per_node_period"] = net.bytes / live_n / max(1, cycles)
     final = std_per_cycle[-1] if std_per_cycle else 0.0
     converged = next(
         (k for k, s in enumerate(std_per_cycle) if abs(s - final) <= 0.1 * final), None
@@ -449,3 +476,213 @@ def _sweep(net: _Net, rng: random.Random) -> list[dict[str, float]]:
         frac = _components(adj, remaining) / len(remaining) if remaining else 0.0
         out.append({"removed_fraction": round(step * 0.05, 2), "largest_component_fraction": frac})
     return out
+
+
+class _SecureNet(_Net):
+    """The overlay of `redy.membership.secure.SecureCyclon` cores (`--secure`), with the
+    coalition of redy.sim.coalition as its hostile members. The simulator is the network: it
+    carries each message's view digest and news as the processes would; signatures are what the
+    members cannot forge (an entry they make up for another node is `valid=False`)."""
+
+    def __init__(
+        self,
+        n: int,
+        c: int,
+        sl: int,
+        detector: str,
+        seed: int,
+        adversaries: float = 0.0,
+        strategy: str = "mix",
+    ) -> None:
+        self.period = 0
+        self.secure_nodes: list[SecureCyclon] = []
+        self.messages = 0
+        self.bytes = 0
+        super().__init__(n, c, sl, detector, seed)
+        self.coalition: Coalition | None = None
+        self.eclipse = None
+        if adversaries:
+            from redy.sim.adversaries import pick
+
+            arng = random.Random(seed + 7)
+            self.evil = pick(n, adversaries, arng)
+            proto = self.secure_nodes[0]
+            self.coalition = Coalition(
+                self.evil, strategy, sl, proto.max_age, proto.max_chain, arng
+            )
+
+    def add(self) -> int:
+        i = len(self.secure_nodes)
+        self.secure_nodes.append(
+            SecureCyclon(
+                i,
+                _uri(i),
+                self.c,
+                self.sl,
+                random.Random(self.rng.getrandbits(64)),
+                detector=self.detector,
+            )
+        )
+        self.nodes = self.secure_nodes  # type: ignore[assignment]
+        self.alive.append(True)
+        return i
+
+    def bootstrap(self, kind: str) -> None:
+        """A running overlay's views (`random`, `ring`): every entry handed to its holder, each
+        owner's copies of distinct periods; `star`: everyone knows node 0 (to contact only)."""
+        n, c = len(self.secure_nodes), self.c
+        issued = [0] * n
+        for i, node in enumerate(self.secure_nodes):
+            if kind == "star":
+                peers = [0] if i else []
+            elif kind == "ring":
+                peers = [(i + k) % n for k in range(1, min(c, n - 1) + 1)]
+            else:
+                peers = [j for j in self.rng.sample(range(n), min(c + 1, n)) if j != i][:c]
+            got = []
+            for j in peers:
+                issued[j] += 1
+                d = Descriptor(j, _uri(j), -issued[j], (j, i))
+                got.append(d)
+            if kind == "star":
+                node.seed(got, 0)
+            else:
+                for d in got:
+                    node._view[d.owner] = d
+                    node._seen[(d.owner, d.born)] = d.chain
+        if self.coalition is not None:
+            for m in self.coalition.members:
+                self.coalition.absorb(self.secure_nodes[m].descriptors)
+
+    def cycle(self, loss: float) -> None:
+        self.period += 1
+        period = self.period
+        rng = self.rng
+        nodes, alive, evil = self.secure_nodes, self.alive, self.evil
+        coalition = self.coalition
+        order = [i for i, a in enumerate(alive) if a]
+        rng.shuffle(order)
+        verify = self.detector == "verify"
+        probe = self.detector != "cyclon"
+        for i in order:
+            if i in evil:
+                assert coalition is not None
+                self._members_act(i, period)
+                continue
+            p = nodes[i]
+            if probe:
+                for j in [j for j in p.neighbours() if not alive[j]]:
+                    p.on_unreachable(j)
+            out = None
+            if probe and p.starved:
+                # The real process asks its introducer again (and reads its retained view).
+                intro = self.introducer if alive[self.introducer] else rng.choice(order)
+                if intro != i:
+                    ip = nodes[intro]
+                    if not len(p):
+                        p.seed(ip.descriptors, period)
+                        if verify:
+                            self._dial_admitted(p)
+                    out = p.probe(Descriptor(intro, _uri(intro), period, (intro,)), period)
+            if out is None:
+                out = p.tick(period)
+            if out is None:
+                continue
+            q = out.target.owner
+            if not alive[q]:
+                p.on_unreachable(q)
+                p.on_timeout(out.nonce)
+                continue
+            self._count(out.entries, c_digest=len(p))
+            if loss and rng.random() < loss:
+                p.on_timeout(out.nonce)
+                continue
+            if q in evil:
+                assert coalition is not None
+                reply: Sequence[Descriptor] | None = coalition.reply(q, i, out, period)
+                digest: tuple[Descriptor, ...] = ()
+                news: tuple[Verdict, ...] = ()
+            else:
+                target = nodes[q]
+                reply = target.on_request(
+                    i, out.token, out.entries, period, p.descriptors, p.news()
+                )
+                digest, news = target.descriptors, target.news()
+                if verify:
+                    self._dial_admitted(target)
+            if reply is None:
+                p.on_refused(out.nonce)
+                continue
+            self._count(reply, c_digest=len(digest), news=len(news))
+            if loss and rng.random() < loss:
+                p.on_timeout(out.nonce)
+                continue
+            p.on_reply(out.nonce, q, reply, digest, news)
+            if verify:
+                self._dial_admitted(p)
+        if coalition is not None:
+            honest = [i for i in order if i not in evil]
+            coalition.measure(nodes, honest, period)
+
+    def _members_act(self, member: int, period: int) -> None:
+        coalition = self.coalition
+        assert coalition is not None
+        nodes, alive = self.secure_nodes, self.alive
+        for to, out in coalition.requests_of(member, period, alive):
+            reply = nodes[to].on_request(member, out.token, out.entries, period)
+            if reply is None:
+                coalition.refused += 1
+                continue
+            coalition.absorb(reply)
+            if self.detector == "verify":
+                self._dial_admitted(nodes[to])
+
+    def _dial_admitted(self, node: Any) -> None:
+        alive = self.alive
+        for j in node.take_admitted():
+            if j < 0 or not alive[j]:
+                node.on_unreachable(j)
+
+    def _count(self, entries: Sequence[Descriptor], c_digest: int, news: int = 0) -> None:
+        """Bytes on the wire (redy.sim.sweep.message_sizes's model plus what signing adds)."""
+        self.messages += 1
+        hops = sum(len(d.chain) for d in entries)
+        self.bytes += (
+            _HEADER_BYTES
+            + len(entries) * _ENTRY_BYTES
+            + hops * _HOP_BYTES
+            + c_digest * _DIGEST_BYTES
+            + news * _VERDICT_BYTES
+        )
+
+    def join(self, count: int, rng: random.Random) -> None:
+        introducer = rng.choice(self.live())
+        self.introducer = introducer
+        for _ in range(count):
+            j = self.add()
+            ip = self.secure_nodes[introducer]
+            seeds = [Descriptor(introducer, _uri(introducer), self.period, (introducer,))]
+            self.secure_nodes[j].seed([*seeds, *ip.descriptors], self.period)
+
+    def adjacency(self) -> list[list[int]]:
+        alive = self.alive
+        adj: list[set[int]] = [set() for _ in self.secure_nodes]
+        for i in self.live():
+            for j in self.secure_nodes[i].neighbours():
+                if j >= 0 and alive[j] and j != i:
+                    adj[i].add(j)
+                    adj[j].add(i)
+        return [list(s) for s in adj]
+
+
+# Bytes of the signed shuffle's messages (_SecureNet._count): a message's MQTT and JSON frame;
+# an entry's node, broker and born (as today's ViewEntry, age replaced by the period); the
+# owner's and each hop's ECDSA P-256 signature (base64, 88 characters) with the hop's node id;
+# a digest entry (owner, period and 8 bytes of the chain's hash); a verdict with its two signed
+# statements.
+_HEADER_BYTES = 160
+_ENTRY_BYTES = 80
+_HOP_BYTES = 110
+_DIGEST_BYTES = 24
+_VERDICT_BYTES = 600
+_PLAIN_ENTRY_BYTES = 80

@@ -1,0 +1,484 @@
+"""The shuffle with signed descriptors (issue 26), after SecureCyclon (Antonov and Voulgaris,
+ICDCS 2023): a sans-IO state machine with the events of `redy.membership.cyclon.Cyclon`, in
+which a member, alone or with others, places no more descriptors of itself than an honest node
+does, and whatever more it tries leaves signed evidence against it.
+
+A **descriptor** is issued by its owner, one per period (`born`, the owner's period of issue,
+inside the owner's signature with its broker URI), in the owner's own request of that period.
+It travels as a **transfer chain**: the owner first, then every node that held it, each hop
+signed by the node that handed it on. Its age is the current period minus `born`, so nobody can
+make an old descriptor young; one older than `max_age` periods is dead. Rules an honest node
+keeps, and checks in what it receives:
+
+- **Hand on once.** An entry sent away is kept only as a *terminal* copy: it fills its slot until
+  the answer's entries replace it and may still be used to contact its owner, but it is never
+  sent again. An honest node therefore never hands one descriptor to two nodes, and two chains of
+  one descriptor that are not one the prefix of the other name, at the node where they part, a
+  member that handed it on twice (a *fork*). A fork is proof from signed material alone.
+- **Contact with a communication certificate.** A request to Q carries one of Q's own
+  descriptors (the initiator's oldest entry, the *token*), whose chain ends at the sender. Q
+  accepts each of its descriptors once: nobody contacts Q more often than Q issued descriptors,
+  whatever its rate. A token presented twice along chains that fork convicts the forker. A
+  request without a token (a joining node's first contact, read from a retained view) places only
+  the sender's own descriptor and gets at most one entry back, once per period per receiver.
+- **Swap, never take more than given.** An answer holds no more entries than the request brought,
+  so a member draining honest views drains them one for one.
+- **Check every entry.** A descriptor whose signature does not verify, whose chain does not end
+  with the hop from the sender to the receiver, that is dead or from the future, convicts the
+  sender: its signed message carries it, and an honest node never passes such a thing on. Each
+  node remembers the chain of every descriptor it held or saw in a partner's view digest for
+  `max_age` periods: a chain that forks from a remembered one convicts the forker.
+- **Spread the verdicts.** Every message carries the convictions its sender learnt in the last
+  `news_periods` periods (in the processes, with the two signed statements that make the proof).
+  A convicted node's entries, and every entry whose chain passes through it, leave the view and
+  are refused; its requests go unanswered.
+
+What bounds a coalition then: each member issues one descriptor per period, as every honest node
+does; a descriptor is contacted once and handed on once per holder; so the coalition's entries in
+honest views are the descriptors its members issued, each in one place at a time. Handing one
+descriptor to several nodes is the only way past that bound, and it is a fork: detected with a
+probability that grows with the square of the copies (every copy is checked by every node it
+passes and every partner that sees it in a digest), and, once detected, known to every honest
+node within a few periods.
+
+Signatures are outside this class: the driver verifies them and gives `Descriptor.valid`; the
+simulator, whose members cannot sign for others, models them.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Hashable, Iterable, Sequence
+from typing import Any, NamedTuple
+
+from redy.membership.cyclon import Neighbour, check_parameters
+
+NodeId = Any
+_STRIKES = 3
+_SWEEP_EVERY = 8  # periods between sweeps of the remembered chains and tombstones
+
+
+class Descriptor(NamedTuple):
+    """A descriptor of `owner` (grid listener `broker`) issued in the owner's period `born`, as
+    handed along `chain` (owner first, the current holder last). `valid`: its signatures verify
+    (the driver's check; a forged one is False)."""
+
+    owner: NodeId
+    broker: str
+    born: int
+    chain: tuple[NodeId, ...]
+    valid: bool = True
+
+
+class SecureOut(NamedTuple):
+    """A request: to `target` (the token; None: an untokened first contact), matched by
+    `nonce`, carrying `entries` (the sender's own fresh descriptor last)."""
+
+    target: Descriptor
+    token: Descriptor | None
+    nonce: int
+    entries: tuple[Descriptor, ...]
+
+
+class Verdict(NamedTuple):
+    """`culprit` misbehaved; `reason` says how (for the log and the evidence)."""
+
+    culprit: NodeId
+    reason: str
+
+
+def fork_point(a: Sequence[NodeId], b: Sequence[NodeId]) -> NodeId | None:
+    """The node that handed one descriptor on along both chains `a` and `b` to different nodes,
+    or None when one chain extends the other (one path, seen at two moments)."""
+    n = min(len(a), len(b))
+    for k in range(n):
+        if a[k] != b[k]:
+            return a[k - 1] if k else None
+    return None
+
+
+class SecureCyclon:
+    """One node's view of signed descriptors and its shuffle. Events in, messages out; every
+    event takes the current period (an integer the whole grid shares: the simulator's cycle, or
+    the wall clock divided by the shuffle period in the processes)."""
+
+    def __init__(
+        self,
+        node: NodeId,
+        uri: str,
+        view_size: int,
+        shuffle_length: int,
+        rng: random.Random,
+        *,
+        detector: str = "verify",
+        max_age: int = 0,
+        max_chain: int = 5,
+        news_periods: int = 3,
+    ) -> None:
+        check_parameters(view_size, shuffle_length, detector)
+        self.me = node
+        self.uri = uri
+        self.view_size = view_size
+        self.shuffle_length = shuffle_length
+        self.detector = detector
+        self.max_age = max_age or 2 * view_size
+        self.max_chain = max_chain
+        self.news_periods = news_periods
+        self.period = 0
+        self._rng = rng
+        self._view: dict[Hashable, Descriptor] = {}
+        self._terminal: set[Hashable] = set()  # sent away: kept, never sent again
+        self._pending: dict[int, tuple[Descriptor, tuple[Hashable, ...]]] = {}
+        self._seen: dict[tuple[Hashable, int], tuple[NodeId, ...]] = {}
+        self._redeemed: dict[int, tuple[NodeId, ...]] = {}  # own descriptors used to reach us
+        self._tombstones: dict[Hashable, int] = {}
+        self._strikes: dict[Hashable, int] = {}
+        self._untokened = -1  # the period in which we last answered an untokened request
+        self.convicted: dict[Hashable, int] = {}  # culprit -> period we learnt it
+        self._news: list[tuple[int, Verdict]] = []
+        self.verdicts: list[Verdict] = []  # our own findings since the driver last took them
+        self._admitted: list[Hashable] | None = [] if detector == "verify" else None
+
+    # -- reading -------------------------------------------------------------------------------
+
+    @property
+    def view(self) -> tuple[Neighbour, ...]:
+        p = self.period
+        return tuple(Neighbour(d.owner, d.broker, p - d.born) for d in self._view.values())
+
+    @property
+    def descriptors(self) -> tuple[Descriptor, ...]:
+        return tuple(self._view.values())
+
+    def neighbours(self) -> Iterable[NodeId]:
+        return self._view.keys()
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    @property
+    def starved(self) -> bool:
+        """Nothing we may hand on: an empty view, or only terminal entries (what members who
+        answer short leave behind). The driver then asks its introducer instead of shuffling."""
+        return len(self._terminal) >= len(self._view)
+
+    def news(self) -> tuple[Verdict, ...]:
+        """The convictions to carry in our next messages (learnt in the last news_periods)."""
+        limit = self.period - self.news_periods
+        while self._news and self._news[0][0] < limit:
+            self._news.pop(0)
+        return tuple(v for _, v in self._news)
+
+    def take_verdicts(self) -> list[Verdict]:
+        out, self.verdicts = self.verdicts, []
+        return out
+
+    # -- events --------------------------------------------------------------------------------
+
+    def seed(self, entries: Iterable[Descriptor], period: int) -> None:
+        """Start from a retained view (or a bootstrap): terminal entries, to contact only; they
+        were not handed to us, so we may not hand them on."""
+        self.period = period
+        for d in entries:
+            if d.owner == self.me or d.owner in self.convicted or not d.valid:
+                continue
+            if len(self._view) >= self.view_size:
+                break
+            if d.owner not in self._view and period - d.born <= self.max_age:
+                self._view[d.owner] = d
+                self._terminal.add(d.owner)
+                if self._admitted is not None:
+                    self._admitted.append(d.owner)
+
+    def issue(self, period: int, to: NodeId) -> Descriptor:
+        """Our descriptor of `period`, handed to `to`."""
+        return Descriptor(self.me, self.uri, period, (self.me, to))
+
+    def tick(self, period: int) -> SecureOut | None:
+        """One period: drop dead descriptors, contact the owner of the oldest entry with it."""
+        self.period = period
+        if period % _SWEEP_EVERY == 0:
+            self._sweep()
+        view = self._view
+        if not view:
+            return None
+        limit = period - self.max_age
+        for o in [o for o, d in view.items() if d.born < limit]:
+            self._drop(o)
+        if not view:
+            return None
+        oldest = min(d.born for d in view.values())
+        candidates = [o for o, d in view.items() if d.born == oldest]
+        q = candidates[0] if len(candidates) == 1 else self._rng.choice(candidates)
+        target = view[q]
+        token = None if q in self._terminal and target.chain[-1] != self.me else target
+        self._drop(q)
+        return self._request(target, token, period)
+
+    def probe(self, target: Descriptor, period: int) -> SecureOut:
+        """A first contact of a node outside the view (no token): to join or rejoin."""
+        self.period = period
+        return self._request(Descriptor(target.owner, target.broker, target.born, ()), None, period)
+
+    def on_request(
+        self,
+        sender: NodeId,
+        token: Descriptor | None,
+        entries: Sequence[Descriptor],
+        period: int,
+        digest: Iterable[Descriptor] = (),
+        news: Iterable[Verdict] = (),
+    ) -> tuple[Descriptor, ...] | None:
+        """Answer a request (also while our own is pending); None: refused."""
+        self.period = max(self.period, period)
+        self.learn(news)
+        if sender in self.convicted or sender == self.me:
+            return None
+        if token is None:
+            if self._untokened == self.period:
+                return None
+            self._untokened = self.period
+            own = [d for d in entries if d.owner == sender]
+            entries = own[:1]
+        elif not self._redeem(sender, token):
+            return None
+        got = self._admissible(sender, entries)
+        if not got or sender in self.convicted:
+            return None
+        self._observe(sender, digest)
+        if sender in self.convicted:
+            return None
+        others = [o for o in self._view if o != sender and o not in self._terminal]
+        k = min(self.shuffle_length, len(others), len(got))
+        sent = self._rng.sample(others, k) if k else []
+        reply = tuple(self._hand(o, sender) for o in sent)
+        self._merge(got, sent)
+        return reply
+
+    def on_reply(
+        self,
+        nonce: int,
+        sender: NodeId,
+        entries: Sequence[Descriptor],
+        digest: Iterable[Descriptor] = (),
+        news: Iterable[Verdict] = (),
+    ) -> bool:
+        """Merge the answer to our request; False for an unknown nonce."""
+        pending = self._pending.pop(nonce, None)
+        if pending is None:
+            return False
+        target, sent = pending
+        self.learn(news)
+        self._strikes.pop(target.owner, None)
+        self._tombstones.pop(target.owner, None)
+        if sender in self.convicted:
+            return True
+        got = self._admissible(sender, entries)
+        self._observe(sender, digest)
+        if sender not in self.convicted:
+            self._merge(got, sent)
+        return True
+
+    def on_refused(self, nonce: int) -> None:
+        """The target answered but refused (its descriptor was already used, or we are
+        convicted there): it is alive; our entries stay terminal, nothing else changes."""
+        pending = self._pending.pop(nonce, None)
+        if pending is not None:
+            self._strikes.pop(pending[0].owner, None)
+
+    def on_timeout(self, nonce: int) -> None:
+        """No answer: CYCLON leaves the target out; `redy`/`verify` put it back (as terminal: it
+        was handed on) until it missed _STRIKES in a row."""
+        pending = self._pending.pop(nonce, None)
+        if pending is None or self.detector == "cyclon" or not pending[0].chain:
+            return
+        target = pending[0]
+        o = target.owner
+        strikes = self._strikes.get(o, 0) + 1
+        if strikes >= _STRIKES or o in self._tombstones or o in self.convicted:
+            self._strikes.pop(o, None)
+            return
+        self._strikes[o] = strikes
+        if o not in self._view and len(self._view) < self.view_size:
+            self._view[o] = target
+            self._terminal.add(o)
+
+    def on_unreachable(self, node: NodeId) -> None:
+        if self.detector == "cyclon":
+            return
+        self._drop(node)
+        self._strikes.pop(node, None)
+        self._tombstones[node] = self.period
+
+    def discard(self, node: NodeId) -> None:
+        self._drop(node)
+
+    def take_admitted(self) -> tuple[NodeId, ...]:
+        if not self._admitted:
+            return ()
+        out = tuple(n for n in dict.fromkeys(self._admitted) if n in self._view)
+        self._admitted.clear()
+        return out
+
+    def learn(self, news: Iterable[Verdict]) -> None:
+        """Convictions another node carried (their proofs checked by the driver)."""
+        for v in news:
+            if v.culprit not in self.convicted and v.culprit != self.me:
+                self._convict(v, found=False)
+
+    # -- inside --------------------------------------------------------------------------------
+
+    def _request(self, target: Descriptor, token: Descriptor | None, period: int) -> SecureOut:
+        q = target.owner
+        others = [o for o in self._view if o != q and o not in self._terminal]
+        k = 0 if token is None else min(self.shuffle_length - 1, len(others))
+        sent = self._rng.sample(others, k) if k else []
+        entries = (*(self._hand(o, q) for o in sent), self.issue(period, q))
+        nonce = self._rng.getrandbits(62)
+        self._pending[nonce] = (target, tuple(sent))
+        return SecureOut(target, token, nonce, entries)
+
+    def _hand(self, owner: Hashable, to: NodeId) -> Descriptor:
+        """Hand our entry of `owner` to `to`: the copy we keep becomes terminal."""
+        d = self._view[owner]
+        self._terminal.add(owner)
+        return d._replace(chain=(*d.chain, to))
+
+    def _drop(self, owner: Hashable) -> None:
+        self._view.pop(owner, None)
+        self._terminal.discard(owner)
+
+    def _convict(self, verdict: Verdict, found: bool = True) -> None:
+        culprit = verdict.culprit
+        if culprit in self.convicted or culprit == self.me:
+            return
+        self.convicted[culprit] = self.period
+        self._news.append((self.period, verdict))
+        if found:
+            self.verdicts.append(verdict)
+        for o in [o for o, d in self._view.items() if culprit in d.chain]:
+            self._drop(o)
+
+    def _redeem(self, sender: NodeId, token: Descriptor) -> bool:
+        """Check and use up one of our own descriptors presented by `sender`."""
+        p = self.period
+        if (
+            token.owner != self.me
+            or not token.valid
+            or len(token.chain) < 2
+            or token.chain[0] != self.me
+            or token.chain[-1] != sender
+            or token.born > p + 1
+        ):
+            self._convict(Verdict(sender, "presented a token that is not one of ours"))
+            return False
+        if token.born < p - self.max_age - 1:
+            self._convict(Verdict(sender, f"presented a dead token (period {token.born})"))
+            return False
+        prev = self._redeemed.get(token.born)
+        if prev is not None:
+            culprit = fork_point(prev, token.chain)
+            if culprit is not None:
+                self._convict(Verdict(culprit, f"handed our descriptor {token.born} on twice"))
+            return False
+        self._redeemed[token.born] = token.chain
+        return True
+
+    def _admissible(self, sender: NodeId, entries: Sequence[Descriptor]) -> list[Descriptor]:
+        """The entries we may merge; a malformed one convicts the sender (see module doc)."""
+        p, me = self.period, self.me
+        out: list[Descriptor] = []
+        owners: set[Hashable] = set()
+        for d in entries:
+            chain = d.chain
+            if (
+                not d.valid
+                or len(chain) < 2
+                or chain[0] != d.owner
+                or chain[-1] != me
+                or chain[-2] != sender
+                or d.born > p + 1
+            ):
+                self._convict(Verdict(sender, "sent a descriptor that does not verify"))
+                return []
+            if d.born < p - self.max_age - 1:
+                self._convict(Verdict(sender, f"sent a dead descriptor of {d.owner}"))
+                return []
+            if len(chain) > self.max_chain:
+                self._convict(Verdict(sender, f"handed on a worn-out descriptor of {d.owner}"))
+                return []
+            if d.owner == me or d.owner in owners:
+                continue
+            if self.convicted and any(n in self.convicted for n in chain):
+                continue
+            died = self._tombstones.get(d.owner)
+            if died is not None:
+                if d.born <= died:
+                    continue
+                del self._tombstones[d.owner]
+            if not self._remember(d):
+                return []  # a fork: the culprit is convicted, the message is poisoned
+            owners.add(d.owner)
+            out.append(d)
+        return out
+
+    def _remember(self, d: Descriptor) -> bool:
+        """Record `d`'s chain; False (and a conviction) if it forks from a remembered one."""
+        key = (d.owner, d.born)
+        prev = self._seen.get(key)
+        if prev is None:
+            self._seen[key] = d.chain
+            return True
+        culprit = fork_point(prev, d.chain)
+        if culprit is not None:
+            self._convict(Verdict(culprit, f"handed the descriptor {d.owner}/{d.born} on twice"))
+            return False
+        if len(d.chain) > len(prev):
+            self._seen[key] = d.chain
+        return True
+
+    def _observe(self, sender: NodeId, digest: Iterable[Descriptor]) -> None:
+        """A partner's view digest: remembered like what we hold, checked for forks."""
+        p = self.period - self.max_age
+        for d in digest:
+            if d.valid and d.born >= p and d.chain and d.chain[-1] == sender:
+                self._remember(d)
+
+    def _merge(self, got: list[Descriptor], sent: Iterable[Hashable]) -> None:
+        view, terminal = self._view, self._terminal
+        self._rng.shuffle(got)  # the sender's order decides nothing
+        fresh: list[Descriptor] = []
+        for d in got:
+            old = view.get(d.owner)
+            if old is None:
+                fresh.append(d)
+            elif d.born > old.born:  # keep the younger: ours is dropped, not handed on
+                view[d.owner] = d
+                if len(d.chain) < self.max_chain:
+                    terminal.discard(d.owner)
+                else:
+                    terminal.add(d.owner)
+        replaceable = [o for o in sent if o in view and o in terminal]
+        for d in fresh:
+            if len(view) >= self.view_size:
+                if not replaceable:
+                    # Still full: a terminal copy gives way before a new entry is dropped.
+                    others = [o for o in terminal if o in view]
+                    if not others:
+                        break
+                    replaceable = [others[0]]
+                self._drop(replaceable.pop())
+            view[d.owner] = d
+            if len(d.chain) >= self.max_chain:
+                terminal.add(d.owner)  # worn out: to contact its owner, never to hand on
+            if self._admitted is not None:
+                self._admitted.append(d.owner)
+
+    def _sweep(self) -> None:
+        limit = self.period - self.max_age - 1
+        for k in [k for k in self._seen if k[1] < limit]:
+            del self._seen[k]
+        for b in [b for b in self._redeemed if b < limit]:
+            del self._redeemed[b]
+        for n in [n for n, t in self._tombstones.items() if t < limit]:
+            del self._tombstones[n]
