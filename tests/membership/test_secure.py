@@ -136,3 +136,16 @@ def test_unreachable_and_dead_descriptors_leave_the_view() -> None:
 def test_parameters_are_checked() -> None:
     with pytest.raises(RedyError, match="shuffle length"):
         SecureCyclon(0, "x", 3, 3, random.Random(1))
+
+
+def test_a_starved_node_asks_a_sampled_node_instead_of_shuffling() -> None:
+    """Only terminal entries left (members answered short): the next period contacts a node
+    the samplers hold, without a token, carrying only our own descriptor."""
+    h = _with_view(1, [5, 6])
+    h._saw(7, "sim://7")
+    h._terminal.update({5, 6})
+    assert h.starved
+    out = h.tick(1)
+    assert out is not None and out.token is None and out.target.owner == 7
+    assert [d.owner for d in out.entries] == [1]
+    assert set(h.neighbours()) == {5, 6}  # nothing redeemed, nothing handed on

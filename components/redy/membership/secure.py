@@ -33,6 +33,12 @@ keeps, and checks in what it receives:
   A convicted node's entries, and every entry whose chain passes through it, leave the view and
   are refused; its requests go unanswered.
 
+- **Sample, and ask a sample when starved.** Every node seen named (in what we merge and in
+  the digests) feeds a few min-wise samplers (Brahms, Bortnikov et al. 2009): each keeps the
+  node of least keyed hash, so a member repeating itself gains nothing there. A node left with
+  nothing it may hand on (members that answer short leave only terminal copies behind) contacts
+  a sampled node without a token instead of shuffling; `probe_every` > 0 does so periodically.
+
 What bounds a coalition then: each member issues one descriptor per period, as every honest node
 does; a descriptor is contacted once and handed on once per holder; so the coalition's entries in
 honest views are the descriptors its members issued, each in one place at a time. Handing one
@@ -47,6 +53,7 @@ simulator, whose members cannot sign for others, models them.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Hashable, Iterable, Sequence
 from typing import Any, NamedTuple
@@ -97,6 +104,14 @@ def fork_point(a: Sequence[NodeId], b: Sequence[NodeId]) -> NodeId | None:
     return None
 
 
+def _rank(seed: int, node: NodeId) -> int:
+    """A sampler's rank of `node`: a hash keyed by the sampler's seed, stable across runs."""
+    if isinstance(node, int):
+        return ((node + 0x9E3779B97F4A7C15) * seed * 0xBF58476D1CE4E5B9 >> 7) & (2**61 - 1)
+    digest = hashlib.blake2b(str(node).encode(), digest_size=8, key=seed.to_bytes(8, "big"))
+    return int.from_bytes(digest.digest(), "big")
+
+
 class SecureCyclon:
     """One node's view of signed descriptors and its shuffle. Events in, messages out; every
     event takes the current period (an integer the whole grid shares: the simulator's cycle, or
@@ -114,6 +129,8 @@ class SecureCyclon:
         max_age: int = 0,
         max_chain: int = 5,
         news_periods: int = 3,
+        samplers: int = 4,
+        probe_every: int = 0,
     ) -> None:
         check_parameters(view_size, shuffle_length, detector)
         self.me = node
@@ -134,6 +151,13 @@ class SecureCyclon:
         self._tombstones: dict[Hashable, int] = {}
         self._strikes: dict[Hashable, int] = {}
         self._untokened = -1  # the period in which we last answered an untokened request
+        # Min-wise samplers (Brahms) over every node we have seen named: repetition cannot bias
+        # them, so each holds a node drawn evenly from those seen, whoever repeats itself.
+        self.probe_every = probe_every
+        self._phase = rng.randrange(probe_every) if probe_every else 0
+        self._seeds = [rng.getrandbits(61) | 1 for _ in range(samplers)]
+        self._samples: list[tuple[int, NodeId, str] | None] = [None] * samplers
+        self._next_sample = 0
         self.convicted: dict[Hashable, int] = {}  # culprit -> period we learnt it
         self._news: list[tuple[int, Verdict]] = []
         self.verdicts: list[Verdict] = []  # our own findings since the driver last took them
@@ -207,6 +231,10 @@ class SecureCyclon:
             self._drop(o)
         if not view:
             return None
+        if self.starved or (self.probe_every and period % self.probe_every == self._phase):
+            sample = self.sample()
+            if sample is not None:
+                return self.probe(sample, period)
         oldest = min(d.born for d in view.values())
         candidates = [o for o, d in view.items() if d.born == oldest]
         q = candidates[0] if len(candidates) == 1 else self._rng.choice(candidates)
@@ -219,6 +247,35 @@ class SecureCyclon:
         """A first contact of a node outside the view (no token): to join or rejoin."""
         self.period = period
         return self._request(Descriptor(target.owner, target.broker, target.born, ()), None, period)
+
+    def sample(self) -> Descriptor | None:
+        """A sampled node outside the view to contact without a token (module doc), in turn;
+        None if none is left."""
+        n = len(self._samples)
+        for k in range(n):
+            slot = self._samples[(self._next_sample + k) % n]
+            if slot is None:
+                continue
+            _, owner, broker = slot
+            if owner in self._view or owner in self.convicted or owner in self._tombstones:
+                continue
+            self._next_sample = (self._next_sample + k + 1) % n
+            return Descriptor(owner, broker, self.period, ())
+        return None
+
+    def _saw(self, owner: NodeId, broker: str) -> None:
+        if owner == self.me or owner in self.convicted:
+            return
+        for i, seed in enumerate(self._seeds):
+            h = _rank(seed, owner)
+            slot = self._samples[i]
+            if slot is None or h < slot[0]:
+                self._samples[i] = (h, owner, broker)
+
+    def _unsample(self, node: NodeId) -> None:
+        for i, slot in enumerate(self._samples):
+            if slot is not None and slot[1] == node:
+                self._samples[i] = None
 
     def on_request(
         self,
@@ -309,6 +366,7 @@ class SecureCyclon:
         self._drop(node)
         self._strikes.pop(node, None)
         self._tombstones[node] = self.period
+        self._unsample(node)
 
     def discard(self, node: NodeId) -> None:
         self._drop(node)
@@ -356,6 +414,7 @@ class SecureCyclon:
         self._news.append((self.period, verdict))
         if found:
             self.verdicts.append(verdict)
+        self._unsample(culprit)
         for o in [o for o, d in self._view.items() if culprit in d.chain]:
             self._drop(o)
 
@@ -420,6 +479,7 @@ class SecureCyclon:
                 return []  # a fork: the culprit is convicted, the message is poisoned
             owners.add(d.owner)
             out.append(d)
+            self._saw(d.owner, d.broker)
         return out
 
     def _remember(self, d: Descriptor) -> bool:
@@ -441,8 +501,9 @@ class SecureCyclon:
         """A partner's view digest: remembered like what we hold, checked for forks."""
         p = self.period - self.max_age
         for d in digest:
-            if d.valid and d.born >= p and d.chain and d.chain[-1] == sender:
-                self._remember(d)
+            ok = d.valid and d.born >= p and d.chain and d.chain[-1] == sender
+            if ok and self._remember(d):
+                self._saw(d.owner, d.broker)
 
     def _merge(self, got: list[Descriptor], sent: Iterable[Hashable]) -> None:
         view, terminal = self._view, self._terminal

@@ -574,8 +574,9 @@ class _SecureNet(_Net):
                 for j in [j for j in p.neighbours() if not alive[j]]:
                     p.on_unreachable(j)
             out = None
-            if probe and p.starved:
-                # The real process asks its introducer again (and reads its retained view).
+            if probe and p.starved and p.sample() is None:
+                # Nobody to ask: the real process asks its introducer again (and reads its
+                # retained view).
                 intro = self.introducer if alive[self.introducer] else rng.choice(order)
                 if intro != i:
                     ip = nodes[intro]
