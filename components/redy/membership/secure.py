@@ -68,13 +68,16 @@ _SWEEP_EVERY = 8  # periods between sweeps of the remembered chains and tombston
 class Descriptor(NamedTuple):
     """A descriptor of `owner` (grid listener `broker`) issued in the owner's period `born`, as
     handed along `chain` (owner first, the current holder last). `valid`: its signatures verify
-    (the driver's check; a forged one is False)."""
+    (the driver's check; a forged one is False). `sigs[k]`: the signature of the hop from
+    `chain[k]` to `chain[k + 1]` (redy.membership.signatures; empty in the simulator, whose
+    members cannot forge and whose `valid` says what a check would)."""
 
     owner: NodeId
     broker: str
     born: int
     chain: tuple[NodeId, ...]
     valid: bool = True
+    sigs: tuple[str, ...] = ()
 
 
 class SecureOut(NamedTuple):
