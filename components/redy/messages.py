@@ -130,11 +130,23 @@ class View:
 
 
 @attrs.frozen(kw_only=True)
+class SignedEntry:
+    node: str
+    broker: str
+    born: int
+    chain: tuple[str, ...] = ()
+    sigs: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
 class ShuffleRequest:
     sender: str
     broker: str
     nonce: int
     entries: tuple[ViewEntry, ...] = ()
+    token: SignedEntry | None = None
+    signed: tuple[SignedEntry, ...] | None = None
+    certs: tuple[str, ...] | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -142,6 +154,9 @@ class ShuffleReply:
     sender: str
     nonce: int
     entries: tuple[ViewEntry, ...] = ()
+    signed: tuple[SignedEntry, ...] | None = None
+    certs: tuple[str, ...] | None = None
+    refused: bool | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -186,6 +201,7 @@ MESSAGE_TYPES: dict[str, type] = {
         NodeSetpoint,
         NodeEnergyState,
         View,
+        SignedEntry,
         ShuffleRequest,
         ShuffleReply,
         NodeOffer,
