@@ -25,6 +25,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import docpage
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from unit_footprint import _cpu_s, _kb  # noqa: E402
@@ -171,4 +173,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with docpage.recorded("dashboard_footprint"):  # --docs: its page of the site too
+        main()

@@ -1,14 +1,14 @@
 """A benchmark writes its own page of the documentation site.
 
-    with docpage.recorded("messages_codec", enabled=args.docs):
-        main_body()          # whatever it prints also goes to docs/benchmarks/runs/NAME.md
+    if __name__ == "__main__":
+        with docpage.recorded("tls_cost"):    # `--docs` on the command line: write the page
+            sys.exit(main())                  # what it prints also goes to runs/tls_cost.md
 
 The page holds what the benchmark measures (its module docstring), the command that ran it,
 the machine (CPU, cores, memory, kernel, Python, load average before and after, the commit)
 and everything it printed, so the figures on the site are the latest run's, never kept by hand.
-Without `--docs` a benchmark only prints, as before. A benchmark's first page goes into
-mkdocs.yml's navigation and docs/benchmarks/index.md (the strict build refuses a page that is
-in neither).
+Without `--docs` a benchmark only prints, as before. The site lists every page under runs/ on
+the benchmarks' index by itself (the mkdocs hook in redy.docs_reference).
 """
 
 from __future__ import annotations
@@ -109,9 +109,22 @@ def _load() -> str:
     return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def _asked() -> bool:
+    """Whether `--docs` is on the command line; taken off it, so the benchmark's own parser
+    never sees it."""
+    if "--docs" not in sys.argv[1:]:
+        return False
+    sys.argv[1:] = [a for a in sys.argv[1:] if a != "--docs"]
+    return True
+
+
 @contextlib.contextmanager
-def recorded(name: str, *, enabled: bool, doc: str | None = None) -> Iterator[None]:
-    """Tee stdout; on a clean exit with `enabled`, write docs/benchmarks/runs/NAME.md."""
+def recorded(name: str, *, enabled: bool | None = None, doc: str | None = None) -> Iterator[None]:
+    """Tee stdout; when the benchmark ends well (a return, or exit status 0) and `enabled`,
+    write docs/benchmarks/runs/NAME.md. `enabled=None`: when `--docs` is on the command line."""
+    argv = list(sys.argv)
+    if enabled is None:
+        enabled = _asked()
     if not enabled:
         yield
         return
@@ -119,12 +132,18 @@ def recorded(name: str, *, enabled: bool, doc: str | None = None) -> Iterator[No
     before = _load()
     real = sys.stdout
     sys.stdout = _Tee(real, buffer)  # type: ignore[assignment]
+    ok = False
     try:
         yield
+        ok = True
+    except SystemExit as exc:
+        ok = exc.code in (None, 0)
+        raise
     finally:
         sys.stdout = real
-    main = sys.modules["__main__"]
-    text = page(name, doc or main.__doc__ or name, sys.argv, buffer.getvalue(), before, _load())
-    RUNS.mkdir(parents=True, exist_ok=True)
-    (RUNS / f"{name}.md").write_text(text)
-    print(f"wrote {(RUNS / f'{name}.md').relative_to(ROOT)}")
+        if ok:
+            main = sys.modules["__main__"]
+            text = page(name, doc or main.__doc__ or name, argv, buffer.getvalue(), before, _load())
+            RUNS.mkdir(parents=True, exist_ok=True)
+            (RUNS / f"{name}.md").write_text(text)
+            print(f"wrote {RUNS / f'{name}.md'}")

@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import docpage
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "faults"))
 
@@ -194,4 +196,5 @@ def _run(g: Grid12, hold: float, settle: float) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with docpage.recorded("faults"):  # --docs: its page of the site too
+        sys.exit(main())

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import docpage
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -211,4 +212,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with docpage.recorded("hostile_member"):  # --docs: its page of the site too
+        main()

@@ -23,6 +23,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import docpage
 import numpy as np
 
 from redy.balancing.aggregation import MassBounds
@@ -62,4 +63,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with docpage.recorded("market_attack"):  # --docs: its page of the site too
+        main()

@@ -46,6 +46,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import docpage
+
 from redy import messages
 from redy.brokers import load_credentials, port_is_free
 from redy.errors import InvalidMessage
@@ -409,4 +411,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with docpage.recorded("market_latency"):  # --docs: its page of the site too
+        main()

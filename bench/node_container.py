@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import docpage
+
 from redy import pki
 from redy.deploy import node_health, node_image
 from redy.errors import RedyError
@@ -299,4 +301,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with docpage.recorded("node_container"):  # --docs: its page of the site too
+        main()

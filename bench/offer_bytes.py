@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import docpage
+
 from redy import messages, pki
 from redy.balancing import reference
 from redy.balancing.offers import FRESH_EPOCHS, Action, OfferCore, Send, Timing
@@ -129,4 +131,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with docpage.recorded("offer_bytes"):  # --docs: its page of the site too
+        main()

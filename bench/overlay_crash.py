@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import docpage
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -304,4 +305,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with docpage.recorded("overlay_crash"):  # --docs: its page of the site too
+        sys.exit(main())

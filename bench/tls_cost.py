@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import docpage
 import orjson
 
 from redy import pki
@@ -188,4 +189,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with docpage.recorded("tls_cost"):  # --docs: its page of the site too
+        sys.exit(main())

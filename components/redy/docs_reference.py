@@ -4,7 +4,8 @@ Every page comes from the one place that declares what it describes: the setting
 fields of `GovernanceConfig` and `UnitConfig` (redy.units.config), the commands from the click
 tree of `redy` (redy.cli), the topics and message types from topics.yaml (redy.topics), the
 launch actions and their keys from the launch parser, the device kinds from the device registry
-(redy.devices) and the keyword parameters of their classes.
+(redy.devices) and the keyword parameters of their classes. As an mkdocs hook it lists the pages
+the benchmarks wrote themselves on the benchmarks' index (`on_page_markdown`).
 
     python -m redy.docs_reference docs/reference      # what `make docs` runs
 
@@ -15,8 +16,9 @@ an option or a topic added to the code without regenerating them fails the tests
 from __future__ import annotations
 
 import inspect
+import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -303,6 +305,38 @@ def devices_page() -> str:
         if rows:
             out.append(_table(("parameter", "default"), rows))
     return "".join(out)
+
+
+# --- the benchmarks' own pages ------------------------------------------------------------------
+
+RUNS_MARKER = "<!-- the benchmarks' pages -->"
+_RUN_DATE = re.compile(r"^`python [^`]*`, (\d{4}-\d\d-\d\d \d\d:\d\d UTC)\.$", re.M)
+
+
+def runs_list(pages: Mapping[str, str]) -> str:
+    """The Markdown list of the pages benchmarks wrote (bench/docpage.py), from their sources
+    by name: each page's name, what it measures (its first line) and when it last ran."""
+    lines = []
+    for name, text in sorted(pages.items()):
+        body = text.split(f"# {name}\n", 1)[-1].strip()
+        what = body.split("\n", 1)[0].strip()
+        when = _RUN_DATE.search(text)
+        ran = f" (latest run {when.group(1)})" if when else ""
+        lines.append(f"- [{name}](runs/{name}.md): {what}{ran}")
+    return "\n".join(lines) if lines else "No benchmark has written its page yet."
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    """mkdocs hook (mkdocs.yml `hooks:`): on the benchmarks' index, the list of every page under
+    docs/benchmarks/runs/, so a benchmark's first `--docs` run shows on the site by itself."""
+    if page.file.src_uri != "benchmarks/index.md":
+        return markdown
+    runs = {
+        Path(f.src_uri).stem: Path(f.abs_src_path).read_text()
+        for f in files.documentation_pages()
+        if f.src_uri.startswith("benchmarks/runs/")
+    }
+    return markdown.replace(RUNS_MARKER, runs_list(runs))
 
 
 PAGES: dict[str, Callable[[], str]] = {

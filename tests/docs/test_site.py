@@ -73,16 +73,18 @@ def _copy_of_the_docs(tmp_path: Path) -> Path:
     shutil.copytree(ROOT / "docs", work / "docs")
     for name in ("mkdocs.yml", "CHANGELOG.md"):
         shutil.copy(ROOT / name, work / name)
+    (work / "components").symlink_to(ROOT / "components")  # the hook
     return work
 
 
 @pytest.mark.parametrize(
     ("what", "page", "text"),
     [
-        ("a broken link", "index.md", "\n[gone](nowhere.md)\n"),
-        ("a missing anchor", "index.md", "\n[there](reference/cli.md#no-such-command)\n"),
-        ("a page left out of the navigation", "stray.md", "# Stray\n"),
+        ("nowhere.md", "index.md", "\n[gone](nowhere.md)\n"),
+        ("no-such-command", "index.md", "\n[there](reference/cli.md#no-such-command)\n"),
+        ("stray.md", "stray.md", "# Stray\n"),
     ],
+    ids=["a broken link", "a missing anchor", "a page left out of the navigation"],
 )
 def test_the_strict_build_fails_on(tmp_path: Path, what: str, page: str, text: str) -> None:
     work = _copy_of_the_docs(tmp_path)
@@ -90,3 +92,20 @@ def test_the_strict_build_fails_on(tmp_path: Path, what: str, page: str, text: s
     target.write_text((target.read_text() if target.exists() else "") + text)
     out = _build(work / "mkdocs.yml", tmp_path / "site")
     assert out.returncode != 0, f"{what} passed the strict build"
+    assert out.stderr.count("WARNING") == 1, out.stderr
+    assert what in out.stderr.split("WARNING", 1)[1], out.stderr
+
+
+def test_a_page_a_benchmark_writes_is_listed_on_the_index_with_no_navigation_entry(
+    tmp_path: Path,
+) -> None:
+    work = _copy_of_the_docs(tmp_path)
+    (work / "docs" / "benchmarks" / "runs" / "new_bench.md").write_text(
+        "<!-- Written by bench/new_bench.py --docs -->\n\n# new_bench\n\nWhat it measures.\n\n"
+        "## Latest run\n\n`python bench/new_bench.py --docs`, 2026-12-07 10:00 UTC.\n"
+    )
+    out = _build(work / "mkdocs.yml", tmp_path / "site")
+    assert out.returncode == 0, out.stderr
+    index = (tmp_path / "site" / "benchmarks" / "index.html").read_text()
+    assert 'href="runs/new_bench/"' in index
+    assert "What it measures. (latest run 2026-12-07 10:00 UTC)" in index
