@@ -116,13 +116,16 @@ def test_convictions_spread_with_the_messages_and_close_the_door() -> None:
     assert h.take_verdicts() == []  # learnt, not found: not ours to log as found
 
 
-def test_an_untokened_contact_places_only_its_sender_once_a_period() -> None:
+def test_an_untokened_contact_places_only_its_sender_sl_times_a_period() -> None:
     h = _with_view(1, [5, 6, 7])
     joiner = [Descriptor(8, "sim://8", 2, (8, 1)), Descriptor(5, "sim://5", 2, (5, 8, 1))]
     reply = h.on_request(8, None, joiner, 2)
     assert reply is not None and len(reply) == 1
     assert 8 in h.neighbours()
-    assert h.on_request(3, None, [Descriptor(3, "sim://3", 2, (3, 1))], 2) is None
+    assert h.on_request(3, None, [Descriptor(3, "sim://3", 2, (3, 1))], 2) is not None
+    # SL (2) such contacts a period, no more; one without its own descriptor is refused.
+    assert h.on_request(4, None, [Descriptor(4, "sim://4", 2, (4, 1))], 2) is None
+    assert h.on_request(9, None, [], 3) is None
 
 
 def test_unreachable_and_dead_descriptors_leave_the_view() -> None:

@@ -20,7 +20,7 @@ keeps, and checks in what it receives:
   accepts each of its descriptors once: nobody contacts Q more often than Q issued descriptors,
   whatever its rate. A token presented twice along chains that fork convicts the forker. A
   request without a token (a joining node's first contact, read from a retained view) places only
-  the sender's own descriptor and gets at most one entry back, once per period per receiver.
+  the sender's own descriptor and gets at most one entry back, SL such a period per receiver.
 - **Swap, never take more than given.** An answer holds no more entries than the request brought,
   so a member draining honest views drains them one for one.
 - **Check every entry.** A descriptor whose signature does not verify, whose chain does not end
@@ -153,7 +153,8 @@ class SecureCyclon:
         self._redeemed: dict[int, tuple[NodeId, ...]] = {}  # own descriptors used to reach us
         self._tombstones: dict[Hashable, int] = {}
         self._strikes: dict[Hashable, int] = {}
-        self._untokened = -1  # the period in which we last answered an untokened request
+        # (period, count): untokened requests answered in that period, at most SL a period
+        self._untokened = (-1, 0)
         # Min-wise samplers (Brahms) over every node we have seen named: repetition cannot bias
         # them, so each holds a node drawn evenly from those seen, whoever repeats itself.
         self.probe_every = probe_every
@@ -295,11 +296,15 @@ class SecureCyclon:
         if sender in self.convicted or sender == self.me:
             return None
         if token is None:
-            if self._untokened == self.period:
+            own = [d for d in entries if d.owner == sender][:1]
+            if not own:
                 return None
-            self._untokened = self.period
-            own = [d for d in entries if d.owner == sender]
-            entries = own[:1]
+            period_, count = self._untokened
+            count = count + 1 if period_ == self.period else 1
+            if count > self.shuffle_length:
+                return None
+            self._untokened = (self.period, count)
+            entries = own
         elif not self._redeem(sender, token):
             return None
         got = self._admissible(sender, entries)
@@ -380,6 +385,10 @@ class SecureCyclon:
         out = tuple(n for n in dict.fromkeys(self._admitted) if n in self._view)
         self._admitted.clear()
         return out
+
+    def awaiting_dial(self) -> frozenset[NodeId]:
+        """The nodes merged since the last take_admitted() (detector "verify")."""
+        return frozenset(self._admitted) if self._admitted else frozenset()
 
     def learn(self, news: Iterable[Verdict]) -> None:
         """Convictions another node carried (their proofs checked by the driver)."""

@@ -73,30 +73,36 @@ class ChainCheck:
         self._keys: dict[str, ec.EllipticCurvePublicKey | None] = {}
         self.checked = 0  # signatures verified
 
+    def member(self, raw: bytes) -> tuple[str, ec.EllipticCurvePublicKey] | None:
+        """The member a certificate (PEM or DER) names and its key, if the grid CA issued it
+        to a member; None otherwise."""
+        try:
+            if raw.startswith(b"-----"):
+                cert = x509.load_pem_x509_certificate(raw)
+            else:
+                cert = x509.load_der_x509_certificate(raw)
+            cert.verify_directly_issued_by(self._ca)
+            cn = common_name(cert.public_bytes(serialization.Encoding.DER))
+            pub = cert.public_key()
+            if (
+                cn is not None
+                and member_refusal(cn, grant_of(cert)) is None
+                and isinstance(pub, ec.EllipticCurvePublicKey)
+            ):
+                return cn, pub
+        except (ValueError, TypeError, InvalidSignature, RedyError):
+            pass
+        return None
+
     def _key(self, node: str) -> ec.EllipticCurvePublicKey | None:
         if node in self._keys:
             return self._keys[node]
-        key = None
         raw = self._cert_of(node)
-        if raw is not None:
-            try:
-                if raw.startswith(b"-----"):
-                    cert = x509.load_pem_x509_certificate(raw)
-                else:
-                    cert = x509.load_der_x509_certificate(raw)
-                cert.verify_directly_issued_by(self._ca)
-                der = cert.public_bytes(serialization.Encoding.DER)
-                pub = cert.public_key()
-                if (
-                    common_name(der) == node
-                    and member_refusal(node, grant_of(cert)) is None
-                    and isinstance(pub, ec.EllipticCurvePublicKey)
-                ):
-                    key = pub
-            except (ValueError, TypeError, InvalidSignature, RedyError):
-                key = None
-        self._keys[node] = key
-        return key
+        got = None if raw is None else self.member(raw)
+        if got is None or got[0] != node:
+            return None  # a certificate may still come with a later message
+        self._keys[node] = got[1]
+        return got[1]
 
     def check(self, d: Descriptor) -> Descriptor:
         """`d` with `valid` set to whether its whole chain verifies."""
