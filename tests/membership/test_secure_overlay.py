@@ -13,8 +13,8 @@ import pytest
 
 from redy import messages, pki
 from redy.membership.overlay import Send
-from redy.membership.secure_overlay import SecureOverlay, to_wire
 from redy.membership.secure import Descriptor
+from redy.membership.secure_overlay import SecureOverlay, to_wire
 
 pytestmark = pytest.mark.pure
 
