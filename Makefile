@@ -61,12 +61,14 @@ test: deps venv image lint typecheck pytest
 demo: deps venv
 	$(VENV)/bin/redy launch launch/figure3.yaml --duration $(DEMO_DURATION) --table --web $(DEMO_WEB_PORT) $(DEMO_ARGS)
 
-# The documentation site: the reference pages written from the code, then the site built in
-# strict mode (a warning, a broken link or a page missing from mkdocs.yml fails) into build/site.
-# `make test` checks the same through tests/docs (the pages in the repository are what the code
-# writes, and the strict build passes).
+# The documentation site: the reference pages written from the code and the dashboard's picture
+# from the browser test's last run, then the site built in strict mode (a warning, a broken link
+# or a page missing from mkdocs.yml fails) into build/site. `make test` checks the same through
+# tests/docs (the pages in the repository are what the code writes, and the strict build passes).
 docs: venv
 	$(VENV)/bin/python -m redy.docs_reference docs/reference
+	@# the dashboard's picture, as the browser test (tests/dashboard) last saw it
+	if [ -f build/docs/dashboard.png ]; then cp build/docs/dashboard.png docs/images/dashboard.png; fi
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 study: venv

@@ -387,18 +387,35 @@ class Governance:
             timeout_s=cfg.shuffle_timeout_s,
         )
         # `verify`: entries a shuffle admits are dialled at once (docs/shuffle-study.md).
-        core = Cyclon(
-            self.node,
-            cfg.grid_broker,
-            cfg.view_size,
-            cfg.shuffle_length,
-            random.Random(cfg.seed),
-            detector="verify",
-        )
+        signed = None
+        core: Any
+        if cfg.shuffle == "signed" and self._identity is not None:
+            from redy.membership.secure_overlay import SecureOverlay
+
+            signed = SecureOverlay(
+                identity=self._identity,
+                grid_uri=cfg.grid_broker,
+                view_size=cfg.view_size,
+                shuffle_length=cfg.shuffle_length,
+                rng=random.Random(cfg.seed),
+                timeout_s=cfg.shuffle_timeout_s,
+                period_s=cfg.shuffle_period_s,
+            )
+            core = signed.core
+        else:
+            core = Cyclon(
+                self.node,
+                cfg.grid_broker,
+                cfg.view_size,
+                cfg.shuffle_length,
+                random.Random(cfg.seed),
+                detector="verify",
+            )
         self.overlay = OverlayDriver(
             node=self.node,
             grid_uri=cfg.grid_broker,
             core=core,
+            overlay=signed,
             links=links,
             publish_local=self.publish_local,
             period_s=cfg.shuffle_period_s,
