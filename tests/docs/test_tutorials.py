@@ -1,6 +1,7 @@
 """The tutorials' commands, run as a reader would run them (tests/docs/shellblocks.py): the demo
-grid (shortened, on free ports), the 10,000-node simulation (at full size: seconds), and one node
-per machine on three machines, with three network namespaces standing in for the machines."""
+grid (shortened, on free ports), the 10,000-node simulation (at full size: seconds), the real
+devices' launch checks, and one node per machine on three machines, with three network
+namespaces standing in for the machines."""
 
 from __future__ import annotations
 
@@ -60,6 +61,17 @@ def test_the_simulation_tutorial_runs_at_10000_nodes(tmp_path: Path) -> None:
     assert len(re.findall(r"^epoch \d+ price", market, re.M)) == 3, market
     for epoch in json.loads((work / "offers.json").read_text())["epochs"]:
         assert epoch["price"] == pytest.approx(epoch["price_optimal"], abs=1e-6)
+
+
+def test_the_real_devices_tutorial_checks_its_launch_files(tmp_path: Path) -> None:
+    """Its runnable steps are the checks of the shipped files (tests/drivers runs the house on
+    counterparts of the devices)."""
+    work = workspace(tmp_path)
+    out, parts = run(blocks(TUTORIALS / "real-devices.md"), work, 120)
+    _ok(out)
+    house, station = parts
+    assert "launch/eco_house_devices.yaml: ok (1 nodes, 3 units)" in house
+    assert "launch/ev_station_ocpp.yaml: ok (1 nodes, 2 units)" in station
 
 
 THREE = ("gas-1", "factory-1", "house-1")
