@@ -99,9 +99,11 @@ class FaultGrid:
         skew_s: dict[int, float] | None = None,
         introducers: list[int] | None = None,
         market: str = "pushsum",
+        shuffle: str = "cyclon",
     ) -> None:
         self.tmp = tmp
         self.market = market
+        self.shuffle = shuffle
         self.n = n
         self.nodes = [f"n{i}" for i in range(n)]
         self.state = tmp / "state"
@@ -134,7 +136,7 @@ launch:
       grid_bind: "{self.grid_host(i)}"}}
   - governance: {{node: {node}, kind: gas_plant, introducer: "{intro}", epoch_s: {EPOCH_S},
       rounds: 10, market: {self.market}, period_s: {PERIOD_S}, shuffle_period_s: {PERIOD_S}, shuffle_timeout_s: 0.4,
-      view_size: 4, shuffle_length: 2, respawn_delay_s: 0.5}}
+      view_size: 4, shuffle_length: 2, shuffle: {self.shuffle}, respawn_delay_s: 0.5}}
   - detection: {{node: {node}, name: meter, device: fixed_load, period_s: {PERIOD_S},
       params: {{profile: g0, annual_kwh: 100000}}}}
   - action: {{node: {node}, name: gen, device: gas_plant, period_s: {PERIOD_S},
@@ -380,9 +382,11 @@ def have_netns() -> str | None:
 
 
 @contextlib.contextmanager
-def running(tmp: Path, n: int, startup_s: float, market: str = "pushsum") -> Iterator[FaultGrid]:
+def running(
+    tmp: Path, n: int, startup_s: float, market: str = "pushsum", shuffle: str = "cyclon"
+) -> Iterator[FaultGrid]:
     """A started grid of `n` nodes that has found a common price; stopped on the way out."""
-    g = FaultGrid(tmp, n=n, market=market)
+    g = FaultGrid(tmp, n=n, market=market, shuffle=shuffle)
     try:
         g.start()
         g.wait_common(after=0, timeout_s=startup_s)

@@ -179,6 +179,15 @@ class GovernanceConfig:
     shuffle_length: int = setting(
         4, help="Entries exchanged per shuffle (SL < c).", minimum=1, launch=True
     )
+    shuffle: str = setting(
+        "cyclon",
+        help="The shuffle: 'cyclon' exchanges plain entries; 'signed' hands on descriptors signed"
+        " hop by hop with the node keys, each peer contacted only with one of its own"
+        " descriptors and once per descriptor, so a member that copies, forges or floods"
+        " leaves evidence and is dropped (redy.membership.secure).",
+        validator=attrs.validators.in_(("cyclon", "signed")),
+        launch=True,
+    )
     shuffle_period_s: float = setting(
         2.0, help="Time between two shuffles.", unit="s", minimum=0.05, launch=True
     )

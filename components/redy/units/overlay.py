@@ -26,6 +26,8 @@ from redy import messages
 from redy.errors import DeliveryFailed, InvalidMessage, PeerImpostor, PeerUnreachable
 from redy.membership.cyclon import Cyclon
 from redy.membership.overlay import Overlay, RecentPeers, Send
+from redy.membership.secure import SecureCyclon
+from redy.membership.secure_overlay import SecureOverlay
 from redy.pki import Identity
 from redy.topics import render
 from redy.transport.client import AsyncLink
@@ -98,7 +100,7 @@ class OverlayDriver:
         *,
         node: str,
         grid_uri: str,
-        core: Cyclon,
+        core: Cyclon | SecureCyclon,
         links: PeerLinks,
         publish_local: PublishLocal,
         period_s: float,
@@ -108,11 +110,22 @@ class OverlayDriver:
         state_expiry_s: int = 30,
         clock: Callable[[], float] = time.monotonic,
         probe_every: int = 4,
+        overlay: SecureOverlay | None = None,
     ) -> None:
         self.node = node
-        self.overlay = Overlay(
-            node=node, grid_uri=grid_uri, core=core, timeout_s=timeout_s, probe_every=probe_every
-        )
+        # The signed shuffle's overlay (its core is `core`), or the plain one around `core`.
+        self.overlay: Overlay | SecureOverlay
+        if overlay is not None:
+            self.overlay = overlay
+        else:
+            assert isinstance(core, Cyclon)
+            self.overlay = Overlay(
+                node=node,
+                grid_uri=grid_uri,
+                core=core,
+                timeout_s=timeout_s,
+                probe_every=probe_every,
+            )
         self.core = core
         self._links = links
         self._publish_local = publish_local
