@@ -28,13 +28,14 @@ import gmqtt
 
 from redy import messages
 from redy.brokers import grid_identity, load_credentials
-from redy.errors import DeliveryFailed, InvalidMessage
+from redy.errors import BrokerError, DeliveryFailed, InvalidMessage
 from redy.logformat import Tally
 from redy.topics import CONTRACT, render
 from redy.transport.client import AsyncLink
 from redy.units.config import GovernanceConfig
 from redy.units.node_state import NodeState
 from redy.units.peer_gate import PeerGate
+from redy.units.tasks import TaskOwner
 
 _log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ _LOCAL_TIMEOUT_S = 3.0
 # (Mosquitto waits 1.5 keepalives); pings on loopback cost nothing.
 _KEEPALIVE_S = 2
 _PEER_HANDLERS = 16  # shuffle answers in flight at once; more are dropped and counted
+_ACKS = 64  # states awaiting their PUBACK, and the push to the neighbours, at once
 _Inbox = asyncio.Queue[tuple[str, Any, dict[str, Any]]]
 
 
@@ -63,7 +65,10 @@ class Governance:
         self._announce = True  # publish the descriptor at the next state period
         self._neighbour_push = NeighbourPush(config.neighbour_period_s)
         self._pushing: asyncio.Task[None] | None = None
-        self._acking: set[asyncio.Task[None]] = set()  # PUBACKs of states sent at once
+        # Every task beside the main loops, owned by the unit's TaskGroup (redy.units.tasks):
+        # PUBACKs of states sent at once, pushes to the neighbours, handlers of peers' requests.
+        self.tasks = TaskOwner(f"{config.node}.governance", limit=_ACKS)
+        self.peer_handlers = TaskOwner(f"{config.node}.peers", limit=_PEER_HANDLERS)
         self._next_state_at = math.inf  # when the state task publishes next, unless dirty
         self._link = self._session(
             "governance",
@@ -81,7 +86,6 @@ class Governance:
         # Peers' messages reach us on a session of their own: a peer's flood fills that
         # connection, never the one that carries the units' reports and our own publishes.
         self._peer_link = self._session("governance-peers", peers=True)
-        self._peer_tasks: set[asyncio.Task[None]] = set()
         self._peers = PeerGate()
         self._unknown = Tally()  # messages on topics outside the contract, per topic
         self._peer_ready = asyncio.Event()
@@ -247,9 +251,7 @@ class Governance:
             return
         self._next_state_at = time.monotonic() + self.config.period_s  # the next, after this
         if ack is not None:
-            task = asyncio.create_task(self._state_acked(topic, ack))
-            self._acking.add(task)
-            task.add_done_callback(self._acking.discard)
+            self.tasks.spawn(self._state_acked(topic, ack), "state-ack")
 
     async def _state_acked(self, topic: str, ack: tuple[int, asyncio.Future[None]]) -> None:
         try:
@@ -264,9 +266,9 @@ class Governance:
         )
 
     def _spawn_peer_task(self, work: Coroutine[Any, Any, None], sender: str) -> None:
-        """Run a peer-facing handler beside the inbox, at most _PEER_HANDLERS at once."""
-        if len(self._peer_tasks) >= _PEER_HANDLERS:
-            work.close()
+        """Run a peer-facing handler beside the inbox, at most _PEER_HANDLERS at once; one that
+        fails is logged and counted (nothing a peer causes may end the node)."""
+        if self.peer_handlers.spawn(work, f"answer {sender}") is None:
             self.peer_dropped += 1
             _log.warning(
                 "node=%s busy answering peers; dropped a request from %s (%d dropped)",
@@ -274,16 +276,6 @@ class Governance:
                 sender,
                 self.peer_dropped,
             )
-            return
-        task = asyncio.create_task(self._guarded(work, sender))
-        self._peer_tasks.add(task)
-        task.add_done_callback(self._peer_tasks.discard)
-
-    async def _guarded(self, work: Coroutine[Any, Any, None], sender: str) -> None:
-        try:
-            await work
-        except Exception:  # nothing a peer causes may end the node
-            _log.exception("node=%s failed answering %s", self.node, sender)
 
     async def _state_task(self) -> None:
         period = self.config.period_s
@@ -314,7 +306,7 @@ class Governance:
                 and not pushing
                 and self._neighbour_push.due(time.monotonic())
             ):
-                self._pushing = asyncio.create_task(self.overlay.push_state(state))
+                self._pushing = self.tasks.spawn(self.overlay.push_state(state), "push-state")
 
     async def _dispatch(self) -> None:
         if self.target_net_kw is None:
@@ -328,29 +320,38 @@ class Governance:
         cmd = messages.Command(seq=self._seq, ts_s=time.time(), setpoint_kw=setpoint_kw, on=on)
         await self.publish_local(render("command", node=self.node, unit=unit), cmd)
 
-    async def _connect_both(self) -> None:
-        await self._link.connect_retrying()
-        if self.config.grid_broker:
-            await self._peer_link.connect_retrying()
+    async def _connect_both(self, refused: list[BrokerError]) -> None:
+        try:
+            await self._link.connect_retrying()
+            if self.config.grid_broker:
+                await self._peer_link.connect_retrying()
+        except BrokerError as exc:  # kept for run(): in a TaskGroup it would be a group of one
+            refused.append(exc)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; every connection is closed on the way out."""
-        connecting = asyncio.create_task(self._connect_both())
-        stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if not connecting.done():  # stopped before the broker ever answered
-            connecting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await connecting
+        refused: list[BrokerError] = []
+        async with asyncio.TaskGroup() as tg:
+            connecting = tg.create_task(self._connect_both(refused), name="connect")
+            stopping = tg.create_task(stop.wait(), name="stop")
+            done, _ = await asyncio.wait(
+                {connecting, stopping}, return_when=asyncio.FIRST_COMPLETED
+            )
+            connected = connecting in done
+            stopping.cancel()
+            connecting.cancel()  # stopped before the broker ever answered, or done already
+        if refused:
+            raise refused[0]  # a refusal of our credentials ends the unit here
+        if not connected:
             await self._link.close()
             await self._peer_link.close()
             return
-        connecting.result()  # a refusal of our credentials ends the unit here
         _log.info("node=%s governance connected to %s", self.node, self.config.broker)
         links = None
         try:
             async with asyncio.TaskGroup() as tg:
+                self.tasks.bind(tg)
+                self.peer_handlers.bind(tg)
                 tasks = [
                     tg.create_task(self._inbox_task()),
                     tg.create_task(self._peer_inbox_task()),
@@ -359,8 +360,10 @@ class Governance:
                 if self.config.grid_broker:
                     links = await self._start_overlay(tg, tasks)
                 await stop.wait()
-                for t in [*tasks, *self._peer_tasks, *self._acking, *filter(None, [self._pushing])]:
+                for t in tasks:
                     t.cancel()
+                self.tasks.cancel_all()
+                self.peer_handlers.cancel_all()
         finally:
             if links is not None:
                 await links.close_all()

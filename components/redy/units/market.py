@@ -61,8 +61,10 @@ from redy.pki import Identity
 from redy.topics import render
 from redy.transport.peer_links import PeerLinks
 from redy.units.node_state import NodeState
+from redy.units.tasks import TaskOwner
 
 _log = logging.getLogger(__name__)
+_MAX_TASKS = 1024  # sends and dispatches in flight at once; beyond, dropped and counted
 
 # Prices (EUR/MWh) where storage that states no policy charges and discharges (batteries state
 # theirs), and the value of a flexible load that states no willingness to pay (EVs and water
@@ -222,7 +224,8 @@ class MarketDriver:
         self.last: Cleared | None = None
         self._announced_epoch: int | None = None
         self._events: asyncio.Queue[Event | offer_market.Event] = asyncio.Queue(maxsize=_EVENTS_MAX)
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Pushes, offers and dispatches in flight, owned by run()'s TaskGroup.
+        self.tasks = TaskOwner(f"{node}.market", limit=_MAX_TASKS)
         self._dropped = 0
 
     # -- what the core asks --------------------------------------------------------------------
@@ -308,17 +311,18 @@ class MarketDriver:
 
     # -- actions out ---------------------------------------------------------------------------
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str = "send") -> None:
+        if self.tasks.spawn(work, name) is None:
+            self._dropped += 1
+            if self._dropped % 100 == 1:
+                _log.warning("node=%s market tasks full; %d dropped", self.node, self._dropped)
 
     def _act(self, actions: list[Action] | list[offer_market.Action]) -> None:
         for a in actions:
             if isinstance(a, Send):
-                self._spawn(self._push(a.msg))
+                self._spawn(self._push(a.msg), "push")
             elif isinstance(a, offer_market.Send):
-                self._spawn(self._send_offers(a))
+                self._spawn(self._send_offers(a), "offers")
             elif isinstance(a, Dropped):
                 self._refuse(str(a.sender), a.reason)
             else:
@@ -414,7 +418,7 @@ class MarketDriver:
             for b in c.bids
             if id(b) in self._names and _commanded(self._names[id(b)], b)
         ]
-        self._spawn(self._dispatch(orders))
+        self._spawn(self._dispatch(orders), "dispatch")
         if c.epoch != self._announced_epoch:
             # The local state goes out at once for an epoch's first price only: the offer
             # market may refine it as late offers come, and those wait for the state's period.
@@ -458,8 +462,10 @@ class MarketDriver:
     # -- the loop ------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Epoch after epoch until cancelled; pending pushes and commands are cancelled."""
-        try:
+        """Epoch after epoch until cancelled; pending pushes and commands are cancelled with the
+        TaskGroup that owns them."""
+        async with asyncio.TaskGroup() as group:
+            self.tasks.bind(group)
             while True:
                 event: Event | offer_market.Event = Tick()
                 wait = self.core.next_deadline() - self.now()
@@ -470,9 +476,6 @@ class MarketDriver:
                 elif not self._events.empty():
                     event = self._events.get_nowait()
                 self._act(self.core.handle(self.now(), event))  # type: ignore[arg-type]
-        finally:
-            for task in list(self._tasks):
-                task.cancel()
 
     def state_fields(self) -> dict[str, Any]:
         """Price, epoch, status, clock offset and unserved/excess kW for NodeEnergyState."""
