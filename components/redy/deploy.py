@@ -122,7 +122,9 @@ def node(
         )
     n = desc.nodes[0]
     click.echo(f"node {n.node}: grid listener {n.broker.grid_uri}, state in {state_dir}")
-    Supervisor(desc, state_dir=Path(state_dir), compose=compose).run(duration_s)
+    status = Supervisor(desc, state_dir=Path(state_dir), compose=compose).run(duration_s)
+    if status:
+        raise SystemExit(status)
 
 
 def node_health(

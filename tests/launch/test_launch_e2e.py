@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from polling import until
 
 from redy import messages
 from redy.brokers import load_credentials, port_is_free, try_connect
+from redy.launch.supervisor import CRASH_LIMIT
 from redy.topics import render
 
 pytestmark = pytest.mark.e2e
@@ -215,6 +218,44 @@ def test_kill9_of_the_launcher_leaves_no_unit_or_broker(tmp_path: Path) -> None:
         launcher.kill()
         launcher.wait()
         until(lambda: _processes_using(state) == [], 10, "orphans gone")
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+
+
+def test_a_launch_that_gave_up_on_a_process_exits_1(tmp_path: Path) -> None:
+    """The battery's process is killed each time it comes back until the crash-loop limit gives
+    it up; the launch then stops on SIGTERM with exit status 1 and names it (it used to exit 0)."""
+    port = _free_ports()
+    state = tmp_path / "state"
+    argv = [*REDY, "launch", str(_one_node_file(tmp_path)), f"port:={port}"]
+    launcher = subprocess.Popen(
+        [*argv, "--state-dir", str(state)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        creds = state / "solo" / "credentials.json"
+        until(creds.exists, 20, "credentials")
+        password = load_credentials(creds).password("operator")
+        until(lambda: try_connect("127.0.0.1", port, "operator", password)[0], 20, "broker up")
+        killed: set[int] = set()
+
+        def kill_battery() -> bool:
+            for pid in _descendants(launcher.pid):
+                if pid not in killed and _is_unit(pid, "battery"):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                    killed.add(pid)
+            return len(killed) >= CRASH_LIMIT
+
+        until(kill_battery, 60, f"{CRASH_LIMIT} deaths of the battery's process")
+        time.sleep(1.0)  # the supervisor's next poll sees the last death
+        launcher.send_signal(signal.SIGTERM)
+        _, err = launcher.communicate(timeout=30)
+        assert launcher.returncode == 1, err[-2000:]
+        assert "giving up on" in err and "exit status 1" in err
     finally:
         if launcher.poll() is None:
             launcher.kill()

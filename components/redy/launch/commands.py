@@ -146,4 +146,6 @@ def launch(
         on_started=started,
         on_stopping=stopping,
     )
-    sup.run(duration_s)
+    status = sup.run(duration_s)
+    if status:
+        raise SystemExit(status)

@@ -293,6 +293,7 @@ class Supervisor:
 
     @property
     def given_up(self) -> list[str]:
+        """The brokers and processes the crash-loop limit gave up on."""
         return [
             r.name
             for r in [*(c.restarts for c in self.children), *self._broker_restarts]
@@ -352,7 +353,8 @@ class Supervisor:
         _log.info("launch stopped")
 
     def run(self, duration_s: float | None = None) -> int:
-        """Start, supervise until stopped or `duration_s` is over, stop. Exit status 0 if clean."""
+        """Start, supervise until stopped or `duration_s` is over, stop. Exit status 0 if every
+        broker and process that asked to be kept was kept; 1 if one was given up on."""
         previous = {
             s: signal.signal(s, lambda *_: self._stop.set())
             for s in (signal.SIGINT, signal.SIGTERM)
@@ -376,4 +378,8 @@ class Supervisor:
             self.stop()
             for s, h in previous.items():
                 signal.signal(s, h)
+        lost = self.given_up
+        if lost:
+            _log.error("the launch gave up on %s: exit status 1", ", ".join(lost))
+            return 1
         return 0
