@@ -180,7 +180,6 @@ class Gossip:
     algorithm: str
     weight: float
     values: tuple[float, ...]
-    estimate: tuple[float, ...] | None = None
     ts_s: float | None = None
     phase: int | None = None
     floor_eur_mwh: float | None = None
