@@ -31,6 +31,7 @@ from redy import pki
 from redy.errors import BrokerError, LaunchError
 from redy.launch.commands import DURATION, launch_args
 from redy.launch.parser import LaunchDescription, NodeSpec, parse
+from redy.topics import render
 
 DEFAULT_NODE_IMAGE = "redy/node:1"
 # Paths inside the node image (and on a systemd gateway).
@@ -137,16 +138,18 @@ def node_health(
     from redy.transport.session import Received, connect, read_retained
 
     password = load_credentials(state_dir / n.node / "credentials.json").password("operator")
-    names = [f"redy/{n.node}/units/{u.name}/state" for u in n.units]
-    gov = f"redy/{n.node}/governance/state"
-    view = f"redy/{n.node}/membership/view"
+    names = [render("unit_state", node=n.node, unit=u.name) for u in n.units]
+    gov = render("node_state", node=n.node)
+    view = render("view", node=n.node)
     if n.governance is not None:
         names += [gov, view]
     inbox: queue.Queue[Received] = queue.Queue()
     with connect(broker or n.broker.local_uri, "operator", password, inbox) as client:
         found = read_retained(client, inbox, names, wait_s)
     units = {
-        u.name: getattr(found.get(f"redy/{n.node}/units/{u.name}/state"), "state", "missing")
+        u.name: getattr(
+            found.get(render("unit_state", node=n.node, unit=u.name)), "state", "missing"
+        )
         for u in n.units
     }
     out: dict[str, Any] = {"node": n.node, "units": units}

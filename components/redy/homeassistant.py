@@ -29,7 +29,7 @@ import orjson
 from redy import messages
 from redy.cli_auth import password_for, with_auth
 from redy.errors import InvalidMessage
-from redy.topics import CONTRACT, render
+from redy.topics import CONTRACT, render, subscription
 from redy.transport.session import Received, connect, subscribe
 
 DISCOVERY_PREFIX = "homeassistant"
@@ -150,7 +150,10 @@ def discovery(
     """
     inbox: queue.Queue[Received] = queue.Queue()
     with connect(broker, user, password_for(user, password, credentials), inbox) as client:
-        for pattern in (f"redy/{node_id}/units/+/meta", f"redy/{node_id}/descriptor"):
+        for pattern in (
+            subscription("unit_meta", node=node_id),
+            render("descriptor", node=node_id),
+        ):
             subscribe(client, pattern)
         time.sleep(1.0)  # retained messages arrive at once; wildcards give no count to wait for
     found = []

@@ -17,7 +17,7 @@ import orjson
 from redy import messages, pki
 from redy.cli_auth import json_option, password_for, with_auth
 from redy.errors import BrokerError, InvalidMessage
-from redy.topics import CONTRACT, TopicSpec
+from redy.topics import CONTRACT, TopicSpec, render, subscription
 from redy.transport.paho_client import publish_properties
 from redy.transport.session import CONNECT_TIMEOUT_S, Received, connect, read_retained, subscribe
 
@@ -295,7 +295,7 @@ def fetch_view(
     """A node's retained membership view, read from `broker` (None if it has none)."""
     inbox: queue.Queue[Received] = queue.Queue()
     with connect(broker, user, password, inbox, tls) as client:
-        name = f"redy/{node}/membership/view"
+        name = render("view", node=node)
         view = read_retained(client, inbox, [name], on_invalid=_stderr).get(name)
     return view if isinstance(view, messages.View) else None
 
@@ -357,7 +357,7 @@ def node_list(
     tls = operator_identity(credentials)
     inbox: queue.Queue[Received] = queue.Queue()
     with connect(broker, user, secret, inbox, tls) as client:
-        start = read_retained(client, inbox, ["redy/+/membership/view"], on_invalid=_stderr)
+        start = read_retained(client, inbox, [subscription("view")], on_invalid=_stderr)
     frontier = [v for v in start.values() if isinstance(v, messages.View)]
     seen: dict[str, str] = {v.node: broker for v in frontier}
     while frontier and len(seen) < limit:
@@ -391,9 +391,10 @@ def node_info(
     inbox: queue.Queue[Received] = queue.Queue()
     with connect(broker, user, password_for(user, password, credentials), inbox) as client:
         for pattern in (
-            f"redy/{node_id}/descriptor",
-            f"redy/{node_id}/units/+/+",
-            f"redy/{node_id}/governance/state",
+            render("descriptor", node=node_id),
+            subscription("unit_meta", node=node_id),
+            subscription("unit_state", node=node_id),
+            render("node_state", node=node_id),
         ):
             subscribe(client, pattern)
         time.sleep(1.0)

@@ -81,6 +81,20 @@ class TopicSpec:
             out.append(check_id(params[key], what=key))
         return "/".join(out)
 
+    def filter(self, **params: str) -> str:
+        """A subscription filter: the placeholders given rendered, the others `+` (any one
+        level), e.g. the state of every unit of one node."""
+        out = []
+        for level in self.levels:
+            m = _PLACEHOLDER.match(level)
+            if m is None:
+                out.append(level)
+            elif m.group(1) in params:
+                out.append(check_id(params[m.group(1)], what=m.group(1)))
+            else:
+                out.append("+")
+        return "/".join(out)
+
     @cached_property
     def _slots(self) -> tuple[tuple[str, bool], ...]:
         """Per level: the literal, or the placeholder's name and True."""
@@ -176,6 +190,12 @@ def render(name: str, **params: str) -> str:
             _RENDERED.clear()
         _RENDERED[key] = topic
     return topic
+
+
+def subscription(name: str, **params: str) -> str:
+    """The filter of topic `name` with the given placeholders and `+` for the others, e.g.
+    subscription('unit_state', node=..) = redy/NODE/units/+/state."""
+    return CONTRACT.topic(name).filter(**params)
 
 
 _FIELD_KEYS = {f.name for f in attrs.fields(FieldSpec)} - {"name"}

@@ -144,3 +144,14 @@ def test_a_topic_without_its_qos_is_refused(tmp_path: Path) -> None:
     broken.write_text(text.replace("    qos: 1\n", "", 1))
     with pytest.raises(ContractError, match=r"lacks \['qos'\]"):
         topics.load_contract(broken)
+
+
+def test_subscription_filters_come_from_the_contract() -> None:
+    from redy.errors import RedyError
+    from redy.topics import subscription
+
+    assert subscription("unit_state", node="house-1") == "redy/house-1/units/+/state"
+    assert subscription("view") == "redy/+/membership/view"
+    assert subscription("descriptor", node="gas-1") == "redy/gas-1/descriptor"
+    with pytest.raises(RedyError):
+        subscription("unit_state", node="Bad/Node")

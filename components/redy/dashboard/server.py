@@ -26,14 +26,15 @@ from redy import messages
 from redy.brokers import load_credentials
 from redy.dashboard.model import GridModel
 from redy.errors import BrokerError
+from redy.topics import subscription
 from redy.transport.paho_client import new_client
 
 STATIC = Path(__file__).with_name("static")
 _TOPICS = (
-    "redy/+/descriptor",
-    "redy/+/governance/state",
-    "redy/+/units/+/state",
-    "redy/+/membership/view",
+    subscription("descriptor"),
+    subscription("node_state"),
+    subscription("unit_state"),
+    subscription("view"),
 )
 _PUSH_PERIOD_S = 1.0
 _REFRESH_S = 5.0  # a snapshot at least this often, even with no news

@@ -14,6 +14,7 @@ from redy import messages
 from redy.brokers import load_credentials
 from redy.errors import InvalidMessage
 from redy.launch.supervisor import Supervisor
+from redy.topics import render
 from redy.transport.paho_client import new_client
 
 
@@ -37,7 +38,7 @@ class Dashboard:
             c = new_client(f"redy-dashboard-{n.node}", user="operator", password=password)
             c.on_message = self._on_message
             c.on_connect = lambda cl, *_a, node=n.node: cl.subscribe(
-                f"redy/{node}/governance/state", qos=1
+                render("node_state", node=node), qos=1
             )
             c.connect(*messages.parse_uri(n.broker.local_uri), keepalive=10)
             c.loop_start()

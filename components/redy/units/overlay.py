@@ -29,7 +29,7 @@ from redy.membership.overlay import Overlay, RecentPeers, Send
 from redy.membership.secure import SecureCyclon
 from redy.membership.secure_overlay import SecureOverlay
 from redy.pki import Identity
-from redy.topics import render
+from redy.topics import render, subscription
 from redy.transport.client import AsyncLink
 from redy.transport.peer_links import PeerLinks
 
@@ -63,7 +63,7 @@ async def read_introducer(
         user=client_id,
         password="",
         timeout_s=timeout_s,
-        subscriptions=("redy/+/descriptor", "redy/+/membership/view"),
+        subscriptions=(subscription("descriptor"), subscription("view")),
         on_message=on_message,
         tls=identity.client_context() if uri.startswith("mqtts://") else None,
     )
