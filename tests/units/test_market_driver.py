@@ -114,3 +114,28 @@ def test_a_node_that_heard_no_one_or_whose_clock_is_off_never_says_cleared() -> 
     _clear(d, _cleared("cleared", heard=40))
     assert d.state_fields()["status"] == "skewed"
     assert d.now() == 1000.0  # beyond the tolerance it keeps its own clock
+
+
+async def test_a_later_clearing_outranks_a_dispatch_still_in_flight() -> None:
+    """Commands are numbered when sent and a unit keeps the highest number. The first price's
+    dispatch is slow on its first command (a PUBACK late); a later price of the epoch dispatches
+    meanwhile. Every unit must end at the later price's setpoint, not at the stale one sent
+    after it (issue 27: each clearing spawned its own dispatch)."""
+    seq = iter(range(1, 100))
+    delays = iter([0.05] + [0.005] * 20)
+    sent: list[tuple[int, str, float]] = []
+
+    async def command(unit: str, kw: float) -> None:
+        n = next(seq)  # the governance numbers a command as it sends it
+        await asyncio.sleep(next(delays))
+        sent.append((n, unit, kw))
+
+    d = _driver()
+    d._command = command  # type: ignore[method-assign]
+    async with asyncio.TaskGroup() as group:
+        d.tasks.bind(group)
+        d._dispatch_latest([("a", 1.0), ("b", 1.0), ("c", 1.0)])
+        await asyncio.sleep(0.01)
+        d._dispatch_latest([("a", 2.0), ("b", 2.0), ("c", 2.0)])
+    kept = {unit: kw for _, unit, kw in sorted(sent)}  # the highest number wins at the unit
+    assert kept == {"a": 2.0, "b": 2.0, "c": 2.0}

@@ -226,6 +226,7 @@ class MarketDriver:
         self._events: asyncio.Queue[Event | offer_market.Event] = asyncio.Queue(maxsize=_EVENTS_MAX)
         # Pushes, offers and dispatches in flight, owned by run()'s TaskGroup.
         self.tasks = TaskOwner(f"{node}.market", limit=_MAX_TASKS)
+        self._dispatching: asyncio.Task[None] | None = None  # the latest clearing's commands
         self._dropped = 0
 
     # -- what the core asks --------------------------------------------------------------------
@@ -418,7 +419,7 @@ class MarketDriver:
             for b in c.bids
             if id(b) in self._names and _commanded(self._names[id(b)], b)
         ]
-        self._spawn(self._dispatch(orders), "dispatch")
+        self._dispatch_latest(orders)
         if c.epoch != self._announced_epoch:
             # The local state goes out at once for an epoch's first price only: the offer
             # market may refine it as late offers come, and those wait for the state's period.
@@ -440,6 +441,15 @@ class MarketDriver:
             how,
             self.offsets.offset_s() or 0.0,
         )
+
+    def _dispatch_latest(self, orders: list[tuple[str, float]]) -> None:
+        """Dispatch `orders` in place of any dispatch still in flight: commands are numbered
+        when sent and a unit keeps the highest number, so an older dispatch that went on would
+        outrank this one with its stale setpoints. Cancelled, it sends nothing more; what it
+        sent before has lower numbers than all of this one's."""
+        if self._dispatching is not None and not self._dispatching.done():
+            self._dispatching.cancel()
+        self._dispatching = self.tasks.spawn(self._dispatch(orders), "dispatch")
 
     async def _dispatch(self, orders: list[tuple[str, float]]) -> None:
         for name, kw in orders:
