@@ -217,10 +217,9 @@ class Governance:
             _log.info("node=%s setpoint %.1f kW (seq %d)", self.node, msg.net_kw, msg.seq)
             self._dirty.set()
         elif isinstance(msg, messages.ShuffleRequest) and self.overlay is not None:
-            response = props.get("response_topic")
-            if isinstance(response, list):
-                response = response[0] if response else None
-            self._spawn_peer_task(self.overlay.on_request(msg, response), msg.sender)
+            # Its response topic is not read: the answer goes to the canonical reply topic
+            # (OverlayDriver._send), the only one the sender's ACL lets us write.
+            self._spawn_peer_task(self.overlay.on_request(msg), msg.sender)
         elif isinstance(msg, messages.ShuffleReply) and self.overlay is not None:
             await self.overlay.on_reply(msg)
         elif isinstance(msg, messages.Gossip) and self.market is not None:

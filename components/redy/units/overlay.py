@@ -237,10 +237,9 @@ class OverlayDriver:
         if not all(delivered):
             await self.publish_view()
 
-    async def on_request(
-        self, request: messages.ShuffleRequest, response_topic: str | None
-    ) -> None:
-        """Answer a shuffle offer (even while our own is pending) on the sender's broker."""
+    async def on_request(self, request: messages.ShuffleRequest) -> None:
+        """Answer a shuffle offer (even while our own is pending) on the sender's broker, on
+        the canonical reply topic whatever response topic the request names."""
         await self._send(self.overlay.on_request(request))
         await self._dial_admitted()
         await self.publish_view()
