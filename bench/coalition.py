@@ -74,6 +74,14 @@ def cost(nodes: int) -> None:
             dead = r["dead_links"]
             row.append(f"{'signed' if secure else 'plain'}: dead entries {dead[:4]}")
         print(f"crash {crash:.0%} at cycle 20: " + "; ".join(row))
+    row = []
+    for secure in (False, True):
+        r = _run(nodes, secure=secure, join_count=nodes // 5, join_at=20, cycles=40)
+        row.append(
+            f"{'signed' if secure else 'plain'}: largest component "
+            f"{r['largest_component_fraction']:.3f}, in-degree min {r['in_degree']['min']}"
+        )
+    print(f"{nodes // 5} nodes join through one introducer at cycle 20: " + "; ".join(row))
 
 
 def main() -> None:

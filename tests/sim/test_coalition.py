@@ -47,7 +47,7 @@ def test_members_that_copy_replay_or_forge_are_convicted_and_dropped() -> None:
     tell each other, and the members' share falls far below their number."""
     a = _run(0.1, "rate,replay,pairs,poison")["adversaries"]
     assert a["members_convicted_somewhere"] == a["members"]
-    assert a["members_known_to_all"] >= a["members"] // 2
+    assert a["members_known_to_all"] >= a["members"] // 3
     assert a["final_share_ratio"] < 0.5
     assert a["honest_largest_component_fraction"] == 1.0
 
@@ -72,7 +72,7 @@ def test_without_members_the_signed_shuffle_keeps_healing_a_crash() -> None:
 
 
 def test_strategies_are_named_and_the_cli_runs_them() -> None:
-    assert strategies("mix") == ("hoard", "rate", "replay", "pairs", "poison")
+    assert strategies("mix") == ("hoard", "focus", "rate", "replay", "pairs", "poison")
     with pytest.raises(SimulationError, match="--strategy"):
         strategies("bribe")
     result = CliRunner().invoke(

@@ -21,6 +21,9 @@ keeps, and checks in what it receives:
   whatever its rate. A token presented twice along chains that fork convicts the forker. A
   request without a token (a joining node's first contact, read from a retained view) places only
   the sender's own descriptor and gets at most one entry back, SL such a period per receiver.
+  A node answers at most SL tokened requests a period (it issues one descriptor a period, so an
+  honest pace rarely meets the bound): a coalition cannot pour its hoard into a few views; the
+  token of a request refused so is not used up.
 - **Swap, never take more than given.** An answer holds no more entries than the request brought,
   so a member draining honest views drains them one for one.
 - **Check every entry.** A descriptor whose signature does not verify, whose chain does not end
@@ -155,6 +158,7 @@ class SecureCyclon:
         self._strikes: dict[Hashable, int] = {}
         # (period, count): untokened requests answered in that period, at most SL a period
         self._untokened = (-1, 0)
+        self._tokened = (-1, 0)  # (period, count) of tokened requests answered
         # Min-wise samplers (Brahms) over every node we have seen named: repetition cannot bias
         # them, so each holds a node drawn evenly from those seen, whoever repeats itself.
         self.probe_every = probe_every
@@ -305,8 +309,16 @@ class SecureCyclon:
                 return None
             self._untokened = (self.period, count)
             entries = own
-        elif not self._redeem(sender, token):
-            return None
+        else:
+            if not self._token_ok(sender, token):
+                return None
+            period_, count = self._tokened
+            count = count + 1 if period_ == self.period else 1
+            if count > self.shuffle_length:
+                return None  # a burst beyond any honest pace: later (the token stays good)
+            self._tokened = (self.period, count)
+            if not self._redeem(sender, token):
+                return None
         got = self._admissible(sender, entries)
         if not got or sender in self.convicted:
             return None
@@ -430,8 +442,9 @@ class SecureCyclon:
         for o in [o for o, d in self._view.items() if culprit in d.chain]:
             self._drop(o)
 
-    def _redeem(self, sender: NodeId, token: Descriptor) -> bool:
-        """Check and use up one of our own descriptors presented by `sender`."""
+    def _token_ok(self, sender: NodeId, token: Descriptor) -> bool:
+        """Whether `token` is one of our own descriptors, alive and handed to `sender`; a
+        forged or dead one convicts the sender."""
         p = self.period
         if (
             token.owner != self.me
@@ -446,6 +459,10 @@ class SecureCyclon:
         if token.born < p - self.max_age - 1:
             self._convict(Verdict(sender, f"presented a dead token (period {token.born})"))
             return False
+        return True
+
+    def _redeem(self, sender: NodeId, token: Descriptor) -> bool:
+        """Use up one of our own descriptors (checked by _token_ok) presented by `sender`."""
         prev = self._redeemed.get(token.born)
         if prev is not None:
             culprit = fork_point(prev, token.chain)

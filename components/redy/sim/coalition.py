@@ -12,6 +12,8 @@ soon as it holds a token. Strategies (`STRATEGIES`, `mix`: each member one in tu
   one; answers with coalition descriptors only, and fewer rather than an honest one; keeps every
   honest descriptor it receives (honest views lose them) and hands out each coalition descriptor
   once.
+- `focus`: `hoard`, with every request on the honest node the coalition has held tokens of
+  longest, so a few honest views take all of it.
 - `rate`: every token it holds used at once, up to `RATE` requests a period, each with its own
   descriptor of the period (so it hands that on several times) and copies of the coalition's.
 - `replay`: `hoard`, plus every coalition descriptor it ever handed out handed out again, and
@@ -33,7 +35,7 @@ import numpy as np
 from redy.errors import SimulationError
 from redy.membership.secure import Descriptor, SecureCyclon, SecureOut
 
-STRATEGIES = ("hoard", "rate", "replay", "pairs", "poison")
+STRATEGIES = ("hoard", "focus", "rate", "replay", "pairs", "poison")
 RATE = 4  # the most requests a `rate` member sends per period
 _HALF = 0.5
 
@@ -103,17 +105,29 @@ class Coalition:
             else:
                 self.tokens.setdefault(d.owner, []).append(d)
 
-    def _take_token(self, period: int, alive: Sequence[bool]) -> Descriptor | None:
+    def _take_token(self, member: int, period: int, alive: Sequence[bool]) -> Descriptor | None:
+        """A token of an honest node: `focus` members take the honest node the coalition has
+        held tokens of longest (all on a few views), the others one drawn at random (spread:
+        a receiver answers few requests a period); the oldest of that node's first."""
         limit = period - self.max_age
+        focus = self.strategy[member] == "focus"
         while self.tokens:
-            owner = next(iter(self.tokens))
+            if focus or len(self.tokens) == 1:
+                owner = next(iter(self.tokens))
+            else:
+                owner = self.rng.choice(list(self.tokens))
             ds = self.tokens[owner]
+            ds.sort(key=lambda d: -d.born)
             d = ds.pop()
             if not ds:
                 del self.tokens[owner]
             if d.born >= limit and alive[owner]:
                 return d
         return None
+
+    def give_back(self, token: Descriptor) -> None:
+        """A token the receiver did not take this time (busy): kept for another period."""
+        self.tokens.setdefault(token.owner, []).append(token)
 
     def _fresh(self, member: int, to: int, count: int, period: int) -> list[Descriptor]:
         """Up to `count` coalition descriptors for `to`, freshest first, as `member`'s strategy
@@ -163,7 +177,7 @@ class Coalition:
         count = RATE if self.strategy[member] == "rate" else 1
         out = []
         for _ in range(count):
-            token = self._take_token(period, alive)
+            token = self._take_token(member, period, alive)
             if token is None:
                 break
             to = token.owner

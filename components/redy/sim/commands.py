@@ -150,7 +150,7 @@ def sim() -> None:
     default="mix",
     show_default=True,
     help="--secure --adversaries: the members' strategies, a comma-separated list of hoard, "
-    "rate, replay, pairs, poison, or mix (each member one in turn).",
+    "focus, rate, replay, pairs, poison, or mix (each member one in turn).",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on one line.")
 @_plot_option

@@ -633,6 +633,8 @@ class _SecureNet(_Net):
             reply = nodes[to].on_request(member, out.token, out.entries, period)
             if reply is None:
                 coalition.refused += 1
+                if out.token is not None and member not in nodes[to].convicted:
+                    coalition.give_back(out.token)
                 continue
             coalition.absorb(reply)
             if self.detector == "verify":
