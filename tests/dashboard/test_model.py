@@ -89,3 +89,33 @@ def test_invalid_or_foreign_messages_change_nothing() -> None:
     # a state whose body names another node than its topic is refused
     assert not m.on_message("u", render("node_state", node="a"), _state("b", 1, 1.0, 1.0), 0.0)
     assert m.version == before
+
+
+def test_the_model_keeps_what_the_launch_summary_prints() -> None:
+    """The table of `redy launch --table` reads this model too: per node the states taken,
+    their mean net and the peaks, the flexibility, and the simulated time of the latest state."""
+    m = GridModel()
+    m.expect("c", "house-1")
+    m.on_connection("c", True)
+    for ts, prod, cons in ((3600.0, 4.0, 1.0), (7200.0, 2.0, 3.0)):
+        state = messages.NodeEnergyState(
+            node="house-1",
+            ts_s=ts,
+            production_kw=prod,
+            consumption_kw=cons,
+            net_kw=prod - cons,
+            flex_up_kw=1.5,
+            flex_down_kw=0.5,
+            cost_eur_h=0.0,
+            storage_kwh=0.0,
+            storage_capacity_kwh=0.0,
+            units_online=2,
+            units_total=2,
+        )
+        m.on_message("c", "redy/house-1/governance/state", messages.encode(state), ts)
+    snap = m.snapshot(7200.0)
+    (row,) = snap["nodes"]
+    assert (row["states"], row["mean_net_kw"]) == (2, 1.0)
+    assert (row["peak_production_kw"], row["peak_consumption_kw"]) == (4.0, 3.0)
+    assert (row["flex_up_kw"], row["flex_down_kw"]) == (1.5, 0.5)
+    assert snap["sim_time_s"] == 7200.0

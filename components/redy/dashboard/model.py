@@ -31,6 +31,11 @@ class _Node:
     state_at_s: float | None = None
     units: dict[str, str] = attrs.field(factory=dict)
     neighbours: tuple[str, ...] = ()
+    # Over every governance state taken: how many, their nets' sum, the peaks.
+    states: int = 0
+    net_sum_kw: float = 0.0
+    peak_production_kw: float = 0.0
+    peak_consumption_kw: float = 0.0
 
 
 class GridModel:
@@ -73,6 +78,10 @@ class GridModel:
             if msg.node != node.node:
                 return False
             node.state, node.state_at_s = msg, now_s
+            node.states += 1
+            node.net_sum_kw += msg.net_kw
+            node.peak_production_kw = max(node.peak_production_kw, msg.production_kw)
+            node.peak_consumption_kw = max(node.peak_consumption_kw, msg.consumption_kw)
             if msg.epoch is not None and msg.price_eur_mwh is not None:
                 self._epochs.setdefault(msg.epoch, {})[node.node] = (msg.price_eur_mwh, msg.net_kw)
                 for old in sorted(self._epochs)[:-HISTORY_EPOCHS]:
@@ -118,12 +127,18 @@ class GridModel:
                     "production_kw": None if s is None else s.production_kw,
                     "consumption_kw": None if s is None else s.consumption_kw,
                     "net_kw": None if s is None else s.net_kw,
+                    "flex_up_kw": None if s is None else s.flex_up_kw,
+                    "flex_down_kw": None if s is None else s.flex_down_kw,
                     "price_eur_mwh": None if s is None else s.price_eur_mwh,
                     "epoch": None if s is None else s.epoch,
                     "status": None if s is None else s.status,
                     "units_online": online if n.units else (s.units_online if s else 0),
                     "units_total": len(n.units) if n.units else (s.units_total if s else 0),
                     "liveness": self._liveness(n, now_s),
+                    "states": n.states,
+                    "mean_net_kw": n.net_sum_kw / n.states if n.states else None,
+                    "peak_production_kw": n.peak_production_kw,
+                    "peak_consumption_kw": n.peak_consumption_kw,
                 }
             )
         edges = [[a, b] for a, n in sorted(self._nodes.items()) for b in n.neighbours]
@@ -135,6 +150,9 @@ class GridModel:
             "epochs": self._history(),
             "common_price": self._common_price(),
             "grid_balance_kw": sum(r["net_kw"] for r in up) if up else None,
+            "sim_time_s": max(
+                (n.state.ts_s for n in self._nodes.values() if n.state is not None), default=None
+            ),
             "version": self.version,
         }
 

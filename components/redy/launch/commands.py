@@ -25,10 +25,11 @@ def launch_args(values: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def _start_web(sup: Supervisor, port: int) -> tuple[Any, Any]:
-    """The web dashboard (redy.dashboard) on every node of the launch, serving in a thread."""
+def _feed(sup: Supervisor) -> Any:
+    """Operator connections to every node of the launch, feeding the one live model that the
+    table and the web page both read (redy.dashboard)."""
     from redy.brokers import load_credentials
-    from redy.dashboard.server import Feed, Target, WebServer, bind
+    from redy.dashboard.server import Feed, Target
 
     targets = []
     for n in sup.desc.nodes:
@@ -36,10 +37,17 @@ def _start_web(sup: Supervisor, port: int) -> tuple[Any, Any]:
         password = load_credentials(cfg.credentials_path).password("operator")
         targets.append(Target(cfg.uri, "operator", password, n.node))
     feed = Feed(targets)
-    server = WebServer(feed, bind("127.0.0.1", port))
     feed.start()
+    return feed
+
+
+def _start_web(feed: Any, port: int) -> Any:
+    """The web dashboard on the launch's feed, serving in a thread."""
+    from redy.dashboard.server import WebServer, bind
+
+    server = WebServer(feed, bind("127.0.0.1", port))
     server.start()
-    return feed, server
+    return server
 
 
 DURATION = click.option(
@@ -106,7 +114,7 @@ def launch(
         click.echo(f"{file}: ok ({len(desc.nodes)} nodes, {units} units)")
         return
     dashboard: Any = None
-    web: list[Any] = []  # the web dashboard's feed and server, when --web is given
+    web: list[Any] = []  # the live feed, then the web server when --web is given
 
     def started(sup: Supervisor) -> None:
         nonlocal dashboard
@@ -120,23 +128,25 @@ def launch(
                 "operator password in "
                 f"{Path(state_dir).resolve() / n.node / 'credentials.json'}"
             )
+        if web_port is not None or table_period_s:
+            web.append(_feed(sup))
         if web_port is not None:
-            web.extend(_start_web(sup, web_port))
+            web.append(_start_web(web[0], web_port))
             click.echo(f"dashboard: {web[1].url}")
         if table_period_s:
             from redy.launch.dashboard import Dashboard
 
-            dashboard = Dashboard(sup, table_period_s)
+            dashboard = Dashboard(sup, web[0], table_period_s)
             dashboard.start()
 
     def stopping(_sup: Supervisor) -> None:
-        # The last table is taken while every unit still runs; then the dashboard goes first.
-        for part in reversed(web):
-            part.stop()
+        # The last table is taken while every unit still runs; then the feed and the page stop.
         if dashboard is not None:
             dashboard.stop()
             click.echo(dashboard.table())
             click.echo(dashboard.summary())
+        for part in reversed(web):
+            part.stop()
 
     sup = Supervisor(
         desc,
