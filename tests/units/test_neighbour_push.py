@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from redy.units.config import GovernanceConfig
-from redy.units.governance import NeighbourPush
+from redy.units.state_pacing import NeighbourPush
 
 
 def test_the_state_goes_to_the_neighbours_at_once_then_every_period() -> None:

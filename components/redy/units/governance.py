@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 import time
 from collections.abc import Coroutine
@@ -35,6 +34,7 @@ from redy.transport.client import AsyncLink
 from redy.units.config import GovernanceConfig
 from redy.units.node_state import NodeState
 from redy.units.peer_gate import PeerGate
+from redy.units.state_pacing import StatePacing
 from redy.units.tasks import TaskOwner
 
 _log = logging.getLogger(__name__)
@@ -63,13 +63,12 @@ class Governance:
         self._inbox: _Inbox = asyncio.Queue(maxsize=10_000)
         self._dirty = asyncio.Event()
         self._announce = True  # publish the descriptor at the next state period
-        self._neighbour_push = NeighbourPush(config.neighbour_period_s)
+        self.pacing = StatePacing(config.period_s, config.neighbour_period_s)
         self._pushing: asyncio.Task[None] | None = None
         # Every task beside the main loops, owned by the unit's TaskGroup (redy.units.tasks):
         # PUBACKs of states sent at once, pushes to the neighbours, handlers of peers' requests.
         self.tasks = TaskOwner(f"{config.node}.governance", limit=_ACKS)
         self.peer_handlers = TaskOwner(f"{config.node}.peers", limit=_PEER_HANDLERS)
-        self._next_state_at = math.inf  # when the state task publishes next, unless dirty
         self._link = self._session(
             "governance",
             peers=False,
@@ -248,7 +247,7 @@ class Governance:
             _log.warning("node=%s could not publish %s: %s", self.node, topic, exc)
             self._dirty.set()  # the state task tries again
             return
-        self._next_state_at = time.monotonic() + self.config.period_s  # the next, after this
+        self.pacing.published_early(time.monotonic())  # the next, a period after this
         if ack is not None:
             self.tasks.spawn(self._state_acked(topic, ack), "state-ack")
 
@@ -277,17 +276,18 @@ class Governance:
             )
 
     async def _state_task(self) -> None:
-        period = self.config.period_s
-        self._next_state_at = time.monotonic() + period
+        """Publish the node's state when `pacing` says so (redy.units.state_pacing: its timing,
+        tested with a fake clock); here only the waiting and the publishing."""
+        pacing = self.pacing
+        pacing.start(time.monotonic())
         while True:
             # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancellation that
             # arrives as the event is set, and the unit would never stop.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, self._next_state_at - time.monotonic())):
+                async with asyncio.timeout(pacing.wait_s(time.monotonic())):
                     await self._dirty.wait()
-            if not self._dirty.is_set() and time.monotonic() < self._next_state_at:
+            if not pacing.due(time.monotonic(), self._dirty.is_set()):
                 continue  # a first price's state went out meanwhile: a period after it
-            self._next_state_at = time.monotonic() + period
             self._dirty.clear()
             if self._announce and self._link.is_connected:
                 self._announce = not await self.publish_local(
@@ -297,14 +297,9 @@ class Governance:
                 await self._dispatch()
             state = self._energy_state()
             await self.publish_local(render("node_state", node=self.node), state)
-            # The push goes beside the local state, not before the next one: a neighbour's
-            # broker may take the links' timeout to fail.
+            # The push goes beside the local state, not before the next one.
             pushing = self._pushing is not None and not self._pushing.done()
-            if (
-                self.overlay is not None
-                and not pushing
-                and self._neighbour_push.due(time.monotonic())
-            ):
+            if self.overlay is not None and pacing.push_neighbours(time.monotonic(), pushing):
                 self._pushing = self.tasks.spawn(self.overlay.push_state(state), "push-state")
 
     async def _dispatch(self) -> None:
@@ -447,24 +442,6 @@ class Governance:
             )
             tasks.append(tg.create_task(self.market.run()))
         return links
-
-
-class NeighbourPush:
-    """When the energy state also goes to the neighbours' brokers: the first state at once, then
-    every `period_s`. The local state goes out every state period and at each epoch's first
-    price; each push to the neighbours is a publish on every neighbour's broker, so it goes less
-    often."""
-
-    def __init__(self, period_s: float) -> None:
-        self.period_s = period_s
-        self._last = -math.inf
-
-    def due(self, now: float) -> bool:
-        """Whether the state published at `now` goes to the neighbours (and counts as sent)."""
-        if now < self._last + self.period_s:
-            return False
-        self._last = now
-        return True
 
 
 def _subscriptions(node: str, *, peers: bool) -> tuple[str, ...]:
