@@ -40,7 +40,9 @@ keeps, and checks in what it receives:
   the digests) feeds a few min-wise samplers (Brahms, Bortnikov et al. 2009): each keeps the
   node of least keyed hash, so a member repeating itself gains nothing there. A node left with
   nothing it may hand on (members that answer short leave only terminal copies behind) contacts
-  a sampled node without a token instead of shuffling; `probe_every` > 0 does so periodically.
+  a sampled node without a token instead of shuffling, and so does every node one period in
+  `probe_every` (4): its descriptor of that period then lands with a node drawn evenly from all
+  it has seen, not with its oldest entry's owner, whom members may be.
 
 What bounds a coalition then: each member issues one descriptor per period, as every honest node
 does; a descriptor is contacted once and handed on once per holder; so the coalition's entries in
@@ -136,7 +138,7 @@ class SecureCyclon:
         max_chain: int = 5,
         news_periods: int = 3,
         samplers: int = 4,
-        probe_every: int = 0,
+        probe_every: int = 4,
     ) -> None:
         check_parameters(view_size, shuffle_length, detector)
         self.me = node
