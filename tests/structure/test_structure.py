@@ -15,7 +15,6 @@ PACKAGE = ROOT / "components"
 # simulator that these belong to); a new one fails the test.
 PENDING = {
     ("redy.sim.adversaries", "redy.sim.membership"),
-    ("redy.sim.array_balance", "redy.sim.array_cyclon"),
     ("redy.sim.array_cyclon", "redy.sim.membership"),
     ("redy.sim.balance", "redy.sim.membership"),
     ("redy.sim.coalition", "redy.sim.membership"),

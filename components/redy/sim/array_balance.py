@@ -69,14 +69,14 @@ from redy.balancing.curves import (
 from redy.balancing.discovery import PriceSearch
 from redy.errors import SimulationError
 from redy.sim.array_cyclon import (
-    _A,
+    Arr,
     ArrayOverlay,
-    _find,
-    _remove_slot,
-    _seed,
-    _State,
-    _strike_pop,
-    _tomb_add,
+    ViewState,
+    find_entry,
+    remove_slot,
+    seed_rng,
+    strike_pop,
+    tomb_add,
 )
 from redy.sim.prefetch import prefetch
 
@@ -161,7 +161,9 @@ def _strict_steps(b: Bid) -> tuple[bool, ...]:
 
 
 @numba.njit(cache=True)
-def _injection(b: int, p: float, base: _A, ptr: _A, kw: _A, lo: _A, hi: _A, strict: _A) -> float:
+def _injection(
+    b: int, p: float, base: Arr, ptr: Arr, kw: Arr, lo: Arr, hi: Arr, strict: Arr
+) -> float:
     """Bid b's injection (kW) at price p."""
     out = base[b]
     for c in range(ptr[b], ptr[b + 1]):
@@ -175,8 +177,8 @@ def _injection(b: int, p: float, base: _A, ptr: _A, kw: _A, lo: _A, hi: _A, stri
 
 @numba.njit(cache=True)
 def _curves(
-    out: _A, rows: _A, prices: _A, cols: _A, node: _A, base: _A, ptr: _A, kw: _A, lo: _A,
-    hi: _A, strict: _A,
+    out: Arr, rows: Arr, prices: Arr, cols: Arr, node: Arr, base: Arr, ptr: Arr, kw: Arr, lo: Arr,
+    hi: Arr, strict: Arr,
 ) -> None:  # fmt: skip
     """Every node's curve (the sum of its bids' samples, curves.curve) at the grid columns
     `cols` into its row of `out`; column k is its load at the cap and k + 1 its must-run at
@@ -197,7 +199,9 @@ def _curves(
 
 
 @numba.njit(cache=True)
-def _crossing(prices: _A, node: _A, base: _A, ptr: _A, kw: _A, lo: _A, hi: _A, strict: _A) -> int:
+def _crossing(
+    prices: Arr, node: Arr, base: Arr, ptr: Arr, kw: Arr, lo: Arr, hi: Arr, strict: Arr
+) -> int:
     """The first column where the sum of all bids reaches zero (k - 1 if none): a bisection,
     the sum being non-decreasing in price."""
     lo_c, hi_c = -1, len(prices) - 1
@@ -215,8 +219,8 @@ def _crossing(prices: _A, node: _A, base: _A, ptr: _A, kw: _A, lo: _A, hi: _A, s
 
 @numba.njit(cache=True)
 def _own_limits(
-    floor: float, cap: float, own_cap: _A, own_floor: _A, node: _A, base: _A, ptr: _A, kw: _A,
-    lo: _A, hi: _A, strict: _A,
+    floor: float, cap: float, own_cap: Arr, own_floor: Arr, node: Arr, base: Arr, ptr: Arr, kw: Arr,
+    lo: Arr, hi: Arr, strict: Arr,
 ) -> None:  # fmt: skip
     """Every node's own load at the cap and must-run injection at the floor (kW)."""
     for b in range(len(node)):
@@ -227,9 +231,9 @@ def _own_limits(
 
 @numba.njit(cache=True)
 def _settle(
-    node: _A, base: _A, base_cost: _A, ptr: _A, kw: _A, lo: _A, hi: _A, strict: _A, mode: _A,
-    p_at: _A, p_lo: _A, p_hi: _A, price: _A,
-) -> tuple[_A, _A]:  # fmt: skip
+    node: Arr, base: Arr, base_cost: Arr, ptr: Arr, kw: Arr, lo: Arr, hi: Arr, strict: Arr, mode: Arr,
+    p_at: Arr, p_lo: Arr, p_hi: Arr, price: Arr,
+) -> tuple[Arr, Arr]:  # fmt: skip
     """Every bid's dispatch (kW) and exact cost (EUR/h). Per node: mode 0 reads the bid at
     `p_at` (outside the grid, or the reference price for a node with no result), mode 1
     interpolates between the grid prices `p_lo` and `p_hi` around `price` (curves.dispatch_kw).
@@ -265,15 +269,15 @@ def _settle(
 
 
 @numba.njit(cache=True)
-def _unreachable(view: _State, p: int, j: int, ttl: int) -> None:
+def _unreachable(view: ViewState, p: int, j: int, ttl: int) -> None:
     """Cyclon.on_unreachable for the redy detector: j out of p's view, its strikes gone, a
     tombstone."""
     ids, base, length, tick, strike_id, tomb_id, tomb_t = view
-    s = _find(ids, length, p, j)
+    s = find_entry(ids, length, p, j)
     if s >= 0:
-        _remove_slot(ids, base, length, p, s)
-    _strike_pop(strike_id, p, j)
-    _tomb_add(tomb_id, tomb_t, tick[p], p, j, ttl)
+        remove_slot(ids, base, length, p, s)
+    strike_pop(strike_id, p, j)
+    tomb_add(tomb_id, tomb_t, tick[p], p, j, ttl)
 
 
 # -- push-sum ----------------------------------------------------------------------------------
@@ -281,7 +285,7 @@ def _unreachable(view: _State, p: int, j: int, ttl: int) -> None:
 
 @numba.njit(cache=True)
 def _pushsum(
-    s: _A, w: _A, order: _A, done: _A, alive: _A, view: _State, ttl: int, rounds: int,
+    s: Arr, w: Arr, order: Arr, done: Arr, alive: Arr, view: ViewState, ttl: int, rounds: int,
     loss: float,
 ) -> int:  # fmt: skip
     """`rounds` asynchronous rounds of push-sum; returns the messages sent."""
@@ -327,8 +331,8 @@ def _pushsum(
 
 @numba.njit(cache=True)
 def _pull_act(
-    i: int, v: _A, flows: _A, e: _A, last: _A, clock: int, indptr: _A, idx: _A, gone: _A,
-    acc: _A, accv: _A,
+    i: int, v: Arr, flows: Arr, e: Arr, last: Arr, clock: int, indptr: Arr, idx: Arr, gone: Arr,
+    acc: Arr, accv: Arr,
 ) -> int:  # fmt: skip
     """One Flow Updating round of node i without per-link state (module docstring): `flows[i]`
     is the sum of i's flows, `last[j]` the clock of j's last round (-1: none this phase)."""
@@ -364,7 +368,7 @@ def _pull_act(
 
 
 @numba.njit(cache=True)
-def _pull_orders(order: _A, rounds: int) -> _A:
+def _pull_orders(order: Arr, rounds: int) -> Arr:
     """The order of each of `rounds` rounds: one shuffle of `order` a round."""
     orders = np.empty((rounds, len(order)), dtype=order.dtype)
     for r in range(rounds):
@@ -375,8 +379,8 @@ def _pull_orders(order: _A, rounds: int) -> _A:
 
 @numba.njit(cache=True)
 def _pull_rounds(
-    v: _A, flows: _A, e: _A, last: _A, orders: _A, done: _A, alive: _A, indptr: _A, idx: _A,
-    gone: _A, view: _State, ttl: int, clock0: int, tell_view: bool,
+    v: Arr, flows: Arr, e: Arr, last: Arr, orders: Arr, done: Arr, alive: Arr, indptr: Arr, idx: Arr,
+    gone: Arr, view: ViewState, ttl: int, clock0: int, tell_view: bool,
 ) -> tuple[int, int]:  # fmt: skip
     """The rounds of `orders` of Flow Updating, reliable delivery, no crash inside, over the
     columns `v`, `flows` and `e` hold (every column its own arithmetic: a block of columns
@@ -413,8 +417,8 @@ def _pull_rounds(
 
 @numba.njit(cache=True, parallel=True)
 def _pull_blocks(
-    v: _A, flows: _A, e: _A, last: _A, orders: _A, done: _A, alive: _A, indptr: _A, idx: _A,
-    gone: _A, view: _State, ttl: int, clock0: int, block: int,
+    v: Arr, flows: Arr, e: Arr, last: Arr, orders: Arr, done: Arr, alive: Arr, indptr: Arr, idx: Arr,
+    gone: Arr, view: ViewState, ttl: int, clock0: int, block: int,
 ) -> tuple[int, int]:  # fmt: skip
     """`_pull_rounds` block of `block` columns by block, on both cores. Each block is copied
     into rows of its own (a neighbour's estimates, read ~40 times a round, then stay in the
@@ -448,7 +452,7 @@ _NO_TURN = np.iinfo(np.int32).max
 
 
 @numba.njit(cache=True)
-def _acting(order: _A, done: _A, last: _A, rank: _A, turns: _A) -> int:
+def _acting(order: Arr, done: Arr, last: Arr, rank: Arr, turns: Arr) -> int:
     """`rank[i]`: i's turn among the nodes that act in a round of `order` (-1: it does not);
     `turns[i]`: that turn (`_NO_TURN`: none) and the clock of i's last round, side by side
     for `_heard`. Returns how many act."""
@@ -467,7 +471,7 @@ def _acting(order: _A, done: _A, last: _A, rank: _A, turns: _A) -> int:
 
 @numba.njit(cache=True, parallel=True)
 def _heard(
-    rank: _A, turns: _A, indptr: _A, idx: _A, gone: _A, heard: _A, m: _A, degree: _A
+    rank: Arr, turns: Arr, indptr: Arr, idx: Arr, gone: Arr, heard: Arr, m: Arr, degree: Arr
 ) -> None:
     """For every node that acts in the round (`rank`), the live links it will have (`degree`)
     and, in link order, the neighbours that will have acted since its own last round when its
@@ -495,7 +499,7 @@ def _heard(
 
 @numba.njit(cache=True)
 def _sweep(
-    g: _A, e: _A, v: _A, order: _A, done: _A, indptr: _A, heard: _A, m: _A, degree: _A,
+    g: Arr, e: Arr, v: Arr, order: Arr, done: Arr, indptr: Arr, heard: Arr, m: Arr, degree: Arr,
     ahead: int,
 ) -> None:  # fmt: skip
     """One round of `_pull_act` on one block of columns, with the neighbours each node hears
@@ -545,7 +549,7 @@ def _sweep(
 
 @numba.njit(cache=True, parallel=True)
 def _sweep_blocks(
-    g3: _A, e3: _A, v3: _A, order: _A, done: _A, indptr: _A, heard: _A, m: _A, degree: _A,
+    g3: Arr, e3: Arr, v3: Arr, order: Arr, done: Arr, indptr: Arr, heard: Arr, m: Arr, degree: Arr,
     ahead: int,
 ) -> None:  # fmt: skip
     """`_sweep` on every block of columns, both cores (`v3`: the values' blocks, for the
@@ -556,8 +560,8 @@ def _sweep_blocks(
 
 @numba.njit(cache=True)
 def _exact_act(
-    i: int, v: _A, e: _A, flow: _A, est: _A, has: _A, indptr: _A, idx: _A, rev: _A, gone: _A,
-    done: _A, alive: _A, loss: float, refused: _A, work: _A,
+    i: int, v: Arr, e: Arr, flow: Arr, est: Arr, has: Arr, indptr: Arr, idx: Arr, rev: Arr, gone: Arr,
+    done: Arr, alive: Arr, loss: float, refused: Arr, work: Arr,
 ) -> tuple[int, int]:  # fmt: skip
     """FlowUpdating.round for node i with a flow and an estimate per link, then delivery.
     Loops over the columns, in `work`'s rows: array expressions would allocate per link."""
@@ -606,8 +610,8 @@ def _exact_act(
 
 @numba.njit(cache=True)
 def _flow_exact(
-    v: _A, e: _A, flow: _A, est: _A, has: _A, order: _A, done: _A, alive: _A, indptr: _A,
-    idx: _A, rev: _A, gone: _A, view: _State, ttl: int, rounds: int, loss: float,
+    v: Arr, e: Arr, flow: Arr, est: Arr, has: Arr, order: Arr, done: Arr, alive: Arr, indptr: Arr,
+    idx: Arr, rev: Arr, gone: Arr, view: ViewState, ttl: int, rounds: int, loss: float,
 ) -> int:  # fmt: skip
     """`rounds` asynchronous rounds of Flow Updating with per-link state (loss, crashes)."""
     refused = np.empty(max(1, len(idx)), dtype=np.int64)
@@ -649,7 +653,7 @@ def _flow_exact(
 
 
 @numba.njit(cache=True)
-def _link_rows(ids: _A, length: _A, alive: _A, live: _A, n: int) -> tuple[_A, _A, _A]:
+def _link_rows(ids: Arr, length: Arr, alive: Arr, live: Arr, n: int) -> tuple[Arr, Arr, Arr]:
     """FastMarket._links: i->j for every j in a live i's view, and j->i if j is alive; each
     row sorted, once per neighbour."""
     ptr = np.zeros(n + 1, dtype=np.int64)
@@ -694,7 +698,7 @@ def _link_rows(ids: _A, length: _A, alive: _A, live: _A, n: int) -> tuple[_A, _A
 
 
 @numba.njit(cache=True)
-def _new_columns(bits: _A, rows: _A) -> _A:
+def _new_columns(bits: Arr, rows: Arr) -> Arr:
     """Per column of `bits` (floats viewed as integers): whether some row of `rows` differs
     from the column before."""
     width = bits.shape[1]
@@ -730,9 +734,9 @@ def _rows(buffer: np.ndarray, width: int) -> np.ndarray:
 
 @numba.njit(cache=True)
 def _end_phase(
-    values: _A, weight: _A, pushsum: bool, cols: _A, nodes: _A, done: _A, prices: _A, k: int,
-    phase: int, last_phase: int, margin: int, own_cap: _A, own_floor: _A, status: _A, price: _A,
-    unserved: _A, excess: _A, res_floor: _A, res_cap: _A, cell_first: _A, commit: bool,
+    values: Arr, weight: Arr, pushsum: bool, cols: Arr, nodes: Arr, done: Arr, prices: Arr, k: int,
+    phase: int, last_phase: int, margin: int, own_cap: Arr, own_floor: Arr, status: Arr, price: Arr,
+    unserved: Arr, excess: Arr, res_floor: Arr, res_cap: Arr, cell_first: Arr, commit: bool,
 ) -> int:  # fmt: skip
     """PriceDiscovery.end_phase for every node of `nodes` on the shared grid `prices`: clear
     its estimate (clearing.clear), record the result, mark it done or give the first cell of
@@ -913,7 +917,7 @@ class FastMarket:
                     order = start_order
                     if saved is not None:
                         self._restore(saved)
-                _seed(seed)
+                seed_rng(seed)
                 values = _rows(self._a, len(cols))
                 _curves(values, order, prices, cols, *arrays)
                 gossiped, spread = values, None
@@ -1201,7 +1205,7 @@ class FastMarket:
             i, j = int(src[a]), int(idx[a])
             if crashed[i]:
                 continue
-            if _find(o.ids, o.length, i, j) < 0:
+            if find_entry(o.ids, o.length, i, j) < 0:
                 gone[a] = True
                 state["flow"][a] = 0.0
                 state["has"][a] = False

@@ -36,8 +36,8 @@ from scipy.sparse.csgraph import connected_components
 from redy.sim.membership import _SOURCES, _report, _sample
 
 # The kernels' arguments: numba compiles them for the arrays passed; mypy sees these.
-_A = np.ndarray
-_State = tuple[np.ndarray, ...]
+Arr = np.ndarray
+ViewState = tuple[np.ndarray, ...]
 
 _TOMBSTONES_PER_VIEW_SLOT = 4
 _STRIKE_SLOTS = 4
@@ -69,7 +69,7 @@ class ArrayOverlay:
         self.strike_n = np.zeros((capacity, strikes), dtype=np.int32)
         self.n = 0  # nodes created so far (rows 0..n-1)
         self.introducer = 0
-        _seed(seed)
+        seed_rng(seed)
         self.add(nodes)
 
     def add(self, count: int) -> np.ndarray:
@@ -218,7 +218,7 @@ def _largest_component(graph: csr_array, nodes: np.ndarray) -> int:
 
 
 @numba.njit(cache=True)
-def _seed(seed: int) -> None:
+def seed_rng(seed: int) -> None:
     np.random.seed(seed)
 
 
@@ -247,7 +247,7 @@ def _random_bootstrap(ids: np.ndarray, length: np.ndarray, n: int, c: int) -> No
 
 
 @numba.njit(cache=True)
-def _find(ids: np.ndarray, length: np.ndarray, p: int, node: int) -> int:
+def find_entry(ids: np.ndarray, length: np.ndarray, p: int, node: int) -> int:
     for s in range(length[p]):
         if ids[p, s] == node:
             return s
@@ -255,7 +255,7 @@ def _find(ids: np.ndarray, length: np.ndarray, p: int, node: int) -> int:
 
 
 @numba.njit(cache=True)
-def _remove_slot(ids: np.ndarray, base: np.ndarray, length: np.ndarray, p: int, s: int) -> None:
+def remove_slot(ids: np.ndarray, base: np.ndarray, length: np.ndarray, p: int, s: int) -> None:
     last = length[p] - 1
     ids[p, s] = ids[p, last]
     base[p, s] = base[p, last]
@@ -276,7 +276,7 @@ def _tomb_find(
 
 
 @numba.njit(cache=True)
-def _tomb_add(
+def tomb_add(
     tomb_id: np.ndarray, tomb_t: np.ndarray, tick: int, p: int, node: int, ttl: int,
 ) -> None:  # fmt: skip
     limit = tick - tick % _EXPIRE_EVERY - ttl
@@ -297,7 +297,7 @@ def _tomb_add(
 
 
 @numba.njit(cache=True)
-def _strike_pop(strike_id: np.ndarray, p: int, node: int) -> None:
+def strike_pop(strike_id: np.ndarray, p: int, node: int) -> None:
     for s in range(strike_id.shape[1]):
         if strike_id[p, s] == node:
             strike_id[p, s] = -1
@@ -325,7 +325,7 @@ def _sample_slots(
 
 @numba.njit(cache=True)
 def _merge(
-    state: _State,
+    state: ViewState,
     p: int,
     e_ids: np.ndarray,
     e_ages: np.ndarray,
@@ -356,7 +356,7 @@ def _merge(
                     continue  # a stale copy from before the evidence: the node is gone
                 tomb_id[p, s] = -1
         new_base = t - age
-        s = _find(ids, length, p, node)
+        s = find_entry(ids, length, p, node)
         if s >= 0:
             if new_base > base[p, s]:
                 base[p, s] = new_base  # a duplicate: keep the younger copy
@@ -367,18 +367,18 @@ def _merge(
     replaceable = scratch[2]
     nr = 0
     for k in range(nsent):
-        if _find(ids, length, p, sent[k]) >= 0:
+        if find_entry(ids, length, p, sent[k]) >= 0:
             replaceable[nr] = sent[k]
             nr += 1
     for k in range(nf):
         node = fresh_ids[k]
-        if _find(ids, length, p, node) >= 0:
+        if find_entry(ids, length, p, node) >= 0:
             continue
         if length[p] >= c:
             if nr == 0:
                 break
             nr -= 1
-            _remove_slot(ids, base, length, p, _find(ids, length, p, replaceable[nr]))
+            remove_slot(ids, base, length, p, find_entry(ids, length, p, replaceable[nr]))
         s = length[p]
         ids[p, s] = node
         base[p, s] = fresh_base[k]
@@ -387,7 +387,7 @@ def _merge(
 
 
 @numba.njit(cache=True)
-def _dial(state: _State, p: int, fresh: np.ndarray, nf: int, ttl: int) -> None:
+def _dial(state: ViewState, p: int, fresh: np.ndarray, nf: int, ttl: int) -> None:
     """The `verify` detector: p dials each newcomer a merge let into its view (`fresh[:nf]`);
     a dead node's broker refuses, so it goes as `on_unreachable` has it."""
     ids, base, length, tick, alive, tomb_id, tomb_t, strike_id, _ = state
@@ -395,15 +395,15 @@ def _dial(state: _State, p: int, fresh: np.ndarray, nf: int, ttl: int) -> None:
         node = fresh[k]
         if alive[node]:
             continue
-        s = _find(ids, length, p, node)
+        s = find_entry(ids, length, p, node)
         if s >= 0:
-            _remove_slot(ids, base, length, p, s)
-            _strike_pop(strike_id, p, node)
-            _tomb_add(tomb_id, tomb_t, tick[p], p, node, ttl)
+            remove_slot(ids, base, length, p, s)
+            strike_pop(strike_id, p, node)
+            tomb_add(tomb_id, tomb_t, tick[p], p, node, ttl)
 
 
 @numba.njit(cache=True)
-def _seed_from(state: _State, p: int, intro: int, ttl: int, verify: bool) -> None:
+def _seed_from(state: ViewState, p: int, intro: int, ttl: int, verify: bool) -> None:
     """p merges the introducer's fresh entry and its view (a joining node reads the retained
     view)."""
     ids, base, length, tick = state[0], state[1], state[2], state[3]
@@ -424,7 +424,7 @@ def _seed_from(state: _State, p: int, intro: int, ttl: int, verify: bool) -> Non
 
 
 @numba.njit(cache=True)
-def _on_timeout(state: _State, p: int, q: int, q_age: int, c: int, ttl: int) -> None:
+def _on_timeout(state: ViewState, p: int, q: int, q_age: int, c: int, ttl: int) -> None:
     """The redy detector's answer to a lost message: three strikes before q is given up."""
     ids, base, length, tick, _, tomb_id, tomb_t, strike_id, strike_n = state
     slot = -1
@@ -443,7 +443,7 @@ def _on_timeout(state: _State, p: int, q: int, q_age: int, c: int, ttl: int) -> 
         slot = free if free >= 0 else 0
     strike_id[p, slot] = q
     strike_n[p, slot] = strikes
-    if _find(ids, length, p, q) < 0 and length[p] < c:
+    if find_entry(ids, length, p, q) < 0 and length[p] < c:
         s = length[p]
         ids[p, s] = q
         base[p, s] = tick[p] - q_age
@@ -452,7 +452,7 @@ def _on_timeout(state: _State, p: int, q: int, q_age: int, c: int, ttl: int) -> 
 
 @numba.njit(cache=True)
 def _cycle(
-    state: _State,
+    state: ViewState,
     order: np.ndarray,
     loss: float,
     c: int,
@@ -481,9 +481,9 @@ def _cycle(
             while s < length[p]:
                 j = ids[p, s]
                 if not alive[j]:
-                    _remove_slot(ids, base, length, p, s)
-                    _strike_pop(strike_id, p, j)
-                    _tomb_add(tomb_id, tomb_t, tick[p], p, j, ttl)
+                    remove_slot(ids, base, length, p, s)
+                    strike_pop(strike_id, p, j)
+                    tomb_add(tomb_id, tomb_t, tick[p], p, j, ttl)
                 else:
                     s += 1
             if length[p] == 0:
@@ -512,7 +512,7 @@ def _cycle(
                     qs = s
         q = ids[p, qs]
         q_age = tick[p] - base[p, qs]
-        _remove_slot(ids, base, length, p, qs)
+        remove_slot(ids, base, length, p, qs)
         k = _sample_slots(ids, length, p, -1, sl - 1, slots)
         for a in range(k):
             sent_p[a] = req_ids[a] = ids[p, slots[a]]
@@ -521,8 +521,8 @@ def _cycle(
         req_ages[k] = 0
         if not alive[q]:
             if redy:  # on_timeout, then on_unreachable: q out, its strikes gone, a tombstone
-                _strike_pop(strike_id, p, q)
-                _tomb_add(tomb_id, tomb_t, tick[p], p, q, ttl)
+                strike_pop(strike_id, p, q)
+                tomb_add(tomb_id, tomb_t, tick[p], p, q, ttl)
             continue
         if loss > 0.0 and np.random.random() < loss:
             if redy:
@@ -546,7 +546,7 @@ def _cycle(
             continue
         # -- on_reply
         if redy:
-            _strike_pop(strike_id, p, q)
+            strike_pop(strike_id, p, q)
         nf = _merge(state, p, rep_ids, rep_ages, m, sent_p, k, c, redy, ttl, scratch)
         if verify:
             _dial(state, p, scratch[0], nf, ttl)
