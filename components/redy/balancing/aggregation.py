@@ -46,6 +46,9 @@ class GossipOut:
 # 4 no honest push in our runs reaches the cap; a member gains nothing from the difference, as
 # it may send a push every round anyway.
 MAX_PUSH_WEIGHT = 4.0
+# Pushes a node tries per round when a neighbour's broker refuses them (a dead node): both
+# simulator engines' push-sum.
+PUSH_TRIES = 3
 # The grid's default bound on one node's net injection at any price (kW): above the largest
 # device the project ships (a 50 MW CSP plant); a grid of households sets far less.
 CAPACITY_KW = 100_000.0

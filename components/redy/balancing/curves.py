@@ -78,12 +78,12 @@ class Offer:
 
 
 # A ramp narrower than this (EUR/MWh) is a step: dividing by its width would overflow.
-_MIN_RAMP_EUR_MWH = 1e-9
+MIN_RAMP_EUR_MWH = 1e-9
 
 
 def _top(lo: float, hi: float | None) -> float:
     """The marginal cost of a range's last kW: `hi`, or `lo` for a step."""
-    return lo if hi is None or hi - lo < _MIN_RAMP_EUR_MWH else hi
+    return lo if hi is None or hi - lo < MIN_RAMP_EUR_MWH else hi
 
 
 def _check_ramp(lo: float, hi: float | None, what: str) -> None:

@@ -56,8 +56,9 @@ from typing import Any
 import numba
 import numpy as np
 
-from redy.balancing.aggregation import MAX_PUSH_WEIGHT
+from redy.balancing.aggregation import MAX_PUSH_WEIGHT, PUSH_TRIES
 from redy.balancing.curves import (
+    MIN_RAMP_EUR_MWH,
     Bid,
     Dispatchable,
     Fixed,
@@ -80,8 +81,6 @@ from redy.sim.array_cyclon import (
 )
 from redy.sim.prefetch import prefetch
 
-_PUSH_TRIES = 3  # as redy.sim.balance._PUSH_TRIES
-_MIN_RAMP_EUR_MWH = 1e-9  # as redy.balancing.curves: a narrower ramp is a step
 # Result status codes in the arrays, and their names in the report.
 _NONE, _CLEARED, _SHORTAGE, _SURPLUS = 0, 1, 2, 3
 STATUS_NAMES = ("none", "cleared", "shortage", "surplus")
@@ -122,9 +121,7 @@ class BidTable:
                     lo.append(blk.cost_lo_eur_mwh)
                     top = blk.cost_hi_eur_mwh
                     hi.append(
-                        blk.cost_lo_eur_mwh
-                        if top - blk.cost_lo_eur_mwh < _MIN_RAMP_EUR_MWH
-                        else top
+                        blk.cost_lo_eur_mwh if top - blk.cost_lo_eur_mwh < MIN_RAMP_EUR_MWH else top
                     )
                     strict.append(s)
                 ptr.append(len(kw))
@@ -297,7 +294,7 @@ def _pushsum(
         for i in order:
             if done[i]:
                 continue
-            for _try in range(_PUSH_TRIES):
+            for _try in range(PUSH_TRIES):
                 n = length[i]
                 if n == 0:
                     break
@@ -622,7 +619,7 @@ def _flow_exact(
         for i in order:
             if done[i]:
                 continue
-            for _try in range(_PUSH_TRIES):
+            for _try in range(PUSH_TRIES):
                 d, nref = _exact_act(
                     i,
                     v,

@@ -23,7 +23,7 @@ import attrs
 import numpy as np
 import orjson
 
-from redy.balancing.aggregation import ALGORITHMS, CAPACITY_KW, MassBounds
+from redy.balancing.aggregation import ALGORITHMS, CAPACITY_KW, PUSH_TRIES, MassBounds
 from redy.balancing.curves import (
     Bid,
     Dispatchable,
@@ -45,8 +45,6 @@ if TYPE_CHECKING:
     from redy.sim.array_balance import FastMarket
 
 DEFAULT_AGGREGATION = "pushsum"
-# Pushes a node tries per round when a neighbour's broker refuses them (a dead node).
-_PUSH_TRIES = 3
 # Shares of node kinds in a mixed grid (a town: many houses, some firms, a few plants).
 DEFAULT_MIX = {
     "eco_house": 0.55,
@@ -464,7 +462,7 @@ class _CoreMarket:
                 rng.shuffle(order)
                 for i in order:
                     targets = neighbours[i]
-                    for _ in range(_PUSH_TRIES):
+                    for _ in range(PUSH_TRIES):
                         refused = False
                         for m in market[i].round(targets):
                             self.messages += 1
