@@ -274,15 +274,12 @@ class Timing:
     A node that cleared with more than `crowd` peers in the epoch before passes offers on every
     `crowd_wave_s` instead (and settles `crowd_wave_s - wave_s` later), and to `crowd_fanout`
     of its neighbours only (its own offer still goes to all). Each wave is a message to every
-    neighbour that lacks something: on 2 cores, 50 nodes' 80 ms waves sent about 90 messages
-    per node per epoch of a few offers each, the host saturated and no epoch had every node's
-    price; 0.3 s waves sent 60 and five epochs in eight did. Each node's waves keep their
-    period at a phase of their own (drawn from its name), so an offer waits for the next wave
-    of the node that holds it, not for one instant shared by all. At 50 nodes the last node's
-    price came 1.15 s into the epoch relaying to all 12 neighbours (two runs), 1.00 s relaying
-    to 8 (one run); 6 gave 0.97-1.10 s (three runs), but a node then relies on fewer
-    in-neighbours, and one node in about 450 node-epochs was relayed nothing and cleared on 11
-    offers."""
+    neighbour that lacks something, so short waves on a crowd make many small messages: on a
+    busy host they queue, and the price comes later than with fewer, fuller ones. Each node's
+    waves keep their period at a phase of their own (drawn from its name), so an offer waits for
+    the next wave of the node that holds it, not for one instant shared by all. Relaying to
+    fewer neighbours makes fewer messages, but a node then relies on fewer in-neighbours
+    (docs/market-latency.md has the measurements behind these defaults)."""
 
     epoch_s: float
     wave_s: float = 0.08
