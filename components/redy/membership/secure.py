@@ -364,6 +364,8 @@ class SecureCyclon:
         pending = self._pending.pop(nonce, None)
         if pending is not None:
             self._strikes.pop(pending[0].owner, None)
+            if not pending[0].chain:
+                self._unsample(pending[0].owner)  # a sample that turns us away: draw another
 
     def on_timeout(self, nonce: int) -> None:
         """No answer: CYCLON leaves the target out; `redy`/`verify` put it back (as terminal: it

@@ -574,7 +574,7 @@ class _SecureNet(_Net):
                 for j in [j for j in p.neighbours() if not alive[j]]:
                     p.on_unreachable(j)
             out = None
-            if probe and p.starved and p.sample() is None:
+            if probe and p.starved and (not len(p) or p.sample() is None):
                 # Nobody to ask: the real process asks its introducer again (and reads its
                 # retained view).
                 intro = self.introducer if alive[self.introducer] else rng.choice(order)
