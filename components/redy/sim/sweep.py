@@ -491,7 +491,9 @@ def gossip_rounds(v: Views, rng: random.Random) -> float:
     kinds = rng.choices(list(DEFAULT_MIX), weights=list(DEFAULT_MIX.values()), k=len(live))
     grid = PriceGrid(-500.0, 4000.0, 201)
     prices = grid.prices
-    s = np.stack([curve(node_bids(k, random.Random(rng.getrandbits(32)), 0.5), grid) for k in kinds])
+    s = np.stack(
+        [curve(node_bids(k, random.Random(rng.getrandbits(32)), 0.5), grid) for k in kinds]
+    )
     w = np.ones(len(live))
     target = _crossing(s.mean(axis=0)[None, :], prices)[0]
     if math.isnan(target):
