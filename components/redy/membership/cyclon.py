@@ -151,11 +151,9 @@ class Cyclon:
         """Start from known entries (a joining node: the introducer and its retained view)."""
         self._merge(entries, ())
 
-    def tick(self, now: float | None = None) -> ShuffleOut | None:
+    def tick(self) -> ShuffleOut | None:
         """One period: age all entries, pick and remove the oldest neighbour, build the request.
-
-        `now` is accepted for drivers that keep time; the core counts periods only.
-        """
+        The core counts periods, not time: its driver calls it once a period."""
         self._tick += 1
         self._expire_tombstones()
         if not self._base:

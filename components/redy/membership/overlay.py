@@ -104,7 +104,7 @@ class Overlay:
                 self.core.on_timeout(nonce)
                 _log.info("node=%s shuffle %d timed out", self.node, nonce)
         out: list[Send] = []
-        request = self.core.tick(now)
+        request = self.core.tick()
         if request is not None:
             out.append(self._request(request))
         # Every period while alone, twice as often as usual while some neighbour is lost (the
