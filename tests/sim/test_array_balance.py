@@ -25,8 +25,8 @@ from engine_spread import Metric, assert_same_within_spread
 
 from redy.balancing.discovery import PriceSearch
 from redy.errors import SimulationError
-from redy.sim import array_balance
 from redy.sim.array_balance import FastMarket
+from redy.sim.array_balance import market as array_balance
 from redy.sim.balance import simulate_balance
 
 pytestmark = pytest.mark.pure
