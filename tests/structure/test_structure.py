@@ -11,15 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "components"
-# Private names still imported across modules, each to go (issue 26 is reworking the membership
-# simulator that these belong to); a new one fails the test.
-PENDING = {
-    ("redy.sim.adversaries", "redy.sim.membership"),
-    ("redy.sim.array_cyclon", "redy.sim.membership"),
-    ("redy.sim.balance", "redy.sim.membership"),
-    ("redy.sim.coalition", "redy.sim.membership"),
-    ("redy.sim.offer_market", "redy.sim.membership"),
-}
+# Private names still imported across modules, each to go; a new one fails the test.
+PENDING: set[tuple[str, str]] = set()
 
 
 def _private_imports() -> list[tuple[str, str, str]]:

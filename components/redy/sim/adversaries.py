@@ -56,7 +56,7 @@ from redy.messages import NodeOffer
 
 if TYPE_CHECKING:
     from redy.balancing.offers import Timing
-    from redy.sim.membership import _Net
+    from redy.sim.membership import ShuffleNet
     from redy.sim.offer_market import OfferGrid, SimKeys
 
 RATE = 4  # shuffle requests per member per period (the eclipse: 4 per second at 1 s)
@@ -154,8 +154,8 @@ class Eclipse:
         self.mean_share.append(float(arr.mean()))
         self.over_quarter.append(float((arr > _QUARTER).mean()))
 
-    def report(self, net: _Net) -> dict[str, Any]:
-        from redy.sim.membership import _components
+    def report(self, net: ShuffleNet) -> dict[str, Any]:
+        from redy.sim.views import largest_component
 
         live = net.live()
         honest = [i for i in live if i not in self.evil]
@@ -167,7 +167,7 @@ class Eclipse:
                 if j in keep and e.broker == sim_uri(j):
                     adj[i].append(j)
                     adj[j].append(i)
-        largest = _components(adj, honest)
+        largest = largest_component(adj, honest)
         return {
             "members": len(self.evil),
             "attack": "eclipse",

@@ -9,7 +9,7 @@ breadth-first searches. It cannot replay the core's random streams (numba has it
 generator), so tests/sim/test_array_cyclon.py holds its metrics against the core-driven engine
 on the same seeds, within their seed-to-seed spread.
 
-What mirrors what in `Cyclon`: `_cycle` holds the driver loop of redy.sim.membership._Net.cycle
+What mirrors what in `Cyclon`: `_cycle` holds the driver loop of redy.sim.membership.ShuffleNet.cycle
 with `tick` (age all, drop the oldest, random among ties, SL-1 random others plus the own fresh
 entry), `on_request` (SL random others) and `on_unreachable` written inline; `_merge` is
 `Cyclon._merge` (no self, the younger duplicate wins, empty slots first, then the slots of the
@@ -33,7 +33,7 @@ import numpy as np
 from scipy.sparse import coo_array, csr_array
 from scipy.sparse.csgraph import connected_components
 
-from redy.sim.membership import _SOURCES, _report, _sample
+from redy.sim.views import SOURCES, metric_sample, overlay_report
 
 # The kernels' arguments: numba compiles them for the arrays passed; mypy sees these.
 Arr = np.ndarray
@@ -173,14 +173,14 @@ class ArrayOverlay:
         """The same report, from the same samples, as the core engine's (redy.sim.membership)."""
         live = self.live()
         graph = self.adjacency()
-        sample = np.asarray(_sample(live.tolist(), rng), dtype=np.int32)
+        sample = np.asarray(metric_sample(live.tolist(), rng), dtype=np.int32)
         indptr = graph.indptr.astype(np.int64)
         indices = graph.indices.astype(np.int32)
-        return _report(
+        return overlay_report(
             len(live),
             self.in_degree(),
             float(_clustering(indptr, indices, sample)) / len(sample) if len(sample) else 0.0,
-            float(_path_length(indptr, indices, sample[:_SOURCES])),
+            float(_path_length(indptr, indices, sample[:SOURCES])),
             len(sample),
             _largest_component(graph, live),
         )

@@ -37,7 +37,7 @@ from redy.balancing.discovery import PhaseGossip, PriceDiscovery, PriceSearch
 from redy.balancing.reference import Reference, solve
 from redy.devices.urgency import ev_urgency, willingness_to_pay
 from redy.errors import RedyError, SimulationError
-from redy.sim.membership import _bootstrap, _Net
+from redy.sim.membership import ShuffleNet, bootstrap_overlay
 from redy.sim.scenario import Scenario, load_scenario
 
 if TYPE_CHECKING:
@@ -398,7 +398,7 @@ class _CoreMarket:
         adversaries: float = 0.0,
         capacity_kw: float = CAPACITY_KW,
     ) -> None:
-        self.net = _Net(nodes, view_size, shuffle_length, "redy", seed)
+        self.net = ShuffleNet(nodes, view_size, shuffle_length, "redy", seed)
         # Hostile members (redy.sim.adversaries) and the bounds honest nodes hold them to, as
         # MarketCore does in the governance.
         self.steering: Steering | None = None
@@ -409,7 +409,7 @@ class _CoreMarket:
             arng = random.Random(seed + 7)
             self.steering = Steering(pick(nodes, adversaries, arng), capacity_kw, arng)
             self.bounds = MassBounds(capacity_kw)
-        _bootstrap(self.net, "random")
+        bootstrap_overlay(self.net, "random")
         for _ in range(10):
             self.net.cycle(0.0)
         cls = ALGORITHMS[algorithm]
@@ -532,7 +532,7 @@ class _CoreMarket:
         )
 
 
-def _neighbours(net: _Net, live: list[int], symmetric: bool) -> dict[int, list[int]]:
+def _neighbours(net: ShuffleNet, live: list[int], symmetric: bool) -> dict[int, list[int]]:
     """Each live node's current view (live and dead entries alike: it does not know); Flow
     Updating pairs flows, so it uses the undirected overlay."""
     views = {i: list(net.nodes[i].neighbours()) for i in live}

@@ -222,7 +222,7 @@ class Coalition:
                     self.known_at[m] = period
 
     def report(self, nodes: Sequence[SecureCyclon], live: Sequence[int]) -> dict[str, Any]:
-        from redy.sim.membership import _components
+        from redy.sim.views import largest_component
 
         honest = [i for i in live if i not in self.evil]
         keep = set(honest)
@@ -232,7 +232,7 @@ class Coalition:
                 if j in keep:
                     adj[i].append(j)
                     adj[j].append(i)
-        largest = _components(adj, honest)
+        largest = largest_component(adj, honest)
         share_if_honest = len(self.evil) / max(1, len(live) - 1)
         counts: dict[str, int] = {}
         for s in self.strategy.values():

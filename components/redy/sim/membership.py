@@ -30,13 +30,12 @@ from redy.errors import SimulationError
 from redy.membership.cyclon import Cyclon, Neighbour
 from redy.membership.secure import Descriptor, SecureCyclon, Verdict
 from redy.sim.coalition import Coalition
+from redy.sim.views import SOURCES, largest_component, metric_sample, overlay_report
 
 if TYPE_CHECKING:
     from redy.sim.adversaries import Eclipse
     from redy.sim.array_cyclon import ArrayOverlay
 
-_SAMPLES = 500  # clustering samples for large overlays
-_SOURCES = 100  # BFS sources for the path length, the first of those samples
 _ENGINES = ("fast", "core")
 
 
@@ -44,7 +43,7 @@ def _uri(i: int) -> str:
     return f"sim://{i}"
 
 
-class _Net:
+class ShuffleNet:
     def __init__(
         self, n: int, c: int, sl: int, detector: str, seed: int, adversaries: float = 0.0
     ) -> None:
@@ -53,7 +52,7 @@ class _Net:
         self.nodes: list[Cyclon] = []
         self.alive: list[bool] = []
         self.introducer = 0
-        self.messages = 0  # shuffle messages sent, and their bytes (the model of _SecureNet)
+        self.messages = 0  # shuffle messages sent, and their bytes (the model of SecureShuffleNet)
         self.bytes = 0
         for _ in range(n):
             self.add()
@@ -244,26 +243,6 @@ class _Net:
         return _sweep(self, rng)
 
 
-def _components(adj: list[list[int]], live: list[int]) -> int:
-    """Size of the largest connected component among `live` nodes."""
-    seen = bytearray(len(adj))
-    best = 0
-    for s in live:
-        if seen[s]:
-            continue
-        seen[s] = 1
-        size, queue = 0, deque([s])
-        while queue:
-            u = queue.popleft()
-            size += 1
-            for v in adj[u]:
-                if not seen[v]:
-                    seen[v] = 1
-                    queue.append(v)
-        best = max(best, size)
-    return best
-
-
 def _path_length(adj: list[list[int]], sources: list[int]) -> float:
     total = count = 0
     dist = [-1] * len(adj)
@@ -303,7 +282,7 @@ def _clustering(adj: list[list[int]], sample: list[int]) -> float:
     return acc / len(sample) if sample else 0.0
 
 
-def _bootstrap(net: _Net, kind: str) -> None:
+def bootstrap_overlay(net: ShuffleNet, kind: str) -> None:
     n, c = len(net.nodes), net.c
     for i, node in enumerate(net.nodes):
         if kind == "star":
@@ -315,41 +294,17 @@ def _bootstrap(net: _Net, kind: str) -> None:
         node.seed([Neighbour(j, _uri(j), 0) for j in peers])
 
 
-def _sample(live: list[int], rng: random.Random) -> list[int]:
-    """The nodes clustering is averaged over; the first `_SOURCES` are the path-length sources."""
-    return live if len(live) <= _SAMPLES else rng.sample(live, _SAMPLES)
-
-
-def _report(
-    live: int, deg: np.ndarray, clustering: float, path: float, samples: int, largest: int
-) -> dict[str, Any]:
-    return {
-        "nodes": live,
-        "in_degree": {
-            "mean": float(deg.mean()) if len(deg) else 0.0,
-            "std": float(deg.std()) if len(deg) else 0.0,
-            "min": int(deg.min()) if len(deg) else 0,
-            "max": int(deg.max()) if len(deg) else 0,
-        },
-        "clustering": clustering,
-        "avg_path_length": path,
-        "path_length_sources": min(samples, _SOURCES),
-        "clustering_samples": samples,
-        "largest_component_fraction": largest / live if live else 0.0,
-    }
-
-
-def _metrics(net: _Net, rng: random.Random) -> dict[str, Any]:
+def _metrics(net: ShuffleNet, rng: random.Random) -> dict[str, Any]:
     live = net.live()
     adj = net.adjacency()
-    sample = _sample(live, rng)
-    return _report(
+    sample = metric_sample(live, rng)
+    return overlay_report(
         len(live),
         net.in_degree(),
         _clustering(adj, sample),
-        _path_length(adj, sample[:_SOURCES]),
+        _path_length(adj, sample[:SOURCES]),
         len(sample),
-        _components(adj, live),
+        largest_component(adj, live),
     )
 
 
@@ -389,15 +344,17 @@ def simulate_membership(
 
         check(adversaries, engine)
     started = time.perf_counter()
-    net: _Net | ArrayOverlay
+    net: ShuffleNet | ArrayOverlay
     if secure:
         if engine != "core":
             raise SimulationError("--secure runs on the core engine; drop --engine fast")
-        net = _SecureNet(nodes, view_size, shuffle_length, detector, seed, adversaries, strategy)
+        net = SecureShuffleNet(
+            nodes, view_size, shuffle_length, detector, seed, adversaries, strategy
+        )
         net.bootstrap(bootstrap)
     elif engine == "core":
-        net = _Net(nodes, view_size, shuffle_length, detector, seed, adversaries)
-        _bootstrap(net, bootstrap)
+        net = ShuffleNet(nodes, view_size, shuffle_length, detector, seed, adversaries)
+        bootstrap_overlay(net, bootstrap)
     else:
         from redy.sim.array_cyclon import ArrayOverlay  # numba: imported only when used
 
@@ -441,13 +398,15 @@ def simulate_membership(
         **net.metrics(rng),
         "dead_links": dead_links,
     }
-    if isinstance(net, _SecureNet) and net.coalition is not None:
+    if isinstance(net, SecureShuffleNet) and net.coalition is not None:
         result["adversaries"] = net.coalition.report(net.secure_nodes, net.live())
-    elif isinstance(net, _Net) and net.eclipse is not None:
+    elif isinstance(net, ShuffleNet) and net.eclipse is not None:
         result["adversaries"] = net.eclipse.report(net)
-    if isinstance(net, _Net):
+    if isinstance(net, ShuffleNet):
         live_n = max(1, len(net.live()))
         result["shuffle_bytes_per_node_period"] = net.bytes / live_n / max(1, cycles)
+    else:  # the fast engine does not count the shuffles' bytes
+        result["shuffle_bytes_per_node_period"] = None
     final = std_per_cycle[-1] if std_per_cycle else 0.0
     converged = next(
         (k for k, s in enumerate(std_per_cycle) if abs(s - final) <= 0.1 * final), None
@@ -463,7 +422,7 @@ def simulate_membership(
     return result
 
 
-def _sweep(net: _Net, rng: random.Random) -> list[dict[str, float]]:
+def _sweep(net: ShuffleNet, rng: random.Random) -> list[dict[str, float]]:
     """Remove live nodes in 5 % steps (no more shuffling) and report the largest component."""
     live = net.live()
     order = rng.sample(live, len(live))
@@ -473,12 +432,12 @@ def _sweep(net: _Net, rng: random.Random) -> list[dict[str, float]]:
         removed = set(order[: int(len(order) * step * 0.05)])
         remaining = [i for i in live if i not in removed]
         adj = [[v for v in nb if v not in removed] for nb in adj_full]
-        frac = _components(adj, remaining) / len(remaining) if remaining else 0.0
+        frac = largest_component(adj, remaining) / len(remaining) if remaining else 0.0
         out.append({"removed_fraction": round(step * 0.05, 2), "largest_component_fraction": frac})
     return out
 
 
-class _SecureNet(_Net):
+class SecureShuffleNet(ShuffleNet):
     """The overlay of `redy.membership.secure.SecureCyclon` cores (`--secure`), with the
     coalition of redy.sim.coalition as its hostile members. The simulator is the network: it
     carries each message's view digest and news as the processes would; signatures are what the
@@ -678,7 +637,7 @@ class _SecureNet(_Net):
         return [list(s) for s in adj]
 
 
-# Bytes of the signed shuffle's messages (_SecureNet._count): a message's MQTT and JSON frame;
+# Bytes of the signed shuffle's messages (SecureShuffleNet._count): a message's MQTT and JSON frame;
 # an entry's node, broker and born (as today's ViewEntry, age replaced by the period); the
 # owner's and each hop's ECDSA P-256 signature (base64, 88 characters) with the hop's node id;
 # a digest entry (owner, period and 8 bytes of the chain's hash); a verdict with its two signed

@@ -55,7 +55,7 @@ from redy.balancing.reference import solve
 from redy.errors import SimulationError
 from redy.messages import NodeOffer
 from redy.pki import Grant
-from redy.sim.membership import _bootstrap, _Net
+from redy.sim.membership import ShuffleNet, bootstrap_overlay
 
 if TYPE_CHECKING:
     from redy.sim.adversaries import OfferAttacks
@@ -267,7 +267,7 @@ class OfferGrid:
     def __init__(
         self,
         names: Sequence[str],
-        net: _Net,
+        net: ShuffleNet,
         timing: Timing,
         keys: SimKeys,
         capacity_kw: float,
@@ -514,8 +514,8 @@ def simulate_offers(
         for i in range(n)
     }
     keys = SimKeys(seed, limits, capacity_kw)
-    net = _Net(n, view_size, shuffle_length, "redy", seed)
-    _bootstrap(net, "random")
+    net = ShuffleNet(n, view_size, shuffle_length, "redy", seed)
+    bootstrap_overlay(net, "random")
     for _ in range(10):
         net.cycle(0.0)
     attacks = None
@@ -554,7 +554,7 @@ def simulate_offers(
         grid.run_until((epoch + 1) * epoch_s)
         cpu = time.process_time() - cpu
         honest_bids = [all_bids[i, epoch] for i in grid.honest]
-        report.append(_report(grid, epoch, honest_bids, cpu))
+        report.append(overlay_report(grid, epoch, honest_bids, cpu))
         grid.epochs.pop(epoch - 1, None)  # its report needed it (the peers heard); no more
         if attacks is not None:
             attacks.record(report[-1], honest_bids)
@@ -584,7 +584,7 @@ def simulate_offers(
     }
 
 
-def _report(
+def overlay_report(
     grid: OfferGrid, epoch: int, honest_bids: list[list[Bid]], cpu: float
 ) -> dict[str, Any]:
     """One epoch's figures for the honest nodes (module docstring)."""

@@ -5,6 +5,7 @@ churn day and the study read their figures here)."""
 from __future__ import annotations
 
 import random
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -87,3 +88,52 @@ class Views:
 def views_of(ov: Any) -> Views:
     """The views of an overlay of the fast engine (its id rows, lengths and live flags)."""
     return Views(ov.ids[: ov.n], ov.length[: ov.n], ov.alive[: ov.n])
+
+
+# The overlay's figures both membership engines report (redy.sim.membership, redy.sim.array_cyclon).
+SOURCES = 100  # BFS sources for the path length, the first of those samples
+SAMPLES = 500  # clustering samples for large overlays
+
+
+def largest_component(adj: list[list[int]], live: list[int]) -> int:
+    """Size of the largest connected component among `live` nodes."""
+    seen = bytearray(len(adj))
+    best = 0
+    for s in live:
+        if seen[s]:
+            continue
+        seen[s] = 1
+        size, queue = 0, deque([s])
+        while queue:
+            u = queue.popleft()
+            size += 1
+            for v in adj[u]:
+                if not seen[v]:
+                    seen[v] = 1
+                    queue.append(v)
+        best = max(best, size)
+    return best
+
+
+def metric_sample(live: list[int], rng: random.Random) -> list[int]:
+    """The nodes clustering is averaged over; the first `SOURCES` are the path-length sources."""
+    return live if len(live) <= SAMPLES else rng.sample(live, SAMPLES)
+
+
+def overlay_report(
+    live: int, deg: np.ndarray, clustering: float, path: float, samples: int, largest: int
+) -> dict[str, Any]:
+    return {
+        "nodes": live,
+        "in_degree": {
+            "mean": float(deg.mean()) if len(deg) else 0.0,
+            "std": float(deg.std()) if len(deg) else 0.0,
+            "min": int(deg.min()) if len(deg) else 0,
+            "max": int(deg.max()) if len(deg) else 0,
+        },
+        "clustering": clustering,
+        "avg_path_length": path,
+        "path_length_sources": min(samples, SOURCES),
+        "clustering_samples": samples,
+        "largest_component_fraction": largest / live if live else 0.0,
+    }
