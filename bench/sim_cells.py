@@ -26,61 +26,19 @@ every honest node cleared the same price, and the cost against the run without m
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-_MIB = 1024 * 1024
-
-
-def _cpu_ticks() -> tuple[int, int]:
-    """(idle, total) jiffies of all cores since boot (/proc/stat)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return fields[3] + fields[4], sum(fields)
-
-
-def _verify_s() -> float:
-    """One real ECDSA P-256 verification (an offer's, with its limits), s."""
-    from redy import pki
-    from redy.signing import Signer, Verifier
-
-    with tempfile.TemporaryDirectory() as d:
-        pki.ensure_ca(Path(d))
-        ident = pki.issue(Path(d), "eco_house-1", ["127.0.0.1"], pki.Grant(import_kw=20.0))
-        offer = Signer(ident, session=1).sign(5, (-2.0, 4.5, 40.0, 300.0))
-        verifier = Verifier(ident.ca, 100_000.0)
-        assert verifier.refusal(offer) is None
-        start = time.perf_counter()
-        for _ in range(300):
-            verifier.refusal(offer)
-        return (time.perf_counter() - start) / 300
+from simrun import run_sim, verify_s
 
 
 def _run(nodes: int, epochs: int, seed: int, extra: list[str]) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "redy", "sim", "balance", "--market", "cells"]
-    cmd += [f"--nodes={nodes}", f"--epochs={epochs}", f"--seed={seed}", "--json", *extra]
-    idle0, total0 = _cpu_ticks()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        if os.waitstatus_to_exitcode(status):
-            err.seek(0)
-            raise SystemExit(f"{' '.join(cmd)} failed:\n{err.read().decode()}")
-        out.seek(0)
-        result: dict[str, Any] = json.loads(out.read())
-    idle1, total1 = _cpu_ticks()
-    result["wall_s"] = wall
-    result["rss_mib"] = usage.ru_maxrss * 1024 / _MIB
-    result["idle_share"] = (idle1 - idle0) / max(1, total1 - total0)
-    return result
+    return run_sim(
+        ["balance", "--market", "cells", f"--nodes={nodes}", f"--epochs={epochs}",
+         f"--seed={seed}", *extra]
+    )  # fmt: skip
 
 
 def _mean(r: dict[str, Any], key: str, stat: str = "mean") -> float:
@@ -213,7 +171,7 @@ def main() -> None:
     if a.adversaries:
         _coalitions(a)
     else:
-        _cost(a, _verify_s())
+        _cost(a, verify_s())
 
 
 if __name__ == "__main__":

@@ -24,64 +24,21 @@ The view defaults to the governance's (8), the shuffle to 4.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+from simrun import run_sim
+from simrun import verify_s as one_check_s
+
 from redy.balancing.offers import FRESH_EPOCHS
-
-_MIB = 1024 * 1024
-
-
-def _cpu_ticks() -> tuple[int, int]:
-    """(idle, total) jiffies of all cores since boot (/proc/stat)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return fields[3] + fields[4], sum(fields)  # idle + iowait
-
-
-def _verify_s() -> float:
-    """The time of one real offer check (ECDSA P-256 verification and the limits), s."""
-    from redy import pki
-    from redy.signing import Signer, Verifier
-
-    with tempfile.TemporaryDirectory() as d:
-        pki.ensure_ca(Path(d))
-        ident = pki.issue(Path(d), "eco_house-1", ["127.0.0.1"], pki.Grant(import_kw=20.0))
-        offer = Signer(ident, session=1).sign(5, (-2.0, 4.5, 40.0, 300.0, 5.0, 60.0, 60.0))
-        verifier = Verifier(ident.ca, 100_000.0)
-        assert verifier.refusal(offer) is None
-        n = 300
-        start = time.perf_counter()
-        for _ in range(n):
-            verifier.refusal(offer)
-        return (time.perf_counter() - start) / n
 
 
 def _run(nodes: int, epochs: int, view: int, shuffle: int, seed: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "redy", "sim", "balance", "--market", "offers"]
-    cmd += [f"--nodes={nodes}", f"--epochs={epochs}", f"--view={view}", f"--shuffle={shuffle}"]
-    cmd += [f"--seed={seed}", "--json"]
-    idle0, total0 = _cpu_ticks()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        if os.waitstatus_to_exitcode(status):
-            err.seek(0)
-            raise SystemExit(f"{' '.join(cmd)} failed:\n{err.read().decode()}")
-        out.seek(0)
-        result: dict[str, Any] = json.loads(out.read())
-    idle1, total1 = _cpu_ticks()
-    result["wall_s"] = wall
-    result["rss_mib"] = usage.ru_maxrss * 1024 / _MIB  # KiB on Linux
-    result["idle_share"] = (idle1 - idle0) / max(1, total1 - total0)
-    return result
+    return run_sim(
+        ["balance", "--market", "offers", f"--nodes={nodes}", f"--epochs={epochs}",
+         f"--view={view}", f"--shuffle={shuffle}", f"--seed={seed}"]
+    )  # fmt: skip
 
 
 def _steady(r: dict[str, Any]) -> list[dict[str, Any]]:
@@ -107,7 +64,7 @@ def main() -> None:
     ap.add_argument("--plot", default=None, help="a PNG of the figures against N (log-log)")
     a = ap.parse_args()
     rows: list[tuple[int, float, float, float, float]] = []  # N, KiB, mem KiB, CPU ms, verify ms
-    verify_s = _verify_s()
+    verify_s = one_check_s()
     print(
         f"offer market, view {a.view}, shuffle {a.shuffle}, {a.epochs} epochs per run, "
         f"{os.cpu_count()} cores; one real offer check {verify_s * 1e6:.0f} us"
