@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
 
 import attrs
 import numpy as np
@@ -402,15 +402,6 @@ def rounds(cells: int) -> int:
     return max(0, cells.bit_length() - 1)
 
 
-def tree_total(values: np.ndarray) -> np.ndarray:
-    """What recursive doubling leaves in every cell when all are honest: the pairwise sum of
-    the rows in the order of the rounds (row c with c^1, then the pairs, ...)."""
-    v = values
-    while len(v) > 1:
-        v = v[0::2] + v[1::2]
-    return np.asarray(v[0])
-
-
 def recursive_doubling(
     values: np.ndarray, sent: Callable[[int, np.ndarray], np.ndarray]
 ) -> np.ndarray:
@@ -423,8 +414,3 @@ def recursive_doubling(
         out = sent(r, v)
         v = v + out[idx ^ (1 << r)]
     return v
-
-
-def probe_prices(probe: Grid | Listing) -> Sequence[float]:
-    """The prices a probe reads (for logs)."""
-    return list(probe.points) if isinstance(probe, Grid) else [probe.a, probe.b]
