@@ -12,8 +12,8 @@ its messages. Per honest node and epoch it counts what the protocol would make t
 and check, with message sizes from their JSON encodings (`_Wire`):
 
 - in its cell: each mate's signed offer (the governance's `NodeOffer` encoding without the
-  certificate), the leader's proposal (each included member with its offer's digest), two rounds of votes
-  from every mate; a signature check for each offer and vote;
+  certificate), the leader's proposal (each included member with its offer's digest), two
+  rounds of votes from every mate; a signature check for each offer and vote;
 - per phase and round: the bundle of the other cell's sum from each of its `cells.SPEAKERS`
   speakers, with a third of its roster's signatures plus one (enough for one honest signer
   while hostile members are under a third), each signature checked once; and, for a node that
