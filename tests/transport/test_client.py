@@ -18,7 +18,8 @@ import pytest
 
 from redy import pki
 from redy.errors import DeliveryFailed, PeerUnreachable
-from redy.transport.client import AsyncLink, Backoff
+from redy.transport.backoff import Backoff
+from redy.transport.client import AsyncLink
 from redy.transport.peer_links import PeerLinks
 
 pytestmark = pytest.mark.integration

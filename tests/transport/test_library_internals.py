@@ -5,6 +5,7 @@ broker: a refused login is known by its CONNACK code in both libraries, not by i
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import time
 from importlib.metadata import version
@@ -16,8 +17,9 @@ from gmqtt.mqtt.handler import MQTTConnectError
 
 from redy.brokers.probe import try_connect, wait_authenticated
 from redy.errors import BrokerError, DeliveryFailed
-from redy.transport.client import REFUSED_CONNECT, AsyncLink, connack_code
-from redy.transport.paho_client import RECONNECT_MAX_S, new_client, refused_login
+from redy.transport.backoff import Backoff
+from redy.transport.client import OWN_BROKER_CAP_S, REFUSED_CONNECT, AsyncLink, connack_code
+from redy.transport.paho_client import RECONNECT_MAX_S, RECONNECT_MIN_S, new_client, refused_login
 
 pytestmark = pytest.mark.integration
 
@@ -79,5 +81,66 @@ def test_a_refused_login_is_known_by_its_code_in_paho(process_broker: Any) -> No
         value = 135
 
     assert refused_login(Reason()) and not refused_login(None)
+
+
+def test_paho_reconnects_wait_the_one_backoff() -> None:
+    """new_client's override of paho's `_reconnect_wait` sleeps the next jittered backoff delay
+    (growing, capped) and starts again once paho has cleared `_reconnect_delay`, as it does on
+    every accepted CONNACK."""
     client = new_client("x", user="u", password="p")
-    assert client._reconnect_max_delay == RECONNECT_MAX_S  # paho keeps the policy here
+    assert client.backoff.first_s == RECONNECT_MIN_S and client.backoff.cap_s == RECONNECT_MAX_S
+    client.backoff = Backoff(first_s=0.01, cap_s=0.04, rng=random.Random(3))
+    waited = []
+    for n in range(4):
+        started = time.monotonic()
+        client._reconnect_wait()
+        waited.append(time.monotonic() - started)
+        top = min(0.04, 0.01 * 2**n)
+        assert top / 2 <= client._reconnect_delay <= top  # the delay paho slept
+    assert client.backoff.attempts == 4
+    assert min(waited) >= 0.005
+    client._reconnect_delay = None  # what paho's CONNACK handler does
+    client._reconnect_wait()
+    assert client.backoff.attempts == 1 and client._reconnect_delay <= 0.01
+
+
+def test_paho_clears_the_delay_on_an_accepted_connack(process_broker: Any) -> None:
+    broker = process_broker("gas-1")
+    client = new_client("x", user="operator", password=broker.credentials.password("operator"))
+    client._reconnect_delay = 7  # as after a wait
+    client.connect("127.0.0.1", broker.config.port)
+    try:
+        deadline = time.monotonic() + 5
+        while client._reconnect_delay is not None and time.monotonic() < deadline:
+            client.loop(0.1)
+        assert client._reconnect_delay is None
+    finally:
+        client.disconnect()
+
+
+async def test_gmqtt_retries_a_lost_session_with_the_backoff(process_broker: Any) -> None:
+    """gmqtt calls the client's `reconnect` after a lost session and after each failed attempt;
+    _AckingClient sets its public `reconnect_delay` to the next backoff delay, and a new session
+    resets the backoff."""
+    broker = process_broker("gas-1")
+    link = AsyncLink(
+        broker.uri,
+        "me",
+        user="operator",
+        password=broker.credentials.password("operator"),
+        reconnect=True,
+    )
+    await link.connect()
+    try:
+        broker.stop()
+        async with asyncio.timeout(10):
+            while link._client.backoff.attempts < 2:  # at least one failed retry
+                await asyncio.sleep(0.05)
+        assert 0 < link._client.reconnect_delay <= OWN_BROKER_CAP_S
+        broker.start()
+        async with asyncio.timeout(15):
+            while not link.is_connected:
+                await asyncio.sleep(0.05)
+        assert link._client.backoff.attempts == 0
+    finally:
+        await link.close()

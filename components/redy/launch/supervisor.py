@@ -26,7 +26,7 @@ import orjson
 from redy.brokers import NodeBroker, SiteBridge, make_broker, unit_credentials_path
 from redy.errors import BrokerError, LaunchError
 from redy.launch.parser import LaunchDescription, NodeSpec, UnitSpec, check_ports_free
-from redy.transport.client import Backoff
+from redy.transport.backoff import Backoff
 
 _log = logging.getLogger(__name__)
 _STOP_GRACE_S = 5.0
@@ -37,7 +37,7 @@ CRASH_WINDOW_S = 60.0
 
 class Restarts:
     """When to bring a dead process back: after a jittered exponential backoff from `delay_s`
-    (the project's one policy, `redy.transport.client.Backoff`), reset once it has run a whole
+    (the project's one policy, `redy.transport.backoff.Backoff`), reset once it has run a whole
     crash window; given up after `CRASH_LIMIT` deaths within `CRASH_WINDOW_S`."""
 
     def __init__(self, name: str, delay_s: float) -> None:

@@ -6,7 +6,7 @@ the one-shot reads of an introducer. What it guarantees:
 
 - `connect()` is bounded by a timeout on the CONNACK (a broker that accepts TCP and then stalls
   costs one timeout), and `connect_retrying()` retries with `Backoff`, the project's one
-  reconnect policy (jittered exponential, also used by the launcher's respawns);
+  reconnect policy (`redy.transport.backoff`), as does gmqtt's own retry of a lost session;
 - `publish()` awaits the broker's PUBACK for QoS 1 within a timeout; a full in-flight window
   (gmqtt's `OverflowError`), a timeout, a broken socket or any other exception of the client
   library becomes `DeliveryFailed`, the one exception a caller has to expect. Nothing a broker
@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import socket
 import ssl
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from gmqtt.mqtt.handler import MQTTConnectError
 
 from redy.errors import BrokerError, DeliveryFailed, WrongIdentity
 from redy.messages import parse_uri
+from redy.transport.backoff import Backoff
 
 # CONNACK codes that refuse our credentials, for good: MQTT 3.1.1's 4 and 5, MQTT 5's 134
 # (bad user name or password) and 135 (not authorized).
@@ -42,35 +42,26 @@ REFUSED_CONNECT = frozenset({4, 5, 134, 135})
 
 _log = logging.getLogger(__name__)
 
-
-class Backoff:
-    """Jittered exponential backoff: the n-th delay is uniform in [d/2, d], d = min(cap,
-    first * 2**n) ("equal jitter"), so many clients that lost the same broker do not return in
-    lockstep. `reset()` after a success."""
-
-    def __init__(
-        self, first_s: float = 0.2, cap_s: float = 10.0, rng: random.Random | None = None
-    ) -> None:
-        self.first_s = first_s
-        self.cap_s = cap_s
-        self._rng = rng or random.Random()
-        self.attempts = 0
-
-    def next_delay(self) -> float:
-        d = min(self.cap_s, self.first_s * 2**self.attempts)
-        self.attempts += 1
-        return self._rng.uniform(d / 2, d)
-
-    def reset(self) -> None:
-        self.attempts = 0
+# The backoff of gmqtt's own retries of a lost session (the governance's own broker).
+OWN_BROKER_FIRST_S = 0.25
+OWN_BROKER_CAP_S = 5.0
 
 
 class _AckingClient(gmqtt.Client):  # type: ignore[misc]  # gmqtt ships no types
-    """gmqtt.Client whose QoS 1 publishes can be awaited until their PUBACK."""
+    """gmqtt.Client whose QoS 1 publishes can be awaited until their PUBACK, and whose retries
+    of a lost session wait the project's `Backoff` instead of gmqtt's fixed delay."""
 
-    def __init__(self, client_id: str, **kwargs: Any) -> None:
+    def __init__(self, client_id: str, *, backoff: Backoff, **kwargs: Any) -> None:
         super().__init__(client_id, **kwargs)
         self._acks: dict[int, asyncio.Future[None]] = {}
+        self.backoff = backoff
+
+    async def reconnect(self, delay: bool = False) -> None:
+        """gmqtt's retry (it calls this on a lost session, and again with `delay` after each
+        failed attempt): the delay it sleeps (`reconnect_delay`, public) is the next backoff."""
+        if delay:
+            self.reconnect_delay = self.backoff.next_delay()
+        await super().reconnect(delay)
 
     def publish_mid(self, message: gmqtt.Message) -> int:
         """Send `message`; its packet id (QoS 1), or 0 for QoS 0, which gmqtt gives none."""
@@ -134,16 +125,18 @@ class AsyncLink:
         self._subscriptions = subscriptions
         self._on_message = on_message
         self._on_connect_cb = on_connect
-        self._client = _AckingClient(client_id, clean_session=True, will_message=will)
-        self._client.set_auth_credentials(user, password)
-        # gmqtt retries a lost session by itself, every reconnect_delay (its default is 6 s);
-        # a node's own broker is on the same host, so a second is enough. Peer links do not
-        # retry: they are re-opened on demand, through PeerLinks' backoff.
-        self._client.set_config(
-            {"reconnect_retries": -1, "reconnect_delay": 1}
-            if reconnect
-            else {"reconnect_retries": 0, "reconnect_delay": 1}
+        # gmqtt retries a lost session by itself (`reconnect`), each attempt after the next
+        # backoff delay; a node's own broker is on the same host, so the delays start at a
+        # quarter of a second and stop growing at 5 s. Peer links do not retry: they are
+        # re-opened on demand, a failed one only after PeerLinks' cool-down.
+        self._client = _AckingClient(
+            client_id,
+            clean_session=True,
+            will_message=will,
+            backoff=Backoff(first_s=OWN_BROKER_FIRST_S, cap_s=OWN_BROKER_CAP_S),
         )
+        self._client.set_auth_credentials(user, password)
+        self._client.set_config({"reconnect_retries": -1 if reconnect else 0})
         self._client.on_connect = self._connected
         self._client.on_message = self._message
 
@@ -152,6 +145,7 @@ class AsyncLink:
         return bool(self._client.is_connected)
 
     def _connected(self, client: gmqtt.Client, *_: Any) -> None:
+        self._client.backoff.reset()
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)
         if self._on_connect_cb is not None:

@@ -2,9 +2,10 @@
 detection and action units (paho-mqtt 2, MQTT 5).
 
 Every paho session of the package (units, the tools' sessions, the broker probe, the dashboards,
-the Zigbee2MQTT driver) is a `new_client`: one reconnect policy (paho's exponential delay from
-`RECONNECT_MIN_S` to `RECONNECT_MAX_S`), TLS from a grid identity, and a refused login known by
-its CONNACK reason code (`refused_login`), not by its text.
+the Zigbee2MQTT driver) is a `new_client`: the project's one reconnect policy (`Backoff`, from
+`RECONNECT_MIN_S` to `RECONNECT_MAX_S`, in place of paho's unjittered doubling), TLS from a grid
+identity, and a refused login known by its CONNACK reason code (`refused_login`), not by its
+text.
 
 `UnitLink` owns one unit's connection to its node's broker: the Last Will (retained `offline`
 state of this session's bd_seq), the birth (retained meta + `online`) re-published on every
@@ -28,6 +29,7 @@ from paho.mqtt.properties import Properties
 from redy import messages, pki
 from redy.errors import BrokerError, InvalidMessage
 from redy.topics import CONTRACT, TopicSpec, render
+from redy.transport.backoff import Backoff
 
 _log = logging.getLogger(__name__)
 
@@ -36,6 +38,30 @@ RECONNECT_MAX_S = 30
 # CONNACK reason codes of a refused login: MQTT 5's "bad user name or password" and "not
 # authorized" (paho reports MQTT 3.1.1's return codes 4 and 5 as these).
 REFUSED_LOGIN = frozenset({134, 135})
+
+
+class _BackoffClient(mqtt.Client):
+    """A paho client whose reconnects wait the project's `Backoff`.
+
+    paho (2.x, pinned) sleeps in `_reconnect_wait` before each reconnect of its network loop,
+    doubling `_reconnect_delay` from `_reconnect_min_delay`, and clears `_reconnect_delay` on
+    every accepted CONNACK. The override hands paho the next backoff delay as a one-step
+    schedule and resets the backoff where paho would restart its own; it keeps paho's sleep,
+    which wakes up on a disconnect or a stop (tests/transport/test_library_internals.py holds
+    these names)."""
+
+    def __init__(self, *args: Any, backoff: Backoff, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.backoff = backoff
+
+    def _reconnect_wait(self) -> None:
+        with self._reconnect_delay_mutex:
+            if self._reconnect_delay is None:  # connected since the last wait: a new incident
+                self.backoff.reset()
+            delay = self.backoff.next_delay()
+            self._reconnect_min_delay = self._reconnect_max_delay = delay  # type: ignore[assignment]
+            self._reconnect_delay = None
+        super()._reconnect_wait()
 
 
 def new_client(
@@ -50,17 +76,17 @@ def new_client(
     """A paho client (callback API 2), not yet connected: MQTT 5 unless `mqtt5` is False (a
     third-party broker such as Zigbee2MQTT's), logged in as `user` if given, with mutual TLS
     from a grid identity if `tls` is given, reconnecting with the one policy."""
-    client = mqtt.Client(
+    client = _BackoffClient(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=mqtt.MQTTv5 if mqtt5 else mqtt.MQTTv311,
         userdata=userdata,
+        backoff=Backoff(first_s=RECONNECT_MIN_S, cap_s=RECONNECT_MAX_S),
     )
     if user is not None:
         client.username_pw_set(user, password)
     if tls is not None:
         client.tls_set(ca_certs=str(tls.ca), certfile=str(tls.cert), keyfile=str(tls.key))
-    client.reconnect_delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)
     return client
 
 
