@@ -44,7 +44,7 @@ _log = logging.getLogger(__name__)
 
 # The backoff of gmqtt's own retries of a lost session (the governance's own broker).
 OWN_BROKER_FIRST_S = 0.25
-OWN_BROKER_CAP_S = 5.0
+OWN_BROKER_CAP_S = 2.0
 
 
 class _AckingClient(gmqtt.Client):  # type: ignore[misc]  # gmqtt ships no types
@@ -127,7 +127,7 @@ class AsyncLink:
         self._on_connect_cb = on_connect
         # gmqtt retries a lost session by itself (`reconnect`), each attempt after the next
         # backoff delay; a node's own broker is on the same host, so the delays start at a
-        # quarter of a second and stop growing at 5 s. Peer links do not retry: they are
+        # quarter of a second and stop growing at 2 s. Peer links do not retry: they are
         # re-opened on demand, a failed one only after PeerLinks' cool-down.
         self._client = _AckingClient(
             client_id,
