@@ -319,6 +319,17 @@ def _report(
             f" p95 {sorted(late)[int(0.95 * (len(late) - 1))] * 100:.2f} %,"
             f" within 1 %: {within * 100:.0f} % of {len(late)} samples"
         )
+        # Where in the epoch the samples that miss 1 % fall: before the price (the market's
+        # latency) or after it (the dispatch and the devices).
+        cut = max(times) if times else 1.0
+        samples = [(t % args.epoch_s < cut, b) for t, b in obs.balance if t >= start]
+        for label, want in (("before the last price", True), ("after it", False)):
+            part = [b for before, b in samples if before == want]
+            if part:
+                print(
+                    f"  samples {label}: {sum(b <= 0.01 for b in part)} of {len(part)} within"
+                    f" 1 %, max {max(part) * 100:.2f} %"
+                )
     print(
         "per process | count | CPU in the burst | CPU between epochs | read/epoch | written/epoch"
     )
