@@ -1,0 +1,62 @@
+"""Five separate processes solve the same offers and get the same schedule, bit for bit."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from redy.planning.offer import from_json
+from redy.planning.problem import solve
+from redy.sim.plan import day_offers
+
+# Each process reads the offers (one JSON line each) and the boundary, shuffles the offers
+# (the problem puts them in canonical order itself), solves, and prints a digest of the
+# schedule's JSON (orjson writes every float so that it reads back to the same bits).
+_SOLVE = """
+import hashlib, random, sys, orjson
+from redy.planning.offer import from_json
+from redy.planning.problem import Boundary, solve
+lines = open(sys.argv[1], 'rb').read().splitlines()
+offers = [from_json(x) for x in lines[1:]]
+random.Random(int(sys.argv[2])).shuffle(offers)
+plan = solve(offers, Boundary(*orjson.loads(lines[0])))
+print(hashlib.sha256(orjson.dumps(plan.to_json_dict())).hexdigest())
+"""
+
+
+def _digest(offers_file: Path) -> str:
+    lines = offers_file.read_bytes().splitlines()
+    from redy.planning.problem import Boundary
+
+    plan = solve([from_json(x) for x in lines[1:]], Boundary(*orjson.loads(lines[0])))
+    return hashlib.sha256(orjson.dumps(plan.to_json_dict())).hexdigest()
+
+
+@pytest.mark.e2e
+def test_five_processes_get_the_same_schedule_bit_for_bit(tmp_path: Path) -> None:
+    offers, boundary = day_offers(60, seed=5)
+    path = tmp_path / "offers.jsonl"
+    head = orjson.dumps(
+        [boundary.import_eur_mwh, boundary.export_eur_mwh, boundary.import_kw, boundary.export_kw]
+    )
+    path.write_bytes(b"\n".join([head, *(o.to_json() for o in offers)]))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SOLVE, str(path), str(seed)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for seed in range(5)
+    ]
+    digests = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err.decode()
+        digests.append(out.decode().strip())
+    assert len(set(digests)) == 1 and len(digests[0]) == 64
+    assert digests[0] == _digest(path)  # and this process too
