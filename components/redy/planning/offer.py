@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
+import numpy as np
 import orjson
 
 from redy.balancing.offers import offer_refusal
@@ -154,14 +155,15 @@ class HorizonOffer:
 
     def injection_range_kw(self) -> list[tuple[float, float]]:
         """Per interval, the lowest and highest net injection the offer can take (kW)."""
-        out = []
-        for t, base in enumerate(self.base_kw):
-            lo = base - sum(s.charge_kw for s in self.storage)
-            lo -= sum(d.power_kw for d in self.deferrable if d.begin <= t < d.end)
-            hi = base + sum(b.kw[t] for b in self.blocks)
-            hi += sum(s.discharge_kw for s in self.storage)
-            out.append((lo, hi))
-        return out
+        h = self.horizon
+        base = np.asarray(self.base_kw, float)
+        lo = base - sum(s.charge_kw for s in self.storage)
+        hi = base + sum(s.discharge_kw for s in self.storage)
+        for b in self.blocks:
+            hi = hi + np.asarray(b.kw, float)
+        for d in self.deferrable:
+            lo[d.begin : min(d.end, h)] -= d.power_kw
+        return list(zip(lo.tolist(), hi.tolist(), strict=True))
 
     def to_json(self) -> bytes:
         """Compact JSON, the form `from_json` reads (orjson: the same bytes on every node)."""

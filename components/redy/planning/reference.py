@@ -15,6 +15,7 @@ price per interval (EUR/MWh, from the duals, same sign convention).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,6 +48,8 @@ def solve_reference(
     bounds: Bounds = DEFAULT_BOUNDS,
 ) -> ReferencePlan:
     """The perfect-foresight optimum of `offers` and `boundary` (see the module docstring)."""
+    # numexpr (under linopy) logs its thread count unless told it; one thread, as HiGHS.
+    os.environ.setdefault("NUMEXPR_MAX_THREADS", "1")
     import linopy
     import xarray as xr
 

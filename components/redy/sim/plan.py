@@ -60,12 +60,14 @@ from redy.devices import profiles
 from redy.devices.battery import Battery
 from redy.devices.urgency import ev_urgency, willingness_to_pay
 from redy.errors import SimulationError
-from redy.planning.offer import Block, Deferrable, HorizonOffer, Storage
+from redy.pki import Grant
+from redy.planning.offer import Block, Deferrable, HorizonOffer, Storage, admit
 from redy.planning.problem import (
     PRICE_CAP_EUR_MWH,
     PRICE_FLOOR_EUR_MWH,
     SHORTFALL_EUR_KWH,
     Boundary,
+    NodePlan,
     solve,
 )
 
@@ -107,6 +109,20 @@ class Community:
     gas_kw: np.ndarray  # per gas plant: each of its two blocks
     wind_kw: np.ndarray  # (winds, T)
     boundary: Boundary  # over the run
+    pv_peak_kw: np.ndarray  # per household: what its panels give at most (forecasts too)
+    wind_peak_kw: float  # per wind farm
+
+    def grants(self) -> dict[str, Grant]:
+        """What the grid CA certifies for each node: a household's connection (25 kW import,
+        15 kW export), a gas plant's and a wind farm's size."""
+        names = self.names
+        out = {n: Grant(import_kw=25.0, export_kw=15.0) for n in names[: self.households]}
+        for g, size in enumerate(self.gas_kw):
+            out[names[self.households + g]] = Grant(import_kw=0.0, export_kw=float(size.sum()))
+        for w in range(len(self.wind_kw)):
+            name = names[self.households + len(self.gas_kw) + w]
+            out[name] = Grant(import_kw=0.0, export_kw=self.wind_peak_kw)
+        return out
 
     @property
     def names(self) -> list[str]:
@@ -166,7 +182,8 @@ def community(nodes: int, days: int, seed: int) -> Community:
     gas = np.full((n_gas, 2), 0.3 * hh / n_gas)
     speed = np.clip(7 + 3 * _ar1(rng, (t_all,), 0.97), 0, 30)
     cf = np.clip((speed - 3) / 9, 0, 1) ** 3 * (speed < 25)
-    wind = np.tile(cf, (n_wind, 1)) * (0.5 * hh / max(n_wind, 1))
+    wind_peak = 0.5 * hh / max(n_wind, 1)
+    wind = np.tile(cf, (n_wind, 1)) * wind_peak
     hours = (np.arange(t_all) % DAY) * DT_H + 12.0
     level = np.repeat(rng.uniform(-15, 15, days), DAY)
     da = (
@@ -198,6 +215,8 @@ def community(nodes: int, days: int, seed: int) -> Community:
         gas,
         wind,
         boundary,
+        kwp * 0.85,
+        wind_peak,
     )
 
 
@@ -234,15 +253,24 @@ class _Forecasts:
         self.u_load = mix(LOAD_COMMON, c.households)
         self.u_wind = mix(1.0, max(len(c.wind_kw), 1))
 
-    def of(self, actual: np.ndarray, series: str, sigma: float, k: int, end: int) -> np.ndarray:
+    def of(
+        self,
+        actual: np.ndarray,
+        series: str,
+        sigma: float,
+        k: int,
+        end: int,
+        peak: np.ndarray | float = np.inf,
+    ) -> np.ndarray:
         """The forecast issued at interval k of `actual` (of `series`: pv, load, wind) over
-        [k, end)."""
+        [k, end), never above the source's `peak` (kW)."""
         if self.perfect:
             return actual[:, k:end]
         u: np.ndarray = getattr(self, f"u_{series}")
         lead = np.arange(end - k)
         s = sigma * np.sqrt((lead + 1) / DAY)
-        return np.asarray(np.maximum(actual[:, k:end] * (1 + s * u[:, k:end]), 0.0))
+        fc = np.maximum(actual[:, k:end] * (1 + s * u[:, k:end]), 0.0)
+        return np.asarray(np.minimum(fc, np.reshape(peak, (-1, 1))))
 
 
 def _offers(
@@ -251,7 +279,9 @@ def _offers(
     """Every node's offer at interval k over [k, end)."""
     names = c.names
     h = end - k
-    base = fc.of(c.pv_kw, "pv", PV_SIGMA, k, end) - fc.of(c.load_kw, "load", LOAD_SIGMA, k, end)
+    base = fc.of(c.pv_kw, "pv", PV_SIGMA, k, end, c.pv_peak_kw) - fc.of(
+        c.load_kw, "load", LOAD_SIGMA, k, end
+    )
     stores: dict[int, Storage] = {}
     for j, i in enumerate(c.battery):
         stores[int(i)] = Storage(
@@ -299,7 +329,7 @@ def _offers(
                 dispatch_now_kw=float(st.gas_now_kw[g]),
             )
         )
-    wind = fc.of(c.wind_kw, "wind", WIND_SIGMA, k, end) if len(c.wind_kw) else None
+    wind = fc.of(c.wind_kw, "wind", WIND_SIGMA, k, end, c.wind_peak_kw) if len(c.wind_kw) else None
     for w in range(len(c.wind_kw)):
         assert wind is not None
         out.append(HorizonOffer(names[c.households + len(c.gas_kw) + w], k, wind[w]))
@@ -316,6 +346,7 @@ class _Day:
     unserved_kwh: float = 0.0
     excess_kwh: float = 0.0
     ev_missing_kwh: float = 0.0
+    offers_dropped: int = 0
 
 
 def _settle(
@@ -403,7 +434,12 @@ def _close(c: Community, st: _State, soc0: np.ndarray, tally: _Day) -> None:
 
 
 def _rolling_day(c: Community, st: _State, fc: _Forecasts, day: int, solve_s: list[float]) -> _Day:
+    """The day as the nodes plan it: every interval, every node's offer over the rest of the
+    day, checked against its certified limits (`admit`), the plan solved, its first interval
+    carried out."""
     tally = _Day()
+    grants = c.grants()
+    idle = NodePlan((0.0,), (0.0,), ((0.0,),), ((0.0,),), ((0.0,),), ((0.0,),), (0.0,))
     soc0 = st.soc_kwh.copy()
     end = (day + 1) * DAY
     store_of = {int(i): j for j, i in enumerate(c.battery)}
@@ -411,19 +447,24 @@ def _rolling_day(c: Community, st: _State, fc: _Forecasts, day: int, solve_s: li
     names = c.names
     for k in range(day * DAY, end):
         offers = _offers(c, st, fc, k, end, day)
+        kept = admit(offers, grants, capacity_kw=1e5)
+        tally.offers_dropped += len(offers) - len(kept)
         t0 = time.process_time()
-        plan = solve(offers, c.boundary.window(k, end))
+        plan = solve(kept, c.boundary.window(k, end))
         solve_s.append(time.process_time() - t0)
         store_kw = np.zeros(len(c.battery))
         ev_kw = np.zeros(len(c.ev))
         for i, j in store_of.items():
-            p = plan.plans[names[i]]
+            p = plan.plans.get(names[i], idle)  # a dropped offer: the node idles
             store_kw[j] = p.discharge_kw[0][0] - p.charge_kw[0][0]
         for i, j in ev_of.items():
-            p = plan.plans[names[i]]
+            p = plan.plans.get(names[i], idle)
             ev_kw[j] = p.deferrable_kw[0][0] if p.deferrable_kw else 0.0
         gas_kw = np.array(
-            [plan.plans[names[c.households + g]].blocks_kw[0] for g in range(len(c.gas_kw))]
+            [
+                plan.plans.get(names[c.households + g], idle).blocks_kw[0]
+                for g in range(len(c.gas_kw))
+            ]
         )
         _apply(c, st, k, store_kw, ev_kw, gas_kw, tally)
         _deadlines(c, st, k, day, tally)
@@ -582,6 +623,7 @@ def simulate_plan(
             "ev_need_kwh": need,
             "ev_delivered_kwh": need - r.ev_missing_kwh,
             "ev_delivered_single_interval_kwh": need - s.ev_missing_kwh,
+            "offers_dropped": r.offers_dropped,
             "unserved_kwh": r.unserved_kwh,
             "excess_kwh": r.excess_kwh,
             "rolling_wall_s": wall,
