@@ -123,6 +123,27 @@ class NodeEnergyState:
 
 
 @attrs.frozen(kw_only=True)
+class Count:
+    name: str
+    count: int
+
+
+@attrs.frozen(kw_only=True)
+class GovernanceHealth:
+    node: str
+    ts_s: float
+    started_s: float
+    epochs_cleared: int
+    epochs_missed: int
+    offers: int
+    peer_dials: int
+    peer_failures: int
+    inbox: int
+    tasks: int
+    dropped: tuple[Count, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
 class View:
     node: str
     ts_s: float
@@ -199,6 +220,8 @@ MESSAGE_TYPES: dict[str, type] = {
         ActuatorStatus,
         NodeSetpoint,
         NodeEnergyState,
+        Count,
+        GovernanceHealth,
         View,
         SignedEntry,
         ShuffleRequest,

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ def test_figure3_for_20_s_retains_every_birth_exits_0_and_leaves_nothing_behind(
     # Free ports, not figure3's defaults: another run on this machine may hold those.
     local = [_free_ports() for _ in FIGURE3_UNITS]
     ports = [*local, *(p + 10000 for p in local)]
+    metrics_port = node_block()
     launcher = subprocess.Popen(
         [
             *REDY,
@@ -79,6 +81,8 @@ def test_figure3_for_20_s_retains_every_birth_exits_0_and_leaves_nothing_behind(
             str(tmp_path),
             "--table",
             "5",
+            "--metrics",
+            str(metrics_port),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -113,6 +117,11 @@ def test_figure3_for_20_s_retains_every_birth_exits_0_and_leaves_nothing_behind(
                 state = got[render("unit_state", node=node, unit=unit)]
                 assert messages.decode(meta.topic, meta.payload).role == role
                 assert messages.decode(state.topic, state.payload).state == "online"
+        # Every series for every node and process, parsed as Prometheus parses it.
+        families = until(
+            lambda: _scrape_when_counted(metrics_port), 20, "every node's counters on /metrics"
+        )
+        _assert_every_series(families, FIGURE3_UNITS)
         out, err = launcher.communicate(timeout=60)
     finally:
         if launcher.poll() is None:
@@ -123,14 +132,73 @@ def test_figure3_for_20_s_retains_every_birth_exits_0_and_leaves_nothing_behind(
     assert all(port_is_free(p) for p in ports)
     for node, units in FIGURE3_UNITS.items():  # every node produced states while it ran
         line = re.search(
-            rf"^{node}: (\d+) states, .* units online at the end (\d+)/(\d+)$", out, re.M
+            rf"^{node}: (\d+) states, .* units online at the end (\d+)/(\d+)(, epochs .*)?$",
+            out,
+            re.M,
         )
         assert line, f"no summary line for {node}:\n{out[-2000:]}"
-        states, online, total = map(int, line.groups())
+        states, online, total = map(int, line.groups()[:3])
         # A state a second once the brokers are up, 10 to 15 of them here; at least 3 even on a
         # machine so loaded that the brokers take most of the 20 s to come up.
         assert states >= 3, line.group(0)
         assert online == total == len(units), line.group(0)
+
+
+NODE_SERIES = (
+    "redy_node_up",
+    "redy_node_price_eur_per_mwh",
+    "redy_node_epoch",
+    "redy_node_clock_offset_seconds",
+    "redy_market_epochs_cleared_total",
+    "redy_market_epochs_missed_total",
+    "redy_market_offers",
+    "redy_peer_dials_total",
+    "redy_peer_failures_total",
+    "redy_governance_inbox_messages",
+    "redy_governance_tasks",
+    "redy_governance_start_time_seconds",
+)
+PROCESS_SERIES = (
+    "redy_process_up",
+    "redy_process_respawns_total",
+    "redy_process_resident_memory_bytes",
+    "redy_process_open_fds",
+)
+
+
+def _scrape_when_counted(port: int) -> dict[str, list[Any]] | None:
+    """/metrics parsed by prometheus_client's parser, by sample name; None until every node
+    has every node series (its governance reported its counters, cleared a price and measured
+    its clock against its neighbours')."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    samples: dict[str, list[Any]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+    every = all(
+        {s.labels["node"] for s in samples.get(name, [])} == set(FIGURE3_UNITS)
+        for name in NODE_SERIES
+    )
+    return samples if every else None
+
+
+def _assert_every_series(samples: dict[str, list[Any]], units: dict[str, dict[str, str]]) -> None:
+    for name in NODE_SERIES:
+        assert {s.labels["node"] for s in samples[name]} == set(units), name
+    statuses = [s for s in samples["redy_node_status"] if s.value == 1.0]
+    assert sorted(s.labels["node"] for s in statuses) == sorted(units)  # one status per node
+    processes = {(n, p) for n, us in units.items() for p in [*us, "governance", "broker"]}
+    for name in PROCESS_SERIES:
+        got = {(s.labels["node"], s.labels["process"]) for s in samples[name]}
+        assert processes <= got, (name, processes - got)
+    assert all(s.value > 1e6 for s in samples["redy_process_resident_memory_bytes"])
+    assert all(s.value == 0 for s in samples["redy_process_respawns_total"])
 
 
 def _one_node_file(tmp_path: Path) -> Path:

@@ -31,6 +31,7 @@ class _Node:
     state_at_s: float | None = None
     units: dict[str, str] = attrs.field(factory=dict)
     neighbours: tuple[str, ...] = ()
+    health: messages.GovernanceHealth | None = None  # the governance's counters
     # Over every governance state taken: how many, their nets' sum, the peaks.
     states: int = 0
     net_sum_kw: float = 0.0
@@ -68,7 +69,7 @@ class GridModel:
             msg = messages.decode(topic, payload)
         except InvalidMessage:
             return False
-        if spec.name not in ("descriptor", "node_state", "unit_state", "view"):
+        if spec.name not in ("descriptor", "node_state", "node_health", "unit_state", "view"):
             return False
         node = self._node(params["node"])
         node.connection = node.connection or connection
@@ -86,6 +87,10 @@ class GridModel:
                 self._epochs.setdefault(msg.epoch, {})[node.node] = (msg.price_eur_mwh, msg.net_kw)
                 for old in sorted(self._epochs)[:-HISTORY_EPOCHS]:
                     del self._epochs[old]
+        elif isinstance(msg, messages.GovernanceHealth):
+            if msg.node != node.node:
+                return False
+            node.health = msg
         elif isinstance(msg, messages.UnitState):
             node.units[params["unit"]] = msg.state
         elif isinstance(msg, messages.View):
@@ -139,6 +144,8 @@ class GridModel:
                     "mean_net_kw": n.net_sum_kw / n.states if n.states else None,
                     "peak_production_kw": n.peak_production_kw,
                     "peak_consumption_kw": n.peak_consumption_kw,
+                    "clock_offset_s": None if s is None else s.clock_offset_s,
+                    "health": None if n.health is None else _health(n.health),
                 }
             )
         edges = [[a, b] for a, n in sorted(self._nodes.items()) for b in n.neighbours]
@@ -155,6 +162,10 @@ class GridModel:
             ),
             "version": self.version,
         }
+
+    def health(self) -> dict[str, messages.GovernanceHealth]:
+        """The latest counters of every node that reported them."""
+        return {name: n.health for name, n in self._nodes.items() if n.health is not None}
 
     def _history(self) -> list[dict[str, Any]]:
         out = []
@@ -181,3 +192,18 @@ class GridModel:
         median = statistics.median(prices)
         agree = sum(1 for p in prices if abs(p - median) <= _AGREE_EUR_MWH)
         return {"epoch": epoch, "price_eur_mwh": median, "agree": agree, "of": len(prices)}
+
+
+def _health(h: messages.GovernanceHealth) -> dict[str, Any]:
+    """A node's counters as the page, the table and the metrics read them."""
+    return {
+        "epochs_cleared": h.epochs_cleared,
+        "epochs_missed": h.epochs_missed,
+        "offers": h.offers,
+        "peer_dials": h.peer_dials,
+        "peer_failures": h.peer_failures,
+        "inbox": h.inbox,
+        "tasks": h.tasks,
+        "dropped": {c.name: c.count for c in h.dropped},
+        "started_s": h.started_s,
+    }

@@ -33,6 +33,7 @@ STATIC = Path(__file__).with_name("static")
 _TOPICS = (
     subscription("descriptor"),
     subscription("node_state"),
+    subscription("node_health"),
     subscription("unit_state"),
     subscription("view"),
 )

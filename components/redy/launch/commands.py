@@ -95,6 +95,14 @@ DURATION = click.option(
     flag_value=8050,
     help="Also serve the live web dashboard on 127.0.0.1:PORT (8050; 0: any free port).",
 )
+@click.option(
+    "--metrics",
+    "metrics_port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics of every node and process on 127.0.0.1:PORT/metrics"
+    " (0: any free port).",
+)
 @click.option("--check", is_flag=True, help="Only parse and validate the file.")
 def launch(
     file: str,
@@ -105,6 +113,7 @@ def launch(
     backend: str | None,
     table_period_s: float | None,
     web_port: int | None,
+    metrics_port: int | None,
     check: bool,
 ) -> None:
     """Run a launch FILE: brokers first, then governance units, then the units."""
@@ -115,6 +124,7 @@ def launch(
         return
     dashboard: Any = None
     web: list[Any] = []  # the live feed, then the web server when --web is given
+    metrics: list[Any] = []  # the metrics' HTTP server when --metrics is given
 
     def started(sup: Supervisor) -> None:
         nonlocal dashboard
@@ -128,8 +138,14 @@ def launch(
                 "operator password in "
                 f"{Path(state_dir).resolve() / n.node / 'credentials.json'}"
             )
-        if web_port is not None or table_period_s:
+        if web_port is not None or table_period_s or metrics_port is not None:
             web.append(_feed(sup))
+        if metrics_port is not None:
+            from redy.launch.metrics import serve
+
+            server, port = serve(sup, web[0], metrics_port)
+            metrics.append(server)
+            click.echo(f"metrics: http://127.0.0.1:{port}/metrics")
         if web_port is not None:
             web.append(_start_web(web[0], web_port))
             click.echo(f"dashboard: {web[1].url}")
@@ -145,6 +161,9 @@ def launch(
             dashboard.stop()
             click.echo(dashboard.table())
             click.echo(dashboard.summary())
+        for server in metrics:
+            server.shutdown()
+            server.server_close()
         for part in reversed(web):
             part.stop()
 

@@ -75,6 +75,7 @@ class Dashboard:
                 f"peak production {r['peak_production_kw']:.1f} kW, "
                 f"peak consumption {r['peak_consumption_kw']:.1f} kW, "
                 f"units online at the end {r['units_online']}/{r['units_total']}"
+                + _epochs(r["health"])
             )
         lines.append(
             f"processes: {len(self.sup.children)} supervised, {self.sup.respawns} respawns"
@@ -84,3 +85,10 @@ class Dashboard:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _epochs(health: dict[str, Any] | None) -> str:
+    """A node's market epochs as its governance counted them (the counters the metrics serve)."""
+    if health is None or not health["epochs_cleared"] + health["epochs_missed"]:
+        return ""
+    return f", epochs cleared {health['epochs_cleared']}, missed {health['epochs_missed']}"

@@ -291,6 +291,13 @@ class Supervisor:
         """Processes and brokers brought back so far."""
         return sum(c.respawns for c in self.children) + sum(r.count for r in self._broker_restarts)
 
+    def broker_processes(self) -> list[tuple[str, Any, int]]:
+        """Each node's broker with its restarts so far: (node, broker, restarts)."""
+        return [
+            (n.node, b, r.count)
+            for n, b, r in zip(self.desc.nodes, self.brokers, self._broker_restarts, strict=False)
+        ]
+
     @property
     def given_up(self) -> list[str]:
         """The brokers and processes the crash-loop limit gave up on."""

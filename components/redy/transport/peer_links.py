@@ -62,6 +62,8 @@ class PeerLinks:
         self._locks: dict[str, asyncio.Lock] = {}
         # uri -> (until, reason, the node whose certificate it presented if that was the fault)
         self._bad: dict[str, tuple[float, str, str | None]] = {}
+        self.dials = 0  # connections opened (attempted) to peers' brokers
+        self.failures = 0  # dials and deliveries that failed
 
     @property
     def open_uris(self) -> tuple[str, ...]:
@@ -80,6 +82,7 @@ class PeerLinks:
             raise PeerImpostor(uri, f"failed recently ({reason})", presented)
 
     def _mark_bad(self, uri: str, reason: str, presented: str | None = None) -> None:
+        self.failures += 1
         self._bad[uri] = (self._clock() + self._cooldown_s, reason, presented)
         if len(self._bad) > 4 * self._max_links:  # bounded: forget the oldest verdicts
             for old in list(self._bad)[: len(self._bad) - 4 * self._max_links]:
@@ -112,6 +115,7 @@ class PeerLinks:
                 tls=self._tls,
                 expect_cn=node,
             )
+            self.dials += 1
             try:
                 await link.connect()
             except WrongIdentity as exc:

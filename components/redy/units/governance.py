@@ -19,6 +19,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ _LOCAL_TIMEOUT_S = 3.0
 _KEEPALIVE_S = 2
 _PEER_HANDLERS = 16  # shuffle answers in flight at once; more are dropped and counted
 _ACKS = 64  # states awaiting their PUBACK, and the push to the neighbours, at once
+HEALTH_PERIOD_S = 5.0  # the counters' report (node_health; its expiry is four periods)
 _Inbox = asyncio.Queue[tuple[str, Any, dict[str, Any]]]
 
 
@@ -88,9 +90,12 @@ class Governance:
         self._peers = PeerGate()
         self._unknown = Tally()  # messages on topics outside the contract, per topic
         self._peer_ready = asyncio.Event()
-        self.peer_dropped = 0
+        # What this unit dropped, per reason (reported in node_health, logged where it happens).
+        self.dropped: Counter[str] = Counter()
+        self.started_s = time.time()
         self.overlay: Any = None  # distant mode: redy.units.overlay.OverlayDriver
         self.market: Any = None  # distant mode with epochs: redy.units.market.MarketDriver
+        self.peer_links: Any = None  # distant mode: redy.transport.peer_links.PeerLinks
 
     # -- own broker -----------------------------------------------------------------------------
 
@@ -120,6 +125,7 @@ class Governance:
         except InvalidMessage as exc:
             # Logged at a topic's 1st, 2nd, 4th... message: a writer whose name is no node id
             # (an operator's certificate) cannot flood the log.
+            self.dropped["unknown_topic"] += 1
             n = self._unknown.add(topic)
             if n is not None:
                 _log.warning("node=%s dropped a message: %s (%d so far)", self.node, exc, n)
@@ -128,6 +134,7 @@ class Governance:
         if peer is not None and not self._peers.admit(
             time.monotonic(), spec.name, peer, len(payload)
         ):
+            self.dropped["over_budget"] += 1
             if self._peers.should_log(time.monotonic(), spec.name, peer):
                 _log.warning(
                     "node=%s peer %s is over its %s budget; dropping its messages (%d so far)",
@@ -140,18 +147,21 @@ class Governance:
         try:
             msg = messages.decode(topic, payload)
         except InvalidMessage as exc:
+            self.dropped["invalid"] += 1
             _log.warning("node=%s dropped invalid message: %s", self.node, exc)
             return
         if peer is None:
             try:
                 self._inbox.put_nowait((topic, msg, props))
             except asyncio.QueueFull:
+                self.dropped["inbox_full"] += 1
                 _log.warning("node=%s inbox full; dropped %s", self.node, topic)
             return
         # The broker let only `peer` write this topic; a message that names someone else as its
         # sender is a forgery, whoever wrote it.
         claimed = getattr(msg, "sender", None) or getattr(msg, "node", None)
         if claimed != peer:
+            self.dropped["forged"] += 1
             _log.warning(
                 "node=%s dropped %s written by %s in the name of %s",
                 self.node,
@@ -267,12 +277,12 @@ class Governance:
         """Run a peer-facing handler beside the inbox, at most _PEER_HANDLERS at once; one that
         fails is logged and counted (nothing a peer causes may end the node)."""
         if self.peer_handlers.spawn(work, f"answer {sender}") is None:
-            self.peer_dropped += 1
+            self.dropped["peers_busy"] += 1
             _log.warning(
                 "node=%s busy answering peers; dropped a request from %s (%d dropped)",
                 self.node,
                 sender,
-                self.peer_dropped,
+                self.dropped["peers_busy"],
             )
 
     async def _state_task(self) -> None:
@@ -301,6 +311,40 @@ class Governance:
             pushing = self._pushing is not None and not self._pushing.done()
             if self.overlay is not None and pacing.push_neighbours(time.monotonic(), pushing):
                 self._pushing = self.tasks.spawn(self.overlay.push_state(state), "push-state")
+
+    def health(self) -> messages.GovernanceHealth:
+        """This unit's counters (redy.launch.metrics serves them to monitoring)."""
+        dropped = Counter(self.dropped)
+        dropped["peer_queue_full"] += self._peers.dropped_oldest
+        dropped["tasks_full"] += self.tasks.dropped + self.peer_handlers.dropped
+        dropped["task_failed"] += self.tasks.failed + self.peer_handlers.failed
+        market = self.market
+        if market is not None:
+            dropped.update(market.dropped)
+        links = self.peer_links
+        return messages.GovernanceHealth(
+            node=self.node,
+            ts_s=time.time(),
+            started_s=self.started_s,
+            epochs_cleared=market.epochs.cleared if market is not None else 0,
+            epochs_missed=market.epochs.missed(market.now()) if market is not None else 0,
+            offers=market.offers if market is not None else 0,
+            peer_dials=links.dials if links is not None else 0,
+            peer_failures=links.failures if links is not None else 0,
+            inbox=self._inbox.qsize() + len(self._peers.inbox),
+            tasks=len(asyncio.all_tasks()),
+            dropped=tuple(messages.Count(name=k, count=v) for k, v in sorted(dropped.items()) if v)[
+                :32
+            ],
+        )
+
+    async def _health_task(self) -> None:
+        """Report the counters every HEALTH_PERIOD_S (retained, so a monitor that comes later
+        reads them at once)."""
+        topic = render("node_health", node=self.node)
+        while True:
+            await asyncio.sleep(HEALTH_PERIOD_S)
+            await self.publish_local(topic, self.health())
 
     async def _dispatch(self) -> None:
         if self.target_net_kw is None:
@@ -350,6 +394,7 @@ class Governance:
                     tg.create_task(self._inbox_task()),
                     tg.create_task(self._peer_inbox_task()),
                     tg.create_task(self._state_task()),
+                    tg.create_task(self._health_task()),
                 ]
                 if self.config.grid_broker:
                     links = await self._start_overlay(tg, tasks)
@@ -383,6 +428,7 @@ class Governance:
             max_links=4 * cfg.view_size + 8,
             timeout_s=cfg.shuffle_timeout_s,
         )
+        self.peer_links = links
         # `verify`: entries a shuffle admits are dialled at once (docs/shuffle-study.md).
         signed = None
         core: Any

@@ -25,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -134,6 +136,33 @@ def _commanded(name: str, bid: Bid) -> bool:
     return not name.endswith(".base") and isinstance(bid, Dispatchable | FlexibleLoad | Storage)
 
 
+class EpochTally:
+    """The epochs a node cleared in with others, and those that ended without it (sans-IO).
+    Counted from the first whole epoch after `start`; an epoch still running is neither."""
+
+    def __init__(self, epoch_s: float) -> None:
+        self.epoch_s = epoch_s
+        self.first: int | None = None
+        self.cleared = 0
+        self._last: int | None = None  # the last epoch counted cleared
+
+    def start(self, now: float) -> None:
+        self.first = math.floor(now / self.epoch_s) + 1
+
+    def took_part(self, epoch: int) -> None:
+        if self.first is None or epoch < self.first or epoch == self._last:
+            return
+        self.cleared += 1
+        self._last = epoch
+
+    def missed(self, now: float) -> int:
+        if self.first is None:
+            return 0
+        current = math.floor(now / self.epoch_s)
+        ended = current - self.first
+        return max(0, ended - (self.cleared - (self._last == current)))
+
+
 class MarketDriver:
     """One node's market: a thin asyncio driver of `MarketCore` (see the module docstring)."""
 
@@ -227,7 +256,9 @@ class MarketDriver:
         # Pushes, offers and dispatches in flight, owned by run()'s TaskGroup.
         self.tasks = TaskOwner(f"{node}.market", limit=_MAX_TASKS)
         self._dispatching: asyncio.Task[None] | None = None  # the latest clearing's commands
-        self._dropped = 0
+        self.dropped: Counter[str] = Counter()  # gossip refused, events and tasks dropped
+        self.epochs = EpochTally(epoch_s)
+        self.offers = 0  # offers (push-sum: messages) the last clearing counted
 
     # -- what the core asks --------------------------------------------------------------------
 
@@ -292,6 +323,7 @@ class MarketDriver:
 
     def _refuse(self, sender: str, reason: str) -> None:
         """Drop a sender's gossip; logged at its 1st, 2nd, 4th, 8th... drop (no log flood)."""
+        self.dropped["gossip_refused"] += 1
         n = self.refused.add(sender)
         if n is not None:
             _log.warning(
@@ -306,17 +338,17 @@ class MarketDriver:
         try:
             self._events.put_nowait(event)
         except asyncio.QueueFull:
-            self._dropped += 1
-            if self._dropped % 100 == 1:
-                _log.warning("node=%s market events full; %d dropped", self.node, self._dropped)
+            n = self.dropped["market_events_full"] = self.dropped["market_events_full"] + 1
+            if n % 100 == 1:
+                _log.warning("node=%s market events full; %d dropped", self.node, n)
 
     # -- actions out ---------------------------------------------------------------------------
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str = "send") -> None:
         if self.tasks.spawn(work, name) is None:
-            self._dropped += 1
-            if self._dropped % 100 == 1:
-                _log.warning("node=%s market tasks full; %d dropped", self.node, self._dropped)
+            n = self.dropped["market_tasks_full"] = self.dropped["market_tasks_full"] + 1
+            if n % 100 == 1:
+                _log.warning("node=%s market tasks full; %d dropped", self.node, n)
 
     def _act(self, actions: list[Action] | list[offer_market.Action]) -> None:
         for a in actions:
@@ -414,6 +446,9 @@ class MarketDriver:
         self.result = c.result
         self.result_epoch = c.epoch
         self.status = self._honest_status(c)
+        self.offers = c.heard
+        if self.status in ("cleared", "shortage", "surplus"):
+            self.epochs.took_part(c.epoch)
         orders = [
             (self._names[id(b)], c.result.dispatch_kw(b))
             for b in c.bids
@@ -474,6 +509,7 @@ class MarketDriver:
     async def run(self) -> None:
         """Epoch after epoch until cancelled; pending pushes and commands are cancelled with the
         TaskGroup that owns them."""
+        self.epochs.start(self.now())
         async with asyncio.TaskGroup() as group:
             self.tasks.bind(group)
             while True:
