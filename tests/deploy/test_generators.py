@@ -182,8 +182,9 @@ def test_compose_on_one_machine_publishes_no_port(tmp_path: Path, grid_ca: Path)
 def test_systemd_writes_a_unit_set_per_node_and_no_secret(tmp_path: Path, grid_ca: Path) -> None:
     out = tmp_path / "out"
     result = _redy(
-        "deploy", "systemd", str(EXAMPLE), *HOSTS, "-o", str(out), "--certs", str(grid_ca)
-    )
+        "deploy", "systemd", str(EXAMPLE), *HOSTS, "-o", str(out), "--certs", str(grid_ca),
+        "--metrics", "9464",
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     keys = _secrets(out)
     for node in NODES:
@@ -212,6 +213,7 @@ def test_systemd_writes_a_unit_set_per_node_and_no_secret(tmp_path: Path, grid_c
         ]
         assert argv[argv.index("--node") + 1] == node
         assert argv[argv.index("--pki") + 1] == "/etc/redy/pki"
+        assert argv[argv.index("--metrics") + 1] == "9464"  # served on the gateway's loopback
         assert service["Restart"] == "on-failure"
         assert "deploy health" in units[f"redy-{node}-health.service"]["Service"]["ExecStart"]
         assert units[f"redy-{node}-health.timer"]["Timer"]["OnUnitActiveSec"] == "30"

@@ -25,7 +25,7 @@ def launch_args(values: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def _feed(sup: Supervisor) -> Any:
+def operator_feed(sup: Supervisor) -> Any:
     """Operator connections to every node of the launch, feeding the one live model that the
     table and the web page both read (redy.dashboard)."""
     from redy.brokers import load_credentials
@@ -48,6 +48,44 @@ def _start_web(feed: Any, port: int) -> Any:
     server = WebServer(feed, bind("127.0.0.1", port))
     server.start()
     return server
+
+
+METRICS = click.option(
+    "--metrics",
+    "metrics_port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics of every node and process on 127.0.0.1:PORT/metrics"
+    " (0: any free port).",
+)
+
+
+class MetricsEndpoint:
+    """`--metrics`: the launch's operator feed and the metrics server on it, from the launch's
+    start (`started`) to its stop (`stopping`)."""
+
+    def __init__(self, port: int | None, feed: Any = None) -> None:
+        self.port = port
+        self.feed = feed  # a feed the launch opened for its table or page, else one of its own
+        self._own_feed: Any = None
+        self._server: Any = None
+
+    def started(self, sup: Supervisor) -> None:
+        if self.port is None:
+            return
+        from redy.launch.metrics import serve
+
+        if self.feed is None:
+            self.feed = self._own_feed = operator_feed(sup)
+        self._server, port = serve(sup, self.feed, self.port)
+        click.echo(f"metrics: http://127.0.0.1:{port}/metrics")
+
+    def stopping(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._own_feed is not None:
+            self._own_feed.stop()
 
 
 DURATION = click.option(
@@ -95,14 +133,7 @@ DURATION = click.option(
     flag_value=8050,
     help="Also serve the live web dashboard on 127.0.0.1:PORT (8050; 0: any free port).",
 )
-@click.option(
-    "--metrics",
-    "metrics_port",
-    type=click.IntRange(0, 65535),
-    default=None,
-    help="Serve Prometheus metrics of every node and process on 127.0.0.1:PORT/metrics"
-    " (0: any free port).",
-)
+@METRICS
 @click.option("--check", is_flag=True, help="Only parse and validate the file.")
 def launch(
     file: str,
@@ -124,7 +155,7 @@ def launch(
         return
     dashboard: Any = None
     web: list[Any] = []  # the live feed, then the web server when --web is given
-    metrics: list[Any] = []  # the metrics' HTTP server when --metrics is given
+    metrics = MetricsEndpoint(metrics_port)
 
     def started(sup: Supervisor) -> None:
         nonlocal dashboard
@@ -138,14 +169,10 @@ def launch(
                 "operator password in "
                 f"{Path(state_dir).resolve() / n.node / 'credentials.json'}"
             )
-        if web_port is not None or table_period_s or metrics_port is not None:
-            web.append(_feed(sup))
-        if metrics_port is not None:
-            from redy.launch.metrics import serve
-
-            server, port = serve(sup, web[0], metrics_port)
-            metrics.append(server)
-            click.echo(f"metrics: http://127.0.0.1:{port}/metrics")
+        if web_port is not None or table_period_s:
+            web.append(operator_feed(sup))
+            metrics.feed = web[0]
+        metrics.started(sup)
         if web_port is not None:
             web.append(_start_web(web[0], web_port))
             click.echo(f"dashboard: {web[1].url}")
@@ -161,9 +188,7 @@ def launch(
             dashboard.stop()
             click.echo(dashboard.table())
             click.echo(dashboard.summary())
-        for server in metrics:
-            server.shutdown()
-            server.server_close()
+        metrics.stopping()
         for part in reversed(web):
             part.stop()
 
