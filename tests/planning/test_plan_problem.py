@@ -110,3 +110,11 @@ def test_rolling_plans_with_perfect_forecasts_cost_the_perfect_foresight_optimum
         assert day["cost_eur"] == pytest.approx(day["cost_perfect_eur"], rel=1e-6, abs=1e-6)
         assert day["ev_delivered_kwh"] == pytest.approx(day["ev_need_kwh"], rel=1e-9)
         assert day["unserved_kwh"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_with_forecast_errors_the_plan_costs_more_than_perfect_foresight_never_less() -> None:
+    out = simulate_plan(nodes=12, days=1, forecast="model", seed=4)
+    day = out["days"][0]
+    assert day["cost_eur"] >= day["cost_perfect_eur"] - 1e-6
+    assert day["offers_dropped"] == 0
+    assert day["ev_delivered_kwh"] == pytest.approx(day["ev_need_kwh"], rel=1e-9)
