@@ -138,6 +138,7 @@ class GovernanceHealth:
     offers: int
     peer_dials: int
     peer_failures: int
+    peer_links: int
     inbox: int
     tasks: int
     dropped: tuple[Count, ...] = ()

@@ -154,6 +154,7 @@ NODE_SERIES = (
     "redy_market_offers",
     "redy_peer_dials_total",
     "redy_peer_failures_total",
+    "redy_peer_links",
     "redy_governance_inbox_messages",
     "redy_governance_tasks",
     "redy_governance_start_time_seconds",

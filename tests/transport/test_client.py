@@ -115,12 +115,27 @@ async def test_a_stopped_broker_is_a_failed_delivery_not_an_overflow(process_bro
 
 @asynccontextmanager
 async def _listener(handler: Callable[..., Any]) -> AsyncIterator[int]:
-    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    """A TCP listener whose connections `handler` serves; on the way out it closes them all
+    (Python 3.11's server.close() leaves accepted connections open)."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        with contextlib.suppress(ConnectionError):
+            await handler(reader, writer)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         yield port
     finally:
         server.close()
+        for w in writers:
+            w.close()
+        for w in writers:
+            with contextlib.suppress(ConnectionError):
+                await w.wait_closed()
+        await server.wait_closed()
 
 
 async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

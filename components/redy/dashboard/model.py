@@ -202,6 +202,7 @@ def _health(h: messages.GovernanceHealth) -> dict[str, Any]:
         "offers": h.offers,
         "peer_dials": h.peer_dials,
         "peer_failures": h.peer_failures,
+        "peer_links": h.peer_links,
         "inbox": h.inbox,
         "tasks": h.tasks,
         "dropped": {c.name: c.count for c in h.dropped},

@@ -78,6 +78,7 @@ class LaunchCollector(Collector):
         offers = gauge("redy_market_offers", "offers the node's last clearing counted")
         dials = counter("redy_peer_dials", "connections opened to peers' brokers")
         failures = counter("redy_peer_failures", "peer connections or deliveries that failed")
+        links = gauge("redy_peer_links", "connections to peers' brokers open now")
         dropped = counter(
             "redy_messages_dropped", "messages and work dropped, per reason", ("node", "reason")
         )
@@ -102,13 +103,14 @@ class LaunchCollector(Collector):
             offers.add_metric([node], h["offers"])
             dials.add_metric([node], h["peer_dials"])
             failures.add_metric([node], h["peer_failures"])
+            links.add_metric([node], h["peer_links"])
             for reason, n in sorted(h["dropped"].items()):
                 dropped.add_metric([node, reason], n)
             inbox.add_metric([node], h["inbox"])
             tasks.add_metric([node], h["tasks"])
             started.add_metric([node], h["started_s"])
         yield from (up, price, epoch, status, offset, cleared, missed, offers, dials, failures)
-        yield from (dropped, inbox, tasks, started)
+        yield from (links, dropped, inbox, tasks, started)
 
     def _processes(self) -> Iterable[Metric]:
         labels = ["node", "process"]

@@ -331,6 +331,7 @@ class Governance:
             offers=market.offers if market is not None else 0,
             peer_dials=links.dials if links is not None else 0,
             peer_failures=links.failures if links is not None else 0,
+            peer_links=len(links.open_uris) if links is not None else 0,
             inbox=self._inbox.qsize() + len(self._peers.inbox),
             tasks=len(asyncio.all_tasks()),
             dropped=tuple(messages.Count(name=k, count=v) for k, v in sorted(dropped.items()) if v)[
