@@ -76,12 +76,41 @@ def _one(nodes: int, horizon: int, seed: int) -> dict[str, float]:
     }
 
 
+def _plot(rows: list[tuple[int, int, dict[str, float]]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for h in sorted({h for _, h, _ in rows}):
+        pts = [(n, m) for n, hh, m in rows if hh == h]
+        ns = [n for n, _ in pts]
+        (line,) = ax.loglog(ns, [m["plan"] for _, m in pts], "o-", label=f"plan, H={h}")
+        ax.loglog(
+            ns,
+            [m["linprog"] for _, m in pts],
+            "x--",
+            color=line.get_color(),
+            label=f"linprog, H={h}",
+        )
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xlabel("nodes N")
+    ax.set_ylabel("CPU s per solve (one core)")
+    ax.set_title("One plan solve: the community LP over H 15-min intervals")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nodes", default="50,100,200,500,1000")
     ap.add_argument("--horizons", default="24,48,96")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--docs", action="store_true", help="write docs/benchmarks/runs/ too")
+    ap.add_argument("--plot", default=None, help="also draw the times against N to this PNG")
     args = ap.parse_args()
     with docpage.recorded("plan_solve", enabled=args.docs):
         _run(args)
@@ -108,6 +137,8 @@ def _run(args: argparse.Namespace) -> None:
                 f" {med['linprog']:>9.3f} {med['plan'] / med['linprog']:>12.2f}",
                 flush=True,
             )
+    if args.plot:
+        _plot(rows, args.plot)
     idle1, total1 = cpu_ticks()
     print(f"host idle CPU share over the run: {(idle1 - idle0) / max(1, total1 - total0):.0%}")
     longest = max(horizons)

@@ -13,7 +13,8 @@ a power curve on an autoregressive wind speed). At the boundary, the supplier: a
 profile (a morning and an evening peak, a midday dip, a level drawn per day) plus 15 EUR/MWh to
 import and minus 15 to export; import up to 1.6 kW per household, export up to 4.
 
-A plan day runs from 12:00 to 12:00 (the day-ahead market's rhythm), 96 intervals of 15 min,
+The run starts on 16 March at 12:00. A plan day runs from 12:00 to 12:00 (the day-ahead
+market's rhythm), 96 intervals of 15 min,
 so each evening's EVs leave within the day they came. At every interval k of a day every node
 offers over the rest of the day [k, end) (the horizon shrinks to one interval at 11:45; the
 stores' end value prices what is left for the next day) and the plan is solved again
@@ -28,8 +29,10 @@ standard AR(1) series over the targets (phi 0.9) mixing a part common to all nod
 a part of each node's own: PV sigma 0.25 (a day-ahead nMAE of about 20 % of the energy), 80 %
 common; load sigma 0.15, 30 % common; wind sigma 0.25, all common. An EV is known from its
 arrival only (with `perfect`, from the day's start). What the forecasts miss at dispatch the
-boundary absorbs at its prices (the fast layer's job inside the interval), within its limits;
-beyond them, unserved load at the cap or excess injection at the floor.
+boundary absorbs at its prices within its limits; beyond the import limit, the fast layer inside
+the interval (`_cover`) takes the gas plants' ramp headroom, then the stores', then cuts EV draws;
+what is left is unserved load at the cap (excess injection beyond the export limit goes at the
+floor).
 
 Cost of a day (EUR), the same for the three runs: what the blocks, the wear and the boundary
 cost over the day's intervals, plus unserved and excess energy at the cap and floor, plus every
@@ -256,6 +259,21 @@ class _Forecasts:
         self.u_load = mix(LOAD_COMMON, c.households)
         self.u_wind = mix(1.0, max(len(c.wind_kw), 1))
 
+    def nmae(self, c: Community) -> dict[str, float]:
+        """The forecasts' error after the fact over the run: mean absolute error over mean
+        actual over every node and interval of the run, at a day's lead and at the interval
+        itself (before the forecasts are held within zero and the source's peak)."""
+        out: dict[str, float] = {}
+        if self.perfect:
+            return out
+        for series, actual, sigma in (("pv", c.pv_kw, PV_SIGMA), ("load", c.load_kw, LOAD_SIGMA)):
+            u = getattr(self, f"u_{series}")
+            mean = float(actual.mean()) or 1.0
+            for name, lead in (("day_ahead", DAY - 1), ("lead_0", 0)):
+                s = sigma * math.sqrt((lead + 1) / DAY)
+                out[f"{series}_{name}"] = float(np.abs(actual * s * u).mean()) / mean
+        return out
+
     def of(
         self,
         actual: np.ndarray,
@@ -332,9 +350,8 @@ def _offers(
                 dispatch_now_kw=float(st.gas_now_kw[g]),
             )
         )
-    wind = fc.of(c.wind_kw, "wind", WIND_SIGMA, k, end, c.wind_peak_kw) if len(c.wind_kw) else None
+    wind = fc.of(c.wind_kw, "wind", WIND_SIGMA, k, end, c.wind_peak_kw)  # (farms, h)
     for w in range(len(c.wind_kw)):
-        assert wind is not None
         out.append(HorizonOffer(names[c.households + len(c.gas_kw) + w], k, wind[w]))
     return out
 
@@ -403,7 +420,7 @@ def _apply(
     more than the boundary's import limit, the fast layer (`_cover`) first uses what the
     dispatch left of the units' ranges."""
     net = float(c.pv_kw[:, k].sum() - c.load_kw[:, k].sum())
-    net += float(c.wind_kw[:, k].sum()) if len(c.wind_kw) else 0.0
+    net += float(c.wind_kw[:, k].sum())
     draw = np.minimum(ev_kw, st.ev_left_kwh / DT_H)
     store_kw, draw, gas_kw = _cover(
         c,
@@ -533,7 +550,7 @@ def _single_day(c: Community, st: _State, batteries: list[Battery], day: int) ->
     b = c.boundary
     for k in range(day * DAY, (day + 1) * DAY):
         net = float(c.pv_kw[:, k].sum() - c.load_kw[:, k].sum())
-        net += float(c.wind_kw[:, k].sum()) if len(c.wind_kw) else 0.0
+        net += float(c.wind_kw[:, k].sum())
         offers: list[tuple[float, ...]] = [(net,)]
         bat = []
         for j, unit in enumerate(batteries):
@@ -687,6 +704,7 @@ def simulate_plan(
         "forecast": forecast,
         "seed": seed,
         "intervals_per_day": DAY,
+        "forecast_nmae": fc.nmae(c),
         "solve_cpu_s_mean": float(np.mean(solve_s)) if solve_s else 0.0,
         "solve_cpu_s_max": float(np.max(solve_s)) if solve_s else 0.0,
         "days": out_days,
