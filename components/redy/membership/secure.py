@@ -556,11 +556,12 @@ class SecureCyclon:
         for d in fresh:
             if len(view) >= self.view_size:
                 if not replaceable:
-                    # Still full: a terminal copy gives way before a new entry is dropped.
-                    others = [o for o in terminal if o in view]
+                    # Still full: a terminal copy gives way before a new entry is dropped;
+                    # one drawn at random (the set's order would favour some node ids).
+                    others = [o for o in view if o in terminal]
                     if not others:
                         break
-                    replaceable = [others[0]]
+                    replaceable = [self._rng.choice(others)]
                 self._drop(replaceable.pop())
             view[d.owner] = d
             if len(d.chain) >= self.max_chain:

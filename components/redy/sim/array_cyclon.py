@@ -91,7 +91,7 @@ class ArrayOverlay:
             self.ids[:n, :k] = (np.arange(n)[:, None] + np.arange(1, k + 1)[None, :]) % n
             self.length[:n] = k
         else:
-            _random_bootstrap(self.ids, self.length, n, c)
+            random_bootstrap(self.ids, self.length, n, c)
 
     def crash(self, fraction: float, rng: random.Random) -> None:
         live = self.live().tolist()
@@ -223,7 +223,7 @@ def seed_rng(seed: int) -> None:
 
 
 @numba.njit(cache=True)
-def _random_bootstrap(ids: np.ndarray, length: np.ndarray, n: int, c: int) -> None:
+def random_bootstrap(ids: np.ndarray, length: np.ndarray, n: int, c: int) -> None:
     want = min(c + 1, n)
     picked = np.empty(want, dtype=np.int32)
     for i in range(n):
@@ -264,7 +264,7 @@ def remove_slot(ids: np.ndarray, base: np.ndarray, length: np.ndarray, p: int, s
 
 
 @numba.njit(cache=True)
-def _tomb_find(
+def tomb_find(
     tomb_id: np.ndarray, tomb_t: np.ndarray, tick: int, p: int, node: int, ttl: int,
 ) -> int:  # fmt: skip
     """The slot of a tombstone for `node` still standing at `tick`, or -1."""
@@ -294,6 +294,29 @@ def tomb_add(
     s = free if free >= 0 else oldest
     tomb_id[p, s] = node
     tomb_t[p, s] = tick
+
+
+@numba.njit(cache=True)
+def strike(strike_id: np.ndarray, strike_n: np.ndarray, p: int, q: int, gone: bool) -> bool:
+    """One more message of p's to q lost: whether q gets another chance (fewer than `_STRIKES`
+    in a row, and not `gone` by other evidence); its count is forgotten when not."""
+    slot = -1
+    free = -1
+    for s in range(strike_id.shape[1]):
+        if strike_id[p, s] == q:
+            slot = s
+        elif strike_id[p, s] < 0 and free < 0:
+            free = s
+    strikes = (strike_n[p, slot] if slot >= 0 else 0) + 1
+    if strikes >= _STRIKES or gone:
+        if slot >= 0:
+            strike_id[p, slot] = -1
+        return False
+    if slot < 0:
+        slot = free if free >= 0 else 0
+    strike_id[p, slot] = q
+    strike_n[p, slot] = strikes
+    return True
 
 
 @numba.njit(cache=True)
@@ -350,7 +373,7 @@ def _merge(
         if node == p or age < 0:
             continue
         if redy:
-            s = _tomb_find(tomb_id, tomb_t, t, p, node, ttl)
+            s = tomb_find(tomb_id, tomb_t, t, p, node, ttl)
             if s >= 0:
                 if age >= t - tomb_t[p, s]:
                     continue  # a stale copy from before the evidence: the node is gone
@@ -427,22 +450,9 @@ def _seed_from(state: ViewState, p: int, intro: int, ttl: int, verify: bool) -> 
 def _on_timeout(state: ViewState, p: int, q: int, q_age: int, c: int, ttl: int) -> None:
     """The redy detector's answer to a lost message: three strikes before q is given up."""
     ids, base, length, tick, _, tomb_id, tomb_t, strike_id, strike_n = state
-    slot = -1
-    free = -1
-    for s in range(strike_id.shape[1]):
-        if strike_id[p, s] == q:
-            slot = s
-        elif strike_id[p, s] < 0 and free < 0:
-            free = s
-    strikes = (strike_n[p, slot] if slot >= 0 else 0) + 1
-    if strikes >= _STRIKES or _tomb_find(tomb_id, tomb_t, tick[p], p, q, ttl) >= 0:
-        if slot >= 0:
-            strike_id[p, slot] = -1
+    gone = tomb_find(tomb_id, tomb_t, tick[p], p, q, ttl) >= 0
+    if not strike(strike_id, strike_n, p, q, gone):
         return
-    if slot < 0:
-        slot = free if free >= 0 else 0
-    strike_id[p, slot] = q
-    strike_n[p, slot] = strikes
     if find_entry(ids, length, p, q) < 0 and length[p] < c:
         s = length[p]
         ids[p, s] = q
@@ -530,7 +540,7 @@ def _cycle(
             continue
         # -- q answers (on_request): lift a tombstone of p, SL random others, merge
         if redy:
-            s = _tomb_find(tomb_id, tomb_t, tick[q], q, p, ttl)
+            s = tomb_find(tomb_id, tomb_t, tick[q], q, p, ttl)
             if s >= 0:
                 tomb_id[q, s] = -1
         m = _sample_slots(ids, length, q, p, sl, slots)

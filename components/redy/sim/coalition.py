@@ -27,17 +27,18 @@ soon as it holds a token. Strategies (`STRATEGIES`, `mix`: each member one in tu
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from redy.errors import SimulationError
-from redy.membership.secure import Descriptor, SecureCyclon, SecureOut
+from redy.membership.secure import Descriptor, SecureOut
 
 STRATEGIES = ("hoard", "focus", "rate", "replay", "pairs", "poison")
 RATE = 4  # the most requests a `rate` member sends per period
 _HALF = 0.5
+_Alive = Sequence[bool] | np.ndarray  # who is up, by node (the fast engine passes its array)
 
 
 def sim_uri(i: int) -> str:
@@ -105,7 +106,7 @@ class Coalition:
             else:
                 self.tokens.setdefault(d.owner, []).append(d)
 
-    def _take_token(self, member: int, period: int, alive: Sequence[bool]) -> Descriptor | None:
+    def _take_token(self, member: int, period: int, alive: _Alive) -> Descriptor | None:
         """A token of an honest node: `focus` members take the honest node the coalition has
         held tokens of longest (all on a few views), the others one drawn at random (spread:
         a receiver answers few requests a period); the oldest of that node's first."""
@@ -170,9 +171,7 @@ class Coalition:
 
     # -- events ------------------------------------------------------------------------------
 
-    def requests_of(
-        self, member: int, period: int, alive: Sequence[bool]
-    ) -> list[tuple[int, SecureOut]]:
+    def requests_of(self, member: int, period: int, alive: _Alive) -> list[tuple[int, SecureOut]]:
         """This period's requests of `member`: (target, request) pairs."""
         count = RATE if self.strategy[member] == "rate" else 1
         out = []
@@ -197,9 +196,8 @@ class Coalition:
 
     # -- figures -----------------------------------------------------------------------------
 
-    def measure(
-        self, nodes: Sequence[Any], honest_live: Sequence[int], period: int, final: bool = False
-    ) -> None:
+    def measure(self, nodes: Sequence[Any], honest_live: Sequence[int], period: int) -> None:
+        """The figures of this period, from the core nodes' views and convictions."""
         evil = self.evil
         shares = []
         for i in honest_live:
@@ -207,28 +205,39 @@ class Coalition:
             n = len(nodes[i])
             if n:
                 shares.append(sum(1 for o in view if o in evil or o < 0) / n)
-        arr = np.asarray(shares) if shares else np.zeros(1)
-        self.mean_share.append(float(arr.mean()))
-        self.max_share.append(float(arr.max()))
-        self.over_half.append(float((arr > _HALF).mean()))
-        if period % 5 == 0 or final:
+        self.record_shares(np.asarray(shares))
+        if period % 5 == 0:
             counts: dict[int, int] = {}
             for i in honest_live:
                 for m in nodes[i].convicted:
                     counts[m] = counts.get(m, 0) + 1
-            need = len(honest_live)
-            for m, n in counts.items():
-                if n >= need and m in evil and m not in self.known_at:
-                    self.known_at[m] = period
+            self.record_known(counts, len(honest_live), period)
 
-    def report(self, nodes: Sequence[SecureCyclon], live: Sequence[int]) -> dict[str, Any]:
+    def record_shares(self, shares: np.ndarray) -> None:
+        """Each honest view's share of member (or invented) entries, this period."""
+        arr = shares if len(shares) else np.zeros(1)
+        self.mean_share.append(float(arr.mean()))
+        self.max_share.append(float(arr.max()))
+        self.over_half.append(float((arr > _HALF).mean()))
+
+    def record_known(self, counts: Mapping[int, int], honest: int, period: int) -> None:
+        """`counts`: how many of the `honest` live nodes have convicted each node."""
+        for m, n in counts.items():
+            if n >= honest and m in self.evil and m not in self.known_at:
+                self.known_at[m] = period
+
+    def report(
+        self, views: Sequence[Iterable[int]], convicted: Collection[Hashable], live: Sequence[int]
+    ) -> dict[str, Any]:
+        """The run's figures; `views[i]`: node i's neighbours, `convicted`: the members some
+        honest node has convicted."""
         from redy.sim.views import largest_component
 
         honest = [i for i in live if i not in self.evil]
         keep = set(honest)
-        adj: list[list[int]] = [[] for _ in nodes]
+        adj: list[list[int]] = [[] for _ in views]
         for i in honest:
-            for j in nodes[i].neighbours():
+            for j in views[i]:
                 if j in keep:
                     adj[i].append(j)
                     adj[j].append(i)
@@ -238,7 +247,6 @@ class Coalition:
         for s in self.strategy.values():
             counts[s] = counts.get(s, 0) + 1
         known = sorted(self.known_at.values())
-        convicted = {m for m in self.members if any(m in nodes[i].convicted for i in honest)}
         final = self.mean_share[-1] if self.mean_share else 0.0
         return {
             "members": len(self.evil),
@@ -255,7 +263,7 @@ class Coalition:
             "views_over_half_final": self.over_half[-1] if self.over_half else 0.0,
             "honest_largest_component_fraction": largest / len(honest) if honest else 0.0,
             "member_requests": self.requests,
-            "members_convicted_somewhere": len(convicted),
+            "members_convicted_somewhere": len(self.evil.intersection(convicted)),
             "members_known_to_all": len(known),
             "cycles_until_known_to_all": {
                 "median": known[len(known) // 2] if known else None,

@@ -132,8 +132,9 @@ def sim() -> None:
     type=click.Choice(["fast", "core"]),
     default=None,
     help="fast (the default): the shuffle compiled over arrays (10^6 nodes); core (the default "
-    "with --adversaries): every node a redy.membership.cyclon.Cyclon, as in the governance "
-    "processes (the reference).",
+    "with --adversaries or --secure): every node a redy.membership.cyclon.Cyclon (or "
+    "SecureCyclon), as in the governance processes (the reference). --secure runs on both; "
+    "--adversaries without --secure only on core.",
 )
 @_adversaries_option(
     "eclipse: each sends 4 shuffle requests per period to honest nodes, answers with poison "
@@ -143,7 +144,8 @@ def sim() -> None:
 @click.option(
     "--secure",
     is_flag=True,
-    help="The shuffle with signed descriptors (redy.membership.secure, issue 26; core engine).",
+    help="The shuffle with signed descriptors (redy.membership.secure, issue 26); with "
+    "--engine fast, its rules compiled over arrays (redy.sim.array_secure).",
 )
 @click.option(
     "--strategy",

@@ -35,6 +35,7 @@ from redy.sim.views import SOURCES, largest_component, metric_sample, overlay_re
 if TYPE_CHECKING:
     from redy.sim.adversaries import Eclipse
     from redy.sim.array_cyclon import ArrayOverlay
+    from redy.sim.array_secure import SecureArrayOverlay
 
 _ENGINES = ("fast", "core")
 
@@ -342,12 +343,20 @@ def simulate_membership(
     if adversaries:
         from redy.sim.adversaries import check
 
-        check(adversaries, engine)
+        check(adversaries, "core" if secure else engine)
     started = time.perf_counter()
     net: ShuffleNet | ArrayOverlay
-    if secure:
-        if engine != "core":
-            raise SimulationError("--secure runs on the core engine; drop --engine fast")
+    secure_fast: SecureArrayOverlay | None = None
+    if secure and engine == "fast":
+        from redy.sim.adversaries import pick
+        from redy.sim.array_secure import SecureArrayOverlay  # numba: imported only when used
+
+        evil = pick(nodes, adversaries, random.Random(seed + 7)) if adversaries else frozenset()
+        net = secure_fast = SecureArrayOverlay(
+            nodes + join_count, nodes, view_size, shuffle_length, detector, seed, evil, strategy
+        )
+        net.bootstrap(bootstrap)
+    elif secure:
         net = SecureShuffleNet(
             nodes, view_size, shuffle_length, detector, seed, adversaries, strategy
         )
@@ -399,7 +408,12 @@ def simulate_membership(
         "dead_links": dead_links,
     }
     if isinstance(net, SecureShuffleNet) and net.coalition is not None:
-        result["adversaries"] = net.coalition.report(net.secure_nodes, net.live())
+        honest = [i for i in net.live() if i not in net.evil]
+        convicted = {m for i in honest for m in net.secure_nodes[i].convicted}
+        views = [list(node.neighbours()) for node in net.secure_nodes]
+        result["adversaries"] = net.coalition.report(views, convicted, net.live())
+    elif secure_fast is not None and secure_fast.coalition is not None:
+        result["adversaries"] = secure_fast.coalition_report()
     elif isinstance(net, ShuffleNet) and net.eclipse is not None:
         result["adversaries"] = net.eclipse.report(net)
     if isinstance(net, ShuffleNet):
