@@ -11,8 +11,18 @@ forks of remembered chains convicting the forker, verdicts spread with the messa
 `news_periods`, min-wise samplers fed by what is merged and by the partners' view digests, a
 probe of a sampled node one period in `probe_every` and whenever starved, tombstones and
 strikes as in the core. Each node's view is one row of `c` slots: owner (`ids`, so the plain
-engine's metrics read it unchanged), period of issue (`base`, the core's `born`), the chain
-(owner first, at most `max_chain` ids), and a terminal flag.
+engine's metrics read it unchanged), period of issue (`base`, the core's `born`), the chain's
+length and last hop, a terminal flag, and with members the chain itself (owner first, at most
+`max_chain` ids): without members no check can fail on the hops in between, so only those
+lengths and ends are kept and carried (the messages carry the owner, the sender and the
+receiver, which every check reads).
+
+Speed: the kernels run without numba's reference counting (they only index arrays that their
+caller holds): at 100,000 nodes the counting of every field read cost as much as the shuffle.
+What remains is memory traffic: per exchange the signed shuffle reads both views whole (the
+digests), their chain lengths, ends and flags, the samplers, the redeemed ring and the answer
+counts, about twice the cache lines of the plain shuffle (bench/coalition.py --fast measures
+the ratio).
 
 The coalition is redy.sim.coalition's, the same Python object the core engine drives: the
 compiled loop returns to Python on a member's turn and on an honest request to a member, and the
@@ -114,6 +124,7 @@ class SecureState(NamedTuple):
     seed_fresh: np.ndarray  # scratch of _seed: (c,) int32
     seed_row: np.ndarray  # (max_chain,) int32
     issued: np.ndarray  # scratch of the bootstrap: (n,) int32
+    intro: np.ndarray  # (n,) int32: the node's own introducer (-1: the overlay's)
 
 
 class Params(NamedTuple):
@@ -222,6 +233,7 @@ class SecureArrayOverlay(ArrayOverlay):
             np.zeros(c, np.int32),
             np.zeros(mc, np.int32),
             np.zeros(capacity, np.int32),
+            np.full(capacity, -1, np.int32),
         )
         self.prm = Params(
             c,
@@ -280,12 +292,14 @@ class SecureArrayOverlay(ArrayOverlay):
     def join(self, count: int, rng: random.Random) -> None:
         self.introducer = rng.choice(self.live().tolist())
         for j in self.add(count):
+            self.st.intro[j] = self.introducer
             _seed(self.st, self.prm, int(j), self.introducer, self.period, True)
 
     def revive(self, node: int, introducer: int) -> None:
         """A restarted process: a new core (nothing remembered), seeded as a joining one."""
         _reset(self.st, node)
         self.alive[node] = True
+        self.st.intro[node] = introducer
         if introducer != node and self.alive[introducer]:
             _seed(self.st, self.prm, node, introducer, self.period, True)
 
@@ -690,7 +704,7 @@ def _observe(st: SecureState, prm: Params, p: int, q: int, period: int) -> None:
         o = ids[q, s]
         if prm.coalition and not _remember(st, prm, p, o, born[q, s], chain[q, s], n, period):
             continue
-        if o != p and not _convicted(conv_t, midx, p, o):
+        if o != p and not (prm.coalition and _convicted(conv_t, midx, p, o)):
             _saw(s_seed, s_rank, s_id, p, o)
 
 
@@ -786,7 +800,7 @@ def _admissible(
             return -1
         idx[got] = k
         got += 1
-        if not _convicted(conv_t, midx, p, owner):
+        if not (prm.coalition and _convicted(conv_t, midx, p, owner)):
             _saw(s_seed, s_rank, s_id, p, owner)
     return got
 
@@ -1182,7 +1196,7 @@ def _turn(
         and (length[p] == 0 or _sample(st, prm, p, period) < 0)
     ):
         # Nobody to ask: the process asks its introducer again (and reads its retained view).
-        intro = introducer
+        intro = st.intro[p] if st.intro[p] >= 0 else introducer
         if not alive[intro]:
             intro = order[np.random.randint(0, len(order))]
         if intro != p:
