@@ -86,21 +86,22 @@ def test_grid_reaches_a_common_price_and_rebalances_after_the_gas_plant_dies(
     desc = parse(LAUNCH)
     ports = {n.node: n.broker.port for n in desc.nodes}
     assert all(port_is_free(p + o) for p in ports.values() for o in OFFSETS)
-    launcher = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "redy",
-            "launch",
-            str(LAUNCH),
-            f"epoch_s:={EPOCH_S}",
-            "--compose",
-            "--state-dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "launch.log", "wb"),  # noqa: SIM115
-    )
+    with open(tmp_path / "launch.log", "wb") as log:  # the child keeps its own descriptor
+        launcher = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "redy",
+                "launch",
+                str(LAUNCH),
+                f"epoch_s:={EPOCH_S}",
+                "--compose",
+                "--state-dir",
+                str(tmp_path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     frozen: list[int] = []
     try:
         until(

@@ -163,6 +163,8 @@ def test_a_process_broker_dies_with_the_process_that_started_it(
         if owner.poll() is None:
             owner.kill()
             owner.wait()
+        if owner.stdout is not None:
+            owner.stdout.close()
 
 
 def _run_cli(*args: str) -> subprocess.Popen[str]:

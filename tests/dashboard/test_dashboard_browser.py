@@ -104,6 +104,10 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def test_the_page_lists_figure3_shows_a_common_price_and_sees_a_node_killed(

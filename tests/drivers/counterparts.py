@@ -131,6 +131,8 @@ class ModbusServer:
                 asyncio.run_coroutine_threadsafe(self._server.shutdown(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()
 
 
 # --- OCPP 1.6J ---------------------------------------------------------------------------------
@@ -262,8 +264,12 @@ class ChargePointRunner:
     def close(self) -> None:
         if self.ws is not None:
             self.run(self.ws.close())
+        for task in self.tasks:
+            self.loop.call_soon_threadsafe(task.cancel)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        if not self.thread.is_alive():
+            self.loop.close()
 
 
 # --- Zigbee2MQTT's broker ----------------------------------------------------------------------

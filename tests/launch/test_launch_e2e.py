@@ -269,18 +269,12 @@ def _is_unit(pid: int, word: str) -> bool:
 def test_kill9_of_the_launcher_leaves_no_unit_or_broker(tmp_path: Path) -> None:
     port = _free_ports()
     state = tmp_path / "state"
-    launcher = subprocess.Popen(
-        [
-            *REDY,
-            "launch",
-            str(_one_node_file(tmp_path)),
-            f"port:={port}",
-            "--state-dir",
-            str(state),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "launch.log", "wb"),  # noqa: SIM115
-    )
+    with open(tmp_path / "launch.log", "wb") as log:  # the child keeps its own descriptor
+        launcher = subprocess.Popen(
+            [*REDY, "launch", str(_one_node_file(tmp_path)), f"port:={port}", "--state-dir", state],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     try:
         # The broker and the three units of _one_node_file, each naming the state directory.
         until(lambda: len(_processes_using(state)) >= 4, 20, "launch up")

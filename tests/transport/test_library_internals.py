@@ -104,6 +104,18 @@ def test_paho_reconnects_wait_the_one_backoff() -> None:
     assert client.backoff.attempts == 1 and client._reconnect_delay <= 0.01
 
 
+def test_paho_loop_stop_closes_the_wake_up_socket_pair() -> None:
+    """paho opens a socket pair in loop_start and closes it only in __del__; new_client's
+    loop_stop closes it (paho's `_sockpairR`/`_sockpairW`, `_reset_sockets`)."""
+    client = new_client("x")
+    client.loop_start()
+    pair = (client._sockpairR, client._sockpairW)
+    assert all(s is not None and s.fileno() >= 0 for s in pair)
+    client.loop_stop()
+    assert client._sockpairR is None and client._sockpairW is None
+    assert all(s is not None and s.fileno() == -1 for s in pair)  # closed, not just dropped
+
+
 def test_paho_clears_the_delay_on_an_accepted_connack(process_broker: Any) -> None:
     broker = process_broker("gas-1")
     client = new_client("x", user="operator", password=broker.credentials.password("operator"))

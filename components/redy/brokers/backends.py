@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -139,6 +140,22 @@ def log_summary(text: str) -> str:
     return rest if sep and stamp.isdigit() else line
 
 
+def _docker_reachable() -> None:
+    """Raise OSError unless the Docker daemon's socket (DOCKER_HOST, else the default) accepts a
+    connection: asked first, so that docker-py, which leaves its socket open when it cannot
+    reach the daemon, is only called when it can."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if host.startswith("unix://"):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(host[len("unix://") :])
+    elif host.startswith("tcp://"):
+        address = host[len("tcp://") :].rstrip("/")
+        name, _, port = address.rpartition(":")
+        with socket.create_connection((name, int(port)), timeout=5):
+            pass
+
+
 class ProcessBroker(_BrokerBase):
     """The node's broker as a `mosquitto` child process (the default backend); it logs to
     `<node dir>/mosquitto.log`.
@@ -174,7 +191,9 @@ class ProcessBroker(_BrokerBase):
                 preexec = die_with_parent
         self._check_ports()
         self.credentials = write_files(self.config)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed by stop())
+        if self._log is not None:  # a start after a crash: the dead process's log handle
+            self._log.close()
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed by stop() or kill())
         start_at = self._log.tell()
         try:
             self._proc = subprocess.Popen(
@@ -209,6 +228,9 @@ class ProcessBroker(_BrokerBase):
         if self._proc is not None:
             self._proc.kill()
             self._proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -254,6 +276,7 @@ class ContainerBroker(_BrokerBase):
         self.credentials = write_files(self.config)
         d = self.config.node_dir.resolve()
         try:
+            _docker_reachable()  # docker-py leaks its socket when it cannot connect
             container = DockerContainer(self.image)
         except Exception as exc:  # docker-py raises DockerException and friends
             raise BrokerError(

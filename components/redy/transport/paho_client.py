@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -47,12 +47,22 @@ class _BackoffClient(mqtt.Client):
     doubling `_reconnect_delay` from `_reconnect_min_delay`, and clears `_reconnect_delay` on
     every accepted CONNACK. The override hands paho the next backoff delay as a one-step
     schedule and resets the backoff where paho would restart its own; it keeps paho's sleep,
-    which wakes up on a disconnect or a stop (tests/transport/test_library_internals.py holds
-    these names)."""
+    which wakes up on a disconnect or a stop. `loop_stop` closes paho's wake-up socket pair
+    (`_reset_sockets`). tests/transport/test_library_internals.py holds these names."""
 
     def __init__(self, *args: Any, backoff: Backoff, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.backoff = backoff
+
+    def loop_stop(self) -> MQTTErrorCode:
+        """paho's loop_stop, then the socket pair that woke its network thread closed: paho
+        closes it only when the client is collected, which in a reference cycle comes after
+        the sockets' own finalizers (a ResourceWarning each). A later loop_start makes a new
+        pair."""
+        rc = super().loop_stop()
+        if self._thread is None:  # the network thread is gone: nothing reads the pair now
+            self._reset_sockets(sockpair_only=True)
+        return rc
 
     def _reconnect_wait(self) -> None:
         with self._reconnect_delay_mutex:
