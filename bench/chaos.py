@@ -1,0 +1,513 @@
+"""A grid under random, overlapping faults, and a checker of what must hold afterwards (issue 30).
+
+    python bench/chaos.py [--grid launch/grid12.yaml] [--minutes 60] [--seed S] [--json]
+
+Launches the grid (`redy launch --metrics`), waits until every node has cleared a price (steady
+state), runs it undisturbed for `--baseline-minutes` (default: as long as the chaos), then for
+`--minutes` while a scheduler draws faults at random: start times of a Poisson process (mean gap
+`--mean-gap-s`), each fault held a uniform 3-12 s on a random node, so several overlap at times:
+
+- `broker-kill`: kill -9 of a node's broker (the launcher restarts it; the fault lasts until
+  the new broker process is there);
+- `broker-stop`: SIGSTOP of a node's broker, SIGCONT after the hold;
+- `governance-kill`: kill -9 of a node's governance unit (the launcher respawns it; the fault
+  lasts until the new process serves: its state on its broker again);
+- `governance-stop`: SIGSTOP of a governance unit, SIGCONT after the hold;
+- `hostile-member`: a member with a valid certificate of the grid's CA connects to a node's grid
+  listener, floods it with malformed gossip and shuffle requests that name a closed port, and
+  leaves after the hold.
+
+Partitions and clock steps need a network and a clock per node (namespaces, faketime: see
+tests/faults); one launch on one loopback has neither, so they are not drawn here.
+
+Records every node's retained state (its own broker, as an operator) and scrapes /metrics every
+`--scrape-s`. The checker then asserts:
+
+1. no process lost for good: every process and broker up at the end, none given up;
+2. every node cleared again within `--recovery-epochs` epochs of each fault's end (a fault with
+   another one active within that window is judged with the one that ends last);
+3. no retained state that lies: at the end, every node's retained state comes from a running
+   governance and names a recent epoch, and every unit's retained state says `online`;
+4. growth per process from the chaos's first sixth to its end of resident memory and open file
+   descriptors, and per node of peer links and tasks (reported; judged against `--growth`,
+   5 %, only for runs of 10 minutes or more: a shorter run still warms up).
+
+Prints the fraction of node-epochs cleared during the chaos against the undisturbed baseline of
+the same run (goal 0.95) and the longest recovery, and exits 1 if a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from redy import messages, pki
+from redy.brokers import load_credentials
+from redy.launch.parser import parse
+from redy.topics import render, subscription
+from redy.transport.paho_client import new_client
+
+ROOT = Path(__file__).resolve().parents[1]
+CLEARED = ("cleared", "shortage", "surplus")
+FAULTS = ("broker-kill", "broker-stop", "governance-kill", "governance-stop", "hostile-member")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pids(match: str) -> list[int]:
+    """Live (not zombie) processes whose command line contains `match`."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            stat = (d / "stat").read_text()
+            if match in cmd and stat.rsplit(")", 1)[1].split()[0] != "Z":
+                out.append(int(d.name))
+    return out
+
+
+class Recorder:
+    """Every node's retained governance state and units' states, as an operator reads them."""
+
+    def __init__(self, state: Path, nodes: list[Any]) -> None:
+        self.lock = threading.Lock()
+        self.states: list[tuple[float, str, dict[str, Any]]] = []  # (t, node, state)
+        self.units: dict[tuple[str, str], str] = {}
+        self.last: dict[str, dict[str, Any]] = {}
+        self._clients = []
+        for n in nodes:
+            password = load_credentials(state / n.node / "credentials.json").password("operator")
+            c = new_client(f"chaos-rec-{n.node}", user="operator", password=password)
+            c.on_connect = lambda cl, *_a, node=n.node: self._subscribe(cl, node)
+            c.on_message = self._message
+            host, port = messages.parse_uri(n.broker.local_uri)
+            c.connect_async(host, port, keepalive=5)
+            c.loop_start()
+            self._clients.append(c)
+
+    def _subscribe(self, c: Any, node: str) -> None:
+        c.subscribe(render("node_state", node=node), qos=1)
+        c.subscribe(subscription("unit_state", node=node), qos=1)
+
+    def _message(self, _c: Any, _u: Any, msg: Any) -> None:
+        try:
+            decoded = messages.decode(msg.topic, msg.payload)
+        except Exception:  # a bench records what it can read
+            return
+        now = time.time()
+        with self.lock:
+            if isinstance(decoded, messages.NodeEnergyState):
+                row = {"epoch": decoded.epoch, "status": decoded.status, "ts_s": decoded.ts_s}
+                self.states.append((now, decoded.node, row))
+                self.last[decoded.node] = {**row, "t": now}
+            elif isinstance(decoded, messages.UnitState):
+                parts = msg.topic.split("/")
+                self.units[(parts[1], parts[3])] = decoded.state
+
+    def serving(self, node: str, since: float) -> bool:
+        """Whether `node`'s governance has published a state (not its Will) since `since`."""
+        with self.lock:
+            last = self.last.get(node)
+        return last is not None and last["t"] >= since and last["status"] != "offline"
+
+    def cleared(self) -> dict[int, set[str]]:
+        """epoch -> the nodes that cleared in it (with others)."""
+        out: dict[int, set[str]] = {}
+        with self.lock:
+            for _t, node, s in self.states:
+                if s["epoch"] is not None and s["status"] in CLEARED:
+                    out.setdefault(s["epoch"], set()).add(node)
+        return out
+
+    def close(self) -> None:
+        for c in self._clients:
+            c.disconnect()
+            c.loop_stop()
+
+
+def scrape(port: int) -> dict[str, list[Any]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, list[Any]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, []).append(s)
+    return out
+
+
+class Hostile:
+    """A member with a valid certificate on one node's grid listener, misbehaving until closed."""
+
+    def __init__(self, state: Path, target: Any, rng: random.Random) -> None:
+        identity = pki.issue(state, "chaos-evil", ["127.0.0.1"])
+        self.target = target.node
+        self.c = new_client(f"chaos-evil-{rng.randrange(10**6)}", tls=identity)
+        host, port = messages.parse_uri(target.broker.grid_uri)
+        self._stop = threading.Event()
+        self.c.connect_async(host, port, keepalive=5)
+        self.c.loop_start()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        gossip = render("gossip", node=self.target, peer="chaos-evil")
+        shuffle = render("shuffle", node=self.target, peer="chaos-evil")
+        closed = f"mqtts://127.0.0.1:{_free_port()}"
+        nonce = 0
+        while not self._stop.wait(0.05):
+            for _ in range(10):
+                self.c.publish(gossip, b'{"sender": "chaos-evil", "epoch": "soon"}', qos=0)
+            nonce += 1
+            request = messages.ShuffleRequest(sender="chaos-evil", broker=closed, nonce=nonce)
+            self.c.publish(shuffle, messages.encode(request), qos=0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+class Chaos:
+    def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
+        self.args = args
+        self.tmp = tmp
+        self.state = tmp / "state"
+        self.desc = parse(args.grid, {})
+        self.nodes = [n.node for n in self.desc.nodes]
+        gov = self.desc.nodes[0].governance
+        assert gov is not None, "a grid of governance units"
+        self.epoch_s = float(gov.value("epoch_s"))
+        self.rng = random.Random(args.seed)
+        self.metrics_port = _free_port()
+        self.faults: list[dict[str, Any]] = []  # name, node, start, end
+        self.scrapes: list[tuple[float, dict[str, list[Any]]]] = []
+        self.launcher: subprocess.Popen[bytes] | None = None
+
+    # -- the grid --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        log = open(self.tmp / "launch.log", "wb")  # noqa: SIM115 (closed with the process)
+        self.launcher = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "redy", "launch", str(self.args.grid)),
+                *("--state-dir", str(self.state), "--metrics", str(self.metrics_port)),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        for n in self.desc.nodes:
+            creds = self.state / n.node / "credentials.json"
+            deadline = time.monotonic() + 60
+            while not creds.exists():
+                if time.monotonic() > deadline or self.launcher.poll() is not None:
+                    raise SystemExit(f"the launch did not come up; see {self.tmp}/launch.log")
+                time.sleep(0.2)
+        self.rec = Recorder(self.state, self.desc.nodes)
+
+    def stop(self) -> None:
+        with contextlib.suppress(AttributeError):
+            self.rec.close()
+        if self.launcher is not None and self.launcher.poll() is None:
+            self.launcher.send_signal(signal.SIGTERM)
+            try:
+                self.launcher.wait(60)
+            except subprocess.TimeoutExpired:
+                self.launcher.kill()
+
+    def wait_steady(self, timeout_s: float) -> float:
+        """Until every node has cleared in one epoch; the time it took."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout_s:
+            if any(len(v) == len(self.nodes) for v in self.rec.cleared().values()):
+                return time.monotonic() - t0
+            time.sleep(0.5)
+        raise SystemExit(f"no epoch with every node cleared in {timeout_s:g} s")
+
+    def _scrape(self) -> None:
+        with contextlib.suppress(OSError):
+            self.scrapes.append((time.time(), scrape(self.metrics_port)))
+
+    def quiet(self, seconds: float) -> tuple[float, float]:
+        t0 = time.time()
+        end = t0 + seconds
+        while time.time() < end:
+            self._scrape()
+            time.sleep(min(self.args.scrape_s, max(0.0, end - time.time())))
+        return t0, time.time()
+
+    # -- faults ----------------------------------------------------------------------------------
+
+    def _pid(self, kind: str, node: str) -> int | None:
+        if kind == "broker":
+            found = _pids(f"{self.state.resolve()}/{node}/mosquitto.conf")
+            found = [p for p in found if "setpriv" not in Path(f"/proc/{p}/comm").read_text()]
+        else:
+            found = _pids(f"{self.state.resolve()}/{node}/governance.config.json")
+        return found[0] if found else None
+
+    def _fault(self, name: str, node: str, hold_s: float) -> None:
+        start = time.time()
+        target = next(n for n in self.desc.nodes if n.node == node)
+        kind = name.split("-")[0]
+        if name == "hostile-member":
+            evil = Hostile(self.state, target, self.rng)
+            time.sleep(hold_s)
+            evil.close()
+        elif name.endswith("-stop"):
+            pid = self._pid(kind, node)
+            if pid is not None:
+                os.kill(pid, signal.SIGSTOP)
+                time.sleep(hold_s)
+                os.kill(pid, signal.SIGCONT)
+        else:  # a kill lasts until the launcher has brought the process back and it serves
+            pid = self._pid(kind, node)
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    now = self._pid(kind, node)
+                    if now is not None and now != pid:
+                        break
+                if kind == "governance":  # serving: its state on its broker again
+                    back = time.time()
+                    while time.monotonic() < deadline and not self.rec.serving(node, back):
+                        time.sleep(0.2)
+        self.faults.append({"fault": name, "node": node, "start": start, "end": time.time()})
+
+    def chaos(self, seconds: float) -> tuple[float, float]:
+        t0 = time.time()
+        end = t0 + seconds
+        running: list[threading.Thread] = []
+        next_at = t0 + self.rng.expovariate(1 / self.args.mean_gap_s)
+        while time.time() < end:
+            if time.time() >= next_at:
+                name = self.rng.choice(FAULTS)
+                node = self.rng.choice(self.nodes)
+                hold = self.rng.uniform(3.0, 12.0)
+                hold = min(hold, max(0.5, end - time.time()))
+                th = threading.Thread(target=self._fault, args=(name, node, hold), daemon=True)
+                th.start()
+                running.append(th)
+                next_at += self.rng.expovariate(1 / self.args.mean_gap_s)
+            if not self.scrapes or time.time() - self.scrapes[-1][0] >= self.args.scrape_s:
+                self._scrape()
+            time.sleep(0.2)
+        for th in running:
+            th.join(90)
+        return t0, time.time()
+
+    # -- the checker -----------------------------------------------------------------------------
+
+    def fraction(self, t0: float, t1: float) -> float:
+        first, last = math.ceil(t0 / self.epoch_s), math.floor(t1 / self.epoch_s) - 1
+        cleared = self.rec.cleared()
+        done = sum(len(cleared.get(e, ())) for e in range(first, last + 1))
+        return done / (len(self.nodes) * max(1, last - first + 1))
+
+    def recoveries(self) -> list[dict[str, Any]]:
+        """Per fault: the epochs from its end until every node cleared again."""
+        cleared = self.rec.cleared()
+        out = []
+        for f in sorted(self.faults, key=lambda f: f["end"]):
+            end_epoch = math.floor(f["end"] / self.epoch_s)
+            back = next(
+                (
+                    e
+                    for e in range(end_epoch + 1, end_epoch + 200)
+                    if len(cleared.get(e, ())) == len(self.nodes)
+                ),
+                None,
+            )
+            window_end = (end_epoch + self.args.recovery_epochs + 1) * self.epoch_s
+            overlapped = any(  # another fault active in the window: judged with that one
+                g is not f and g["start"] < window_end and g["end"] > f["end"] for g in self.faults
+            )
+            out.append(
+                {
+                    **f,
+                    "epochs": None if back is None else back - end_epoch,
+                    "overlapped": overlapped,
+                }
+            )
+        return out
+
+    def lying_states(self) -> list[str]:
+        """Retained states at the end that do not match what runs."""
+        now = time.time()
+        current = math.floor(now / self.epoch_s)
+        out = []
+        for node in self.nodes:
+            last = self.rec.last.get(node)
+            if self._pid("governance", node) is None:
+                if last is not None and last["status"] != "offline":
+                    out.append(f"{node}: governance not running, its state says {last['status']}")
+                continue
+            if last is None:
+                out.append(f"{node}: no retained state")
+            elif last["status"] in CLEARED and (last["epoch"] or 0) < current - 3:
+                out.append(f"{node}: says {last['status']} in epoch {last['epoch']}, now {current}")
+        for (node, unit), state in sorted(self.rec.units.items()):
+            if state != "online":
+                out.append(f"{node}/{unit}: retained unit state {state}")
+        return out
+
+    def growth(self, t0: float) -> dict[str, dict[str, float]]:
+        """Per series and labels: (last - first) / first, from the chaos's first sixth on."""
+        start = t0 + (self.scrapes[-1][0] - t0) / 6
+        base = next((s for t, s in self.scrapes if t >= start), None)
+        end = self.scrapes[-1][1]
+        out: dict[str, dict[str, float]] = {}
+        if base is None:
+            return out
+        for name in (
+            "redy_process_resident_memory_bytes",
+            "redy_process_open_fds",
+            "redy_peer_links",
+            "redy_governance_tasks",
+        ):
+            before = {tuple(sorted(s.labels.items())): s.value for s in base.get(name, [])}
+            for s in end.get(name, []):
+                key = tuple(sorted(s.labels.items()))
+                if before.get(key):
+                    label = "/".join(v for _k, v in key if v)
+                    out.setdefault(name, {})[label] = (s.value - before[key]) / before[key]
+        return out
+
+    def processes_lost(self) -> list[str]:
+        end = self.scrapes[-1][1] if self.scrapes else {}
+        down = [
+            f"{s.labels['node']}/{s.labels['process']}"
+            for s in end.get("redy_process_up", [])
+            if s.value != 1.0
+        ]
+        log = (self.tmp / "launch.log").read_text(errors="replace")
+        gave_up = [line for line in log.splitlines() if "giving up on" in line]
+        return down + gave_up
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--grid", type=Path, default=ROOT / "launch" / "grid12.yaml")
+    ap.add_argument("--minutes", type=float, default=60.0)
+    ap.add_argument("--baseline-minutes", type=float, default=None, help="(default: --minutes)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--mean-gap-s", type=float, default=15.0, help="mean time between faults")
+    ap.add_argument("--scrape-s", type=float, default=15.0, help="seconds between scrapes")
+    ap.add_argument("--recovery-epochs", type=int, default=2)
+    ap.add_argument("--growth", type=float, default=0.05)
+    ap.add_argument("--json", action="store_true", help="one JSON object, nothing else")
+    ap.add_argument("--keep", action="store_true", help="keep the state and logs (printed)")
+    args = ap.parse_args()
+    baseline_s = 60 * (args.minutes if args.baseline_minutes is None else args.baseline_minutes)
+    tmp = Path(tempfile.mkdtemp(prefix="redy-chaos-"))
+    chaos = Chaos(args, tmp)
+    try:
+        chaos.start()
+        steady_s = chaos.wait_steady(180)
+        chaos.quiet(3 * chaos.epoch_s)  # a few epochs past the first common one
+        b0, b1 = chaos.quiet(baseline_s)
+        c0, c1 = chaos.chaos(60 * args.minutes)
+        chaos.quiet(max(10.0, (args.recovery_epochs + 3) * chaos.epoch_s))
+        chaos._scrape()
+        report = {
+            "grid": str(args.grid),
+            "seed": args.seed,
+            "minutes": args.minutes,
+            "baseline_minutes": baseline_s / 60,
+            "steady_after_s": round(steady_s, 1),
+            "epoch_s": chaos.epoch_s,
+            "faults": len(chaos.faults),
+            "fault_kinds": {k: sum(f["fault"] == k for f in chaos.faults) for k in FAULTS},
+            "baseline_cleared": chaos.fraction(b0, b1),
+            "chaos_cleared": chaos.fraction(c0, c1),
+            "recoveries": chaos.recoveries(),
+            "lost": chaos.processes_lost(),
+            "lying": chaos.lying_states(),
+            "growth": chaos.growth(c0),
+            "host_load": os.getloadavg()[0],
+        }
+    finally:
+        chaos.stop()
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return _verdict(report, args, tmp)
+
+
+def _verdict(r: dict[str, Any], args: argparse.Namespace, tmp: Path) -> int:
+    judged = [x for x in r["recoveries"] if not x["overlapped"]]
+    slow = [x for x in judged if x["epochs"] is None or x["epochs"] > args.recovery_epochs]
+    longest = max((x["epochs"] or 10**6 for x in r["recoveries"]), default=0)
+    growth_limit = args.growth if args.minutes >= 10 else None
+    grew = {
+        f"{name}{{{label}}}": g
+        for name, per in r["growth"].items()
+        for label, g in per.items()
+        if growth_limit is not None and g > growth_limit
+    }
+    ratio = r["chaos_cleared"] / r["baseline_cleared"] if r["baseline_cleared"] else 0.0
+    r |= {
+        "ratio_to_baseline": ratio,
+        "longest_recovery_epochs": longest,
+        "slow_recoveries": slow,
+        "grew": grew,
+        "ok": not (slow or r["lost"] or r["lying"] or grew),
+    }
+    if args.json:
+        print(json.dumps(r))
+        return 0 if r["ok"] else 1
+    print(
+        f"{r['grid']}: {r['minutes']:g} min of chaos (seed {r['seed']}, {r['faults']} faults:"
+        f" {r['fault_kinds']}) against {r['baseline_minutes']:g} min undisturbed; epoch"
+        f" {r['epoch_s']:g} s; host load {r['host_load']:.1f}"
+    )
+    print(
+        f"node-epochs cleared: {r['chaos_cleared']:.3f} under chaos, {r['baseline_cleared']:.3f}"
+        f" undisturbed, ratio {ratio:.3f} (goal 0.95)"
+    )
+    print(
+        f"recovery: longest {longest} epochs; {len(judged)} faults judged alone,"
+        f" {len(slow)} slower than {args.recovery_epochs} epochs"
+    )
+    for x in slow:
+        held = x["end"] - x["start"]
+        print(f"  slow: {x['fault']} of {x['node']} ({held:.1f} s): {x['epochs']} epochs")
+    for name, per in sorted(r["growth"].items()):
+        worst = max(per.items(), key=lambda kv: kv[1])
+        print(f"growth of {name}: max {worst[1] * 100:+.1f} % ({worst[0]}), {len(per)} series")
+    print(
+        f"processes lost: {r['lost'] or 'none'}; retained states that lie: {r['lying'] or 'none'}"
+    )
+    if args.keep:
+        print(f"state and logs in {tmp}")
+    print("OK" if r["ok"] else "FAILED")
+    return 0 if r["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
