@@ -236,9 +236,7 @@ class SecureCyclon:
         view = self._view
         if not view:
             return None
-        limit = period - self.max_age
-        for o in [o for o, d in view.items() if d.born < limit]:
-            self._drop(o)
+        self._drop_dead()
         if not view:
             return None
         if self.starved or (self.probe_every and period % self.probe_every == self._phase):
@@ -327,6 +325,7 @@ class SecureCyclon:
         self._observe(sender, digest)
         if sender in self.convicted:
             return None
+        self._drop_dead()  # what died since our tick: a receiver would convict us for it
         others = [o for o in self._view if o != sender and o not in self._terminal]
         k = min(self.shuffle_length, len(others), len(got))
         sent = self._rng.sample(others, k) if k else []
@@ -429,6 +428,11 @@ class SecureCyclon:
         d = self._view[owner]
         self._terminal.add(owner)
         return d._replace(chain=(*d.chain, to))
+
+    def _drop_dead(self) -> None:
+        limit = self.period - self.max_age
+        for o in [o for o, d in self._view.items() if d.born < limit]:
+            self._drop(o)
 
     def _drop(self, owner: Hashable) -> None:
         self._view.pop(owner, None)

@@ -931,6 +931,20 @@ def _seed(st: SecureState, prm: Params, p: int, src: int, period: int, own: bool
 
 
 @_kernel
+def _drop_dead(st: SecureState, prm: Params, p: int, period: int) -> None:
+    """Entries older than max_age leave (SecureCyclon._drop_dead)."""
+    ids, born, length, chain, clen, term = st.ids, st.born, st.length, st.chain, st.clen, st.term
+    hop = st.last
+    limit = period - prm.max_age
+    s = 0
+    while s < length[p]:
+        if born[p, s] < limit:
+            _remove(ids, born, length, chain, clen, term, hop, p, s, prm.coalition)
+        else:
+            s += 1
+
+
+@_kernel
 def _starved(term: Arr, length: Arr, p: int) -> bool:
     t = 0
     for s in range(length[p]):
@@ -1009,13 +1023,7 @@ def _tick(st: SecureState, prm: Params, b: Bufs, p: int, period: int) -> tuple[i
     hop = st.last
     if length[p] == 0:
         return -1, 0, 0, 0
-    limit = period - prm.max_age
-    s = 0
-    while s < length[p]:
-        if born[p, s] < limit:
-            _remove(ids, born, length, chain, clen, term, hop, p, s, prm.coalition)
-        else:
-            s += 1
+    _drop_dead(st, prm, p, period)
     if length[p] == 0:
         return -1, 0, 0, 0
     if _starved(term, length, p) or (prm.probe_every and period % prm.probe_every == st.phase[p]):
@@ -1103,6 +1111,7 @@ def _answer(
         _observe(st, prm, q, sender, period)
         if _convicted(conv_t, midx, q, sender):
             return -1
+    _drop_dead(st, prm, q, period)  # what died since its tick: the sender would convict q
     ids, length, term = st.ids, st.length, st.term
     sent, slots = b.sent_q, b.fresh
     m = 0
