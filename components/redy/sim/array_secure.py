@@ -18,8 +18,9 @@ lengths and ends are kept and carried (the messages carry the owner, the sender 
 receiver, which every check reads).
 
 Speed: the kernels run without numba's reference counting (they only index arrays that their
-caller holds): at 100,000 nodes the counting of every field read cost as much as the shuffle.
-What remains is memory traffic: per exchange the signed shuffle reads both views whole (the
+caller holds): at 100,000 nodes the counting of every field read cost as much as the shuffle;
+and the per-node kernels are compiled into the cycle's loop (`_inlined`): each call passing the
+whole state cost more than most of them do. What remains is memory traffic: per exchange the signed shuffle reads both views whole (the
 digests), their chain lengths, ends and flags, the samplers, the redeemed ring and the answer
 counts, about twice the cache lines of the plain shuffle (bench/coalition.py --fast measures
 the ratio).
@@ -438,6 +439,12 @@ def _kernel(fn: _F) -> _F:
     return cast(_F, numba.njit(cache=True, **_NO_REFCOUNT)(fn))
 
 
+def _inlined(fn: _F) -> _F:
+    """A kernel compiled into its callers: a call passing the whole state costs more than
+    the small helpers' work."""
+    return cast(_F, numba.njit(cache=True, inline="always", **_NO_REFCOUNT)(fn))
+
+
 # Every read of a field of SecureState takes a reference on its array (an atomic increment): the
 # per-node kernels take the fields they use once, at the top, and the per-entry helpers take
 # plain arrays.
@@ -581,7 +588,7 @@ def _convict(st: SecureState, prm: Params, p: int, culprit: int, period: int, re
             s += 1
 
 
-@_kernel
+@_inlined
 def _learn(st: SecureState, prm: Params, p: int, q: int, period: int) -> None:
     """p learns the convictions q carries (those q learnt in the last news periods)."""
     if not prm.coalition or st.last_learnt[q] < period - prm.news:
@@ -598,10 +605,8 @@ def _learn(st: SecureState, prm: Params, p: int, q: int, period: int) -> None:
 
 @_kernel
 def _rank(seed: np.uint64, node: int) -> np.uint64:
-    x = (np.uint64(node) + np.uint64(0x9E3779B97F4A7C15)) * seed
-    x ^= x >> np.uint64(31)
-    x *= np.uint64(0xBF58476D1CE4E5B9)
-    return x ^ (x >> np.uint64(29))
+    x = (np.uint64(node) ^ seed) * np.uint64(0xBF58476D1CE4E5B9)
+    return x ^ (x >> np.uint64(31))
 
 
 @_kernel
@@ -622,7 +627,7 @@ def _unsample(s_id: Arr, s_rank: Arr, p: int, node: int) -> None:
             s_rank[p, i] = _EMPTY_RANK
 
 
-@_kernel
+@_inlined
 def _sample(st: SecureState, prm: Params, p: int, period: int) -> int:
     """SecureCyclon.sample: the next sampled node outside the view, or -1."""
     s_id, ids, length = st.s_id, st.ids, st.length
@@ -691,18 +696,18 @@ def _remember(
     return True
 
 
-@_kernel
+@_inlined
 def _observe(st: SecureState, prm: Params, p: int, q: int, period: int) -> None:
     """p reads q's view digest (q's rows as they stand now)."""
     ids, born, length, chain, clen, hop = st.ids, st.born, st.length, st.chain, st.clen, st.last
     s_seed, s_rank, s_id, conv_t, midx = st.s_seed, st.s_rank, st.s_id, st.conv_t, st.midx
     limit = period - prm.max_age
     for s in range(length[q]):
-        n = clen[q, s]
-        if born[q, s] < limit or n == 0 or hop[q, s] != q:
+        if born[q, s] < limit or hop[q, s] != q:
             continue
         o = ids[q, s]
-        if prm.coalition and not _remember(st, prm, p, o, born[q, s], chain[q, s], n, period):
+        if prm.coalition and not _remember(st, prm, p, o, born[q, s], chain[q, s], clen[q, s],
+                                           period):  # fmt: skip
             continue
         if o != p and not (prm.coalition and _convicted(conv_t, midx, p, o)):
             _saw(s_seed, s_rank, s_id, p, o)
@@ -711,7 +716,7 @@ def _observe(st: SecureState, prm: Params, p: int, q: int, period: int) -> None:
 # -- tokens
 
 
-@_kernel
+@_inlined
 def _token_ok(st: SecureState, prm: Params, q: int, sender: int, tok: Msg, period: int) -> bool:
     n = tok.clen[0]
     if (
@@ -728,7 +733,7 @@ def _token_ok(st: SecureState, prm: Params, q: int, sender: int, tok: Msg, perio
     return True
 
 
-@_kernel
+@_inlined
 def _redeem(st: SecureState, prm: Params, q: int, tok: Msg, period: int) -> bool:
     red_born = st.red_born
     ring = red_born.shape[1]
@@ -754,7 +759,7 @@ def _redeem(st: SecureState, prm: Params, q: int, tok: Msg, period: int) -> bool
 # -- what arrives
 
 
-@_kernel
+@_inlined
 def _admissible(
     st: SecureState, prm: Params, p: int, sender: int, msg: Msg, idx: Arr, n: int, period: int,
 ) -> int:  # fmt: skip
@@ -805,7 +810,7 @@ def _admissible(
     return got
 
 
-@_kernel
+@_inlined
 def _merge(
     st: SecureState, prm: Params, p: int, msg: Msg, idx: Arr, n: int, sent: Arr, nsent: int,
     fresh: Arr,
@@ -872,7 +877,7 @@ def _merge(
     return added
 
 
-@_kernel
+@_inlined
 def _unreachable(st: SecureState, prm: Params, p: int, node: int, period: int) -> None:
     if not prm.redy:
         return
@@ -885,7 +890,7 @@ def _unreachable(st: SecureState, prm: Params, p: int, node: int, period: int) -
     _unsample(st.s_id, st.s_rank, p, node)
 
 
-@_kernel
+@_inlined
 def _dial(st: SecureState, prm: Params, p: int, fresh: Arr, n: int, period: int) -> None:
     """`verify`: every entry a merge let in is dialled; a dead node's broker refuses."""
     if not prm.verify:
@@ -930,7 +935,7 @@ def _seed(st: SecureState, prm: Params, p: int, src: int, period: int, own: bool
 # -- requests
 
 
-@_kernel
+@_inlined
 def _drop_dead(st: SecureState, prm: Params, p: int, period: int) -> None:
     """Entries older than max_age leave (SecureCyclon._drop_dead)."""
     ids, born, length, chain, clen, term = st.ids, st.born, st.length, st.chain, st.clen, st.term
@@ -944,7 +949,7 @@ def _drop_dead(st: SecureState, prm: Params, p: int, period: int) -> None:
             s += 1
 
 
-@_kernel
+@_inlined
 def _starved(term: Arr, length: Arr, p: int) -> bool:
     t = 0
     for s in range(length[p]):
@@ -953,7 +958,7 @@ def _starved(term: Arr, length: Arr, p: int) -> bool:
     return bool(t >= length[p])
 
 
-@_kernel
+@_inlined
 def _hand(st: SecureState, prm: Params, p: int, s: int, to: int, msg: Msg, a: int) -> None:
     """p hands its entry in slot s to `to`, as entry a of `msg`: our copy becomes terminal."""
     chain, hop = st.chain, st.last
@@ -972,7 +977,7 @@ def _hand(st: SecureState, prm: Params, p: int, s: int, to: int, msg: Msg, a: in
     st.term[p, s] = True
 
 
-@_kernel
+@_inlined
 def _request(
     st: SecureState, prm: Params, b: Bufs, p: int, q: int, tokened: bool, period: int
 ) -> tuple[int, int]:
@@ -1007,7 +1012,7 @@ def _request(
     return k + 1, k
 
 
-@_kernel
+@_inlined
 def _probe(st: SecureState, prm: Params, b: Bufs, p: int, q: int, period: int) -> tuple[int, int]:
     b.tok.owner[0] = q
     b.tok.born[0] = period
@@ -1015,7 +1020,7 @@ def _probe(st: SecureState, prm: Params, b: Bufs, p: int, q: int, period: int) -
     return _request(st, prm, b, p, q, False, period)
 
 
-@_kernel
+@_inlined
 def _tick(st: SecureState, prm: Params, b: Bufs, p: int, period: int) -> tuple[int, int, int, int]:
     """SecureCyclon.tick: (target, mode, entries, handed on); mode 1 tokened, 2 untokened to a
     seeded entry, 3 a probe; target -1: nothing to send."""
@@ -1060,7 +1065,7 @@ def _tick(st: SecureState, prm: Params, b: Bufs, p: int, period: int) -> tuple[i
     return q, 1 if tokened else 2, n, k
 
 
-@_kernel
+@_inlined
 def _count(counts: Arr, q: int, col: int, period: int, cap: int) -> bool:
     """One more answer of its kind this period; False beyond `cap`."""
     count = counts[q, col + 1] + 1 if counts[q, col] == period else 1
@@ -1071,7 +1076,7 @@ def _count(counts: Arr, q: int, col: int, period: int, cap: int) -> bool:
     return True
 
 
-@_kernel
+@_inlined
 def _answer(
     st: SecureState, prm: Params, b: Bufs, q: int, sender: int, honest: bool, period: int,
     tokened: bool, n: int,
@@ -1132,7 +1137,7 @@ def _answer(
     return k
 
 
-@_kernel
+@_inlined
 def _on_timeout(st: SecureState, prm: Params, b: Bufs, p: int, mode: int, period: int) -> None:
     """SecureCyclon.on_timeout: a contacted entry comes back, terminal, until three misses."""
     if not prm.redy or mode == 3:
@@ -1147,7 +1152,7 @@ def _on_timeout(st: SecureState, prm: Params, b: Bufs, p: int, mode: int, period
              b.tok.born[0], b.tok.chain[0], b.tok.clen[0], True)  # fmt: skip
 
 
-@_kernel
+@_inlined
 def _conclude(
     st: SecureState, prm: Params, b: Bufs, p: int, q: int, honest: bool, period: int,
     loss: float, mode: int, got: int, nsent: int,
@@ -1181,7 +1186,7 @@ def _conclude(
         _dial(st, prm, p, b.fresh, added, period)
 
 
-@_kernel
+@_inlined
 def _turn(
     st: SecureState, prm: Params, b: Bufs, p: int, order: Arr, period: int, loss: float,
     introducer: int,
