@@ -1,4 +1,6 @@
-"""What one plan solve costs a node: the community's LP (redy.planning.problem) at N nodes over
+"""One plan solve, build and HiGHS, against a plain linprog of the same LP.
+
+What one plan solve costs a node: the community's LP (redy.planning.problem) at N nodes over
 H intervals, against a baseline measured in the same run.
 
 The problem is `redy sim plan`'s community at the start of its first day (households with PV
@@ -65,7 +67,8 @@ def _one(nodes: int, horizon: int, seed: int) -> dict[str, float]:
     t2 = time.process_time()
     ours = hs.getInfo().objective_function_value
     base_s, base_obj = _linprog_s(p)
-    if not math.isclose(ours, base_obj, rel_tol=1e-6, abs_tol=1e-6):
+    # linprog keeps its default tolerances (1e-7), ours are 1e-9: agreement to 1e-5.
+    if not math.isclose(ours, base_obj, rel_tol=1e-5, abs_tol=1e-6):
         raise SystemExit(f"N={nodes} H={horizon}: objectives differ: {ours} vs {base_obj}")
     return {
         "plan": t2 - t0,
