@@ -60,3 +60,21 @@ def test_five_processes_get_the_same_schedule_bit_for_bit(tmp_path: Path) -> Non
         digests.append(out.decode().strip())
     assert len(set(digests)) == 1 and len(digests[0]) == 64
     assert digests[0] == _digest(path)  # and this process too
+
+
+def test_redy_sim_plan_prints_one_json_line_with_an_entry_per_day() -> None:
+    from click.testing import CliRunner
+
+    from redy.cli import cli
+
+    result = CliRunner().invoke(
+        cli, ["sim", "plan", "--nodes", "6", "--days", "2", "--forecast", "model", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1
+    out = orjson.loads(lines[0])
+    assert [d["day"] for d in out["days"]] == [0, 1]
+    for day in out["days"]:
+        assert {"cost_eur", "cost_perfect_eur", "cost_single_interval_eur"} <= set(day)
+        assert day["cost_eur"] >= day["cost_perfect_eur"] - 1e-6
