@@ -17,6 +17,7 @@ from redy.planning.offer import (
     admit,
     from_json,
     limits_refusal,
+    read_offers,
 )
 
 pytestmark = pytest.mark.pure
@@ -96,3 +97,14 @@ def test_a_malformed_offer_is_one_line_of_error(raw: bytes) -> None:
     with pytest.raises(InvalidMessage) as e:
         from_json(raw)
     assert "\n" not in str(e.value) and str(e.value)
+
+
+def test_a_malformed_offer_among_good_ones_costs_one_log_line_naming_its_sender(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    good = _house("h1")
+    with caplog.at_level(logging.WARNING, logger="redy.planning.offer"):
+        got = read_offers([("h1", good.to_json()), ("h9", b'{"node": "h9", "start": [')])
+    assert got == [good]
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "h9" in line and "not JSON" in line and "\n" not in line

@@ -21,7 +21,7 @@ interval with the offer market's own check (`balancing.offers.offer_refusal`): t
 injection the offer can take, from every charge and deferrable draw at full power with no block
 on, to every block and discharge at full power. `admit` keeps the offers that pass and logs one
 line per offer it drops, naming the sender. `from_json` rejects a malformed offer with
-`InvalidMessage` (one line).
+`InvalidMessage` (one line); `read_offers` logs that line with the sender's name and goes on.
 """
 
 from __future__ import annotations
@@ -240,6 +240,18 @@ def _numbers(v: object, what: str) -> None:
         raise InvalidMessage(f"horizon offer: {what}: expected a list of numbers")
     for x in v:
         _number(x, what)
+
+
+def read_offers(received: Iterable[tuple[str, bytes | str]]) -> list[HorizonOffer]:
+    """The offers in `received` (sender, raw JSON) that parse; one log line per one that does
+    not, naming its sender, and the rest go on."""
+    out = []
+    for sender, raw in received:
+        try:
+            out.append(from_json(raw))
+        except InvalidMessage as e:
+            log.warning("plan offer from %s refused: %s", sender, e)
+    return out
 
 
 # --- checks ------------------------------------------------------------------------------------
