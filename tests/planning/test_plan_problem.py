@@ -1,5 +1,5 @@
 """The community's LP: its prices, its plans, and its optimum against the independent
-reference (linopy, interior point) and through the rolling simulator with perfect forecasts."""
+reference (linopy, interior point)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 from redy.planning.offer import Block, Deferrable, HorizonOffer, Storage
 from redy.planning.problem import Boundary, solve
 from redy.planning.reference import solve_reference
-from redy.sim.plan import simulate_plan
 
 pytestmark = pytest.mark.pure
 
@@ -101,20 +100,3 @@ def test_the_optimum_equals_the_independent_reference() -> None:
         # Where a block ends exactly at the balance the dual is not unique: both are valid.
         for price, (less, more) in zip(ref.price_eur_mwh, _marginals(boundary), strict=True):
             assert less - 1e-3 <= price <= more + 1e-3
-
-
-def test_rolling_plans_with_perfect_forecasts_cost_the_perfect_foresight_optimum() -> None:
-    out = simulate_plan(nodes=12, days=2, forecast="perfect", seed=3)
-    assert out["batteries"] > 0 and out["evs"] > 0
-    for day in out["days"]:
-        assert day["cost_eur"] == pytest.approx(day["cost_perfect_eur"], rel=1e-6, abs=1e-6)
-        assert day["ev_delivered_kwh"] == pytest.approx(day["ev_need_kwh"], rel=1e-9)
-        assert day["unserved_kwh"] == pytest.approx(0.0, abs=1e-6)
-
-
-def test_with_forecast_errors_the_plan_costs_more_than_perfect_foresight_never_less() -> None:
-    out = simulate_plan(nodes=12, days=1, forecast="model", seed=4)
-    day = out["days"][0]
-    assert day["cost_eur"] >= day["cost_perfect_eur"] - 1e-6
-    assert day["offers_dropped"] == 0
-    assert day["ev_delivered_kwh"] == pytest.approx(day["ev_need_kwh"], rel=1e-9)

@@ -1,4 +1,6 @@
-"""Five separate processes solve the same offers and get the same schedule, bit for bit."""
+"""Plans run whole: five separate processes solve the same offers and get the same schedule, bit
+for bit; the rolling simulator against perfect foresight; `redy sim plan` (these read the
+profile cache and run for seconds: not pure)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pytest
 
 from redy.planning.offer import from_json
 from redy.planning.problem import solve
-from redy.sim.plan import day_offers
+from redy.sim.plan import day_offers, simulate_plan
 
 # Each process reads the offers (one JSON line each) and the boundary, shuffles the offers
 # (the problem puts them in canonical order itself), solves, and prints a digest of the
@@ -78,3 +80,20 @@ def test_redy_sim_plan_prints_one_json_line_with_an_entry_per_day() -> None:
     for day in out["days"]:
         assert {"cost_eur", "cost_perfect_eur", "cost_single_interval_eur"} <= set(day)
         assert day["cost_eur"] >= day["cost_perfect_eur"] - 1e-6
+
+
+def test_rolling_plans_with_perfect_forecasts_cost_the_perfect_foresight_optimum() -> None:
+    out = simulate_plan(nodes=12, days=2, forecast="perfect", seed=3)
+    assert out["batteries"] > 0 and out["evs"] > 0
+    for day in out["days"]:
+        assert day["cost_eur"] == pytest.approx(day["cost_perfect_eur"], rel=1e-6, abs=1e-6)
+        assert day["ev_delivered_kwh"] == pytest.approx(day["ev_need_kwh"], rel=1e-9)
+        assert day["unserved_kwh"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_with_forecast_errors_the_plan_costs_more_than_perfect_foresight_never_less() -> None:
+    out = simulate_plan(nodes=12, days=1, forecast="model", seed=4)
+    day = out["days"][0]
+    assert day["cost_eur"] >= day["cost_perfect_eur"] - 1e-6
+    assert day["offers_dropped"] == 0
+    assert day["ev_delivered_kwh"] == pytest.approx(day["ev_need_kwh"], rel=1e-9)
