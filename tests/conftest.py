@@ -24,18 +24,48 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import settings
-from paho.mqtt.enums import CallbackAPIVersion
 
 # Before anything imports testcontainers: no Ryuk image can be pulled here, we reap ourselves.
 os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
 
 from redy import pki
 from redy.brokers import ContainerBroker, NodeBroker, ProcessBroker, image_name
+from redy.transport.paho_client import new_client
 
 # Property tests assert behaviour, not speed: hypothesis's per-example deadline (200 ms) failed a
 # pure test on a machine shared at a load of 55. Speed is for bench/.
 settings.register_profile("redy", deadline=None)
 settings.load_profile("redy")
+
+# --- leaks ------------------------------------------------------------------------------------
+
+# Every ResourceWarning (an unclosed socket, file, transport or event loop) fails the run. Each
+# test ends with a garbage collection, so a leak is reported by the test that made it, not by
+# whichever test the collector happened to run in; the session lists them at the end.
+_LEAKS: list[tuple[str, str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _collect_leaks() -> Iterator[None]:
+    yield
+    import gc
+
+    gc.collect()
+
+
+def pytest_warning_recorded(warning_message: Any, when: str, nodeid: str, location: Any) -> None:
+    if issubclass(warning_message.category, ResourceWarning):
+        _LEAKS.append((nodeid or when, str(warning_message.message)))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not _LEAKS:
+        return
+    lines = "\n".join(f"  {node}: {what}" for node, what in _LEAKS)
+    print(f"\n{len(_LEAKS)} ResourceWarning(s), each a leak to fix at its source:\n{lines}")
+    if session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 BACKENDS = ["process", "container"]
 _TEST_LABEL = "org.redy.test"
@@ -223,11 +253,7 @@ class Client:
         self.refused: str | None = None
         self._connected = threading.Event()
         self._subscribed = threading.Event()
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        if user is not None:
-            self.c.username_pw_set(user, password)
-        if tls is not None:
-            self.c.tls_set(ca_certs=str(tls.ca), certfile=str(tls.cert), keyfile=str(tls.key))
+        self.c = new_client(client_id, user=user, password=password, tls=tls)
         self.c.on_connect = self._on_connect
         self.c.on_message = lambda _c, _u, m: self.messages.put(m)
         self.c.on_subscribe = lambda *_a: self._subscribed.set()

@@ -58,6 +58,7 @@ class BadBrokers:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
+        self._servers: list[asyncio.Server] = []
         self.uris: dict[str, str] = {}
         for behaviour in self.BEHAVIOURS:
             port = asyncio.run_coroutine_threadsafe(self._serve(behaviour), self._loop).result(10)
@@ -96,15 +97,22 @@ class BadBrokers:
                 writer.close()
 
         server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=self._ctx)
+        self._servers.append(server)
         return int(server.sockets[0].getsockname()[1])
 
     def close(self) -> None:
         async def cancel_all() -> None:
+            for server in self._servers:
+                server.close()
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            for server in self._servers:
+                await server.wait_closed()
 
         asyncio.run_coroutine_threadsafe(cancel_all(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()

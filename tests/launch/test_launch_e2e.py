@@ -126,6 +126,7 @@ def test_figure3_for_20_s_retains_every_birth_exits_0_and_leaves_nothing_behind(
     finally:
         if launcher.poll() is None:
             launcher.kill()
+            launcher.communicate()  # reaped, its pipes closed
     assert launcher.returncode == 0, err[-2000:]
     assert "gas-1" in out and "=== summary ===" in out
     assert _processes_using(tmp_path) == []
@@ -257,6 +258,10 @@ def test_respawn_after_kill9_and_sigterm_stops_everything(
     finally:
         if launcher.poll() is None:
             launcher.kill()
+            launcher.wait()
+        for pipe in (launcher.stdout, launcher.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def _is_unit(pid: int, word: str) -> bool:
