@@ -55,6 +55,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import docpage
 from prometheus_client.parser import text_string_to_metric_families
 
 from redy import messages, pki
@@ -510,4 +511,5 @@ def _verdict(r: dict[str, Any], args: argparse.Namespace, tmp: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with docpage.recorded("chaos"):  # --docs: its page of the site too
+        sys.exit(main())
