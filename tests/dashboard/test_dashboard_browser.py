@@ -91,9 +91,15 @@ def _rows(driver: webdriver.Chrome) -> dict[str, dict[str, str]]:
         ".map(tr => [...tr.querySelectorAll('td')].map(td => td.innerText.trim()));"
     )
     return {
-        cells[0]: {"kind": cells[1], "price": cells[5], "units": cells[7], "live": cells[8]}
+        cells[0]: {
+            "kind": cells[1],
+            "price": cells[5],
+            "units": cells[7],
+            "epochs": cells[8],
+            "live": cells[9],
+        }
         for cells in table
-        if len(cells) > 8
+        if len(cells) > 9
     }
 
 
@@ -148,6 +154,12 @@ def test_the_page_lists_figure3_shows_a_common_price_and_sees_a_node_killed(
         rows = _rows(browser)
         assert all(abs(float(rows[n]["price"]) - price) < 1.0 for n in NODES), rows
         assert len(browser.find_elements(By.CSS_SELECTOR, "#overlay line")) >= 2
+        # The governance's own counters (node_health), the ones /metrics serves.
+        _wait(
+            lambda: all(re.fullmatch(r"[1-9]\d*/\d+", _rows(browser)[n]["epochs"]) for n in NODES),
+            30,
+            "every node's cleared/missed epochs",
+        )
         browser.save_screenshot(str(tmp_path / "dashboard.png"))
         DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tmp_path / "dashboard.png", DOCS_SCREENSHOT)

@@ -24,7 +24,9 @@ function renderTable(nodes) {
     const cells = [
       [n.node, "text"], [n.kind || "-", "text"], [fmt(n.production_kw)], [fmt(n.consumption_kw)],
       [fmt(n.net_kw)], [fmt(n.price_eur_mwh, 2)], [n.status || "-", "text"],
-      [`${n.units_online}/${n.units_total}`], [n.liveness, "text liveness"],
+      [`${n.units_online}/${n.units_total}`],
+      [n.health ? `${n.health.epochs_cleared}/${n.health.epochs_missed}` : "-"],
+      [n.liveness, "text liveness"],
     ];
     for (const [text, cls] of cells) {
       const td = document.createElement("td");
