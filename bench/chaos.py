@@ -20,7 +20,9 @@ state), runs it undisturbed for `--baseline-minutes` (default: as long as the ch
 Partitions and clock steps need a network and a clock per node (namespaces, faketime: see
 tests/faults); one launch on one loopback has neither, so they are not drawn here.
 
-Records every node's retained state (its own broker, as an operator) and scrapes /metrics every
+Which node cleared in which epoch comes from what each governance unit logged as it cleared (an
+operator's view of the retained states misses epochs whenever a broker fault cuts it off); every
+node's retained states are read from its own broker as an operator, and /metrics is scraped every
 `--scrape-s`. The checker then asserts:
 
 1. no process lost for good: every process and broker up at the end, none given up;
@@ -29,8 +31,9 @@ Records every node's retained state (its own broker, as an operator) and scrapes
 3. no retained state that lies: at the end, every node's retained state comes from a running
    governance and names a recent epoch, and every unit's retained state says `online`;
 4. growth per process from the chaos's first sixth to its end of resident memory and open file
-   descriptors, and per node of peer links and tasks (reported; judged against `--growth`,
-   5 %, only for runs of 10 minutes or more: a shorter run still warms up).
+   descriptors, and per node of peer links and tasks, for the processes that ran all that time
+   (reported; judged against `--growth`, 5 %, only for runs of 10 minutes or more: a shorter
+   run still warms up).
 
 Prints the fraction of node-epochs cleared during the chaos against the undisturbed baseline of
 the same run (goal 0.95) and the longest recovery, and exits 1 if a check fails.
@@ -44,6 +47,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -66,6 +70,7 @@ from redy.transport.paho_client import new_client
 
 ROOT = Path(__file__).resolve().parents[1]
 CLEARED = ("cleared", "shortage", "surplus")
+_CLEARED_LINE = re.compile(r"node=(\S+) epoch (\d+) price \S+ EUR/MWh \((\w+)\)")
 FAULTS = ("broker-kill", "broker-stop", "governance-kill", "governance-stop", "hostile-member")
 
 
@@ -132,15 +137,6 @@ class Recorder:
         with self.lock:
             last = self.last.get(node)
         return last is not None and last["t"] >= since and last["status"] != "offline"
-
-    def cleared(self) -> dict[int, set[str]]:
-        """epoch -> the nodes that cleared in it (with others)."""
-        out: dict[int, set[str]] = {}
-        with self.lock:
-            for _t, node, s in self.states:
-                if s["epoch"] is not None and s["status"] in CLEARED:
-                    out.setdefault(s["epoch"], set()).add(node)
-        return out
 
     def close(self) -> None:
         for c in self._clients:
@@ -242,7 +238,7 @@ class Chaos:
         """Until every node has cleared in one epoch; the time it took."""
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout_s:
-            if any(len(v) == len(self.nodes) for v in self.rec.cleared().values()):
+            if any(len(v) == len(self.nodes) for v in self.cleared().values()):
                 return time.monotonic() - t0
             time.sleep(0.5)
         raise SystemExit(f"no epoch with every node cleared in {timeout_s:g} s")
@@ -323,15 +319,29 @@ class Chaos:
 
     # -- the checker -----------------------------------------------------------------------------
 
+    def cleared(self) -> dict[int, set[str]]:
+        """epoch -> the nodes that cleared in it with others, from what each governance unit
+        logged as it cleared ("node=N epoch E price P EUR/MWh (status)"). An operator's view of
+        the retained states misses epochs whenever a broker fault cuts it off."""
+        out: dict[int, set[str]] = {}
+        logs = self.state / "logs"
+        for path in [*logs.glob("*.governance.log"), *logs.glob("*.compose.log")]:
+            with contextlib.suppress(OSError), open(path, errors="replace") as f:
+                for line in f:
+                    m = _CLEARED_LINE.search(line)
+                    if m is not None and m.group(3) in CLEARED:
+                        out.setdefault(int(m.group(2)), set()).add(m.group(1))
+        return out
+
     def fraction(self, t0: float, t1: float) -> float:
         first, last = math.ceil(t0 / self.epoch_s), math.floor(t1 / self.epoch_s) - 1
-        cleared = self.rec.cleared()
+        cleared = self.cleared()
         done = sum(len(cleared.get(e, ())) for e in range(first, last + 1))
         return done / (len(self.nodes) * max(1, last - first + 1))
 
     def recoveries(self) -> list[dict[str, Any]]:
         """Per fault: the epochs from its end until every node cleared again."""
-        cleared = self.rec.cleared()
+        cleared = self.cleared()
         out = []
         for f in sorted(self.faults, key=lambda f: f["end"]):
             end_epoch = math.floor(f["end"] / self.epoch_s)
@@ -377,13 +387,25 @@ class Chaos:
         return out
 
     def growth(self, t0: float) -> dict[str, dict[str, float]]:
-        """Per series and labels: (last - first) / first, from the chaos's first sixth on."""
+        """Per series and labels: (last - first) / first, from the chaos's first sixth on, for
+        the processes that ran all that time (a respawned process is another process: its
+        figures say nothing about a leak; per-node series follow the node's governance)."""
         start = t0 + (self.scrapes[-1][0] - t0) / 6
         base = next((s for t, s in self.scrapes if t >= start), None)
         end = self.scrapes[-1][1]
         out: dict[str, dict[str, float]] = {}
         if base is None:
             return out
+
+        def respawns(scrape: dict[str, list[Any]]) -> dict[tuple[str, str], float]:
+            return {
+                (x.labels["node"], x.labels["process"]): x.value
+                for x in scrape.get("redy_process_respawns_total", [])
+            }
+
+        before_r, after_r = respawns(base), respawns(end)
+        same = {k for k, v in after_r.items() if before_r.get(k) == v}
+        same.add(("", "launcher"))
         for name in (
             "redy_process_resident_memory_bytes",
             "redy_process_open_fds",
@@ -393,7 +415,8 @@ class Chaos:
             before = {tuple(sorted(s.labels.items())): s.value for s in base.get(name, [])}
             for s in end.get(name, []):
                 key = tuple(sorted(s.labels.items()))
-                if before.get(key):
+                who = (s.labels.get("node", ""), s.labels.get("process", "governance"))
+                if before.get(key) and who in same:
                     label = "/".join(v for _k, v in key if v)
                     out.setdefault(name, {})[label] = (s.value - before[key]) / before[key]
         return out
