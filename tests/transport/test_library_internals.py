@@ -88,7 +88,8 @@ def test_paho_reconnects_wait_the_one_backoff() -> None:
     (growing, capped) and starts again once paho has cleared `_reconnect_delay`, as it does on
     every accepted CONNACK."""
     client = new_client("x", user="u", password="p")
-    assert client.backoff.first_s == RECONNECT_MIN_S and client.backoff.cap_s == RECONNECT_MAX_S
+    assert client.backoff.first_s == 2 * RECONNECT_MIN_S  # its first wait: 1 to 2 s
+    assert client.backoff.cap_s == RECONNECT_MAX_S
     client.backoff = Backoff(first_s=0.01, cap_s=0.04, rng=random.Random(3))
     waited = []
     for n in range(4):

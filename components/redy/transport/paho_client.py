@@ -91,7 +91,9 @@ def new_client(
         client_id=client_id,
         protocol=mqtt.MQTTv5 if mqtt5 else mqtt.MQTTv311,
         userdata=userdata,
-        backoff=Backoff(first_s=RECONNECT_MIN_S, cap_s=RECONNECT_MAX_S),
+        # Equal jitter waits [d/2, d]: starting from 2 x the minimum keeps the first wait at
+        # RECONNECT_MIN_S or more, as paho's own policy did.
+        backoff=Backoff(first_s=2 * RECONNECT_MIN_S, cap_s=RECONNECT_MAX_S),
     )
     if user is not None:
         client.username_pw_set(user, password)
