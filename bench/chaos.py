@@ -69,6 +69,10 @@ from redy.topics import render, subscription
 from redy.transport.paho_client import new_client
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "faults"))
+
+from faultgrid import broker_pid, governance_pid  # noqa: E402 (the fault tests' process finders)
+
 CLEARED = ("cleared", "shortage", "surplus")
 _CLEARED_LINE = re.compile(r"node=(\S+) epoch (\d+) price \S+ EUR/MWh \((\w+)\)")
 FAULTS = ("broker-kill", "broker-stop", "governance-kill", "governance-stop", "hostile-member")
@@ -78,20 +82,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _pids(match: str) -> list[int]:
-    """Live (not zombie) processes whose command line contains `match`."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            stat = (d / "stat").read_text()
-            if match in cmd and stat.rsplit(")", 1)[1].split()[0] != "Z":
-                out.append(int(d.name))
-    return out
 
 
 class Recorder:
@@ -258,12 +248,7 @@ class Chaos:
     # -- faults ----------------------------------------------------------------------------------
 
     def _pid(self, kind: str, node: str) -> int | None:
-        if kind == "broker":
-            found = _pids(f"{self.state.resolve()}/{node}/mosquitto.conf")
-            found = [p for p in found if "setpriv" not in Path(f"/proc/{p}/comm").read_text()]
-        else:
-            found = _pids(f"{self.state.resolve()}/{node}/governance.config.json")
-        return found[0] if found else None
+        return (broker_pid if kind == "broker" else governance_pid)(self.state, node)
 
     def _fault(self, name: str, node: str, hold_s: float) -> None:
         start = time.time()
