@@ -6,7 +6,9 @@ node's offer once: the injection that does not answer prices (`base_kw`) and its
 the reference solver reads (`curves.Offer`). It signs the offer with its node key (ECDSA P-256,
 the key of its TLS identity, by the `sign` it is given: redy.signing) and sends it to its
 neighbours; then, in waves (each node's at a phase of its own), each node passes on to each
-neighbour the offers that neighbour has neither sent it nor had from it. After a few waves
+neighbour the offers that neighbour has neither sent it nor had from it (its neighbours: its
+view, and the few peers outside it that sent it offers in the epoch, since views are directed
+and a node may be in no one's). After a few waves
 every node holds every offer and clears the exact sum by itself (`clear`): the price to float
 precision over the whole range, dispatch in merit order, and a marginal step shared pro rata.
 
@@ -59,6 +61,10 @@ MAX_NODES = 10_000  # offers a node keeps per epoch
 FRESH_EPOCHS = 3
 CERT_REFRESH_EPOCHS = 64
 _PENDING_PER_NODE = 4  # offers without a certificate that wait for one, per node
+# Peers outside the view that sent us offers this epoch get the offers they lack too, up to
+# this many, short of a crowd: views are directed, and a node in no one's view (often in a grid
+# of three, where a shuffle takes the partner out of the view) would otherwise hear nobody.
+BACK_LINKS = 4
 
 
 # --- offers ------------------------------------------------------------------------------------
@@ -383,6 +389,7 @@ class OfferCore:
         self._refused: set[str] = set()  # signatures of offers refused this epoch
         self._members: frozenset[NodeId] = frozenset()  # the peers cleared with last epoch
         self._has: dict[NodeId, set[str]] = {}  # per peer: the signatures it has
+        self._back: list[NodeId] = []  # senders of this epoch outside the view (BACK_LINKS)
         self._started_at = 0.0
         self._last_new = 0.0
         self._dirty = False  # offers not yet passed on to every neighbour
@@ -444,7 +451,9 @@ class OfferCore:
                 self._clear(now, out)  # every peer of the last epoch is in: no need to settle
         elif isinstance(event, Refused) and event.epoch == self.epoch:
             has = self._has.get(event.target)
-            if has is not None:
+            if event.target in self._back:
+                self._back.remove(event.target)  # out of the view, unreachable: not retried
+            elif has is not None:
                 has.difference_update(o.sig for o in event.offers)
                 self._mark_dirty(now)
         if now >= self._finish():
@@ -491,6 +500,7 @@ class OfferCore:
         self._banned = set()
         self._refused = set()
         self._has = {}
+        self._back = []
         self._bare = {}
         self._pending = {}
         self._started_at = now
@@ -502,6 +512,15 @@ class OfferCore:
         self._wave(out)
 
     def _receive(self, now: float, event: Received, out: list[Action]) -> None:
+        if (
+            self._fanout is None  # past a crowd, views are full and everyone is in several
+            and event.sender not in self._has
+            and len(self._back) < BACK_LINKS
+            and event.sender != self.node
+            and event.sender not in self._neighbours()
+        ):
+            self._back.append(event.sender)  # it may be in no one's view: it gets ours too
+            self._mark_dirty(now)
         has = self._has.setdefault(event.sender, set())
         for offer in event.offers:
             has.add(offer.sig)
@@ -534,6 +553,8 @@ class OfferCore:
         self._last_new = now
         self._mark_dirty(now)
         self._session_of(offer)
+        if offer.cert is not None:
+            self._fresh_cert(offer.node, offer.cert)  # new from when we first saw it
         if held is None:
             self._known[offer.node] = offer
         else:  # two offers signed by one node for one epoch: both go on, it is left out
@@ -600,7 +621,8 @@ class OfferCore:
     def _wave(self, out: list[Action]) -> None:
         self._dirty = False
         offers = list(self._by_sig.values())
-        targets = self._neighbours()
+        view = self._neighbours()
+        targets = [*view, *(b for b in self._back if b not in view)]
         # Our own offer goes to every neighbour at the start; then the chosen relays.
         for target in targets if len(offers) == 1 else self._relays(targets):
             if target == self.node:

@@ -478,6 +478,7 @@ class Governance:
                 state=self.state,
                 links=links,
                 neighbours=lambda: list(overlay.view),
+                broker_of=overlay.broker_of,
                 command=self.command,
                 epoch_s=cfg.epoch_s,
                 rounds=cfg.rounds,

@@ -173,6 +173,7 @@ class MarketDriver:
         state: NodeState,
         links: PeerLinks,
         neighbours: Callable[[], list[messages.ViewEntry]],
+        broker_of: Callable[[str], str | None] = lambda _node: None,
         command: Callable[[str, float], Awaitable[None]],
         epoch_s: float,
         rounds: int,
@@ -192,6 +193,7 @@ class MarketDriver:
         self.state = state
         self._links = links
         self._view = neighbours
+        self._broker_of = broker_of  # a peer's broker outside the view (one that wrote to us)
         self._command = command
         self._clock = clock
         self._on_cleared = on_cleared
@@ -416,10 +418,12 @@ class MarketDriver:
     ) -> None:
         """Publish `msg` (or its encoding) on `target`'s broker (its view entry's); `failed()`
         if that fails (at QoS 0: if the link cannot be had or the packet cannot be written)."""
-        broker = self._brokers.get(target)
+        broker = self._brokers.get(target) or self._broker_of(target)
         try:
             if broker is None:
-                raise PeerUnreachable(str(target), "not in the view")
+                raise PeerUnreachable(
+                    str(target), "broker unknown (neither in the view nor a contact)"
+                )
             await self._links.publish(
                 broker,
                 render("gossip", node=target, peer=self.node),

@@ -147,6 +147,15 @@ class OverlayDriver:
         view = self.overlay.view
         return tuple(e for e in view if e.node not in pending) if pending else view
 
+    def broker_of(self, node: str) -> str | None:
+        """The broker of `node` as its view entry or its last exchange with us gave it (None:
+        unknown)."""
+        for e in self.view:
+            if e.node == node:
+                return e.broker
+        contacts: RecentPeers | None = getattr(self.overlay, "contacts", None)
+        return contacts.get(node) if contacts is not None else None
+
     @property
     def lost(self) -> RecentPeers:
         return self.overlay.lost
