@@ -46,6 +46,19 @@ _CONNACK_RM1 = bytes([0x20, 0x06, 0x00, 0x00, 0x03, 0x21, 0x00, 0x01])
 _CONNACK = bytes([0x20, 0x03, 0x00, 0x00, 0x00])
 
 
+class _Tracked(asyncio.StreamReaderProtocol):
+    """A stream server's protocol that notes each connection's transport, so the server can
+    close them all, handled or not."""
+
+    def __init__(self, seen: set[asyncio.BaseTransport], *args: Any) -> None:
+        super().__init__(*args)
+        self._seen = seen
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._seen.add(transport)
+        super().connection_made(transport)
+
+
 class BadBrokers:
     """TLS listeners on 127.0.0.1 presenting `identity`, each misbehaving its own way; and a
     closed port. `uris` maps a behaviour to its mqtts:// URI."""
@@ -59,6 +72,7 @@ class BadBrokers:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self._servers: list[asyncio.Server] = []
+        self._transports: set[asyncio.BaseTransport] = set()  # every connection accepted
         self.uris: dict[str, str] = {}
         for behaviour in self.BEHAVIOURS:
             port = asyncio.run_coroutine_threadsafe(self._serve(behaviour), self._loop).result(10)
@@ -96,7 +110,12 @@ class BadBrokers:
             finally:
                 writer.close()
 
-        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=self._ctx)
+        def protocol() -> asyncio.StreamReaderProtocol:
+            return _Tracked(self._transports, asyncio.StreamReader(), handle)
+
+        server = await asyncio.get_running_loop().create_server(
+            protocol, "127.0.0.1", 0, ssl=self._ctx
+        )
         self._servers.append(server)
         return int(server.sockets[0].getsockname()[1])
 
@@ -108,6 +127,10 @@ class BadBrokers:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            # A connection whose handler was cancelled before it ran never closed its writer.
+            for transport in self._transports:
+                transport.abort()
+            await asyncio.sleep(0)  # their connection_lost callbacks
             for server in self._servers:
                 await server.wait_closed()
 
