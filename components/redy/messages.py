@@ -209,6 +209,81 @@ class Gossip:
     offers: tuple[NodeOffer, ...] | None = None
 
 
+@attrs.frozen(kw_only=True)
+class PlanBlock:
+    kw: tuple[float, ...] = ()
+    cost_eur_mwh: tuple[float, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class PlanStorage:
+    capacity_kwh: float
+    soc_kwh: float
+    charge_kw: float
+    discharge_kw: float
+    charge_efficiency: float
+    discharge_efficiency: float
+    value_eur_kwh: float
+    wear_eur_mwh: float
+    soc_min_kwh: float
+
+
+@attrs.frozen(kw_only=True)
+class PlanDeferrable:
+    energy_kwh: float
+    begin: int
+    end: int
+    power_kw: float
+
+
+@attrs.frozen(kw_only=True)
+class PlanOffer:
+    """A node's horizon offer (redy.planning.offer.HorizonOffer) on the wire, signed with its
+    node key (redy.planning.wire)."""
+
+    node: str
+    start: int
+    interval_min: float
+    dispatch_now_kw: float
+    sig: str
+    base_kw: tuple[float, ...] = ()
+    blocks: tuple[PlanBlock, ...] = ()
+    storage: tuple[PlanStorage, ...] = ()
+    deferrable: tuple[PlanDeferrable, ...] = ()
+    ramp_kw: float | None = None
+    session: int | None = None
+    cert: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class PlanGossip:
+    sender: str
+    start: int
+    ts_s: float | None = None
+    offers: tuple[PlanOffer, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class Plan:
+    node: str
+    ts_s: float
+    start: int
+    interval_s: float
+    interval_min: float
+    offers: int
+    digest: str
+    objective_eur: float
+    price_eur_mwh: tuple[float, ...] = ()
+    status: tuple[str, ...] = ()
+    import_kw: tuple[float, ...] = ()
+    export_kw: tuple[float, ...] = ()
+    injection_kw: tuple[float, ...] = ()
+    blocks_kw: tuple[float, ...] = ()
+    storage_kw: tuple[float, ...] = ()
+    soc_kwh: tuple[float, ...] = ()
+    deferrable_kw: tuple[float, ...] = ()
+
+
 MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (
@@ -229,6 +304,12 @@ MESSAGE_TYPES: dict[str, type] = {
         ShuffleReply,
         NodeOffer,
         Gossip,
+        PlanBlock,
+        PlanStorage,
+        PlanDeferrable,
+        PlanOffer,
+        PlanGossip,
+        Plan,
     )
 }
 

@@ -52,6 +52,11 @@ class Signer:
         self.grant = grant_of(cert)
         self.session = session
 
+    def sign_bytes(self, body: bytes) -> str:
+        """The signature (base64) of `body` by this node's key (the plans' offers use it:
+        redy.planning.wire.signed_body)."""
+        return base64.b64encode(self._key.sign(body, ec.ECDSA(hashes.SHA256()))).decode()
+
     def sign(self, epoch: int, values: Sequence[float]) -> NodeOffer:
         body = signed_bytes(self.node, epoch, values, self.session)
         sig = self._key.sign(body, ec.ECDSA(hashes.SHA256()))
@@ -129,6 +134,32 @@ class Verifier:
         """The certificate (base64 DER) held for `node`, if any."""
         m = self._by_node.get(node)
         return m.cert if m is not None else None
+
+    def signer_grant(self, node: str, cert: str | None, body: bytes, sig: str) -> Grant | str:
+        """What the grid CA grants `node` if `sig` signs `body` with the key of a member
+        certificate naming `node` (`cert`, else the one held for it); else why not, in words
+        that name `node` (`cert_missing` if none is held). A certificate that checks is held
+        for its node, as `refusal` holds it."""
+        if cert is None:
+            got: _Member | str | None = self._by_node.get(node)
+            if got is None:
+                return cert_missing
+        else:
+            got = self._member(cert)
+        if isinstance(got, str):
+            return f"offer of {node} with {got}"
+        if got.node != node:
+            return f"offer of {node} signed by {got.node}'s certificate"
+        self.checked += 1
+        try:
+            got.key.verify(base64.b64decode(sig, validate=True), body, ec.ECDSA(hashes.SHA256()))
+        except (ValueError, InvalidSignature):
+            return f"offer of {node} with a signature that does not match it"
+        if cert is not None:
+            if len(self._by_node) >= self._max and node not in self._by_node:
+                self._by_node.clear()
+            self._by_node[node] = got
+        return got.grant
 
     def refusal(self, offer: NodeOffer) -> str | None:
         """Why `offer` is not its node's own, or breaks its node's certified limits (None: it

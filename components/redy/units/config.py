@@ -131,6 +131,9 @@ def _kind(_inst: Any, attribute: attrs.Attribute[str], value: str) -> None:
         raise SettingError(f"unknown node kind {value!r}; expected one of {list(NODE_KINDS)}")
 
 
+# The longest plan a Plan message carries (topics.yaml: its lists' max_len): two days.
+MAX_PLAN_INTERVALS = 192
+
 NODE_KINDS: tuple[str, ...] = next(
     f.values for f in CONTRACT.types["NodeDescriptor"].fields if f.name == "kind"
 )
@@ -220,12 +223,50 @@ class GovernanceConfig:
         minimum=1.0,
         launch=True,
     )
+    plan_intervals: int = setting(
+        0,
+        help="Intervals of the rolling plan (distant mode; 96 is a day of 15-minute intervals,"
+        f" at most {MAX_PLAN_INTERVALS}): every interval each node floods its signed horizon"
+        " offer, held to its signer's certified limits, and solves the community's plan from the"
+        " same offers (redy.planning); 0: no plan.",
+        minimum=0,
+        launch=True,
+    )
+    plan_interval_min: float = setting(
+        15.0,
+        help="A planning interval in simulated minutes (it lasts plan_interval_min x 60 / speed"
+        " real seconds).",
+        unit="min",
+        minimum=0.0,
+        min_open=True,
+        launch=True,
+    )
+    plan_import_kw: float = setting(
+        10000.0,
+        help="What the community may draw from its supplier in any interval of the plan (one"
+        " grid, one value).",
+        unit="kW",
+        minimum=0.0,
+        launch=True,
+    )
+    plan_export_kw: float = setting(
+        10000.0,
+        help="What the community may feed to its supplier in any interval of the plan (one"
+        " grid, one value).",
+        unit="kW",
+        minimum=0.0,
+        launch=True,
+    )
     seed: int = setting(
         help="Seed of the shuffle's randomness (default: random).",
         factory=lambda: int.from_bytes(os.urandom(4), "big"),
     )
 
     def __attrs_post_init__(self) -> None:
+        if self.plan_intervals > MAX_PLAN_INTERVALS:
+            raise SettingError(
+                f"plan_intervals must be at most {MAX_PLAN_INTERVALS}, got {self.plan_intervals}"
+            )
         if self.shuffle_length >= self.view_size:
             raise SettingError(
                 f"shuffle_length ({self.shuffle_length}) must be smaller than view_size"
@@ -234,6 +275,11 @@ class GovernanceConfig:
 
     def sim_time_s(self, now_unix: float) -> float:
         return self.sim_start_s + (now_unix - self.start_unix) * self.speed
+
+    @property
+    def plan_interval_s(self) -> float:
+        """A planning interval in real seconds."""
+        return self.plan_interval_min * 60.0 / self.speed
 
 
 def check_settings(cls: type, settings: Mapping[str, Any], **identity: Any) -> None:

@@ -96,6 +96,7 @@ class Governance:
         self.overlay: Any = None  # distant mode: redy.units.overlay.OverlayDriver
         self.market: Any = None  # distant mode with epochs: redy.units.market.MarketDriver
         self.peer_links: Any = None  # distant mode: redy.transport.peer_links.PeerLinks
+        self.planner: Any = None  # distant mode with plan_intervals: redy.units.planner.PlanDriver
 
     # -- own broker -----------------------------------------------------------------------------
 
@@ -233,6 +234,9 @@ class Governance:
             await self.overlay.on_reply(msg)
         elif isinstance(msg, messages.Gossip) and self.market is not None:
             self.market.on_gossip(msg)
+        elif isinstance(msg, messages.PlanGossip):
+            if self.planner is not None:
+                self.planner.on_gossip(msg)
         elif self.state.on_message(topic, msg):
             # A unit came or went: its flexibility changes now, not at the next period.
             _log.info(
@@ -321,6 +325,8 @@ class Governance:
         market = self.market
         if market is not None:
             dropped.update(market.dropped)
+        if self.planner is not None:
+            dropped.update(self.planner.dropped)
         links = self.peer_links
         return messages.GovernanceHealth(
             node=self.node,
@@ -489,7 +495,36 @@ class Governance:
                 on_cleared=self._price_cleared,
             )
             tasks.append(tg.create_task(self.market.run()))
+        if cfg.plan_intervals > 0:
+            self._start_planner(tg, tasks, links)
         return links
+
+    def _start_planner(
+        self, tg: asyncio.TaskGroup, tasks: list[asyncio.Task[Any]], links: Any
+    ) -> None:
+        from redy.units.planner import PlanDriver
+
+        cfg = self.config
+        if self._identity is None:
+            _log.warning("node=%s plans need the node's TLS identity: no plan", self.node)
+            return
+        overlay = self.overlay
+        self.planner = PlanDriver(
+            node=self.node,
+            state=self.state,
+            links=links,
+            neighbours=lambda: list(overlay.view),
+            broker_of=overlay.broker_of,
+            publish_local=self.publish_local,
+            identity=self._identity,
+            capacity_kw=cfg.capacity_kw,
+            horizon=cfg.plan_intervals,
+            interval_min=cfg.plan_interval_min,
+            interval_s=cfg.plan_interval_s,
+            import_kw=cfg.plan_import_kw,
+            export_kw=cfg.plan_export_kw,
+        )
+        tasks.append(tg.create_task(self.planner.run()))
 
 
 def _subscriptions(node: str, *, peers: bool) -> tuple[str, ...]:

@@ -1,0 +1,400 @@
+"""Distant mode, plans: a governance unit states its node's horizon offer every planning interval,
+passes the nodes' signed offers on over the overlay and solves the community's plan.
+
+The governance setting `plan_intervals` (> 0) turns it on. Intervals are numbered from the UNIX
+epoch: interval k lasts `plan_interval_s` real seconds (`plan_interval_min` simulated minutes
+over the launch's speed) from k x plan_interval_s, so every node of a grid, however it was
+launched, numbers them alike (as the market numbers its epochs). At each interval's start the
+driver
+
+1. builds the node's offer over `plan_intervals` intervals from what its units report
+   (`horizon_offer`, below), held to the limits of the node's own certificate;
+2. signs it with the node key (`redy.planning.wire`, `redy.signing.Signer.sign_bytes`) and hands
+   it to the flood core (`redy.planning.flood.PlanFlood`): every `wave_s` the offers a neighbour
+   lacks go to its broker on `redy/<peer>/grid/plan/<node>`, each its own task bounded by the
+   links' timeout; what arrives is checked once (signature of a grid-CA node certificate naming
+   the offer's node, the limits it states, the grid's horizon) and a refusal is logged in one
+   line naming the neighbour that sent it;
+3. solves the community's LP (`redy.planning.problem.solve`, in a worker thread so the market's
+   1 Hz loop is not held up) from the admitted offers in canonical order, with the supplier's
+   boundary every node computes alike (`redy.planning.supplier`), once the offers have been
+   quiet for `settle_s`, and again whenever another offer is admitted in the interval; and
+4. publishes the plan, retained, on its own broker (`redy/<node>/governance/plan`): the prices
+   per interval, the community's flows, its own plan, and a digest of the whole schedule that
+   is the same on every node that solved the same offers.
+
+Forecasts (`horizon_offer`): a meter that reports a forecast (the device models report six
+hourly values ahead: `devices.loads`, `devices.renewables`) is read between its power now and
+those points, linearly, and held at its last point beyond; a meter with none persists its power
+now. An actuator's status is carried over the horizon as it stands: a producer is blocks up to
+its rated power at its marginal cost (two blocks for a rising cost), a flexible load its full
+draw with a block of the part it may shed at its willingness to pay, a store (a unit with a
+capacity) a `Storage` of its rated power whose energy now is its meter's state of charge or, as
+action units state none yet, half its capacity. Past MAX_BLOCKS blocks, the two of nearest cost
+are merged (an offer must fit one message). The plan does not command the units yet: the
+market's epochs still dispatch them within the interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import orjson
+
+from redy import messages, signing
+from redy.balancing.curves import ramp_ends
+from redy.errors import InvalidMessage, PeerUnreachable
+from redy.logformat import Tally
+from redy.pki import Identity
+from redy.planning import supplier
+from redy.planning.flood import Drop, PlanFlood, Send, checker
+from redy.planning.offer import Block, HorizonOffer, Storage, limits_refusal
+from redy.planning.problem import PlanError, Schedule, new_highs, solve
+from redy.planning.wire import from_message, signed_body, to_message
+from redy.topics import render
+from redy.transport.peer_links import PeerLinks
+from redy.units.market import LOAD_VALUE_DEFAULT
+from redy.units.node_state import NodeState
+from redy.units.tasks import TaskOwner
+
+_log = logging.getLogger(__name__)
+_MAX_TASKS = 256  # sends and solves in flight at once; beyond, dropped and counted
+
+# A store's round trip (sqrt each way), its wear and what its energy is worth at the horizon's
+# end, for a unit that states none (the home battery of `redy sim plan`).
+STORE_EFFICIENCY = 0.95
+STORE_WEAR_EUR_MWH = 10.0
+STORE_VALUE_EUR_KWH = 0.08
+# Blocks an offer states at most: each is two numbers per interval, and an offer of 192
+# intervals must fit one message (64 KiB) with its certificate.
+MAX_BLOCKS = 4
+
+
+def _merged(blocks: list[tuple[float, float]], most: int) -> list[tuple[float, float]]:
+    """`blocks` (kW, EUR/MWh; by cost) with the two of nearest cost merged into one at their
+    kW-weighted cost, until `most` are left."""
+    out = list(blocks)
+    while len(out) > most:
+        i = min(range(len(out) - 1), key=lambda j: out[j + 1][1] - out[j][1])
+        (k1, c1), (k2, c2) = out[i], out[i + 1]
+        kw = k1 + k2
+        out[i : i + 2] = [(kw, (k1 * c1 + k2 * c2) / kw if kw > 0 else c1)]
+    return out
+
+
+def _forecast(m: messages.Measurement, horizon: int, interval_min: float) -> np.ndarray:
+    """A meter's power over the horizon (kW, the middle of each interval), from its forecast."""
+    lead_h = (np.arange(horizon) + 0.5) * interval_min / 60.0
+    if not m.forecast_kw:
+        return np.full(horizon, m.power_kw)
+    points = np.arange(len(m.forecast_kw) + 1, dtype=float)  # now, then +1 h, +2 h, ...
+    out: np.ndarray = np.interp(lead_h, points, [m.power_kw, *m.forecast_kw])
+    return out
+
+
+def horizon_offer(
+    state: NodeState,
+    start: int,
+    horizon: int,
+    interval_min: float,
+    bounds_kw: tuple[float, float],
+) -> HorizonOffer:
+    """The node's offer over [start, start + horizon) from its online units (see the module
+    docstring), held to `bounds_kw` (its certified -import..export kW): the forecast clipped
+    into them, then its stores and blocks left out, the dearest first, while it is still not."""
+    base = np.zeros(horizon)
+    blocks: list[tuple[float, float]] = []  # (kW, EUR/MWh), the same in every interval
+    stores: list[Storage] = []
+    for u in state.units.values():
+        if not u.online:
+            continue
+        meta, s = u.meta, u.status
+        if u.role == "action" and s is not None:
+            rated = max(meta.rated_power_kw if meta else 0.0, abs(s.min_kw), abs(s.max_kw))
+            cost, cost_max = (
+                ramp_ends(s.marginal_cost_eur_mwh)
+                if s.marginal_cost_eur_mwh is not None
+                else (None, None)
+            )
+            if meta is not None and meta.quantity == "storage" and meta.capacity_kwh:
+                cap = meta.capacity_kwh
+                soc = u.measurement.soc if u.measurement is not None else None
+                stores.append(
+                    Storage(
+                        capacity_kwh=cap,
+                        soc_kwh=cap * (0.5 if soc is None else min(max(soc, 0.0), 1.0)),
+                        charge_kw=rated,
+                        discharge_kw=rated,
+                        charge_efficiency=STORE_EFFICIENCY,
+                        discharge_efficiency=STORE_EFFICIENCY,
+                        value_eur_kwh=STORE_VALUE_EUR_KWH,
+                        wear_eur_mwh=STORE_WEAR_EUR_MWH,
+                    )
+                )
+            elif s.min_kw >= 0:  # a producer: up to its rating at its marginal cost
+                lo = cost if cost is not None else 0.0
+                hi = cost_max if cost_max is not None else lo
+                if hi > lo:  # a rising cost: two blocks at the middles of its halves
+                    blocks += [(rated / 2, lo + (hi - lo) / 4), (rated / 2, lo + 3 * (hi - lo) / 4)]
+                else:
+                    blocks.append((rated, lo))
+            else:  # a load it may shed (or any other range): its full draw, the rest a block
+                base += s.min_kw
+                value = cost if cost is not None else LOAD_VALUE_DEFAULT
+                if s.max_kw > s.min_kw:
+                    blocks.append((s.max_kw - s.min_kw, value))
+        elif u.measurement is not None:
+            base += _forecast(u.measurement, horizon, interval_min)
+    lo_kw, hi_kw = bounds_kw
+    blocks = _merged(sorted(blocks, key=lambda b: b[1]), MAX_BLOCKS)
+
+    def offer() -> HorizonOffer:
+        return HorizonOffer(
+            node=state.node,
+            start=start,
+            base_kw=tuple(np.clip(base, lo_kw, hi_kw).tolist()),
+            interval_min=interval_min,
+            blocks=tuple(Block((kw,) * horizon, (c,) * horizon) for kw, c in blocks),
+            storage=tuple(stores),
+        )
+
+    out = offer()
+    while limits_refusal(out, bounds_kw) is not None and (stores or blocks):
+        if stores:
+            stores.pop()
+        else:
+            blocks.pop()
+        out = offer()
+    return out
+
+
+def plan_message(node: str, sched: Schedule, offers: int, interval_s: float) -> messages.Plan:
+    """What a node publishes of the schedule it solved: the prices, flows and its own plan."""
+    own = sched.plans[node]
+    h = len(sched.price_eur_mwh)
+    store = np.zeros(h)
+    soc = np.zeros(h)
+    for ch, dis, e in zip(own.charge_kw, own.discharge_kw, own.soc_kwh, strict=True):
+        store += np.asarray(dis) - np.asarray(ch)
+        soc += np.asarray(e)
+    draw = np.zeros(h)
+    for d in own.deferrable_kw:
+        draw += np.asarray(d)
+    return messages.Plan(
+        node=node,
+        ts_s=time.time(),
+        start=sched.start,
+        interval_s=interval_s,
+        interval_min=sched.interval_min,
+        offers=offers,
+        digest=schedule_digest(sched),
+        objective_eur=sched.objective_eur,
+        price_eur_mwh=sched.price_eur_mwh,
+        status=sched.status,
+        import_kw=sched.import_kw,
+        export_kw=sched.export_kw,
+        injection_kw=own.injection_kw,
+        blocks_kw=own.blocks_kw,
+        storage_kw=tuple(store.tolist()),
+        soc_kwh=tuple(soc.tolist()),
+        deferrable_kw=tuple(draw.tolist()),
+    )
+
+
+def schedule_digest(sched: Schedule) -> str:
+    """SHA-256 of the schedule's JSON (orjson writes each float so that it reads back to the
+    same bits): equal on two nodes exactly when their schedules are."""
+    return hashlib.sha256(orjson.dumps(sched.to_json_dict())).hexdigest()
+
+
+class PlanDriver:
+    """One node's planning: a thin asyncio driver of `PlanFlood` (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        node: str,
+        state: NodeState,
+        links: PeerLinks,
+        neighbours: Callable[[], list[messages.ViewEntry]],
+        broker_of: Callable[[str], str | None],
+        publish_local: Callable[[str, Any], Awaitable[bool]],
+        identity: Identity,
+        capacity_kw: float,
+        horizon: int,
+        interval_min: float,
+        interval_s: float,
+        import_kw: float,
+        export_kw: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.node = node
+        self.state = state
+        self._links = links
+        self._view = neighbours
+        self._broker_of = broker_of
+        self._publish_local = publish_local
+        self._clock = clock
+        self.horizon = horizon
+        self.interval_min = interval_min
+        self.interval_s = interval_s
+        self.import_kw, self.export_kw = import_kw, export_kw
+        # Waves and the quiet before a solve, in real seconds: a small share of the interval,
+        # never longer than a few of the offer market's waves.
+        self.wave_s = min(0.25, interval_s / 20)
+        self.settle_s = min(0.5, interval_s / 10)
+        self._signer = signing.Signer(identity, session=int(clock() * 1000))
+        if self._signer.node != node:
+            raise ValueError(f"the TLS identity names {self._signer.node}, not {node}")
+        verifier = signing.Verifier(identity.ca, capacity_kw)
+        self.bounds_kw = self._signer.grant.bounds_kw(capacity_kw)
+        self.flood = PlanFlood(
+            node, checker(verifier.signer_grant, capacity_kw, horizon, interval_min)
+        )
+        self._brokers: dict[str, str] = {}
+        self.tasks = TaskOwner(f"{node}.plan", limit=_MAX_TASKS)
+        self.dropped: Counter[str] = Counter()
+        self.refused = Tally()  # offers dropped, per sender
+        self.schedule: Schedule | None = None
+        self._solved: int | None = None  # the flood's version solved last
+        self._solving: asyncio.Task[None] | None = None
+        self.solve_s = 0.0  # the last solve's wall time
+
+    # -- events in -----------------------------------------------------------------------------
+
+    def on_gossip(self, msg: messages.PlanGossip) -> None:
+        """A neighbour's offers from our broker (the governance checked the sender's name)."""
+        drops = self.flood.receive(
+            self._clock(), msg.sender, msg.start, msg.offers, self._neighbours()
+        )
+        for d in drops:
+            self._log_drop(d)
+
+    def _log_drop(self, d: Drop) -> None:
+        self.dropped["plan_offer_refused"] += 1
+        n = self.refused.add(d.sender)
+        if n is not None:
+            _log.warning(
+                "node=%s dropped a plan offer from %s: %s (%d dropped from it so far)",
+                self.node,
+                d.sender,
+                d.reason,
+                n,
+            )
+
+    def _neighbours(self) -> list[str]:
+        view = self._view()
+        if len(self._brokers) > 1024:
+            self._brokers = {}
+        self._brokers |= {e.node: e.broker for e in view}
+        return [e.node for e in view]
+
+    # -- actions out ---------------------------------------------------------------------------
+
+    def _spawn(self, work: Any, name: str) -> asyncio.Task[None] | None:
+        task = self.tasks.spawn(work, name)
+        if task is None:
+            self.dropped["plan_tasks_full"] += 1
+        return task
+
+    def _begin(self, now: float, start: int) -> None:
+        offer = horizon_offer(self.state, start, self.horizon, self.interval_min, self.bounds_kw)
+        # As a receiver rebuilds it from the message (every number a float), so that the bytes
+        # signed here are the bytes it checks.
+        offer = from_message(to_message(offer, sig=""))
+        session = self._signer.session
+        sig = self._signer.sign_bytes(signed_body(offer, session))
+        own = to_message(offer, sig=sig, session=session, cert=self._signer.cert)
+        for d in self.flood.begin(now, start, own, offer):
+            self._log_drop(d)
+
+    async def _send(self, s: Send) -> None:
+        broker = self._brokers.get(s.target) or self._broker_of(s.target)
+        try:
+            if broker is None:
+                raise PeerUnreachable(
+                    s.target, "broker unknown (neither in the view nor a contact)"
+                )
+            msg = messages.PlanGossip(
+                sender=self.node, start=s.start, ts_s=self._clock(), offers=s.offers
+            )
+            await self._links.publish(
+                broker,
+                render("plan_gossip", node=s.target, peer=self.node),
+                messages.encode(msg),
+                node=s.target,
+                qos=1,
+            )
+        except PeerUnreachable as exc:
+            _log.debug("node=%s plan offers to %s failed: %s", self.node, s.target, exc.reason)
+            self.flood.refused(s.target, s.start, s.offers)
+        except InvalidMessage as exc:  # an offer too large for a message: it cannot go
+            self.dropped["plan_offer_unsendable"] += 1
+            _log.warning("node=%s cannot send plan offers to %s: %s", self.node, s.target, exc)
+
+    async def _solve(self, version: int, start: int, offers: list[HorizonOffer]) -> None:
+        boundary = supplier.boundary(
+            start, self.horizon, self.interval_min, self.import_kw, self.export_kw
+        )
+        t0 = time.perf_counter()
+        try:
+            sched = await asyncio.to_thread(solve, offers, boundary)
+        except PlanError as exc:
+            self._solved = version
+            _log.warning("node=%s could not plan interval %d: %s", self.node, start, exc)
+            return
+        self.solve_s = time.perf_counter() - t0
+        self._solved = version
+        if start != self.flood.start:
+            return  # the interval ended meanwhile: the next one's plan comes
+        self.schedule = sched
+        msg = plan_message(self.node, sched, len(offers), self.interval_s)
+        await self._publish_local(render("plan", node=self.node), msg)
+        _log.info(
+            "node=%s plan of interval %d from %d offers: %.3f EUR/MWh now, %s, digest %s,"
+            " solved in %.3f s",
+            self.node,
+            start,
+            len(offers),
+            sched.price_eur_mwh[0],
+            sched.status[0],
+            msg.digest[:12],
+            self.solve_s,
+        )
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Interval after interval until cancelled; sends in flight are cancelled with the
+        TaskGroup that owns them."""
+        new_highs()  # the first HiGHS of a process prints a banner: here, not in a worker thread
+        async with asyncio.TaskGroup() as group:
+            self.tasks.bind(group)
+            while True:
+                now = self._clock()
+                k = math.floor(now / self.interval_s)
+                if k != self.flood.start:
+                    self._begin(now, k)
+                for s in self.flood.wave(self._neighbours()):
+                    self._spawn(self._send(s), "plan-offers")
+                idle = self._solving is None or self._solving.done()
+                version = self.flood.version
+                if (
+                    idle
+                    and version != self._solved
+                    and now - self.flood.changed_at >= self.settle_s
+                    and self.flood.start is not None
+                ):
+                    self._solving = self._spawn(
+                        self._solve(version, self.flood.start, self.flood.offers()), "solve"
+                    )
+                wait = min(self.wave_s, (k + 1) * self.interval_s - self._clock())
+                await asyncio.sleep(max(wait, 0.001))
