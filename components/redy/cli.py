@@ -1,4 +1,4 @@
-"""The `redy` command line: launch, topic, node, view, broker, sim and the unit processes.
+"""The `redy` command line: launch, topic, node, view, plan, broker, sim and the unit processes.
 
 Each command lives in the module of what it drives and is imported only when it is called, so
 `redy --help` and every unit process start quickly and stay small.
@@ -23,6 +23,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "topic": ("redy.tools:topic", "List, echo, publish and measure topics (like ros2 topic)."),
     "node": ("redy.tools:node", "List the nodes reachable from a broker, or one node's units."),
     "view": ("redy.tools:view", "Print a node's retained membership view."),
+    "plan": ("redy.tools:plan", "Print a node's retained plan: prices and its own plan."),
     "deploy": (
         "redy.deploy:deploy",
         "Run one node of a grid file; generate Compose/systemd files.",

@@ -289,14 +289,20 @@ def operator_identity(credentials: str | None) -> pki.Identity | None:
     return pki.identity(Path(credentials).resolve().parent.parent, "operator")
 
 
+def _retained(
+    broker: str, user: str, password: str, topic: str, tls: pki.Identity | None = None
+) -> Any:
+    """The message retained on `topic` of `broker` (None if there is none)."""
+    inbox: queue.Queue[Received] = queue.Queue()
+    with connect(broker, user, password, inbox, tls) as client:
+        return read_retained(client, inbox, [topic], on_invalid=_stderr).get(topic)
+
+
 def fetch_view(
     broker: str, user: str, password: str, node: str, tls: pki.Identity | None = None
 ) -> messages.View | None:
     """A node's retained membership view, read from `broker` (None if it has none)."""
-    inbox: queue.Queue[Received] = queue.Queue()
-    with connect(broker, user, password, inbox, tls) as client:
-        name = render("view", node=node)
-        view = read_retained(client, inbox, [name], on_invalid=_stderr).get(name)
+    view = _retained(broker, user, password, render("view", node=node), tls)
     return view if isinstance(view, messages.View) else None
 
 
@@ -401,3 +407,92 @@ def node_info(
     while not inbox.empty():
         r = inbox.get()
         click.echo(f"{r.topic} {_render(r)}")
+
+
+# -- plans ---------------------------------------------------------------------------------------
+
+
+def fetch_plan(
+    broker: str, user: str, password: str, node: str, tls: pki.Identity | None = None
+) -> messages.Plan | None:
+    """A node's retained plan (redy.units.planner), read from `broker` (None if it has none)."""
+    found = _retained(broker, user, password, render("plan", node=node), tls)
+    return found if isinstance(found, messages.Plan) else None
+
+
+def plan_table(plan: messages.Plan, intervals: int) -> list[str]:
+    """The next `intervals` of a plan as lines of a table: when each starts (UTC), its price and
+    how it cleared, the community's flows at its boundary and the node's own plan."""
+    total = len(plan.price_eur_mwh)
+    shown = min(intervals, total)
+    out = [
+        f"plan of {plan.node}: {total} intervals of {plan.interval_min:g} min"
+        f" ({plan.interval_s:g} s each) from interval {plan.start}, {plan.offers} offers,"
+        f" cost {plan.objective_eur:.2f} EUR, digest {plan.digest[:16]}",
+        f"{'interval':>10} {'starts':>8} {'EUR/MWh':>10} {'status':>8} {'import kW':>10}"
+        f" {'export kW':>10} {'own kW':>9} {'blocks kW':>9} {'store kW':>9} {'store kWh':>9}"
+        f" {'defer kW':>9}",
+    ]
+
+    def at(values: tuple[float, ...], t: int) -> float:
+        return values[t] if t < len(values) else 0.0
+
+    for t in range(shown):
+        begins = time.strftime("%H:%M:%S", time.gmtime((plan.start + t) * plan.interval_s))
+        status = plan.status[t] if t < len(plan.status) else "?"
+        out.append(
+            f"{plan.start + t:>10} {begins:>8} {plan.price_eur_mwh[t]:>10.3f} {status:>8}"
+            f" {at(plan.import_kw, t):>10.3f} {at(plan.export_kw, t):>10.3f}"
+            f" {at(plan.injection_kw, t):>9.3f} {at(plan.blocks_kw, t):>9.3f}"
+            f" {at(plan.storage_kw, t):>9.3f} {at(plan.soc_kwh, t):>9.3f}"
+            f" {at(plan.deferrable_kw, t):>9.3f}"
+        )
+    if shown < total:
+        out.append(f"({total - shown} more intervals: --intervals {total} shows them all)")
+    return out
+
+
+@click.group()
+def plan() -> None:
+    """The community's plan as the nodes solved it (governance setting plan_intervals)."""
+
+
+@plan.command("show")
+@click.argument("node_id", metavar="NODE")
+@click.option(
+    "--intervals",
+    type=click.IntRange(min=1),
+    default=12,
+    show_default=True,
+    help="How many of the next intervals to print.",
+)
+@with_auth
+@json_option
+def plan_show(
+    node_id: str,
+    intervals: int,
+    broker: str,
+    user: str,
+    password: str | None,
+    credentials: str | None,
+    as_json: bool,
+) -> None:
+    """Print NODE's retained plan: the next intervals' prices and NODE's own plan (kW; own kW is
+    its net injection, + feeds the grid; store kW its stores' discharge, - charge; defer kW its
+    deferrable loads' draw)."""
+    found = fetch_plan(
+        broker,
+        user,
+        password_for(user, password, credentials),
+        node_id,
+        operator_identity(credentials),
+    )
+    if found is None:
+        raise BrokerError(
+            f"no retained plan of node {node_id!r} on {broker} (does its grid set plan_intervals?)"
+        )
+    if as_json:
+        click.echo(orjson.dumps(messages.to_dict(found)).decode())
+        return
+    for line in plan_table(found, intervals):
+        click.echo(line)
