@@ -4,7 +4,8 @@ battery, a house with a water heater; brokers, governance units and device units
 every node then holds the same plan, prices equal to the bit, and `redy plan show` prints it. A
 member with a certificate of its own (20 kW of import, 10 of export) sends an offer beyond those
 limits, a malformed one and a payload that is no message: each is dropped with one log line
-naming it, and the nodes go on planning together without it."""
+naming it, and the nodes go on planning together without it. The dashboard shows the plan (in
+headless chromium, as tests/dashboard does)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,11 @@ from redy.planning.offer import HorizonOffer
 from redy.planning.wire import signed_body, to_message
 from redy.signing import Signer
 from redy.topics import render
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dashboard"))
+import test_dashboard_browser as browser_page
+
+browser = browser_page.browser  # the dashboard tests' headless chromium, a fixture here too
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -277,3 +283,35 @@ def test_offers_beyond_certified_limits_or_malformed_are_dropped_and_planning_go
         seen=lambda: plans.latest,
     )  # fmt: skip
     assert plan.offers == len(NODES)
+
+
+def test_the_dashboard_shows_the_plan_every_node_holds(grid: Grid, browser: Any) -> None:
+    web = subprocess.Popen(
+        [*REDY, "dashboard", "--launch-state", str(grid.state), "--http-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert web.stdout is not None
+        url = re.search(r"http://\S+", web.stdout.readline())
+        assert url, "the dashboard did not print its address"
+        browser.get(url.group(0))
+        summary = until(
+            lambda: re.search(
+                r"from interval (\d+), 3 offers, held by 3 of 3 nodes",
+                browser.execute_script("return document.getElementById('plan-summary').innerText"),
+            ),
+            60,
+            "the plan held by the 3 nodes on the page",
+        )
+        assert int(summary.group(1)) > 0
+        # Two charts: the prices and the three nodes' planned injection (a series each).
+        legends = browser.execute_script(
+            "return [...document.querySelectorAll('#plan-nodes-chart .u-series .u-label')]"
+            ".map(e => e.innerText.trim());"
+        )
+        assert set(NODES) <= set(legends), legends
+        assert browser.execute_script(
+            "return document.querySelectorAll('#plan-price-chart canvas').length"
+        )
+    finally:
+        browser_page._stop(web)

@@ -3,7 +3,8 @@
 `GridModel` takes events — a broker connection up or down, a message on a topic, with the time
 it arrived — and `snapshot(now_s)` returns the page's data as plain JSON-ready dicts: every node
 (kind, production, consumption, price, status, units online, liveness), the overlay's edges from
-the retained views, and per market epoch the common price and the grid balance.
+the retained views, per market epoch the common price and the grid balance, and the plan the
+nodes solved (their retained `Plan`s): the next 24 h of prices and each node's planned injection.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from redy.errors import InvalidMessage
 from redy.topics import CONTRACT
 
 HISTORY_EPOCHS = 60
+PLAN_HOURS = 24.0  # of the plan the page shows
 # A price within this of the epoch's median counts as agreeing (gossip ends within a hair).
 _AGREE_EUR_MWH = 0.5
 
@@ -32,6 +34,7 @@ class _Node:
     units: dict[str, str] = attrs.field(factory=dict)
     neighbours: tuple[str, ...] = ()
     health: messages.GovernanceHealth | None = None  # the governance's counters
+    plan: messages.Plan | None = None  # the plan it solved last
     # Over every governance state taken: how many, their nets' sum, the peaks.
     states: int = 0
     net_sum_kw: float = 0.0
@@ -69,7 +72,14 @@ class GridModel:
             msg = messages.decode(topic, payload)
         except InvalidMessage:
             return False
-        if spec.name not in ("descriptor", "node_state", "node_health", "unit_state", "view"):
+        if spec.name not in (
+            "descriptor",
+            "node_state",
+            "node_health",
+            "unit_state",
+            "view",
+            "plan",
+        ):
             return False
         node = self._node(params["node"])
         node.connection = node.connection or connection
@@ -91,6 +101,10 @@ class GridModel:
             if msg.node != node.node:
                 return False
             node.health = msg
+        elif isinstance(msg, messages.Plan):
+            if msg.node != node.node:
+                return False
+            node.plan = msg
         elif isinstance(msg, messages.UnitState):
             node.units[params["unit"]] = msg.state
         elif isinstance(msg, messages.View):
@@ -155,6 +169,7 @@ class GridModel:
             "vertices": sorted(self._nodes),
             "edges": edges,
             "epochs": self._history(),
+            "plan": self._plan(),
             "common_price": self._common_price(),
             "grid_balance_kw": sum(r["net_kw"] for r in up) if up else None,
             "sim_time_s": max(
@@ -180,6 +195,34 @@ class GridModel:
                 }
             )
         return out
+
+    def _plan(self) -> dict[str, Any] | None:
+        """The latest interval's plan most nodes hold (by its digest): its prices and every
+        holder's planned injection over the next PLAN_HOURS, and how many nodes hold it."""
+        plans = [n.plan for n in self._nodes.values() if n.plan is not None]
+        if not plans:
+            return None
+        start = max(p.start for p in plans)
+        latest = [p for p in plans if p.start == start]
+        counts: dict[str, int] = {}
+        for p in latest:
+            counts[p.digest] = counts.get(p.digest, 0) + 1
+        digest = max(sorted(counts), key=lambda d: counts[d])
+        held = sorted((p for p in latest if p.digest == digest), key=lambda p: p.node)
+        first = held[0]
+        n = min(len(first.price_eur_mwh), max(1, round(PLAN_HOURS * 60 / first.interval_min)))
+        return {
+            "start": start,
+            "interval_s": first.interval_s,
+            "interval_min": first.interval_min,
+            "digest": digest,
+            "agree": len(held),
+            "of": len(latest),
+            "offers": first.offers,
+            "hours": [t * first.interval_min / 60.0 for t in range(n)],
+            "price_eur_mwh": list(first.price_eur_mwh[:n]),
+            "injection_kw": {p.node: list(p.injection_kw[:n]) for p in held},
+        }
 
     def _common_price(self) -> dict[str, Any] | None:
         """The median price of the latest epoch most reporting nodes have reached, and how many

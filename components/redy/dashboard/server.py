@@ -36,6 +36,7 @@ _TOPICS = (
     subscription("node_health"),
     subscription("unit_state"),
     subscription("view"),
+    subscription("plan"),
 )
 _PUSH_PERIOD_S = 1.0
 _REFRESH_S = 5.0  # a snapshot at least this often, even with no news

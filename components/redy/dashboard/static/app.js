@@ -86,6 +86,42 @@ function renderCharts(epochs) {
   }
 }
 
+const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+  "#7f7f7f", "#bcbd22", "#17becf"];
+let planPriceChart = null;
+let planNodesChart = null;
+let planNodes = "";
+
+function renderPlan(plan) {
+  const summary = document.getElementById("plan-summary");
+  if (!plan) { summary.textContent = "(no plan: plan_intervals not set)"; return; }
+  summary.textContent = `from interval ${plan.start}, ${plan.offers} offers,`
+    + ` held by ${plan.agree} of ${plan.of} nodes (digest ${plan.digest.slice(0, 12)})`;
+  const price = [plan.hours, plan.price_eur_mwh];
+  const names = Object.keys(plan.injection_kw).sort();
+  const nodes = [plan.hours, ...names.map((n) => plan.injection_kw[n])];
+  const axes = [{ label: "hours ahead" }, {}];
+  if (planPriceChart === null) {
+    planPriceChart = new uPlot({
+      width: 420, height: 160, scales: { x: { time: false } }, axes,
+      series: [{ label: "h" }, { label: "EUR/MWh", stroke: "#1f77b4", width: 2 }],
+    }, price, document.getElementById("plan-price-chart"));
+  } else {
+    planPriceChart.setData(price);
+  }
+  if (planNodesChart === null || planNodes !== names.join(",")) {
+    if (planNodesChart !== null) planNodesChart.destroy();
+    planNodes = names.join(",");
+    planNodesChart = new uPlot({
+      width: 420, height: 200, scales: { x: { time: false } }, axes,
+      series: [{ label: "h" }, ...names.map((n, i) => (
+        { label: n, stroke: PALETTE[i % PALETTE.length], width: 1.5 }))],
+    }, nodes, document.getElementById("plan-nodes-chart"));
+  } else {
+    planNodesChart.setData(nodes);
+  }
+}
+
 function render(snap) {
   const cp = snap.common_price;
   document.getElementById("common-price").textContent = cp
@@ -96,6 +132,7 @@ function render(snap) {
   renderTable(snap.nodes);
   renderOverlay(snap);
   renderCharts(snap.epochs);
+  renderPlan(snap.plan);
   document.body.dataset.version = snap.version;
 }
 
