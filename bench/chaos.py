@@ -15,10 +15,17 @@ state), runs it undisturbed for `--baseline-minutes` (default: as long as the ch
 - `governance-stop`: SIGSTOP of a governance unit, SIGCONT after the hold;
 - `hostile-member`: a member with a valid certificate of the grid's CA connects to a node's grid
   listener, floods it with malformed gossip and shuffle requests that name a closed port, and
-  leaves after the hold.
+  leaves after the hold;
+- `partition`: the node is cut off from every other node, both ways, while its units still
+  reach its broker: iptables drops what arrives on its broker's grid port and, by a cgroup v2
+  match, what its governance sends to any port but its own broker's. Drawn where that works
+  (root, iptables with the cgroup match, a cgroup2 mount); the report says whether it did. The
+  rules carry the comment `redy-chaos` and are removed after each hold and at exit.
 
-Partitions and clock steps need a network and a clock per node (namespaces, faketime: see
-tests/faults); one launch on one loopback has neither, so they are not drawn here.
+`--spare K` nodes (2 by default, drawn by the seed) get no fault at all: their brokers and
+governance units run the whole hour, so their growth is measured (a restarted process is
+another process). Clock steps are not drawn: one launch starts every node's processes under one
+clock, and a skew needs a clock per node from the start (faketime, as tests/faults does).
 
 Which node cleared in which epoch comes from what each governance unit logged as it cleared (an
 operator's view of the retained states misses epochs whenever a broker fault cuts it off); every
@@ -75,7 +82,15 @@ from faultgrid import broker_pid, governance_pid  # noqa: E402 (the fault tests'
 
 CLEARED = ("cleared", "shortage", "surplus")
 _CLEARED_LINE = re.compile(r"node=(\S+) epoch (\d+) price \S+ EUR/MWh \((\w+)\)")
-FAULTS = ("broker-kill", "broker-stop", "governance-kill", "governance-stop", "hostile-member")
+FAULTS = (
+    "broker-kill",
+    "broker-stop",
+    "governance-kill",
+    "governance-stop",
+    "hostile-member",
+    "partition",
+)
+_TAG = "redy-chaos"  # the comment on every iptables rule this bench adds
 
 
 def _free_port() -> int:
@@ -177,6 +192,94 @@ class Hostile:
         self.c.loop_stop()
 
 
+def _iptables(*args: str) -> bool:
+    return subprocess.run(["iptables", *args], capture_output=True).returncode == 0
+
+
+def _cgroup2_root() -> Path | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            if len(parts) > 2 and parts[2] == "cgroup2":
+                return Path(parts[1])
+    return None
+
+
+class Partitions:
+    """Cut a node off from the others on one loopback (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.root = _cgroup2_root()
+        self.why_not = self._check()
+        self._rules: dict[str, list[list[str]]] = {}
+
+    def _check(self) -> str | None:
+        if os.geteuid() != 0:
+            return "not root"
+        if subprocess.run(["sh", "-c", "command -v iptables"], capture_output=True).returncode:
+            return "no iptables"
+        if self.root is None:
+            return "no cgroup2 mount"
+        probe = self.root / f"{_TAG}-probe"
+        rule = ["OUTPUT", "-o", "lo", "-m", "cgroup", "--path", probe.name, "-j", "ACCEPT"]
+        try:
+            probe.mkdir(exist_ok=True)
+            if not _iptables("-I", *rule):
+                return "iptables has no cgroup match"
+            _iptables("-D", *rule)
+        except OSError as exc:
+            return f"cannot make a cgroup: {exc}"
+        finally:
+            with contextlib.suppress(OSError):
+                probe.rmdir()
+        return None
+
+    def cut(self, node: str, broker: Any, governance: int) -> None:
+        assert self.root is not None
+        group = self.root / f"{_TAG}-{node}"
+        group.mkdir(exist_ok=True)
+        (group / "cgroup.procs").write_text(str(governance))
+        own = f"{broker.port},{broker.grid_port},{broker.unit_port}"
+        tag = ["-m", "comment", "--comment", _TAG, "-j", "DROP"]
+        rules = [
+            ["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(broker.grid_port), *tag],
+            [
+                *("OUTPUT", "-o", "lo", "-p", "tcp", "-m", "cgroup", "--path", group.name),
+                *("-m", "multiport", "!", "--dports", own, *tag),
+            ],
+        ]
+        for rule in rules:
+            _iptables("-I", *rule)
+        self._rules[node] = rules
+
+    def heal(self, node: str) -> None:
+        for rule in self._rules.pop(node, []):
+            _iptables("-D", *rule)
+        assert self.root is not None
+        group = self.root / f"{_TAG}-{node}"
+        with contextlib.suppress(OSError):
+            for pid in (group / "cgroup.procs").read_text().split():
+                with contextlib.suppress(OSError):
+                    (self.root / "cgroup.procs").write_text(pid)
+            group.rmdir()
+
+    def heal_all(self) -> None:
+        """Every rule and cgroup of this bench, this run's or a crashed one's."""
+        for node in list(self._rules):
+            self.heal(node)
+        listing = subprocess.run(["iptables", "-S"], capture_output=True, text=True).stdout
+        for line in listing.splitlines():
+            if f"--comment {_TAG}" in line and line.startswith("-A "):
+                _iptables("-D", *line[3:].split())
+        if self.root is not None:
+            for group in self.root.glob(f"{_TAG}-*"):
+                with contextlib.suppress(OSError):
+                    for pid in (group / "cgroup.procs").read_text().split():
+                        with contextlib.suppress(OSError):
+                            (self.root / "cgroup.procs").write_text(pid)
+                    group.rmdir()
+
+
 class Chaos:
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
         self.args = args
@@ -192,6 +295,11 @@ class Chaos:
         self.faults: list[dict[str, Any]] = []  # name, node, start, end
         self.scrapes: list[tuple[float, dict[str, list[Any]]]] = []
         self.launcher: subprocess.Popen[bytes] | None = None
+        self.partitions = Partitions()
+        drawn = args.faults.split(",") if args.faults else FAULTS
+        self.kinds = [f for f in drawn if f != "partition" or self.partitions.why_not is None]
+        self.spared = sorted(self.rng.sample(self.nodes, min(args.spare, len(self.nodes) - 1)))
+        self.targets = [n for n in self.nodes if n not in self.spared]
 
     # -- the grid --------------------------------------------------------------------------------
 
@@ -258,6 +366,14 @@ class Chaos:
             evil = Hostile(self.state, target, self.rng)
             time.sleep(hold_s)
             evil.close()
+        elif name == "partition":
+            pid = self._pid("governance", node)
+            if pid is not None and node not in self.partitions._rules:
+                try:
+                    self.partitions.cut(node, target.broker, pid)
+                    time.sleep(hold_s)
+                finally:
+                    self.partitions.heal(node)
         elif name.endswith("-stop"):
             pid = self._pid(kind, node)
             if pid is not None:
@@ -287,8 +403,8 @@ class Chaos:
         next_at = t0 + self.rng.expovariate(1 / self.args.mean_gap_s)
         while time.time() < end:
             if time.time() >= next_at:
-                name = self.rng.choice(FAULTS)
-                node = self.rng.choice(self.nodes)
+                name = self.rng.choice(self.kinds)
+                node = self.rng.choice(self.targets)
                 hold = self.rng.uniform(3.0, 12.0)
                 hold = min(hold, max(0.5, end - time.time()))
                 th = threading.Thread(target=self._fault, args=(name, node, hold), daemon=True)
@@ -428,6 +544,8 @@ def main() -> int:
     ap.add_argument("--scrape-s", type=float, default=15.0, help="seconds between scrapes")
     ap.add_argument("--recovery-epochs", type=int, default=2)
     ap.add_argument("--growth", type=float, default=0.05)
+    ap.add_argument("--spare", type=int, default=2, help="nodes that get no fault (growth)")
+    ap.add_argument("--faults", default="", help="only these kinds, comma-separated")
     ap.add_argument("--json", action="store_true", help="one JSON object, nothing else")
     ap.add_argument("--keep", action="store_true", help="keep the state and logs (printed)")
     args = ap.parse_args()
@@ -435,6 +553,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="redy-chaos-"))
     chaos = Chaos(args, tmp)
     try:
+        chaos.partitions.heal_all()  # what a crashed run may have left
         chaos.start()
         steady_s = chaos.wait_steady(180)
         chaos.quiet(3 * chaos.epoch_s)  # a few epochs past the first common one
@@ -451,6 +570,8 @@ def main() -> int:
             "epoch_s": chaos.epoch_s,
             "faults": len(chaos.faults),
             "fault_kinds": {k: sum(f["fault"] == k for f in chaos.faults) for k in FAULTS},
+            "partitions": chaos.partitions.why_not or "drawn",
+            "spared": chaos.spared,
             "baseline_cleared": chaos.fraction(b0, b1),
             "chaos_cleared": chaos.fraction(c0, c1),
             "recoveries": chaos.recoveries(),
@@ -460,6 +581,7 @@ def main() -> int:
             "host_load": os.getloadavg()[0],
         }
     finally:
+        chaos.partitions.heal_all()
         chaos.stop()
         if not args.keep:
             import shutil
@@ -495,6 +617,7 @@ def _verdict(r: dict[str, Any], args: argparse.Namespace, tmp: Path) -> int:
         f" {r['fault_kinds']}) against {r['baseline_minutes']:g} min undisturbed; epoch"
         f" {r['epoch_s']:g} s; host load {r['host_load']:.1f}"
     )
+    print(f"partitions: {r['partitions']}; spared (no fault): {', '.join(r['spared']) or 'none'}")
     print(
         f"node-epochs cleared: {r['chaos_cleared']:.3f} under chaos, {r['baseline_cleared']:.3f}"
         f" undisturbed, ratio {ratio:.3f} (goal 0.95)"

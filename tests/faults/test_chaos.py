@@ -1,6 +1,6 @@
 """The chaos run's short version (bench/chaos.py, issue 30): launch/grid12.yaml for two minutes
 under random, overlapping faults (brokers and governance units killed and stopped, a hostile
-member coming and going), then its checker: no process lost for good, every node clearing again
+member coming and going, partitions where the host allows them), then its checker: no process lost for good, every node clearing again
 within two epochs of each fault's end, no retained state that lies. The hour-long run is the
 benchmark's; its figures are in the closing note of issue 30."""
 
