@@ -282,6 +282,8 @@ class Plan:
     storage_kw: tuple[float, ...] = ()
     soc_kwh: tuple[float, ...] = ()
     deferrable_kw: tuple[float, ...] = ()
+    forecast_error_kw: float | None = None
+    forecast_mae_kw: float | None = None
 
 
 MESSAGE_TYPES: dict[str, type] = {

@@ -449,6 +449,11 @@ def plan_table(plan: messages.Plan, intervals: int) -> list[str]:
         )
     if shown < total:
         out.append(f"({total - shown} more intervals: --intervals {total} shows them all)")
+    if plan.forecast_error_kw is not None:
+        out.append(
+            f"its meters' last interval: {plan.forecast_error_kw:+.3f} kW off their forecast"
+            f" (mean size {plan.forecast_mae_kw or 0.0:.3f} kW)"
+        )
     return out
 
 

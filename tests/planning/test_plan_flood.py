@@ -20,7 +20,7 @@ from redy.planning.problem import solve
 from redy.planning.wire import from_message, signed_body, to_message
 from redy.signing import Signer, Verifier
 from redy.units.node_state import NodeState
-from redy.units.planner import horizon_offer, schedule_digest
+from redy.units.planner import ForecastError, horizon_offer, schedule_digest
 
 H = 8
 START = 1000
@@ -197,3 +197,17 @@ def test_a_nodes_offer_from_its_units_reports_within_its_limits() -> None:
     tight = horizon_offer(state, 5, 12, 15.0, (-4.0, 8.0))
     assert tight.storage == () and len(tight.blocks) < 3
     assert limits_refusal(tight, (-4.0, 8.0)) is None
+
+
+def test_forecast_errors_after_the_fact() -> None:
+    errors = ForecastError()
+    errors.start(2.0)  # nothing closed yet
+    assert errors.last_kw is None and errors.mae_kw is None
+    for kw in (1.0, 2.0, 3.0, 4.0):
+        errors.sample(kw)
+    errors.start(5.0)
+    assert errors.last_kw == pytest.approx(0.5) and errors.mae_kw == pytest.approx(0.5)
+    errors.sample(3.0)
+    errors.start(0.0)
+    assert errors.last_kw == pytest.approx(-2.0) and errors.mae_kw == pytest.approx(1.25)
+    assert errors.intervals == 2

@@ -283,6 +283,8 @@ def test_offers_beyond_certified_limits_or_malformed_are_dropped_and_planning_go
         seen=lambda: plans.latest,
     )  # fmt: skip
     assert plan.offers == len(NODES)
+    # Each node reports after the fact how far its meters were from their forecast.
+    assert all(p.forecast_error_kw is not None for p in plans.latest.values()), plans.latest
 
 
 def test_the_dashboard_shows_the_plan_every_node_holds(grid: Grid, browser: Any) -> None:

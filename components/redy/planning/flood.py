@@ -124,6 +124,7 @@ class PlanFlood:
         self._has: dict[NodeId, set[str]] = {}  # per peer: the signatures it has
         self._back: list[NodeId] = []
         self._early: list[tuple[NodeId, PlanOffer]] = []
+        self._early_sigs: set[str] = set()  # each kept once, whoever sends it again
         self.version = 0  # changes whenever offers() does
         self.changed_at = 0.0  # when it last changed (the driver's clock)
 
@@ -139,6 +140,7 @@ class PlanFlood:
         self.version += 1
         self.changed_at = now
         early, self._early = self._early, []
+        self._early_sigs = set()
         drops: list[Drop] = []
         for sender, o in early:
             if o.start == start:
@@ -156,8 +158,12 @@ class PlanFlood:
         """Offers a neighbour sent (its message's form checked by the codec)."""
         drops: list[Drop] = []
         if self.start is None or start == self.start + 1:
-            room = _EARLY_MAX - len(self._early)
-            self._early += [(sender, o) for o in offers if o.start == start][: max(room, 0)]
+            for o in offers:
+                if len(self._early) >= _EARLY_MAX:
+                    break
+                if o.start == start and o.sig not in self._early_sigs:
+                    self._early_sigs.add(o.sig)
+                    self._early.append((sender, o))
             return drops
         if start != self.start:
             return drops

@@ -30,7 +30,9 @@ now. An actuator's status is carried over the horizon as it stands: a producer i
 its rated power at its marginal cost (two blocks for a rising cost), a flexible load its full
 draw with a block of the part it may shed at its willingness to pay, a store (a unit with a
 capacity) a `Storage` of its rated power whose energy now is its meter's state of charge or, as
-action units state none yet, half its capacity. Past MAX_BLOCKS blocks, the two of nearest cost
+action units state none yet, half its capacity. After each interval the node reports how far
+its meters' mean power was from what they forecast at its start (`ForecastError`, in the plan
+it publishes and in its log). Past MAX_BLOCKS blocks, the two of nearest cost
 are merged (an offer must fit one message). The plan does not command the units yet: the
 market's epochs still dispatch them within the interval.
 """
@@ -176,8 +178,62 @@ def horizon_offer(
     return out
 
 
-def plan_message(node: str, sched: Schedule, offers: int, interval_s: float) -> messages.Plan:
-    """What a node publishes of the schedule it solved: the prices, flows and its own plan."""
+def metered_kw(state: NodeState) -> float:
+    """What the node's online meters measure now (kW, + injection)."""
+    return sum(
+        u.measurement.power_kw
+        for u in state.units.values()
+        if u.online and u.role != "action" and u.measurement is not None
+    )
+
+
+def metered_forecast_kw(state: NodeState, interval_min: float) -> float:
+    """What the node's online meters forecast for the interval starting now (kW, its middle)."""
+    return sum(
+        float(_forecast(u.measurement, 1, interval_min)[0])
+        for u in state.units.values()
+        if u.online and u.role != "action" and u.measurement is not None
+    )
+
+
+class ForecastError:
+    """How far the meters' forecasts were from what they measured, interval by interval, after
+    the fact (sans-IO): `start(forecast_kw)` at an interval's start, `sample(kw)` during it;
+    the next `start` closes it."""
+
+    def __init__(self) -> None:
+        self._forecast_kw: float | None = None
+        self._sum_kw = 0.0
+        self._n = 0
+        self.last_kw: float | None = None  # the last closed interval's mean minus its forecast
+        self._abs_sum_kw = 0.0
+        self.intervals = 0
+
+    def sample(self, kw: float) -> None:
+        self._sum_kw += kw
+        self._n += 1
+
+    def start(self, forecast_kw: float) -> None:
+        if self._forecast_kw is not None and self._n:
+            self.last_kw = self._sum_kw / self._n - self._forecast_kw
+            self._abs_sum_kw += abs(self.last_kw)
+            self.intervals += 1
+        self._forecast_kw, self._sum_kw, self._n = forecast_kw, 0.0, 0
+
+    @property
+    def mae_kw(self) -> float | None:
+        return self._abs_sum_kw / self.intervals if self.intervals else None
+
+
+def plan_message(
+    node: str,
+    sched: Schedule,
+    offers: int,
+    interval_s: float,
+    errors: ForecastError | None = None,
+) -> messages.Plan:
+    """What a node publishes of the schedule it solved: the prices, flows and its own plan (and
+    its forecasts' errors after the fact)."""
     own = sched.plans[node]
     h = len(sched.price_eur_mwh)
     store = np.zeros(h)
@@ -206,6 +262,8 @@ def plan_message(node: str, sched: Schedule, offers: int, interval_s: float) -> 
         storage_kw=tuple(store.tolist()),
         soc_kwh=tuple(soc.tolist()),
         deferrable_kw=tuple(draw.tolist()),
+        forecast_error_kw=None if errors is None else errors.last_kw,
+        forecast_mae_kw=None if errors is None else errors.mae_kw,
     )
 
 
@@ -267,6 +325,7 @@ class PlanDriver:
         self._solved: int | None = None  # the flood's version solved last
         self._solving: asyncio.Task[None] | None = None
         self.solve_s = 0.0  # the last solve's wall time
+        self.errors = ForecastError()
 
     # -- events in -----------------------------------------------------------------------------
 
@@ -306,6 +365,17 @@ class PlanDriver:
         return task
 
     def _begin(self, now: float, start: int) -> None:
+        self.errors.start(metered_forecast_kw(self.state, self.interval_min))
+        if self.errors.last_kw is not None and self.flood.start == start - 1:
+            _log.info(
+                "node=%s interval %d: metered %+.3f kW off its forecast (mean error %.3f kW over"
+                " %d intervals)",
+                self.node,
+                start - 1,
+                self.errors.last_kw,
+                self.errors.mae_kw,
+                self.errors.intervals,
+            )
         offer = horizon_offer(self.state, start, self.horizon, self.interval_min, self.bounds_kw)
         # As a receiver rebuilds it from the message (every number a float), so that the bytes
         # signed here are the bytes it checks.
@@ -356,7 +426,7 @@ class PlanDriver:
         if start != self.flood.start:
             return  # the interval ended meanwhile: the next one's plan comes
         self.schedule = sched
-        msg = plan_message(self.node, sched, len(offers), self.interval_s)
+        msg = plan_message(self.node, sched, len(offers), self.interval_s, self.errors)
         await self._publish_local(render("plan", node=self.node), msg)
         _log.info(
             "node=%s plan of interval %d from %d offers: %.3f EUR/MWh now, %s, digest %s,"
@@ -383,6 +453,7 @@ class PlanDriver:
                 k = math.floor(now / self.interval_s)
                 if k != self.flood.start:
                     self._begin(now, k)
+                self.errors.sample(metered_kw(self.state))
                 for s in self.flood.wave(self._neighbours()):
                     self._spawn(self._send(s), "plan-offers")
                 idle = self._solving is None or self._solving.done()
