@@ -90,6 +90,9 @@ class ActuatorStatus:
     charge_below_eur_mwh: float | None = None
     discharge_above_eur_mwh: float | None = None
     note: str | None = None
+    soc: float | None = None
+    energy_due_kwh: float | None = None
+    due_in_s: float | None = None
 
 
 @attrs.frozen(kw_only=True)

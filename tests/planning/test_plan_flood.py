@@ -15,7 +15,7 @@ from redy import messages, pki
 from redy.balancing.offers import cert_missing
 from redy.planning import supplier
 from redy.planning.flood import Drop, PlanFlood, checker
-from redy.planning.offer import Block, HorizonOffer, Storage, limits_refusal
+from redy.planning.offer import Block, Deferrable, HorizonOffer, Storage, limits_refusal
 from redy.planning.problem import solve
 from redy.planning.wire import from_message, signed_body, to_message
 from redy.signing import Signer, Verifier
@@ -211,3 +211,21 @@ def test_forecast_errors_after_the_fact() -> None:
     errors.start(0.0)
     assert errors.last_kw == pytest.approx(-2.0) and errors.mae_kw == pytest.approx(1.25)
     assert errors.intervals == 2
+
+
+def test_a_store_starts_from_its_stated_charge_and_an_ev_is_a_deferrable_load() -> None:
+    state = NodeState("n")
+    _unit(state, "bat", "action", "storage", 5.0, min_kw=-5.0, max_kw=5.0, capacity_kwh=10.0,
+          soc=0.8)  # fmt: skip
+    _unit(state, "ev", "action", "consumption", 7.4, min_kw=-7.4, max_kw=0.0,
+          energy_due_kwh=10.0, due_in_s=3600.0)  # fmt: skip
+    offer = horizon_offer(state, 5, 12, 15.0, (-20.0, 40.0))
+    assert offer.storage[0].soc_kwh == pytest.approx(8.0)
+    assert offer.deferrable == (Deferrable(10.0, 0, 4, 7.4),)
+    assert offer.blocks == () and offer.base_kw == (0.0,) * 12
+    # Due after the horizon: only what it could not draw after its end.
+    later = NodeState("n")
+    _unit(later, "ev", "action", "consumption", 7.4, min_kw=-7.4, max_kw=0.0,
+          energy_due_kwh=30.0, due_in_s=4 * 3600.0)  # fmt: skip
+    [due] = horizon_offer(later, 5, 12, 15.0, (-20.0, 40.0)).deferrable
+    assert (due.end, due.energy_kwh) == (12, pytest.approx(30.0 - 7.4))

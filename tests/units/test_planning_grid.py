@@ -1,5 +1,5 @@
 """Plans in real processes: a launched grid of three nodes (a gas plant, a house with PV and a
-battery, a house with a water heater; brokers, governance units and device units) with
+battery, a house with a water heater and an EV; brokers, governance units and device units) with
 `plan_intervals` set. Every node floods its signed horizon offer and solves the community's plan;
 every node then holds the same plan, prices equal to the bit, and `redy plan show` prints it. A
 member with a certificate of its own (20 kW of import, 10 of export) sends an offer beyond those
@@ -72,6 +72,8 @@ launch:
       params: {{annual_kwh: 4000}}}}
   - action: {{node: house-2, name: water-heater, device: water_heater, period_s: 0.5,
       params: {{power_kw: 2.5, volume_l: 200}}}}
+  - action: {{node: house-2, name: ev, device: ev_charger, period_s: 0.5,
+      params: {{power_kw: 7.4, energy_needed_kwh: 10, deadline_s: 32400}}}}
 """
     path = tmp / "plan-grid.yaml"
     path.write_text(text)
@@ -195,6 +197,9 @@ def test_every_node_holds_the_same_plan_and_redy_plan_show_prints_it(
         net = sum(held[n].injection_kw[t] for n in NODES)
         assert net + plan.import_kw[t] - plan.export_kw[t] == pytest.approx(0.0, abs=1e-6)
     assert any(abs(x) > 1e-9 for x in held["house-1"].storage_kw)  # the battery is planned
+    # The EV (10 kWh by 09:00, three simulated hours after the start) draws within its window.
+    draw = held["house-2"].deferrable_kw
+    assert sum(draw) > 0 and all(x == 0 for x in draw[12:]), draw
 
     env = {
         **os.environ,

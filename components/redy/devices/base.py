@@ -87,6 +87,15 @@ class Device:
         """Storage: (charge below, discharge above) in EUR/MWh; None for other devices."""
         return None
 
+    def soc_now(self) -> float | None:
+        """Storage: the state of charge now (0..1); None for other devices."""
+        return self.reading().soc if self.quantity == "storage" else None
+
+    def due(self) -> tuple[float, float] | None:
+        """A deferrable load: (kWh it still has to draw at the meter, simulated seconds left to
+        its deadline); None for other devices."""
+        return None
+
     def reading(self) -> Reading:
         return Reading(power_kw=self.power_kw, energy_kwh=self.energy_kwh)
 

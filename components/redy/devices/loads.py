@@ -151,6 +151,9 @@ class EVCharger(Device):
         self.delivered_kwh += draw * dt_s / 3600.0 * self.efficiency
         return -draw
 
+    def due(self) -> tuple[float, float] | None:
+        return self.remaining_kwh / self.efficiency, max(self.deadline_s - self.t_s, 0.0)
+
     def reading(self) -> Reading:
         soc = self.delivered_kwh / self.energy_needed_kwh if self.energy_needed_kwh else 1.0
         return Reading(power_kw=self.power_kw, energy_kwh=self.energy_kwh, soc=min(1.0, soc))

@@ -79,6 +79,14 @@ class Driver:
         """Storage: (charge below, discharge above) in EUR/MWh; no driver states them yet."""
         return None
 
+    def soc_now(self) -> float | None:
+        """Storage: the state of charge now (0..1); no driver states it yet."""
+        return None
+
+    def due(self) -> tuple[float, float] | None:
+        """A deferrable load: (kWh still to draw, seconds to its deadline); none stated yet."""
+        return None
+
     def check_power(self, power_kw: float, what: str) -> float:
         """`power_kw` if a device of this rating can show it; DeviceFault otherwise (a meter
         reading five times its rating is a broken register, not a measurement)."""

@@ -115,6 +115,8 @@ class DeviceUnit:
     ) -> None:
         """Publish the retained status: what is in force, what is reachable, the bid."""
         charge_below, discharge_above = self.device.storage_prices() or (None, None)
+        soc = self.device.soc_now()
+        due = self.device.due()
         status = messages.ActuatorStatus(
             seq=max(self.applied_seq, 0),
             ts_s=max(ts_s, 0.0),
@@ -127,6 +129,9 @@ class DeviceUnit:
             charge_below_eur_mwh=charge_below,
             discharge_above_eur_mwh=discharge_above,
             note=self._note,
+            soc=None if soc is None else min(max(soc, 0.0), 1.0),
+            energy_due_kwh=None if due is None else due[0],
+            due_in_s=None if due is None else due[1],
         )
         self.link.publish("actuator_status", status)
 

@@ -29,8 +29,9 @@ those points, linearly, and held at its last point beyond; a meter with none per
 now. An actuator's status is carried over the horizon as it stands: a producer is blocks up to
 its rated power at its marginal cost (two blocks for a rising cost), a flexible load its full
 draw with a block of the part it may shed at its willingness to pay, a store (a unit with a
-capacity) a `Storage` of its rated power whose energy now is its meter's state of charge or, as
-action units state none yet, half its capacity. After each interval the node reports how far
+capacity) a `Storage` of its rated power whose energy now is the state of charge its status
+states (else its meter's, else half its capacity), a load that states energy due by a deadline
+(an EV) a `Deferrable` over the intervals up to its deadline. After each interval the node reports how far
 its meters' mean power was from what they forecast at its start (`ForecastError`, in the plan
 it publishes and in its log). Past MAX_BLOCKS blocks, the two of nearest cost
 are merged (an offer must fit one message). The plan does not command the units yet: the
@@ -58,7 +59,7 @@ from redy.logformat import Tally
 from redy.pki import Identity
 from redy.planning import supplier
 from redy.planning.flood import Drop, PlanFlood, Send, checker
-from redy.planning.offer import Block, HorizonOffer, Storage, limits_refusal
+from redy.planning.offer import Block, Deferrable, HorizonOffer, Storage, limits_refusal
 from redy.planning.problem import PlanError, Schedule, new_highs, solve
 from redy.planning.wire import from_message, signed_body, to_message
 from redy.topics import render
@@ -92,6 +93,23 @@ def _merged(blocks: list[tuple[float, float]], most: int) -> list[tuple[float, f
     return out
 
 
+def _deferrable(
+    energy_kwh: float, due_in_s: float, power_kw: float, horizon: int, interval_min: float
+) -> Deferrable | None:
+    """A load that must draw `energy_kwh` within `due_in_s` (simulated) at up to `power_kw`, as
+    the horizon sees it: its window up to its deadline's interval, and past the horizon's end
+    only what it could not draw after it."""
+    if energy_kwh <= 0 or power_kw <= 0:
+        return None
+    interval_s = interval_min * 60.0
+    end = min(horizon, math.ceil(due_in_s / interval_s))
+    if end <= 0:
+        return None
+    after_h = max(due_in_s - horizon * interval_s, 0.0) / 3600.0
+    need = max(energy_kwh - power_kw * after_h, 0.0)
+    return Deferrable(need, 0, end, power_kw) if need > 0 else None
+
+
 def _forecast(m: messages.Measurement, horizon: int, interval_min: float) -> np.ndarray:
     """A meter's power over the horizon (kW, the middle of each interval), from its forecast."""
     lead_h = (np.arange(horizon) + 0.5) * interval_min / 60.0
@@ -115,6 +133,7 @@ def horizon_offer(
     base = np.zeros(horizon)
     blocks: list[tuple[float, float]] = []  # (kW, EUR/MWh), the same in every interval
     stores: list[Storage] = []
+    deferrable: list[Deferrable] = []
     for u in state.units.values():
         if not u.online:
             continue
@@ -128,7 +147,9 @@ def horizon_offer(
             )
             if meta is not None and meta.quantity == "storage" and meta.capacity_kwh:
                 cap = meta.capacity_kwh
-                soc = u.measurement.soc if u.measurement is not None else None
+                soc = s.soc
+                if soc is None and u.measurement is not None:
+                    soc = u.measurement.soc
                 stores.append(
                     Storage(
                         capacity_kwh=cap,
@@ -141,6 +162,10 @@ def horizon_offer(
                         wear_eur_mwh=STORE_WEAR_EUR_MWH,
                     )
                 )
+            elif s.energy_due_kwh is not None and s.due_in_s is not None:
+                due = _deferrable(s.energy_due_kwh, s.due_in_s, rated, horizon, interval_min)
+                if due is not None:
+                    deferrable.append(due)
             elif s.min_kw >= 0:  # a producer: up to its rating at its marginal cost
                 lo = cost if cost is not None else 0.0
                 hi = cost_max if cost_max is not None else lo
@@ -166,11 +191,14 @@ def horizon_offer(
             interval_min=interval_min,
             blocks=tuple(Block((kw,) * horizon, (c,) * horizon) for kw, c in blocks),
             storage=tuple(stores),
+            deferrable=tuple(deferrable),
         )
 
     out = offer()
-    while limits_refusal(out, bounds_kw) is not None and (stores or blocks):
-        if stores:
+    while limits_refusal(out, bounds_kw) is not None and (stores or blocks or deferrable):
+        if deferrable:
+            deferrable.pop()
+        elif stores:
             stores.pop()
         else:
             blocks.pop()
