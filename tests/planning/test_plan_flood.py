@@ -5,6 +5,7 @@ sender; a node with two offers is left out; a neighbour's early offers wait for 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +230,22 @@ def test_a_store_starts_from_its_stated_charge_and_an_ev_is_a_deferrable_load() 
           energy_due_kwh=30.0, due_in_s=4 * 3600.0)  # fmt: skip
     [due] = horizon_offer(later, 5, 12, 15.0, (-20.0, 40.0)).deferrable
     assert (due.end, due.energy_kwh) == (12, pytest.approx(30.0 - 7.4))
+
+
+def test_a_restarted_node_s_new_offer_replaces_its_old_one_whatever_the_order(keys: Keys) -> None:
+    _, signers = keys
+    old_session, new_session = copy.copy(signers["c"]), copy.copy(signers["c"])
+    old_session.session, new_session.session = 5, 9
+    v1, v2, v3 = (_offer("c", load_kw=kw) for kw in (1.0, 2.0, 3.0))
+    twice = [_signed(old_session, v1), _signed(old_session, v2)]  # two-faced in session 5
+    restart = _signed(new_session, v3)  # then restarted
+    held = []
+    for order in ([*twice, restart], [restart, *twice], [twice[0], restart, twice[1]]):
+        verifier = Verifier(_ca(keys), 1000.0)
+        flood = PlanFlood("a", checker(verifier.signer_grant, 1000.0, H, 15.0))
+        own = _offer("a")
+        flood.begin(0.0, START, _signed(signers["a"], own), own)
+        for o in order:
+            flood.receive(1.0, "b", START, [o], ["b"])
+        held.append(flood.offers())
+    assert held[0] == held[1] == held[2] == [_offer("a"), v3]

@@ -12,8 +12,11 @@ Each offer is checked once (`check`, see `checker`): its form, its horizon (the 
 and interval), the signature of a grid-CA certificate naming its node, and the limits that
 certificate states, interval by interval (`offer.limits_refusal`). What fails is dropped and
 returned as a `Drop` naming the neighbour that sent it, once per offer; it is not passed on.
-A node that signs two different offers for one interval is left out of that interval (both go
-on, so every node that sees one sees the other), as in the offer market. Offers for the next
+Per node, the offer of its latest session counts (`PlanOffer.session`: when its governance
+started; a restarted node signs a new offer for the interval, and it replaces the old one
+everywhere); a node that signs two different offers in one session is left out of the interval
+(both go on, so every node that sees one sees the other), as in the offer market. Either way
+what a node holds is a function of the offers it has seen, not of their order. Offers for the next
 interval from a neighbour whose clock runs a little ahead wait for it (bounded).
 
 `offers()` is what every node solves (`redy.planning.problem.solve`): the admitted offers in
@@ -120,6 +123,7 @@ class PlanFlood:
         self._held: dict[NodeId, HorizonOffer] = {}
         self._by_sig: dict[str, PlanOffer] = {}  # every offer taken in, to pass on
         self._banned: set[NodeId] = set()
+        self._session: dict[NodeId, int] = {}  # per node, the session of its offer held
         self._refused: set[str] = set()  # signatures of offers refused this interval
         self._has: dict[NodeId, set[str]] = {}  # per peer: the signatures it has
         self._back: list[NodeId] = []
@@ -132,6 +136,7 @@ class PlanFlood:
         """A new interval, with this node's own offer (`own` carries `offer`, signed)."""
         self.start = start
         self._held = {self.node: offer}
+        self._session = {self.node: own.session if own.session is not None else -1}
         self._by_sig = {own.sig: own}
         self._banned = set()
         self._refused = set()
@@ -183,7 +188,13 @@ class PlanFlood:
     def _take(self, now: float, sender: NodeId, o: PlanOffer, drops: list[Drop]) -> None:
         if o.start != self.start or o.node == self.node or o.sig in self._by_sig:
             return
-        if o.sig in self._refused or o.node in self._banned:
+        session = o.session if o.session is not None else -1
+        current = self._session.get(o.node)
+        if current is not None and (
+            session < current or (session == current and o.node in self._banned)
+        ):
+            return  # a session its node has left (restarted since), or one it signed twice in
+        if o.sig in self._refused:
             return
         held = self._held.get(o.node)
         if held is None and len(self._held) >= MAX_NODES:
@@ -195,13 +206,15 @@ class PlanFlood:
                     self._refused.add(o.sig)
                 drops.append(Drop(sender, o.node, got))
             return
-        if held is not None and held == got:
+        if held is not None and session == current and held == got:
             return  # the same offer signed again (ECDSA signs at random)
         self._by_sig[o.sig] = o
-        if held is None:
-            self._held[o.node] = got
-        else:
-            self._banned.add(o.node)  # two offers for one interval: both go on, it is left out
+        if held is None or current is None or session > current:
+            self._held[o.node] = got  # a newer session (a restart) replaces the offer
+            self._session[o.node] = session
+            self._banned.discard(o.node)
+        else:  # two offers in one session: both go on, and the node is left out
+            self._banned.add(o.node)
             drops.append(Drop(sender, o.node, f"two different plan offers of {o.node}"))
         self.version += 1
         self.changed_at = now
