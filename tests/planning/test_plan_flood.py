@@ -249,3 +249,15 @@ def test_a_restarted_node_s_new_offer_replaces_its_old_one_whatever_the_order(ke
             flood.receive(1.0, "b", START, [o], ["b"])
         held.append(flood.offers())
     assert held[0] == held[1] == held[2] == [_offer("a"), v3]
+    # A node restarting again and again within one interval is left out of it.
+    verifier = Verifier(_ca(keys), 1000.0)
+    flood = PlanFlood("a", checker(verifier.signer_grant, 1000.0, H, 15.0))
+    own = _offer("a")
+    flood.begin(0.0, START, _signed(signers["a"], own), own)
+    drops = []
+    for session in range(1, 6):
+        restarted = copy.copy(signers["c"])
+        restarted.session = session
+        drops += flood.receive(1.0, "b", START, [_signed(restarted, v1)], ["b"])
+    assert [o.node for o in flood.offers()] == ["a"]
+    assert [d.reason for d in drops] == ["4 sessions of c"]

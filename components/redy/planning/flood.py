@@ -15,7 +15,8 @@ returned as a `Drop` naming the neighbour that sent it, once per offer; it is no
 Per node, the offer of its latest session counts (`PlanOffer.session`: when its governance
 started; a restarted node signs a new offer for the interval, and it replaces the old one
 everywhere); a node that signs two different offers in one session is left out of the interval
-(both go on, so every node that sees one sees the other), as in the offer market. Either way
+(both go on, so every node that sees one sees the other), as in the offer market, and so is
+one that shows more than MAX_SESSIONS sessions in an interval. Either way
 what a node holds is a function of the offers it has seen, not of their order. Offers for the next
 interval from a neighbour whose clock runs a little ahead wait for it (bounded).
 
@@ -41,6 +42,9 @@ MAX_NODES = 10_000  # offers held per interval
 MESSAGE_BYTES = 40_000  # offers per message are batched up to about this (payload limit 64 KiB)
 MESSAGE_OFFERS = 64  # and up to this many (the contract's list length)
 _EARLY_MAX = 4096  # offers for the next interval held until it begins
+# Sessions of one node in one interval beyond which it is left out of it (a restart or two is
+# a fault; more is a member making every node solve again and again).
+MAX_SESSIONS = 3
 
 NodeId = str
 Check = Callable[[PlanOffer], HorizonOffer | str]
@@ -124,6 +128,8 @@ class PlanFlood:
         self._by_sig: dict[str, PlanOffer] = {}  # every offer taken in, to pass on
         self._banned: set[NodeId] = set()
         self._session: dict[NodeId, int] = {}  # per node, the session of its offer held
+        self._sessions_seen: dict[NodeId, set[int]] = {}
+        self._restless: set[NodeId] = set()  # more than MAX_SESSIONS sessions in the interval
         self._refused: set[str] = set()  # signatures of offers refused this interval
         self._has: dict[NodeId, set[str]] = {}  # per peer: the signatures it has
         self._back: list[NodeId] = []
@@ -139,6 +145,8 @@ class PlanFlood:
         self._session = {self.node: own.session if own.session is not None else -1}
         self._by_sig = {own.sig: own}
         self._banned = set()
+        self._restless = set()
+        self._sessions_seen = {}
         self._refused = set()
         self._has = {}
         self._back = []
@@ -188,6 +196,8 @@ class PlanFlood:
     def _take(self, now: float, sender: NodeId, o: PlanOffer, drops: list[Drop]) -> None:
         if o.start != self.start or o.node == self.node or o.sig in self._by_sig:
             return
+        if o.node in self._restless:
+            return
         session = o.session if o.session is not None else -1
         current = self._session.get(o.node)
         if current is not None and (
@@ -213,6 +223,11 @@ class PlanFlood:
             self._held[o.node] = got  # a newer session (a restart) replaces the offer
             self._session[o.node] = session
             self._banned.discard(o.node)
+            sessions = self._sessions_seen.setdefault(o.node, set())
+            sessions.add(session)
+            if len(sessions) > MAX_SESSIONS:  # restarts by the second: left out, and not heard
+                self._restless.add(o.node)
+                drops.append(Drop(sender, o.node, f"{len(sessions)} sessions of {o.node}"))
         else:  # two offers in one session: both go on, and the node is left out
             self._banned.add(o.node)
             drops.append(Drop(sender, o.node, f"two different plan offers of {o.node}"))
@@ -248,4 +263,8 @@ class PlanFlood:
 
     def offers(self) -> list[HorizonOffer]:
         """The admitted offers of the interval, one per node, in canonical order (by node)."""
-        return [self._held[n] for n in sorted(self._held) if n not in self._banned]
+        return [
+            self._held[n]
+            for n in sorted(self._held)
+            if n not in self._banned and n not in self._restless
+        ]
