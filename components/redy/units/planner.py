@@ -54,7 +54,7 @@ import orjson
 
 from redy import messages, signing
 from redy.balancing.curves import ramp_ends
-from redy.errors import InvalidMessage, PeerUnreachable
+from redy.errors import InvalidMessage, PeerUnreachable, RedyError
 from redy.logformat import Tally
 from redy.pki import Identity
 from redy.planning import supplier
@@ -404,10 +404,22 @@ class PlanDriver:
                 self.errors.mae_kw,
                 self.errors.intervals,
             )
-        offer = horizon_offer(self.state, start, self.horizon, self.interval_min, self.bounds_kw)
-        # As a receiver rebuilds it from the message (every number a float), so that the bytes
-        # signed here are the bytes it checks.
-        offer = from_message(to_message(offer, sig=""))
+        try:
+            offer = horizon_offer(
+                self.state, start, self.horizon, self.interval_min, self.bounds_kw
+            )
+            # As a receiver rebuilds it from the message (every number a float), so that the
+            # bytes signed here are the bytes it checks.
+            offer = from_message(to_message(offer, sig=""))
+        except (RedyError, ValueError) as exc:  # a unit's report that makes no offer
+            self.dropped["plan_offer_unmade"] += 1
+            _log.warning(
+                "node=%s could not state its offer for interval %d (%s): it offers nothing",
+                self.node,
+                start,
+                exc,
+            )
+            offer = HorizonOffer(self.node, start, (0.0,) * self.horizon, self.interval_min)
         session = self._signer.session
         sig = self._signer.sign_bytes(signed_body(offer, session))
         own = to_message(offer, sig=sig, session=session, cert=self._signer.cert)
@@ -442,15 +454,14 @@ class PlanDriver:
         boundary = supplier.boundary(
             start, self.horizon, self.interval_min, self.import_kw, self.export_kw
         )
+        self._solved = version  # tried once, whatever comes of it
         t0 = time.perf_counter()
         try:
             sched = await asyncio.to_thread(solve, offers, boundary)
         except PlanError as exc:
-            self._solved = version
             _log.warning("node=%s could not plan interval %d: %s", self.node, start, exc)
             return
         self.solve_s = time.perf_counter() - t0
-        self._solved = version
         if start != self.flood.start:
             return  # the interval ended meanwhile: the next one's plan comes
         self.schedule = sched
