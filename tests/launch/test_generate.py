@@ -92,3 +92,15 @@ def test_a_generated_grid_runs_in_compose_mode(tmp_path: Path) -> None:
         m = re.search(rf"^{node}: (\d+) states.*online at the end (\d+)/(\d+)", summary, re.M)
         assert m, f"{node} missing from the summary:\n{summary}"
         assert int(m.group(1)) > 0 and m.group(2) == m.group(3), m.group(0)
+
+
+@pytest.mark.pure
+def test_a_generated_grid_plans_when_asked(tmp_path: Path) -> None:
+    mix = {"gas_plant": 1, "eco_house_battery": 2, "ev_station": 1, "wind_farm": 1}
+    for asked, expected in ((None, 0), (96, 96)):
+        out = tmp_path / f"grid-{asked}.yaml"
+        kw = {} if asked is None else {"plan_intervals": asked}
+        out.write_text(render_grid(mix, templates_in(default_templates()), 20000, tmp_path, **kw))
+        desc = parse(out)
+        got = {n.governance.value("plan_intervals") for n in desc.nodes if n.governance}
+        assert got == {expected}, got

@@ -47,21 +47,25 @@ def parse_mix(text: str) -> dict[str, int]:
     return mix
 
 
-def templates_in(folder: Path) -> dict[str, Path]:
-    """Node launch files of `folder` (those taking node, port and introducer args) by kind."""
+def template_args(path: Path) -> set[str]:
+    """The args a launch file declares (none if it cannot be read)."""
     import yaml
 
-    found: dict[str, Path] = {}
-    for path in sorted(folder.glob("*.yaml")):
-        try:
-            doc = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError):
-            continue
-        items = doc.get("launch", []) if isinstance(doc, dict) else []
-        args = {i["arg"].get("name") for i in items if isinstance(i, dict) and "arg" in i}
-        if set(_TEMPLATE_ARGS) <= args:
-            found[path.stem] = path
-    return found
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return set()
+    items = doc.get("launch", []) if isinstance(doc, dict) else []
+    return {i["arg"].get("name") for i in items if isinstance(i, dict) and "arg" in i}
+
+
+def templates_in(folder: Path) -> dict[str, Path]:
+    """Node launch files of `folder` (those taking node, port and introducer args) by kind."""
+    return {
+        path.stem: path
+        for path in sorted(folder.glob("*.yaml"))
+        if set(_TEMPLATE_ARGS) <= template_args(path)
+    }
 
 
 def _include_path(template: Path, out_dir: Path) -> str:
@@ -86,8 +90,10 @@ def render_grid(
     epoch_s: float = 4.0,
     fanout: int = 4,
     market: str = "offers",
+    plan_intervals: int = 0,
 ) -> str:
-    """The launch file text of a grid with `mix[kind]` nodes of each kind.
+    """The launch file text of a grid with `mix[kind]` nodes of each kind (`plan_intervals`:
+    the rolling plan's, for the templates that take it; 0: no plan).
 
     Node k (0-based, in mix order) listens on first_port + k (governance, operators), on
     first_port + k + 10000 for peers and on first_port + k + 5000 for its units, and joins
@@ -124,7 +130,9 @@ def render_grid(
         f'  - arg: {{name: speed, default: "{speed:g}"}}',
         f'  - arg: {{name: epoch_s, default: "{epoch_s:g}"}}',
         f'  - arg: {{name: market, default: "{market}"}}',
+        f'  - arg: {{name: plan_intervals, default: "{plan_intervals}"}}',
     ]
+    planning = {kind: "plan_intervals" in template_args(templates[kind]) for kind in mix}
     for k, (kind, node) in enumerate(names):
         file = _include_path(templates[kind], out_dir)
         intro = names[(k - 1) // fanout][1] if k else ""
@@ -136,6 +144,8 @@ def render_grid(
             ("epoch_s", "$(var epoch_s)"),
             ("market", "$(var market)"),
         ]
+        if planning[kind]:
+            args.append(("plan_intervals", "$(var plan_intervals)"))
         rendered = ", ".join(f'{{name: {a}, value: "{v}"}}' for a, v in args)
         lines.append(f"  - include: {{file: {file}, arg: [{rendered}]}}")
     return "\n".join(lines) + "\n"
@@ -161,6 +171,13 @@ def grid() -> None:
     " or gossip of curves (push-sum, for research: a member steers it).",
 )
 @click.option(
+    "--plan-intervals",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Intervals of the rolling plan every node solves (0: none; 96: a day of 15 minutes).",
+)
+@click.option(
     "--templates",
     type=click.Path(file_okay=False, exists=True),
     default=None,
@@ -174,6 +191,7 @@ def generate(
     epoch_s: float,
     fanout: int,
     market: str,
+    plan_intervals: int,
     templates: str | None,
     output: str,
 ) -> None:
@@ -183,7 +201,15 @@ def generate(
     folder = Path(templates) if templates else default_templates()
     out = Path(output).resolve()
     text = render_grid(
-        parse_mix(mix), templates_in(folder), first_port, out.parent, speed, epoch_s, fanout, market
+        parse_mix(mix),
+        templates_in(folder),
+        first_port,
+        out.parent,
+        speed,
+        epoch_s,
+        fanout,
+        market,
+        plan_intervals,
     )
     try:
         out.write_text(text)
