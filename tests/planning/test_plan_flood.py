@@ -261,3 +261,18 @@ def test_a_restarted_node_s_new_offer_replaces_its_old_one_whatever_the_order(ke
         drops += flood.receive(1.0, "b", START, [_signed(restarted, v1)], ["b"])
     assert [o.node for o in flood.offers()] == ["a"]
     assert [d.reason for d in drops] == ["4 sessions of c"]
+
+
+def test_a_restarted_neighbour_gets_every_offer_again(keys: Keys) -> None:
+    _, signers = keys
+    verifier = Verifier(_ca(keys), 1000.0)
+    flood = PlanFlood("a", checker(verifier.signer_grant, 1000.0, H, 15.0))
+    own = _offer("a")
+    flood.begin(0.0, START, _signed(signers["a"], own), own)
+    first, second = copy.copy(signers["c"]), copy.copy(signers["c"])
+    first.session, second.session = 5, 6
+    flood.receive(1.0, "c", START, [_signed(first, _offer("c"))], ["c"])
+    assert {o.node for s in flood.wave(["c"]) for o in s.offers} == {"a"}
+    assert flood.wave(["c"]) == []  # c has them all
+    flood.receive(2.0, "c", START, [_signed(second, _offer("c"))], ["c"])  # c restarted
+    assert {o.node for s in flood.wave(["c"]) for o in s.offers} == {"a", "c"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -322,3 +323,21 @@ def test_the_dashboard_shows_the_plan_every_node_holds(grid: Grid, browser: Any)
         )
     finally:
         browser_page._stop(web)
+
+
+def test_a_governance_killed_mid_interval_comes_back_and_plans_with_the_others(
+    grid: Grid, mqtt_client: Any
+) -> None:
+    plans = Plans(grid, mqtt_client)
+    before = until(plans.agreed, 120, "one plan on every node", seen=lambda: plans.latest)
+    config = str(grid.state / "house-2" / "governance.config.json")
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True)
+    (pid,) = [int(line.split()[0]) for line in out.stdout.splitlines() if config in line]
+    os.kill(pid, signal.SIGKILL)
+    # The launcher respawns it: a new session, whose offer replaces the old one on every node,
+    # and the others send the newcomer every offer again.
+    plan = until(
+        lambda: plans.agreed(after=before.start), 120, "a later plan on every node",
+        seen=lambda: plans.latest,
+    )  # fmt: skip
+    assert plan.offers == len(NODES)

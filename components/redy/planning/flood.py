@@ -220,7 +220,9 @@ class PlanFlood:
             return  # the same offer signed again (ECDSA signs at random)
         self._by_sig[o.sig] = o
         if held is None or current is None or session > current:
-            self._held[o.node] = got  # a newer session (a restart) replaces the offer
+            if held is not None:  # a newer session (a restart) replaces the offer, and the
+                self._has.pop(o.node, None)  # restarted node gets every offer again
+            self._held[o.node] = got
             self._session[o.node] = session
             self._banned.discard(o.node)
             sessions = self._sessions_seen.setdefault(o.node, set())
