@@ -58,6 +58,15 @@ def _ca(keys: Keys) -> Path:
     return keys[0]
 
 
+def _flood_of_a(keys: Keys) -> PlanFlood:
+    """Node a's flood, begun with its own offer."""
+    verifier = Verifier(_ca(keys), 1000.0)
+    flood = PlanFlood("a", checker(verifier.signer_grant, 1000.0, H, 15.0))
+    own = _offer("a")
+    flood.begin(0.0, START, _signed(keys[1]["a"], own), own)
+    return flood
+
+
 def test_an_offer_survives_the_wire_and_its_signature_checks(keys: Keys) -> None:
     _, signers = keys
     offer = _offer("a")
@@ -103,10 +112,7 @@ def test_the_flood_gives_every_node_every_offer_and_the_same_plan(keys: Keys) ->
 
 def test_beyond_its_limits_dropped_once_naming_the_sender_two_faced_left_out(keys: Keys) -> None:
     _, signers = keys
-    verifier = Verifier(_ca(keys), 1000.0)
-    flood = PlanFlood("a", checker(verifier.signer_grant, 1000.0, H, 15.0))
-    own = _offer("a")
-    flood.begin(0.0, START, _signed(signers["a"], own), own)
+    flood = _flood_of_a(keys)
     big = HorizonOffer("x", START, [-9000.0] * H)
     beyond = _signed(signers["x"], big)
     drops = flood.receive(1.0, "b", START, [beyond], ["b"])
@@ -132,10 +138,7 @@ def test_beyond_its_limits_dropped_once_naming_the_sender_two_faced_left_out(key
 
 def test_offers_for_the_next_interval_wait_for_it(keys: Keys) -> None:
     _, signers = keys
-    verifier = Verifier(_ca(keys), 1000.0)
-    flood = PlanFlood("a", checker(verifier.signer_grant, 1000.0, H, 15.0))
-    own = _offer("a")
-    flood.begin(0.0, START, _signed(signers["a"], own), own)
+    flood = _flood_of_a(keys)
     early = _signed(signers["b"], _offer("b", START + 1))
     assert flood.receive(1.0, "b", START + 1, [early], ["b"]) == []
     assert [o.node for o in flood.offers()] == ["a"]
@@ -241,19 +244,13 @@ def test_a_restarted_node_s_new_offer_replaces_its_old_one_whatever_the_order(ke
     restart = _signed(new_session, v3)  # then restarted
     held = []
     for order in ([*twice, restart], [restart, *twice], [twice[0], restart, twice[1]]):
-        verifier = Verifier(_ca(keys), 1000.0)
-        flood = PlanFlood("a", checker(verifier.signer_grant, 1000.0, H, 15.0))
-        own = _offer("a")
-        flood.begin(0.0, START, _signed(signers["a"], own), own)
+        flood = _flood_of_a(keys)
         for o in order:
             flood.receive(1.0, "b", START, [o], ["b"])
         held.append(flood.offers())
     assert held[0] == held[1] == held[2] == [_offer("a"), v3]
     # A node restarting again and again within one interval is left out of it.
-    verifier = Verifier(_ca(keys), 1000.0)
-    flood = PlanFlood("a", checker(verifier.signer_grant, 1000.0, H, 15.0))
-    own = _offer("a")
-    flood.begin(0.0, START, _signed(signers["a"], own), own)
+    flood = _flood_of_a(keys)
     drops = []
     for session in range(1, 6):
         restarted = copy.copy(signers["c"])
@@ -265,10 +262,7 @@ def test_a_restarted_node_s_new_offer_replaces_its_old_one_whatever_the_order(ke
 
 def test_a_restarted_neighbour_gets_every_offer_again(keys: Keys) -> None:
     _, signers = keys
-    verifier = Verifier(_ca(keys), 1000.0)
-    flood = PlanFlood("a", checker(verifier.signer_grant, 1000.0, H, 15.0))
-    own = _offer("a")
-    flood.begin(0.0, START, _signed(signers["a"], own), own)
+    flood = _flood_of_a(keys)
     first, second = copy.copy(signers["c"]), copy.copy(signers["c"])
     first.session, second.session = 5, 6
     flood.receive(1.0, "c", START, [_signed(first, _offer("c"))], ["c"])
