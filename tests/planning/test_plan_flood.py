@@ -21,7 +21,7 @@ from redy.planning.problem import solve
 from redy.planning.wire import from_message, signed_body, to_message
 from redy.signing import Signer, Verifier
 from redy.units.node_state import NodeState
-from redy.units.planner import ForecastError, horizon_offer, schedule_digest
+from redy.units.planner import ForecastError, MeterHistory, horizon_offer, schedule_digest
 
 H = 8
 START = 1000
@@ -270,3 +270,16 @@ def test_a_restarted_neighbour_gets_every_offer_again(keys: Keys) -> None:
     assert flood.wave(["c"]) == []  # c has them all
     flood.receive(2.0, "c", START, [_signed(second, _offer("c"))], ["c"])  # c restarted
     assert {o.node for s in flood.wave(["c"]) for o in s.offers} == {"a", "c"}
+
+
+def test_a_meter_without_a_forecast_is_expected_at_its_last_interval_s_mean() -> None:
+    state = NodeState("n")
+    history = MeterHistory()
+    for kw in (-1.0, -3.0):
+        _unit(state, "meter", "detection", "consumption", 5.0, power_kw=kw)
+        history.sample(state)
+    means = history.means()
+    assert means == {"meter": -2.0} and history.means() == {}
+    offer = horizon_offer(state, 5, 4, 15.0, (-20.0, 40.0), means)
+    assert offer.base_kw == (-2.0,) * 4
+    assert horizon_offer(state, 5, 4, 15.0, (-20.0, 40.0)).base_kw == (-3.0,) * 4  # no history

@@ -25,8 +25,9 @@ driver
 
 Forecasts (`horizon_offer`): a meter that reports a forecast (the device models report six
 hourly values ahead: `devices.loads`, `devices.renewables`) is read between its power now and
-those points, linearly, and held at its last point beyond; a meter with none persists its power
-now. An actuator's status is carried over the horizon as it stands: a producer is blocks up to
+those points, linearly, and held at its last point beyond; a meter with none (a real device's
+driver) is expected to go on at its mean over the last interval (`MeterHistory`), or its power
+now before it has one. An actuator's status is carried over the horizon as it stands: a producer is blocks up to
 its rated power at its marginal cost (two blocks for a rising cost), a flexible load its full
 draw with a block of the part it may shed at its willingness to pay, a store (a unit with a
 capacity) a `Storage` of its rated power whose energy now is the state of charge its status
@@ -46,7 +47,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -110,11 +111,35 @@ def _deferrable(
     return Deferrable(need, 0, end, power_kw) if need > 0 else None
 
 
-def _forecast(m: messages.Measurement, horizon: int, interval_min: float) -> np.ndarray:
-    """A meter's power over the horizon (kW, the middle of each interval), from its forecast."""
+class MeterHistory:
+    """Each meter's mean power over the last interval, from samples (sans-IO): what a meter with
+    no forecast of its own (a real device's driver) is expected to go on measuring."""
+
+    def __init__(self) -> None:
+        self._sum: dict[str, float] = {}
+        self._n: dict[str, int] = {}
+
+    def sample(self, state: NodeState) -> None:
+        for name, u in state.units.items():
+            if u.online and u.role != "action" and u.measurement is not None:
+                self._sum[name] = self._sum.get(name, 0.0) + u.measurement.power_kw
+                self._n[name] = self._n.get(name, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        """The means since the last call (which starts the next interval's)."""
+        out = {k: v / self._n[k] for k, v in self._sum.items()}
+        self._sum, self._n = {}, {}
+        return out
+
+
+def _forecast(
+    m: messages.Measurement, horizon: int, interval_min: float, mean_kw: float | None = None
+) -> np.ndarray:
+    """A meter's power over the horizon (kW, the middle of each interval), from its forecast;
+    without one, its mean over the last interval (`mean_kw`), else its power now, held."""
     lead_h = (np.arange(horizon) + 0.5) * interval_min / 60.0
     if not m.forecast_kw:
-        return np.full(horizon, m.power_kw)
+        return np.full(horizon, m.power_kw if mean_kw is None else mean_kw)
     points = np.arange(len(m.forecast_kw) + 1, dtype=float)  # now, then +1 h, +2 h, ...
     out: np.ndarray = np.interp(lead_h, points, [m.power_kw, *m.forecast_kw])
     return out
@@ -126,15 +151,19 @@ def horizon_offer(
     horizon: int,
     interval_min: float,
     bounds_kw: tuple[float, float],
+    history: Mapping[str, float] | None = None,
 ) -> HorizonOffer:
     """The node's offer over [start, start + horizon) from its online units (see the module
     docstring), held to `bounds_kw` (its certified -import..export kW): the forecast clipped
-    into them, then its stores and blocks left out, the dearest first, while it is still not."""
+    into them, then its stores and blocks left out, the dearest first, while it is still not.
+    `history`: each meter's mean over the last interval (MeterHistory), for those with no
+    forecast of their own."""
+    history = history or {}
     base = np.zeros(horizon)
     blocks: list[tuple[float, float]] = []  # (kW, EUR/MWh), the same in every interval
     stores: list[Storage] = []
     deferrable: list[Deferrable] = []
-    for u in state.units.values():
+    for name, u in state.units.items():
         if not u.online:
             continue
         meta, s = u.meta, u.status
@@ -179,7 +208,7 @@ def horizon_offer(
                 if s.max_kw > s.min_kw:
                     blocks.append((s.max_kw - s.min_kw, value))
         elif u.measurement is not None:
-            base += _forecast(u.measurement, horizon, interval_min)
+            base += _forecast(u.measurement, horizon, interval_min, history.get(name))
     lo_kw, hi_kw = bounds_kw
     blocks = _merged(sorted(blocks, key=lambda b: b[1]), MAX_BLOCKS)
 
@@ -215,11 +244,14 @@ def metered_kw(state: NodeState) -> float:
     )
 
 
-def metered_forecast_kw(state: NodeState, interval_min: float) -> float:
+def metered_forecast_kw(
+    state: NodeState, interval_min: float, history: Mapping[str, float] | None = None
+) -> float:
     """What the node's online meters forecast for the interval starting now (kW, its middle)."""
+    history = history or {}
     return sum(
-        float(_forecast(u.measurement, 1, interval_min)[0])
-        for u in state.units.values()
+        float(_forecast(u.measurement, 1, interval_min, history.get(name))[0])
+        for name, u in state.units.items()
         if u.online and u.role != "action" and u.measurement is not None
     )
 
@@ -354,6 +386,7 @@ class PlanDriver:
         self._solving: asyncio.Task[None] | None = None
         self.solve_s = 0.0  # the last solve's wall time
         self.errors = ForecastError()
+        self.history = MeterHistory()
 
     # -- events in -----------------------------------------------------------------------------
 
@@ -393,7 +426,8 @@ class PlanDriver:
         return task
 
     def _begin(self, now: float, start: int) -> None:
-        self.errors.start(metered_forecast_kw(self.state, self.interval_min))
+        history = self.history.means()
+        self.errors.start(metered_forecast_kw(self.state, self.interval_min, history))
         if self.errors.last_kw is not None and self.flood.start == start - 1:
             _log.info(
                 "node=%s interval %d: metered %+.3f kW off its forecast (mean error %.3f kW over"
@@ -406,7 +440,7 @@ class PlanDriver:
             )
         try:
             offer = horizon_offer(
-                self.state, start, self.horizon, self.interval_min, self.bounds_kw
+                self.state, start, self.horizon, self.interval_min, self.bounds_kw, history
             )
             # As a receiver rebuilds it from the message (every number a float), so that the
             # bytes signed here are the bytes it checks.
@@ -493,6 +527,7 @@ class PlanDriver:
                 if k != self.flood.start:
                     self._begin(now, k)
                 self.errors.sample(metered_kw(self.state))
+                self.history.sample(self.state)
                 for s in self.flood.wave(self._neighbours()):
                     self._spawn(self._send(s), "plan-offers")
                 idle = self._solving is None or self._solving.done()
