@@ -405,6 +405,10 @@ class Governance:
                 ]
                 if self.config.grid_broker:
                     links = await self._start_overlay(tg, tasks)
+                elif self.config.plan_intervals > 0:
+                    _log.warning(
+                        "node=%s plans need distant mode (a grid listener): no plan", self.node
+                    )
                 await stop.wait()
                 for t in tasks:
                     t.cancel()
