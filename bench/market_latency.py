@@ -25,7 +25,11 @@ per epoch. Mosquitto reads and writes its sockets with read() and write(), which
 counts (rchar, wchar); the node processes use recv() and send(), which it does not, so their
 bytes are their broker's.
 
-    python bench/market_latency.py [--nodes 12] [--epochs 8] [--epoch-s 4]
+    python bench/market_latency.py [--nodes 12] [--epochs 8] [--epoch-s 4] [--plan-intervals N]
+
+With `--plan-intervals N` the grid also plans (issue 29: `plan_intervals:=N`) and the bench
+counts the planning intervals in which every node published its plan, and of those the ones in
+which every node's plan has the same digest.
 """
 
 from __future__ import annotations
@@ -179,6 +183,8 @@ class Observer:
         self.rtts: list[float] = []
         self.balance: list[tuple[float, float]] = []  # (t, |sum net| / load)
         self._sent: dict[int, float] = {}
+        # --plan-intervals: per planning interval, the digest of the plan each node published
+        self.plans: dict[int, dict[str, str]] = {}
 
     def on_message(self, topic: str, payload: bytes, _props: dict[str, Any]) -> None:
         now = time.time()
@@ -190,6 +196,9 @@ class Observer:
             t0 = self._sent.pop(s.seq, None)
             if t0 is not None:
                 self.rtts.append(time.perf_counter() - t0)
+            return
+        if isinstance(s, messages.Plan):
+            self.plans.setdefault(s.start, {})[s.node] = s.digest
             return
         if not isinstance(s, messages.NodeEnergyState):
             return
@@ -218,7 +227,11 @@ async def _observe(
             user="operator",
             password=load_credentials(creds).password("operator"),
             timeout_s=3.0,
-            subscriptions=(f"redy/{node}/governance/state", f"redy/{node}/action/bench/command"),
+            subscriptions=(
+                f"redy/{node}/governance/state",
+                f"redy/{node}/governance/plan",
+                f"redy/{node}/action/bench/command",
+            ),
             on_message=obs.on_message,
         )
         await link.connect_retrying(attempts=30)
@@ -330,6 +343,14 @@ def _report(
                     f"  samples {label}: {sum(b <= 0.01 for b in part)} of {len(part)} within"
                     f" 1 %, max {max(part) * 100:.2f} %"
                 )
+    plans = {k: v for k, v in obs.plans.items() if len(v) == n}
+    if args.plan_intervals:
+        # Every node's plan of each interval all of them published: one digest, or several.
+        same = sum(len(set(v.values())) == 1 for v in plans.values())
+        print(
+            f"plans over {args.plan_intervals} intervals: {len(plans)} intervals with every"
+            f" node's plan, {same} of them with one plan (the same digest) on every node"
+        )
     print(
         "per process | count | CPU in the burst | CPU between epochs | read/epoch | written/epoch"
     )
@@ -362,6 +383,7 @@ def _report(
                 "common_price_s": times,
                 "spread": spreads,
                 "per_process": per,
+                "plans": {str(k): len(set(v.values())) for k, v in sorted(plans.items())},
             }
         )
     )
@@ -382,6 +404,13 @@ def main() -> None:
     ap.add_argument("--launch", type=Path, help="a launch file instead of a generated grid")
     ap.add_argument(
         "--market", choices=("pushsum", "offers"), default="offers", help="how the grid clears"
+    )
+    ap.add_argument(
+        "--plan-intervals",
+        type=int,
+        default=0,
+        help="the grid also plans over N intervals (plan_intervals:=N); reports whether every"
+        " node published the same plan",
     )
     ap.add_argument("--keep", action="store_true", help="keep the state and logs (printed)")
     args = ap.parse_args()
@@ -406,6 +435,7 @@ def main() -> None:
         launcher = subprocess.Popen(
             [sys.executable, "-m", "redy", "launch", str(grid), f"epoch_s:={args.epoch_s:g}",
              f"market:={args.market}",
+             *([f"plan_intervals:={args.plan_intervals}"] if args.plan_intervals else []),
              "--compose", "--state-dir", str(state)],
             stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT,
         )  # fmt: skip
