@@ -91,6 +91,10 @@ FAULTS = (
     "partition",
 )
 _TAG = "redy-chaos"  # the comment on every iptables rule this bench adds
+# Growth judged against --growth (per process), and growth only reported (small counts, per
+# node: one more peer link of ten is +10 %).
+_JUDGED = ("redy_process_resident_memory_bytes", "redy_process_open_fds")
+_REPORTED = ("redy_peer_links", "redy_governance_tasks")
 
 
 def _free_port() -> int:
@@ -487,11 +491,11 @@ class Chaos:
                 out.append(f"{node}/{unit}: retained unit state {state}")
         return out
 
-    def growth(self, t0: float) -> dict[str, dict[str, float]]:
-        """Per series and labels: (last - first) / first, from the chaos's first sixth on, for
+    def growth(self, t0: float, since: float = 1 / 6) -> dict[str, dict[str, float]]:
+        """Per series and labels: (last - first) / first, from `since` of the chaos on, for
         the processes that ran all that time (a respawned process is another process: its
         figures say nothing about a leak; per-node series follow the node's governance)."""
-        start = t0 + (self.scrapes[-1][0] - t0) / 6
+        start = t0 + (self.scrapes[-1][0] - t0) * since
         base = next((s for t, s in self.scrapes if t >= start), None)
         end = self.scrapes[-1][1]
         out: dict[str, dict[str, float]] = {}
@@ -507,12 +511,7 @@ class Chaos:
         before_r, after_r = respawns(base), respawns(end)
         same = {k for k, v in after_r.items() if before_r.get(k) == v}
         same.add(("", "launcher"))
-        for name in (
-            "redy_process_resident_memory_bytes",
-            "redy_process_open_fds",
-            "redy_peer_links",
-            "redy_governance_tasks",
-        ):
+        for name in (*_JUDGED, *_REPORTED):
             before = {tuple(sorted(s.labels.items())): s.value for s in base.get(name, [])}
             for s in end.get(name, []):
                 key = tuple(sorted(s.labels.items()))
@@ -578,6 +577,7 @@ def main() -> int:
             "lost": chaos.processes_lost(),
             "lying": chaos.lying_states(),
             "growth": chaos.growth(c0),
+            "growth_late": chaos.growth(c0, since=7 / 12),  # its second half
             "host_load": os.getloadavg()[0],
         }
     finally:
@@ -595,18 +595,23 @@ def _verdict(r: dict[str, Any], args: argparse.Namespace, tmp: Path) -> int:
     slow = [x for x in judged if x["epochs"] is None or x["epochs"] > args.recovery_epochs]
     longest = max((x["epochs"] or 10**6 for x in r["recoveries"]), default=0)
     growth_limit = args.growth if args.minutes >= 10 else None
-    grew = {
-        f"{name}{{{label}}}": g
+    # Over the goal from the first sixth on fails the run; each says whether it was still
+    # growing by more than half the goal in the second half (a leak) or had levelled off.
+    over = {
+        f"{name}{{{label}}}": (g, r["growth_late"].get(name, {}).get(label, 0.0))
         for name, per in r["growth"].items()
         for label, g in per.items()
-        if growth_limit is not None and g > growth_limit
+        if name in _JUDGED and growth_limit is not None and g > growth_limit
     }
+    grew = {k: g for k, (g, _late) in over.items()}
+    growing = {k for k, (_g, late) in over.items() if growth_limit and late > growth_limit / 2}
     ratio = r["chaos_cleared"] / r["baseline_cleared"] if r["baseline_cleared"] else 0.0
     r |= {
         "ratio_to_baseline": ratio,
         "longest_recovery_epochs": longest,
         "slow_recoveries": slow,
         "grew": grew,
+        "still_growing": sorted(growing),
         "ok": not (slow or r["lost"] or r["lying"] or grew),
     }
     if args.json:
@@ -631,7 +636,17 @@ def _verdict(r: dict[str, Any], args: argparse.Namespace, tmp: Path) -> int:
         print(f"  slow: {x['fault']} of {x['node']} ({held:.1f} s): {x['epochs']} epochs")
     for name, per in sorted(r["growth"].items()):
         worst = max(per.items(), key=lambda kv: kv[1])
-        print(f"growth of {name}: max {worst[1] * 100:+.1f} % ({worst[0]}), {len(per)} series")
+        late = r["growth_late"].get(name, {}).get(worst[0], 0.0)
+        judged = "judged" if name in _JUDGED else "reported"
+        print(
+            f"growth of {name} ({judged}): max {worst[1] * 100:+.1f} % ({worst[0]};"
+            f" {late * 100:+.1f} % in the second half), {len(per)} series"
+        )
+    for key, (g, late) in sorted(over.items()):
+        verdict = "still growing" if key in growing else "levelled off"
+        print(
+            f"  over the goal: {key} {g * 100:+.1f} %, second half {late * 100:+.1f} %: {verdict}"
+        )
     print(
         f"processes lost: {r['lost'] or 'none'}; retained states that lie: {r['lying'] or 'none'}"
     )
