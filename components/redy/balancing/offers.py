@@ -39,6 +39,7 @@ import hashlib
 import math
 import zlib
 from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 import attrs
 import numpy as np
@@ -49,6 +50,7 @@ from redy.errors import RedyError
 from redy.messages import NodeOffer
 
 NodeId = str
+T = TypeVar("T")
 
 MAX_BLOCKS = 64  # per offer (the contract's list length is 1 + 3 x this)
 MESSAGE_BYTES = 40_000  # offers per message are batched up to about this (payload limit 64 KiB)
@@ -319,19 +321,29 @@ def _draw(key: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def _batches(offers: Sequence[NodeOffer]) -> Iterable[tuple[NodeOffer, ...]]:
-    """Offers in messages of about MESSAGE_BYTES at most (a number takes up to 24 bytes)."""
-    batch: list[NodeOffer] = []
+def batched(
+    items: Sequence[T], size_of: Callable[[T], int], max_bytes: int, max_items: int = 0
+) -> Iterable[tuple[T, ...]]:
+    """`items` in order, in batches of about `max_bytes` at most by `size_of` (one item alone
+    may exceed it) and of `max_items` at most (0: no limit)."""
+    batch: list[T] = []
     size = 0
-    for o in offers:
-        n = len(o.cert or "") + len(o.sig) + 24 * len(o.values) + 100
-        if batch and size + n > MESSAGE_BYTES:
+    for item in items:
+        n = size_of(item)
+        if batch and (size + n > max_bytes or len(batch) == max_items):
             yield tuple(batch)
             batch, size = [], 0
-        batch.append(o)
+        batch.append(item)
         size += n
     if batch:
         yield tuple(batch)
+
+
+def _batches(offers: Sequence[NodeOffer]) -> Iterable[tuple[NodeOffer, ...]]:
+    """Offers in messages of about MESSAGE_BYTES at most (a number takes up to 24 bytes)."""
+    return batched(
+        offers, lambda o: len(o.cert or "") + len(o.sig) + 24 * len(o.values) + 100, MESSAGE_BYTES
+    )
 
 
 class OfferCore:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 
-from redy.balancing.offers import BACK_LINKS, cert_missing
+from redy.balancing.offers import BACK_LINKS, batched, cert_missing
 from redy.errors import InvalidMessage
 from redy.messages import PlanOffer
 from redy.pki import Grant
@@ -104,17 +104,7 @@ def _size(o: PlanOffer) -> int:
 
 
 def _batches(offers: Sequence[PlanOffer]) -> Iterable[tuple[PlanOffer, ...]]:
-    batch: list[PlanOffer] = []
-    size = 0
-    for o in offers:
-        n = _size(o)
-        if batch and (size + n > MESSAGE_BYTES or len(batch) == MESSAGE_OFFERS):
-            yield tuple(batch)
-            batch, size = [], 0
-        batch.append(o)
-        size += n
-    if batch:
-        yield tuple(batch)
+    return batched(offers, _size, MESSAGE_BYTES, MESSAGE_OFFERS)
 
 
 class PlanFlood:
