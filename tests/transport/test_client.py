@@ -8,6 +8,7 @@ import contextlib
 import os
 import random
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -212,6 +213,23 @@ async def test_peer_links_remember_a_bad_broker_and_fail_fast(tmp_path: Path) ->
                 await links.publish(uri, "redy/x/grid/gossip/me", b"{}")
         assert first >= 0.3
         assert time.monotonic() - t1 < first  # five later sends cost less than the first one
+
+
+async def test_failed_dials_to_ever_new_ports_leave_nothing_behind(tmp_path: Path) -> None:
+    """A hostile member can name a new closed port in every shuffle: each failed dial may leave
+    a verdict (bounded) but no per-URI lock once the view no longer names it."""
+    me = pki.issue(tmp_path, "me", ["127.0.0.1"])
+    links = PeerLinks("me", me, timeout_s=0.3, max_links=4)
+    for _ in range(20):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]  # closed again: the dial is refused
+        with pytest.raises(PeerUnreachable):
+            await links.publish(f"mqtts://127.0.0.1:{port}", "redy/x/grid/gossip/me", b"{}")
+    await links.keep_only(set())
+    assert links._locks == {}  # the state this test is about
+    assert len(links._bad) <= 16  # bounded at 4 x max_links
+    await links.close_all()
 
 
 async def test_concurrent_pushes_to_a_stalled_and_a_live_peer(process_broker: Any) -> None:

@@ -167,6 +167,12 @@ class PeerLinks:
         for uri, link in list(self._links.items()):
             if uri not in uris and (not link.is_connected or self._used.get(uri, 0.0) <= stale):
                 await self.close(uri)
+        # A dial that failed left its lock behind (its broker never got a link): without this,
+        # every URI ever named (a hostile member can name a new port each time) kept one.
+        for uri in [
+            u for u, lock in self._locks.items() if u not in self._links and not lock.locked()
+        ]:
+            del self._locks[uri]
 
     async def close_all(self) -> None:
         for uri in list(self._links):
