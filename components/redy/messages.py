@@ -145,6 +145,17 @@ class GovernanceHealth:
     inbox: int
     tasks: int
     dropped: tuple[Count, ...] = ()
+    plan: PlanCounters | None = None
+
+
+@attrs.frozen(kw_only=True)
+class PlanCounters:
+    solved: int
+    solve_s: float
+    interval: int
+    binding: bool
+    offers_admitted: int
+    offers_refused: tuple[Count, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -303,6 +314,7 @@ MESSAGE_TYPES: dict[str, type] = {
         NodeEnergyState,
         Count,
         GovernanceHealth,
+        PlanCounters,
         View,
         SignedEntry,
         ShuffleRequest,

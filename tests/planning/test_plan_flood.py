@@ -134,6 +134,9 @@ def test_beyond_its_limits_dropped_once_naming_the_sender_two_faced_left_out(key
     # Both of c's offers go on (everyone who sees one sees the other); x's does not.
     sent = {o.sig for s in flood.wave(["e"]) for o in s.offers}
     assert beyond.sig not in sent and len(sent) == 3
+    # Counted for the metrics: c's first offer taken in; each refusal by its kind.
+    assert flood.admitted == 1
+    assert flood.refused_by == {"limits": 1, "horizon": 1, "twice": 1}
 
 
 def test_offers_for_the_next_interval_wait_for_it(keys: Keys) -> None:
@@ -186,7 +189,7 @@ def test_a_nodes_offer_from_its_units_reports_within_its_limits() -> None:
           marginal_cost_eur_mwh=(60.0, 80.0))  # fmt: skip
     _unit(state, "heater", "action", "consumption", 2.5, min_kw=-2.5, max_kw=0.0,
           marginal_cost_eur_mwh=120.0)  # fmt: skip
-    offer = horizon_offer(state, 5, 12, 15.0, (-20.0, 40.0))
+    offer = horizon_offer(state, 5, 12, 15.0, (-20.0, 40.0))[0]
     # The PV's forecast read between its power now (2 kW) and +1 h (4), +2 h (6), then held;
     # the load persists; the heater's full draw is in the base.
     assert offer.base_kw[0] == pytest.approx(2.0 + 2.0 * 0.125 - 1.0 - 2.5)
@@ -198,7 +201,7 @@ def test_a_nodes_offer_from_its_units_reports_within_its_limits() -> None:
         (10.0, 65.0), (10.0, 75.0), (2.5, 120.0),
     ]  # fmt: skip
     # Held to tighter limits: the stores, then the dearest blocks, are left out.
-    tight = horizon_offer(state, 5, 12, 15.0, (-4.0, 8.0))
+    tight = horizon_offer(state, 5, 12, 15.0, (-4.0, 8.0))[0]
     assert tight.storage == () and len(tight.blocks) < 3
     assert limits_refusal(tight, (-4.0, 8.0)) is None
 
@@ -223,7 +226,7 @@ def test_a_store_starts_from_its_stated_charge_and_an_ev_is_a_deferrable_load() 
           soc=0.8)  # fmt: skip
     _unit(state, "ev", "action", "consumption", 7.4, min_kw=-7.4, max_kw=0.0,
           energy_due_kwh=10.0, due_in_s=3600.0)  # fmt: skip
-    offer = horizon_offer(state, 5, 12, 15.0, (-20.0, 40.0))
+    offer = horizon_offer(state, 5, 12, 15.0, (-20.0, 40.0))[0]
     assert offer.storage[0].soc_kwh == pytest.approx(8.0)
     assert offer.deferrable == (Deferrable(10.0, 0, 4, 7.4),)
     assert offer.blocks == () and offer.base_kw == (0.0,) * 12
@@ -231,7 +234,7 @@ def test_a_store_starts_from_its_stated_charge_and_an_ev_is_a_deferrable_load() 
     later = NodeState("n")
     _unit(later, "ev", "action", "consumption", 7.4, min_kw=-7.4, max_kw=0.0,
           energy_due_kwh=30.0, due_in_s=4 * 3600.0)  # fmt: skip
-    [due] = horizon_offer(later, 5, 12, 15.0, (-20.0, 40.0)).deferrable
+    [due] = horizon_offer(later, 5, 12, 15.0, (-20.0, 40.0))[0].deferrable
     assert (due.end, due.energy_kwh) == (12, pytest.approx(30.0 - 7.4))
 
 
@@ -280,6 +283,6 @@ def test_a_meter_without_a_forecast_is_expected_at_its_last_interval_s_mean() ->
         history.sample(state)
     means = history.means()
     assert means == {"meter": -2.0} and history.means() == {}
-    offer = horizon_offer(state, 5, 4, 15.0, (-20.0, 40.0), means)
+    offer = horizon_offer(state, 5, 4, 15.0, (-20.0, 40.0), means)[0]
     assert offer.base_kw == (-2.0,) * 4
-    assert horizon_offer(state, 5, 4, 15.0, (-20.0, 40.0)).base_kw == (-3.0,) * 4  # no history
+    assert horizon_offer(state, 5, 4, 15.0, (-20.0, 40.0))[0].base_kw == (-3.0,) * 4  # no history

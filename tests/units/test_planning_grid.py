@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,18 @@ INTERVAL_S = 15 * 60 / SPEED
 HORIZON = 24
 
 
+def gas_plant(port: int, common: str) -> str:
+    """The launch lines of gas-1: a 20 kW gas plant at 70 EUR/MWh and a meter of its load."""
+    return f"""\
+  - broker: {{node: gas-1, port: {port}}}
+  - governance: {{node: gas-1, kind: gas_plant, {common}}}
+  - detection: {{node: gas-1, name: meter, device: fixed_load, period_s: 0.5,
+      params: {{profile: g0, annual_kwh: 50000}}}}
+  - action: {{node: gas-1, name: gen, device: gas_plant, period_s: 0.5,
+      params: {{p_max_kw: 20, p_min_kw: 0, ramp_pct_per_min: 600, marginal_cost_eur_mwh: 70,
+        startup_time_s: 0, min_on_s: 0, min_off_s: 0}}}}"""
+
+
 def _grid_file(tmp: Path, port: int) -> Path:
     common = (
         f"epoch_s: 2, market: offers, plan_intervals: {HORIZON}, period_s: 0.5,"
@@ -53,13 +65,7 @@ def _grid_file(tmp: Path, port: int) -> Path:
     text = f"""\
 launch:
   - clock: {{speed: {SPEED:g}, start_s: 21600}}
-  - broker: {{node: gas-1, port: {port}}}
-  - governance: {{node: gas-1, kind: gas_plant, {common}}}
-  - detection: {{node: gas-1, name: meter, device: fixed_load, period_s: 0.5,
-      params: {{profile: g0, annual_kwh: 50000}}}}
-  - action: {{node: gas-1, name: gen, device: gas_plant, period_s: 0.5,
-      params: {{p_max_kw: 20, p_min_kw: 0, ramp_pct_per_min: 600, marginal_cost_eur_mwh: 70,
-        startup_time_s: 0, min_on_s: 0, min_off_s: 0}}}}
+{gas_plant(port, common)}
   - broker: {{node: house-1, port: {port + 1}}}
   - governance: {{node: house-1, kind: eco_house, introducer: gas-1, {common}}}
   - detection: {{node: house-1, name: pv-meter, device: pv, period_s: 0.5, params: {{kwp: 6}}}}
@@ -82,14 +88,26 @@ launch:
 
 
 class Grid:
-    def __init__(self, tmp: Path) -> None:
+    """A launched grid of `nodes` from `grid_file(tmp, first port)`, with `args` to the launch
+    (tests/units/test_plan_binding_grid.py launches another one)."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        nodes: tuple[str, ...] = NODES,
+        grid_file: Callable[[Path, int], Path] = _grid_file,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.tmp = tmp
         self.state = tmp / "state"
-        self.port = node_block(len(NODES))
+        self.nodes = nodes
+        self._grid_file = grid_file
+        self._args = args
+        self.port = node_block(len(nodes))
         self.launcher: subprocess.Popen[bytes] | None = None
 
     def local(self, node: str) -> int:
-        return self.port + NODES.index(node)
+        return self.port + self.nodes.index(node)
 
     def grid_port(self, node: str) -> int:
         return self.local(node) + GRID_PORT_OFFSET
@@ -106,12 +124,12 @@ class Grid:
     def start(self) -> None:
         with open(self.tmp / "launch.log", "wb") as log:  # the child keeps its own descriptor
             self.launcher = subprocess.Popen(
-                [*REDY, "launch", str(_grid_file(self.tmp, self.port)), "--state-dir",
-                 str(self.state)],
+                [*REDY, "launch", str(self._grid_file(self.tmp, self.port)), "--state-dir",
+                 str(self.state), *self._args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )  # fmt: skip
-        for node in NODES:
+        for node in self.nodes:
             until(self.credentials(node).exists, 60, f"{node} credentials")
             until(
                 lambda n=node: try_connect(

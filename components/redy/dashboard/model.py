@@ -250,4 +250,10 @@ def _health(h: messages.GovernanceHealth) -> dict[str, Any]:
         "tasks": h.tasks,
         "dropped": {c.name: c.count for c in h.dropped},
         "started_s": h.started_s,
+        "plan": None if h.plan is None else _plan_counters(h.plan),
     }
+
+
+def _plan_counters(p: messages.PlanCounters) -> dict[str, Any]:
+    refused = {c.name: c.count for c in p.offers_refused}
+    return {**attrs.asdict(p, recurse=False), "offers_refused": refused}

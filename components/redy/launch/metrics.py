@@ -85,6 +85,18 @@ class LaunchCollector(Collector):
         inbox = gauge("redy_governance_inbox_messages", "messages waiting in the inboxes")
         tasks = gauge("redy_governance_tasks", "asyncio tasks of the governance's process")
         started = gauge("redy_governance_start_time_seconds", "when the governance process started")
+        solved = counter("redy_plan_solved", "plans the node solved and published")
+        solve_s = gauge("redy_plan_solve_seconds", "wall time of the node's last plan solve")
+        interval = gauge("redy_plan_interval", "the current planning interval")
+        binding = gauge(
+            "redy_plan_binding", "1 if the node's own plan commands its units in this interval"
+        )
+        admitted = counter("redy_plan_offers_admitted", "peers' plan offers the node took in")
+        refused = counter(
+            "redy_plan_offers_refused",
+            "plan offers the node refused, per reason",
+            ("node", "reason"),
+        )
         for node in nodes:
             r = rows.get(node, {})
             up.add_metric([node], float(r.get("liveness") == "up"))
@@ -109,8 +121,19 @@ class LaunchCollector(Collector):
             inbox.add_metric([node], h["inbox"])
             tasks.add_metric([node], h["tasks"])
             started.add_metric([node], h["started_s"])
+            p = h.get("plan")
+            if p is None:
+                continue  # plans are off
+            solved.add_metric([node], p["solved"])
+            solve_s.add_metric([node], p["solve_s"])
+            interval.add_metric([node], p["interval"])
+            binding.add_metric([node], float(p["binding"]))
+            admitted.add_metric([node], p["offers_admitted"])
+            for reason, n in sorted(p["offers_refused"].items()):
+                refused.add_metric([node, reason], n)
         yield from (up, price, epoch, status, offset, cleared, missed, offers, dials, failures)
         yield from (links, dropped, inbox, tasks, started)
+        yield from (solved, solve_s, interval, binding, admitted, refused)
 
     def _processes(self) -> Iterable[Metric]:
         labels = ["node", "process"]

@@ -12,6 +12,7 @@ Each offer is checked once (`check`, see `checker`): its form, its horizon (the 
 and interval), the signature of a grid-CA certificate naming its node, and the limits that
 certificate states, interval by interval (`offer.limits_refusal`). What fails is dropped and
 returned as a `Drop` naming the neighbour that sent it, once per offer; it is not passed on.
+Offers taken in are counted (`admitted`), and refusals per kind (`refused_by`, KINDS).
 Per node, the offer of its latest session counts (`PlanOffer.session`: when its governance
 started; a restarted node signs a new offer for the interval, and it replaces the old one
 everywhere); a node that signs two different offers in one session is left out of the interval
@@ -27,6 +28,7 @@ to solve again; nodes that hold the same offers solve the same problem and get t
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
 import attrs
@@ -47,7 +49,6 @@ _EARLY_MAX = 4096  # offers for the next interval held until it begins
 MAX_SESSIONS = 3
 
 NodeId = str
-Check = Callable[[PlanOffer], HorizonOffer | str]
 
 
 @attrs.frozen
@@ -61,11 +62,33 @@ class Send:
 
 @attrs.frozen
 class Drop:
-    """An offer refused: who sent it, whose it claims to be, and why."""
+    """An offer refused: who sent it, whose it claims to be, and why (`kind`, one of KINDS, for
+    the counters; the `reason` for the log)."""
 
     sender: NodeId
     node: NodeId
     reason: str
+    kind: str = attrs.field(default="other", eq=False)
+
+
+# Why offers are refused, as counted (`PlanFlood.refused_by`): a form or numbers that make no
+# offer, another horizon than the grid's, no valid signature of a grid-CA node certificate,
+# beyond the certified limits, two offers in one session, too many sessions in one interval.
+KINDS = ("form", "horizon", "signature", "limits", "twice", "sessions", "other")
+
+
+@attrs.frozen
+class Refusal:
+    """Why the check refused an offer: its `kind` (one of KINDS) and one line for the log."""
+
+    kind: str
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+Check = Callable[[PlanOffer], HorizonOffer | Refusal | str]  # a str: a refusal of kind other
 
 
 def checker(
@@ -78,21 +101,22 @@ def checker(
     `signer_grant(node, cert, body, sig)`: what the grid CA grants `node` if `sig` is its
     signature of `body` (redy.signing.Verifier.signer_grant), else why not."""
 
-    def check(msg: PlanOffer) -> HorizonOffer | str:
+    def check(msg: PlanOffer) -> HorizonOffer | Refusal:
         try:
             offer = from_message(msg)
         except InvalidMessage as exc:
-            return f"plan offer of {msg.node}: {exc}"
+            return Refusal("form", f"plan offer of {msg.node}: {exc}")
         if offer.horizon != horizon or offer.interval_min != interval_min:
-            return (
+            return Refusal(
+                "horizon",
                 f"plan offer of {msg.node}: {offer.horizon} intervals of"
-                f" {offer.interval_min:g} min, expected {horizon} of {interval_min:g} min"
+                f" {offer.interval_min:g} min, expected {horizon} of {interval_min:g} min",
             )
         got = signer_grant(msg.node, msg.cert, signed_body(offer, msg.session), msg.sig)
         if isinstance(got, str):
-            return got
+            return Refusal("signature", got)
         why = limits_refusal(offer, got.bounds_kw(capacity_kw))
-        return offer if why is None else f"plan offer of {msg.node}: {why}"
+        return offer if why is None else Refusal("limits", f"plan offer of {msg.node}: {why}")
 
     return check
 
@@ -127,6 +151,10 @@ class PlanFlood:
         self._early_sigs: set[str] = set()  # each kept once, whoever sends it again
         self.version = 0  # changes whenever offers() does
         self.changed_at = 0.0  # when it last changed (the driver's clock)
+        # Counters since this flood began: peers' offers taken in (a restarted node's new one
+        # too), and offers refused, per kind (KINDS).
+        self.admitted = 0
+        self.refused_by: Counter[str] = Counter()
 
     def begin(self, now: float, start: int, own: PlanOffer, offer: HorizonOffer) -> list[Drop]:
         """A new interval, with this node's own offer (`own` carries `offer`, signed)."""
@@ -200,11 +228,12 @@ class PlanFlood:
         if held is None and len(self._held) >= MAX_NODES:
             return
         got = self._check(o)
-        if isinstance(got, str):
-            if got != cert_missing:  # a copy with its certificate may still come
+        if not isinstance(got, HorizonOffer):
+            why = got if isinstance(got, Refusal) else Refusal("other", got)
+            if why.reason != cert_missing:  # a copy with its certificate may still come
                 if len(self._refused) < MAX_NODES:
                     self._refused.add(o.sig)
-                drops.append(Drop(sender, o.node, got))
+                self._drop(drops, Drop(sender, o.node, why.reason, why.kind))
             return
         if held is not None and session == current and held == got:
             return  # the same offer signed again (ECDSA signs at random)
@@ -219,12 +248,20 @@ class PlanFlood:
             sessions.add(session)
             if len(sessions) > MAX_SESSIONS:  # restarts by the second: left out, and not heard
                 self._restless.add(o.node)
-                drops.append(Drop(sender, o.node, f"{len(sessions)} sessions of {o.node}"))
+                reason = f"{len(sessions)} sessions of {o.node}"
+                self._drop(drops, Drop(sender, o.node, reason, "sessions"))
+            else:
+                self.admitted += 1
         else:  # two offers in one session: both go on, and the node is left out
             self._banned.add(o.node)
-            drops.append(Drop(sender, o.node, f"two different plan offers of {o.node}"))
+            reason = f"two different plan offers of {o.node}"
+            self._drop(drops, Drop(sender, o.node, reason, "twice"))
         self.version += 1
         self.changed_at = now
+
+    def _drop(self, drops: list[Drop], d: Drop) -> None:
+        self.refused_by[d.kind] += 1
+        drops.append(d)
 
     def refused(self, target: NodeId, start: int, offers: Sequence[PlanOffer]) -> None:
         """`target`'s broker did not take these: they go again in the next wave (a peer

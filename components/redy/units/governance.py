@@ -20,7 +20,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -343,6 +343,7 @@ class Governance:
             dropped=tuple(messages.Count(name=k, count=v) for k, v in sorted(dropped.items()) if v)[
                 :32
             ],
+            plan=self.planner.counters() if self.planner is not None else None,
         )
 
     async def _health_task(self) -> None:
@@ -353,11 +354,22 @@ class Governance:
             await asyncio.sleep(HEALTH_PERIOD_S)
             await self.publish_local(topic, self.health())
 
+    def _planned(self) -> Mapping[str, float]:
+        """The setpoints the current interval's plan binds (unit -> kW); empty: none binds."""
+        binding = self.planner.binding() if self.planner is not None else None
+        return binding.setpoints_kw if binding is not None else {}
+
     async def _dispatch(self) -> None:
+        """With no market: the units the plan binds to their setpoints, the others to follow
+        the node's setpoint (if it has one)."""
+        planned = self._planned()
+        for unit, kw in sorted(planned.items()):
+            await self.command(unit, kw)
         if self.target_net_kw is None:
             return
         for order in self.state.follow_setpoint(self.target_net_kw):
-            await self.command(order.unit, order.setpoint_kw, order.on)
+            if order.unit not in planned:
+                await self.command(order.unit, order.setpoint_kw, order.on)
 
     async def command(self, unit: str, setpoint_kw: float | None, on: bool | None = None) -> None:
         """Send one command to an action unit, with the next sequence number."""
@@ -497,6 +509,7 @@ class Governance:
                 identity=self._identity,
                 rng=random.Random(cfg.seed + 1),
                 on_cleared=self._price_cleared,
+                planned=self._planned,
             )
             tasks.append(tg.create_task(self.market.run()))
         if cfg.plan_intervals > 0:

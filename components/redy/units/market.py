@@ -29,7 +29,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 import numpy as np
@@ -92,13 +92,18 @@ ROUND_S = 0.005
 _EVENTS_MAX = 10_000
 
 
-def node_bids(state: NodeState) -> dict[str, Bid]:
-    """One bid per online unit: meters are fixed, actuators bid their reachable range."""
+def node_bids(state: NodeState, planned: Mapping[str, float] | None = None) -> dict[str, Bid]:
+    """One bid per online unit: meters are fixed, actuators bid their reachable range, and an
+    actuator the current interval's plan binds (`planned`: unit -> setpoint kW) is fixed at its
+    setpoint (it stays there; the others clear around it: `redy.planning.binding`)."""
     bids: dict[str, Bid] = {}
+    planned = planned or {}
     for name, u in state.units.items():
         if not u.online:
             continue
-        if u.role == "action" and u.status is not None:
+        if u.role == "action" and u.status is not None and name in planned:
+            bids[name] = Fixed(planned[name])
+        elif u.role == "action" and u.status is not None:
             s = u.status
             # A stated marginal cost is one number, or [at_min, at_max] rising over the range.
             cost, cost_max = (None, None)
@@ -131,8 +136,11 @@ def node_bids(state: NodeState) -> dict[str, Bid]:
     return bids
 
 
-def _commanded(name: str, bid: Bid) -> bool:
-    """Whether the market sets this bid's unit (meters and the fixed part of a load it cannot)."""
+def _commanded(name: str, bid: Bid, planned: Mapping[str, float]) -> bool:
+    """Whether the market sets this bid's unit (meters and the fixed part of a load it cannot;
+    a unit the plan binds it sets to its planned setpoint)."""
+    if name in planned:
+        return True
     return not name.endswith(".base") and isinstance(bid, Dispatchable | FlexibleLoad | Storage)
 
 
@@ -186,9 +194,12 @@ class MarketDriver:
         capacity_kw: float = CAPACITY_KW,
         market: str = "pushsum",
         identity: Identity | None = None,
+        planned: Callable[[], Mapping[str, float]] = dict,
     ) -> None:
         """`market`: 'pushsum' (curves averaged by gossip) or 'offers' (signed offers flooded
-        and cleared exactly, `redy.balancing.offers`; needs the node's TLS `identity`)."""
+        and cleared exactly, `redy.balancing.offers`; needs the node's TLS `identity`).
+        `planned()`: the setpoints (unit -> kW) the current interval's plan binds, asked at each
+        epoch's bids (`redy.units.planner.PlanDriver.binding`); empty: no plan binds."""
         self.node = node
         self.state = state
         self._links = links
@@ -197,10 +208,12 @@ class MarketDriver:
         self._command = command
         self._clock = clock
         self._on_cleared = on_cleared
+        self._planned = planned
         self.search = search or PriceSearch()
         self.pacing = Pacing(epoch_s, rounds=max(rounds, _MIN_ROUNDS), round_s=round_s)
-        self._names: dict[int, str] = {}  # id(bid) -> unit name, for the epoch's bids
-        self._new_names: dict[int, str] = {}
+        # id(bid) -> (unit name, whether the market commands it), for the epoch's bids
+        self._names: dict[int, tuple[str, bool]] = {}
+        self._new_names: dict[int, tuple[str, bool]] = {}
         self._brokers: dict[str, str] = {}
         # (epoch, sig, with its certificate) -> the offer's JSON
         self._offer_bytes: dict[tuple[int, str, bool], bytes] = {}
@@ -265,8 +278,9 @@ class MarketDriver:
     # -- what the core asks --------------------------------------------------------------------
 
     def _bids(self) -> list[Bid]:
-        bids = node_bids(self.state)
-        new = {id(b): name for name, b in bids.items()}
+        planned = self._planned()
+        bids = node_bids(self.state, planned)
+        new = {id(b): (name, _commanded(name, b, planned)) for name, b in bids.items()}
         # The last epoch's names too: its Cleared may be carried out after the next one began.
         self._names, self._new_names = self._new_names | new, new
         return list(bids.values())
@@ -454,9 +468,9 @@ class MarketDriver:
         if self.status in ("cleared", "shortage", "surplus"):
             self.epochs.took_part(c.epoch)
         orders = [
-            (self._names[id(b)], c.result.dispatch_kw(b))
+            (self._names[id(b)][0], c.result.dispatch_kw(b))
             for b in c.bids
-            if id(b) in self._names and _commanded(self._names[id(b)], b)
+            if id(b) in self._names and self._names[id(b)][1]
         ]
         self._dispatch_latest(orders)
         if c.epoch != self._announced_epoch:

@@ -35,8 +35,15 @@ states (else its meter's, else half its capacity), a load that states energy due
 (an EV) a `Deferrable` over the intervals up to its deadline. After each interval the node reports how far
 its meters' mean power was from what they forecast at its start (`ForecastError`, in the plan
 it publishes and in its log). Past MAX_BLOCKS blocks, the two of nearest cost
-are merged (an offer must fit one message). The plan does not command the units yet: the
-market's epochs still dispatch them within the interval.
+are merged (an offer must fit one message).
+
+The current interval's plan binds (`binding()`, the pure rule in `redy.planning.binding`): the
+setpoints this node's own solve gives its stores and deferrable loads for the interval it is in
+are what the market dispatches them to (`redy.units.market`: they enter its offer as fixed
+injection), and the market clears the rest of the node's flexibility around them; with no
+plan for the interval (plans off, not yet solved, stale, the node not in it) the market
+dispatches everything as without plans. A governance with no market commands the planned
+units itself at every state period. Each binding is logged once per interval and solve.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ from redy.errors import InvalidMessage, PeerUnreachable, RedyError
 from redy.logformat import Tally
 from redy.pki import Identity
 from redy.planning import supplier
+from redy.planning.binding import Binding, OwnUnits, binding
 from redy.planning.flood import Drop, PlanFlood, Send, checker
 from redy.planning.offer import Block, Deferrable, HorizonOffer, Storage, limits_refusal
 from redy.planning.problem import PlanError, Schedule, new_highs, solve
@@ -152,17 +160,20 @@ def horizon_offer(
     interval_min: float,
     bounds_kw: tuple[float, float],
     history: Mapping[str, float] | None = None,
-) -> HorizonOffer:
+) -> tuple[HorizonOffer, OwnUnits]:
     """The node's offer over [start, start + horizon) from its online units (see the module
     docstring), held to `bounds_kw` (its certified -import..export kW): the forecast clipped
-    into them, then its stores and blocks left out, the dearest first, while it is still not.
-    `history`: each meter's mean over the last interval (MeterHistory), for those with no
-    forecast of their own."""
+    into them, then its stores and blocks left out, the dearest first, while it is still not;
+    and which unit each of its stores and deferrable loads stands for (what the plan solved
+    from it commands: `redy.planning.binding`). `history`: each meter's mean over the last
+    interval (MeterHistory), for those with no forecast of their own."""
     history = history or {}
     base = np.zeros(horizon)
     blocks: list[tuple[float, float]] = []  # (kW, EUR/MWh), the same in every interval
     stores: list[Storage] = []
     deferrable: list[Deferrable] = []
+    store_units: list[str] = []
+    deferrable_units: list[str] = []
     for name, u in state.units.items():
         if not u.online:
             continue
@@ -191,10 +202,12 @@ def horizon_offer(
                         wear_eur_mwh=STORE_WEAR_EUR_MWH,
                     )
                 )
+                store_units.append(name)
             elif s.energy_due_kwh is not None and s.due_in_s is not None:
                 due = _deferrable(s.energy_due_kwh, s.due_in_s, rated, horizon, interval_min)
                 if due is not None:
                     deferrable.append(due)
+                    deferrable_units.append(name)
             elif s.min_kw >= 0:  # a producer: up to its rating at its marginal cost
                 lo = cost if cost is not None else 0.0
                 hi = cost_max if cost_max is not None else lo
@@ -227,12 +240,14 @@ def horizon_offer(
     while limits_refusal(out, bounds_kw) is not None and (stores or blocks or deferrable):
         if deferrable:
             deferrable.pop()
+            deferrable_units.pop()
         elif stores:
             stores.pop()
+            store_units.pop()
         else:
             blocks.pop()
         out = offer()
-    return out
+    return out, OwnUnits(tuple(store_units), tuple(deferrable_units))
 
 
 def metered_kw(state: NodeState) -> float:
@@ -382,9 +397,13 @@ class PlanDriver:
         self.dropped: Counter[str] = Counter()
         self.refused = Tally()  # offers dropped, per sender
         self.schedule: Schedule | None = None
+        self._units = OwnUnits()  # what the stores and deferrable loads of our offer stand for
+        self._schedule_units: OwnUnits | None = None  # ... of our offer in `schedule`
         self._solved: int | None = None  # the flood's version solved last
         self._solving: asyncio.Task[None] | None = None
         self.solve_s = 0.0  # the last solve's wall time
+        self.plans_solved = 0  # schedules solved and published since the start
+        self._told: tuple[int, int] | None = None  # the (interval, solve) that binds, logged
         self.errors = ForecastError()
         self.history = MeterHistory()
 
@@ -438,13 +457,15 @@ class PlanDriver:
                 self.errors.mae_kw,
                 self.errors.intervals,
             )
+        self._units = OwnUnits()
         try:
-            offer = horizon_offer(
+            offer, units = horizon_offer(
                 self.state, start, self.horizon, self.interval_min, self.bounds_kw, history
             )
             # As a receiver rebuilds it from the message (every number a float), so that the
             # bytes signed here are the bytes it checks.
             offer = from_message(to_message(offer, sig=""))
+            self._units = units
         except (RedyError, ValueError) as exc:  # a unit's report that makes no offer
             self.dropped["plan_offer_unmade"] += 1
             _log.warning(
@@ -484,7 +505,9 @@ class PlanDriver:
             self.dropped["plan_offer_unsendable"] += 1
             _log.warning("node=%s cannot send plan offers to %s: %s", self.node, s.target, exc)
 
-    async def _solve(self, version: int, start: int, offers: list[HorizonOffer]) -> None:
+    async def _solve(
+        self, version: int, start: int, offers: list[HorizonOffer], units: OwnUnits
+    ) -> None:
         boundary = supplier.boundary(
             start, self.horizon, self.interval_min, self.import_kw, self.export_kw
         )
@@ -498,7 +521,8 @@ class PlanDriver:
         self.solve_s = time.perf_counter() - t0
         if start != self.flood.start:
             return  # the interval ended meanwhile: the next one's plan comes
-        self.schedule = sched
+        self.schedule, self._schedule_units = sched, units
+        self.plans_solved += 1
         msg = plan_message(self.node, sched, len(offers), self.interval_s, self.errors)
         await self._publish_local(render("plan", node=self.node), msg)
         _log.info(
@@ -511,6 +535,43 @@ class PlanDriver:
             sched.status[0],
             msg.digest[:12],
             self.solve_s,
+        )
+
+    # -- what binds -----------------------------------------------------------------------------
+
+    def binding(self) -> Binding | None:
+        """What this node's own plan commands its units now (`redy.planning.binding`), None when
+        it binds nothing; the first time a solve binds an interval, one log line says so."""
+        k = math.floor(self._clock() / self.interval_s)
+        statuses = {
+            name: u.status
+            for name, u in self.state.units.items()
+            if u.online and u.role == "action" and u.status is not None
+        }
+        out = binding(self.schedule, self.node, self._schedule_units, k, statuses)
+        if out is not None and self._told != (k, out.solved_for):
+            self._told = (k, out.solved_for)
+            _log.info(
+                "node=%s interval %d binds the plan solved for interval %d: %s",
+                self.node,
+                k,
+                out.solved_for,
+                ", ".join(f"{u} {kw:+.3f} kW" for u, kw in sorted(out.setpoints_kw.items())),
+            )
+        return out
+
+    def counters(self) -> messages.PlanCounters:
+        """The planning's counters for the node's health report (`redy launch --metrics`)."""
+        refused = self.flood.refused_by
+        return messages.PlanCounters(
+            solved=self.plans_solved,
+            solve_s=self.solve_s,
+            interval=max(math.floor(self._clock() / self.interval_s), 0),
+            binding=self.binding() is not None,
+            offers_admitted=self.flood.admitted,
+            offers_refused=tuple(
+                messages.Count(name=k, count=n) for k, n in sorted(refused.items()) if n
+            )[:16],
         )
 
     # -- the loop ------------------------------------------------------------------------------
@@ -539,7 +600,8 @@ class PlanDriver:
                     and self.flood.start is not None
                 ):
                     self._solving = self._spawn(
-                        self._solve(version, self.flood.start, self.flood.offers()), "solve"
+                        self._solve(version, self.flood.start, self.flood.offers(), self._units),
+                        "solve",
                     )
                 wait = min(self.wave_s, (k + 1) * self.interval_s - self._clock())
                 await asyncio.sleep(max(wait, 0.001))
