@@ -75,6 +75,7 @@ def test_figure3_for_20_s_retains_every_birth_exits_0_and_leaves_nothing_behind(
                 f"{a}:={p}"
                 for a, p in zip(("gas_port", "factory_port", "house_port"), local, strict=True)
             ),
+            "plan_intervals:=8",  # the nodes plan too: the plan's counters are served
             "--duration",
             "20",
             "--state-dir",
@@ -159,6 +160,11 @@ NODE_SERIES = (
     "redy_governance_inbox_messages",
     "redy_governance_tasks",
     "redy_governance_start_time_seconds",
+    "redy_plan_solved_total",
+    "redy_plan_solve_seconds",
+    "redy_plan_interval",
+    "redy_plan_binding",
+    "redy_plan_offers_admitted_total",
 )
 PROCESS_SERIES = (
     "redy_process_up",
@@ -187,7 +193,8 @@ def _scrape_when_counted(port: int) -> dict[str, list[Any]] | None:
         {s.labels["node"] for s in samples.get(name, [])} == set(FIGURE3_UNITS)
         for name in NODE_SERIES
     )
-    return samples if every else None
+    solved = every and all(s.value >= 1 for s in samples["redy_plan_solved_total"])
+    return samples if solved else None
 
 
 def _assert_every_series(samples: dict[str, list[Any]], units: dict[str, dict[str, str]]) -> None:
@@ -201,6 +208,18 @@ def _assert_every_series(samples: dict[str, list[Any]], units: dict[str, dict[st
         assert processes <= got, (name, processes - got)
     assert all(s.value > 1e6 for s in samples["redy_process_resident_memory_bytes"])
     assert all(s.value == 0 for s in samples["redy_process_respawns_total"])
+    # The plan's counters: a solve well within an interval (1.25 s at speed 720), the same
+    # current interval on every node, the peers' offers taken in; figure3 has no store or EV,
+    # so no plan binds; refusals are served per reason only once there are any.
+    assert all(0 < s.value < 1.25 for s in samples["redy_plan_solve_seconds"])
+    now = time.time() / 1.25  # reported within the last health period or two (5 s each)
+    assert all(now - 10 <= s.value <= now + 1 for s in samples["redy_plan_interval"])
+    assert all(s.value >= 1 for s in samples["redy_plan_offers_admitted_total"])
+    assert all(s.value == 0 for s in samples["redy_plan_binding"])
+    assert all(
+        s.labels["reason"] in ("form", "horizon", "signature", "limits", "twice", "sessions")
+        for s in samples.get("redy_plan_offers_refused_total", [])
+    )
 
 
 def _one_node_file(tmp_path: Path) -> Path:
