@@ -474,3 +474,21 @@ def test_the_cost_per_node_is_near_the_simulators_model() -> None:
     got_checks = sum(c.checks for c in net.costs.values()) / len(net.costs)
     assert 0.6 <= got_bytes / model["bytes_received"]["mean"] <= 1.4
     assert 0.8 <= got_checks / model["signature_checks"]["mean"] <= 1.4
+
+
+def test_a_leader_that_hides_its_proposal_from_some_mates_does_not_split_the_cell(
+    grid32: Grid,
+) -> None:
+    """The leader sends its proposal to all but two mates: a quorum decides, and the two,
+    seeing the commits, get the leader's signed proposal relayed by a committer."""
+    c, roster = _big_cell(grid32)
+    lead = _leader0(grid32, c)
+    hidden = set([m for m in roster if m != lead][:2])
+    net = Net(grid32, 15)
+    net.hooks[lead] = lambda now, sends: [
+        s for s in sends if _kind(s.data) != "propose" or s.target not in hidden
+    ]
+    net.run()
+    _check_price(net, grid32.names, list(grid32.bids.values()))
+    decided = {net.nodes[m].decided for m in roster}
+    assert len(decided) == 1 and next(iter(decided)).view == 0  # type: ignore[union-attr]

@@ -53,11 +53,14 @@ epoch early), from the wrong member (a proposal not from its view's leader, a bu
 the round's partner cell), or with a bad signature: refused with one `Dropped` naming the
 sender. One message of a kind per sender, view, phase and round counts; the rest costs nothing.
 
+A member that sees a quorum commit a proposal it never got (its leader left it out) asks the
+committers for it and takes the leader's signed proposal from whichever relays it.
+
 What a node pays is counted (`Costs`: messages and bytes in and out, signatures checked and
-made, per epoch). Not built: a node that missed its leader's proposal and learns of the
-decision only from the commits asks nobody for it (it then fails the epoch while its mates
-clear); the unserved or excess share of a node in a shortage or surplus (the cells' sums carry
-no per-node load), so `ExactResult.unserved_kw` and `excess_kw` stay 0.
+made, per epoch). Not built: a member that decided stays out of later view changes (a mate
+that saw too few commits to decide, which needs lost messages, waits for the epoch's end and
+fails it); the unserved or excess share of a node in a shortage or surplus (the cells' sums
+carry no per-node load), so `ExactResult.unserved_kw` and `excess_kw` stay 0.
 """
 
 from __future__ import annotations
@@ -316,6 +319,8 @@ class _Epoch:
         self.view = 0
         self.view_deadline = math.inf
         self.proposals: dict[int, _Proposal] = {}
+        self.raw: dict[int, dict[str, Any]] = {}  # view -> its proposal's fields, for relaying
+        self.committed_unheld: dict[int, str] = {}  # view -> digest a quorum committed
         self.proposed: set[int] = set()  # views this node proposed in (as leader)
         self.nv_at = math.inf  # when this node, leading a new view, proposes
         self.voted: dict[tuple[str, int], str] = {}  # (kind, view) -> digest this node voted
@@ -637,6 +642,10 @@ class CellNode:
         s = self._s
         assert s is not None
         self._mate(sender, "want")
+        view = d.get("p")
+        if type(view) is int and view in s.raw:  # the proposal a quorum committed
+            fields = {k: v for k, v in s.raw[view].items() if k not in ("t", "e")}
+            self._send([sender], encode("propose", s.epoch, **fields), out)
         asked = _pairs(_list(d, "w", 2 * s.roster), s.roster, "w", _DIGEST_CHARS)
         got = [s.held[i][x] for i, x in asked if x in s.held.get(i, {})]
         if got:
@@ -699,6 +708,7 @@ class CellNode:
         )
         self._send(self._mates(), data, out)
         s.proposals[view] = _Proposal(p, hashlib.sha256(body).hexdigest(), justified)
+        s.raw[view] = orjson.loads(data)
         self._try_vote(now, s, view, out)
 
     def _cert_content(
@@ -735,17 +745,20 @@ class CellNode:
         assert s is not None
         who = self._mate(sender, "proposal")
         view = _int(d, "v", 0, cells.MAX_VIEWS)
-        if view < s.view or view in s.proposals or s.decided is not None:
-            return  # an old view's, or a second one: costs nothing
-        if who != self._leader(s, view):
+        lead = self._leader(s, view)
+        # A mate relays the leader's proposal to a member that saw a quorum commit it.
+        relayed = who != lead and view in s.committed_unheld
+        if view in s.proposals or s.decided is not None or (view < s.view and not relayed):
+            return  # a second one, an old view's: costs nothing
+        if who != lead and not relayed:
             raise _Bad(f"a proposal for view {view}, whose leader is another member")
         inc = sorted(_pairs(_list(d, "inc", s.roster), s.roster, "inc", _DIGEST_CHARS))
         exc = _list(d, "exc", s.roster)
         if not all(type(i) is int and 0 <= i < s.roster for i in exc) or len(set(exc)) != len(exc):
             raise _Bad("exc: expected distinct member indexes")
-        p = cells.Proposal(view, who, tuple(inc), tuple(sorted(exc)))
+        p = cells.Proposal(view, lead, tuple(inc), tuple(sorted(exc)))
         body = self._proposal_body(s, p)
-        if not self._verify(sender, body, _str(d, "s")):
+        if not self._verify(self.roster[lead], body, _str(d, "s")):
             raise _Bad(f"a proposal for view {view} with a bad signature")
         for raw in _list(d, "ev", 2 * s.roster):
             self._take_offer(now, s, sender, messages.from_dict("NodeOffer", raw), out)
@@ -755,6 +768,10 @@ class CellNode:
         if view > 0:
             justified = self._check_new_view(s, view, d, inc, sorted(exc))
         s.proposals[view] = _Proposal(p, hashlib.sha256(body).hexdigest(), justified)
+        s.raw[view] = d
+        if relayed:
+            self._tally(now, s, "commit", view, s.committed_unheld.pop(view), out)
+            return
         if view > s.view:
             self._enter_view(now, s, view)
         self._try_vote(now, s, view, out)
@@ -852,8 +869,14 @@ class CellNode:
             self._vote(now, s, "commit", view, digest, out)
         elif s.decided is None:
             held = s.proposals.get(view)
-            if held is None or held.digest != digest:
-                return  # decided without this node holding the proposal (module docstring)
+            if held is None:  # a quorum committed a proposal this node missed: ask them
+                if view not in s.committed_unheld:
+                    s.committed_unheld[view] = digest
+                    want = encode("want", s.epoch, w=[], p=view)
+                    self._send([self.roster[m] for m in votes], want, out)
+                return
+            if held.digest != digest:
+                return
             s.decided = held
             missing = [(i, x) for i, x in held.proposal.included if x not in s.held.get(i, {})]
             if missing:  # asked of every member that committed: one honest holds them
