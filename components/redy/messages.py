@@ -10,6 +10,7 @@ types in topics.yaml are checked against each other by tests/messages/test_contr
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -481,16 +482,28 @@ def _convert(f: FieldSpec, value: Any) -> Any:
     return value
 
 
-# Signed objects (a type with a `sig` field: NodeOffer) come many times over, unchanged: a node
-# hears each offer from most of its neighbours. Each is checked and built once; a later copy
-# equal to it, field for field, is the same message. Bounded: the oldest half goes when full.
+# Signed objects (a type with a `sig` field: NodeOffer, PlanOffer) come many times over,
+# unchanged: a node hears each offer from most of its neighbours. Each is checked and built once;
+# a later copy equal to it, field for field, is the same message. Only the last few rounds (an
+# offer's `epoch`, a plan offer's `start`) are worth keeping, since a copy of an older one is
+# refused by the market anyway: per type, the entries of the _SIGNED_ROUNDS rounds that came
+# last, at most _SIGNED_MEMO_SIZE entries in all (the oldest round goes first; a round alone
+# and full takes no more). A memo of a fixed 4096 entries took a grid of 12 nodes about 15
+# minutes to fill, so a node's memory grew for that long (issue 30's chaos hour).
 _SIGNED_MEMO_SIZE = 4096
-# Keyed by the signature and the number of fields: a copy with its certificate and one without
-# are both kept.
-_SIGNED: dict[tuple[str, str, int], tuple[dict[str, Any], Any]] = {}
+_SIGNED_ROUNDS = 3
+_Rounds = dict[Any, dict[tuple[str, int], tuple[dict[str, Any], Any]]]
 _SIGNED_TYPES = frozenset(
     name for name, t in CONTRACT.types.items() if any(f.name == "sig" for f in t.fields)
 )
+# type -> round -> (signature, number of fields) -> (the JSON object, its message). Keyed by the
+# number of fields too: a copy with its certificate and one without are both kept.
+_SIGNED: dict[str, _Rounds] = {name: {} for name in _SIGNED_TYPES}
+_SIGNED_LOCK = threading.Lock()  # units that decode in a client's thread as well
+
+
+def _round_of(value: dict[str, Any]) -> Any:
+    return value.get("epoch", value.get("start"))
 
 
 def _seen(type_name: str, value: Any) -> Any:
@@ -498,8 +511,26 @@ def _seen(type_name: str, value: Any) -> Any:
     if type_name not in _SIGNED_TYPES or type(value) is not dict:
         return None
     sig = value.get("sig")
-    hit = _SIGNED.get((type_name, sig, len(value))) if type(sig) is str else None
+    if type(sig) is not str:
+        return None
+    held = _SIGNED[type_name].get(_round_of(value))
+    hit = held.get((sig, len(value))) if held is not None else None
     return hit[1] if hit is not None and hit[0] == value else None
+
+
+def _remember(type_name: str, value: dict[str, Any], msg: Any) -> None:
+    rounds = _SIGNED[type_name]
+    key = _round_of(value)
+    with _SIGNED_LOCK:
+        held = rounds.get(key)
+        if held is None:
+            held = rounds[key] = {}
+            while len(rounds) > _SIGNED_ROUNDS:
+                del rounds[next(iter(rounds))]
+        while sum(map(len, rounds.values())) >= _SIGNED_MEMO_SIZE and len(rounds) > 1:
+            del rounds[next(iter(rounds))]
+        if len(held) < _SIGNED_MEMO_SIZE:
+            held[(value["sig"], len(value))] = (value, msg)
 
 
 def _nested(type_name: str, value: Any) -> Any:
@@ -509,10 +540,7 @@ def _nested(type_name: str, value: Any) -> Any:
         return msg
     msg = _build(type_name, value, checked=True)
     if type_name in _SIGNED_TYPES:
-        if len(_SIGNED) >= _SIGNED_MEMO_SIZE:
-            for key in list(_SIGNED)[: _SIGNED_MEMO_SIZE // 2]:
-                _SIGNED.pop(key, None)  # another thread may have taken it
-        _SIGNED[(type_name, value["sig"], len(value))] = (value, msg)
+        _remember(type_name, value, msg)
     return msg
 
 

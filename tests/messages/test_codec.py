@@ -241,3 +241,30 @@ def test_a_copy_of_a_signed_offer_is_checked_once_but_a_changed_copy_in_full() -
             messages.decode(topic, gossip(dict(honest, **bad)))
     # The changed copy took the memo's place: the honest one is built again, equal as ever.
     assert messages.decode(topic, gossip(honest)).offers[0] == first
+
+
+def test_the_signed_memo_keeps_the_last_rounds_only_and_stays_bounded() -> None:
+    """The memo of signed offers is worth its memory within an epoch: after four epochs of a
+    dozen offers it holds the last three, and a member flooding distinct signatures in one epoch
+    fills it to its bound and no further (issue 30: a fixed 4096-entry memo grew a node's memory
+    for its first quarter of an hour)."""
+    topic = "redy/gas-1/grid/gossip/house-1"
+
+    def decode(epoch: int, sig: str) -> object:
+        offer = {"node": "gas-1", "epoch": epoch, "values": [-5.0], "cert": "Q0VSVA==", "sig": sig}
+        payload = {"sender": "house-1", "epoch": epoch, "round": 0, "algorithm": "offers",
+                   "weight": 0.0, "values": [], "offers": [offer]}  # fmt: skip
+        return messages.decode(topic, orjson.dumps(payload)).offers[0]
+
+    base = 10**6  # epochs no other test uses
+    for epoch in range(base, base + 4):
+        for i in range(12):
+            decode(epoch, f"s{epoch}-{i}")
+    held = messages._SIGNED["NodeOffer"]
+    assert set(held).issuperset({base + 1, base + 2, base + 3}) and base not in held
+    first = decode(base + 3, f"s{base + 3}-0")
+    assert decode(base + 3, f"s{base + 3}-0") is first  # still a hit
+    for i in range(messages._SIGNED_MEMO_SIZE + 100):
+        decode(base + 9, f"flood-{i}")
+    assert sum(map(len, held.values())) <= messages._SIGNED_MEMO_SIZE
+    assert list(held) == [base + 9]  # the flood's round, alone and full
