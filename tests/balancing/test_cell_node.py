@@ -1,5 +1,5 @@
 """The cell market's per-node protocol (redy.balancing.cell_node), message by message, with
-real ECDSA P-256 keys, on an in-memory bus with link delays: every honest node clears the
+real ECDSA P-256 keys, on the simulator's in-memory bus (redy.sim.cell_protocol): every honest node clears the
 reference solver's price, the same float everywhere, and each hostile member of point 4 of
 issue 25 is met as cells.py's docstring says (a test each); what it costs per node against the
 simulator's model (redy.sim.cell_market) for the same grid."""
@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import heapq
-import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import orjson
 import pytest
@@ -21,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from redy import messages
 from redy.balancing import cell_node, cells
-from redy.balancing.cell_node import CellNode, Failed, Send, Timing
+from redy.balancing.cell_node import CellNode, Send
 from redy.balancing.curves import Bid, Fixed
 from redy.balancing.events import Cleared, Dropped
 from redy.balancing.offers import clear, offer_refusal, offer_values
@@ -30,22 +28,12 @@ from redy.messages import NodeOffer
 from redy.signing import signed_bytes
 from redy.sim.balance import DEFAULT_MIX, node_bids
 from redy.sim.cell_market import simulate_cells
+from redy.sim.cell_protocol import EPOCH_S, TIMING, CellBus
 
 pytestmark = pytest.mark.pure
 
 SEED = b"cells-test-period"
 EPOCH = 1
-EPOCH_S = 10.0
-TIMING = Timing(
-    epoch_s=EPOCH_S,
-    window_s=0.05,
-    propose_s=0.08,
-    view_s=0.15,
-    round_s=0.06,
-    settle_s=0.02,
-    finish_by=0.9,
-    skew_s=0.5,
-)
 CAPACITY_KW = 100_000.0  # the grid's bound (offer_refusal's tolerance scales with it)
 _ECDSA = ec.ECDSA(hashes.SHA256())
 
@@ -125,17 +113,12 @@ class Keys:
         return None if why is None else f"offer of {offer.node}: {why}"
 
 
-Hook = Callable[[float, list[Send]], list[Send]]
-
-
-class Net:
-    """The nodes on an in-memory bus: a message reaches its target 2-5 ms later (seeded), in
-    order per link; `hooks` rewrite what a hostile node sends."""
+class Net(CellBus):
+    """The grid's nodes on the simulator's bus (2-5 ms links, in order per link, seeded);
+    `hooks` rewrite what a hostile node sends."""
 
     def __init__(self, grid: Grid, seed: int = 1, bids: dict[str, list[Bid]] | None = None):
-        self.grid = grid
-        self.rng = random.Random(seed)
-        self.nodes = {
+        nodes = {
             n: CellNode(
                 n,
                 grid.keys(n),
@@ -146,68 +129,15 @@ class Net:
             )
             for n in grid.names
         }
-        self.hooks: dict[str, Hook] = {}
-        self.heap: list[tuple[float, int, str, str, bytes]] = []
-        self.seq = 0
-        self.link_free: dict[tuple[str, str], float] = {}
-        self.dropped: dict[str, list[Dropped]] = {n: [] for n in grid.names}
-        self.outcome: dict[str, Cleared | Failed] = {}
-        self.costs: dict[str, cell_node.Costs] = {}
+        super().__init__(nodes, random.Random(seed))
 
-    def post(self, now: float, sender: str, target: str, data: bytes) -> None:
-        at = max(now + self.rng.uniform(0.002, 0.005), self.link_free.get((sender, target), 0.0))
-        self.link_free[(sender, target)] = at + 1e-6
-        self.seq += 1
-        heapq.heappush(self.heap, (at, self.seq, target, sender, data))
-
-    def _act(self, name: str, now: float, actions: list[cell_node.Action]) -> None:
-        sends = [a for a in actions if isinstance(a, Send)]
-        hook = self.hooks.get(name)
-        if hook is not None:
-            sends = hook(now, sends)
-        for s in sends:
-            self.post(now, name, s.target, s.data)
-        for a in actions:
-            if isinstance(a, Dropped):
-                self.dropped[name].append(a)
-            elif isinstance(a, Cleared | Failed):
-                self.outcome[name] = a
-        self._wake(name)
-
-    def _wake(self, name: str) -> None:
-        t = self.nodes[name].next_deadline()
-        if t < math.inf:
-            self.seq += 1
-            heapq.heappush(self.heap, (t, self.seq, name, "", b""))
-
-    def run(self, epoch: int = EPOCH) -> None:
-        """From just before `epoch` until its end."""
-        start = epoch * EPOCH_S
-        for name, node in self.nodes.items():
-            self._act(name, start - 1.0, node.tick(start - 1.0))
-        end = start + EPOCH_S - 0.01
-        while self.heap and self.heap[0][0] < end:
-            now, _, target, sender, data = heapq.heappop(self.heap)
-            node = self.nodes[target]
-            if sender:
-                self._act(target, now, node.receive(sender, data, now))
-            elif node.next_deadline() <= now:
-                self._act(target, now, node.tick(now))
-        for name, node in self.nodes.items():
-            self.costs[name] = node.costs
+    def run(self, start: float = EPOCH * EPOCH_S - 1.0, end: float = (EPOCH + 1) * EPOCH_S) -> None:
+        """Epoch EPOCH, from just before it starts until it ends."""
+        super().run(start, end - 0.01)
 
 
 def _cells(grid: Grid) -> dict[int, tuple[str, ...]]:
     return dict(grid.directory.rosters)
-
-
-def _prices(net: Net, honest: Sequence[str]) -> set[float]:
-    out = set()
-    for n in honest:
-        o = net.outcome.get(n)
-        assert isinstance(o, Cleared), (n, o)
-        out.add(o.result.price_eur_mwh)
-    return out
 
 
 def _check_price(net: Net, honest: Sequence[str], counted_bids: list[list[Bid]]) -> float:

@@ -153,7 +153,8 @@ def simulate_balance(
 
     `market`: "offers" runs the offer market's cores instead (redy.sim.offer_market, with
     `epoch_s` and, with `adversaries`, the members' `attack`); "cells": the cell market
-    (redy.sim.cell_market, `cell_size`); None or "pushsum": the gossip."""
+    (redy.sim.cell_market, `cell_size`; with engine "core" every node a CellNode, message by
+    message, redy.sim.cell_protocol); None or "pushsum": the gossip."""
     if market not in (None, "pushsum", "offers", "cells"):
         raise SimulationError(f"unknown market {market!r}; expected pushsum, offers or cells")
     if market not in ("offers", "cells") and attack is not None:
@@ -206,19 +207,23 @@ def simulate_balance(
     if market == "cells":
         from redy.balancing.cells import CELL_SIZE
         from redy.sim.cell_market import simulate_cells
+        from redy.sim.cell_protocol import simulate_cell_protocol
 
-        return simulate_cells(
-            names=names,
-            bids_at=bids_at,
-            epochs=epochs,
-            seed=seed,
-            capacity_kw=capacity_kw,
-            price_floor=price_floor,
-            price_cap=price_cap,
-            cell_size=CELL_SIZE if cell_size is None else cell_size,
-            adversaries=adversaries,
-            attack=attack,
-        )
+        args: dict[str, Any] = {
+            "names": names,
+            "bids_at": bids_at,
+            "epochs": epochs,
+            "seed": seed,
+            "capacity_kw": capacity_kw,
+            "price_floor": price_floor,
+            "price_cap": price_cap,
+            "cell_size": CELL_SIZE if cell_size is None else cell_size,
+        }
+        if engine != "core":
+            return simulate_cells(**args, adversaries=adversaries, attack=attack)
+        if adversaries or attack is not None:
+            raise SimulationError("--market cells --engine core runs honest nodes only, yet")
+        return simulate_cell_protocol(**args, model=simulate_cells(**args))
     if market == "offers":
         from redy.sim.offer_market import EPOCH_S, simulate_offers
 

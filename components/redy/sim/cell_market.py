@@ -53,7 +53,13 @@ from redy.sim.offer_market import CERT_CHARS, SIG_CHARS, certified_limits
 ATTACKS = (*OFFER_ATTACKS, "forge")
 _KEY_BYTES = 200  # a checked certificate's public key and its record (as offer_market)
 _HELD_OFFER = 1_000  # an offer as a governance holds it, decoded and encoded (offer_market)
-_SEED = b"redy-cells"
+PLACEMENT_SEED = b"redy-cells"  # the seed period's seed of every simulated grid
+
+
+def placement_key(seed: int, name: str) -> bytes:
+    """What stands for the certificate key of node `name` in the cells' hash (`cells.cell_of`),
+    in a run of `seed` (redy.sim.cell_protocol places its nodes the same way)."""
+    return str(seed).encode() + name.encode()
 
 
 class _Wire:
@@ -155,7 +161,7 @@ def simulate_cells(
     ]
     limits = np.array([certified_limits(o[i] for o in offers) for i in range(n)])  # import, export
     k = cells.cell_count(n, cell_size)
-    cell = np.array([cells.cell_of(_SEED, str(seed).encode() + name.encode(), k) for name in names])
+    cell = np.array([cells.cell_of(PLACEMENT_SEED, placement_key(seed, n), k) for n in names])
     roster = np.bincount(cell, minlength=k)
     rng = random.Random(seed + 7)
     count = min(round(adversaries * n), n - 1)

@@ -227,7 +227,9 @@ def sim_membership(as_json: bool, plot_file: str | None, **options: Any) -> None
     "clock (link delay 5 +- 2 ms), cleared exactly on every node; O(N) offers per node per "
     "epoch: about a minute of CPU per epoch at 1,000 nodes. cells: the cell market of "
     "redy.balancing.cells (offers checked inside cells, co-signed sums between them, the "
-    "price refined in phases), 10^3 to 10^6 nodes.",
+    "price refined in phases), 10^3 to 10^6 nodes; with --engine core every node runs the "
+    "cell market's protocol message by message (redy.balancing.cell_node), beside the model's "
+    "counts for the same nodes (a few thousand nodes at most).",
 )
 @click.option(
     "--cell-size",
