@@ -422,3 +422,38 @@ def test_a_leader_that_hides_its_proposal_from_some_mates_does_not_split_the_cel
     _check_price(net, grid32.names, list(grid32.bids.values()))
     decided = {net.nodes[m].decided for m in roster}
     assert len(decided) == 1 and next(iter(decided)).view == 0  # type: ignore[union-attr]
+
+
+def test_a_member_repeating_bad_messages_costs_a_few_checks_at_most(grid32: Grid) -> None:
+    """Fifty votes, view changes and offers with bad signatures, and fifty wants of the same
+    offer, from one member to one mate: each kind costs one check (offers: a few) and the
+    wants one reply; the mate still clears right."""
+    c, roster = _big_cell(grid32)
+    x, target = _member(grid32, c, 0), _member(grid32, c, 1)
+    lead = _leader0(grid32, c)
+    values = offer_values(grid32.bids[lead], bounds_kw=grid32.bounds[lead])
+    wrong = grid32.offer(lead, EPOCH, values)
+    bad_offer = NodeOffer(
+        node=lead, epoch=EPOCH, values=(values[0] + 1.0, *values[1:]), session=1, sig=wrong.sig
+    )
+    mine = offer_values(grid32.bids[target], bounds_kw=grid32.bounds[target])
+    own = cell_node.offer_digest(grid32.offer(target, EPOCH, mine))
+    t = EPOCH * EPOCH_S + 0.001
+    honest = Net(grid32, 16)
+    honest.run()
+    net = Net(grid32, 16)
+    flood = [
+        cell_node.encode("prepare", EPOCH, v=0, d="ab", s="AAAA"),
+        cell_node.encode("viewchange", EPOCH, v=1, pv=-1, pd="", s="AAAA", held=[], cert=None),
+        cell_node.encode("offers", EPOCH, o=[messages.to_dict(bad_offer)]),
+        cell_node.encode("want", EPOCH, w=[[roster.index(target), own]]),
+    ]
+    for k in range(50):
+        for data in flood:
+            net.post(t + k * 1e-4, x, target, data)
+    net.run()
+    _check_price(net, grid32.names, list(grid32.bids.values()))
+    extra = net.costs[target].checks - honest.costs[target].checks
+    assert extra <= 1 + 1 + 4, extra  # a vote, a view change (if it leads view 1), 4 offers
+    # One reply to the fifty wants (and here one want of its own: x's offer came behind them).
+    assert net.costs[target].messages_out - honest.costs[target].messages_out <= 2

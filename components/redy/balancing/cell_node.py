@@ -51,7 +51,10 @@ no roster this node holds, for another epoch (messages of the next epoch that co
 `skew_s` before it starts are held until it does; earlier ones are refused: nothing ends an
 epoch early), from the wrong member (a proposal not from its view's leader, a bundle not from
 the round's partner cell), or with a bad signature: refused with one `Dropped` naming the
-sender. One message of a kind per sender, view, phase and round counts; the rest costs nothing.
+sender. One message of a kind per sender, view, phase and round is tried (a vote, view change,
+proposal or bundle with a bad signature costs its sender that slot); a sender's offers are
+checked until `_REFUSED_PER_SENDER` of them were refused; a `want` is answered once per offer
+and asker: nothing a member repeats costs a signature check or a reply twice.
 
 A member that sees a quorum commit a proposal it never got (its leader left it out) asks the
 committers for it and takes the leader's signed proposal from whichever relays it.
@@ -86,6 +89,7 @@ NodeId = str
 MAX_MESSAGE_BYTES = 65_536  # a peer's message past this is refused unread
 _DIGEST_CHARS = 32  # an offer's digest: 128 bits of SHA-256, hex
 _EARLY_PER_SENDER = 16  # messages of the next epoch held per sender
+_REFUSED_PER_SENDER = 4  # offers refused from one sender in an epoch before it is not heard
 _SIG_CHARS = 200  # a signature (base64 DER ECDSA P-256 is 96)
 
 
@@ -330,6 +334,9 @@ class _Epoch:
         self.view_changes: dict[int, dict[int, _ViewChange]] = {}  # view -> member -> it
         self.highest_asked: dict[int, int] = {}  # member -> the highest view it asked for
         self.wanted: set[tuple[int, str]] = set()  # offers asked for
+        self.answered: set[tuple[Any, ...]] = set()  # (asker, member, digest) or (asker, view)
+        self.refused_from: dict[NodeId, int] = {}  # offers refused, by sender
+        self.proposals_from: set[tuple[int, int]] = set()  # (mate, view) tried
         self.refused: set[int] = set()  # views whose proposal this node refused
         self.decided: _Proposal | None = None
         self.blocks: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None
@@ -628,9 +635,12 @@ class CellNode:
             return True
         if len(held) >= 2:  # two already: the evidence is complete, more costs nothing
             return False
+        if s.refused_from.get(sender, 0) >= _REFUSED_PER_SENDER:
+            raise _Bad(f"more than {_REFUSED_PER_SENDER} refused offers this epoch")
         self.costs.checks += 1
         why = self.keys.offer_refusal(offer)
         if why is not None:
+            s.refused_from[sender] = s.refused_from.get(sender, 0) + 1
             out.append(Dropped(sender, why))
             return False
         held[d] = offer
@@ -643,11 +653,16 @@ class CellNode:
         assert s is not None
         self._mate(sender, "want")
         view = d.get("p")
-        if type(view) is int and view in s.raw:  # the proposal a quorum committed
+        if type(view) is int and view in s.raw and (sender, view) not in s.answered:
+            s.answered.add((sender, view))  # the proposal a quorum committed, once
             fields = {k: v for k, v in s.raw[view].items() if k not in ("t", "e")}
             self._send([sender], encode("propose", s.epoch, **fields), out)
         asked = _pairs(_list(d, "w", 2 * s.roster), s.roster, "w", _DIGEST_CHARS)
-        got = [s.held[i][x] for i, x in asked if x in s.held.get(i, {})]
+        got = []
+        for i, x in asked:  # each offer once per asker: a want repeated costs nothing
+            if x in s.held.get(i, {}) and (sender, i, x) not in s.answered:
+                s.answered.add((sender, i, x))
+                got.append(s.held[i][x])
         if got:
             data = encode("offers", s.epoch, o=[messages.to_dict(o) for o in got])
             self._send([sender], data, out)
@@ -746,6 +761,9 @@ class CellNode:
         who = self._mate(sender, "proposal")
         view = _int(d, "v", 0, cells.MAX_VIEWS)
         lead = self._leader(s, view)
+        if (who, view) in s.proposals_from:
+            return  # one try per sender and view
+        s.proposals_from.add((who, view))
         # A mate relays the leader's proposal to a member that saw a quorum commit it.
         relayed = who != lead and view in s.committed_unheld
         if view in s.proposals or s.decided is not None or (view < s.view and not relayed):
@@ -848,9 +866,9 @@ class CellNode:
         digest = _str(d, "d", 64)
         if (kind, view, who) in s.voters:
             return
+        s.voters.add((kind, view, who))  # one try: a bad one costs its sender the vote
         if not self._verify(sender, self._body(kind, s.epoch, s.cell, view, digest), _str(d, "s")):
             raise _Bad(f"a {kind} vote for view {view} with a bad signature")
-        s.voters.add((kind, view, who))
         s.votes.setdefault((kind, view, digest), {})[who] = d["s"]
         self._tally(now, s, kind, view, digest, out)
 
@@ -933,6 +951,7 @@ class CellNode:
             return
         vc = _ViewChange(view, pv, pd, sig, d.get("cert") if pv >= 0 else None)
         if self._leader(s, view) == s.me:  # it leads that view: its proposal rests on this
+            got[who] = _ViewChange(view, -1, "", "", None)  # one try (unchecked: not counted)
             if not self._verify(
                 sender, self._body("viewchange", s.epoch, s.cell, view, pv, pd), sig
             ):
