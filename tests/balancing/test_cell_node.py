@@ -457,3 +457,18 @@ def test_a_member_repeating_bad_messages_costs_a_few_checks_at_most(grid32: Grid
     assert extra <= 1 + 1 + 4, extra  # a vote, a view change (if it leads view 1), 4 offers
     # One reply to the fifty wants (and here one want of its own: x's offer came behind them).
     assert net.costs[target].messages_out - honest.costs[target].messages_out <= 2
+
+
+def test_a_member_that_missed_the_commits_gets_the_decision_proved(grid32: Grid) -> None:
+    """No commit reaches one member (lost messages): it asks for a view change, and the mates
+    that decided answer with the proposal and a quorum of signed commits; it clears too."""
+    c, roster = _big_cell(grid32)
+    deaf = _member(grid32, c, 2)
+    net = Net(grid32, 17)
+    for m in roster:
+        net.hooks[m] = lambda now, sends: [
+            s for s in sends if not (s.target == deaf and _kind(s.data) == "commit")
+        ]
+    net.run()
+    _check_price(net, grid32.names, list(grid32.bids.values()))
+    assert net.nodes[deaf].decided == net.nodes[_leader0(grid32, c)].decided

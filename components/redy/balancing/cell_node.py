@@ -57,13 +57,13 @@ checked until `_REFUSED_PER_SENDER` of them were refused; a `want` is answered o
 and asker: nothing a member repeats costs a signature check or a reply twice.
 
 A member that sees a quorum commit a proposal it never got (its leader left it out) asks the
-committers for it and takes the leader's signed proposal from whichever relays it.
+committers for it and takes the leader's signed proposal from whichever relays it; one that
+missed the commits and asks for a view change gets from each mate that decided the proposal
+and a quorum of signed commits.
 
 What a node pays is counted (`Costs`: messages and bytes in and out, signatures checked and
-made, per epoch). Not built: a member that decided stays out of later view changes (a mate
-that saw too few commits to decide, which needs lost messages, waits for the epoch's end and
-fails it); the unserved or excess share of a node in a shortage or surplus (the cells' sums
-carry no per-node load), so `ExactResult.unserved_kw` and `excess_kw` stay 0.
+made, per epoch). Not built: the unserved or excess share of a node in a shortage or surplus
+(the cells' sums carry no per-node load), so `ExactResult.unserved_kw` and `excess_kw` stay 0.
 """
 
 from __future__ import annotations
@@ -411,6 +411,7 @@ class CellNode:
             "cosign": self._on_cosign,
             "bundle": self._on_bundle,
             "ask": self._on_ask,
+            "decided": self._on_decided,
         }
 
     # --- what others can read ----------------------------------------------------------------
@@ -765,7 +766,7 @@ class CellNode:
             return  # one try per sender and view
         s.proposals_from.add((who, view))
         # A mate relays the leader's proposal to a member that saw a quorum commit it.
-        relayed = who != lead and view in s.committed_unheld
+        relayed = view in s.committed_unheld
         if view in s.proposals or s.decided is not None or (view < s.view and not relayed):
             return  # a second one, an old view's: costs nothing
         if who != lead and not relayed:
@@ -944,7 +945,10 @@ class CellNode:
             raise _Bad("pv: expected a view before the one asked for, or -1")
         pd = _str(d, "pd", 64)
         sig = _str(d, "s")
-        if view < s.view or s.decided is not None:
+        if s.decided is not None:
+            self._prove(s, sender, out)  # it missed the commits: here they are
+            return
+        if view < s.view:
             return
         got = s.view_changes.setdefault(view, {})
         if who in got or len(s.view_changes) > cells.MAX_VIEWS:
@@ -967,6 +971,47 @@ class CellNode:
             if len(later) >= self._f + 1:
                 self._change_view(now, s, later[0], out)
         self._new_view_ready(now, s, view)
+
+    def _prove(self, s: _Epoch, mate: NodeId, out: list[Action]) -> None:
+        """Give a mate that still changes views what this node decided: the leader's signed
+        proposal and a quorum of signed commits (once per mate)."""
+        assert s.decided is not None
+        view = s.decided.proposal.view
+        commits = s.votes.get(("commit", view, s.decided.digest), {})
+        if ("decided", mate) in s.answered or view not in s.raw or len(commits) < self._quorum:
+            return
+        s.answered.add(("decided", mate))
+        prop = {k: v for k, v in s.raw[view].items() if k not in ("t", "e")}
+        signed = [[m, g] for m, g in sorted(commits.items())]
+        data = encode("decided", s.epoch, v=view, d=s.decided.digest, c=signed, prop=prop)
+        self._send([mate], data, out)
+
+    def _on_decided(self, sender: NodeId, d: dict[str, Any], now: float, out: list[Action]) -> None:
+        """A mate's proof of what the cell decided (`_prove`): a quorum of commits, checked,
+        then the proposal, taken as a relayed one."""
+        s = self._s
+        assert s is not None
+        self._mate(sender, "decision")
+        if s.decided is not None or ("proof", sender) in s.answered:
+            return
+        s.answered.add(("proof", sender))  # one try per mate
+        view = _int(d, "v", 0, cells.MAX_VIEWS)
+        digest = _str(d, "d", 64)
+        commits = _pairs(_list(d, "c", s.roster), s.roster, "c", _SIG_CHARS)
+        prop = d.get("prop")
+        if len(commits) < self._quorum or type(prop) is not dict:
+            raise _Bad(f"a decision with {len(commits)} commits, {self._quorum} needed")
+        body = self._body("commit", s.epoch, s.cell, view, digest)
+        for m, sig in commits:
+            if not self._verify(self.roster[m], body, sig):
+                raise _Bad(f"a decision with a bad commit of {self.roster[m]}")
+        s.votes.setdefault(("commit", view, digest), {}).update(commits)
+        held = s.proposals.get(view)
+        if held is not None:
+            self._tally(now, s, "commit", view, digest, out)
+            return
+        s.committed_unheld[view] = digest
+        self._on_propose(sender, {**prop, "t": "propose", "e": s.epoch}, now, out)
 
     def _pull(self, s: _Epoch, sender: NodeId, listed: Any, out: list[Action]) -> None:
         """Ask a mate that changes view for the offers it lists that this node (leading the
