@@ -28,8 +28,11 @@ bytes are their broker's.
     python bench/market_latency.py [--nodes 12] [--epochs 8] [--epoch-s 4] [--plan-intervals N]
 
 With `--plan-intervals N` the grid also plans (issue 29: `plan_intervals:=N`) and the bench
-counts the planning intervals in which every node published its plan, and of those the ones in
-which every node's plan has the same digest.
+counts the whole planning intervals (not the one the observation ends in) in which every node
+published its plan, and of those the ones in which every node's last plan has the same digest;
+for one with several it prints how many offers each digest counted; and the exchange with the
+supplier the plans schedule, against the load (the launched grid is an island: its 1 Hz
+balance is |sum net| / load whatever the plans assume).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import random
 import shutil
@@ -183,8 +187,27 @@ class Observer:
         self.rtts: list[float] = []
         self.balance: list[tuple[float, float]] = []  # (t, |sum net| / load)
         self._sent: dict[int, float] = {}
-        # --plan-intervals: per planning interval, the digest of the plan each node published
-        self.plans: dict[int, dict[str, str]] = {}
+        # --plan-intervals: per planning interval, the digest of the last plan each node
+        # published for it and the offers it counted; an interval's length in real seconds
+        self.plans: dict[int, dict[str, tuple[str, int]]] = {}
+        self.plan_interval_s = 0.0
+        self.latest_plans: dict[str, messages.Plan] = {}
+        self.scheduled: list[float] = []  # per balance sample, |the scheduled exchange| / load
+        self.ended = 0.0  # when the observation ended
+
+    def scheduled_kw(self, now: float) -> float:
+        """The community's net injection the plans schedule now (export minus import, kW): the
+        median over the nodes' latest plans that cover the current interval; 0 with none (an
+        island, as without plans)."""
+        if not self.plan_interval_s:
+            return 0.0
+        k = int(now // self.plan_interval_s)
+        got = [
+            p.export_kw[k - p.start] - p.import_kw[k - p.start]
+            for p in self.latest_plans.values()
+            if 0 <= k - p.start < len(p.export_kw)
+        ]
+        return statistics.median(got) if got else 0.0
 
     def on_message(self, topic: str, payload: bytes, _props: dict[str, Any]) -> None:
         now = time.time()
@@ -198,7 +221,9 @@ class Observer:
                 self.rtts.append(time.perf_counter() - t0)
             return
         if isinstance(s, messages.Plan):
-            self.plans.setdefault(s.start, {})[s.node] = s.digest
+            self.plans.setdefault(s.start, {})[s.node] = (s.digest, s.offers)
+            self.plan_interval_s = s.interval_s
+            self.latest_plans[s.node] = s
             return
         if not isinstance(s, messages.NodeEnergyState):
             return
@@ -275,9 +300,14 @@ async def _observe(
             net = sum(s.net_kw for s in obs.states.values())
             load = sum(s.consumption_kw for s in obs.states.values())
             obs.balance.append((time.time(), abs(net) / load if load > 0 else 0.0))
+            # With plans: the exchange with the supplier they schedule, which this grid (an
+            # island: no supplier in the processes) cannot make.
+            scheduled = abs(obs.scheduled_kw(time.time()))
+            obs.scheduled.append(scheduled / load if load > 0 else 0.0)
             next_sample += 1.0
         await asyncio.sleep(0.1)
     idle = sampler.host_idle(host0)
+    obs.ended = time.time()
     for link in links.values():
         await link.close()
     return obs, sampler, measure_from, idle, settled
@@ -343,14 +373,34 @@ def _report(
                     f"  samples {label}: {sum(b <= 0.01 for b in part)} of {len(part)} within"
                     f" 1 %, max {max(part) * 100:.2f} %"
                 )
-    plans = {k: v for k, v in obs.plans.items() if len(v) == n}
+    # Every node's last plan of each interval all of them published, for the intervals that
+    # ended while observing: one digest, or several. The interval the observation ends in is
+    # left out: a node may not yet have solved again with an offer that came late.
+    ended = obs.ended // obs.plan_interval_s if obs.plan_interval_s else math.inf
+    plans = {k: held for k, held in obs.plans.items() if len(held) == n and k < ended}
     if args.plan_intervals:
-        # Every node's plan of each interval all of them published: one digest, or several.
-        same = sum(len(set(v.values())) == 1 for v in plans.values())
+        same = sum(len({d for d, _ in held.values()}) == 1 for held in plans.values())
         print(
-            f"plans over {args.plan_intervals} intervals: {len(plans)} intervals with every"
+            f"plans over {args.plan_intervals} intervals: {len(plans)} whole intervals with every"
             f" node's plan, {same} of them with one plan (the same digest) on every node"
         )
+        if obs.scheduled:
+            print(
+                "  the plans' scheduled exchange with the supplier |export - import| / load:"
+                f" median {statistics.median(obs.scheduled) * 100:.2f} %,"
+                f" max {max(obs.scheduled) * 100:.2f} %"
+            )
+        for k, held in sorted(plans.items()):
+            digests = sorted({d for d, _ in held.values()})
+            if len(digests) > 1:  # what each node's last plan of it counted
+                print(
+                    f"  interval {k}: "
+                    + "; ".join(
+                        f"{d[:12]} on {sum(x == d for x, _ in held.values())} nodes from"
+                        f" {sorted({o for x, o in held.values() if x == d})} offers"
+                        for d in digests
+                    )
+                )
     print(
         "per process | count | CPU in the burst | CPU between epochs | read/epoch | written/epoch"
     )
@@ -383,7 +433,9 @@ def _report(
                 "common_price_s": times,
                 "spread": spreads,
                 "per_process": per,
-                "plans": {str(k): len(set(v.values())) for k, v in sorted(plans.items())},
+                "plans": {
+                    str(k): len({d for d, _ in v.values()}) for k, v in sorted(plans.items())
+                },
             }
         )
     )

@@ -208,9 +208,9 @@ def _assert_every_series(samples: dict[str, list[Any]], units: dict[str, dict[st
         assert processes <= got, (name, processes - got)
     assert all(s.value > 1e6 for s in samples["redy_process_resident_memory_bytes"])
     assert all(s.value == 0 for s in samples["redy_process_respawns_total"])
-    # The plan's counters: a solve well within an interval (1.25 s at speed 720), the same
-    # current interval on every node, the peers' offers taken in; figure3 has no store or EV,
-    # so no plan binds; refusals are served per reason only once there are any.
+    # The plan's counters: a solve well within an interval (1.25 s at speed 720), the current
+    # interval, the peers' offers taken in; figure3 has no store or EV, so no plan binds;
+    # refusals are served per reason only once there are any.
     assert all(0 < s.value < 1.25 for s in samples["redy_plan_solve_seconds"])
     now = time.time() / 1.25  # reported within the last health period or two (5 s each)
     assert all(now - 10 <= s.value <= now + 1 for s in samples["redy_plan_interval"])

@@ -17,7 +17,7 @@ from redy import messages
 from redy.balancing.curves import Dispatchable, Fixed, PriceGrid, Storage
 from redy.balancing.discovery import MarketResult
 from redy.balancing.epochs import Cleared
-from redy.planning.binding import MAX_AGE, OwnUnits, binding
+from redy.planning.binding import MAX_AGE, Binding, OwnUnits, binding
 from redy.planning.problem import Boundary, Schedule, solve
 from redy.units.market import MarketDriver, node_bids
 from redy.units.node_state import NodeState
@@ -102,16 +102,17 @@ def test_the_market_fixes_planned_units_at_their_setpoints_and_clears_the_rest()
           marginal_cost_eur_mwh=70.0)  # fmt: skip
     plain = node_bids(state)
     assert isinstance(plain["bat"], Storage) and isinstance(plain["gen"], Dispatchable)
-    bound = node_bids(state, {"bat": -5.0})
+    bound = node_bids(state, Binding(START, START, {"bat": -5.0}))
     assert bound["bat"] == Fixed(-5.0) and bound["gen"] == plain["gen"]
     assert bound["ev"] == plain["ev"]  # not planned: the market's, as without a plan
+    assert set(bound) == set(plain)
 
     sent: list[tuple[str, float]] = []
 
     async def command(unit: str, kw: float) -> None:
         sent.append((unit, kw))
 
-    def dispatched(planned: dict[str, float]) -> dict[str, float]:
+    def dispatched(planned: Binding | None) -> dict[str, float]:
         sent.clear()
         d = MarketDriver(
             node="n",
@@ -137,7 +138,8 @@ def test_the_market_fixes_planned_units_at_their_setpoints_and_clears_the_rest()
         return dict(sent)
 
     # At 100 EUR/MWh the battery alone would idle (it charges below 30); its plan charges it.
-    assert dispatched({})["bat"] == pytest.approx(0.0)
-    with_plan = dispatched({"bat": -5.0})
+    assert dispatched(None)["bat"] == pytest.approx(0.0)
+    with_plan = dispatched(Binding(START, START, {"bat": -5.0}))
     assert with_plan["bat"] == -5.0
-    assert with_plan["gen"] == pytest.approx(10.0) and "load" not in with_plan
+    assert with_plan["gen"] == pytest.approx(10.0)
+    assert "load" not in with_plan  # a meter

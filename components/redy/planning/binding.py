@@ -30,11 +30,14 @@ a store that is fuller than the plan assumed, an EV with less left to draw.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import attrs
 
 from redy.messages import ActuatorStatus
-from redy.planning.problem import Schedule
+
+if TYPE_CHECKING:  # not at run time: a governance with plans off never loads HiGHS
+    from redy.planning.problem import Schedule
 
 # How many intervals a schedule binds after the one it was solved for (its start).
 MAX_AGE = 1
@@ -70,7 +73,8 @@ def binding(
 ) -> Binding | None:
     """What `schedule` (this node's own solve) commands `node`'s units in `interval`, given
     the statuses of its online action units; None when it binds nothing (see the module
-    docstring): no schedule, a stale one, this node not in it, or no unit of it online."""
+    docstring): no schedule, a stale one, this node not in it, names that do not describe its
+    offer in it, or none of its planned units online."""
     if schedule is None or units is None:
         return None
     t = interval - schedule.start

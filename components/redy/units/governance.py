@@ -20,9 +20,9 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gmqtt
 
@@ -37,6 +37,9 @@ from redy.units.node_state import NodeState
 from redy.units.peer_gate import PeerGate
 from redy.units.state_pacing import StatePacing
 from redy.units.tasks import TaskOwner
+
+if TYPE_CHECKING:
+    from redy.planning.binding import Binding
 
 _log = logging.getLogger(__name__)
 
@@ -354,15 +357,15 @@ class Governance:
             await asyncio.sleep(HEALTH_PERIOD_S)
             await self.publish_local(topic, self.health())
 
-    def _planned(self) -> Mapping[str, float]:
-        """The setpoints the current interval's plan binds (unit -> kW); empty: none binds."""
-        binding = self.planner.binding() if self.planner is not None else None
-        return binding.setpoints_kw if binding is not None else {}
+    def _planned(self) -> Binding | None:
+        """What the current interval's plan binds (None: no plan binds)."""
+        return self.planner.binding() if self.planner is not None else None
 
     async def _dispatch(self) -> None:
         """With no market: the units the plan binds to their setpoints, the others to follow
         the node's setpoint (if it has one)."""
-        planned = self._planned()
+        plan = self._planned()
+        planned = plan.setpoints_kw if plan is not None else {}
         for unit, kw in sorted(planned.items()):
             await self.command(unit, kw)
         if self.target_net_kw is None:

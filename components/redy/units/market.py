@@ -30,7 +30,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -65,6 +65,9 @@ from redy.transport.peer_links import PeerLinks
 from redy.units.node_state import NodeState
 from redy.units.tasks import TaskOwner
 
+if TYPE_CHECKING:
+    from redy.planning.binding import Binding
+
 _log = logging.getLogger(__name__)
 _MAX_TASKS = 1024  # sends and dispatches in flight at once; beyond, dropped and counted
 
@@ -92,12 +95,12 @@ ROUND_S = 0.005
 _EVENTS_MAX = 10_000
 
 
-def node_bids(state: NodeState, planned: Mapping[str, float] | None = None) -> dict[str, Bid]:
-    """One bid per online unit: meters are fixed, actuators bid their reachable range, and an
-    actuator the current interval's plan binds (`planned`: unit -> setpoint kW) is fixed at its
-    setpoint (it stays there; the others clear around it: `redy.planning.binding`)."""
+def node_bids(state: NodeState, plan: Binding | None = None) -> dict[str, Bid]:
+    """One bid per online unit: meters are fixed, actuators bid their reachable range. When the
+    current interval's plan binds (`plan`), an actuator it plans is fixed at its setpoint: it
+    stays there and the others clear around it (`redy.planning.binding`)."""
     bids: dict[str, Bid] = {}
-    planned = planned or {}
+    planned = plan.setpoints_kw if plan is not None else {}
     for name, u in state.units.items():
         if not u.online:
             continue
@@ -194,12 +197,12 @@ class MarketDriver:
         capacity_kw: float = CAPACITY_KW,
         market: str = "pushsum",
         identity: Identity | None = None,
-        planned: Callable[[], Mapping[str, float]] = dict,
+        planned: Callable[[], Binding | None] = lambda: None,
     ) -> None:
         """`market`: 'pushsum' (curves averaged by gossip) or 'offers' (signed offers flooded
         and cleared exactly, `redy.balancing.offers`; needs the node's TLS `identity`).
-        `planned()`: the setpoints (unit -> kW) the current interval's plan binds, asked at each
-        epoch's bids (`redy.units.planner.PlanDriver.binding`); empty: no plan binds."""
+        `planned()`: what the current interval's plan binds, asked at each epoch's bids
+        (`redy.units.planner.PlanDriver.binding`); None: no plan binds."""
         self.node = node
         self.state = state
         self._links = links
@@ -278,8 +281,9 @@ class MarketDriver:
     # -- what the core asks --------------------------------------------------------------------
 
     def _bids(self) -> list[Bid]:
-        planned = self._planned()
-        bids = node_bids(self.state, planned)
+        plan = self._planned()
+        bids = node_bids(self.state, plan)
+        planned = plan.setpoints_kw if plan is not None else {}
         new = {id(b): (name, _commanded(name, b, planned)) for name, b in bids.items()}
         # The last epoch's names too: its Cleared may be carried out after the next one began.
         self._names, self._new_names = self._new_names | new, new
