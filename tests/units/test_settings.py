@@ -89,6 +89,7 @@ def test_missing_and_unknown_settings_are_refused_in_one_line(tmp_path: Path) ->
         ("shuffle_period_s: 0.01", "shuffle_period_s must be >= 0.05"),
         ("kind: castle", "unknown node kind 'castle'"),
         ("view_size: many", "governance.view_size must be int"),
+        ("plan_dispatch: obeys", "plan_dispatch must be one of binds, advises, got 'obeys'"),
     ],
 )
 def test_a_bad_setting_in_a_launch_file_names_the_line(

@@ -71,6 +71,18 @@ def _in_range(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         raise SettingError(f"{attribute.name} must be {bound} {meta.minimum:g}, got {value!r}")
 
 
+def _one_of(*values: str) -> Any:
+    """A validator: the setting is one of `values` (SettingError naming them, in one line)."""
+
+    def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value not in values:
+            raise SettingError(
+                f"{attribute.name} must be one of {', '.join(values)}, got {value!r}"
+            )
+
+    return check
+
+
 def settings_of(cls: type) -> dict[str, tuple[attrs.Attribute[Any], Setting]]:
     """The settings of a config class in declaration order: name -> (field, Setting)."""
     attrs.resolve_types(cls)
@@ -255,6 +267,15 @@ class GovernanceConfig:
         " grid, one value).",
         unit="kW",
         minimum=0.0,
+        launch=True,
+    )
+    plan_dispatch: str = setting(
+        "binds",
+        help="What the plan does in the current interval (plan_intervals > 0): 'binds' sets the"
+        " node's stores and deferrable loads to their planned setpoints and the market clears"
+        " the rest around them (redy.planning.binding); 'advises' publishes the plan and lets"
+        " the market dispatch every unit as without plans.",
+        validator=_one_of("binds", "advises"),
         launch=True,
     )
     seed: int = setting(

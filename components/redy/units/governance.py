@@ -346,7 +346,11 @@ class Governance:
             dropped=tuple(messages.Count(name=k, count=v) for k, v in sorted(dropped.items()) if v)[
                 :32
             ],
-            plan=self.planner.counters() if self.planner is not None else None,
+            plan=(
+                self.planner.counters(self._planned() is not None)
+                if self.planner is not None
+                else None
+            ),
         )
 
     async def _health_task(self) -> None:
@@ -358,8 +362,11 @@ class Governance:
             await self.publish_local(topic, self.health())
 
     def _planned(self) -> Binding | None:
-        """What the current interval's plan binds (None: no plan binds)."""
-        return self.planner.binding() if self.planner is not None else None
+        """What the current interval's plan binds (None: no plan binds, or plans advise)."""
+        if self.planner is None or self.config.plan_dispatch != "binds":
+            return None
+        plan: Binding | None = self.planner.binding()
+        return plan
 
     async def _dispatch(self) -> None:
         """With no market: the units the plan binds to their setpoints, the others to follow

@@ -560,14 +560,15 @@ class PlanDriver:
             )
         return out
 
-    def counters(self) -> messages.PlanCounters:
-        """The planning's counters for the node's health report (`redy launch --metrics`)."""
+    def counters(self, binding: bool) -> messages.PlanCounters:
+        """The planning's counters for the node's health report (`redy launch --metrics`);
+        `binding`: whether the plan commands the node's units now."""
         refused = self.flood.refused_by
         return messages.PlanCounters(
             solved=self.plans_solved,
             solve_s=self.solve_s,
             interval=max(math.floor(self._clock() / self.interval_s), 0),
-            binding=self.binding() is not None,
+            binding=binding,
             offers_admitted=self.flood.admitted,
             offers_refused=tuple(
                 messages.Count(name=k, count=n) for k, n in sorted(refused.items()) if n
