@@ -24,6 +24,7 @@ from redy.balancing.curves import Bid, Fixed
 from redy.balancing.events import Cleared, Dropped
 from redy.balancing.offers import clear, offer_refusal, offer_values
 from redy.balancing.reference import solve
+from redy.errors import RedyError
 from redy.messages import NodeOffer
 from redy.signing import signed_bytes
 from redy.sim.balance import DEFAULT_MIX, node_bids
@@ -267,12 +268,12 @@ def test_a_two_faced_member_is_left_out_by_all(grid32: Grid) -> None:
     assert p is not None and idx in p.excluded and p.view >= 1
 
 
-def test_withholding_gets_the_offer_counted_by_all_or_none(grid32: Grid) -> None:
-    c, roster = _big_cell(grid32)
-    liar = _member(grid32, c)
+def _withholding(grid: Grid, liar: str, told: set[str], seed: int) -> cells.Proposal:
+    """Run a member that sends its offer to `told` only: its mates decide one proposal, with
+    its offer or without, and every honest node clears that proposal's optimum."""
+    roster = grid.directory.rosters[grid.directory.place(liar)[0]]  # type: ignore[index]
     mates = [m for m in roster if m != liar]
-    told = set(mates[: len(mates) // 2])
-    net = Net(grid32, 10)
+    net = Net(grid, seed)
     net.hooks[liar] = lambda now, sends: [
         s for s in sends if _kind(s.data) != "offers" or s.target in told
     ]
@@ -282,10 +283,16 @@ def test_withholding_gets_the_offer_counted_by_all_or_none(grid32: Grid) -> None
     (p,) = decided
     assert p is not None
     counted = roster.index(liar) in dict(p.included)
-    honest = [n for n in grid32.names if n != liar]
-    _check_price(
-        net, honest, list(grid32.bids.values()) if counted else _bids_without(grid32, liar)
-    )
+    honest = [n for n in grid.names if n != liar]
+    _check_price(net, honest, list(grid.bids.values()) if counted else _bids_without(grid, liar))
+    return p
+
+
+def test_withholding_gets_the_offer_counted_by_all_or_none(grid32: Grid) -> None:
+    c, roster = _big_cell(grid32)
+    liar = _member(grid32, c)
+    mates = [m for m in roster if m != liar]
+    _withholding(grid32, liar, set(mates[: len(mates) // 2]), 10)
 
 
 def test_a_silent_leader_is_replaced_by_a_view_change(grid32: Grid) -> None:
@@ -472,3 +479,24 @@ def test_a_member_that_missed_the_commits_gets_the_decision_proved(grid32: Grid)
     net.run()
     _check_price(net, grid32.names, list(grid32.bids.values()))
     assert net.nodes[deaf].decided == net.nodes[_leader0(grid32, c)].decided
+
+
+def test_a_withholding_member_that_leads_the_next_view_does_not_stop_its_cell(
+    grid32: Grid,
+) -> None:
+    """It keeps its offer from view 0's leader and half its mates, leads view 1 with its offer
+    in and answers no one who asks for it: the mates that lack it ask view 2's leader."""
+    c, roster = _big_cell(grid32)
+    lead0 = cells.leader(SEED, EPOCH, c, 0, len(roster))
+    liar = roster[(lead0 + 1) % len(roster)]
+    mates = [m for m in roster if m != liar and m != roster[lead0]]
+    assert _withholding(grid32, liar, set(mates[: len(mates) // 2]), 18).view >= 1
+
+
+def test_a_directory_with_an_empty_cell_is_refused() -> None:
+    """No one could speak for an empty cell: the grid wants a smaller cell size."""
+    keys = [f"k{i}".encode() for i in range(40)]
+    first = cells.cell_of(SEED, keys[0], 2)
+    same = [k for k in keys if cells.cell_of(SEED, k, 2) == first][:2]
+    with pytest.raises(RedyError, match="empty"):
+        cell_node.directory(SEED, {"a": same[0], "b": same[1]}, 1)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-from redy.errors import SimulationError
 from redy.sim.balance import simulate_balance
 
 pytestmark = pytest.mark.pure
@@ -19,16 +18,9 @@ def test_the_protocol_run_clears_the_reference_price_near_the_models_cost() -> N
     p = result["parameters"]
     assert p["engine"] == "core" and p["cells"] == 8
     for e in result["epochs"]:
-        assert e["every_node_same_price"] and e["cleared"] == 160, e["failed"]
+        assert e["every_honest_node_same_price"] and e["cleared"] == 160, e["failed"]
         assert e["price_error"] <= 1e-6
         assert e["refusals"] == 0
         ratio = e["protocol_over_model"]
         assert 0.6 <= ratio["bytes_received"] <= 1.4
         assert 0.8 <= ratio["signature_checks"] <= 1.4
-
-
-def test_the_protocol_run_takes_no_adversaries_yet() -> None:
-    with pytest.raises(SimulationError, match="honest nodes only"):
-        simulate_balance(
-            nodes=40, epochs=1, market="cells", engine="core", cell_size=8, adversaries=0.1
-        )

@@ -39,9 +39,9 @@ An epoch, as each node runs it:
    (cell XOR 2^r). A member accepts the first bundle of its partner that `cells.accept` passes
    (a bad signature stops it), adds it to its own block's value (the lower cell's first, so
    every cell adds the same floats) and goes on to the next round. With no good bundle
-   `round_s` into a round it asks f + 1 members of the partner cell (at least one honest), each
-   of which sends its signature to all its mates (who answer in kind) and gives the bundle to
-   the askers.
+   `round_s` into a round it asks a member of the partner cell, then twice as many after twice
+   the wait, up to f + 1 at once (`_ask`); each asked member sends its signature to all its
+   mates (who answer in kind) and gives the bundle to the askers.
 4. **Refinement.** After the last round every node holds the grid's total for the phase, the
    same floats on every node, and `cells.Refinement` (the same on every node) gives the next
    probe, until the price (a `Price`; `Cleared` with an `offers.ExactResult`).
@@ -333,7 +333,7 @@ class _Epoch:
         self.prepared: tuple[int, str, cells.Proposal, dict[int, str]] | None = None
         self.view_changes: dict[int, dict[int, _ViewChange]] = {}  # view -> member -> it
         self.highest_asked: dict[int, int] = {}  # member -> the highest view it asked for
-        self.wanted: set[tuple[int, str]] = set()  # offers asked for
+        self.wanted: set[tuple[NodeId, int, str]] = set()  # (of whom, member, digest) asked
         self.answered: set[tuple[Any, ...]] = set()  # (asker, member, digest) or (asker, view)
         self.refused_from: dict[NodeId, int] = {}  # offers refused, by sender
         self.proposals_from: set[tuple[int, int]] = set()  # (mate, view) tried
@@ -348,6 +348,7 @@ class _Epoch:
         self.value: np.ndarray | cells.Events | None = None
         self.round_deadline = math.inf
         self.asked = 0  # partner members asked this round
+        self.ask_step = 0  # asks sent this round (each asks twice as many members)
         self.mine: dict[tuple[int, int], tuple[str, bytes, np.ndarray | cells.Events]] = {}
         self.cosigns: dict[tuple[int, int], dict[int, str]] = {}
         self.good: dict[tuple[int, int], dict[int, str]] = {}  # cosigns checked good
@@ -671,9 +672,10 @@ class CellNode:
     def _want(
         self, s: _Epoch, target: NodeId, missing: list[tuple[int, str]], out: list[Action]
     ) -> None:
-        new = [m for m in missing if m not in s.wanted]
+        # Asked once of each mate: a leader that withholds an offer is not the next view's.
+        new = [m for m in missing if (target, *m) not in s.wanted]
         if new and target != self.node:
-            s.wanted.update(new)
+            s.wanted.update((target, *m) for m in new)
             self._send([target], encode("want", s.epoch, w=[list(m) for m in new]), out)
 
     def _seen(self, s: _Epoch) -> dict[int, set[str]]:
@@ -898,10 +900,8 @@ class CellNode:
                 return
             s.decided = held
             missing = [(i, x) for i, x in held.proposal.included if x not in s.held.get(i, {})]
-            if missing:  # asked of every member that committed: one honest holds them
-                s.wanted.update(missing)
-                want = encode("want", s.epoch, w=[list(m) for m in missing])
-                self._send([self.roster[m] for m in votes], want, out)
+            for m in votes:  # asked of every member that committed: one honest holds them
+                self._want(s, self.roster[m], missing, out)
             self._retry(now, s, out)
 
     def _enter_view(self, now: float, s: _Epoch, view: int) -> None:
@@ -929,8 +929,13 @@ class CellNode:
         mine = _ViewChange(view, pv, pd, sig, cert, checked=True)
         s.view_changes.setdefault(view, {})[s.me] = mine
         s.highest_asked[s.me] = view
-        data = encode("viewchange", s.epoch, v=view, pv=pv, pd=pd, s=sig, held=held, cert=cert)
-        self._send(self._mates(), data, out)
+        # The offers held and the proof go to the next leader only (it proposes from them);
+        # the others count the signed view change and check the leader's proposal.
+        lead = self.roster[self._leader(s, view)]
+        full = encode("viewchange", s.epoch, v=view, pv=pv, pd=pd, s=sig, held=held, cert=cert)
+        self._send([lead], full, out)
+        short = encode("viewchange", s.epoch, v=view, pv=pv, pd=pd, s=sig)
+        self._send([m for m in self._mates() if m != lead], short, out)
         self._new_view_ready(now, s, view)
 
     def _on_view_change(
@@ -1102,7 +1107,7 @@ class CellNode:
             if key in s.help:
                 self._help(s, key, out)
             s.round_deadline = now + self.timing.round_s
-            s.asked = 0
+            s.asked = s.ask_step = 0
             self._try_bundle(s, key, out)
             if not self._take_bundles(s, key, out):
                 return
@@ -1265,14 +1270,20 @@ class CellNode:
         self._send(dict.fromkeys(targets), data, out)
 
     def _ask(self, now: float, s: _Epoch, out: list[Action]) -> None:
-        """No good bundle this round yet: ask the next f + 1 members of the partner cell."""
+        """No good bundle this round yet: ask members of the partner cell, one the first time,
+        then twice as many each time after twice the wait, up to f + 1 at once. A partner
+        that is only late (its agreement took a view change) costs a few asks, not f + 1 from
+        every member each `round_s`; silent speakers and f silent members are passed within
+        a few doublings (each ask reaches an honest member with odds of two in three or more)."""
         partner = s.cell ^ (1 << s.round)
         roster = self.dir.rosters[partner]
-        s.round_deadline = now + self.timing.round_s
-        count = cells.faults_tolerated(len(roster)) + 1
+        count = min(1 << s.ask_step, cells.faults_tolerated(len(roster)) + 1)
+        s.ask_step += 1
+        s.round_deadline = now + self.timing.round_s * (1 << s.ask_step)
         if s.asked >= len(roster):
             return
-        start = (s.me * count + s.asked) % len(roster)
+        h = hashlib.sha256(f"{self.node}/{s.epoch}/{s.phase}/{s.round}".encode()).digest()
+        start = int.from_bytes(h[:4], "big") + s.asked
         picked = [
             roster[(start + j) % len(roster)] for j in range(min(count, len(roster) - s.asked))
         ]

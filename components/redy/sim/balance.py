@@ -219,11 +219,11 @@ def simulate_balance(
             "price_cap": price_cap,
             "cell_size": CELL_SIZE if cell_size is None else cell_size,
         }
+        args.update(adversaries=adversaries, attack=attack)
+        model = simulate_cells(**args)
         if engine != "core":
-            return simulate_cells(**args, adversaries=adversaries, attack=attack)
-        if adversaries or attack is not None:
-            raise SimulationError("--market cells --engine core runs honest nodes only, yet")
-        return simulate_cell_protocol(**args, model=simulate_cells(**args))
+            return model
+        return simulate_cell_protocol(**args, model=model)
     if market == "offers":
         from redy.sim.offer_market import EPOCH_S, simulate_offers
 

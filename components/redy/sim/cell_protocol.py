@@ -27,17 +27,20 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
+from redy import messages
 from redy.balancing import cell_node, cells
 from redy.balancing.cell_node import Action, CellNode, Costs, Failed, Send, Timing
-from redy.balancing.curves import Bid
+from redy.balancing.curves import Bid, Fixed
 from redy.balancing.events import Cleared, Dropped
 from redy.balancing.offers import offer_refusal, offer_values
-from redy.balancing.reference import solve
+from redy.balancing.reference import solve, solve_blocks
 from redy.errors import RedyError, SimulationError
 from redy.messages import NodeOffer
 from redy.signing import signed_bytes
-from redy.sim.cell_market import PLACEMENT_SEED, placement_key
+from redy.sim.adversaries import offer_strategies
+from redy.sim.cell_market import ATTACKS, PLACEMENT_SEED, placement_key
 from redy.sim.offer_market import SESSION, SIG_CHARS, certified_limits
 
 EPOCH_S = 4.0
@@ -153,6 +156,128 @@ class CellBus:
         self.costs = {name: node.costs for name, node in self.nodes.items()}
 
 
+class _Members:
+    """The hostile members of a run, picked as the model picks them (`cell_market`: a seeded
+    sample, `ATTACKS` in turn) so both runs face the same members. Each runs the honest core
+    (it votes, signs and speaks like any member) and lies through what it sends (`hook`) or
+    bids (`bids`): sell-floor and buy-cap bid their full certified export or import whatever
+    the price; two-faced sends a second signed offer (one block fewer) to half its mates,
+    withhold sends its offer to half only, late sends it after the first window, replay sends
+    last epoch's offer instead, early one signed for the next epoch; forge, each round, gives
+    the partner cell a sum of its own making with its own signature and honest mates' names
+    on bad ones."""
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        adversaries: float,
+        attack: str | None,
+        seed: int,
+        bounds: Mapping[str, tuple[float, float]],
+    ) -> None:
+        n = len(names)
+        count = min(round(adversaries * n), n - 1)
+        picked = sorted(random.Random(seed + 7).sample(range(n), count))
+        kinds = offer_strategies(attack or "mix", ATTACKS)
+        self.strategy = {names[i]: kinds[j % len(kinds)] for j, i in enumerate(picked)}
+        self.bounds = bounds
+        self._last: dict[str, bytes] = {}  # each member's own offer message of the epoch before
+        self._forged: set[tuple[str, int, int, int]] = set()
+
+    def bids(self, name: str, honest: list[Bid]) -> list[Bid]:
+        s = self.strategy.get(name)
+        if s == "sell-floor":
+            return [Fixed(self.bounds[name][1])]
+        if s == "buy-cap":
+            return [Fixed(self.bounds[name][0])]
+        return honest
+
+    def hook(self, name: str, bus: CellBus, node: CellNode, keys: SimCellKeys) -> Hook:
+        kind = self.strategy[name]
+
+        def half(target: str) -> bool:
+            return hashlib.blake2b(f"{name}/{target}".encode(), digest_size=1).digest()[0] % 2 == 1
+
+        def rewrite(now: float, sends: list[Send]) -> list[Send]:
+            out: list[Send] = []
+            for send in sends:
+                msg = orjson.loads(send.data)
+                own = msg["t"] == "offers" and any(o["node"] == name for o in msg["o"])
+                if kind == "forge" and msg["t"] == "cosign":
+                    out += self._forge(node, keys, msg)
+                if not own:
+                    out.append(send)
+                    continue
+                epoch = int(msg["e"])
+                if kind == "replay":
+                    self._last.setdefault(f"{name}/{epoch}", send.data)
+                    old = self._last.get(f"{name}/{epoch - 1}")
+                    if old is not None:
+                        out.append(Send(send.target, old))
+                elif kind == "early":
+                    values = tuple(msg["o"][0]["values"])
+                    later = keys.sign_offer(epoch + 1, values)
+                    data = cell_node.encode("offers", epoch + 1, o=[messages.to_dict(later)])
+                    out.append(Send(send.target, data))
+                elif kind == "late":
+                    bus.post(now + 2 * TIMING.window_s, name, send.target, send.data)
+                elif kind == "withhold":
+                    if half(send.target):
+                        out.append(send)
+                elif kind == "two-faced" and half(send.target):
+                    values = tuple(msg["o"][0]["values"])
+                    other = values[:-3] if len(values) > 1 else (values[0] / 2,)
+                    second = keys.sign_offer(epoch, other)
+                    data = cell_node.encode("offers", epoch, o=[messages.to_dict(second)])
+                    out.append(Send(send.target, data))
+                else:
+                    out.append(send)
+            return out
+
+        return rewrite
+
+    def _forge(self, node: CellNode, keys: SimCellKeys, cosign: dict[str, Any]) -> list[Send]:
+        """A forged bundle for the round of `cosign` to every member of the partner cell."""
+        epoch, phase, rnd = int(cosign["e"]), int(cosign["p"]), int(cosign["r"])
+        key = (node.node, epoch, phase, rnd)
+        if key in self._forged:
+            return []
+        self._forged.add(key)
+        roster = node.roster
+        value = [1000.0] * cells.vector_length(cells.POINTS)
+        sig = keys.sign(node.sum_body(epoch, phase, rnd, node.cell, value))
+        signers = [[node.index, sig]]
+        need = cells.signatures_needed(len(roster))
+        signers += [[i, "A" * SIG_CHARS] for i in range(len(roster)) if i != node.index][: need - 1]
+        data = cell_node.encode("bundle", epoch, p=phase, r=rnd, c=node.cell, v=value, s=signers)
+        partner = node.dir.rosters.get(node.cell ^ (1 << rnd), ())
+        return [Send(m, data) for m in partner]
+
+
+def _count(members: _Members) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for kind in members.strategy.values():
+        out[kind] = out.get(kind, 0) + 1
+    return out
+
+
+def _counted_optimum(
+    bus: CellBus, where: cell_node.Directory, honest: Sequence[str], floor: float, cap: float
+) -> float:
+    """The reference optimum of the offers the cells decided to count (each cell's as its
+    first honest member holds them)."""
+    values: list[tuple[float, ...]] = []
+    for roster in where.rosters.values():
+        first = next((m for m in roster if m in set(honest)), None)
+        if first is not None:
+            values += [o.values for o in bus.nodes[first].counted_offers()]
+    base = sum(v[0] for v in values)
+    kw = np.array([x for v in values for x in v[1::3]])
+    lo = np.array([x for v in values for x in v[2::3]])
+    hi = np.array([x for v in values for x in v[3::3]])
+    return solve_blocks(base, kw, lo, hi, floor, cap)[0]
+
+
 def _stats(values: Sequence[float]) -> dict[str, float]:
     a = np.asarray(values, dtype=float)
     return {"mean": float(a.mean()), "max": float(a.max())} if len(a) else {"mean": 0.0, "max": 0.0}
@@ -168,13 +293,22 @@ def simulate_cell_protocol(
     price_floor: float,
     price_cap: float,
     cell_size: int = cells.CELL_SIZE,
+    adversaries: float = 0.0,
+    attack: str | None = None,
     model: dict[str, Any] | None = None,
     progress: Callable[[int], object] | None = None,
 ) -> dict[str, Any]:
     """Run `epochs` epochs of the cell market, every node a CellNode (module docstring); per
     epoch the price against the reference optimum, whether every node cleared the same float,
     and per node what the protocol cost, beside what `model` (the result of
-    `cell_market.simulate_cells` on the same arguments) counts if given."""
+    `cell_market.simulate_cells` on the same arguments) counts if given. `adversaries`: the
+    hostile share, each running one of `attack` (`_Members`); then per epoch the band honest
+    members of their certified sizes could move the price in, and the price against the
+    optimum of the offers the cells counted."""
+    if not 0.0 <= adversaries < 1.0:
+        raise SimulationError(
+            f"--adversaries is a fraction of the nodes in [0, 1), got {adversaries}"
+        )
     started, cpu0 = time.perf_counter(), time.process_time()
     n = len(names)
     offers = [
@@ -195,8 +329,10 @@ def simulate_cell_protocol(
     epoch_now = [1]
     index = {name: i for i, name in enumerate(names)}
 
+    members = _Members(names, adversaries, attack, seed, bounds)
+
     def bids_of(name: str) -> Callable[[], list[Bid]]:
-        return lambda: bids_at(index[name], epoch_now[0])
+        return lambda: members.bids(name, bids_at(index[name], epoch_now[0]))
 
     nodes = {
         name: CellNode(
@@ -213,16 +349,24 @@ def simulate_cell_protocol(
         for name in names
     }
     bus = CellBus(nodes, random.Random(seed + 1))
+    for name in members.strategy:
+        lying = SimCellKeys(name, secrets, bounds, capacity_kw)
+        bus.hooks[name] = members.hook(name, bus, nodes[name], lying)
+    honest = [name for name in names if name not in members.strategy]
     report = []
     for e in range(1, epochs + 1):
         epoch_now[0] = e
         bus.run(e * EPOCH_S - 0.5, (e + 1) * EPOCH_S - 0.01)
-        ref = solve([bids_at(i, e) for i in range(n)], price_floor, price_cap)
-        results = [bus.outcome.get(name) for name in names]
+        honest_bids = [bids_at(index[name], e) for name in honest]
+        ref = solve(honest_bids, price_floor, price_cap)
+        results = [bus.outcome.get(name) for name in honest]
         cleared = [r for r in results if isinstance(r, Cleared) and r.epoch == e]
         prices = {r.result.price_eur_mwh for r in cleared}
         price = next(iter(prices)) if len(prices) == 1 else None
-        costs = [bus.costs[name] for name in names]
+        optimum = ref.price_eur_mwh
+        if members.strategy:  # the optimum of the offers the cells counted
+            optimum = _counted_optimum(bus, where, honest, price_floor, price_cap)
+        costs = [bus.costs[name] for name in honest]
         per_node = {
             "messages_received": _stats([c.messages_in for c in costs]),
             "bytes_received": _stats([c.bytes_in for c in costs]),
@@ -234,15 +378,29 @@ def simulate_cell_protocol(
         row: dict[str, Any] = {
             "epoch": e,
             "price": price,
-            "price_optimal": ref.price_eur_mwh,
-            "price_error": abs(price - ref.price_eur_mwh) if price is not None else None,
+            "price_optimal": optimum,
+            "price_error": abs(price - optimum) if price is not None else None,
+            "price_honest_optimum": ref.price_eur_mwh,
             "status": cleared[0].result.status if price is not None else "split or failed",
             "cleared": len(cleared),
             "failed": sorted({r.reason for r in results if isinstance(r, Failed)})[:5],
-            "every_node_same_price": len(cleared) == n and len(prices) == 1,
+            "every_honest_node_same_price": len(cleared) == len(honest) and len(prices) == 1,
             "refusals": sum(len(d) for d in bus.dropped.values()),
             "per_node": per_node,
         }
+        if members.strategy:
+            lo_p = solve(
+                [*honest_bids, *([Fixed(bounds[m][1])] for m in members.strategy)],
+                price_floor,
+                price_cap,
+            ).price_eur_mwh
+            hi_p = solve(
+                [*honest_bids, *([Fixed(bounds[m][0])] for m in members.strategy)],
+                price_floor,
+                price_cap,
+            ).price_eur_mwh
+            row["band"] = [lo_p, hi_p]
+            row["inside_band"] = price is not None and lo_p - 1e-6 <= price <= hi_p + 1e-6
         if model is not None:
             modelled = model["epochs"][e - 1]["per_node"]
             keys = ("bytes_received", "signature_checks")
@@ -272,7 +430,13 @@ def simulate_cell_protocol(
             "epoch_s": EPOCH_S,
             "link_delay_s": list(LINK_DELAY_S),
             "keys": "stand-ins (keyed BLAKE2b, the size of ECDSA P-256 signatures)",
+            "adversaries": adversaries,
         },
+        **(
+            {"adversaries": {"members": len(members.strategy), "strategies": _count(members)}}
+            if members.strategy
+            else {}
+        ),
         "epochs": report,
         "cpu_s": round(time.process_time() - cpu0, 3),
         "elapsed_s": round(time.perf_counter() - started, 2),
