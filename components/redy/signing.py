@@ -192,3 +192,33 @@ class Verifier:
         bounds = grant.bounds_kw(self.capacity_kw) if stated else None  # else the grid's bound
         why = offer_refusal(offer.values, self.capacity_kw, bounds)
         return None if why is None else f"offer of {offer.node}: {why}"
+
+
+class CellKeys:
+    """The cell market's keys (`redy.balancing.cell_node.Keys`) from this node's `Signer` and
+    the grid's `Verifier`: offers signed as the offer market signs them, without their
+    certificate; everything else signed with `Signer.sign_bytes`; a peer's signature checked
+    with the certificate `certs` holds for it (the rosters' certificates, base64 DER, fetched
+    once per seed period), which must be a member's of the grid CA naming it, and an offer
+    also against the limits that certificate states (`Verifier.refusal`)."""
+
+    def __init__(self, signer: Signer, verifier: Verifier, certs: dict[str, str]) -> None:
+        self._signer, self._verifier, self._certs = signer, verifier, certs
+
+    def sign_offer(self, epoch: int, values: tuple[float, ...]) -> NodeOffer:
+        return attrs.evolve(self._signer.sign(epoch, values), cert=None)
+
+    def sign(self, body: bytes) -> str:
+        return self._signer.sign_bytes(body)
+
+    def offer_refusal(self, offer: NodeOffer) -> str | None:
+        cert = self._certs.get(offer.node)
+        if cert is None:
+            return f"offer of {offer.node}, whose certificate is in no roster held"
+        return self._verifier.refusal(attrs.evolve(offer, cert=cert))
+
+    def verify(self, node: str, body: bytes, sig: str) -> bool:
+        cert = self._certs.get(node)
+        if cert is None:
+            return False
+        return isinstance(self._verifier.signer_grant(node, cert, body, sig), Grant)

@@ -10,14 +10,16 @@ import base64
 import hashlib
 import random
 from collections.abc import Sequence
+from pathlib import Path
 
 import orjson
 import pytest
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from redy import messages
+from redy import messages, pki
 from redy.balancing import cell_node, cells
 from redy.balancing.cell_node import CellNode, Send
 from redy.balancing.curves import Bid, Fixed
@@ -26,7 +28,7 @@ from redy.balancing.offers import clear, offer_refusal, offer_values
 from redy.balancing.reference import solve
 from redy.errors import RedyError
 from redy.messages import NodeOffer
-from redy.signing import signed_bytes
+from redy.signing import CellKeys, Signer, Verifier, signed_bytes
 from redy.sim.balance import DEFAULT_MIX, node_bids
 from redy.sim.cell_market import simulate_cells
 from redy.sim.cell_protocol import EPOCH_S, TIMING, CellBus
@@ -141,7 +143,7 @@ def _cells(grid: Grid) -> dict[int, tuple[str, ...]]:
     return dict(grid.directory.rosters)
 
 
-def _check_price(net: Net, honest: Sequence[str], counted_bids: list[list[Bid]]) -> float:
+def _check_price(net: CellBus, honest: Sequence[str], counted_bids: list[list[Bid]]) -> float:
     """Every honest node cleared one float, the reference solver's price of `counted_bids`,
     with the share of the marginal step the flooding market's exact clearing gives (a price
     on a step does not move with a small offer; the share does)."""
@@ -271,7 +273,7 @@ def test_a_two_faced_member_is_left_out_by_all(grid32: Grid) -> None:
 def _withholding(grid: Grid, liar: str, told: set[str], seed: int) -> cells.Proposal:
     """Run a member that sends its offer to `told` only: its mates decide one proposal, with
     its offer or without, and every honest node clears that proposal's optimum."""
-    roster = grid.directory.rosters[grid.directory.place(liar)[0]]  # type: ignore[index]
+    roster = grid.directory.rosters[grid.directory.place(liar)[0]]
     mates = [m for m in roster if m != liar]
     net = Net(grid, seed)
     net.hooks[liar] = lambda now, sends: [
@@ -428,7 +430,7 @@ def test_a_leader_that_hides_its_proposal_from_some_mates_does_not_split_the_cel
     net.run()
     _check_price(net, grid32.names, list(grid32.bids.values()))
     decided = {net.nodes[m].decided for m in roster}
-    assert len(decided) == 1 and next(iter(decided)).view == 0  # type: ignore[union-attr]
+    assert len(decided) == 1 and next(iter(decided)).view == 0
 
 
 def test_a_member_repeating_bad_messages_costs_a_few_checks_at_most(grid32: Grid) -> None:
@@ -500,3 +502,53 @@ def test_a_directory_with_an_empty_cell_is_refused() -> None:
     same = [k for k in keys if cells.cell_of(SEED, k, 2) == first][:2]
     with pytest.raises(RedyError, match="empty"):
         cell_node.directory(SEED, {"a": same[0], "b": same[1]}, 1)
+
+
+# --- the governance's keys ----------------------------------------------------------------------
+
+
+def test_the_governances_certificates_and_keys_drive_the_cell_market(tmp_path: Path) -> None:
+    """Certificates of the grid CA stating each node's limits (redy.pki), the governance's
+    Signer and Verifier behind signing.CellKeys, the cells placed by the certificates' keys:
+    24 nodes in 2 cells clear the reference price on every node. A member whose certificate
+    states 20 kW that signs 90 MW is refused by every mate, and an operator's certificate in a
+    roster makes no member (its offer and votes are refused); the others clear without them."""
+    grid = Grid(24, 21)
+    signers: dict[str, Signer] = {}
+    for name in grid.names:
+        lo, hi = grid.bounds[name]
+        ident = pki.issue(tmp_path, name, ["127.0.0.1"], pki.Grant("node", -lo, hi))
+        signers[name] = Signer(ident, session=1)
+    liar, operator = grid.names[0], pki.operator_name("alice")
+    signers[operator] = Signer(pki.issue_operator(tmp_path, "alice"), session=1)
+    certs = {n: s.cert for n, s in signers.items()}
+
+    def key_of(cert: str) -> bytes:
+        der = x509.load_der_x509_certificate(base64.b64decode(cert)).public_key()
+        return der.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    where = cell_node.directory(SEED, {n: key_of(c) for n, c in certs.items()}, 12)
+    assert where.cells == 2
+    ca = pki.pki_dir(tmp_path) / "ca.crt"
+    bids = {**grid.bids, liar: [Fixed(90_000.0)], operator: [Fixed(-50.0)]}
+    nodes = {
+        n: CellNode(
+            n,
+            CellKeys(signers[n], Verifier(ca, CAPACITY_KW), certs),
+            where,
+            (lambda n=n: bids[n]),
+            TIMING,
+            capacity_kw=CAPACITY_KW,
+            bounds_kw=None if n in (liar, operator) else grid.bounds[n],
+        )
+        for n in certs
+    }
+    bus = CellBus(nodes, random.Random(21))
+    bus.run(EPOCH * EPOCH_S - 1.0, (EPOCH + 1) * EPOCH_S - 0.01)
+    honest = [n for n in grid.names if n != liar]
+    _check_price(bus, honest, _bids_without(grid, liar))
+    for bad in (liar, operator):
+        mates = [m for m in where.rosters[where.place(bad)[0]] if m not in (liar, operator)]
+        assert all(any(d.sender == bad for d in bus.dropped[m]) for m in mates)
