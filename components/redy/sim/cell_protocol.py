@@ -299,12 +299,13 @@ def simulate_cell_protocol(
     progress: Callable[[int], object] | None = None,
 ) -> dict[str, Any]:
     """Run `epochs` epochs of the cell market, every node a CellNode (module docstring); per
-    epoch the price against the reference optimum, whether every node cleared the same float,
-    and per node what the protocol cost, beside what `model` (the result of
-    `cell_market.simulate_cells` on the same arguments) counts if given. `adversaries`: the
-    hostile share, each running one of `attack` (`_Members`); then per epoch the band honest
-    members of their certified sizes could move the price in, and the price against the
-    optimum of the offers the cells counted."""
+        epoch the price against the reference optimum, whether every node cleared the same float,
+        and per node what the protocol cost, beside what `model` (the result of
+        `cell_market.simulate_cells` on the same arguments) counts if given. `adversaries`: the
+        hostile share, each running one of `attack` (`_Members`); then per epoch the band honest
+        members of their certified sizes could move the price in, and the price against the
+        optimum of the offers the cells counted. Times are the event clock's (links of 2-5 ms, no
+    processing time): `price_at_s`, when each node had its price after the epoch's start."""
     if not 0.0 <= adversaries < 1.0:
         raise SimulationError(
             f"--adversaries is a fraction of the nodes in [0, 1), got {adversaries}"
@@ -383,6 +384,7 @@ def simulate_cell_protocol(
             "price_honest_optimum": ref.price_eur_mwh,
             "status": cleared[0].result.status if price is not None else "split or failed",
             "cleared": len(cleared),
+            "price_at_s": _stats([r.elapsed_s for r in cleared]),  # after the epoch's start
             "failed": sorted({r.reason for r in results if isinstance(r, Failed)})[:5],
             "every_honest_node_same_price": len(cleared) == len(honest) and len(prices) == 1,
             "refusals": sum(len(d) for d in bus.dropped.values()),
