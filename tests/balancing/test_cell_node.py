@@ -552,3 +552,48 @@ def test_the_governances_certificates_and_keys_drive_the_cell_market(tmp_path: P
     for bad in (liar, operator):
         mates = [m for m in where.rosters[where.place(bad)[0]] if m not in (liar, operator)]
         assert all(any(d.sender == bad for d in bus.dropped[m]) for m in mates)
+
+
+_JUNK = [None, True, -1, 0, 2**63 - 1, 1.5, 1e308, "x", "", [], {}, [1, 2], {"a": 1}, "A" * 300]
+_JUNK += [[[0, "x"]], [[-1, "y"]], [[0, 1]], [None], 10**6]
+
+
+def _mutated(v: object, rng: random.Random) -> object:
+    """`v` with one part dropped, replaced (by junk or a mutation of itself) or added."""
+    if isinstance(v, dict | list) and v:
+        out = dict(v) if isinstance(v, dict) else list(v)
+        keys = list(out) if isinstance(out, dict) else list(range(len(out)))
+        k = rng.choice(keys)
+        r = rng.random()
+        if r < 0.3:
+            del out[k]
+        elif r < 0.8:
+            out[k] = _mutated(out[k], rng) if rng.random() < 0.5 else rng.choice(_JUNK)
+        elif isinstance(out, dict):
+            out[rng.choice(["zz", "t", "e"])] = rng.choice(_JUNK)
+        else:
+            out.append(rng.choice(_JUNK))
+        return out
+    return rng.choice(_JUNK)
+
+
+def test_mangled_messages_are_refused_never_raised(grid32: Grid) -> None:
+    """Every kind of message the protocol sends, mangled (fields dropped, of the wrong type,
+    out of range, added), fed to nodes mid-agreement and mid-sums: no exception escapes."""
+    sent: list[tuple[str, str, bytes]] = []
+    net = Net(grid32, 19)
+    for name in grid32.names:
+        net.hooks[name] = lambda now, sends, name=name: (
+            sent.extend((name, s.target, s.data) for s in sends) or sends
+        )
+    net.run()
+    assert {_kind(d) for _, _, d in sent} >= {"offers", "propose", "prepare", "commit", "bundle"}
+    rng = random.Random(19)
+    for stop in (0.09, 0.12):
+        target_net = Net(grid32, 19)
+        now = EPOCH * EPOCH_S + stop
+        target_net.run(end=now + 0.01)
+        for _ in range(1500):
+            sender, target, data = rng.choice(sent)
+            payload = orjson.dumps(_mutated(orjson.loads(data), rng))
+            target_net.nodes[target].receive(sender, payload, now)

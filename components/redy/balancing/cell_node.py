@@ -281,6 +281,16 @@ def _floats(v: Any, what: str, max_len: int) -> np.ndarray:
     return np.array(v, dtype=float)
 
 
+def _offer_of(raw: Any) -> NodeOffer:
+    """A NodeOffer from its JSON form, checked against topics.yaml (the codec raises
+    TypeError, not InvalidMessage, for an object that lacks a required field: caught here)."""
+    try:
+        offer: NodeOffer = messages.from_dict("NodeOffer", raw)
+    except (TypeError, ValueError) as exc:
+        raise _Bad(f"an offer that is not a NodeOffer ({str(exc)[:80]})") from None
+    return offer
+
+
 def _value_json(value: np.ndarray | cells.Events) -> list[Any]:
     if isinstance(value, cells.Events):
         return [
@@ -617,7 +627,7 @@ class CellNode:
         assert s is not None
         self._mate(sender, "offers")
         for raw in _list(d, "o", 2 * s.roster):
-            offer = messages.from_dict("NodeOffer", raw)
+            offer = _offer_of(raw)
             self._take_offer(now, s, sender, offer, out)
         self._retry(now, s, out)
 
@@ -782,7 +792,7 @@ class CellNode:
         if not self._verify(self.roster[lead], body, _str(d, "s")):
             raise _Bad(f"a proposal for view {view} with a bad signature")
         for raw in _list(d, "ev", 2 * s.roster):
-            self._take_offer(now, s, sender, messages.from_dict("NodeOffer", raw), out)
+            self._take_offer(now, s, sender, _offer_of(raw), out)
         if any(len(s.held.get(i, {})) < 2 for i in exc):
             raise _Bad(f"a proposal for view {view} that leaves a member out without evidence")
         justified = False
