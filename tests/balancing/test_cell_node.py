@@ -369,6 +369,9 @@ def test_replayed_early_and_malformed_messages_are_refused_in_one_line(grid32: G
         "wrong type": cell_node.encode("prepare", EPOCH, v="zero", d=1, s=None),
         "bad signature": cell_node.encode("prepare", EPOCH, v=0, d="ab", s="AAAA"),
         "no epoch": b'{"t": "offers"}',
+        "an offer lacking its values": cell_node.encode(
+            "offers", EPOCH, o=[{"node": x, "epoch": EPOCH, "sig": "AAAA"}]
+        ),
     }
     net = Net(grid32, 14)
     for data in bad.values():
