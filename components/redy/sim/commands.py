@@ -272,6 +272,12 @@ def sim_balance(as_json: bool, plot_file: str | None, **options: Any) -> None:
     """Simulate decentralized balancing (membership + gossip + clearing) epoch by epoch."""
     from redy.sim.balance import simulate_balance
 
+    if plot_file and options.get("market") in ("offers", "cells"):
+        # Their reports have no imbalance or spread per epoch to draw.
+        raise click.UsageError(
+            "--plot draws the push-sum market only; --market offers and cells have no plot"
+        )
+
     _emit(_run(simulate_balance, options, options["epochs"], "epochs", plot_file), as_json)
 
 
