@@ -20,12 +20,13 @@ An epoch, as each node runs it:
    leader of view 0 (`cells.leader`) sends its signed proposal (`cells.propose`: member and
    digest of each offer it counts, and the members it leaves out for two signed offers with
    both as evidence). A member that lacks an offer the proposal counts asks the leader for it
-   (`want`); then, unless `cells.proposal_refusal` gives a reason, it sends a signed `prepare`
+   (`want`; the next view's leader if this one does not answer); then, unless `cells.proposal_refusal` gives a reason, it sends a signed `prepare`
    to every mate; with `cells.quorum` prepares it is prepared (and keeps their signatures as
    the proof) and sends a signed `commit`; with a quorum of commits the cell has decided. A
-   view not decided within `view_s` is changed: each member sends a signed view change naming
-   what it prepared (with the proof) and the offers it holds (member and digest); a member
-   that sees f + 1 of its mates ask for a later view joins them. The next leader pulls the
+   view not decided within `view_s` is changed: each member sends its mates a signed view
+   change naming what it prepared, and the next leader the proof with it and the offers it
+   holds (member and digest); a member that sees f + 1 of its mates ask for a later view joins
+   them. The next leader pulls the
    offers it lacks from the lists, and with a quorum of view changes proposes again: the
    proposal prepared in the highest view if any (so a decision taken in one view is kept in
    every later one), else its own, now with the offers every honest member held. The new
