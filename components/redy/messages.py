@@ -92,6 +92,8 @@ class ActuatorStatus:
     discharge_above_eur_mwh: float | None = None
     note: str | None = None
     soc: float | None = None
+    soc_min: float | None = None
+    soc_max: float | None = None
     energy_due_kwh: float | None = None
     due_in_s: float | None = None
 

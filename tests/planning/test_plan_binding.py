@@ -17,6 +17,7 @@ from redy import messages
 from redy.balancing.curves import Dispatchable, Fixed, PriceGrid, Storage
 from redy.balancing.discovery import MarketResult
 from redy.balancing.epochs import Cleared
+from redy.devices.battery import Battery
 from redy.planning.binding import MAX_AGE, Binding, OwnUnits, binding
 from redy.planning.problem import Boundary, Schedule, solve
 from redy.units.market import MarketDriver, node_bids
@@ -143,3 +144,17 @@ def test_the_market_fixes_planned_units_at_their_setpoints_and_clears_the_rest()
     assert with_plan["bat"] == -5.0
     assert with_plan["gen"] == pytest.approx(10.0)
     assert "load" not in with_plan  # a meter
+
+
+def test_a_store_is_planned_within_the_charge_it_keeps() -> None:
+    """A battery keeps 5 % (its status states soc_min): the plan counts on no energy below it,
+    so it never commands a discharge the battery would stop short of."""
+    assert Battery(soc_min=0.05, soc_max=0.95, soc=0.5).soc_range() == (0.05, 0.95)
+    state = NodeState("n")
+    _unit(state, "bat", "action", "storage", 5.0, min_kw=-5.0, max_kw=5.0, capacity_kwh=10.0,
+          soc=0.02, soc_min=0.05, soc_max=0.95)  # fmt: skip
+    offer, _ = horizon_offer(state, START, H, 15.0, (-20.0, 20.0))
+    [store] = offer.storage
+    assert (store.soc_min_kwh, store.soc_kwh, store.capacity_kwh) == pytest.approx((0.5, 0.5, 9.5))
+    sched = solve([offer], BOUNDARY)
+    assert min(sched.plans["n"].soc_kwh[0]) >= 0.5 - 1e-9  # at its floor: nothing to give

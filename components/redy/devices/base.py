@@ -91,6 +91,11 @@ class Device:
         """Storage: the state of charge now (0..1); None for other devices."""
         return self.reading().soc if self.quantity == "storage" else None
 
+    def soc_range(self) -> tuple[float, float] | None:
+        """Storage: the states of charge (0..1) it keeps between; None for other devices (and
+        for storage that goes from empty to full)."""
+        return None
+
     def due(self) -> tuple[float, float] | None:
         """A deferrable load: (kWh it still has to draw at the meter, simulated seconds left to
         its deadline); None for other devices."""

@@ -85,6 +85,9 @@ class Battery(Device):
         discharge_above = value + wear
         return min(value * self.round_trip_efficiency - wear, discharge_above), discharge_above
 
+    def soc_range(self) -> tuple[float, float]:
+        return self.soc_min, self.soc_max
+
     @property
     def capacity_kwh_or_none(self) -> float | None:
         return self.capacity_kwh

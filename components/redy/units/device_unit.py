@@ -116,6 +116,7 @@ class DeviceUnit:
         """Publish the retained status: what is in force, what is reachable, the bid."""
         charge_below, discharge_above = self.device.storage_prices() or (None, None)
         soc = self.device.soc_now()
+        soc_lo, soc_hi = self.device.soc_range() or (None, None)
         due = self.device.due()
         status = messages.ActuatorStatus(
             seq=max(self.applied_seq, 0),
@@ -130,6 +131,8 @@ class DeviceUnit:
             discharge_above_eur_mwh=discharge_above,
             note=self._note,
             soc=None if soc is None else min(max(soc, 0.0), 1.0),
+            soc_min=soc_lo,
+            soc_max=soc_hi,
             energy_due_kwh=None if due is None else due[0],
             due_in_s=None if due is None else due[1],
         )

@@ -190,10 +190,15 @@ def horizon_offer(
                 soc = s.soc
                 if soc is None and u.measurement is not None:
                     soc = u.measurement.soc
+                # The charge it keeps between (a battery never empties): no energy below.
+                floor = min(max(s.soc_min or 0.0, 0.0), 1.0)
+                top = max(min(1.0 if s.soc_max is None else s.soc_max, 1.0), floor)
+                soc = (floor + top) / 2 if soc is None else min(max(soc, floor), top)
                 stores.append(
                     Storage(
-                        capacity_kwh=cap,
-                        soc_kwh=cap * (0.5 if soc is None else min(max(soc, 0.0), 1.0)),
+                        capacity_kwh=cap * top,
+                        soc_kwh=cap * soc,
+                        soc_min_kwh=cap * floor,
                         charge_kw=rated,
                         discharge_kw=rated,
                         charge_efficiency=STORE_EFFICIENCY,
