@@ -31,7 +31,7 @@ from redy.messages import NodeOffer
 from redy.signing import CellKeys, Signer, Verifier, signed_bytes
 from redy.sim.balance import DEFAULT_MIX, node_bids
 from redy.sim.cell_market import simulate_cells
-from redy.sim.cell_protocol import EPOCH_S, TIMING, CellBus
+from redy.sim.cell_protocol import EPOCH_S, TIMING, CellBus, counted_optimum
 
 pytestmark = pytest.mark.pure
 
@@ -600,3 +600,22 @@ def test_mangled_messages_are_refused_never_raised(grid32: Grid) -> None:
             sender, target, data = rng.choice(sent)
             payload = orjson.dumps(_mutated(orjson.loads(data), rng))
             target_net.nodes[target].receive(sender, payload, now)
+
+
+def test_lost_messages_cost_views_and_asks_not_the_price(grid32: Grid) -> None:
+    """One message in twenty lost, whatever it is: every node still clears, the same float,
+    the optimum of the offers its cells counted (an offer lost on its way to the leader and
+    to enough mates may be left out, for all)."""
+    net = Net(grid32, 20)
+    rng = random.Random(20)
+    for name in grid32.names:
+        net.hooks[name] = lambda now, sends: [s for s in sends if rng.random() >= 0.05]
+    net.run()
+    prices = set()
+    for n in grid32.names:
+        o = net.outcome.get(n)
+        assert isinstance(o, Cleared), (n, o)
+        prices.add(o.result.price_eur_mwh)
+    assert len(prices) == 1
+    optimum = counted_optimum(net, grid32.directory, grid32.names, -500.0, 4000.0)
+    assert abs(prices.pop() - optimum) <= 1e-6

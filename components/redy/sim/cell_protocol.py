@@ -261,7 +261,7 @@ def _count(members: _Members) -> dict[str, int]:
     return out
 
 
-def _counted_optimum(
+def counted_optimum(
     bus: CellBus, where: cell_node.Directory, honest: Sequence[str], floor: float, cap: float
 ) -> float:
     """The reference optimum of the offers the cells decided to count (each cell's as its
@@ -366,7 +366,7 @@ def simulate_cell_protocol(
         price = next(iter(prices)) if len(prices) == 1 else None
         optimum = ref.price_eur_mwh
         if members.strategy:  # the optimum of the offers the cells counted
-            optimum = _counted_optimum(bus, where, honest, price_floor, price_cap)
+            optimum = counted_optimum(bus, where, honest, price_floor, price_cap)
         costs = [bus.costs[name] for name in honest]
         per_node = {
             "messages_received": _stats([c.messages_in for c in costs]),
