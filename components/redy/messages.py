@@ -444,6 +444,8 @@ def _build(type_name: str, data: Any, where: str = "", checked: bool = False) ->
     for f in tspec.fields:
         if f.name in data:
             kwargs[f.name] = _convert(f, data[f.name])
+        elif f.type == "list" and not f.optional:  # a list may be left out: it is empty
+            kwargs[f.name] = _convert(f, [])
     msg = MESSAGE_TYPES[type_name](**kwargs)
     _cross_check(msg)
     return msg
