@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import random
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from redy.balancing.offers import (
     Tick,
     Timing,
     clear,
+    offer_refusal,
     offer_values,
 )
 from redy.signing import Signer, Verifier
@@ -642,3 +644,15 @@ def test_an_offer_refused_once_costs_no_check_when_it_comes_again(grid_pki: Path
         assert any("beyond the grid's bound" in d.reason for _, d in net.dropped)
         checks.append(verifier.checked)
     assert checks[0] == checks[1]
+
+
+def test_certified_limits_hold_on_a_grid_with_no_bound_of_its_own() -> None:
+    """A Verifier built with its default (no grid-wide bound: capacity inf) still holds a
+    household to its certificate: the rounding room once scaled by the grid's bound, so an
+    infinite one let a 90 MW offer through limits of 25 kW in and 10 kW out."""
+    limits = (-25.0, 10.0)
+    assert offer_refusal([90_000.0], math.inf, limits) is not None
+    assert offer_refusal([-90_000.0], math.inf, limits) is not None
+    assert offer_refusal([-25.0, 35.0, 10.0, 20.0], math.inf, limits) is None
+    assert offer_refusal([10.0 + 1e-12], math.inf, limits) is None  # rounding, not a lie
+    assert offer_refusal([1e12], math.inf) is None  # no bound at all: none to break

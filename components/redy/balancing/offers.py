@@ -111,7 +111,9 @@ def offer_refusal(
     if any(lo > hi for lo, hi in zip(values[2::3], values[3::3], strict=True)):
         return "a block whose marginal cost falls"
     lo_kw, hi_kw = bounds_kw if bounds_kw is not None else (-capacity_kw, capacity_kw)
-    tol = 1e-9 * max(capacity_kw, 1.0)
+    # Rounding room scaled by the bounds that apply: by capacity_kw, an unbounded grid (inf)
+    # let any offer through its signer's certified limits.
+    tol = 1e-9 * max((abs(b) for b in (lo_kw, hi_kw) if math.isfinite(b)), default=1.0)
     if not (lo_kw - tol <= base and top <= hi_kw + tol):
         what = "its certified limits" if bounds_kw is not None else "the grid's bound"
         return (
