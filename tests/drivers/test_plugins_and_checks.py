@@ -115,3 +115,15 @@ def test_a_real_device_refuses_a_simulated_clock(tmp_path: Path) -> None:
     )
     with pytest.raises(LaunchError, match=r"fast\.yaml:4: 'sunspec_meter' drives a real device"):
         parse(f)
+
+
+@pytest.mark.pure
+def test_every_driver_answers_what_an_action_units_status_asks() -> None:
+    """The unit's status asks a driver what it asks a model; a question a driver cannot answer
+    ended every driver's action unit at its first status."""
+    from redy.devices.base import Device
+    from redy.drivers.base import Driver
+
+    asked = ("bid_eur_mwh", "storage_prices", "soc_now", "soc_range", "due", "limits")
+    assert all(callable(getattr(Device, q)) for q in asked)
+    assert [q for q in asked if not callable(getattr(Driver, q, None))] == []

@@ -83,6 +83,10 @@ class Driver:
         """Storage: the state of charge now (0..1); no driver states it yet."""
         return None
 
+    def soc_range(self) -> tuple[float, float] | None:
+        """Storage: the states of charge (0..1) it keeps between; None when it states none."""
+        return None
+
     def due(self) -> tuple[float, float] | None:
         """A deferrable load: (kWh still to draw, seconds to its deadline); none stated yet."""
         return None
