@@ -45,6 +45,22 @@ class Operator:
     def all(self, topic: str) -> list[Any]:
         return [msg for t, msg in self.pump() if t == topic]
 
+    def governance_view(self, unit: str, status: Any) -> Any:
+        """A NodeState holding `unit` online with its retained meta and `status`: what the
+        node's governance plans from (redy.units.planner.horizon_offer)."""
+        from redy.topics import render
+        from redy.units.node_state import NodeState
+
+        meta = self.latest(render("unit_meta", node=NODE, unit=unit))
+        state = NodeState(NODE)
+        state.on_message(render("unit_meta", node=NODE, unit=unit), meta)
+        state.on_message(
+            render("unit_state", node=NODE, unit=unit),
+            messages.UnitState(state="online", bd_seq=meta.bd_seq),
+        )
+        state.on_message(render("actuator_status", node=NODE, unit=unit), status)
+        return state
+
 
 class Units:
     """Unit processes (`python -m redy ROLE ...`) with logs in tmp; stopped after the test."""

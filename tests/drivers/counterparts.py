@@ -32,6 +32,11 @@ M701 = {"len": 153, "W": 8, "TotWhInj": 17, "TotWhAbs": 21, "W_SF": 114, "TotWh_
 M704 = {"len": 57, "WMaxLimPctEna": 12, "WMaxLimPct": 13, "WMaxLimPct_SF": 52}
 M103 = {"len": 50, "W": 12, "W_SF": 13, "WH": 22, "WH_SF": 24}
 M123 = {"len": 24, "Conn": 2, "WMaxLimPct": 3, "WMaxLim_Ena": 7, "WMaxLimPct_SF": 21}
+# sunspec/models json/model_124.json and model_802.json (data offsets).
+M124 = {"len": 24, "StorCtl_Mod": 3, "MinRsvPct": 5, "ChaState": 6, "OutWRte": 10,
+        "InWRte": 11, "MinRsvPct_SF": 19, "ChaState_SF": 20, "InOutWRte_SF": 23}  # fmt: skip
+M802 = {"len": 62, "WHRtg": 1, "SoCMax": 5, "SoCMin": 6, "SocRsvMax": 7, "SoCRsvMin": 8,
+        "SoC": 9, "SoC_SF": 54}  # fmt: skip
 
 
 def words(value: int, n: int) -> list[int]:

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from redy.drivers.ocpp_csms import parse_meter_values
-from redy.drivers.sunspec import Block, decode_power_energy, discover
+from redy.drivers.ocpp_csms import (
+    OcppCharger,
+    parse_charging_needs,
+    parse_ev_soc,
+    parse_meter_values,
+)
+from redy.drivers.sunspec import Block, ChargeState, decode_charge, decode_power_energy, discover
 from redy.drivers.zigbee2mqtt import _online, parse_state
 from redy.errors import DeviceFault
 
@@ -78,3 +83,75 @@ def test_ocpp_meter_values_default_measurand_kwh_unit_and_phases() -> None:
     with pytest.raises(DeviceFault, match="unknown unit 'Wh'"):
         parse_meter_values([{"timestamp": "2026-03-01T12:00:00Z", "sampled_value": [
             {"value": "1", "measurand": "Power.Active.Import", "unit": "Wh"}]}])  # fmt: skip
+
+
+def test_storage_charge_from_model_124_and_802_and_what_is_not_reported() -> None:
+    m124 = [0] * 24
+    m124[5], m124[19] = 150, (-1) & 0xFFFF  # MinRsvPct 15.0 %
+    m124[6], m124[20] = 5625, (-2) & 0xFFFF  # ChaState 56.25 %
+    assert decode_charge(124, m124) == ChargeState(0.5625, 0.15, None)
+    m124[19] = 0x8000  # no reserve stated: none assumed
+    assert decode_charge(124, m124) == ChargeState(0.5625, None, None)
+    m124[20] = 0x8000
+    with pytest.raises(DeviceFault, match=r"ChaState_SF is not implemented \(0x8000\)"):
+        decode_charge(124, m124)
+    m124[6], m124[20] = 255, 0
+    with pytest.raises(DeviceFault, match=r"ChaState 255 % is out of range \(expected 0..100 %\)"):
+        decode_charge(124, m124)
+    m802 = [0] * 55
+    m802[5:10] = [0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF, 40]  # SoC 40 %, no bounds at all
+    assert decode_charge(802, m802) == ChargeState(0.40, None, None)
+    m802[5], m802[6] = 98, 3  # the manufacturer's SoCMax, SoCMin where no reserve is set
+    assert decode_charge(802, m802) == ChargeState(0.40, 0.03, 0.98)
+    m802[7], m802[8] = 90, 20  # the owner's reserve comes first
+    assert decode_charge(802, m802) == ChargeState(0.40, 0.20, 0.90)
+    m802[7], m802[8] = 10, 20
+    with pytest.raises(DeviceFault, match=r"reserve 20%\.\.10% is empty"):
+        decode_charge(802, m802)
+
+
+def test_ocpp_ev_state_of_charge_and_charging_needs_are_checked() -> None:
+    def mv(*svs: dict[str, object]) -> list[dict[str, object]]:
+        return [{"timestamp": "2026-03-01T12:00:00Z", "sampled_value": list(svs)}]
+
+    assert parse_ev_soc(mv({"value": "1.5", "unit": "kWh"})) is None
+    assert parse_ev_soc(mv({"value": "42", "measurand": "SoC", "unit": "Percent"})) == 0.42
+    v201 = {"value": 4.2, "measurand": "SoC", "unit_of_measure": {"unit": "Percent",
+                                                                  "multiplier": 1}}  # fmt: skip
+    assert parse_ev_soc(mv(v201)) == pytest.approx(0.42)
+    for bad in ("255", "NaN", "-1", "full"):
+        with pytest.raises(ValueError, match=r"expected 0\.\.100 Percent"):
+            parse_ev_soc(mv({"value": bad, "measurand": "SoC", "unit": "Percent"}))
+    with pytest.raises(ValueError, match=r"expected 0\.\.100 Percent"):
+        parse_ev_soc(mv({"value": "42", "measurand": "SoC", "unit": "Wh"}))
+    needs = {"requested_energy_transfer": "AC_three_phase",
+             "departure_time": "2026-03-01T18:00:00Z",
+             "ac_charging_parameters": {"energy_amount": 20000, "ev_min_current": 6,
+                                        "ev_max_current": 16, "ev_max_voltage": 400}}  # fmt: skip
+    assert parse_charging_needs(needs) == (20000.0, 1772366400.0 + 6 * 3600)
+    assert parse_charging_needs({"requested_energy_transfer": "DC"}) == (None, None)
+    with pytest.raises(ValueError, match=r"expected 0\.\.1e9 Wh"):
+        parse_charging_needs({"dc_charging_parameters": {"energy_amount": -5}})
+    with pytest.raises(ValueError, match="departureTime"):
+        parse_charging_needs({"departure_time": "tonight"})
+
+
+def test_an_evs_energy_due_falls_with_what_the_meter_counts_and_ends_with_it() -> None:
+    cp = OcppCharger(port=9001, charge_point_id="CP1")
+    assert cp.due() is None and cp.soc_now() is None
+    cp.on_needs(20000.0, None)  # no departure: no deadline invented
+    assert cp.due() is None
+    cp.on_needs(20000.0, 1000.0 + 7200.0)  # before the first reading
+    cp.on_transaction(1, 5000.0, 1000.0)
+    cp.on_boot()
+    cp._cp = object()  # a connected session, as the CSMS keeps it: read() needs one
+    cp.read(1000.0)
+    assert cp.due() == (20.0, 7200.0)
+    cp.on_meter(11000.0, 7400.0, 1800.0)
+    cp.on_ev(soc=0.55)
+    cp.read(1800.0)
+    assert cp.due() == (pytest.approx(14.0), 6400.0) and cp.soc_now() == 0.55
+    cp.on_ev(problem="SoC '255' Percent is not a state of charge")
+    assert cp.soc_now() == 0.55  # the last good one stands until the EV leaves
+    cp.on_transaction(None, 12000.0, 1900.0)
+    assert cp.due() is None and cp.soc_now() is None

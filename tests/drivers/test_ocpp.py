@@ -5,6 +5,7 @@ that rejects a profile, sends a broken meter value or disconnects never yields a
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ from ocpp.v16 import call
 
 from redy import messages
 from redy.topics import render
+from redy.units.planner import horizon_offer
 
 pytestmark = pytest.mark.e2e
 
@@ -125,15 +127,19 @@ def test_rejected_profile_broken_meter_value_and_disconnect_never_yield_a_wrong_
     assert powers and set(powers) <= {0.0, -7.0}
 
 
+def _start_201(units: Any, port: int) -> None:
+    units.start(
+        "action", "point-1", "ocpp_charger", "--period-s", "0.2",
+        port=port, charge_point_id=CP_ID, rated_kw=11, protocol="ocpp2.0.1",
+    )  # fmt: skip
+
+
 def test_ocpp_201_station_is_read_from_transaction_events_and_limited_on_its_evse(
     node: Any, charge_point: ChargePointRunner, free_port: Any
 ) -> None:
     units, op = node
     port = free_port()
-    units.start(
-        "action", "point-1", "ocpp_charger", "--period-s", "0.2",
-        port=port, charge_point_id=CP_ID, rated_kw=11, protocol="ocpp2.0.1",
-    )  # fmt: skip
+    _start_201(units, port)
     station = charge_point.connect(port, "ocpp2.0.1")
     status_topic = render("actuator_status", node=NODE, unit="point-1")
     idle = until(lambda: op.latest(status_topic), what="a status after the triggered reading")
@@ -168,3 +174,60 @@ def test_ocpp_201_station_is_read_from_transaction_events_and_limited_on_its_evs
     assert schedule["charging_schedule_period"] == [{"start_period": 0, "limit": 3700.0}]
     applied = until(lambda: (s := op.latest(status_topic)) and s.seq == 1 and s, what="seq 1")
     assert applied.setpoint_kw == pytest.approx(-3.7)
+
+
+def test_ocpp_201_ev_needs_and_soc_reach_the_status_and_the_plan(
+    node: Any, charge_point: ChargePointRunner, free_port: Any
+) -> None:
+    """NotifyEVChargingNeeds (energyAmount Wh, departureTime) and the SoC measurand: the energy
+    due falls with what the meter counts; a SoC of 255 % is left out with one log line."""
+    units, op = node
+    port = free_port()
+    _start_201(units, port)
+    station = charge_point.connect(port, "ocpp2.0.1")
+    status_topic = render("actuator_status", node=NODE, unit="point-1")
+    idle = until(lambda: op.latest(status_topic), what="a status")
+    assert idle.energy_due_kwh is None and idle.due_in_s is None and idle.soc is None
+
+    def reading(kwh: float, soc: float) -> list[dict[str, Any]]:
+        return [{"timestamp": "2026-03-01T12:00:10Z", "sampled_value": [
+            {"value": kwh, "unit_of_measure": {"unit": "kWh"}},
+            {"value": soc, "measurand": "SoC", "unit_of_measure": {"unit": "Percent"}},
+        ]}]  # fmt: skip
+
+    charge_point.run(station.call(v201.call.TransactionEvent(
+        event_type="Started", timestamp="2026-03-01T12:00:10Z", trigger_reason="CablePluggedIn",
+        seq_no=0, transaction_info={"transaction_id": "tx-7"}, evse={"id": 1, "connector_id": 1},
+        meter_value=reading(1.0, 55),
+    )))  # fmt: skip
+    departure = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
+    answer = charge_point.run(station.call(v201.call.NotifyEVChargingNeeds(
+        evse_id=1, charging_needs={
+            "requested_energy_transfer": "AC_three_phase",
+            "departure_time": departure.isoformat().replace("+00:00", "Z"),
+            "ac_charging_parameters": {"energy_amount": 20000, "ev_min_current": 6,
+                                       "ev_max_current": 16, "ev_max_voltage": 400},
+        },
+    )))  # fmt: skip
+    assert answer.status == "Accepted"
+    status = until(
+        lambda: (s := op.latest(status_topic)) and s.energy_due_kwh is not None and s,
+        what="a status with the EV's needs",
+    )
+    assert status.soc == pytest.approx(0.55) and status.energy_due_kwh == pytest.approx(20.0)
+    assert status.due_in_s == pytest.approx(7200.0, abs=10.0)
+    charge_point.run(station.call(v201.call.MeterValues(evse_id=1, meter_value=reading(3.0, 255))))
+    later = until(
+        lambda: (s := op.latest(status_topic)) and s.energy_due_kwh < 19.0 and s,
+        what="the energy due after 2 kWh",
+    )
+    assert later.energy_due_kwh == pytest.approx(18.0) and later.soc == pytest.approx(0.55)
+    time.sleep(0.6)
+    log = units.log("point-1")
+    assert log.count("is not a state of charge (expected 0..100 Percent)") == 1
+
+    # The plan sees a deferrable load: 18 kWh within the intervals up to its departure.
+    state = op.governance_view("point-1", later)
+    [ev] = horizon_offer(state, 0, 16, 15.0, (-20.0, 20.0))[0].deferrable
+    assert ev.energy_kwh == pytest.approx(18.0) and ev.end == 8 and ev.power_kw == 11.0
+    assert units.procs[0].poll() is None

@@ -39,6 +39,7 @@ _BUILTIN_MODELS: dict[str, str] = {
 _BUILTIN_DRIVERS: dict[str, str] = {
     "sunspec_meter": "redy.drivers.sunspec:SunSpecMeter",
     "sunspec_inverter": "redy.drivers.sunspec:SunSpecInverter",
+    "sunspec_storage": "redy.drivers.sunspec:SunSpecStorage",
     "ocpp_charger": "redy.drivers.ocpp_csms:OcppCharger",
     "z2m_plug": "redy.drivers.zigbee2mqtt:Zigbee2MqttPlug",
 }

@@ -8,6 +8,13 @@ asks for a meter reading after boot (TriggerMessage), and applies the market's d
 SetChargingProfile: a TxProfile on the running transaction, else a TxDefaultProfile for the next
 one, in W. `connector_id` is the connector (1.6) or the EVSE (2.0.1) the unit drives.
 
+What the EV states reaches the plan: its state of charge from the `SoC` measurand of its meter
+values (both versions, in Percent), and in 2.0.1 its charging needs (NotifyEVChargingNeeds:
+`energyAmount` in Wh of the AC or DC charging parameters, `departureTime`): the energy still due
+is that amount less what the meter has counted since, the deadline its departure. A charge point
+that states no departure gives no deadline, and none is invented; the needs end with the
+transaction.
+
 The CSMS runs in its own asyncio loop on a thread; the unit's loop calls read() and apply(),
 which hand work to that loop and wait with a timeout.
 """
@@ -39,6 +46,7 @@ logging.getLogger("websockets").setLevel(logging.WARNING)
 
 ENERGY = "Energy.Active.Import.Register"
 POWER = "Power.Active.Import"
+SOC = "SoC"
 _SCALE = {"Wh": 1.0, "kWh": 1000.0, "W": 1.0, "kW": 1000.0}
 PROFILE_ID = 7301  # ours; a SetChargingProfile with the same id replaces the previous one
 PROTOCOLS = ("ocpp1.6", "ocpp2.0.1")
@@ -102,6 +110,54 @@ def _scaled(sv: dict[str, Any], measurand: str) -> float:
     return value
 
 
+def parse_ev_soc(meter_value: Any) -> float | None:
+    """The EV's last state of charge (0..1) in a `meter_value` list, from its `SoC` measurand
+    (Percent; 1.6 text or 2.0.1 numbers with a multiplier); None when there is none; ValueError
+    naming what was expected when it is not a percentage 0..100."""
+    soc = None
+    for mv in meter_value if isinstance(meter_value, list) else []:
+        for sv in mv.get("sampled_value", []) if isinstance(mv, dict) else []:
+            if sv.get("measurand") != SOC:
+                continue
+            measure = sv.get("unit_of_measure") or {}
+            unit = sv.get("unit") or measure.get("unit") or "Percent"
+            multiplier = measure.get("multiplier", 0)
+            raw = sv.get("value")
+            try:
+                if unit != "Percent" or not isinstance(multiplier, int) or isinstance(raw, bool):
+                    raise ValueError
+                value = float(raw) * 10.0 ** max(-3, min(3, multiplier))
+            except (TypeError, ValueError):
+                value = math.nan
+            if not 0.0 <= value <= 100.0:  # NaN too
+                raise ValueError(
+                    f"{SOC} {raw!r} {unit} is not a state of charge (expected 0..100 Percent)"
+                )
+            soc = value / 100.0
+    return soc
+
+
+def parse_charging_needs(needs: Any) -> tuple[float | None, float | None]:
+    """(energy Wh the EV asks for or None, departure UNIX s or None) of a 2.0.1 `charging_needs`
+    (snake case, as the ocpp package gives it); ValueError naming what was expected."""
+    if not isinstance(needs, dict):
+        raise ValueError("chargingNeeds is not an object")
+    energy = None
+    for key in ("ac_charging_parameters", "dc_charging_parameters"):
+        params = needs.get(key)
+        if isinstance(params, dict) and params.get("energy_amount") is not None:
+            raw = params["energy_amount"]
+            if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0 <= raw <= 1.0e9:
+                raise ValueError(f"energyAmount {raw!r} is not an energy (expected 0..1e9 Wh)")
+            energy = float(raw)
+    departure = needs.get("departure_time")
+    try:
+        when = None if departure is None else _timestamp(departure)
+    except DeviceFault as exc:
+        raise ValueError(f"departureTime: {exc}") from None
+    return energy, when
+
+
 class OcppCharger(Driver):
     """One OCPP charge point (one connector or EVSE) under an EV station's action unit."""
 
@@ -151,6 +207,12 @@ class OcppCharger(Driver):
         self._fault: str | None = None
         self._limit_w: float | None = None
         self._next_tx = 1
+        self._ev_soc: float | None = None
+        self._need_wh: float | None = None  # NotifyEVChargingNeeds: energy asked for
+        self._need_from_wh: float | None = None  # the meter's register when it asked
+        self._departure_s: float | None = None
+        self._now_s = 0.0  # the unit's clock at the last read
+        self._ev_problem: str | None = None
 
     # -- the CSMS (its own loop and thread) -----------------------------------------------------
 
@@ -245,6 +307,8 @@ class OcppCharger(Driver):
                     )
                     return
                 self._energy_wh = energy_wh
+                if self._need_wh is not None and self._need_from_wh is None:
+                    self._need_from_wh = energy_wh  # the needs came before the first reading
             if power_w is not None:
                 if power_w > 1.5 * self.rated_kw * 1000.0:
                     self._fault = (
@@ -260,13 +324,34 @@ class OcppCharger(Driver):
         with self._lock:
             self._fault = problem
 
+    def on_ev(self, soc: float | None = None, problem: str | None = None) -> None:
+        """What the EV stated of its charge: a state of charge, or one that is not reported
+        (one log line per new problem; the meter's numbers stand)."""
+        with self._lock:
+            if problem is not None:
+                if problem != self._ev_problem:
+                    _log.warning(
+                        "%s %s: not reported: %s", self.kind, self.charge_point_id, problem
+                    )
+                self._ev_problem = problem
+                return
+            if soc is not None:
+                self._ev_soc, self._ev_problem = soc, None
+
+    def on_needs(self, energy_wh: float | None, departure_s: float | None) -> None:
+        """NotifyEVChargingNeeds: the energy the EV asks for and when it leaves."""
+        with self._lock:
+            self._need_wh, self._departure_s = energy_wh, departure_s
+            self._need_from_wh = self._energy_wh
+
     def on_transaction(
         self, transaction_id: int | str | None, meter_wh: float | None, ts: float
     ) -> None:
         with self._lock:
             self.transaction_id = transaction_id
-            if transaction_id is None:
+            if transaction_id is None:  # the EV has gone: what it stated goes with it
                 self._power_w = 0.0
+                self._ev_soc = self._need_wh = self._departure_s = None
         self.on_meter(meter_wh, None, ts)
 
     def new_transaction_id(self) -> int:
@@ -276,8 +361,26 @@ class OcppCharger(Driver):
 
     # -- the unit side --------------------------------------------------------------------------
 
+    def soc_now(self) -> float | None:
+        """The EV's state of charge as it last stated it (0..1), None when it states none."""
+        with self._lock:
+            return self._ev_soc
+
+    def due(self) -> tuple[float, float] | None:
+        """(kWh still due, s to departure) from the EV's charging needs (OCPP 2.0.1), the energy
+        counted since it asked taken off; None unless it stated both."""
+        with self._lock:
+            if self._need_wh is None or self._departure_s is None:
+                return None
+            drawn_wh = 0.0
+            if self._energy_wh is not None and self._need_from_wh is not None:
+                drawn_wh = max(self._energy_wh - self._need_from_wh, 0.0)
+            left_kwh = max(self._need_wh - drawn_wh, 0.0) / 1000.0
+            return left_kwh, max(self._departure_s - self._now_s, 0.0)
+
     def read(self, now_unix: float) -> Sample:
         with self._lock:
+            self._now_s = now_unix
             where = f"{self.kind} {self.charge_point_id}"
             if self._cp is None or not self._booted:
                 raise DeviceUnavailable(f"{where}: charge point not connected")
@@ -377,6 +480,10 @@ class _Handlers:
             self.driver.on_fault(str(exc))
 
     def _take(self, meter_value: Any) -> None:
+        try:
+            self.driver.on_ev(soc=parse_ev_soc(meter_value))
+        except ValueError as exc:
+            self.driver.on_ev(problem=str(exc))
         for ts, energy, power in parse_meter_values(meter_value):
             self.driver.on_meter(energy, power, ts)
 
@@ -543,5 +650,17 @@ def _v201() -> Any:
             if evse_id == self.driver.connector_id:
                 self._meter(lambda: self._take(meter_value))
             return call_result.MeterValues()
+
+        @on(Action.notify_ev_charging_needs)
+        async def on_charging_needs(self, charging_needs: Any, evse_id: int, **_kw: Any) -> Any:
+            if evse_id != self.driver.connector_id:
+                return call_result.NotifyEVChargingNeeds(status="Rejected")
+            try:
+                energy_wh, departure_s = parse_charging_needs(charging_needs)
+            except ValueError as exc:
+                self.driver.on_ev(problem=f"NotifyEVChargingNeeds: {exc}")
+                return call_result.NotifyEVChargingNeeds(status="Rejected")
+            self.driver.on_needs(energy_wh, departure_s)
+            return call_result.NotifyEVChargingNeeds(status="Accepted")
 
     return Session

@@ -10,7 +10,13 @@ register: value = raw x 10^SF. Register offsets are those of the SunSpec model d
 - DER AC measurement 701: W 8 (int16), TotWhInj 17 and TotWhAbs 21 (uint64), W_SF 114,
   TotWh_SF 118;
 - immediate controls 123: WMaxLimPct 3 (uint16, % of WMax), WMaxLim_Ena 7, WMaxLimPct_SF 21;
-- DER controls 704: WMaxLimPctEna 12, WMaxLimPct 13, WMaxLimPct_SF 52.
+- DER controls 704: WMaxLimPctEna 12, WMaxLimPct 13, WMaxLimPct_SF 52;
+- storage 124: StorCtl_Mod 3 (bit 0: the charge limit InWRte applies, bit 1: the discharge
+  limit OutWRte), MinRsvPct 5 (the reserve, % of capacity), ChaState 6 (state of charge, % of
+  capacity), OutWRte 10 and InWRte 11 (int16, %), MinRsvPct_SF 19, ChaState_SF 20,
+  InOutWRte_SF 23;
+- battery 802: SoCMax 5, SoCMin 6 (the manufacturer's bounds), SocRsvMax 7, SoCRsvMin 8 (the
+  reserve the owner set), SoC 9, all % of WHRtg with SoC_SF 54.
 
 Unimplemented values (int16 0x8000, uint16 0xFFFF, sunssf 0x8000), scale factors outside
 -10..10 and powers beyond 1.5 x rated_kw are DeviceFault: the unit publishes nothing from them.
@@ -45,6 +51,8 @@ METERS = (201, 202, 203, 204)
 INVERTERS = (101, 102, 103)
 DER_MEASUREMENT = 701
 CONTROLS = (704, 123)  # preferred first
+STORAGE_CONTROLS = 124
+BATTERY = 802
 _MAX_MODELS = 64
 
 Reader = Callable[[int, int], list[int]]
@@ -129,6 +137,54 @@ def decode_power_energy(block: Block, regs: list[int]) -> tuple[float, float]:
     return w, injected - absorbed
 
 
+@attrs.frozen
+class ChargeState:
+    """A store's state of charge now and the range it keeps between (fractions 0..1); the range
+    is None where the device states no bound."""
+
+    soc: float
+    soc_min: float | None = None
+    soc_max: float | None = None
+
+
+def _percent(raw: int, sf_raw: int, name: str, sf_name: str) -> float:
+    value = uint16(raw, name) * 10.0 ** scale_factor(sf_raw, sf_name)
+    if not 0.0 <= value <= 100.0:
+        raise DeviceFault(f"{name} {value:g} % is out of range (expected 0..100 %)")
+    return value / 100.0
+
+
+def _optional_percent(raw: int, sf_raw: int, name: str, sf_name: str) -> float | None:
+    """An optional point: None when not implemented (0xFFFF)."""
+    return None if raw == 0xFFFF else _percent(raw, sf_raw, name, sf_name)
+
+
+def decode_charge(model: int, regs: list[int]) -> ChargeState:
+    """The state of charge of a battery 802 block (SoC; the reserve SoCRsvMin..SocRsvMax, else
+    the manufacturer's SoCMin..SoCMax) or a storage 124 block (ChaState; the reserve
+    MinRsvPct), read from its first register; DeviceFault when the device states no valid one."""
+    if model == BATTERY:
+        soc = _percent(regs[9], regs[54], "SoC", "SoC_SF")
+        lo = _optional_percent(regs[8], regs[54], "SoCRsvMin", "SoC_SF")
+        if lo is None:
+            lo = _optional_percent(regs[6], regs[54], "SoCMin", "SoC_SF")
+        hi = _optional_percent(regs[7], regs[54], "SocRsvMax", "SoC_SF")
+        if hi is None:
+            hi = _optional_percent(regs[5], regs[54], "SoCMax", "SoC_SF")
+    else:
+        soc = _percent(regs[6], regs[20], "ChaState", "ChaState_SF")
+        lo = (
+            None
+            if regs[19] == 0x8000
+            else _optional_percent(regs[5], regs[19], "MinRsvPct", "MinRsvPct_SF")
+        )
+        hi = None
+    if lo is not None and hi is not None and lo > hi:
+        raise DeviceFault(f"reserve {lo:.0%}..{hi:.0%} is empty (expected min <= max)")
+    return ChargeState(soc, lo, hi)
+
+
+_CHARGE_LENGTH = {BATTERY: 55, STORAGE_CONTROLS: 24}
 _READ_LENGTH = {**dict.fromkeys(METERS, 53), **dict.fromkeys(INVERTERS, 25), DER_MEASUREMENT: 119}
 # controls model -> (enable offset, limit offset, scale factor offset)
 _CONTROL_OFFSETS = {123: (7, 3, 21), 704: (12, 13, 52)}
@@ -399,3 +455,127 @@ class SunSpecInverter(_SunSpecDevice):
 
     def limits(self, sample: Sample) -> Limits:
         return Limits(0.0, max(sample.power_kw, min(self._unlimited_kw, self.rated_kw)))
+
+
+class SunSpecStorage(_SunSpecDevice):
+    """A battery behind a SunSpec inverter: its AC power from model 701 (else 101-103; + is
+    discharge, injection), its state of charge and reserve from model 802 (else 124), its
+    charge and discharge limited through model 124: a setpoint of x kW in discharge sets
+    OutWRte to x / rated_kw and InWRte to 0 with both limits on (StorCtl_Mod 3), a charge the
+    other way round, 0 or off both to 0; `on=True` alone lifts both (StorCtl_Mod 0). These are
+    limits the battery's own controller keeps under, as the inverter's WMaxLimPct is: rated_kw
+    should be the device's WChaMax. `capacity_kwh`: its usable energy (WHRtg of model 802)."""
+
+    kind = "sunspec_storage"
+    actuatable = True
+    measuring = (DER_MEASUREMENT, *INVERTERS)
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        rated_kw: float,
+        capacity_kwh: float,
+        port: int = 502,
+        unit_id: int = 1,
+        base_address: int = 40000,
+        timeout_s: float = 1.0,
+    ) -> None:
+        super().__init__(
+            host=host,
+            rated_kw=rated_kw,
+            port=port,
+            unit_id=unit_id,
+            base_address=base_address,
+            timeout_s=timeout_s,
+            quantity="mixed",
+        )
+        self.quantity = "storage"
+        self.capacity_kwh_or_none = check_positive(capacity_kwh, "capacity_kwh")
+        self._charge: ChargeState | None = None
+        self._charge_problem: str | None = None
+
+    def _read_charge(self) -> ChargeState | None:
+        """The state of charge the device states now; None (and one log line when the reason
+        changes) when it states none or an invalid one: the unit still reports its power."""
+        blocks = self._map()
+        block = next((blocks[m] for m in (BATTERY, STORAGE_CONTROLS) if m in blocks), None)
+        problem = None
+        charge = None
+        if block is None:
+            problem = f"no model 802 or 124 (found {sorted(blocks)})"
+        else:
+            try:
+                _check_length(block, _CHARGE_LENGTH[block.model])
+                regs = self._link.read(block.address, _CHARGE_LENGTH[block.model])
+                charge = decode_charge(block.model, regs)
+            except DeviceFault as exc:
+                problem = f"model {block.model}: {exc}"
+        if problem != self._charge_problem:
+            where = f"{self.kind} at {self._link.where}"
+            if problem is not None:
+                _log.warning(
+                    "%s: state of charge not reported: %s (expected SoC or ChaState 0..100 %% "
+                    "with a scale factor -10..10)",
+                    where,
+                    problem,
+                )
+            else:
+                _log.info("%s: state of charge reported again", where)
+            self._charge_problem = problem
+        return charge
+
+    def read(self, now_unix: float) -> Sample:
+        w, wh = self._measure()
+        power_kw = self.check_power(w / 1000.0, "power")
+        self._charge = self._read_charge()
+        return Sample(ts_s=now_unix, power_kw=power_kw, energy_kwh=wh / 1000.0)
+
+    def soc_now(self) -> float | None:
+        return None if self._charge is None else self._charge.soc
+
+    def soc_range(self) -> tuple[float, float] | None:
+        c = self._charge
+        if c is None or (c.soc_min is None and c.soc_max is None):
+            return None
+        return (
+            0.0 if c.soc_min is None else c.soc_min,
+            1.0 if c.soc_max is None else c.soc_max,
+        )
+
+    def limits(self, sample: Sample) -> Limits:
+        """Its rated power both ways, but no charge when full and no discharge at its floor."""
+        lo, hi = -self.rated_kw, self.rated_kw
+        c, bounds = self._charge, self.soc_range() or (0.0, 1.0)
+        if c is not None and c.soc >= bounds[1]:
+            lo = 0.0
+        if c is not None and c.soc <= bounds[0]:
+            hi = 0.0
+        return Limits(min(lo, sample.power_kw), max(hi, sample.power_kw))
+
+    def apply(self, setpoint_kw: float | None = None, on: bool | None = None) -> Applied:
+        """Limit charge and discharge: `setpoint_kw` (+ discharge, clamped to ±rated_kw);
+        `on=False` holds (both limits 0); `on=True` alone lifts both limits."""
+        blocks = self._map()
+        if STORAGE_CONTROLS not in blocks:
+            raise DeviceFault(
+                f"{self.kind} at {self._link.where}: no storage controls model 124 "
+                f"(found {sorted(blocks)})"
+            )
+        block = blocks[STORAGE_CONTROLS]
+        _check_length(block, 24)
+        note = None
+        if on is True and setpoint_kw is None:
+            self._link.write(block.address + 3, 0)  # StorCtl_Mod: no limit
+            return Applied(self.rated_kw, True, None)
+        target = 0.0
+        if on is not False and setpoint_kw is not None:
+            target = clamp(setpoint_kw, -self.rated_kw, self.rated_kw)
+            if target != setpoint_kw:
+                note = f"setpoint {setpoint_kw:g} kW clamped to ±{self.rated_kw:g} kW"
+        sf = scale_factor(self._link.read(block.address + 23, 1)[0], "InOutWRte_SF")
+        raw = round(abs(target) / self.rated_kw * 100.0 / 10.0**sf)
+        self._link.write(block.address + 10, raw if target > 0 else 0)  # OutWRte
+        self._link.write(block.address + 11, raw if target < 0 else 0)  # InWRte
+        self._link.write(block.address + 3, 3)  # StorCtl_Mod: both limits in force
+        return Applied(target, target != 0.0, note)
