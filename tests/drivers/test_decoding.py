@@ -128,12 +128,18 @@ def test_ocpp_ev_state_of_charge_and_charging_needs_are_checked() -> None:
              "departure_time": "2026-03-01T18:00:00Z",
              "ac_charging_parameters": {"energy_amount": 20000, "ev_min_current": 6,
                                         "ev_max_current": 16, "ev_max_voltage": 400}}  # fmt: skip
-    assert parse_charging_needs(needs) == (20000.0, 1772366400.0 + 6 * 3600)
-    assert parse_charging_needs({"requested_energy_transfer": "DC"}) == (None, None)
+    now = 1772366400.0  # 12:00
+    assert parse_charging_needs(needs, now) == (20000.0, now + 6 * 3600)
+    assert parse_charging_needs({"requested_energy_transfer": "DC"}, now) == (None, None)
     with pytest.raises(ValueError, match=r"expected 0\.\.1e9 Wh"):
-        parse_charging_needs({"dc_charging_parameters": {"energy_amount": -5}})
+        parse_charging_needs({"dc_charging_parameters": {"energy_amount": -5}}, now)
     with pytest.raises(ValueError, match="departureTime"):
-        parse_charging_needs({"departure_time": "tonight"})
+        parse_charging_needs({"departure_time": "tonight"}, now)
+    with pytest.raises(ValueError, match="more than 7 days ahead"):  # due_in_s would not fit
+        parse_charging_needs({"departure_time": "2126-03-01T12:00:00Z"}, now)
+    with pytest.raises(ValueError, match=r"expected 0\.\.100 Percent"):
+        v201["unit_of_measure"] = {"unit": "Percent", "multiplier": 9}
+        parse_ev_soc(mv(v201))
 
 
 def test_an_evs_energy_due_falls_with_what_the_meter_counts_and_ends_with_it() -> None:

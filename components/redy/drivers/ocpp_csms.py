@@ -26,6 +26,7 @@ import datetime as dt
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -47,6 +48,7 @@ logging.getLogger("websockets").setLevel(logging.WARNING)
 ENERGY = "Energy.Active.Import.Register"
 POWER = "Power.Active.Import"
 SOC = "SoC"
+MAX_DEPARTURE_S = 7 * 86400.0  # a departure further ahead is no plan's business (nor a date)
 _SCALE = {"Wh": 1.0, "kWh": 1000.0, "W": 1.0, "kW": 1000.0}
 PROFILE_ID = 7301  # ours; a SetChargingProfile with the same id replaces the previous one
 PROTOCOLS = ("ocpp1.6", "ocpp2.0.1")
@@ -124,9 +126,14 @@ def parse_ev_soc(meter_value: Any) -> float | None:
             multiplier = measure.get("multiplier", 0)
             raw = sv.get("value")
             try:
-                if unit != "Percent" or not isinstance(multiplier, int) or isinstance(raw, bool):
+                if (
+                    unit != "Percent"
+                    or not isinstance(multiplier, int)
+                    or not -3 <= multiplier <= 3
+                    or isinstance(raw, bool)
+                ):
                     raise ValueError
-                value = float(raw) * 10.0 ** max(-3, min(3, multiplier))
+                value = float(raw) * 10.0**multiplier
             except (TypeError, ValueError):
                 value = math.nan
             if not 0.0 <= value <= 100.0:  # NaN too
@@ -137,9 +144,10 @@ def parse_ev_soc(meter_value: Any) -> float | None:
     return soc
 
 
-def parse_charging_needs(needs: Any) -> tuple[float | None, float | None]:
+def parse_charging_needs(needs: Any, now_unix: float) -> tuple[float | None, float | None]:
     """(energy Wh the EV asks for or None, departure UNIX s or None) of a 2.0.1 `charging_needs`
-    (snake case, as the ocpp package gives it); ValueError naming what was expected."""
+    (snake case, as the ocpp package gives it) received at `now_unix`; ValueError naming what
+    was expected (a departure at most MAX_DEPARTURE_S ahead)."""
     if not isinstance(needs, dict):
         raise ValueError("chargingNeeds is not an object")
     energy = None
@@ -155,6 +163,11 @@ def parse_charging_needs(needs: Any) -> tuple[float | None, float | None]:
         when = None if departure is None else _timestamp(departure)
     except DeviceFault as exc:
         raise ValueError(f"departureTime: {exc}") from None
+    if when is not None and when - now_unix > MAX_DEPARTURE_S:
+        raise ValueError(
+            f"departureTime {departure} is more than {MAX_DEPARTURE_S / 86400:g} days ahead "
+            "(expected the EV's departure from this charge)"
+        )
     return energy, when
 
 
@@ -370,8 +383,8 @@ class OcppCharger(Driver):
         """(kWh still due, s to departure) from the EV's charging needs (OCPP 2.0.1), the energy
         counted since it asked taken off; None unless it stated both."""
         with self._lock:
-            if self._need_wh is None or self._departure_s is None:
-                return None
+            if self._need_wh is None or self._departure_s is None or self._now_s <= 0:
+                return None  # (before the first read, no clock to count the time left by)
             drawn_wh = 0.0
             if self._energy_wh is not None and self._need_from_wh is not None:
                 drawn_wh = max(self._energy_wh - self._need_from_wh, 0.0)
@@ -656,7 +669,7 @@ def _v201() -> Any:
             if evse_id != self.driver.connector_id:
                 return call_result.NotifyEVChargingNeeds(status="Rejected")
             try:
-                energy_wh, departure_s = parse_charging_needs(charging_needs)
+                energy_wh, departure_s = parse_charging_needs(charging_needs, time.time())
             except ValueError as exc:
                 self.driver.on_ev(problem=f"NotifyEVChargingNeeds: {exc}")
                 return call_result.NotifyEVChargingNeeds(status="Rejected")
