@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import random
 import signal
 import socket
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,7 +23,7 @@ from redy import pki
 from redy.errors import DeliveryFailed, PeerUnreachable
 from redy.transport.backoff import Backoff
 from redy.transport.client import AsyncLink
-from redy.transport.peer_links import PeerLinks
+from redy.transport.peer_links import COLLECT_EVERY_S, PeerLinks
 
 pytestmark = pytest.mark.integration
 
@@ -230,6 +232,33 @@ async def test_failed_dials_to_ever_new_ports_leave_nothing_behind(tmp_path: Pat
     assert links._locks == {}  # the state this test is about
     assert len(links._bad) <= 16  # bounded at 4 x max_links
     await links.close_all()
+
+
+async def test_closed_links_are_freed_soon_not_at_the_next_full_collection(
+    process_broker: Any,
+) -> None:
+    """A closed link lives on in reference cycles (gmqtt's client, asyncio's TLS transport) with
+    its 256 KiB buffer until a full collection, which CPython runs rarely: keep_only collects
+    once links have closed, at most every COLLECT_EVERY_S."""
+    gas = process_broker("gas-1")
+    now = [0.0]
+    links = PeerLinks("me", _me(gas), timeout_s=2.0, clock=lambda: now[0])
+    gone: list[weakref.ref[Any]] = []
+    gc.disable()  # only keep_only's collection may free them
+    try:
+        for _ in range(3):
+            await links.publish(gas.config.grid_uri, "redy/gas-1/grid/gossip/me", b"{}")
+            gone.append(weakref.ref(await links.link(gas.config.grid_uri)))
+            await links.close(gas.config.grid_uri)
+        await links.keep_only(set())  # too soon after the last collection: none yet
+        assert sum(r() is not None for r in gone) == 3
+        await asyncio.sleep(0.5)  # the transports' last callbacks run (as between periods)
+        now[0] += COLLECT_EVERY_S
+        await links.keep_only(set())
+        assert [r() for r in gone] == [None, None, None]
+    finally:
+        gc.enable()
+        await links.close_all()
 
 
 async def test_concurrent_pushes_to_a_stalled_and_a_live_peer(process_broker: Any) -> None:
