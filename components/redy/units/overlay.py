@@ -267,9 +267,12 @@ class OverlayDriver:
         if not admitted:
             return
         brokers = {e.node: e.broker for e in self.core.view}
+        admitted = tuple(n for n in admitted if n in brokers)
+        # Marked before any other task runs: the dials start only at the gather's first await,
+        # and a view published in between would show the candidates unchecked.
+        self._unverified.update(admitted)
 
         async def dial(node: str, broker: str) -> None:
-            self._unverified[node] += 1
             try:
                 await self._links.link(broker, node)
             except PeerUnreachable as exc:
@@ -280,4 +283,4 @@ class OverlayDriver:
                 if self._unverified[node] <= 0:
                     del self._unverified[node]
 
-        await asyncio.gather(*(dial(n, brokers[n]) for n in admitted if n in brokers))
+        await asyncio.gather(*(dial(n, brokers[n]) for n in admitted))
