@@ -198,3 +198,17 @@ def test_csp_heat_balance_holds() -> None:
         - c.energy_kwh / c.block_efficiency  # type: ignore[attr-defined]
     )
     assert c.stored_kwh_th == pytest.approx(balance, rel=1e-9)  # type: ignore[attr-defined]
+
+
+def test_water_heater_near_the_top_of_its_band_states_what_it_draws() -> None:
+    # 0.1 K under the top: on, it reaches the top within the minute and the thermostat stops it.
+    w = WaterHeater(power_kw=2.5, draw_kw=0.4, t_c=59.9)
+    lim = w.limits(60.0)
+    assert -2.5 < lim.min_kw < -0.5 and lim.max_kw == 0.0
+    w.apply(lim.min_kw / 4)  # nearer off than on
+    assert not w.on
+    w.apply(lim.min_kw)  # the market dispatches all it states
+    w.step(60.0)
+    assert w.on and w.power_kw == pytest.approx(lim.min_kw)
+    # In the middle of the band it states its rating, as before.
+    assert WaterHeater(power_kw=2.5, t_c=55.0).limits(60.0).min_kw == -2.5

@@ -215,6 +215,7 @@ class WaterHeater(Device):
         self.on = False
         self.heat_in_kwh = 0.0
         self.heat_out_kwh = 0.0
+        self._interval_s = 60.0  # the interval of the last limits() asked (simulated s)
 
     def bid_eur_mwh(self) -> float:
         """Willingness to pay: the low end of its range with a full tank, the top at the bottom
@@ -247,16 +248,32 @@ class WaterHeater(Device):
         soc = clamp((self.t_c - self.t_min_c) / (self.t_max_c - self.t_min_c), 0.0, 1.0)
         return Reading(power_kw=self.power_kw, energy_kwh=self.energy_kwh, soc=soc)
 
+    def _reach_kw(self, interval_s: float) -> float:
+        """The mean power (kW) it draws over `interval_s` (simulated) if on: its rating, less
+        once the tank would reach the top of the band within the interval (the thermostat
+        stops it there)."""
+        h = max(interval_s, 1.0) / 3600.0
+        p_out = self.draw_kw + self.loss_kw_per_k * (self.t_c - self.ambient_c)
+        room_kwh = (self.t_max_c - self.t_c) * self.capacity_kwh_per_k + p_out * h
+        return clamp(room_kwh / h, 0.0, self.rated_kw)
+
     def limits(self, interval_s: float = 60.0) -> Limits:
+        # The interval the unit reports over: a setpoint is read against what it can draw in it.
+        self._interval_s = interval_s
         if self.t_c <= self.t_min_c:
             return Limits(-self.rated_kw, -self.rated_kw)
         if self.t_c >= self.t_max_c:
             return Limits(0.0, 0.0)
-        return Limits(-self.rated_kw, 0.0)
+        # Near the top of the band a full tank draws its rating for part of the interval only:
+        # stating the rating there promised the market kW it did not draw (grid12's balance
+        # 2 % off from late morning on, every heater dispatched on and drawing under half).
+        return Limits(-self._reach_kw(interval_s), 0.0)
 
     def apply(self, setpoint_kw: float | None = None, on: bool | None = None) -> Applied:
         if setpoint_kw is not None and on is None:
-            on = abs(setpoint_kw) >= self.rated_kw / 2  # on/off device: nearest state
+            # An on/off device: the nearer of off and what it draws on over the interval.
+            reach = self._reach_kw(self._interval_s) if self.t_c > self.t_min_c else self.rated_kw
+            on = reach > 0 and abs(setpoint_kw) >= reach / 2
         if on is not None:
             self.on = on
         note = None
