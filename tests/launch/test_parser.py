@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from redy.errors import LaunchError
-from redy.launch.parser import parse
+from redy.launch.parser import LaunchDescription, parse
 
 pytestmark = pytest.mark.pure
 
@@ -34,6 +34,23 @@ launch:
 def test_every_shipped_launch_file_parses() -> None:
     for f in sorted(LAUNCH.glob("*.yaml")):
         assert parse(f).nodes, f
+
+
+def test_shipped_grids_plan_an_island_unless_given_a_supplier() -> None:
+    # No process of a launch is a supplier: a plan that counted on one placed the stores for
+    # exchanges the grid cannot make (issue 29). One value per grid, from the top file.
+    def supplier(desc: LaunchDescription) -> set[tuple[float, float]]:
+        return {
+            (n.governance.value("plan_import_kw"), n.governance.value("plan_export_kw"))
+            for n in desc.nodes
+            if n.governance
+        }
+
+    for f in sorted(LAUNCH.glob("*.yaml")):
+        assert supplier(parse(f)) == {(0.0, 0.0)}, f
+    for f in ("grid12.yaml", "figure3.yaml"):
+        given = parse(LAUNCH / f, {"plan_import_kw": "500", "plan_export_kw": "200"})
+        assert supplier(given) == {(500.0, 200.0)}, f
 
 
 def test_figure3_is_the_papers_three_nodes() -> None:
