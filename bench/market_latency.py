@@ -33,6 +33,12 @@ published its plan, and of those the ones in which every node's last plan has th
 for one with several it prints how many offers each digest counted; and the exchange with the
 supplier the plans schedule, against the load (the launched grid is an island: its 1 Hz
 balance is |sum net| / load whatever the plans assume).
+
+With `--sim-hour H` the measurement starts once every node's state says the simulated clock has
+reached H hours into the day (after steady state; if steady state comes later, it starts then
+and says so): runs of one launch file and speed then measure the same simulated hours, whose
+loads and sun differ (issue 29: a run's warm-up moved its samples across the day). The
+simulated hours measured are printed, and the JSON's `balance` holds the share within 1 %.
 """
 
 from __future__ import annotations
@@ -194,6 +200,14 @@ class Observer:
         self.latest_plans: dict[str, messages.Plan] = {}
         self.scheduled: list[float] = []  # per balance sample, |the scheduled exchange| / load
         self.ended = 0.0  # when the observation ended
+        self.sim_hours: list[float] = []  # per balance sample, the simulated hour the nodes state
+
+    def sim_hour(self) -> float | None:
+        """The simulated hour into the day the nodes' states have all reached (the earliest of
+        their clocks); None before every node has stated one."""
+        if not self.states:
+            return None
+        return min(s.ts_s for s in self.states.values()) / 3600.0
 
     def scheduled_kw(self, now: float) -> float:
         """The community's net injection the plans schedule now (export minus import, kW): the
@@ -276,6 +290,14 @@ async def _observe(
         if len(cleared) == len(nodes) and len(recent) == 3 and max(recent) - min(recent) < 0.05:
             settled = True
             break
+    late_start = False
+    if args.sim_hour is not None:
+        while len(obs.states) < len(nodes) or (hour := obs.sim_hour() or 0.0) < args.sim_hour:
+            if launcher.poll() is not None:
+                raise SystemExit("the launch stopped; see its log (--keep)")
+            await asyncio.sleep(0.05)
+        # A few simulated minutes past it: the wait polls, and states come once a second.
+        late_start = hour > args.sim_hour + 0.1
     sampler.refresh()
     measure_from = time.time()
     host0 = _host_cpu()
@@ -300,6 +322,7 @@ async def _observe(
             net = sum(s.net_kw for s in obs.states.values())
             load = sum(s.consumption_kw for s in obs.states.values())
             obs.balance.append((time.time(), abs(net) / load if load > 0 else 0.0))
+            obs.sim_hours.append(obs.sim_hour() or 0.0)
             # With plans: the exchange with the supplier they schedule, which this grid (an
             # island: no supplier in the processes) cannot make.
             scheduled = abs(obs.scheduled_kw(time.time()))
@@ -310,6 +333,11 @@ async def _observe(
     obs.ended = time.time()
     for link in links.values():
         await link.close()
+    if late_start:
+        print(
+            f"the simulated clock was {hour:.2f} h, past {args.sim_hour:g} h, when steady state"
+            " came: measured from then"
+        )
     return obs, sampler, measure_from, idle, settled
 
 
@@ -355,6 +383,9 @@ def _report(
             f" max {max(spreads):.4f} EUR/MWh"
         )
     late = [b for t, b in obs.balance if t >= start]
+    hours = [h for (t, _b), h in zip(obs.balance, obs.sim_hours, strict=True) if t >= start]
+    if hours:
+        print(f"simulated hours measured: {min(hours):.2f} to {max(hours):.2f}")
     if late:
         within = sum(b <= 0.01 for b in late) / len(late)
         print(
@@ -373,11 +404,30 @@ def _report(
                     f"  samples {label}: {sum(b <= 0.01 for b in part)} of {len(part)} within"
                     f" 1 %, max {max(part) * 100:.2f} %"
                 )
+        # With plans: the samples in the first two epochs of a planning interval, where the
+        # planned setpoints change (the previous solve's second interval, then the new solve).
+        if obs.plan_interval_s:
+            lead = 2 * args.epoch_s
+            for label, want in (
+                (f"in a planning interval's first {lead:g} s", True),
+                ("later", False),
+            ):
+                part = [
+                    b
+                    for t, b in obs.balance
+                    if t >= start and (t % obs.plan_interval_s < lead) == want
+                ]
+                if part:
+                    print(
+                        f"  samples {label}: {sum(b <= 0.01 for b in part)} of {len(part)}"
+                        f" within 1 %, max {max(part) * 100:.2f} %"
+                    )
     # Every node's last plan of each interval all of them published, for the intervals that
     # ended while observing: one digest, or several. The interval the observation ends in is
     # left out: a node may not yet have solved again with an offer that came late.
     ended = obs.ended // obs.plan_interval_s if obs.plan_interval_s else math.inf
     plans = {k: held for k, held in obs.plans.items() if len(held) == n and k < ended}
+    same = 0
     if args.plan_intervals:
         same = sum(len({d for d, _ in held.values()}) == 1 for held in plans.values())
         print(
@@ -436,6 +486,15 @@ def _report(
                 "plans": {
                     str(k): len({d for d, _ in v.values()}) for k, v in sorted(plans.items())
                 },
+                "plan_intervals": args.plan_intervals,
+                "plans_whole": len(plans),
+                "plans_one_digest": same,
+                "balance": {
+                    "samples": len(late),
+                    "within_1pct": sum(b <= 0.01 for b in late) / len(late) if late else None,
+                    "median": statistics.median(late) if late else None,
+                },
+                "sim_hours": [min(hours), max(hours)] if hours else None,
             }
         )
     )
@@ -463,6 +522,12 @@ def main() -> None:
         default=0,
         help="the grid also plans over N intervals (plan_intervals:=N); reports whether every"
         " node published the same plan",
+    )
+    ap.add_argument(
+        "--sim-hour",
+        type=float,
+        help="start measuring once the nodes' simulated clock reaches this hour of the day"
+        " (the same hours in every run of one launch file and speed)",
     )
     ap.add_argument("--keep", action="store_true", help="keep the state and logs (printed)")
     args = ap.parse_args()
