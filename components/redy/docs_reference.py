@@ -227,7 +227,8 @@ def topics_page() -> str:
             if f.max is not None:
                 rng.append(f"<= {f.max:g}")
             if f.max_len is not None:
-                rng.append(f"at most {f.max_len} items")
+                what = "characters" if f.type == "str" else "items"
+                rng.append(f"at most {f.max_len} {what}")
             rows.append(
                 (
                     f"`{f.name}`",

@@ -227,6 +227,26 @@ class Gossip:
 
 
 @attrs.frozen(kw_only=True)
+class CellCard:
+    """A member of the cell market: its broker and certificate, signed (redy.signing)."""
+
+    node: str
+    broker: str
+    cert: str
+    ts_s: float
+    sig: str
+
+
+@attrs.frozen(kw_only=True)
+class CellMessage:
+    """A message of the cell market's protocol (JSON text) and/or members' cards."""
+
+    sender: str
+    body: str | None = None
+    cards: tuple[CellCard, ...] | None = None
+
+
+@attrs.frozen(kw_only=True)
 class PlanBlock:
     kw: tuple[float, ...] = ()
     cost_eur_mwh: tuple[float, ...] = ()
@@ -324,6 +344,8 @@ MESSAGE_TYPES: dict[str, type] = {
         ShuffleReply,
         NodeOffer,
         Gossip,
+        CellCard,
+        CellMessage,
         PlanBlock,
         PlanStorage,
         PlanDeferrable,
@@ -610,9 +632,10 @@ def _check_value(f: FieldSpec, value: Any, where: str) -> None:
             raise InvalidMessage(f"{where}: {value!r} is not {_expect(f)}")
         if t == "enum" and value not in f.values:
             raise InvalidMessage(f"{where}: {value!r} is not one of {list(f.values)}")
-        if len(value) > 1024:
+        longest = f.max_len if t == "str" and f.max_len is not None else 1024
+        if len(value) > longest:
             raise InvalidMessage(
-                f"{where}: string of {len(value)} characters, expected at most 1024"
+                f"{where}: string of {len(value)} characters, expected at most {longest}"
             )
         return
     if t == "bool":

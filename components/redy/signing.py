@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from redy.balancing.offers import NodeId, cert_missing, offer_refusal
 from redy.errors import RedyError
-from redy.messages import NodeOffer
+from redy.messages import CellCard, NodeOffer
 from redy.pki import Grant, Identity, common_name, grant_of, member_refusal
 
 
@@ -35,6 +35,23 @@ def signed_bytes(
     if session is not None:
         body.append(session)
     return orjson.dumps(body)
+
+
+def card_bytes(node: str, broker: str, ts_s: float) -> bytes:
+    """What a member signs in its cell market card (messages.CellCard)."""
+    return orjson.dumps(["redy-card", node, broker, float(ts_s)])
+
+
+def public_key_bytes(cert_b64: str) -> bytes:
+    """The public key (DER SubjectPublicKeyInfo) of a certificate (base64 DER): what places a
+    member in its cell (redy.balancing.cells.cell_of). RedyError if it is no certificate."""
+    try:
+        cert = x509.load_der_x509_certificate(base64.b64decode(cert_b64, validate=True))
+    except (ValueError, TypeError):
+        raise RedyError("not a certificate (base64 DER)") from None
+    return cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 class Signer:
@@ -56,6 +73,11 @@ class Signer:
         """The signature (base64) of `body` by this node's key (the plans' offers use it:
         redy.planning.wire.signed_body)."""
         return base64.b64encode(self._key.sign(body, ec.ECDSA(hashes.SHA256()))).decode()
+
+    def card(self, broker: str, ts_s: float) -> CellCard:
+        """This node's cell market card: `broker` its grid listener, signed at `ts_s`."""
+        sig = self.sign_bytes(card_bytes(self.node, broker, ts_s))
+        return CellCard(node=self.node, broker=broker, cert=self.cert, ts_s=ts_s, sig=sig)
 
     def sign(self, epoch: int, values: Sequence[float]) -> NodeOffer:
         body = signed_bytes(self.node, epoch, values, self.session)
@@ -92,6 +114,7 @@ class Verifier:
 
     def __init__(self, ca: Path, capacity_kw: float = math.inf, max_certs: int = 4096) -> None:
         self._ca = x509.load_pem_x509_certificate(ca.read_bytes())
+        self.ca_der = self._ca.public_bytes(serialization.Encoding.DER)
         self.capacity_kw = capacity_kw
         self._by_cert: dict[str, _Member | str] = {}
         self._by_node: dict[str, _Member] = {}
@@ -160,6 +183,16 @@ class Verifier:
                 self._by_node.clear()
             self._by_node[node] = got
         return got.grant
+
+    def card_refusal(self, card: CellCard) -> str | None:
+        """Why `card` is not its member's own (None: signed by a member certificate of the grid
+        CA that names its node)."""
+        got = self.signer_grant(
+            card.node, card.cert, card_bytes(card.node, card.broker, card.ts_s), card.sig
+        )
+        if isinstance(got, str):
+            return got.replace("offer of", "card of", 1)
+        return None
 
     def refusal(self, offer: NodeOffer) -> str | None:
         """Why `offer` is not its node's own, or breaks its node's certified limits (None: it

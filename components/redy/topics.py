@@ -365,7 +365,8 @@ def _field_schema(f: FieldSpec, type_name: str) -> dict[str, Any]:
     if type_name == "enum":
         out = {"type": "string", "enum": list(f.values)}
     elif type_name in ("str", "id", "uri"):
-        out = {"type": "string", "maxLength": 1024}
+        longest = f.max_len if type_name == "str" and f.max_len is not None else 1024
+        out = {"type": "string", "maxLength": longest}
         if type_name == "id":
             out["pattern"] = CONTRACT.id_regex.pattern
         elif type_name == "uri":

@@ -100,9 +100,11 @@ class FaultGrid:
         introducers: list[int] | None = None,
         market: str = "pushsum",
         shuffle: str = "cyclon",
+        cell_size: int | None = None,
     ) -> None:
         self.tmp = tmp
         self.market = market
+        self.cell_size = cell_size
         self.shuffle = shuffle
         self.n = n
         self.nodes = [f"n{i}" for i in range(n)]
@@ -129,13 +131,16 @@ class FaultGrid:
         node = self.nodes[i]
         port, grid, unit = self.ports[i]
         intro = ",".join(self.grid_uri(j) for j in self.introducers if j != i)
+        market = (
+            self.market if self.cell_size is None else f"{self.market}, cell_size: {self.cell_size}"
+        )
         text = f"""\
 launch:
   - clock: {{speed: 10, start_s: 43200}}
   - broker: {{node: {node}, port: {port}, grid_port: {grid}, unit_port: {unit},
       grid_bind: "{self.grid_host(i)}"}}
   - governance: {{node: {node}, kind: gas_plant, introducer: "{intro}", epoch_s: {EPOCH_S},
-      rounds: 10, market: {self.market}, period_s: {PERIOD_S}, shuffle_period_s: {PERIOD_S}, shuffle_timeout_s: 0.4,
+      rounds: 10, market: {market}, period_s: {PERIOD_S}, shuffle_period_s: {PERIOD_S}, shuffle_timeout_s: 0.4,
       view_size: 4, shuffle_length: 2, shuffle: {self.shuffle}, respawn_delay_s: 0.5}}
   - detection: {{node: {node}, name: meter, device: fixed_load, period_s: {PERIOD_S},
       params: {{profile: g0, annual_kwh: 100000}}}}
@@ -383,10 +388,15 @@ def have_netns() -> str | None:
 
 @contextlib.contextmanager
 def running(
-    tmp: Path, n: int, startup_s: float, market: str = "pushsum", shuffle: str = "cyclon"
+    tmp: Path,
+    n: int,
+    startup_s: float,
+    market: str = "pushsum",
+    shuffle: str = "cyclon",
+    cell_size: int | None = None,
 ) -> Iterator[FaultGrid]:
     """A started grid of `n` nodes that has found a common price; stopped on the way out."""
-    g = FaultGrid(tmp, n=n, market=market, shuffle=shuffle)
+    g = FaultGrid(tmp, n=n, market=market, shuffle=shuffle, cell_size=cell_size)
     try:
         g.start()
         g.wait_common(after=0, timeout_s=startup_s)

@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 
 from redy.balancing.aggregation import CAPACITY_KW
+from redy.balancing.cells import CELL_SIZE
 from redy.brokers import load_credentials
 from redy.errors import SettingError
 from redy.topics import CONTRACT, check_id
@@ -222,8 +223,19 @@ class GovernanceConfig:
         help="How the market clears: 'offers' passes every node's signed offer to every node,"
         " held to its signer's certified limits, and clears the exact sum on every node (O(N)"
         " offers per node per epoch); 'pushsum' averages the nodes' curves by gossip (any grid"
-        " size, for research: one member steers its price).",
-        validator=attrs.validators.in_(("pushsum", "offers")),
+        " size, for research: one member steers its price); 'cells' places the members in"
+        " cells of about `cell_size` by a hash of their certificates: each member's offer goes"
+        " to its cell-mates only, each cell agrees on its offers and co-signs their sum, and the"
+        " cells add their sums to the exact price (redy.balancing.cell_node; docs/cell-market.md).",
+        validator=attrs.validators.in_(("pushsum", "offers", "cells")),
+        launch=True,
+    )
+    cell_size: int = setting(
+        CELL_SIZE,
+        help="market: cells: the members a cell holds on average (the cells are the power of two"
+        " nearest members / cell_size); a cell outlasts fewer than a third of its members"
+        " hostile or silent, and each offer is seen by its cell only (one grid, one value).",
+        minimum=1,
         launch=True,
     )
     capacity_kw: float = setting(

@@ -237,6 +237,8 @@ class Governance:
             await self.overlay.on_reply(msg)
         elif isinstance(msg, messages.Gossip) and self.market is not None:
             self.market.on_gossip(msg)
+        elif isinstance(msg, messages.CellMessage) and self.market is not None:
+            self.market.on_cell(msg)
         elif isinstance(msg, messages.PlanGossip):
             if self.planner is not None:
                 self.planner.on_gossip(msg)
@@ -455,10 +457,13 @@ class Governance:
 
         cfg = self.config
         assert cfg.grid_broker is not None
+        # The cell market writes to every cell-mate and to the partner cells' members besides
+        # the neighbours (links to them are used every epoch, so the idle rule keeps them).
+        cell_links = 3 * cfg.cell_size if cfg.market == "cells" else 0
         links = PeerLinks(
             self.node,
             self._identity,
-            max_links=4 * cfg.view_size + 8,
+            max_links=4 * cfg.view_size + 8 + cell_links,
             timeout_s=cfg.shuffle_timeout_s,
         )
         self.peer_links = links
@@ -517,6 +522,8 @@ class Governance:
                 capacity_kw=cfg.capacity_kw,
                 market=cfg.market,
                 identity=self._identity,
+                cell_size=cfg.cell_size,
+                grid_uri=cfg.grid_broker,
                 rng=random.Random(cfg.seed + 1),
                 on_cleared=self._price_cleared,
                 planned=self._planned,

@@ -1,8 +1,11 @@
 """Distant mode, balancing: a governance unit drives its market core over MQTT.
 
-Two cores, by the governance setting `market`: 'pushsum' (below) and 'offers'
+Three cores, by the governance setting `market`: 'pushsum' (below), 'offers'
 (`redy.balancing.offers.OfferCore`: signed offers passed on in waves and cleared exactly on
-every node); the driver runs both the same way, with the same clock and statuses.
+every node) and 'cells' (`redy.balancing.cell_roster.CellMarket`: members' cards flooded over
+the overlay, and the cell protocol of `redy.balancing.cell_node` with every cell-mate and the
+partner cells' members on the `cells` topic); the driver runs them the same way, with the same
+clock and statuses.
 
 The push-sum epochs, phases and rounds are `redy.balancing.epochs.MarketCore` (sans-IO): this driver
 only sleeps until the core's next deadline, feeds it what arrives (a neighbour's gossip on
@@ -35,8 +38,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from redy import messages, signing
+from redy.balancing import cell_node, cell_roster
 from redy.balancing import offers as offer_market
 from redy.balancing.aggregation import CAPACITY_KW, GossipOut, MassBounds, PushSum
+from redy.balancing.cells import CELL_SIZE
 from redy.balancing.curves import (
     Bid,
     Dispatchable,
@@ -57,7 +62,7 @@ from redy.balancing.epochs import (
     Send,
 )
 from redy.balancing.events import Cleared, Dropped, Result, Tick
-from redy.errors import PeerUnreachable
+from redy.errors import InvalidMessage, PeerUnreachable
 from redy.logformat import Tally
 from redy.pki import Identity
 from redy.topics import render
@@ -93,6 +98,23 @@ _OFFER_QOS = 0
 ROUND_S = 0.005
 
 _EVENTS_MAX = 10_000
+_CoreEvent = Event | offer_market.Event | cell_roster.Event
+
+
+def cell_timing(epoch_s: float) -> cell_node.Timing:
+    """The cell protocol's deadlines as shares of the epoch: offers on time within its first
+    10 %, the first proposal at 15 %, a view changed after 20 % more, a partner cell asked
+    after 10 % (on a grid of 3 s epochs: 0.3, 0.45, 0.6 and 0.3 s, a few dozen MQTT hops)."""
+    return cell_node.Timing(
+        epoch_s=epoch_s,
+        window_s=0.10 * epoch_s,
+        propose_s=0.15 * epoch_s,
+        view_s=0.20 * epoch_s,
+        round_s=0.10 * epoch_s,
+        settle_s=0.03 * epoch_s,
+        finish_by=0.9,
+        skew_s=min(0.5, 0.15 * epoch_s),
+    )
 
 
 def node_bids(state: NodeState, plan: Binding | None = None) -> dict[str, Bid]:
@@ -198,9 +220,13 @@ class MarketDriver:
         market: str = "pushsum",
         identity: Identity | None = None,
         planned: Callable[[], Binding | None] = lambda: None,
+        cell_size: int = CELL_SIZE,
+        grid_uri: str | None = None,
     ) -> None:
-        """`market`: 'pushsum' (curves averaged by gossip) or 'offers' (signed offers flooded
-        and cleared exactly, `redy.balancing.offers`; needs the node's TLS `identity`).
+        """`market`: 'pushsum' (curves averaged by gossip), 'offers' (signed offers flooded
+        and cleared exactly, `redy.balancing.offers`) or 'cells' (in cells of about
+        `cell_size`, `redy.balancing.cell_roster`; its card names `grid_uri`); the last two
+        need the node's TLS `identity`.
         `planned()`: what the current interval's plan binds, asked at each epoch's bids
         (`redy.units.planner.PlanDriver.binding`); None: no plan binds."""
         self.node = node
@@ -222,9 +248,11 @@ class MarketDriver:
         self._offer_bytes: dict[tuple[int, str, bool], bytes] = {}
         self.bounds = MassBounds(capacity_kw, self.pacing.rounds)
         self.market = market
-        self.core: MarketCore | offer_market.OfferCore
+        self.core: MarketCore | offer_market.OfferCore | cell_roster.CellMarket
         self.verifier: signing.Verifier | None = None  # the offer market's
-        if market == "offers":
+        if market == "cells":
+            self.core = self._cell_market(identity, capacity_kw, cell_size, grid_uri, epoch_s)
+        elif market == "offers":
             if identity is None:
                 raise ValueError("market 'offers' needs the node's TLS identity")
             signer = signing.Signer(identity, session=int(clock() * 1000))
@@ -270,13 +298,45 @@ class MarketDriver:
         self.result_epoch: int | None = None
         self.last: Cleared | None = None
         self._announced_epoch: int | None = None
-        self._events: asyncio.Queue[Event | offer_market.Event] = asyncio.Queue(maxsize=_EVENTS_MAX)
+        self._events: asyncio.Queue[_CoreEvent] = asyncio.Queue(maxsize=_EVENTS_MAX)
         # Pushes, offers and dispatches in flight, owned by run()'s TaskGroup.
         self.tasks = TaskOwner(f"{node}.market", limit=_MAX_TASKS)
         self._dispatching: asyncio.Task[None] | None = None  # the latest clearing's commands
         self.dropped: Counter[str] = Counter()  # gossip refused, events and tasks dropped
         self.epochs = EpochTally(epoch_s)
         self.offers = 0  # offers (push-sum: messages) the last clearing counted
+
+    def _cell_market(
+        self,
+        identity: Identity | None,
+        capacity_kw: float,
+        cell_size: int,
+        grid_uri: str | None,
+        epoch_s: float,
+    ) -> cell_roster.CellMarket:
+        if identity is None or grid_uri is None:
+            raise ValueError("market 'cells' needs the node's TLS identity and grid listener")
+        signer = signing.Signer(identity, session=int(self._clock() * 1000))
+        if signer.node != self.node:
+            raise ValueError(f"the TLS identity names {signer.node}, not {self.node}")
+        verifier = self.verifier = signing.Verifier(identity.ca, capacity_kw)
+        uri = grid_uri
+        return cell_roster.CellMarket(
+            self.node,
+            card=lambda now: signer.card(uri, now),
+            card_refusal=verifier.card_refusal,
+            key_of=signing.public_key_bytes,
+            keys_for=lambda certs: signing.CellKeys(signer, verifier, certs),
+            bids=self._bids,
+            neighbours=self._neighbours,
+            timing=cell_timing(epoch_s),
+            cell_size=cell_size,
+            ca_der=verifier.ca_der,
+            capacity_kw=capacity_kw,
+            bounds_kw=signer.grant.bounds_kw(capacity_kw),
+            floor_eur_mwh=self.search.floor_eur_mwh,
+            cap_eur_mwh=self.search.cap_eur_mwh,
+        )
 
     # -- what the core asks --------------------------------------------------------------------
 
@@ -301,8 +361,21 @@ class MarketDriver:
 
     # -- events in -----------------------------------------------------------------------------
 
+    def on_cell(self, msg: messages.CellMessage) -> None:
+        """A peer's cell message (cards, a protocol message or both): queued for the core."""
+        if self.market != "cells":
+            self._refuse(msg.sender, f"a cell message; this grid's market is {self.market}")
+            return
+        if msg.cards:
+            self._queue(cell_roster.CardsIn(msg.sender, msg.cards))
+        if msg.body is not None:
+            self._queue(cell_roster.BodyIn(msg.sender, msg.body.encode()))
+
     def on_gossip(self, msg: messages.Gossip) -> None:
         """A neighbour's gossip from our broker: checked, then queued for the core."""
+        if self.market == "cells":
+            self._refuse(msg.sender, f"{msg.algorithm} gossip; this grid's market is cells")
+            return
         if self.market == "offers":
             if msg.algorithm != "offers":
                 self._refuse(
@@ -354,7 +427,7 @@ class MarketDriver:
                 n,
             )
 
-    def _queue(self, event: Event | offer_market.Event) -> None:
+    def _queue(self, event: _CoreEvent) -> None:
         try:
             self._events.put_nowait(event)
         except asyncio.QueueFull:
@@ -370,16 +443,44 @@ class MarketDriver:
             if n % 100 == 1:
                 _log.warning("node=%s market tasks full; %d dropped", self.node, n)
 
-    def _act(self, actions: list[Action] | list[offer_market.Action]) -> None:
+    def _act(
+        self,
+        actions: list[Action] | list[offer_market.Action] | list[cell_roster.MarketAction],
+    ) -> None:
         for a in actions:
             if isinstance(a, Send):
                 self._spawn(self._push(a.msg), "push")
             elif isinstance(a, offer_market.Send):
                 self._spawn(self._send_offers(a), "offers")
+            elif isinstance(a, cell_node.Send):
+                self._spawn(self._send_cell(a.target, body=a.data.decode()), "cell")
+            elif isinstance(a, cell_roster.SendCards):
+                self._spawn(self._send_cell(a.target, cards=a.cards), "cards")
             elif isinstance(a, Dropped):
                 self._refuse(str(a.sender), a.reason)
+            elif isinstance(a, cell_node.Failed):
+                self._failed(a)
             else:
                 self._cleared(a)
+
+    async def _send_cell(
+        self,
+        target: str,
+        body: str | None = None,
+        cards: tuple[messages.CellCard, ...] | None = None,
+    ) -> None:
+        msg = messages.CellMessage(sender=self.node, body=body, cards=cards)
+        try:
+            payload = messages.encode(msg)
+        except InvalidMessage as exc:  # a message of the core past the contract's size
+            _log.warning("node=%s could not send a cell message to %s: %s", self.node, target, exc)
+            return
+        await self._deliver(target, payload, lambda: None, topic="cells")
+
+    def _failed(self, f: cell_node.Failed) -> None:
+        """An epoch the cells could not clear: no price this node can stand behind."""
+        self.status = "isolated"
+        _log.info("node=%s epoch %d not cleared: %s", self.node, f.epoch, f.reason)
 
     async def _push(self, m: PhaseGossip) -> None:
         out = m.msg
@@ -433,10 +534,15 @@ class MarketDriver:
         msg: messages.Gossip | bytes,
         failed: Callable[[], None],
         qos: int = 1,
+        topic: str = "gossip",
     ) -> None:
-        """Publish `msg` (or its encoding) on `target`'s broker (its view entry's); `failed()`
-        if that fails (at QoS 0: if the link cannot be had or the packet cannot be written)."""
-        broker = self._brokers.get(target) or self._broker_of(target)
+        """Publish `msg` (or its encoding) on `target`'s `topic` on its broker (its card's in
+        the cell market, else its view entry's); `failed()` if that fails (at QoS 0: if the
+        link cannot be had or the packet cannot be written)."""
+        broker = None
+        if isinstance(self.core, cell_roster.CellMarket):
+            broker = self.core.broker_of(target)
+        broker = broker or self._brokers.get(target) or self._broker_of(target)
         try:
             if broker is None:
                 raise PeerUnreachable(
@@ -444,7 +550,7 @@ class MarketDriver:
                 )
             await self._links.publish(
                 broker,
-                render("gossip", node=target, peer=self.node),
+                render(topic, node=target, peer=self.node),
                 msg if isinstance(msg, bytes) else messages.encode(msg),
                 node=target,
                 qos=qos,
@@ -485,6 +591,10 @@ class MarketDriver:
         if isinstance(self.core, offer_market.OfferCore):
             messages_sent, offers_sent = self.core.sent
             how = f"{c.heard} peers' offers, sent {offers_sent} offers in {messages_sent} messages"
+        elif isinstance(self.core, cell_roster.CellMarket):
+            cell, d = self.core.cell, self.core.directory
+            where = f"cell {cell.cell} of {d.cells}" if cell is not None and d is not None else ""
+            how = f"{c.heard} members' offers counted, {where}"
         else:
             assert isinstance(c.result, MarketResult)
             how = f"{c.result.phases} phases, {c.heard} messages heard"
@@ -535,7 +645,7 @@ class MarketDriver:
         async with asyncio.TaskGroup() as group:
             self.tasks.bind(group)
             while True:
-                event: Event | offer_market.Event = Tick()
+                event: _CoreEvent = Tick()
                 wait = self.core.next_deadline() - self.now()
                 if wait > 0:
                     with contextlib.suppress(TimeoutError):

@@ -21,6 +21,7 @@ import attrs
 # the limits are ten times that, so only a flood meets them.
 DEFAULT_LIMITS: dict[str, tuple[float, float, float]] = {
     "gossip": (200.0, 400.0, 4e6),
+    "cells": (200.0, 400.0, 4e6),
     "shuffle": (5.0, 10.0, 5e5),
     "shuffle_reply": (5.0, 10.0, 5e5),
     "neighbour_state": (5.0, 10.0, 5e5),
