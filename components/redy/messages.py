@@ -199,6 +199,14 @@ class ShuffleReply:
 
 
 @attrs.frozen(kw_only=True)
+class Evidence:
+    sender: str
+    culprit: str
+    copies: tuple[SignedEntry, ...] = ()
+    certs: tuple[str, ...] | None = None
+
+
+@attrs.frozen(kw_only=True)
 class NodeOffer:
     """A node's offer for one epoch (redy.balancing.offers), signed with its node key; its
     certificate rides along only to a neighbour not known to hold it."""
@@ -342,6 +350,7 @@ MESSAGE_TYPES: dict[str, type] = {
         SignedEntry,
         ShuffleRequest,
         ShuffleReply,
+        Evidence,
         NodeOffer,
         Gossip,
         CellCard,

@@ -26,7 +26,7 @@ def _with_view(i: int, owners: list[int], born: int = 0) -> SecureCyclon:
     for o in owners:
         d = _held(o, i, born)
         n._view[o] = d
-        n._seen[(o, born)] = d.chain
+        n._seen[(o, born)] = d
     return n
 
 
@@ -152,3 +152,44 @@ def test_a_starved_node_asks_a_sampled_node_instead_of_shuffling() -> None:
     assert out is not None and out.token is None and out.target.owner == 7
     assert [d.owner for d in out.entries] == [1]
     assert set(h.neighbours()) == {5, 6}  # nothing redeemed, nothing handed on
+
+
+def test_a_fork_carries_the_two_copies_that_prove_it() -> None:
+    q = _with_view(1, [5, 6, 7])
+    t2 = Descriptor(1, "sim://1", 0, (1, 0, 9, 2))
+    t3 = Descriptor(1, "sim://1", 0, (1, 0, 9, 3))
+    q.on_request(2, t2, [Descriptor(2, "sim://2", 1, (2, 1))], 1)
+    q.on_request(3, t3, [Descriptor(3, "sim://3", 1, (3, 1))], 1)
+    (v,) = q.take_verdicts()
+    assert v.proof == (t2, t3) and fork_point(v.proof[0].chain, v.proof[1].chain) == 9
+    # A forged token convicts where it arrives, with nothing to show others.
+    h = _with_view(4, [5, 6])
+    bad = Descriptor(4, "sim://4", 0, (4, 8), valid=False)
+    assert h.on_request(8, bad, [Descriptor(8, "sim://8", 1, (8, 4))], 1) is None
+    assert [v.proof for v in h.take_verdicts()] == [()]
+
+
+def test_what_an_untokened_contact_carries_beyond_its_own_descriptor_is_checked() -> None:
+    """Member 9 handed its descriptor of period 2 to member 8 and to us: 8's first contact
+    carries the one copy, 9's the other; the two part at 9."""
+    h = _with_view(1, [5, 6, 7])
+    via8 = Descriptor(9, "sim://9", 2, (9, 8, 1))
+    assert h.on_request(8, None, [via8, Descriptor(8, "sim://8", 2, (8, 1))], 2) is not None
+    assert 9 not in h.neighbours()  # not placed: only the sender's own descriptor is
+    direct = Descriptor(9, "sim://9", 2, (9, 1))
+    assert h.on_request(9, None, [direct], 2) is None
+    (v,) = h.take_verdicts()
+    assert v.culprit == 9 and v.proof == (via8, direct)
+    assert 8 in h.neighbours()  # 8 handed on what it got once: nothing against it
+
+
+def test_one_descriptor_a_period_even_if_the_clock_steps_back_or_the_process_restarts() -> None:
+    a = _with_view(0, [1, 2, 3, 4])
+    assert a.tick(5) is not None
+    assert a.tick(5) is None and a.tick(4) is None  # a second of period 5 would be a fork
+    assert a.tick(6) is not None
+    b = _with_view(0, [1, 2, 3], born=5)
+    b.resume(9)  # restarted in period 9: that period's may be out already
+    assert b.tick(9) is None
+    out = b.tick(10)
+    assert out is not None and out.entries[-1].born == 10

@@ -34,11 +34,12 @@ PROBES = 20  # probes a lost neighbour may leave unanswered before it is forgott
 
 @attrs.frozen
 class Send:
-    """A message for `node`'s grid listener at `broker`: a shuffle request or a reply."""
+    """A message for `node`'s grid listener at `broker`: a shuffle request, a reply, or (the
+    signed shuffle) a proof against a member."""
 
     node: str
     broker: str
-    message: messages.ShuffleRequest | messages.ShuffleReply
+    message: messages.ShuffleRequest | messages.ShuffleReply | messages.Evidence
 
 
 def to_wire(entries: Iterable[Neighbour]) -> tuple[messages.ViewEntry, ...]:

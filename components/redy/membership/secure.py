@@ -20,7 +20,8 @@ keeps, and checks in what it receives:
   accepts each of its descriptors once: nobody contacts Q more often than Q issued descriptors,
   whatever its rate. A token presented twice along chains that fork convicts the forker. A
   request without a token (a joining node's first contact, read from a retained view) places only
-  the sender's own descriptor and gets at most one entry back, SL such a period per receiver.
+  the sender's own descriptor (whatever else it carries is checked all the same) and gets at most
+  one entry back, SL such a period per receiver.
   A node answers at most SL tokened requests a period (it issues one descriptor a period, so an
   honest pace rarely meets the bound): a coalition cannot pour its hoard into a few views; the
   token of a request refused so is not used up.
@@ -32,7 +33,10 @@ keeps, and checks in what it receives:
   node remembers the chain of every descriptor it held or saw in a partner's view digest for
   `max_age` periods: a chain that forks from a remembered one convicts the forker.
 - **Spread the verdicts.** Every message carries the convictions its sender learnt in the last
-  `news_periods` periods (in the processes, with the two signed statements that make the proof).
+  `news_periods` periods (the simulator); in the processes a fork's `Verdict.proof`, the two
+  signed copies, goes to the neighbours, who check it themselves (redy.membership.secure_overlay).
+- **One descriptor a period.** Never two of one period, even if the clock steps back (`tick`),
+  nor one of the period a restarted process started in (`resume`): two would be a fork at us.
   A convicted node's entries, and every entry whose chain passes through it, leave the view and
   are refused; its requests go unanswered.
 
@@ -96,10 +100,13 @@ class SecureOut(NamedTuple):
 
 
 class Verdict(NamedTuple):
-    """`culprit` misbehaved; `reason` says how (for the log and the evidence)."""
+    """`culprit` misbehaved; `reason` says how (for the log). `proof`: the signed material that
+    shows it to anyone (two copies of one descriptor whose chains part right after `culprit`),
+    or () when only we saw it (a forged token: nobody's signature says the culprit sent it)."""
 
     culprit: NodeId
     reason: str
+    proof: tuple[Descriptor, ...] = ()
 
 
 def fork_point(a: Sequence[NodeId], b: Sequence[NodeId]) -> NodeId | None:
@@ -154,8 +161,10 @@ class SecureCyclon:
         self._view: dict[Hashable, Descriptor] = {}
         self._terminal: set[Hashable] = set()  # sent away: kept, never sent again
         self._pending: dict[int, tuple[Descriptor, tuple[Hashable, ...]]] = {}
-        self._seen: dict[tuple[Hashable, int], tuple[NodeId, ...]] = {}
-        self._redeemed: dict[int, tuple[NodeId, ...]] = {}  # own descriptors used to reach us
+        # The copy of every descriptor we held or saw, by (owner, born): a fork's proof
+        self._seen: dict[tuple[Hashable, int], Descriptor] = {}
+        self._redeemed: dict[int, Descriptor] = {}  # own descriptors used to reach us
+        self._issued = -(2**62)  # the period of our last descriptor: one a period, never two
         self._tombstones: dict[Hashable, int] = {}
         self._strikes: dict[Hashable, int] = {}
         # (period, count): untokened requests answered in that period, at most SL a period
@@ -230,6 +239,8 @@ class SecureCyclon:
 
     def tick(self, period: int) -> SecureOut | None:
         """One period: drop dead descriptors, contact the owner of the oldest entry with it."""
+        if period <= self._issued:
+            return None  # the clock stepped back: a second descriptor of one period is a fork
         self.period = period
         if period % _SWEEP_EVERY == 0:
             self._sweep()
@@ -250,6 +261,11 @@ class SecureCyclon:
         token = None if q in self._terminal and target.chain[-1] != self.me else target
         self._drop(q)
         return self._request(target, token, period)
+
+    def resume(self, period: int) -> None:
+        """Issue no descriptor of `period` or before: a restarted process may have issued that
+        period's before it died, and a second one, handed elsewhere, would convict us."""
+        self._issued = max(self._issued, period)
 
     def probe(self, target: Descriptor, period: int) -> SecureOut:
         """A first contact of a node outside the view (no token): to join or rejoin."""
@@ -300,15 +316,17 @@ class SecureCyclon:
         if sender in self.convicted or sender == self.me:
             return None
         if token is None:
-            own = [d for d in entries if d.owner == sender][:1]
-            if not own:
+            if not any(d.owner == sender for d in entries):
                 return None
             period_, count = self._untokened
             count = count + 1 if period_ == self.period else 1
             if count > self.shuffle_length:
                 return None
             self._untokened = (self.period, count)
-            entries = own
+            # Only the sender's own descriptor is placed, but whatever else it handed us is
+            # checked like any entry: a copy there that forks from one we saw convicts.
+            got = self._admissible(sender, entries)
+            got = [d for d in got if d.owner == sender][:1]
         else:
             if not self._token_ok(sender, token):
                 return None
@@ -319,7 +337,7 @@ class SecureCyclon:
             self._tokened = (self.period, count)
             if not self._redeem(sender, token):
                 return None
-        got = self._admissible(sender, entries)
+            got = self._admissible(sender, entries)
         if not got or sender in self.convicted:
             return None
         self._observe(sender, digest)
@@ -419,6 +437,7 @@ class SecureCyclon:
         k = 0 if token is None else min(self.shuffle_length - 1, len(others))
         sent = self._rng.sample(others, k) if k else []
         entries = (*(self._hand(o, q) for o in sent), self.issue(period, q))
+        self._issued = max(self._issued, period)
         nonce = self._rng.getrandbits(62)
         self._pending[nonce] = (target, tuple(sent))
         return SecureOut(target, token, nonce, entries)
@@ -473,11 +492,12 @@ class SecureCyclon:
         """Use up one of our own descriptors (checked by _token_ok) presented by `sender`."""
         prev = self._redeemed.get(token.born)
         if prev is not None:
-            culprit = fork_point(prev, token.chain)
+            culprit = fork_point(prev.chain, token.chain)
             if culprit is not None:
-                self._convict(Verdict(culprit, f"handed our descriptor {token.born} on twice"))
+                why = f"handed our descriptor {token.born} on twice"
+                self._convict(Verdict(culprit, why, (prev, token)))
             return False
-        self._redeemed[token.born] = token.chain
+        self._redeemed[token.born] = token
         return True
 
     def _admissible(self, sender: NodeId, entries: Sequence[Descriptor]) -> list[Descriptor]:
@@ -524,14 +544,15 @@ class SecureCyclon:
         key = (d.owner, d.born)
         prev = self._seen.get(key)
         if prev is None:
-            self._seen[key] = d.chain
+            self._seen[key] = d
             return True
-        culprit = fork_point(prev, d.chain)
+        culprit = fork_point(prev.chain, d.chain)
         if culprit is not None:
-            self._convict(Verdict(culprit, f"handed the descriptor {d.owner}/{d.born} on twice"))
+            why = f"handed the descriptor {d.owner}/{d.born} on twice"
+            self._convict(Verdict(culprit, why, (prev, d)))
             return False
-        if len(d.chain) > len(prev):
-            self._seen[key] = d.chain
+        if len(d.chain) > len(prev.chain):
+            self._seen[key] = d
         return True
 
     def _observe(self, sender: NodeId, digest: Iterable[Descriptor]) -> None:

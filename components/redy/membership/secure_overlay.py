@@ -10,6 +10,15 @@ bounded, by node; a descriptor whose signer's certificate we do not hold does no
 retained view and the neighbour list are the core's entries as `ViewEntry`s (age in periods). A
 joining node's introducer and the introducer's retained view are contacts only: they were not
 handed to it, so its first requests carry no token and place only its own descriptor.
+
+Verdicts travel as their proof (`messages.Evidence`): the two signed copies of a descriptor that
+part right after the culprit, with their signers' certificates. A node that finds one, or checks
+one a neighbour sent, drops the culprit and sends the proof to every neighbour in its view, and
+for `_SPREAD_PERIODS` periods to each one that joins it; a receiver believes no one's word, only
+the signatures (`ChainCheck.proves`). A forged token or a dead descriptor convicts its sender
+where it arrives, but stays there: nobody's signature says who sent it. Proofs are checked at
+most `_EVIDENCE_PER_SENDER` per sender and `_EVIDENCE_PER_PERIOD` in all a period; proofs
+against a member already convicted, or from one, cost nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import base64
 import logging
 import random
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 
 from cryptography import x509
@@ -26,13 +35,18 @@ from cryptography.hazmat.primitives import serialization
 
 from redy import messages
 from redy.membership.overlay import RecentPeers, Send
-from redy.membership.secure import Descriptor, SecureOut
+from redy.membership.secure import Descriptor, SecureOut, Verdict
 from redy.membership.signatures import SignedShuffle
 from redy.pki import Identity
 
 _log = logging.getLogger(__name__)
 _MAX_CERTS = 4096
 _MAX_CERTS_PER_MESSAGE = 64
+_MAX_CERTS_PER_PROOF = 32
+_EVIDENCE_PER_SENDER = 4  # proofs checked per sender and period (an honest one sends a few)
+_EVIDENCE_PER_PERIOD = 32  # proofs checked per period from everyone
+_SPREAD_PERIODS = 20  # periods a proof still goes to neighbours that join the view
+_PROOFS_KEPT = 64
 
 
 def to_wire(d: Descriptor) -> messages.SignedEntry:
@@ -77,6 +91,14 @@ class SecureOverlay:
         self._certs[self.node] = base64.b64encode(der).decode()
         self._cn: dict[str, str | None] = {}  # certificate -> its CN
         self.lost = RecentPeers(2 * view_size)
+        # culprit -> (period learnt, the proof, the nodes told or not to tell)
+        self._proofs: OrderedDict[str, tuple[int, tuple[Descriptor, ...], set[str]]] = OrderedDict()
+        self._checks: tuple[int, Counter[str]] = (-1, Counter())  # proofs checked this period
+        self._complained: dict[str, int] = {}  # sender -> period its flood was last logged
+        self.evidence_dropped = 0  # proofs over the budget, not checked
+        self.evidence_refused = 0  # proofs that did not check out
+        # A restarted process may have issued this period's descriptor before it died.
+        self.core.resume(self.period)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -115,7 +137,8 @@ class SecureOverlay:
                 self.core.on_timeout(nonce)
                 _log.info("node=%s shuffle %d timed out", self.node, nonce)
         out = self.shuffle.tick(self.period)
-        return [] if out is None else [self._request(out)]
+        sends = self._evidence_sends()  # to the neighbours that joined since
+        return sends if out is None else [self._request(out), *sends]
 
     def sent(self, send: Send, now: float) -> None:
         if isinstance(send.message, messages.ShuffleRequest):
@@ -164,7 +187,100 @@ class SecureOverlay:
         entries = [from_wire(e) for e in reply.signed or ()]
         return self.shuffle.on_reply(reply.nonce, reply.sender, entries)
 
+    def take_evidence(self) -> list[Send]:
+        """The proofs of what the last events convicted, to every neighbour (module doc)."""
+        for v in self.shuffle.proved:
+            self._keep(v, set())
+        self.shuffle.proved.clear()
+        return self._evidence_sends()
+
+    def on_evidence(self, msg: messages.Evidence) -> list[Send]:
+        """Check a neighbour's proof; if it holds, drop the culprit and pass the proof on."""
+        culprit, sender, core = msg.culprit, msg.sender, self.core
+        if culprit in core.convicted or sender in core.convicted or sender == self.node:
+            return []
+        p = self.period
+        at, checked = self._checks
+        if at != p:
+            checked = Counter()
+            self._checks = (p, checked)
+        if checked[sender] >= _EVIDENCE_PER_SENDER or checked.total() >= _EVIDENCE_PER_PERIOD:
+            self.evidence_dropped += 1
+            last = self._complained.get(sender)
+            if last is None or p - last >= 60 / self.period_s:
+                if len(self._complained) >= _MAX_CERTS:
+                    self._complained.clear()
+                self._complained[sender] = p
+                _log.warning(
+                    "node=%s %s sends more evidence than we check; dropping the rest (%d so far)",
+                    self.node,
+                    sender,
+                    self.evidence_dropped,
+                )
+            return []
+        checked[sender] += 1
+        self._learn(msg.certs)
+        copies = tuple(from_wire(e) for e in msg.copies)
+        if len(copies) != 2 or not self.shuffle.check.proves(*copies, culprit):
+            self.evidence_refused += 1
+            _log.warning(
+                "node=%s dropped evidence from %s against %s: it does not prove a descriptor "
+                "handed on twice",
+                self.node,
+                sender,
+                culprit,
+            )
+            return []
+        d = copies[0]
+        verdict = Verdict(culprit, f"handed the descriptor {d.owner}/{d.born} on twice", copies)
+        if culprit == self.node:  # our own signatures: a bug, or a restart in one period
+            _log.error("node=%s evidence from %s convicts us: %s", self.node, sender, verdict)
+            return []
+        core.learn([verdict])
+        _log.warning(
+            "node=%s convicted %s on evidence from %s: %s",
+            self.node,
+            culprit,
+            sender,
+            verdict.reason,
+        )
+        self._keep(verdict, {sender})
+        return self._evidence_sends()
+
     # -- inside --------------------------------------------------------------------------------
+
+    def _keep(self, verdict: Verdict, told: set[str]) -> None:
+        culprit = str(verdict.culprit)
+        self._proofs[culprit] = (self.period, verdict.proof, {*told, culprit})
+        self._proofs.move_to_end(culprit)
+        while len(self._proofs) > _PROOFS_KEPT:
+            self._proofs.popitem(last=False)
+
+    def _evidence_sends(self) -> list[Send]:
+        """A proof to each neighbour not yet told, for _SPREAD_PERIODS after we learnt it."""
+        if not self._proofs:
+            return []
+        limit = self.period - _SPREAD_PERIODS
+        out = []
+        for culprit, (at, proof, told) in list(self._proofs.items()):
+            if at < limit:
+                del self._proofs[culprit]
+                continue
+            msg = None
+            for d in self.core.descriptors:
+                node = str(d.owner)
+                if node in told:
+                    continue
+                told.add(node)
+                if msg is None:
+                    msg = messages.Evidence(
+                        sender=self.node,
+                        culprit=culprit,
+                        copies=tuple(to_wire(c) for c in proof),
+                        certs=self._certs_for(proof)[:_MAX_CERTS_PER_PROOF],
+                    )
+                out.append(Send(node, d.broker, msg))
+        return out
 
     def _request(self, out: SecureOut) -> Send:
         held = [*out.entries, *(() if out.token is None else (out.token,))]

@@ -8,7 +8,8 @@ later hop says "I handed this on to him". Two such chains of one descriptor that
 are two of that node's signatures handing it to two others: evidence anyone holding the
 certificates can check. `ChainKeys` signs our hops; `ChainCheck` verifies a descriptor against
 the certificates of the grid CA that name its signers; `SignedShuffle` is the core with both,
-for a driver that moves messages (it logs each conviction it finds, naming the member).
+for a driver that moves messages (it logs each conviction it finds, naming the member, and
+keeps those it can prove to others in `proved`).
 """
 
 from __future__ import annotations
@@ -149,6 +150,7 @@ class SignedShuffle:
         ca = x509.load_pem_x509_certificate(identity.ca.read_bytes())
         self.check = ChainCheck(ca, cert_of)
         self.node = self.keys.node
+        self.proved: list[Verdict] = []  # our findings with proof, for the driver to pass on
         self.core = SecureCyclon(
             self.node,
             uri,
@@ -170,6 +172,8 @@ class SignedShuffle:
     def _report(self) -> None:
         for v in self.core.take_verdicts():
             _log.warning("node=%s convicted %s: %s", self.node, v.culprit, v.reason)
+            if v.proof:
+                self.proved.append(v)
 
     def tick(self, period: int) -> SecureOut | None:
         return self._out(self.core.tick(period))

@@ -522,7 +522,7 @@ class SecureShuffleNet(ShuffleNet):
             else:
                 for d in got:
                     node._view[d.owner] = d
-                    node._seen[(d.owner, d.born)] = d.chain
+                    node._seen[(d.owner, d.born)] = d
         if self.coalition is not None:
             for m in self.coalition.members:
                 self.coalition.absorb(self.secure_nodes[m].descriptors)

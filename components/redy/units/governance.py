@@ -235,6 +235,11 @@ class Governance:
             self._spawn_peer_task(self.overlay.on_request(msg), msg.sender)
         elif isinstance(msg, messages.ShuffleReply) and self.overlay is not None:
             await self.overlay.on_reply(msg)
+        elif isinstance(msg, messages.Evidence) and self.overlay is not None:
+            # Checked here, bounded by the overlay; only a proof that holds is sent on.
+            spread = self.overlay.on_evidence(msg)
+            if spread is not None:
+                self._spawn_peer_task(spread, msg.sender)
         elif isinstance(msg, messages.Gossip) and self.market is not None:
             self.market.on_gossip(msg)
         elif isinstance(msg, messages.CellMessage) and self.market is not None:

@@ -9,7 +9,9 @@ The overlay decides; this driver only moves messages and keeps time:
 - no reply within `timeout_s`: the core is told, and Q stays removed; a refused or timed-out
   connection to Q's broker is also reported as strong evidence (`on_unreachable`);
 - after every change the view is republished, retained, on our own broker, and links to brokers
-  that left the view are closed.
+  that left the view are closed;
+- the signed shuffle's proofs against members (`messages.Evidence`) go to the neighbours'
+  `redy/<N>/membership/evidence` when the overlay returns them, all at once.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 from redy import messages
@@ -192,8 +194,11 @@ class OverlayDriver:
         """One shuffle period."""
         if self.overlay.alone:
             await self.join()  # alone: ask the introducers again; the overlay probes the rest
-        for send in self.overlay.tick(self._clock()):
-            await self._send(send)
+        sends = self.overlay.tick(self._clock())
+        for send in sends:
+            if not isinstance(send.message, messages.Evidence):
+                await self._send(send)
+        await self._send_all(s for s in sends if isinstance(s.message, messages.Evidence))
         await self.publish_view()
         await self._links.keep_only({e.broker for e in self.core.view})
 
@@ -205,6 +210,8 @@ class OverlayDriver:
                 "response_topic": render("shuffle_reply", node=self.node, peer=send.node),
                 "correlation_data": str(m.nonce).encode(),
             }
+        elif isinstance(m, messages.Evidence):
+            topic, extra = render("evidence", node=send.node, peer=self.node), {}
         else:
             # Always the canonical topic, which the sender's ACL lets us write: a response
             # topic named in the request cannot send our answer anywhere else.
@@ -250,13 +257,38 @@ class OverlayDriver:
         """Answer a shuffle offer (even while our own is pending) on the sender's broker, on
         the canonical reply topic whatever response topic the request names."""
         await self._send(self.overlay.on_request(request))
+        await self._send_evidence()
         await self._dial_admitted()
         await self.publish_view()
 
     async def on_reply(self, reply: messages.ShuffleReply) -> None:
         if self.overlay.on_reply(reply):
+            await self._send_evidence()
             await self._dial_admitted()
             await self.publish_view()
+
+    def on_evidence(self, msg: messages.Evidence) -> Coroutine[Any, Any, None] | None:
+        """Check a neighbour's proof against a member now (the overlay bounds the work); the
+        sending on of a proof that holds, to run as its own task, or None."""
+        if not isinstance(self.overlay, SecureOverlay):
+            return None
+        sends = self.overlay.on_evidence(msg)
+        if not sends:
+            return None
+
+        async def spread() -> None:
+            await self._send_all(sends)
+            await self.publish_view()
+
+        return spread()
+
+    async def _send_evidence(self) -> None:
+        if isinstance(self.overlay, SecureOverlay):
+            await self._send_all(self.overlay.take_evidence())
+
+    async def _send_all(self, sends: Iterable[Send]) -> None:
+        """Send, all at once, each bounded by the links' timeout."""
+        await asyncio.gather(*(self._send(s) for s in sends))
 
     async def _dial_admitted(self) -> None:
         """Connect, all at once, to the brokers of the entries the last merges admitted (the

@@ -24,6 +24,7 @@ DEFAULT_LIMITS: dict[str, tuple[float, float, float]] = {
     "cells": (200.0, 400.0, 4e6),
     "shuffle": (5.0, 10.0, 5e5),
     "shuffle_reply": (5.0, 10.0, 5e5),
+    "evidence": (5.0, 20.0, 5e5),
     "neighbour_state": (5.0, 10.0, 5e5),
 }
 _LOG_EVERY_S = 60.0
