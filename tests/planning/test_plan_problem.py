@@ -100,3 +100,24 @@ def test_the_optimum_equals_the_independent_reference() -> None:
         # Where a block ends exactly at the balance the dual is not unique: both are valid.
         for price, (less, more) in zip(ref.price_eur_mwh, _marginals(boundary), strict=True):
             assert less - 1e-3 <= price <= more + 1e-3
+
+
+def test_where_intervals_cost_the_same_stores_and_evs_act_earliest() -> None:
+    # Flat prices (an island whose gas plant sets every interval's price): the optimum leaves
+    # the EV's hours and the store's charge open; the plan takes the earliest, whatever the
+    # load's small changes from one solve to the next.
+    flat = Boundary([100.0] * H, [50.0] * H, [0.0] * H, [0.0] * H)
+    for wiggle in (0.0, 0.013, -0.021):
+        offers = [
+            HorizonOffer("gas", 0, [0.0] * H, blocks=(Block([50] * H, [90] * H),)),
+            HorizonOffer("h1", 0, [-2.0 + wiggle * t for t in range(H)]),
+            HorizonOffer("ev", 0, [0.0] * H, deferrable=(Deferrable(2.0, 1, 7, 3.7),)),
+            HorizonOffer("st", 0, [0.0] * H, storage=(Storage(2.0, 0.0, 4.0, 4.0, 1.0, 1.0, 0.5),)),
+        ]
+        plan = solve(offers, flat)
+        ev = plan.plans["ev"].deferrable_kw[0]
+        assert ev[1] == ev[2] == pytest.approx(3.7) and ev[3] == pytest.approx(8 - 7.4)
+        assert not any(ev[4:]) and ev[0] == 0.0
+        charge = plan.plans["st"].charge_kw[0]
+        assert charge[:2] == pytest.approx((4.0, 4.0)) and not any(charge[2:])
+        assert plan.price_eur_mwh == pytest.approx((90.0,) * H)

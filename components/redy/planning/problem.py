@@ -359,7 +359,9 @@ def solve(
     bounds: Bounds = DEFAULT_BOUNDS,
 ) -> Schedule:
     """Build and solve the community's LP (see the module docstring); PlanError if HiGHS finds
-    no optimum (it always exists: the boundary's slack makes the problem feasible)."""
+    no optimum (it always exists: the boundary's slack makes the problem feasible). The prices
+    and the objective are the optimum's; the plans are, among the optimal ones, those whose
+    stores and deferrable loads act earliest (`_earliest`)."""
     p = build(offers, boundary, bounds)
     hs = highs_for(p)
     hs.run()
@@ -367,9 +369,58 @@ def solve(
     if status != highspy.HighsModelStatus.kOptimal:
         raise PlanError(f"plan: HiGHS ended with {hs.modelStatusToString(status)}")
     sol = hs.getSolution()
-    x = np.asarray(sol.col_value)
     y = np.asarray(sol.row_dual)
-    return _schedule(offers, p, x, y, float(hs.getInfo().objective_function_value))
+    objective = float(hs.getInfo().objective_function_value)
+    x = _earliest(hs, p, objective, np.asarray(sol.col_value))
+    return _schedule(offers, p, x, y, objective)
+
+
+def _act_weights(p: Problem) -> np.ndarray:
+    """Per column, 1 + the interval of a store's charge or discharge or of a deferrable load's
+    draw; 0 for the rest."""
+    h = p.horizon
+    t = np.arange(1, h + 1, dtype=float)
+    w = np.zeros(len(p.cost))
+    for where in p.layout:
+        for cc, cd, _ce in where.storage:
+            w[cc : cc + h] = t
+            w[cd : cd + h] = t
+        for cp, _cs, begin, end in where.deferrable:
+            w[cp : cp + end - begin] = t[begin:end]
+    return w
+
+
+def _earliest(hs: highspy.Highs, p: Problem, objective: float, x: np.ndarray) -> np.ndarray:
+    """Among the optimal plans, the one whose stores and deferrable loads act earliest: a
+    second solve, from the first's basis, over the optimal face (every column with a nonzero
+    reduced cost held where it is, every row with a nonzero dual at its activity: with the
+    optimum's duals, those are the plans complementary slackness allows) that minimises their
+    kW weighted by interval.
+
+    Where intervals cost the same (an island's flat prices, a supplier's plateau) the optimum
+    leaves their timing open, and the vertex HiGHS reached moved with any change of the inputs:
+    the plan that binds drew an EV in one interval and not the next, and a re-solve within an
+    interval moved it again. Acting as early as the costs allow is kept from one solve to the
+    next (the rolling horizon executes the first interval). The optimum's prices and objective
+    stay: any optimal plan goes with any optimal dual solution. A second solve that fails keeps
+    the first's plan."""
+    weights = _act_weights(p)
+    if not weights.any():
+        return x
+    sol = hs.getSolution()
+    tol = HIGHS_OPTIONS["dual_feasibility_tolerance"]
+    assert isinstance(tol, float)
+    cols = np.flatnonzero(np.abs(np.asarray(sol.col_dual)) > tol).astype(np.int32)
+    hs.changeColsBounds(len(cols), cols, x[cols], x[cols])
+    activity = np.asarray(sol.row_value)
+    ranged = p.row_lo < p.row_hi  # the ramp rows; the others are equalities already
+    for r in np.flatnonzero(ranged & (np.abs(np.asarray(sol.row_dual)) > tol)):
+        hs.changeRowBounds(int(r), float(activity[r]), float(activity[r]))
+    hs.changeColsCost(len(weights), np.arange(len(weights), dtype=np.int32), weights)
+    hs.run()
+    if hs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        return x
+    return np.asarray(hs.getSolution().col_value)
 
 
 def _schedule(
