@@ -101,8 +101,10 @@ class FaultGrid:
         market: str = "pushsum",
         shuffle: str = "cyclon",
         cell_size: int | None = None,
+        env: dict[int, dict[str, str]] | None = None,
     ) -> None:
         self.tmp = tmp
+        self.env = env or {}  # more environment for a node's processes (a test's hook)
         self.market = market
         self.cell_size = cell_size
         self.shuffle = shuffle
@@ -169,7 +171,12 @@ launch:
         # is signalled at the end.
         self.launchers.append(
             subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                start_new_session=True,
+                env={**os.environ, **self.env.get(i, {})},
             )
         )
         log.close()
@@ -394,12 +401,15 @@ def running(
     market: str = "pushsum",
     shuffle: str = "cyclon",
     cell_size: int | None = None,
+    env: dict[int, dict[str, str]] | None = None,
+    common: list[str] | None = None,
 ) -> Iterator[FaultGrid]:
-    """A started grid of `n` nodes that has found a common price; stopped on the way out."""
-    g = FaultGrid(tmp, n=n, market=market, shuffle=shuffle, cell_size=cell_size)
+    """A started grid of `n` nodes that has found a common price (among `common`, default
+    all); stopped on the way out."""
+    g = FaultGrid(tmp, n=n, market=market, shuffle=shuffle, cell_size=cell_size, env=env)
     try:
         g.start()
-        g.wait_common(after=0, timeout_s=startup_s)
+        g.wait_common(after=0, timeout_s=startup_s, nodes=common)
         yield g
     finally:
         g.stop()

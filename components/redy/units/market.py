@@ -420,8 +420,9 @@ class MarketDriver:
         n = self.refused.add(sender)
         if n is not None:
             _log.warning(
-                "node=%s dropped gossip from %s: %s (%d dropped from it so far)",
+                "node=%s dropped %s from %s: %s (%d dropped from it so far)",
                 self.node,
+                "a cell message" if self.market == "cells" else "gossip",
                 sender,
                 reason,
                 n,
