@@ -16,6 +16,7 @@ import pytest
 from redy import pki, signing
 from redy.balancing import cell_node
 from redy.balancing.cell_roster import (
+    CARD_GAP_S,
     CARD_TTL_S,
     BodyIn,
     CardsIn,
@@ -47,32 +48,39 @@ class Bus:
     def __init__(self, tmp: Path, n: int = N) -> None:
         pki.ensure_ca(tmp)
         self.names = [f"n{i}" for i in range(n)]
-        self.ca_der = signing.Verifier(tmp / "pki" / "ca.crt").ca_der
+        self.ca = tmp / "pki" / "ca.crt"
+        self.ca_der = signing.Verifier(self.ca).ca_der
         self.markets: dict[str, CellMarket] = {}
         self.signers: dict[str, signing.Signer] = {}
         for i, name in enumerate(self.names):
             ident = pki.issue(tmp, name, ["127.0.0.1"], pki.Grant("node", 100.0, 100.0))
-            signer = self.signers[name] = signing.Signer(ident, session=1)
-            verifier = signing.Verifier(ident.ca, 1000.0)
-            ring = [self.names[(i - 1) % n], self.names[(i + 1) % n]]
-            self.markets[name] = CellMarket(
-                name,
-                card=lambda now, s=signer, i=i: s.card(f"mqtts://127.0.0.1:{9000 + i}", now),
-                card_refusal=verifier.card_refusal,
-                key_of=signing.public_key_bytes,
-                keys_for=lambda certs, s=signer, v=verifier: signing.CellKeys(s, v, certs),
-                bids=lambda i=i: _bids(i),
-                neighbours=lambda ring=ring: ring,
-                timing=cell_timing(EPOCH_S),
-                cell_size=CELL_SIZE,
-                ca_der=self.ca_der,
-                capacity_kw=1000.0,
-                bounds_kw=signer.grant.bounds_kw(1000.0),
-            )
+            self.signers[name] = signing.Signer(ident, session=1)
+            self.markets[name] = self.start(i)
         self.heap: list[tuple[float, int, str, object]] = []
         self.seq = 0
         self.cleared: dict[str, dict[int, Cleared]] = {n: {} for n in self.names}
         self.dropped: dict[str, list[Dropped]] = {n: [] for n in self.names}
+
+    def start(self, i: int) -> CellMarket:
+        """Node i's market as its governance starts it (again: it holds no card but its own)."""
+        name, n = self.names[i], len(self.names)
+        signer = self.signers[name]
+        verifier = signing.Verifier(self.ca, 1000.0)
+        ring = [self.names[(i - 1) % n], self.names[(i + 1) % n]]
+        return CellMarket(
+            name,
+            card=lambda now: signer.card(f"mqtts://127.0.0.1:{9000 + i}", now),
+            card_refusal=verifier.card_refusal,
+            key_of=signing.public_key_bytes,
+            keys_for=lambda certs: signing.CellKeys(signer, verifier, certs),
+            bids=lambda: _bids(i),
+            neighbours=lambda: ring,
+            timing=cell_timing(EPOCH_S),
+            cell_size=CELL_SIZE,
+            ca_der=self.ca_der,
+            capacity_kw=1000.0,
+            bounds_kw=signer.grant.bounds_kw(1000.0),
+        )
 
     def _push(self, at: float, target: str, event: object) -> None:
         self.seq += 1
@@ -95,6 +103,9 @@ class Bus:
     def run(self, until: float, start: float = START) -> None:
         for name, m in self.markets.items():
             self.act(name, start, m.handle(start, Tick()))
+        self.go(until)
+
+    def go(self, until: float) -> None:
         while self.heap and self.heap[0][0] < until:
             now, _, target, event = heapq.heappop(self.heap)
             m = self.markets[target]
@@ -120,6 +131,55 @@ def test_cards_flood_and_every_node_clears_the_reference_price(tmp_path: Path) -
         heard = {bus.cleared[n][epoch].heard for n in bus.names}
         assert heard == {N - 1}, heard
     assert not any(bus.dropped.values()), bus.dropped
+
+
+def test_a_restarted_member_gets_the_cards_again_and_clears_with_the_others(
+    tmp_path: Path,
+) -> None:
+    bus = Bus(tmp_path)
+    bus.run(START + 6 * EPOCH_S)
+    before = bus.markets["n0"].directory
+    restart = START + 6 * EPOCH_S + 0.2  # its governance respawned within the card period
+    bus.markets["n3"] = bus.start(3)
+    bus.act("n3", restart, bus.markets["n3"].handle(restart, Tick()))
+    bus.go(START + 12 * EPOCH_S)
+    assert bus.markets["n3"].directory == before
+    ref = solve([_bids(i) for i in range(N)]).price_eur_mwh
+    last = math.floor((START + 12 * EPOCH_S) / EPOCH_S) - 1
+    for epoch in (last - 1, last):
+        prices = {bus.cleared[n][epoch].result.price_eur_mwh for n in bus.names}
+        assert len(prices) == 1 and prices.pop() == pytest.approx(ref, abs=1e-6), epoch
+
+
+def test_a_members_cards_flood_no_faster_than_the_gap(tmp_path: Path) -> None:
+    bus = Bus(tmp_path, n=4)  # n0's neighbours: n3 and n1
+    m = bus.markets["n0"]
+    m.handle(START, Tick())
+    signer = bus.signers["n2"]
+    first = signer.card("mqtts://127.0.0.1:9002", START)
+    out = m.handle(START, CardsIn("n1", (first,)))
+    assert [a.target for a in out if isinstance(a, SendCards) and first in a.cards] == ["n3"]
+    again = signer.card("mqtts://127.0.0.1:9002", START + 1)  # the same, re-signed
+    moved = signer.card("mqtts://127.0.0.1:9102", START + 2)  # another broker, too soon
+    later = signer.card("mqtts://127.0.0.1:9102", START + CARD_GAP_S)
+    for card in (again, moved):
+        out = m.handle(START + 2, CardsIn("n1", (card,)))
+        assert not [a for a in out if isinstance(a, SendCards | Dropped)], card
+    out = m.handle(START + CARD_GAP_S, CardsIn("n1", (later,)))
+    assert [a.target for a in out if isinstance(a, SendCards) and later in a.cards] == ["n3"]
+    assert m.broker_of("n2") == "mqtts://127.0.0.1:9102"
+    # A neighbour's own card gets it every card held, once per card it signs, if it checks.
+    mine = bus.signers["n1"].card("mqtts://127.0.0.1:9001", START)
+    out = m.handle(START + 31, CardsIn("n1", (mine,)))
+    assert {
+        c.node for a in out if isinstance(a, SendCards) and a.target == "n1" for c in a.cards
+    } == {"n0", "n2"}
+    again = m.handle(START + 31, CardsIn("n1", (mine,)))
+    assert not [a for a in again if isinstance(a, SendCards)]
+    forged = attrs.evolve(mine, ts_s=START + 20)  # re-dated: its signature no longer holds
+    assert not [
+        a for a in m.handle(START + 31, CardsIn("n1", (forged,))) if isinstance(a, SendCards)
+    ]
 
 
 def test_a_card_not_its_members_own_is_refused_naming_the_sender(tmp_path: Path) -> None:

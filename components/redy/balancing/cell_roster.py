@@ -7,9 +7,12 @@
 overlay neighbours; a node that takes a card new to it (valid: a member certificate of the grid
 CA naming the card's node, signed by that certificate's key, signed at most `CARD_AHEAD_S`
 ahead and less than `CARD_TTL_S` ago) passes it on to its own neighbours, so a card floods the
-overlay once. A neighbour that sends this node a card of its own gets back every card held
-(at most once per `CARD_REFRESH_S`): a node that joins or restarts holds the grid's cards
-within a shuffle or two. A card counts until `CARD_TTL_S` after it was signed: a member that
+overlay once. A member's card is news only `CARD_GAP_S` after the one held, and one that
+changes nothing (same broker and certificate) only after half the refresh period: a member
+cannot make the grid flood its cards faster. A neighbour that sends this node a valid card of
+its own gets back every card held (once per card it signs, at most once per `_STORE_EVERY_S`
+of its cards' times): a node that joins or restarts holds the grid's cards within a shuffle
+or two. A card counts until `CARD_TTL_S` after it was signed: a member that
 stopped drops out of the rosters then, at the same time on every node (the card's own time).
 
 **Cells.** At each epoch's start the node places every member whose card it holds
@@ -56,12 +59,14 @@ NodeId = str
 CARD_TTL_S = 3600.0  # a card counts this long after it was signed
 CARD_REFRESH_S = 600.0  # a member signs a new card this often (well within the TTL)
 CARD_AHEAD_S = 60.0  # a card signed further ahead of this node's clock is refused
+CARD_GAP_S = 30.0  # a member's next card is news this long after the one held, at the soonest
 SEED_PERIOD_S = 86400.0  # the placement's seed changes once a day
 MAX_MEMBERS = 4096  # cards held; beyond, new members' cards are refused (the flood's scale)
 CARDS_PER_MESSAGE = 64  # messages.CellMessage.cards' max_len
 _CARD_CHECK_S = 1.0  # how often new neighbours are sent this node's card
 MIN_ROSTER = 4  # members a cell must hold (fewer if the grid has fewer per cell)
 _DRAWS = 64  # placements drawn before the cells are halved
+_STORE_EVERY_S = 5.0  # a member's cards answered with every card held: at most this often
 
 
 @attrs.frozen
@@ -134,8 +139,10 @@ class Roster:
         """True if `card` is new and valid (held now), False if it is no news (held, older,
         expired), or why it is refused."""
         held = self.cards.get(card.node)
-        if held is not None and held.ts_s >= card.ts_s:
-            return False
+        if held is not None:
+            same = held.broker == card.broker and held.cert == card.cert
+            if card.ts_s < held.ts_s + (CARD_REFRESH_S / 2 if same else CARD_GAP_S):
+                return False  # older, or too soon after the one held
         if card.ts_s > now + CARD_AHEAD_S:
             return f"card of {card.node} signed {card.ts_s - now:.0f} s ahead of this clock"
         if card.ts_s + CARD_TTL_S <= now:
@@ -152,6 +159,12 @@ class Roster:
                 return f"card of {card.node}: {exc}"
         self.cards[card.node] = card
         return True
+
+    def valid(self, card: CellCard, now: float) -> bool:
+        """Whether `card` is its member's own and current (a signature check)."""
+        if not now - CARD_TTL_S < card.ts_s <= now + CARD_AHEAD_S:
+            return False
+        return self._refusal(card) is None
 
     def expire(self, now: float) -> None:
         for node in [n for n, c in self.cards.items() if c.ts_s + CARD_TTL_S <= now]:
@@ -207,7 +220,7 @@ class CellMarket:
         self._placed: tuple[bytes, tuple[tuple[NodeId, str], ...]] | None = None
         self._own: CellCard | None = None
         self._card_to: set[NodeId] = set()  # neighbours sent the current own card
-        self._store_to: dict[NodeId, float] = {}  # peer -> when it was last sent every card
+        self._store_to: dict[NodeId, float] = {}  # peer -> its card last answered with all
         self._card_check = -math.inf
         self._epoch_checked: int | None = None
         self.rebuilds = 0  # rosters changed (a new CellNode)
@@ -254,7 +267,9 @@ class CellMarket:
         if self._own is None or now - self._own.ts_s >= CARD_REFRESH_S:
             self._own = self._card(now)
             self._card_to = set()
-            self.roster.take(self._own, now)
+            why = self.roster.take(self._own, now)
+            if isinstance(why, str):  # its certificate makes no member: it cannot take part
+                out.append(Dropped(self.node, f"this node's own card: {why}"))
         for n in self._neighbours():
             if n not in self._card_to and n != self.node:
                 self._card_to.add(n)
@@ -264,26 +279,36 @@ class CellMarket:
 
     def _on_cards(self, now: float, event: CardsIn, out: list[MarketAction]) -> None:
         new: list[CellCard] = []
-        own = False
+        own: CellCard | None = None  # the sender's own card, valid
         for card in event.cards:
             got = self.roster.take(card, now)
             if isinstance(got, str):
                 out.append(Dropped(event.sender, got))
             elif got:
                 new.append(card)
-            own = own or card.node == event.sender
+            if card.node == event.sender and not isinstance(got, str):
+                own = card
         if new:  # passed on once: every node floods a card the first time it takes it
             for n in self._neighbours():
-                if n != event.sender and n != self.node:
-                    out.append(SendCards(n, tuple(c for c in new if c.node != n)))
+                passed = tuple(c for c in new if c.node != n)
+                if n != event.sender and n != self.node and passed:
+                    out.append(SendCards(n, passed))
+        # A neighbour that sends its own card (it started, restarted, or met this node) gets
+        # every card held: once per card it signs, and only for a card that checks (no news
+        # is not checked by `take`), at most once per _STORE_EVERY_S of its cards' times.
         last = self._store_to.get(event.sender)
-        if own and (last is None or now - last >= CARD_REFRESH_S):
-            self._store_to[event.sender] = now
-            if len(self._store_to) > MAX_MEMBERS:
-                self._store_to = {event.sender: now}
-            held = [c for n, c in sorted(self.roster.cards.items()) if n != event.sender]
-            for i in range(0, len(held), CARDS_PER_MESSAGE):
-                out.append(SendCards(event.sender, tuple(held[i : i + CARDS_PER_MESSAGE])))
+        if (
+            own is None
+            or (last is not None and own.ts_s < last + _STORE_EVERY_S)
+            or (own not in new and not self.roster.valid(own, now))
+        ):
+            return
+        self._store_to[event.sender] = own.ts_s
+        if len(self._store_to) > MAX_MEMBERS:
+            self._store_to = {event.sender: own.ts_s}
+        held = [c for n, c in sorted(self.roster.cards.items()) if n != event.sender]
+        for i in range(0, len(held), CARDS_PER_MESSAGE):
+            out.append(SendCards(event.sender, tuple(held[i : i + CARDS_PER_MESSAGE])))
 
     # -- cells ----------------------------------------------------------------------------------
 

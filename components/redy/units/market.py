@@ -374,7 +374,7 @@ class MarketDriver:
     def on_gossip(self, msg: messages.Gossip) -> None:
         """A neighbour's gossip from our broker: checked, then queued for the core."""
         if self.market == "cells":
-            self._refuse(msg.sender, f"{msg.algorithm} gossip; this grid's market is cells")
+            self._refuse(msg.sender, f"{msg.algorithm}; this grid's market is cells", "gossip")
             return
         if self.market == "offers":
             if msg.algorithm != "offers":
@@ -414,15 +414,16 @@ class MarketDriver:
         )
         self._queue(Received(PhaseGossip(msg.phase, msg.floor_eur_mwh, msg.cap_eur_mwh, out)))
 
-    def _refuse(self, sender: str, reason: str) -> None:
-        """Drop a sender's gossip; logged at its 1st, 2nd, 4th, 8th... drop (no log flood)."""
+    def _refuse(self, sender: str, reason: str, what: str | None = None) -> None:
+        """Drop a sender's gossip (`what`: by default this market's messages); logged at its
+        1st, 2nd, 4th, 8th... drop (no log flood)."""
         self.dropped["gossip_refused"] += 1
         n = self.refused.add(sender)
         if n is not None:
             _log.warning(
                 "node=%s dropped %s from %s: %s (%d dropped from it so far)",
                 self.node,
-                "a cell message" if self.market == "cells" else "gossip",
+                what or ("a cell message" if self.market == "cells" else "gossip"),
                 sender,
                 reason,
                 n,
