@@ -102,3 +102,32 @@ def test_an_epoch_the_cells_could_not_clear_is_no_price(
         d._act([Failed(7, "epoch 7: cell 0 did not agree on its offers (view 2)")])
     assert d.state_fields()["status"] == "isolated"
     assert "node=n1 epoch 7 not cleared: epoch 7: cell 0 did not agree" in caplog.text
+
+
+async def test_a_core_that_fails_on_some_input_never_ends_the_driver(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    links = Links()
+    d = _driver(tmp_path, links)
+    honest = d.core.handle
+    handled: list[object] = []
+
+    def handle(now: float, event: Any) -> Any:
+        if isinstance(event, BodyIn) and event.data == b"boom":
+            raise ValueError("a bug")
+        handled.append(event)
+        return honest(now, event)
+
+    d.core.handle = handle  # type: ignore[method-assign]
+    run = asyncio.create_task(d.run())
+    with caplog.at_level(logging.ERROR):
+        for _ in range(3):
+            d.on_cell(messages.CellMessage(sender="n2", body="boom"))
+        d.on_cell(messages.CellMessage(sender="n2", body="{}"))
+        await asyncio.sleep(0.5)
+    run.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await run
+    assert BodyIn("n2", b"{}") in handled
+    assert d.dropped["market_failed"] == 3
+    assert caplog.text.count("market core failed") == 1

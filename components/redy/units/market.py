@@ -655,7 +655,19 @@ class MarketDriver:
                             event = await self._events.get()
                 elif not self._events.empty():
                     event = self._events.get_nowait()
-                self._act(self.core.handle(self.now(), event))  # type: ignore[arg-type]
+                else:
+                    await asyncio.sleep(0)  # a deadline behind: the other tasks still run
+                try:
+                    actions = self.core.handle(self.now(), event)  # type: ignore[arg-type]
+                except Exception:  # a bug met by some input: logged, never the node's end
+                    self.dropped["market_failed"] += 1
+                    if self.dropped["market_failed"] in (1, 10, 100, 1000):
+                        _log.exception(
+                            "node=%s market core failed on %s", self.node, str(event)[:200]
+                        )
+                    await asyncio.sleep(0.1)  # not a busy loop if it fails on every deadline
+                    continue
+                self._act(actions)
 
     def state_fields(self) -> dict[str, Any]:
         """Price, epoch, status, clock offset and unserved/excess kW for NodeEnergyState."""
