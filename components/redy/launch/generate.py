@@ -23,7 +23,7 @@ from redy.errors import LaunchError
 GRID_PORT_OFFSET = 10000
 UNIT_PORT_OFFSET = 5000
 _TEMPLATE_ARGS = ("node", "port", "introducer", "speed", "epoch_s", "market")
-MARKETS = ("pushsum", "offers")
+MARKETS = ("pushsum", "offers", "cells")
 
 
 def default_templates() -> Path:
@@ -168,7 +168,9 @@ def grid() -> None:
     default="offers",
     show_default=True,
     help="How the market clears: signed offers held to certified limits and cleared exactly,"
-    " or gossip of curves (push-sum, for research: a member steers it).",
+    " gossip of curves (push-sum, for research: a member steers it), or cells (the offers"
+    " checked and agreed on in cells of 128 members, their sums co-signed: past a few"
+    " thousand nodes).",
 )
 @click.option(
     "--plan-intervals",
