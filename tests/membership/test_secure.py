@@ -193,3 +193,14 @@ def test_one_descriptor_a_period_even_if_the_clock_steps_back_or_the_process_res
     assert b.tick(9) is None
     out = b.tick(10)
     assert out is not None and out.entries[-1].born == 10
+
+
+def test_a_copy_of_a_node_we_lost_still_proves_a_fork() -> None:
+    """Member 9's broker did not answer our dial (tombstoned), yet its second copy of one
+    descriptor convicts it."""
+    h = _with_view(1, [5, 6, 7])
+    via8 = Descriptor(9, "sim://9", 2, (9, 8, 1))
+    assert h.on_request(8, None, [via8, Descriptor(8, "sim://8", 2, (8, 1))], 2) is not None
+    h.on_unreachable(9)
+    assert h.on_request(9, None, [Descriptor(9, "sim://9", 2, (9, 1))], 2) is None
+    assert 9 in h.convicted

@@ -16,7 +16,8 @@ keeps, and checks in what it receives:
   one descriptor that are not one the prefix of the other name, at the node where they part, a
   member that handed it on twice (a *fork*). A fork is proof from signed material alone.
 - **Contact with a communication certificate.** A request to Q carries one of Q's own
-  descriptors (the initiator's oldest entry, the *token*), whose chain ends at the sender. Q
+  descriptors (the entry the initiator has held longest, the *token*), whose chain ends at the
+  sender. Q
   accepts each of its descriptors once: nobody contacts Q more often than Q issued descriptors,
   whatever its rate. A token presented twice along chains that fork convicts the forker. A
   request without a token (a joining node's first contact, read from a retained view) places only
@@ -46,7 +47,12 @@ keeps, and checks in what it receives:
   nothing it may hand on (members that answer short leave only terminal copies behind) contacts
   a sampled node without a token instead of shuffling, and so does every node one period in
   `probe_every` (4): its descriptor of that period then lands with a node drawn evenly from all
-  it has seen, not with its oldest entry's owner, whom members may be.
+  it has seen, not with the owner of the entry it has held longest, whom members may be.
+- **Contact what we have held longest**, not the oldest descriptor (CYCLON's rule): the age a
+  descriptor shows is its owner's to choose within the lifetime, and members that hand out only
+  their freshest stay in honest views longest under CYCLON's rule (a 30 % hoarding coalition
+  held 1.13 to 1.18 times its share at 1,000 nodes, 0.93 to 1.02 with this rule, seeds 1-7).
+  Dead descriptors still leave at `max_age`, unreachable ones when a dial or push fails.
 
 What bounds a coalition then: each member issues one descriptor per period, as every honest node
 does; a descriptor is contacted once and handed on once per holder; so the coalition's entries in
@@ -72,6 +78,7 @@ from redy.membership.cyclon import Neighbour, check_parameters
 NodeId = Any
 _STRIKES = 3
 _SWEEP_EVERY = 8  # periods between sweeps of the remembered chains and tombstones
+_LONG_AGO = -(2**62)  # `since` of an entry held from before anything we count
 
 
 class Descriptor(NamedTuple):
@@ -159,6 +166,7 @@ class SecureCyclon:
         self.period = 0
         self._rng = rng
         self._view: dict[Hashable, Descriptor] = {}
+        self._since: dict[Hashable, int] = {}  # owner -> period the copy we hold came in
         self._terminal: set[Hashable] = set()  # sent away: kept, never sent again
         self._pending: dict[int, tuple[Descriptor, tuple[Hashable, ...]]] = {}
         # The copy of every descriptor we held or saw, by (owner, born): a fork's proof
@@ -229,6 +237,7 @@ class SecureCyclon:
                 break
             if d.owner not in self._view and period - d.born <= self.max_age:
                 self._view[d.owner] = d
+                self._since[d.owner] = period
                 self._terminal.add(d.owner)
                 if self._admitted is not None:
                     self._admitted.append(d.owner)
@@ -238,7 +247,8 @@ class SecureCyclon:
         return Descriptor(self.me, self.uri, period, (self.me, to))
 
     def tick(self, period: int) -> SecureOut | None:
-        """One period: drop dead descriptors, contact the owner of the oldest entry with it."""
+        """One period: drop dead descriptors, contact the owner of the entry we have held longest
+        with it (module doc)."""
         if period <= self._issued:
             return None  # the clock stepped back: a second descriptor of one period is a fork
         self.period = period
@@ -254,8 +264,9 @@ class SecureCyclon:
             sample = self.sample()
             if sample is not None:
                 return self.probe(sample, period)
-        oldest = min(d.born for d in view.values())
-        candidates = [o for o, d in view.items() if d.born == oldest]
+        since = self._since
+        oldest = min(since.get(o, _LONG_AGO) for o in view)
+        candidates = [o for o in view if since.get(o, _LONG_AGO) == oldest]
         q = candidates[0] if len(candidates) == 1 else self._rng.choice(candidates)
         target = view[q]
         token = None if q in self._terminal and target.chain[-1] != self.me else target
@@ -399,6 +410,7 @@ class SecureCyclon:
         self._strikes[o] = strikes
         if o not in self._view and len(self._view) < self.view_size:
             self._view[o] = target
+            self._since[o] = _LONG_AGO  # the first to try again, as it was
             self._terminal.add(o)
 
     def on_unreachable(self, node: NodeId) -> None:
@@ -455,6 +467,7 @@ class SecureCyclon:
 
     def _drop(self, owner: Hashable) -> None:
         self._view.pop(owner, None)
+        self._since.pop(owner, None)
         self._terminal.discard(owner)
 
     def _convict(self, verdict: Verdict, found: bool = True) -> None:
@@ -527,13 +540,14 @@ class SecureCyclon:
                 continue
             if self.convicted and any(n in self.convicted for n in chain):
                 continue
+            # Forks first: a copy of a node we lost (its broker did not answer) still proves.
+            if not self._remember(d):
+                return []  # a fork: the culprit is convicted, the message is poisoned
             died = self._tombstones.get(d.owner)
             if died is not None:
                 if d.born <= died:
                     continue
                 del self._tombstones[d.owner]
-            if not self._remember(d):
-                return []  # a fork: the culprit is convicted, the message is poisoned
             owners.add(d.owner)
             out.append(d)
             self._saw(d.owner, d.broker)
@@ -573,6 +587,7 @@ class SecureCyclon:
                 fresh.append(d)
             elif d.born > old.born:  # keep the younger: ours is dropped, not handed on
                 view[d.owner] = d
+                self._since[d.owner] = self.period
                 if len(d.chain) < self.max_chain:
                     terminal.discard(d.owner)
                 else:
@@ -589,6 +604,7 @@ class SecureCyclon:
                     replaceable = [self._rng.choice(others)]
                 self._drop(replaceable.pop())
             view[d.owner] = d
+            self._since[d.owner] = self.period
             if len(d.chain) >= self.max_chain:
                 terminal.add(d.owner)  # worn out: to contact its owner, never to hand on
             if self._admitted is not None:

@@ -3,8 +3,8 @@
 
 Every rule of `SecureCyclon` is here, event for event and in the order of the core-driven
 simulator (redy.sim.membership.SecureShuffleNet.cycle): descriptors issued one per period and
-handed on as chains (a handed-on entry kept only as a terminal copy), contacts with a token (the
-target's own descriptor, redeemed once), untokened first contacts (only the sender's descriptor,
+handed on as chains (a handed-on entry kept only as a terminal copy), contacts of the entry
+held longest with a token (the target's own descriptor, redeemed once), untokened first contacts (only the sender's descriptor,
 one entry back, SL a period per receiver), at most SL tokened answers a period, answers no
 longer than requests, every entry checked (a forged, dead or worn-out one convicts the sender),
 forks of remembered chains convicting the forker, verdicts spread with the messages for
@@ -12,7 +12,8 @@ forks of remembered chains convicting the forker, verdicts spread with the messa
 probe of a sampled node one period in `probe_every` and whenever starved, tombstones and
 strikes as in the core. Each node's view is one row of `c` slots: owner (`ids`, so the plain
 engine's metrics read it unchanged), period of issue (`base`, the core's `born`), the chain's
-length and last hop, a terminal flag, and with members the chain itself (owner first, at most
+length and last hop, a terminal flag, the period the copy came in (`since`), and with members
+the chain itself (owner first, at most
 `max_chain` ids): without members no check can fail on the hops in between, so only those
 lengths and ends are kept and carried (the messages carry the owner, the sender and the
 receiver, which every check reads).
@@ -50,6 +51,9 @@ Where the arrays differ from the core, in memory only, never in a rule an honest
 - **Samplers** rank nodes by a 64-bit keyed hash of its own (the core's is arbitrary precision):
   another hash, the same role; the random streams are numba's, so runs match the core's in
   distribution, not draw for draw (tests/sim/test_array_secure.py holds them together).
+- **First contacts** carry only the sender's descriptor here: the core also checks anything else
+  one carries (a fork there convicts), but no honest node and no member of redy.sim.coalition
+  sends more.
 - **Dialling** (`verify`) of what a seed admits happens at once, as the plain fast engine does;
   the core dials a joining node's seed at its next exchange.
 """
@@ -126,6 +130,7 @@ class SecureState(NamedTuple):
     seed_row: np.ndarray  # (max_chain,) int32
     issued: np.ndarray  # scratch of the bootstrap: (n,) int32
     intro: np.ndarray  # (n,) int32: the node's own introducer (-1: the overlay's)
+    since: np.ndarray  # (n, c) int32: the period the copy held came in (_NONE: long ago)
 
 
 class Params(NamedTuple):
@@ -235,6 +240,7 @@ class SecureArrayOverlay(ArrayOverlay):
             np.zeros(mc, np.int32),
             np.zeros(capacity, np.int32),
             np.full(capacity, -1, np.int32),
+            np.full((capacity, c), _NONE, np.int32),
         )
         self.prm = Params(
             c,
@@ -495,14 +501,15 @@ def _reset(st: SecureState, p: int) -> None:
 
 @_kernel
 def _remove(
-    ids: Arr, born: Arr, length: Arr, chain: Arr, clen: Arr, term: Arr, hop: Arr, p: int,
-    s: int, full: bool,
+    ids: Arr, born: Arr, length: Arr, chain: Arr, clen: Arr, term: Arr, hop: Arr, since: Arr,
+    p: int, s: int, full: bool,
 ) -> None:  # fmt: skip
     """Slot s of p's row leaves (the last slot takes its place); `full`: chains are kept."""
     last = length[p] - 1
     if s != last:
         ids[p, s] = ids[p, last]
         born[p, s] = born[p, last]
+        since[p, s] = since[p, last]
         clen[p, s] = clen[p, last]
         term[p, s] = term[p, last]
         hop[p, s] = hop[p, last]
@@ -516,13 +523,15 @@ def _remove(
 
 @_kernel
 def _put(
-    ids: Arr, born: Arr, length: Arr, chain: Arr, clen: Arr, term: Arr, hop: Arr, prm: Params,
-    p: int, owner: int, b: int, src: Arr, n: int, terminal: bool,
+    ids: Arr, born: Arr, length: Arr, chain: Arr, clen: Arr, term: Arr, hop: Arr, since: Arr,
+    prm: Params, p: int, owner: int, b: int, src: Arr, n: int, terminal: bool, t: int,
 ) -> None:  # fmt: skip
-    """A new last slot of p's row: `src[:n]` the chain (only its last hop without members)."""
+    """A new last slot of p's row, come in at `t`: `src[:n]` the chain (only its last hop
+    without members)."""
     s = length[p]
     ids[p, s] = owner
     born[p, s] = b
+    since[p, s] = t
     clen[p, s] = n
     hop[p, s] = src[n - 1]
     if prm.coalition:
@@ -583,7 +592,7 @@ def _convict(st: SecureState, prm: Params, p: int, culprit: int, period: int, re
                 through = True
                 break
         if through:
-            _remove(ids, born, length, chain, clen, term, hop, p, s, prm.coalition)
+            _remove(ids, born, length, chain, clen, term, hop, st.since, p, s, prm.coalition)
         else:
             s += 1
 
@@ -795,14 +804,14 @@ def _admissible(
                 break
         if dup or (prm.coalition and _chain_convicted(conv_t, midx, p, m_chain[k], cl)):
             continue
+        if prm.coalition and not _remember(st, prm, p, owner, born, m_chain[k], cl, period):
+            return -1  # forks first, as the core: a copy of a node lost still proves
         if prm.redy:
             t = tomb_find(tomb_id, tomb_t, period, p, owner, prm.ttl)
             if t >= 0:
                 if born <= tomb_t[p, t]:
                     continue
                 tomb_id[p, t] = -1
-        if prm.coalition and not _remember(st, prm, p, owner, born, m_chain[k], cl, period):
-            return -1
         idx[got] = k
         got += 1
         if not (prm.coalition and _convicted(conv_t, midx, p, owner)):
@@ -813,7 +822,7 @@ def _admissible(
 @_inlined
 def _merge(
     st: SecureState, prm: Params, p: int, msg: Msg, idx: Arr, n: int, sent: Arr, nsent: int,
-    fresh: Arr,
+    fresh: Arr, period: int,
 ) -> int:  # fmt: skip
     """SecureCyclon._merge of `msg[idx[:n]]`; the owners let in go to `fresh` (to dial)."""
     ids, born, length, chain, clen, term = st.ids, st.born, st.length, st.chain, st.clen, st.term
@@ -835,6 +844,7 @@ def _merge(
         elif m_born[k] > born[p, s]:  # keep the younger: ours is dropped, not handed on
             cl = m_clen[k]
             born[p, s] = m_born[k]
+            st.since[p, s] = period
             clen[p, s] = cl
             hop[p, s] = m_chain[k, cl - 1]
             if prm.coalition:
@@ -869,9 +879,9 @@ def _merge(
                             s = j
                             break
                         pick -= 1
-            _remove(ids, born, length, chain, clen, term, hop, p, s, prm.coalition)
-        _put(ids, born, length, chain, clen, term, hop, prm, p, m_owner[k], m_born[k],
-             m_chain[k], m_clen[k], False)  # fmt: skip
+            _remove(ids, born, length, chain, clen, term, hop, st.since, p, s, prm.coalition)
+        _put(ids, born, length, chain, clen, term, hop, st.since, prm, p, m_owner[k], m_born[k],
+             m_chain[k], m_clen[k], False, period)  # fmt: skip
         fresh[added] = m_owner[k]
         added += 1
     return added
@@ -884,7 +894,10 @@ def _unreachable(st: SecureState, prm: Params, p: int, node: int, period: int) -
     ids, length = st.ids, st.length
     s = find_entry(ids, length, p, node)
     if s >= 0:
-        _remove(ids, st.born, length, st.chain, st.clen, st.term, st.last, p, s, prm.coalition)
+        _remove(
+            ids, st.born, length, st.chain, st.clen, st.term, st.last, st.since, p, s,
+            prm.coalition,
+        )  # fmt: skip
     strike_pop(st.strike_id, p, node)
     tomb_add(st.tomb_id, st.tomb_t, period, p, node, prm.ttl)
     _unsample(st.s_id, st.s_rank, p, node)
@@ -926,7 +939,8 @@ def _seed(st: SecureState, prm: Params, p: int, src: int, period: int, own: bool
         if length[p] >= prm.c:
             break
         if find_entry(ids, length, p, o) < 0 and period - b <= prm.max_age:
-            _put(ids, born, length, chain, clen, term, hop, prm, p, o, b, row, n, True)
+            _put(ids, born, length, chain, clen, term, hop, st.since, prm, p, o, b, row, n, True,
+                 period)  # fmt: skip
             fresh[added] = o
             added += 1
     _dial(st, prm, p, fresh, added, period)
@@ -944,7 +958,7 @@ def _drop_dead(st: SecureState, prm: Params, p: int, period: int) -> None:
     s = 0
     while s < length[p]:
         if born[p, s] < limit:
-            _remove(ids, born, length, chain, clen, term, hop, p, s, prm.coalition)
+            _remove(ids, born, length, chain, clen, term, hop, st.since, p, s, prm.coalition)
         else:
             s += 1
 
@@ -1036,13 +1050,14 @@ def _tick(st: SecureState, prm: Params, b: Bufs, p: int, period: int) -> tuple[i
         if o >= 0:
             n, k = _probe(st, prm, b, p, o, period)
             return o, 3, n, k
-    qs = 0
+    qs = 0  # the entry held longest (SecureCyclon.tick)
     ties = 1
+    since = st.since
     for s in range(1, length[p]):
-        if born[p, s] < born[p, qs]:
+        if since[p, s] < since[p, qs]:
             qs = s
             ties = 1
-        elif born[p, s] == born[p, qs]:
+        elif since[p, s] == since[p, qs]:
             ties += 1
             if np.random.randint(0, ties) == 0:
                 qs = s
@@ -1060,7 +1075,7 @@ def _tick(st: SecureState, prm: Params, b: Bufs, p: int, period: int) -> tuple[i
         t_chain[0, cl - 1] = hop[p, qs]
     b.tok.valid[0] = True
     tokened = not (term[p, qs] and hop[p, qs] != p)
-    _remove(ids, born, length, chain, clen, term, hop, p, qs, prm.coalition)
+    _remove(ids, born, length, chain, clen, term, hop, st.since, p, qs, prm.coalition)
     n, k = _request(st, prm, b, p, q, tokened, period)
     return q, 1 if tokened else 2, n, k
 
@@ -1132,7 +1147,7 @@ def _answer(
         slots[j] = t
         _hand(st, prm, q, slots[a], sender, b.rep, a)
         sent[a] = ids[q, slots[a]]
-    added = _merge(st, prm, q, b.req, idx, got, sent, k, b.fresh)
+    added = _merge(st, prm, q, b.req, idx, got, sent, k, b.fresh, period)
     _dial(st, prm, q, b.fresh, added, period)
     return k
 
@@ -1148,8 +1163,8 @@ def _on_timeout(st: SecureState, prm: Params, b: Bufs, p: int, mode: int, period
         return
     ids, length = st.ids, st.length
     if find_entry(ids, length, p, o) < 0 and length[p] < prm.c:
-        _put(ids, st.born, length, st.chain, st.clen, st.term, st.last, prm, p, o,
-             b.tok.born[0], b.tok.chain[0], b.tok.clen[0], True)  # fmt: skip
+        _put(ids, st.born, length, st.chain, st.clen, st.term, st.last, st.since, prm, p, o,
+             b.tok.born[0], b.tok.chain[0], b.tok.clen[0], True, _NONE)  # fmt: skip
 
 
 @_inlined
@@ -1182,7 +1197,7 @@ def _conclude(
     if honest:
         _observe(st, prm, p, q, period)
     if n > 0 and not _convicted(conv_t, midx, p, q):
-        added = _merge(st, prm, p, b.rep, idx, n, b.sent_p, nsent, b.fresh)
+        added = _merge(st, prm, p, b.rep, idx, n, b.sent_p, nsent, b.fresh, period)
         _dial(st, prm, p, b.fresh, added, period)
 
 
