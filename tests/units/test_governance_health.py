@@ -4,6 +4,8 @@ tally on a fake clock, and drops counted by reason against a real broker."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -73,3 +75,18 @@ def test_drops_are_counted_by_reason_and_reported_retained(
     assert {c.name: c.count for c in health.dropped} == {"invalid": 3}
     assert health.epochs_cleared == health.epochs_missed == 0  # local mode: no market
     assert health.tasks > 0
+
+
+def test_the_signed_shuffles_refused_and_unchecked_proofs_are_counted(tmp_path: Path) -> None:
+    creds = tmp_path / "credentials.json"
+    creds.write_text('{"users": {"governance": "pw"}}')
+    gov = Governance(
+        GovernanceConfig(node="house-1", broker="mqtt://127.0.0.1:1", credentials=str(creds))
+    )
+    gov.overlay = SimpleNamespace(overlay=SimpleNamespace(evidence_refused=2, evidence_dropped=5))
+
+    async def health() -> messages.GovernanceHealth:
+        return gov.health()
+
+    counts = {c.name: c.count for c in asyncio.run(health()).dropped}
+    assert counts == {"evidence_refused": 2, "evidence_over_budget": 5}

@@ -337,6 +337,10 @@ class Governance:
             dropped.update(market.dropped)
         if self.planner is not None:
             dropped.update(self.planner.dropped)
+        signed: Any = getattr(self.overlay, "overlay", None)  # the signed shuffle's proofs
+        if hasattr(signed, "evidence_refused"):
+            dropped["evidence_refused"] += signed.evidence_refused
+            dropped["evidence_over_budget"] += signed.evidence_dropped
         links = self.peer_links
         return messages.GovernanceHealth(
             node=self.node,
