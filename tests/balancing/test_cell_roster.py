@@ -18,6 +18,7 @@ from redy.balancing import cell_node
 from redy.balancing.cell_roster import (
     CARD_GAP_S,
     CARD_TTL_S,
+    SETTLE_S,
     BodyIn,
     CardsIn,
     CellMarket,
@@ -116,14 +117,14 @@ class Bus:
 
 def test_cards_flood_and_every_node_clears_the_reference_price(tmp_path: Path) -> None:
     bus = Bus(tmp_path)
-    bus.run(START + 8 * EPOCH_S)
+    bus.run(START + SETTLE_S + 6 * EPOCH_S)
     dirs = {n: m.directory for n, m in bus.markets.items()}
     first = dirs["n0"]
     assert first is not None and first.cells >= 2, first
     assert all(d == first for d in dirs.values()), "every node places the members alike"
     assert sorted(x for r in first.rosters.values() for x in r) == bus.names
     ref = solve([_bids(i) for i in range(N)]).price_eur_mwh
-    last = math.floor((START + 8 * EPOCH_S) / EPOCH_S) - 1
+    last = math.floor((START + SETTLE_S + 6 * EPOCH_S) / EPOCH_S) - 1
     for epoch in range(last - 2, last + 1):
         prices = {n: bus.cleared[n][epoch].result.price_eur_mwh for n in bus.names}
         assert all(p == pytest.approx(ref, abs=1e-6) for p in prices.values()), (epoch, prices)
@@ -137,15 +138,15 @@ def test_a_restarted_member_gets_the_cards_again_and_clears_with_the_others(
     tmp_path: Path,
 ) -> None:
     bus = Bus(tmp_path)
-    bus.run(START + 6 * EPOCH_S)
+    bus.run(START + SETTLE_S + 4 * EPOCH_S)
     before = bus.markets["n0"].directory
-    restart = START + 6 * EPOCH_S + 0.2  # its governance respawned within the card period
+    restart = START + SETTLE_S + 4 * EPOCH_S + 0.2  # respawned within the card period
     bus.markets["n3"] = bus.start(3)
     bus.act("n3", restart, bus.markets["n3"].handle(restart, Tick()))
-    bus.go(START + 12 * EPOCH_S)
+    bus.go(START + SETTLE_S + 10 * EPOCH_S)
     assert bus.markets["n3"].directory == before
     ref = solve([_bids(i) for i in range(N)]).price_eur_mwh
-    last = math.floor((START + 12 * EPOCH_S) / EPOCH_S) - 1
+    last = math.floor((START + SETTLE_S + 10 * EPOCH_S) / EPOCH_S) - 1
     for epoch in (last - 1, last):
         prices = {bus.cleared[n][epoch].result.price_eur_mwh for n in bus.names}
         assert len(prices) == 1 and prices.pop() == pytest.approx(ref, abs=1e-6), epoch
@@ -230,3 +231,16 @@ def test_placement_is_deterministic_and_leaves_no_cell_small() -> None:
     assert place(b"seed", {"n0": b"k"}, 3).cells == 1
     with pytest.raises(RedyError):
         place(b"seed", {}, 3)
+
+
+def test_deadlines_move_on_at_the_magnitude_of_a_real_clock(tmp_path: Path) -> None:
+    """Woken at each deadline, a lone node's market moves on (a deadline that stays behind
+    would turn its driver's loop without end): about 3 wakes a second, whatever the clock."""
+    m = Bus(tmp_path, n=1).markets["n0"]
+    now = start = 1_765_432_109.87  # UNIX time: a float's step here is 2.4e-7 s
+    wakes = 0
+    while now < start + 30 and wakes < 1000:
+        m.handle(now, Tick())
+        now = max(now, m.next_deadline())
+        wakes += 1
+    assert now >= start + 30 and wakes < 200, wakes

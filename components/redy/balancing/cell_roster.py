@@ -5,39 +5,44 @@
 (`messages.CellCard`: its node id, its grid listener and its certificate; redy.signing's
 `Signer.card`) when its governance starts and every `CARD_REFRESH_S`, and sends it to its
 overlay neighbours; a node that takes a card new to it (valid: a member certificate of the grid
-CA naming the card's node, signed by that certificate's key, signed at most `CARD_AHEAD_S`
-ahead and less than `CARD_TTL_S` ago) passes it on to its own neighbours, so a card floods the
-overlay once. A member's card is news only `CARD_GAP_S` after the one held, and one that
-changes nothing (same broker and certificate) only after half the refresh period: a member
-cannot make the grid flood its cards faster. A neighbour that sends this node a valid card of
-its own gets back every card held (once per card it signs, at most once per `_STORE_EVERY_S`
-of its cards' times): a node that joins or restarts holds the grid's cards within a shuffle
-or two. A card counts until `CARD_TTL_S` after it was signed: a member that
-stopped drops out of the rosters then, at the same time on every node (the card's own time).
+CA naming the card's node, signed by that certificate's key, signed at most `CARD_AHEAD_S` ahead
+and less than `CARD_TTL_S` ago) passes it on to its own neighbours, so a card floods the overlay
+once. A member's card is news only `CARD_GAP_S` after the one held, and one that changes nothing
+(same broker and certificate) only after half the refresh period: a member cannot make the grid
+flood its cards faster. A neighbour that sends this node a valid card of its own gets back every
+card held (once per card it signs, at most once per `_STORE_EVERY_S` of its cards' times): a
+node that joins or restarts holds the grid's cards within a shuffle or two. A card counts until
+`CARD_TTL_S` after it was signed: a member that stopped drops out of the rosters then, at the
+same time on every node (the card's own time).
 
-**Cells.** At each epoch's start the node places every member whose card it holds
-(`place`): the grid's seed for the day (a hash of the grid CA's certificate and the day), the
-cells the power of two nearest members / `cell_size`, each member in the cell of a hash of the
-seed and its certificate's key (`cells.cell_of`). A placement that leaves a cell with fewer than
-`MIN_ROSTER` members (or N / K, if fewer) is drawn again from the seed (up to `_DRAWS` times,
-then with half the cells): in a cell of one, no one but its member would check its offer and
-sign its sum, and a cell of four outlasts one hostile member. Every node that holds the same
-cards computes the same rosters. The seed is predictable (the CA and the day): a coalition whose
-keys the CA certifies could grind them for a day to come and meet in one cell that day; a seed
-the grid draws itself (a hash of the sums the cells co-signed the day before) would close that
-(not built). When the rosters change, the node starts a new `CellNode`
-for the next whole epoch (the epoch in progress is lost: it began under other rosters).
+**Cells.** Shortly before each epoch (`PLACE_AT` of the one before) the node places the epoch's
+members (`place`): those whose card it holds, current at the epoch's start, and whose first card
+(with this certificate) was signed at least `SETTLE_S` before it, time enough for its flood to
+reach every node; the card's own signed time decides, so every node that holds it lets the
+member in at the same epoch (a restarted member's cards are no new member). The node counts
+itself at once (before it settles, its messages are refused by the others, who are not
+disturbed). The seed for that epoch is the grid's seed for the day (a hash of the grid CA's
+certificate and the day), the cells the power of two nearest members / `cell_size`, each member
+in the cell of a hash of the seed and its certificate's key (`cells.cell_of`). A placement that
+leaves a cell with fewer than `MIN_ROSTER` members (or N / K, if fewer) is drawn again from the
+seed (up to `_DRAWS` times, then with half the cells): in a cell of one, no one but its member
+would check its offer and sign its sum, and a cell of four outlasts one hostile member. Every
+node that holds the same cards computes the same rosters. The seed is predictable (the CA and
+the day): a coalition whose keys the CA certifies could grind them for a day to come and meet in
+one cell that day; a seed the grid draws itself (a hash of the sums the cells co-signed the day
+before) would close that (not built). When the rosters change, the node starts a new `CellNode`
+in time for that epoch: a member that joins, or whose card expires, costs no epoch.
 
-**What it costs, and what it trusts.** Every node holds every member's card (about 1 KiB):
-O(N) per card period, meant for grids of up to a few thousand nodes; at country scale a lookup
-of the few rosters a node needs (its own cell and its partners') replaces the flood (not
-built). Two nodes that hold different cards (a card still on its way at an epoch's start) place
-the members differently: their messages name rosters the other does not hold and are refused,
-and the cells they touch fail that epoch (`Failed`, never a price they cannot stand behind)
-until the cards have spread. A member can neither choose its cell (its key is certified) nor
-send a card for another member (the card is signed); a member that shows its card to some
-nodes only is in the rosters of some: the epochs of its cells fail until its card has flooded
-from any honest node that holds it.
+**What it costs, and what it trusts.** Every node holds every member's card (about 1 KiB): O(N)
+per card period, meant for grids of up to a few thousand nodes; at country scale a lookup of the
+few rosters a node needs (its own cell and its partners') replaces the flood (not built). Two
+nodes that hold different cards (a card still on its way after `SETTLE_S`, or dated back by its
+member and shown late) place the members differently: their messages name rosters the other does
+not hold and are refused, and the cells they touch fail that epoch (`Failed`, never a price they
+cannot stand behind) until the cards have spread. A member can neither choose its cell (its key
+is certified) nor send a card for another member (the card is signed); a member that shows its
+card to some nodes only is in the rosters of some: the epochs of its cells fail until its card
+has flooded from any honest node that holds it.
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ CARD_REFRESH_S = 600.0  # a member signs a new card this often (well within the 
 CARD_AHEAD_S = 60.0  # a card signed further ahead of this node's clock is refused
 CARD_GAP_S = 30.0  # a member's next card is news this long after the one held, at the soonest
 SEED_PERIOD_S = 86400.0  # the placement's seed changes once a day
+SETTLE_S = 10.0  # a new member counts this long after its first card (the flood's time)
+PLACE_AT = 0.95  # share of an epoch at which the next epoch's cells are placed
 MAX_MEMBERS = 4096  # cards held; beyond, new members' cards are refused (the flood's scale)
 CARDS_PER_MESSAGE = 64  # messages.CellMessage.cards' max_len
 _CARD_CHECK_S = 1.0  # how often new neighbours are sent this node's card
@@ -133,6 +140,7 @@ class Roster:
         self._refusal, self._key_of = refusal, key_of
         self.max_members = max_members
         self.cards: dict[NodeId, CellCard] = {}
+        self.since: dict[NodeId, float] = {}  # member -> its first card's time (this cert)
         self._keys: dict[str, bytes] = {}  # cert -> its public key
 
     def take(self, card: CellCard, now: float) -> bool | str:
@@ -157,6 +165,8 @@ class Roster:
                 self._keys[card.cert] = self._key_of(card.cert)
             except RedyError as exc:
                 return f"card of {card.node}: {exc}"
+        if held is None or held.cert != card.cert:
+            self.since[card.node] = card.ts_s
         self.cards[card.node] = card
         return True
 
@@ -169,14 +179,22 @@ class Roster:
     def expire(self, now: float) -> None:
         for node in [n for n, c in self.cards.items() if c.ts_s + CARD_TTL_S <= now]:
             del self.cards[node]
+            del self.since[node]
         live = {c.cert for c in self.cards.values()}
         self._keys = {cert: k for cert, k in self._keys.items() if cert in live}
 
-    def keys(self) -> dict[NodeId, bytes]:
-        return {n: self._keys[c.cert] for n, c in self.cards.items()}
+    def members(self, at: float, settle_s: float, me: NodeId) -> dict[NodeId, str]:
+        """The members at time `at` (node -> certificate): those whose card is current then
+        and whose first card with this certificate was signed at least `settle_s` before (its
+        flood has reached every node), and this node `me` itself."""
+        return {
+            n: c.cert
+            for n, c in self.cards.items()
+            if c.ts_s + CARD_TTL_S > at and (self.since[n] + settle_s <= at or n == me)
+        }
 
-    def certs(self) -> dict[NodeId, str]:
-        return {n: c.cert for n, c in self.cards.items()}
+    def key(self, cert: str) -> bytes:
+        return self._keys[cert]
 
     def broker(self, node: NodeId) -> str | None:
         card = self.cards.get(node)
@@ -207,8 +225,10 @@ class CellMarket:
         bounds_kw: tuple[float, float] | None = None,
         floor_eur_mwh: float = -500.0,
         cap_eur_mwh: float = 4000.0,
+        settle_s: float = SETTLE_S,
     ) -> None:
         self.node = node
+        self.settle_s = settle_s
         self._card, self._keys_for, self._bids = card, keys_for, bids
         self._neighbours = neighbours
         self.timing, self.cell_size, self._ca_der = timing, cell_size, ca_der
@@ -222,15 +242,15 @@ class CellMarket:
         self._card_to: set[NodeId] = set()  # neighbours sent the current own card
         self._store_to: dict[NodeId, float] = {}  # peer -> its card last answered with all
         self._card_check = -math.inf
-        self._epoch_checked: int | None = None
+        self._placed_for: int | None = None  # the epoch whose members were placed last
         self.rebuilds = 0  # rosters changed (a new CellNode)
 
     # -- what the driver asks -------------------------------------------------------------------
 
     def next_deadline(self) -> float:
         out = self._card_check + _CARD_CHECK_S
-        if self._epoch_checked is not None:
-            out = min(out, (self._epoch_checked + 1) * self.timing.epoch_s)
+        if self._placed_for is not None:
+            out = min(out, (self._placed_for + PLACE_AT) * self.timing.epoch_s)
         if self.cell is not None:
             out = min(out, self.cell.next_deadline())
         return out
@@ -241,11 +261,16 @@ class CellMarket:
     def handle(self, now: float, event: Event) -> list[MarketAction]:
         out: list[MarketAction] = []
         self._cards_out(now, out)
+        # The next epoch's cells, placed shortly before it starts (a CellNode made then starts
+        # that epoch on time); at the first call, the current epoch's (its CellNode waits for
+        # the next one).
         epoch = math.floor(now / self.timing.epoch_s + 1e-9)
-        if epoch != self._epoch_checked:
-            self._epoch_checked = epoch
+        # The same expression as next_deadline's: at that deadline this is True, to the bit.
+        upcoming = epoch + 1 if now >= (epoch + PLACE_AT) * self.timing.epoch_s else epoch
+        if upcoming != self._placed_for:
+            self._placed_for = upcoming
             self.roster.expire(now)
-            self._rebuild(now)
+            self._rebuild(upcoming * self.timing.epoch_s)
         if isinstance(event, CardsIn):
             self._on_cards(now, event, out)
         elif isinstance(event, BodyIn):
@@ -312,14 +337,17 @@ class CellMarket:
 
     # -- cells ----------------------------------------------------------------------------------
 
-    def _rebuild(self, now: float) -> None:
-        """Place the members anew if the cards or the seed changed (module docstring)."""
-        seed = grid_seed(self._ca_der, now)
-        members = tuple(sorted(self.roster.certs().items()))
-        if self._placed == (seed, members) or self.node not in self.roster.cards:
+    def _rebuild(self, at: float) -> None:
+        """Place the members of time `at` (an epoch's start) anew if they or the seed changed
+        (module docstring)."""
+        seed = grid_seed(self._ca_der, at)
+        certs = self.roster.members(at, self.settle_s, self.node)
+        members = tuple(sorted(certs.items()))
+        if self._placed == (seed, members) or self.node not in certs:
             return
         self._placed = (seed, members)
-        self.directory = place(seed, self.roster.keys(), self.cell_size)
+        keys = {n: self.roster.key(c) for n, c in members}
+        self.directory = place(seed, keys, self.cell_size)
         self.cell = CellNode(
             self.node,
             self._keys_for(dict(members)),
