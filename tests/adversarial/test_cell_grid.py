@@ -1,11 +1,11 @@
-"""The cell market in real processes: six honest nodes (brokers, governance units, meters and
-gas plants: tests/faults/faultgrid.py) with `market: cells` and `cell_size: 3` find each other's
-signed cards over the overlay, place themselves in two cells of three, and every node clears,
-epoch after epoch, the reference solver's price on the honest offers (read off the cell-mates'
-brokers, where each offer travels). A member with a valid certificate that signs 9 MW at the
-price floor, some 400 times its certified export, is refused by its cell-mates, named in their
-logs, and the honest nodes keep the reference price on their own offers. One `CELLS ...` line each with the figures
-(`pytest -s tests/adversarial/test_cell_grid.py`)."""
+"""The cell market in real processes: eight honest nodes (brokers, governance units, meters and
+gas plants: tests/faults/faultgrid.py) and a ninth member, all with `market: cells` and
+`cell_size: 4`, find each other's signed cards over the overlay and place themselves in two
+cells (of four and five). The ninth runs the honest code but signs, every epoch, 9 MW at the
+price floor, some 400 times its certified export: its cell-mates refuse it and name it in
+their logs, and every honest node clears, epoch after epoch, the reference solver's price on
+the honest offers (read off the cell-mates' brokers, where each offer travels). One `CELLS ...`
+line with the figures (`pytest -s tests/adversarial/test_cell_grid.py`)."""
 
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ from faultgrid import CLEARED, EPOCH_S, FaultGrid, running
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
-HONEST = 6
-CELL_SIZE = 3  # six members: two cells of three
+HONEST = 8
+CELL_SIZE = 4  # nine members: two cells, of four and five (each outlasts one liar)
+LIE = (0.0, 9000.0, -500.0, -500.0)  # what the liar signs
 STARTUP_S = 60.0
 WATCH_EPOCHS = 5
 LIAR_SITE = Path(__file__).with_name("liar_site")  # its sitecustomize makes a node lie
@@ -100,64 +101,54 @@ def _governance_logs(grid: FaultGrid) -> dict[str, str]:
     return logs
 
 
-def test_six_nodes_in_two_cells_clear_the_reference_price(tmp_path: Path, mqtt_client: Any) -> None:
+def test_honest_nodes_in_two_cells_clear_the_reference_price_and_name_a_liar(
+    tmp_path: Path, mqtt_client: Any
+) -> None:
+    liar = f"n{HONEST}"
+    path = os.pathsep.join([str(LIAR_SITE), os.environ.get("PYTHONPATH", "")])
+    honest = [f"n{i}" for i in range(HONEST)]
     t_start = time.monotonic()
-    with running(tmp_path, HONEST, STARTUP_S, market="cells", cell_size=CELL_SIZE) as grid:
+    with running(
+        tmp_path,
+        HONEST + 1,
+        STARTUP_S,
+        market="cells",
+        cell_size=CELL_SIZE,
+        env={HONEST: {"PYTHONPATH": path}},
+        common=honest,
+    ) as grid:
         up_s = time.monotonic() - t_start
         watches = _watch(grid, mqtt_client)
         t0 = time.time()
         time.sleep(WATCH_EPOCHS * EPOCH_S)
         first, last = int(t0 // EPOCH_S) + 1, int(time.time() // EPOCH_S) - 1
         offers, cell_bytes = _offers(watches)
-        checked = _reference_prices(grid, offers, grid.nodes, range(first, last + 1))
-        assert len(checked) >= WATCH_EPOCHS - 2, grid.describe()
-        logs = _governance_logs(grid)
-        # Each node's last word on its cell (before every card had come, it was alone in one).
-        cells = [
-            re.findall(r"members' offers counted, cell (\d) of (\d)", t)[-1] for t in logs.values()
-        ]
-        assert sorted(cells) == [("0", "2")] * 3 + [("1", "2")] * 3, cells
-    print(
-        f"CELLS {HONEST} nodes in 2 cells of 3: grid up and cleared in {up_s:.0f} s; every node"
-        f" the reference price in epochs {first}..{last} ({', '.join(f'{p:g}' for p in checked)}"
-        f" EUR/MWh); {cell_bytes / HONEST / (last - first + 1) / 1024:.1f} KiB of cell messages"
-        " per node and epoch"
-    )
-
-
-def test_a_member_beyond_its_certified_limits_is_refused_and_named(
-    tmp_path: Path, mqtt_client: Any
-) -> None:
-    # Seven members in one cell (f = 2): the liar n6 runs the honest code but for its offer.
-    liar = {
-        HONEST: {"PYTHONPATH": os.pathsep.join([str(LIAR_SITE), os.environ.get("PYTHONPATH", "")])}
-    }
-    honest = [f"n{i}" for i in range(HONEST)]
-    with running(
-        tmp_path, HONEST + 1, STARTUP_S, market="cells", cell_size=8, env=liar, common=honest
-    ) as grid:
-        watches = _watch(grid, mqtt_client)
-        t0 = time.time()
-        time.sleep(WATCH_EPOCHS * EPOCH_S)
-        first, last = int(t0 // EPOCH_S) + 1, int(time.time() // EPOCH_S) - 1
-        offers, _ = _offers(watches)
-        lies = {tuple(o["n6"]) for o in offers.values() if "n6" in o}
-        assert lies == {(0.0, 9000.0, -500.0, -500.0)}, lies
+        assert {tuple(o[liar]) for o in offers.values() if liar in o} == {LIE}
         checked = _reference_prices(grid, offers, honest, range(first, last + 1))
         assert len(checked) >= WATCH_EPOCHS - 2, grid.describe()
         logs = _governance_logs(grid)
-        named = [
+        # Each node's last word on its cell (before every card had come, it was alone in one).
+        cell = {
+            name.split(".")[0]: re.findall(r"members' offers counted, cell (\d) of (\d)", t)[-1]
+            for name, t in logs.items()
+        }
+        assert set(cell.values()) == {("0", "2"), ("1", "2")}, cell
+        mates = sorted(n for n in honest if cell[n] == cell[liar])
+        named = sorted(
             n
-            for n, t in logs.items()
+            for n in honest
             if re.search(
-                r"dropped a cell message from n6: offer of n6: net injection from 0 to 9000 kW,"
-                r" beyond its certified limits of -[0-9.]+\.\.[0-9.]+ kW",
-                t,
+                rf"dropped a cell message from {liar}: offer of {liar}: net injection from 0 to"
+                r" 9000 kW, beyond its certified limits of -[0-9.]+\.\.[0-9.]+ kW",
+                logs[f"{n}.governance.log"],
             )
-        ]
-        assert sorted(named) == [f"{n}.governance.log" for n in honest], named
+        )
+        assert len(mates) >= 3 and named == mates, (mates, named)
     print(
-        f"CELLS a liar of 9 MW at -500 EUR/MWh among {HONEST} honest nodes in one cell: refused"
-        f" and named by all {HONEST}; every honest node the reference price on the honest offers"
-        f" in epochs {first}..{last} ({', '.join(f'{p:g}' for p in checked)} EUR/MWh)"
+        f"CELLS {HONEST} honest nodes and a liar of 9 MW at -500 EUR/MWh in 2 cells: grid up in"
+        f" {up_s:.0f} s; the liar refused and named by its {len(mates)} cell-mates; every honest"
+        f" node the reference price on the honest offers in epochs {first}..{last}"
+        f" ({', '.join(f'{p:g}' for p in checked)} EUR/MWh);"
+        f" {cell_bytes / (HONEST + 1) / (last - first + 1) / 1024:.1f} KiB of cell messages per"
+        " node and epoch"
     )
