@@ -24,14 +24,15 @@ itself at once (before it settles, its messages are refused by the others, who a
 disturbed). The seed for that epoch is the grid's seed for the day (a hash of the grid CA's
 certificate and the day), the cells the power of two nearest members / `cell_size`, each member
 in the cell of a hash of the seed and its certificate's key (`cells.cell_of`). A placement that
-leaves a cell with fewer than `MIN_ROSTER` members (or N / K, if fewer) is drawn again from the
-seed (up to `_DRAWS` times, then with half the cells): in a cell of one, no one but its member
-would check its offer and sign its sum, and a cell of four outlasts one hostile member. Every
-node that holds the same cards computes the same rosters. The seed is predictable (the CA and
-the day): a coalition whose keys the CA certifies could grind them for a day to come and meet in
-one cell that day; a seed the grid draws itself (a hash of the sums the cells co-signed the day
-before) would close that (not built). When the rosters change, the node starts a new `CellNode`
-in time for that epoch: a member that joins, or whose card expires, costs no epoch.
+leaves a cell with fewer than `MIN_ROSTER` members is drawn again from the seed (up to `_DRAWS`
+times, then with half the cells; a grid of fewer than twice `MIN_ROSTER` members is one cell):
+in a cell of one, no one but its member would check its offer and sign its sum; in a cell of
+three, one silent member stops the grid's epoch; a cell of four outlasts one hostile member.
+Every node that holds the same cards computes the same rosters. The seed is predictable (the CA
+and the day): a coalition whose keys the CA certifies could grind them for a day to come and
+meet in one cell that day; a seed the grid draws itself (a hash of the sums the cells co-signed
+the day before) would close that (not built). When the rosters change, the node starts a new
+`CellNode` in time for that epoch: a member that joins, or whose card expires, costs no epoch.
 
 **What it costs, and what it trusts.** Every node holds every member's card (about 1 KiB): O(N)
 per card period, meant for grids of up to a few thousand nodes; at country scale a lookup of the
@@ -71,7 +72,7 @@ PLACE_AT = 0.95  # share of an epoch at which the next epoch's cells are placed
 MAX_MEMBERS = 4096  # cards held; beyond, new members' cards are refused (the flood's scale)
 CARDS_PER_MESSAGE = 64  # messages.CellMessage.cards' max_len
 _CARD_CHECK_S = 1.0  # how often new neighbours are sent this node's card
-MIN_ROSTER = 4  # members a cell must hold (fewer if the grid has fewer per cell)
+MIN_ROSTER = 4  # members a cell must hold, unless it is the only one
 _DRAWS = 64  # placements drawn before the cells are halved
 _STORE_EVERY_S = 5.0  # a member's cards answered with every card held: at most this often
 
@@ -110,20 +111,20 @@ def grid_seed(ca_der: bytes, now: float) -> bytes:
 
 def place(seed: bytes, keys: Mapping[NodeId, bytes], cell_size: int) -> Directory:
     """The cells of the members whose certificates hold `keys` (node -> public key bytes):
-    `cells.cell_count` of them, each member in `cells.cell_of`; a placement with a cell under
-    `MIN_ROSTER` (or N / K) members is drawn again (`_DRAWS` times, then with half the cells).
-    Deterministic in its inputs."""
+    `cells.cell_count` of them (at most N / `MIN_ROSTER`), each member in `cells.cell_of`; a
+    placement with a cell under `MIN_ROSTER` members is drawn again (`_DRAWS` times, then with
+    half the cells). Deterministic in its inputs."""
     if not keys:
         raise RedyError("cells: no member to place")
-    k = cells.cell_count(len(keys), cell_size)
+    most = 1 << max(0, (len(keys) // MIN_ROSTER).bit_length() - 1)  # a power of two
+    k = min(cells.cell_count(len(keys), cell_size), most)
     while True:
-        least = min(MIN_ROSTER, max(1, len(keys) // k))
         for draw in range(_DRAWS if k > 1 else 1):
             s = seed if draw == 0 else hashlib.sha256(seed + f"/draw/{draw}".encode()).digest()
             rosters: dict[int, list[NodeId]] = {c: [] for c in range(k)}
             for node, key in keys.items():
                 rosters[cells.cell_of(s, key, k)].append(node)
-            if all(len(r) >= least for r in rosters.values()):
+            if k == 1 or all(len(r) >= MIN_ROSTER for r in rosters.values()):
                 return Directory(s, k, {c: tuple(sorted(r)) for c, r in rosters.items()})
         k //= 2
 
