@@ -6,8 +6,10 @@ own are refused with one `Dropped` naming the sender; bad protocol messages neve
 
 from __future__ import annotations
 
+import base64
 import heapq
 import math
+import random
 from pathlib import Path
 
 import attrs
@@ -245,3 +247,36 @@ def test_deadlines_move_on_at_the_magnitude_of_a_real_clock(tmp_path: Path) -> N
         now = max(now, m.next_deadline())
         wakes += 1
     assert now >= start + 30 and wakes < 200, wakes
+
+
+def test_mangled_cards_are_refused_in_one_line_never_raised(tmp_path: Path) -> None:
+    bus = Bus(tmp_path, n=3)
+    m = bus.markets["n0"]
+    m.handle(START, Tick())
+    good = bus.signers["n2"].card("mqtts://127.0.0.1:9002", START)
+    rng = random.Random(25)
+    junk = [
+        "",
+        "not base64!",
+        base64.b64encode(rng.randbytes(700)).decode(),
+        good.cert[:-8],
+        good.cert[::-1],
+        good.sig,
+    ]
+    refused = 0
+    for i in range(300):
+        field = rng.choice(["cert", "sig", "node", "ts_s"])
+        if field == "ts_s":
+            value: object = rng.choice([0.0, START - CARD_TTL_S, START + 1e9, START + i])
+        elif field == "node":
+            value = rng.choice(["n1", "n0", "zz", "n2"])
+        else:
+            value = rng.choice(junk)
+        card = attrs.evolve(good, **{field: value})
+        sender = rng.choice(["n1", "n2"])
+        out = m.handle(START + 1, CardsIn(sender, (card,)))
+        drops = [a for a in out if isinstance(a, Dropped)]
+        assert all(d.sender == sender and "\n" not in d.reason for d in drops)
+        refused += len(drops)
+    assert refused > 30  # the rest is no news (a card of a held member, no later): unchecked
+    assert set(m.roster.cards) <= {"n0", "n2"}
