@@ -252,6 +252,7 @@ class CellMessage:
     sender: str
     body: str | None = None
     cards: tuple[CellCard, ...] | None = None
+    held: int | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -92,7 +92,7 @@ class Bus:
     def act(self, name: str, now: float, actions: list[object]) -> None:
         for a in actions:
             if isinstance(a, SendCards):
-                self._push(now + 0.002, a.target, CardsIn(name, a.cards))
+                self._push(now + 0.002, a.target, CardsIn(name, a.cards, a.held))
             elif isinstance(a, cell_node.Send):
                 self._push(now + 0.002, a.target, BodyIn(name, a.data))
             elif isinstance(a, Cleared):
@@ -171,18 +171,21 @@ def test_a_members_cards_flood_no_faster_than_the_gap(tmp_path: Path) -> None:
     out = m.handle(START + CARD_GAP_S, CardsIn("n1", (later,)))
     assert [a.target for a in out if isinstance(a, SendCards) and later in a.cards] == ["n3"]
     assert m.broker_of("n2") == "mqtts://127.0.0.1:9102"
-    # A neighbour's own card gets it every card held, once per card it signs, if it checks.
+    # A neighbour's own card with a lower count gets every card held (once per 10 s), if it
+    # checks; one that holds as many gets nothing.
     mine = bus.signers["n1"].card("mqtts://127.0.0.1:9001", START)
-    out = m.handle(START + 31, CardsIn("n1", (mine,)))
+    out = m.handle(START + 31, CardsIn("n1", (mine,), held=1))
     assert {
         c.node for a in out if isinstance(a, SendCards) and a.target == "n1" for c in a.cards
     } == {"n0", "n2"}
-    again = m.handle(START + 31, CardsIn("n1", (mine,)))
-    assert not [a for a in again if isinstance(a, SendCards)]
+
+    def store(out: list[object]) -> list[object]:  # every card held (its own card: no count)
+        return [a for a in out if isinstance(a, SendCards) and a.held is None and a.target == "n1"]
+
+    assert not store(m.handle(START + 32, CardsIn("n1", (mine,), held=1)))
+    assert not store(m.handle(START + 45, CardsIn("n1", (mine,), held=3)))
     forged = attrs.evolve(mine, ts_s=START + 20)  # re-dated: its signature no longer holds
-    assert not [
-        a for a in m.handle(START + 31, CardsIn("n1", (forged,))) if isinstance(a, SendCards)
-    ]
+    assert not store(m.handle(START + 45, CardsIn("n1", (forged,), held=0)))
 
 
 def test_a_card_not_its_members_own_is_refused_naming_the_sender(tmp_path: Path) -> None:

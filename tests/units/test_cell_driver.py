@@ -61,9 +61,9 @@ def test_a_cell_message_is_queued_as_cards_and_a_body_and_gossip_is_refused(
     d = _driver(tmp_path)
     n2 = signing.Signer(pki.issue(tmp_path, "n2", ["127.0.0.1"]))
     card = n2.card(N2_BROKER, 1000.0)
-    d.on_cell(messages.CellMessage(sender="n2", body='{"t":"ask","e":1}', cards=(card,)))
+    d.on_cell(messages.CellMessage(sender="n2", body='{"t":"ask","e":1}', cards=(card,), held=3))
     first, second = d._events.get_nowait(), d._events.get_nowait()
-    assert first == CardsIn("n2", (card,))
+    assert first == CardsIn("n2", (card,), 3)
     assert second == BodyIn("n2", b'{"t":"ask","e":1}')
     gossip = messages.Gossip(
         sender="n2", epoch=1, round=0, algorithm="offers", weight=0.0, values=()
@@ -90,7 +90,7 @@ async def test_the_card_goes_to_the_neighbours_cells_topic_on_its_broker(tmp_pat
     assert cards, links.sent
     uri, node, msg = cards[0]
     assert (uri, node, msg.sender) == (N2_BROKER, "n2", "n1")
-    assert msg.cards is not None and msg.cards[0].node == "n1"
+    assert msg.cards is not None and msg.cards[0].node == "n1" and msg.held == 1
     assert msg.cards[0].broker == "mqtts://127.0.0.1:9001"
 
 

@@ -9,11 +9,13 @@ CA naming the card's node, signed by that certificate's key, signed at most `CAR
 and less than `CARD_TTL_S` ago) passes it on to its own neighbours, so a card floods the overlay
 once. A member's card is news only `CARD_GAP_S` after the one held, and one that changes nothing
 (same broker and certificate) only after half the refresh period: a member cannot make the grid
-flood its cards faster. A neighbour that sends this node a valid card of its own gets back every
-card held (once per card it signs, at most once per `_STORE_EVERY_S` of its cards' times): a
-node that joins or restarts holds the grid's cards within a shuffle or two. A card counts until
-`CARD_TTL_S` after it was signed: a member that stopped drops out of the rosters then, at the
-same time on every node (the card's own time).
+flood its cards faster. A neighbour that sends this node its own valid card with a count of
+cards lower than this node holds gets back every card held (at most once per `_STORE_EVERY_S`),
+and every `_STORE_EVERY_S` a node sends its card and count to one neighbour in turn: a node that
+joins, restarts or missed a flood holds the grid's cards within a shuffle or two, and nodes that
+hold as many exchange nothing more. A card counts until `CARD_TTL_S` after it was signed: a
+member that stopped drops out of the rosters then, at the same time on every node (the card's
+own time).
 
 **Cells.** Shortly before each epoch (`PLACE_AT` of the one before) the node places the epoch's
 members (`place`): those whose card it holds, current at the epoch's start, and whose first card
@@ -74,15 +76,17 @@ CARDS_PER_MESSAGE = 64  # messages.CellMessage.cards' max_len
 _CARD_CHECK_S = 1.0  # how often new neighbours are sent this node's card
 MIN_ROSTER = 4  # members a cell must hold, unless it is the only one
 _DRAWS = 64  # placements drawn before the cells are halved
-_STORE_EVERY_S = 5.0  # a member's cards answered with every card held: at most this often
+_STORE_EVERY_S = 10.0  # a neighbour is sent every card held at most this often, and asked
 
 
 @attrs.frozen
 class CardsIn:
-    """Cards a peer sent (its own or others' it passes on)."""
+    """Cards a peer sent (its own or others' it passes on); `held`: with its own card, how
+    many cards it holds."""
 
     sender: NodeId
     cards: tuple[CellCard, ...]
+    held: int | None = None
 
 
 @attrs.frozen
@@ -97,6 +101,7 @@ class BodyIn:
 class SendCards:
     target: NodeId
     cards: tuple[CellCard, ...]
+    held: int | None = None  # with this node's own card: how many cards it holds
 
 
 Event = Tick | CardsIn | BodyIn
@@ -241,7 +246,10 @@ class CellMarket:
         self._placed: tuple[bytes, tuple[tuple[NodeId, str], ...]] | None = None
         self._own: CellCard | None = None
         self._card_to: set[NodeId] = set()  # neighbours sent the current own card
-        self._store_to: dict[NodeId, float] = {}  # peer -> its card last answered with all
+        # peer -> when it was last sent every card, and the time of the card it sent then
+        self._store_to: dict[NodeId, tuple[float, float]] = {}
+        self._ask_at = -math.inf  # when this node next sends its card to one neighbour
+        self._asked = 0
         self._card_check = -math.inf
         self._placed_for: int | None = None  # the epoch whose members were placed last
         self.rebuilds = 0  # rosters changed (a new CellNode)
@@ -299,9 +307,17 @@ class CellMarket:
         for n in self._neighbours():
             if n not in self._card_to and n != self.node:
                 self._card_to.add(n)
-                out.append(SendCards(n, (self._own,)))
+                out.append(SendCards(n, (self._own,), len(self.roster.cards)))
         if len(self._card_to) > MAX_MEMBERS:
             self._card_to = set(self._neighbours())
+        # Anti-entropy: every _STORE_EVERY_S, the card and count to one neighbour in turn;
+        # one that holds more cards answers with all of them.
+        others = [n for n in self._neighbours() if n != self.node]
+        if others and now >= self._ask_at:
+            self._ask_at = now + _STORE_EVERY_S
+            self._asked += 1
+            target = others[self._asked % len(others)]
+            out.append(SendCards(target, (self._own,), len(self.roster.cards)))
 
     def _on_cards(self, now: float, event: CardsIn, out: list[MarketAction]) -> None:
         new: list[CellCard] = []
@@ -319,19 +335,25 @@ class CellMarket:
                 passed = tuple(c for c in new if c.node != n)
                 if n != event.sender and n != self.node and passed:
                     out.append(SendCards(n, passed))
-        # A neighbour that sends its own card (it started, restarted, or met this node) gets
-        # every card held: once per card it signs, and only for a card that checks (no news
-        # is not checked by `take`), at most once per _STORE_EVERY_S of its cards' times.
+        # A neighbour that sends its own card holding fewer cards than this node (it started,
+        # restarted, or missed some) gets every card held, at most once per _STORE_EVERY_S of
+        # this node's time or of its cards' (a restarted node signs a new one), and only for a
+        # card that checks (no news is not checked by `take`).
         last = self._store_to.get(event.sender)
         if (
             own is None
-            or (last is not None and own.ts_s < last + _STORE_EVERY_S)
+            or (event.held is not None and event.held >= len(self.roster.cards))
+            or (
+                last is not None
+                and now < last[0] + _STORE_EVERY_S
+                and own.ts_s < last[1] + _STORE_EVERY_S
+            )
             or (own not in new and not self.roster.valid(own, now))
         ):
             return
-        self._store_to[event.sender] = own.ts_s
+        self._store_to[event.sender] = (now, own.ts_s)
         if len(self._store_to) > MAX_MEMBERS:
-            self._store_to = {event.sender: own.ts_s}
+            self._store_to = {event.sender: (now, own.ts_s)}
         held = [c for n, c in sorted(self.roster.cards.items()) if n != event.sender]
         for i in range(0, len(held), CARDS_PER_MESSAGE):
             out.append(SendCards(event.sender, tuple(held[i : i + CARDS_PER_MESSAGE])))

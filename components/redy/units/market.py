@@ -367,7 +367,7 @@ class MarketDriver:
             self._refuse(msg.sender, f"a cell message; this grid's market is {self.market}")
             return
         if msg.cards:
-            self._queue(cell_roster.CardsIn(msg.sender, msg.cards))
+            self._queue(cell_roster.CardsIn(msg.sender, msg.cards, msg.held))
         if msg.body is not None:
             self._queue(cell_roster.BodyIn(msg.sender, msg.body.encode()))
 
@@ -457,7 +457,7 @@ class MarketDriver:
             elif isinstance(a, cell_node.Send):
                 self._spawn(self._send_cell(a.target, body=a.data.decode()), "cell")
             elif isinstance(a, cell_roster.SendCards):
-                self._spawn(self._send_cell(a.target, cards=a.cards), "cards")
+                self._spawn(self._send_cell(a.target, cards=a.cards, held=a.held), "cards")
             elif isinstance(a, Dropped):
                 self._refuse(str(a.sender), a.reason)
             elif isinstance(a, cell_node.Failed):
@@ -470,8 +470,9 @@ class MarketDriver:
         target: str,
         body: str | None = None,
         cards: tuple[messages.CellCard, ...] | None = None,
+        held: int | None = None,
     ) -> None:
-        msg = messages.CellMessage(sender=self.node, body=body, cards=cards)
+        msg = messages.CellMessage(sender=self.node, body=body, cards=cards, held=held)
         try:
             payload = messages.encode(msg)
         except InvalidMessage as exc:  # a message of the core past the contract's size
