@@ -30,6 +30,7 @@ import contextlib
 import logging
 import math
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -98,6 +99,7 @@ _OFFER_QOS = 0
 ROUND_S = 0.005
 
 _EVENTS_MAX = 10_000
+_KIND = re.compile(r"[0-9][0-9.e+-]*")  # the numbers of a refusal's reason
 _CoreEvent = Event | offer_market.Event | cell_roster.Event
 
 
@@ -292,7 +294,7 @@ class MarketDriver:
             )
         self.offsets = ClockOffsets(tolerance_s)
         self.status = "waiting"
-        self.refused = Tally()  # gossip messages dropped, per sender
+        self.refused = Tally()  # gossip messages dropped, per sender and kind
         self._clipped_logged = 0.0
         self.result: Result | None = None
         self.result_epoch: int | None = None
@@ -418,10 +420,13 @@ class MarketDriver:
         """Drop a sender's gossip (`what`: by default this market's messages); logged at its
         1st, 2nd, 4th, 8th... drop (no log flood)."""
         self.dropped["gossip_refused"] += 1
-        n = self.refused.add(sender)
+        # Counted per sender and kind of refusal (the reason without its numbers): a sender's
+        # refusals of one kind during the start (no roster yet) do not hide another (an offer
+        # beyond its certified limits) until its 32nd drop.
+        n = self.refused.add(f"{sender}/{_KIND.sub('#', reason)[:60]}")
         if n is not None:
             _log.warning(
-                "node=%s dropped %s from %s: %s (%d dropped from it so far)",
+                "node=%s dropped %s from %s: %s (%d of this kind from it so far)",
                 self.node,
                 what or ("a cell message" if self.market == "cells" else "gossip"),
                 sender,
